@@ -1,0 +1,44 @@
+"""`run init`: embed every clip, cluster, and write the run spec that every peer of a run agrees on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from expert.cluster import balance_report, cluster
+from expert.embed import SHAPES_V1, SHAPES_V1_GROUPS, embed_open_clip, embed_shapes_v1
+from expert.presets import get_preset
+from expert.shards import load_dataset
+from protocol.model import ExpertPreset
+from protocol.run import EmbeddingInfo, RunSpec
+
+
+def init_run(data_dir: Path, clusters: int, *, preset: ExpertPreset | None = None, preset_name: str = "small",
+             seed: int = 0, name: str = "run", clip_model: str | None = None,
+             clip_weights: str | None = None, target_steps: int | None = None) -> RunSpec:
+    """Cluster the data set in `data_dir` into `clusters` and return the run spec (not yet saved)."""
+    manifest, clips = load_dataset(data_dir)
+    if clip_weights:
+        model_name = clip_model or "ViT-B-32"
+        emb = embed_open_clip(clips.frames, model_name=model_name, pretrained=clip_weights)
+        info_kw = {"method": "open_clip-image", "detail": f"{model_name}, mean of 3 frames, L2-normalised"}
+        groups: tuple[tuple[int, int], ...] = ()
+    else:
+        emb = embed_shapes_v1(clips.frames, clips.captions)
+        info_kw = {"method": SHAPES_V1, "detail": "hue histogram | mask motion | background | caption words"}
+        groups = SHAPES_V1_GROUPS
+    result = cluster(emb, clusters, seed=seed, groups=groups)
+    report = balance_report(result.assignments, clusters, clips.attributes, manifest.attributes, seed=seed)
+    preset = preset or get_preset(preset_name)
+    if target_steps is not None:
+        preset = preset.model_copy(update={"train": preset.train.model_copy(update={"target_steps": target_steps})})
+    return RunSpec(
+        name=name, data=manifest, num_clusters=clusters,
+        assignments=tuple(int(a) for a in result.assignments),
+        centroids=tuple(tuple(round(float(v), 6) for v in c) for c in result.centroids),
+        embedding=EmbeddingInfo(dim=emb.shape[1], mean=tuple(float(v) for v in np.round(result.mean, 6)),
+                                scale=tuple(float(v) for v in np.round(result.scale, 6)),
+                                two_stage_fine=result.fine, **info_kw),
+        preset=preset, balance=report, seed=seed, data_hint=str(Path(data_dir).resolve()),
+    )

@@ -1,0 +1,79 @@
+"""Sampling videos from one expert with diffusers' FlowMatchEulerDiscreteScheduler and classifier-free
+guidance (v = v_u + s·(v_c − v_u)). The ensemble form (router + mixing) builds on `velocity`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from expert.backbone import PixelCodec, build_backbone, build_codec
+from expert.checkpoint import read_group, read_meta, resolve_checkpoint
+from expert.shards import tokenize
+from expert.text import TextEncoder
+from protocol.checkpoint import CheckpointMeta
+from protocol.errors import ConfigMismatchError
+from protocol.model import ExpertPreset
+
+
+@dataclass
+class LoadedExpert:
+    preset: ExpertPreset
+    meta: CheckpointMeta
+    model: torch.nn.Module
+    text: TextEncoder
+    codec: PixelCodec
+
+
+def load_expert(path: Path, device: torch.device | str = "cpu") -> LoadedExpert:
+    """The EMA weights of a verified checkpoint (a checkpoint folder or a training folder's LATEST)."""
+    path = resolve_checkpoint(Path(path))
+    meta = read_meta(path)
+    text = TextEncoder(meta.preset.text)
+    model = build_backbone(meta.preset.backbone, text.width)
+    try:
+        model.load_state_dict(read_group(path, meta, "ema"))
+    except RuntimeError as e:
+        raise ConfigMismatchError(f"checkpoint {path} does not fit its own config: {str(e).splitlines()[0]}") from None
+    model.eval().requires_grad_(False).to(device)
+    return LoadedExpert(meta.preset, meta, model, text, build_codec(meta.preset.backbone).to(device))
+
+
+def encode_prompts(text: TextEncoder, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    cond = text(torch.from_numpy(tokenize(prompts)))
+    null = text(torch.from_numpy(tokenize([""]))).expand_as(cond)
+    return cond, null
+
+
+def velocity(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
+             guidance: float) -> torch.Tensor:
+    """Guided velocity of one expert; conditional and unconditional passes share one batch."""
+    ts = t.expand(x.shape[0]).to(x)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+        if guidance == 1.0:
+            return model(x, ts, cond, return_dict=False)[0].float()
+        both = model(torch.cat([x, x]), torch.cat([ts, ts]), torch.cat([cond, null]), return_dict=False)[0].float()
+    v_c, v_u = both.chunk(2)
+    return v_u + guidance * (v_c - v_u)
+
+
+@torch.no_grad()
+def sample(expert: LoadedExpert, prompt: str, *, steps: int = 30, guidance: float = 4.0, seed: int = 0,
+           num_videos: int = 1, device: torch.device | str = "cpu", on_step=None) -> np.ndarray:
+    """N×T×H×W×3 uint8 videos for `prompt`; the same seed gives the same videos."""
+    device = torch.device(device)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+    scheduler.set_timesteps(steps, device=device)
+    cond, null = encode_prompts(expert.text, [prompt] * num_videos)
+    cond, null = cond.to(device), null.to(device)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((num_videos, *expert.codec.latent_shape()), generator=g).to(device)
+    for i, t in enumerate(scheduler.timesteps):
+        v = velocity(expert.model, x, t, cond, null, guidance)
+        x = scheduler.step(v, t, x, return_dict=False)[0]
+        if on_step:
+            on_step(i + 1, steps)
+    return expert.codec.decode(x).cpu().numpy()

@@ -1,0 +1,69 @@
+"""The frozen text encoder: an open_clip text tower that turns caption tokens into per-token states.
+
+With `pretrained` (a local weights file) the named open_clip model's text tower is loaded; otherwise a
+tower is built with random init from a fixed seed — random but frozen and identical on every peer, so
+the experts learn to read it through cross-attention. The tokenizer is always the real BPE one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from protocol.errors import ParisError
+from protocol.model import TextEncoderConfig
+
+
+class TextEncoder(nn.Module):
+    """tokens (B×L int) → states (B×L'×width float32), L' = config.context_length."""
+
+    def __init__(self, config: TextEncoderConfig) -> None:
+        super().__init__()
+        import open_clip
+        from open_clip.model import CLIPTextCfg, _build_text_tower
+
+        self.config = config
+        if config.model_name:
+            try:
+                clip = open_clip.create_model(config.model_name, pretrained=config.pretrained or None, device="cpu")
+            except (RuntimeError, FileNotFoundError, ValueError) as e:
+                raise ParisError(f"cannot load open_clip model {config.model_name!r}: {e}") from None
+            self.tower = _TowerOfClip(clip)
+            self.width = clip.transformer.width
+        else:
+            if config.pretrained:
+                raise ParisError("pretrained text weights need a model_name (an open_clip architecture)")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)
+                cfg = CLIPTextCfg(context_length=config.context_length, width=config.width, heads=config.heads,
+                                  layers=config.layers, output_tokens=True)
+                self.tower = _build_text_tower(embed_dim=config.width, text_cfg=cfg)
+            self.width = config.width
+        self.requires_grad_(False)
+        self.eval()
+
+    @torch.no_grad()
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens[:, : self.config.context_length].long()
+        states = self.tower(tokens)
+        if isinstance(states, tuple):
+            states = states[1]
+        return states.float()
+
+
+class _TowerOfClip(nn.Module):
+    """Per-token states of a full open_clip CLIP model's text tower (its `encode_text` only pools)."""
+
+    def __init__(self, clip: nn.Module) -> None:
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        c = self.clip
+        if hasattr(c, "text"):  # custom-text CLIP: a TextTransformer
+            c.text.output_tokens = True
+            return c.text(tokens)[1]
+        n = tokens.shape[1]
+        x = c.token_embedding(tokens) + c.positional_embedding[:n]
+        x = c.transformer(x, attn_mask=c.attn_mask[:n, :n])
+        return c.ln_final(x)

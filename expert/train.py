@@ -1,0 +1,254 @@
+"""Training one expert: flow matching on one cluster's clips, in a loop you can read in one sitting.
+
+`ExpertTrainer` is the API the daemon drives: build it from a preset and clips (or a run spec and a
+cluster), optionally load a checkpoint, then `train(steps, ...)` with callbacks for progress and
+checkpoints and a stop request honoured between steps. Every random draw comes from one CPU
+`torch.Generator` whose state is checkpointed, so on CPU a resumed run equals an uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from expert.backbone import build_backbone, build_codec
+from expert.checkpoint import (
+    check_preset,
+    publish_latest,
+    read_group,
+    read_meta,
+    resolve_checkpoint,
+    step_dir,
+    write_checkpoint,
+)
+from expert.flow import noisy, sample_t, timestep
+from expert.shards import ClipBatch, tokenize
+from expert.text import TextEncoder
+from protocol.checkpoint import CheckpointMeta
+from protocol.errors import ConfigMismatchError, ParisError
+from protocol.model import ExpertPreset
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    loss: float | None  # None when the step was skipped
+    loss_ema: float | None
+    samples_per_s: float
+    lr: float
+    skipped_total: int
+
+
+def resolve_device(gpu: str | int | None) -> torch.device:
+    """`--gpu N|cpu` → a torch device, with a clear error when CUDA is asked for but absent."""
+    if gpu is None or str(gpu).lower() == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ParisError(f"--gpu {gpu} was asked for but no CUDA device is available (use --gpu cpu)")
+    index = int(gpu)
+    if index >= torch.cuda.device_count():
+        raise ParisError(f"--gpu {index}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return torch.device("cuda", index)
+
+
+class TextStates:
+    """Frozen text-encoder states for every clip, computed once per distinct caption."""
+
+    def __init__(self, encoder: TextEncoder, tokens: np.ndarray, *, batch: int = 256) -> None:
+        uniq, inverse = np.unique(tokens, axis=0, return_inverse=True)
+        states = [encoder(torch.from_numpy(uniq[i : i + batch])) for i in range(0, len(uniq), batch)]
+        self.states = torch.cat(states)
+        self.index = torch.from_numpy(inverse.reshape(-1).astype(np.int64))
+        self.null = encoder(torch.from_numpy(tokenize([""])))[0]
+
+    def get(self, clip_idx: torch.Tensor) -> torch.Tensor:
+        return self.states[self.index[clip_idx]]
+
+
+class ExpertTrainer:
+    """Flow-matching training of one expert: AdamW, EMA, clipping, accumulation, condition dropout."""
+
+    def __init__(self, preset: ExpertPreset, clips: ClipBatch, *, device: torch.device | str = "cpu",
+                 seed: int = 0, run_id: str | None = None, cluster: int | None = None) -> None:
+        if len(clips) == 0:
+            raise ParisError("this cluster has no clips to train on")
+        self.preset, self.run_id, self.cluster = preset, run_id, cluster
+        self.device = torch.device(device)
+        tc = preset.train
+        self.text = TextEncoder(preset.text)
+        self.codec = build_codec(preset.backbone).to(self.device)
+        self.model = build_backbone(preset.backbone, self.text.width, seed=seed).to(self.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+        self.frames = torch.from_numpy(np.ascontiguousarray(clips.frames))
+        self.text_states = TextStates(self.text, clips.tokens)
+        self.generator = torch.Generator().manual_seed(seed * 1_000_003 + (cluster or 0))
+        self.step, self.samples_seen, self.skipped = 0, 0, 0
+        self.loss_ema: float | None = None
+
+    # --- one step -------------------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        tc = self.preset.train
+        return tc.lr * min(1.0, (step + 1) / max(tc.warmup_steps, 1))
+
+    def _micro_batch(self) -> tuple[torch.Tensor, ...]:
+        tc, g = self.preset.train, self.generator
+        idx = torch.randint(len(self.frames), (tc.batch_size,), generator=g)
+        with torch.no_grad():
+            x0 = self.codec.encode(self.frames[idx].to(self.device))
+        noise = torch.randn(x0.shape, generator=g).to(self.device)
+        t = sample_t(tc.batch_size, g, mean=tc.logit_normal_mean, std=tc.logit_normal_std).to(self.device)
+        drop = (torch.rand(tc.batch_size, generator=g) < tc.cond_dropout).view(-1, 1, 1)
+        text = torch.where(drop, self.text_states.null.unsqueeze(0), self.text_states.get(idx)).to(self.device)
+        return x0, noise, t, text
+
+    def _loss(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        xt, target = noisy(x0, noise, t)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            pred = self.model(xt, timestep(t), text, return_dict=False)[0]
+        return nn.functional.mse_loss(pred.float(), target)
+
+    def train_step(self) -> float | None:
+        """One optimizer step (over `grad_accum` micro-batches). Returns the loss, or None when the step
+        was skipped because the loss or the gradient was not finite (weights are left untouched)."""
+        tc = self.preset.train
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        self.opt.zero_grad(set_to_none=True)
+        total = 0.0
+        finite = True
+        for _ in range(tc.grad_accum):
+            loss = self._loss(*self._micro_batch())
+            if not torch.isfinite(loss):
+                finite = False
+                break
+            (loss / tc.grad_accum).backward()
+            total += loss.detach().item() / tc.grad_accum
+        if finite:
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            finite = bool(torch.isfinite(norm))
+        self.step += 1
+        self.samples_seen += tc.batch_size * tc.grad_accum
+        if not finite:
+            self.opt.zero_grad(set_to_none=True)
+            self.skipped += 1
+            return None
+        self.opt.step()
+        self._update_ema()
+        self.loss_ema = total if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * total
+        return total
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.preset.train.ema_decay, (1 + self.step) / (10 + self.step))
+        for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+            e.lerp_(p.detach(), 1.0 - decay)
+
+    # --- the loop -------------------------------------------------------------------------------------
+    def train(self, steps: int, *, on_progress: Callable[[Progress], None] | None = None,
+              checkpoint_dir: Path | None = None, checkpoint_every: int | None = None,
+              on_checkpoint: Callable[[Path, CheckpointMeta], None] | None = None,
+              stop: threading.Event | None = None) -> int:
+        """Run up to `steps` steps; stops early (at a step boundary) when `stop` is set. Writes a checkpoint
+        every `checkpoint_every` steps and at the end when `checkpoint_dir` is given. Returns steps done."""
+        every = checkpoint_every or self.preset.train.checkpoint_every
+        done, last_saved = 0, self.step
+        while done < steps and not (stop and stop.is_set()):
+            t0 = time.perf_counter()
+            loss = self.train_step()
+            done += 1
+            if on_progress:
+                dt = max(time.perf_counter() - t0, 1e-9)
+                sps = self.preset.train.batch_size * self.preset.train.grad_accum / dt
+                on_progress(Progress(self.step, loss, self.loss_ema, sps, self.lr_at(self.step - 1), self.skipped))
+            if checkpoint_dir is not None and self.step % every == 0:
+                self._save_and_publish(checkpoint_dir, on_checkpoint)
+                last_saved = self.step
+        if checkpoint_dir is not None and self.step != last_saved:
+            self._save_and_publish(checkpoint_dir, on_checkpoint)
+        return done
+
+    def _save_and_publish(self, root: Path, on_checkpoint) -> None:
+        path = step_dir(root, self.step)
+        meta = self.save(path)
+        publish_latest(root, path)
+        if on_checkpoint:
+            on_checkpoint(path, meta)
+
+    # --- state ----------------------------------------------------------------------------------------
+    def state_groups(self) -> dict[str, dict[str, torch.Tensor]]:
+        opt_state = self.opt.state_dict()["state"]
+        optimizer = {f"{i}.{k}": v for i, st in opt_state.items() for k, v in st.items()}
+        return {
+            "ema": dict(self.ema.state_dict()),
+            "model": dict(self.model.state_dict()),
+            "optimizer": optimizer,
+            "rng": {"generator": self.generator.get_state()},
+        }
+
+    def save(self, path: Path) -> CheckpointMeta:
+        """Atomically write the full training state; refuses a state holding NaN or Inf."""
+        return write_checkpoint(Path(path), self.state_groups(), {
+            "run_id": self.run_id, "cluster": self.cluster, "step": self.step, "samples_seen": self.samples_seen,
+            "loss_ema": self.loss_ema, "skipped_steps": self.skipped, "preset": self.preset,
+        })
+
+    def load(self, path: Path) -> CheckpointMeta:
+        """Resume from a checkpoint (or a training folder's LATEST), after verifying it fits this run."""
+        path = resolve_checkpoint(Path(path))
+        meta = read_meta(path)
+        check_preset(meta, self.preset, path)
+        if self.run_id and meta.run_id and meta.run_id != self.run_id:
+            raise ConfigMismatchError(f"checkpoint {path} belongs to run {meta.run_id}, not {self.run_id}")
+        if self.cluster is not None and meta.cluster is not None and meta.cluster != self.cluster:
+            raise ConfigMismatchError(f"checkpoint {path} is for cluster {meta.cluster}, not {self.cluster}")
+        try:
+            self.model.load_state_dict(read_group(path, meta, "model"))
+            self.ema.load_state_dict(read_group(path, meta, "ema"))
+        except RuntimeError as e:
+            raise ConfigMismatchError(f"checkpoint {path} does not fit the model: {str(e).splitlines()[0]}") from None
+        self._load_optimizer(read_group(path, meta, "optimizer"), path)
+        self.generator.set_state(read_group(path, meta, "rng")["generator"])
+        self.step, self.samples_seen, self.skipped = meta.step, meta.samples_seen, meta.skipped_steps
+        self.loss_ema = meta.loss_ema
+        return meta
+
+    def _load_optimizer(self, flat: dict[str, torch.Tensor], path: Path) -> None:
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in flat.items():
+            i, _, name = key.partition(".")
+            if not i.isdigit() or not name:
+                raise ConfigMismatchError(f"checkpoint {path}: unexpected optimizer entry {key!r}")
+            state.setdefault(int(i), {})[name] = value
+        groups = self.opt.state_dict()["param_groups"]
+        n_params = sum(len(g["params"]) for g in groups)
+        if any(i >= n_params for i in state):
+            raise ConfigMismatchError(f"checkpoint {path}: optimizer state does not fit the model")
+        self.opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+
+
+
+def trainer_for_run(spec, cluster: int, *, data_dir: Path | None = None, device: torch.device | str = "cpu",
+                    seed: int | None = None) -> ExpertTrainer:
+    """A trainer for cluster `cluster` of run `spec` (a protocol.run.RunSpec), on verified local data."""
+    from expert.shards import load_dataset
+
+    directory = Path(data_dir or spec.data_hint or "")
+    if not str(directory) or not directory.exists():
+        raise ParisError("the run's data folder is unknown or missing here: pass --data DIR")
+    manifest, clips = load_dataset(directory)
+    if manifest != spec.data:
+        raise ConfigMismatchError(f"the data in {directory} ({manifest.data_id}) is not this run's data "
+                                  f"({spec.data.data_id})")
+    return ExpertTrainer(spec.preset, clips.select(spec.cluster_clips(cluster)), device=device,
+                         seed=spec.seed if seed is None else seed, run_id=spec.run_id, cluster=cluster)

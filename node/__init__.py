@@ -1,0 +1,1 @@
+"""The daemon and the command line: the only package that joins `swarm/` and `expert/`."""

@@ -1,0 +1,237 @@
+"""The `paris-node` command line. User mistakes end in one red line, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from node.console import console, fail, out, progress
+from protocol.errors import ParisError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Join a swarm that trains a decentralized video diffusion model (K experts + a router).")
+data_app = typer.Typer(no_args_is_help=True, help="Build data sets: the built-in synthetic one, or your videos.")
+run_app = typer.Typer(no_args_is_help=True, help="Create run specs (clustered data + model preset).")
+app.add_typer(data_app, name="data")
+app.add_typer(run_app, name="run")
+
+GpuOpt = Annotated[str, typer.Option("--gpu", help="CUDA device index, or 'cpu'.")]
+
+
+def _size(value: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter("expected HxW, for example 32x32") from None
+    if h < 8 or w < 8:
+        raise typer.BadParameter("frames must be at least 8x8")
+    return h, w
+
+
+@data_app.command("synth")
+def data_synth(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the shards and manifest into.")],
+    clips: Annotated[int, typer.Option(min=1, help="Number of clips.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Data set seed: same arguments, byte-identical shards.")] = 0,
+    frames: Annotated[int, typer.Option(min=2, help="Frames per clip.")] = 16,
+    size: Annotated[str, typer.Option(help="Frame size HxW.")] = "32x32",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON.")] = False,
+) -> None:
+    """The built-in procedural text-to-video data set ("moving shapes")."""
+    from expert.synth_dataset import write_synthetic
+
+    from expert.shards import tokenize
+
+    h, w = _size(size)
+    tokenize([""])  # load the tokenizer before timing generation
+    t0 = time.perf_counter()
+    with progress() as bar:
+        task = bar.add_task("generating clips", total=clips)
+        manifest = write_synthetic(out_dir, clips=clips, seed=seed, frames=frames, height=h, width=w,
+                                   on_progress=lambda n: bar.advance(task, n))
+    dt = time.perf_counter() - t0
+    summary = {"data_id": manifest.data_id, "clips": manifest.total_clips, "shards": len(manifest.shards),
+               "out": str(out_dir), "clips_per_s": round(clips / dt, 1)}
+    if json_out:
+        out.print_json(json.dumps(summary))
+    else:
+        out.print(f"wrote {clips} clips in {len(manifest.shards)} shards to {out_dir} "
+                  f"({summary['clips_per_s']} clips/s), data id {manifest.data_id}")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    videos: Annotated[Path, typer.Option(help="Folder of video files (searched recursively).")],
+    captions: Annotated[Path, typer.Option(help="Captions: JSONL with file+caption, or CSV with file,caption.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the shards and manifest into.")],
+    frames: Annotated[int, typer.Option(min=2, help="Frames sampled per clip.")] = 16,
+    size: Annotated[str, typer.Option(help="Output frame size HxW (resize + centre crop).")] = "64x64",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Real clips + captions → verified shards. Unreadable or uncaptioned files are skipped and reported."""
+    from expert.prepare import prepare_videos
+
+    h, w = _size(size)
+    with progress() as bar:
+        task = bar.add_task("decoding videos", total=None)
+        report = prepare_videos(videos, captions, out_dir, frames=frames, height=h, width=w,
+                                on_total=lambda n: bar.update(task, total=n),
+                                on_progress=lambda: bar.advance(task))
+    if json_out:
+        out.print_json(report.model_dump_json())
+        return
+    out.print(f"wrote {report.written} clips to {out_dir}, data id {report.data_id}")
+    for skip in report.skipped:
+        console.print(f"[yellow]skipped[/] {skip.file}: {skip.reason}", highlight=False)
+
+
+@run_app.command("init")
+def run_init(
+    data: Annotated[Path, typer.Option(help="A data set folder (from `data synth` or `data prepare`).")],
+    clusters: Annotated[int, typer.Option(min=1, help="Number of clusters K (= experts).")],
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the run spec (JSON).")],
+    preset: Annotated[str, typer.Option(help="Expert preset: tiny, small, base, large.")] = "small",
+    seed: Annotated[int, typer.Option(help="Seed for clustering and training.")] = 0,
+    name: Annotated[str, typer.Option(help="A human name for the run.")] = "run",
+    target_steps: Annotated[int | None, typer.Option(min=1, help="Training steps per expert.")] = None,
+    vae: Annotated[str | None, typer.Option(help="Local AutoencoderKLWan folder (base/large presets).")] = None,
+    text_weights: Annotated[str | None, typer.Option(help="Local open_clip weights for the text tower.")] = None,
+    clip_model: Annotated[str | None, typer.Option(help="open_clip architecture for embedding clips.")] = None,
+    clip_weights: Annotated[str | None, typer.Option(help="Local open_clip weights to embed clips with.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
+) -> None:
+    """Cluster the data and write a run spec; prints its run id and the balance report."""
+    from expert.presets import get_preset
+    from expert.run_init import init_run
+
+    chosen = get_preset(preset, vae_path=vae, text_weights=text_weights)
+    with console.status("embedding and clustering clips"):
+        spec = init_run(data, clusters, preset=chosen, seed=seed, name=name, clip_model=clip_model,
+                        clip_weights=clip_weights, target_steps=target_steps)
+    spec.save(out_file)
+    b = spec.balance
+    if json_out:
+        out.print_json(json.dumps({"run_id": spec.run_id, "out": str(out_file), "balance": b.model_dump()}))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"run {spec.run_id}: {clusters} clusters of {spec.data.total_clips} clips")
+    table.add_column("cluster")
+    table.add_column("clips", justify="right")
+    table.add_column("majority attributes")
+    for c in b.clusters:
+        table.add_row(str(c.cluster), str(c.size), ", ".join(f"{k}={v}" for k, v in c.majority.items()))
+    out.print(table)
+    out.print(f"sizes: largest {b.largest}, smallest {b.smallest} (ratio {b.ratio})")
+    for attr, p in b.purity.items():
+        out.print(f"purity[{attr}] = {p:.3f} (random partition {b.purity_chance[attr]:.3f}, NMI {b.nmi[attr]:.3f})",
+                  markup=False, highlight=False)
+    out.print(f"run id {spec.run_id} written to {out_file}")
+
+
+@app.command("train-local")
+def train_local(
+    run: Annotated[Path, typer.Option(help="Run spec from `run init`.")],
+    cluster: Annotated[int, typer.Option(min=0, help="Which cluster's expert to train.")],
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps to run now.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Checkpoint folder (step-*/ and LATEST).")],
+    resume: Annotated[Path | None, typer.Option(help="Resume from this checkpoint or training folder.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Data folder, if not where `run init` saw it.")] = None,
+    gpu: GpuOpt = "cpu",
+    checkpoint_every: Annotated[int | None, typer.Option(min=1, help="Steps between checkpoints.")] = None,
+) -> None:
+    """Train one expert on its cluster with no swarm (the daemon drives the same code)."""
+    from rich.progress import TextColumn
+
+    from expert.train import resolve_device, trainer_for_run
+    from protocol.run import RunSpec
+
+    spec = RunSpec.load(run)
+    device = resolve_device(gpu)
+    with console.status(f"loading run {spec.run_id}, cluster {cluster}"):
+        trainer = trainer_for_run(spec, cluster, data_dir=data, device=device)
+        if resume:
+            meta = trainer.load(resume)
+            console.print(f"resumed from step {meta.step}")
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        console.print("[yellow]stopping at the next step boundary (Ctrl-C again to abort)[/]")
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    last = {}
+    try:
+        with progress(TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[sps]} samples/s")) as bar:
+            task = bar.add_task(f"expert {cluster}", total=steps, loss="-", sps="-")
+
+            def on_progress(p):
+                last["p"] = p
+                bar.update(task, advance=1, loss="skipped" if p.loss is None else f"{p.loss_ema:.4f}",
+                           sps=f"{p.samples_per_s:.1f}")
+
+            def on_checkpoint(path, meta):
+                console.print(f"checkpoint step {meta.step} → {path}", highlight=False)
+
+            trainer.train(steps, on_progress=on_progress, checkpoint_dir=out_dir,
+                          checkpoint_every=checkpoint_every, on_checkpoint=on_checkpoint, stop=stop)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    p = last.get("p")
+    if p is not None and p.skipped_total:
+        console.print(f"[yellow]{p.skipped_total} step(s) were skipped because the loss or gradient was not finite[/]")
+    out.print(f"expert {cluster} at step {trainer.step}, loss {trainer.loss_ema:.4f}; checkpoint in {out_dir}")
+
+
+@app.command("sample")
+def sample_cmd(
+    prompt: Annotated[str, typer.Argument(help="What the video should show.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Output .mp4 or .gif.")],
+    checkpoint: Annotated[Path | None, typer.Option(help="One expert: a checkpoint or training folder.")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Sampling steps.")] = 30,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = none).")] = 4.0,
+    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    num_videos: Annotated[int, typer.Option(min=1, help="Several videos are tiled into a grid.")] = 1,
+    gpu: GpuOpt = "cpu",
+) -> None:
+    """Generate a video from one expert checkpoint."""
+    from expert.sampling import load_expert, sample
+    from expert.train import resolve_device
+    from expert.video_io import grid, write_video
+
+    if checkpoint is None:
+        fail("give --checkpoint DIR (the ensemble form comes with the router)")
+    if out_file.suffix.lower() not in (".mp4", ".gif"):
+        fail(f"--out must end in .mp4 or .gif, not {out_file.name!r}")
+    device = resolve_device(gpu)
+    expert = load_expert(checkpoint, device)
+    with progress() as bar:
+        task = bar.add_task("sampling", total=steps)
+        videos = sample(expert, prompt, steps=steps, guidance=guidance, seed=seed, num_videos=num_videos,
+                        device=device, on_step=lambda i, n: bar.update(task, completed=i))
+    video = grid(videos) if num_videos > 1 else videos[0]
+    write_video(out_file, video)
+    out.print(f"wrote {out_file} ({video.shape[0]} frames, {video.shape[2]}x{video.shape[1]} before upscaling)")
+
+
+def main() -> None:
+    try:
+        app()
+    except ParisError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Checkpoint metadata: what a checkpoint folder holds and how to verify it before use."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from protocol.data import Frozen
+from protocol.model import ExpertPreset
+
+CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_META = "checkpoint.json"
+
+
+class CheckpointFile(Frozen):
+    file: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class CheckpointMeta(Frozen):
+    """`checkpoint.json`. Files: `ema.safetensors` (weights for sampling), `model.safetensors`,
+    `optimizer.safetensors` and `rng.safetensors` (the exact training state, for resume and takeover)."""
+
+    format_version: Literal[1] = CHECKPOINT_FORMAT_VERSION
+    kind: Literal["expert"] = "expert"
+    run_id: str | None = None
+    cluster: int | None = Field(default=None, ge=0)
+    step: int = Field(ge=0)
+    samples_seen: int = Field(ge=0)
+    loss_ema: float | None = None
+    skipped_steps: int = Field(default=0, ge=0)
+    preset: ExpertPreset
+    files: tuple[CheckpointFile, ...]
+    created_at: float

@@ -1,0 +1,72 @@
+"""The dataset manifest: which shards make up a data set, their hashes, and what each clip carries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from protocol.canonical import canonical_json, content_id
+from protocol.errors import IntegrityError
+
+DATA_FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class Frozen(BaseModel):
+    """Base for every record: unknown fields are refused, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ShardInfo(Frozen):
+    file: str = Field(pattern=r"^[A-Za-z0-9_.-]+\.safetensors$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    clips: int = Field(ge=1)
+    bytes: int = Field(ge=1)
+
+
+class AttributeSpec(Frozen):
+    """A categorical attribute the generator knows for each clip (shape, colour, ...), with its value names."""
+
+    name: str
+    values: tuple[str, ...]
+
+
+class DataManifest(Frozen):
+    """Describes a data set on disk. Shards hold `frames` (uint8 N×T×H×W×3), `tokens` (int32 N×L),
+    optionally `attributes` (int64 N×A), and the captions as JSON in the safetensors metadata."""
+
+    format_version: Literal[1] = DATA_FORMAT_VERSION
+    source: Literal["synthetic", "real"]
+    frames: int = Field(ge=1)
+    height: int = Field(ge=8)
+    width: int = Field(ge=8)
+    fps: float = Field(gt=0)
+    tokenizer: str
+    context_length: int = Field(ge=4)
+    attributes: tuple[AttributeSpec, ...] = ()
+    generator: dict[str, str | int | float] = Field(default_factory=dict)
+    shards: tuple[ShardInfo, ...]
+    total_clips: int = Field(ge=1)
+
+    @property
+    def data_id(self) -> str:
+        return content_id(self, prefix="data")
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self)
+
+    @classmethod
+    def load(cls, directory: Path) -> DataManifest:
+        path = Path(directory) / MANIFEST_NAME
+        if not path.is_file():
+            raise IntegrityError(f"{directory} is not a paris-node data set (no {MANIFEST_NAME})")
+        try:
+            manifest = cls.model_validate_json(path.read_bytes())
+        except ValidationError as e:
+            raise IntegrityError(f"{path} is malformed: {e.errors()[0]['msg']} at {e.errors()[0]['loc']}") from None
+        if sum(s.clips for s in manifest.shards) != manifest.total_clips:
+            raise IntegrityError(f"{path} is inconsistent: shard clip counts do not add up to total_clips")
+        return manifest

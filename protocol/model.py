@@ -1,0 +1,81 @@
+"""Configs that define an expert: backbone shape, text encoder, and training hyper-parameters.
+
+They are data (recorded in the run spec and in every checkpoint), so that a checkpoint can be checked
+against the run it claims to belong to, and any peer rebuilds exactly the same network.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from protocol.data import Frozen
+
+
+class TextEncoderConfig(Frozen):
+    """An open_clip text tower. `model_name` names an open_clip architecture (pretrained weights read from
+    `pretrained` — a local file — when given); with no `model_name` a small custom tower is built from
+    `width/layers/heads` with random init from `seed`. The BPE tokenizer is the real one either way."""
+
+    model_name: str | None = None
+    pretrained: str | None = None
+    width: int = Field(default=64, ge=8)
+    layers: int = Field(default=2, ge=1)
+    heads: int = Field(default=2, ge=1)
+    context_length: int = Field(default=32, ge=4, le=77)
+    seed: int = 0
+
+    @property
+    def init(self) -> str:
+        return "pretrained" if self.pretrained else f"random(seed={self.seed})"
+
+
+class BackboneConfig(Frozen):
+    """A diffusers `WanTransformer3DModel` shape. `space="latent"` encodes frames with a video VAE loaded
+    from `vae_path` (a local diffusers folder); `space="pixel"` trains on frames scaled to [-1, 1]."""
+
+    arch: Literal["wan"] = "wan"
+    space: Literal["pixel", "latent"] = "pixel"
+    vae_path: str | None = None
+    frames: int = Field(ge=1)
+    height: int = Field(ge=8)
+    width: int = Field(ge=8)
+    in_channels: int = Field(default=3, ge=1)
+    patch_size: tuple[int, int, int] = (1, 4, 4)
+    num_layers: int = Field(ge=1)
+    num_heads: int = Field(ge=1)
+    head_dim: int = Field(ge=8)
+    ffn_dim: int = Field(ge=8)
+    freq_dim: int = Field(default=64, ge=8)
+
+    @model_validator(mode="after")
+    def _check(self) -> BackboneConfig:
+        if self.space == "latent" and not self.vae_path:
+            raise ValueError("a latent-space backbone needs vae_path (a local diffusers VAE folder)")
+        return self
+
+
+class TrainConfig(Frozen):
+    batch_size: int = Field(ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(default=50, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    cond_dropout: float = Field(default=0.1, ge=0, le=1)
+    logit_normal_mean: float = 0.0
+    logit_normal_std: float = Field(default=1.0, gt=0)
+    target_steps: int = Field(ge=1)
+    checkpoint_every: int = Field(default=200, ge=1)
+
+
+class ExpertPreset(Frozen):
+    """Everything needed to build and train one expert: a named bundle of the three configs above."""
+
+    name: str
+    backbone: BackboneConfig
+    text: TextEncoderConfig
+    train: TrainConfig
