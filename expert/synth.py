@@ -37,9 +37,9 @@ _MOTION_PHRASES = {
 }
 _TEMPLATES = (
     "{obj} on a {bg} background",
-    "{obj}, {bg} backdrop",
     "video of {obj} over a {bg} background",
-    "{obj} in front of a {bg} scene",
+    "on a {bg} backdrop, {obj}",
+    "{bg} scene with {obj}",
 )
 
 

@@ -152,6 +152,25 @@ class ExpertTrainer:
         for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
             e.lerp_(p.detach(), 1.0 - decay)
 
+    @torch.no_grad()
+    def evaluate(self, batches: int = 4, seed: int = 1234, *, ema: bool = False) -> float:
+        """Mean flow-matching loss on fixed clips, noise and t drawn from `seed` (no condition dropout):
+        comparable across steps and runs, and it leaves the training RNG untouched."""
+        tc = self.preset.train
+        g = torch.Generator().manual_seed(seed)
+        model = self.ema if ema else self.model
+        losses = []
+        for _ in range(batches):
+            idx = torch.randint(len(self.frames), (tc.batch_size,), generator=g)
+            x0 = self.codec.encode(self.frames[idx].to(self.device))
+            noise = torch.randn(x0.shape, generator=g).to(self.device)
+            t = sample_t(tc.batch_size, g, mean=tc.logit_normal_mean, std=tc.logit_normal_std).to(self.device)
+            xt, target = noisy(x0, noise, t)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                pred = model(xt, timestep(t), self.text_states.get(idx).to(self.device), return_dict=False)[0]
+            losses.append(nn.functional.mse_loss(pred.float(), target).item())
+        return float(np.mean(losses))
+
     # --- the loop -------------------------------------------------------------------------------------
     def train(self, steps: int, *, on_progress: Callable[[Progress], None] | None = None,
               checkpoint_dir: Path | None = None, checkpoint_every: int | None = None,

@@ -1,0 +1,268 @@
+"""DHT record schemas of the swarm: what every key holds, how a value is encoded, and how it is checked.
+
+Every value in the DHT is an `Envelope` (protocol version + the exact key it was written under + a typed
+body), encoded as canonical JSON. Binding the key into the value lets a validator that only sees the key's
+hash (as hivemind's validators do) check that a claim was not replayed under a progress key, and so on.
+Ownership is not here: the subkey carries the owner's RSA key and hivemind's RSASignatureValidator checks
+the signature.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from protocol.canonical import canonical_json
+from protocol.data import Frozen
+from protocol.errors import IntegrityError
+
+PROTOCOL_VERSION = 1
+MAX_RECORD_BYTES = 4 * 1024
+MAX_RECORD_TTL = 30 * 24 * 3600.0
+
+RUN_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+CID_PATTERN = r"b[a-z2-7]{20,120}"
+_PEER_ID = r"^[1-9A-HJ-NP-Za-km-z]{20,80}$"  # base58btc libp2p peer id
+_MADDR = r"^/[A-Za-z0-9/._:%-]{1,200}$"
+
+Maddr = Annotated[str, Field(pattern=_MADDR)]
+PeerIdStr = Annotated[str, Field(pattern=_PEER_ID)]
+Cid = Annotated[str, Field(pattern=rf"^{CID_PATTERN}$")]
+Timestamp = Annotated[float, Field(ge=0, le=1e11, allow_inf_nan=False)]
+Cluster = Annotated[int, Field(ge=0, lt=1024)]
+
+
+class ClaimState(str, Enum):
+    """The states a lease record can announce. FREE is never written: it is the absence of a live claim."""
+
+    JOINING = "joining"
+    TRAINING = "training"
+    DONE = "done"
+    OFFLINE = "offline"
+
+
+class ClusterState(str, Enum):
+    """What a reader concludes about a cluster from all records (see swarm.claim_logic.cluster_states)."""
+
+    FREE = "free"
+    JOINING = "joining"
+    TRAINING = "training"
+    DONE = "done"
+    OFFLINE = "offline"
+
+
+class MemberBody(Frozen):
+    """`paris/{run}/members`: who is in the swarm, how to reach its gossip process, what it speaks."""
+
+    kind: Literal["member"] = "member"
+    protocol: int = Field(ge=1)
+    software: str = Field(max_length=64)
+    peer_id: PeerIdStr
+    maddrs: tuple[Maddr, ...] = Field(default=(), max_length=16)
+    gossip_maddrs: tuple[Maddr, ...] = Field(default=(), max_length=16)
+    role: Literal["auto", "expert", "router", "seeder", "observer"] = "auto"
+    ts: Timestamp
+
+
+class RunPointerBody(Frozen):
+    """`paris/{run}/spec`: where the run spec's bytes can be fetched (its CID in the content store)."""
+
+    kind: Literal["spec"] = "spec"
+    run_id: str = Field(pattern=rf"^{RUN_ID_PATTERN}$")
+    spec_cid: Cid
+    num_clusters: int = Field(ge=1, le=1024)
+    ts: Timestamp
+
+
+class ClaimBody(Frozen):
+    """`paris/{run}/claims`: one lease per owner (the subkey), so no node can hold two clusters at once."""
+
+    kind: Literal["claim"] = "claim"
+    cluster: Cluster
+    state: ClaimState
+    peer_id: PeerIdStr
+    since: Timestamp
+    ts: Timestamp
+
+
+class DoneBody(Frozen):
+    """`paris/{run}/done`, subkey `owner#cluster`: a cluster reached its target. Long-lived, unlike leases."""
+
+    kind: Literal["done"] = "done"
+    cluster: Cluster
+    step: int = Field(ge=0)
+    checkpoint_cid: Cid | None = None
+    ts: Timestamp
+
+
+class ProgressBody(Frozen):
+    """`paris/{run}/progress`: the owner's latest training progress (generic: no tensors here)."""
+
+    kind: Literal["progress"] = "progress"
+    cluster: Cluster | None = None  # None: the router
+    step: int = Field(ge=0)
+    target: int = Field(ge=0)
+    loss: float | None = Field(default=None, allow_inf_nan=False)
+    samples_per_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    checkpoint_cid: Cid | None = None
+    started_at: Timestamp
+    ts: Timestamp
+
+
+class CheckpointBody(Frozen):
+    """`paris/{run}/checkpoints`, subkey `owner#slot`: a published checkpoint of an expert or the router."""
+
+    kind: Literal["checkpoint"] = "checkpoint"
+    slot: str = Field(pattern=r"^(expert-[0-9]{1,4}|router)$")
+    step: int = Field(ge=0)
+    cid: Cid
+    bytes: int = Field(ge=0)
+    loss: float | None = Field(default=None, allow_inf_nan=False)
+    ts: Timestamp
+
+
+class ProviderBody(Frozen):
+    """`paris/cas/{cid}`: the owner can serve this CID from the listed peer."""
+
+    kind: Literal["provider"] = "provider"
+    cid: Cid
+    peer_id: PeerIdStr
+    maddrs: tuple[Maddr, ...] = Field(default=(), max_length=16)
+    bytes: int = Field(ge=0)
+    ts: Timestamp
+
+
+Body = Annotated[
+    MemberBody | RunPointerBody | ClaimBody | DoneBody | ProgressBody | CheckpointBody | ProviderBody,
+    Field(discriminator="kind"),
+]
+
+
+class Envelope(Frozen):
+    v: int
+    key: str = Field(max_length=256)
+    body: Body
+
+
+class _LooseHeader(BaseModel):
+    """What is read from a value of any protocol version, before the body is trusted."""
+
+    model_config = ConfigDict(extra="ignore")
+    v: int
+    key: str = Field(max_length=256)
+
+
+class _LooseMember(BaseModel):
+    """A member record of another protocol version: only what a mismatch message needs."""
+
+    model_config = ConfigDict(extra="ignore")
+    kind: Literal["member"]
+    protocol: int
+    software: str = Field(max_length=64)
+    peer_id: str = Field(max_length=80)
+
+
+class ForeignMember(Frozen):
+    """A peer that speaks another protocol version; readers turn it into a clear error message."""
+
+    protocol: int
+    software: str
+    peer_id: str
+
+
+# ---- keys -------------------------------------------------------------------------------------------------
+
+_KEY_KINDS = {"members": "member", "spec": "spec", "claims": "claim", "done": "done", "progress": "progress",
+              "checkpoints": "checkpoint"}
+_RUN_KEY_RE = re.compile(rf"^paris/({RUN_ID_PATTERN})/([a-z]+)$")
+_CAS_KEY_RE = re.compile(rf"^paris/cas/({CID_PATTERN})$")
+
+
+RunKeyName = Literal["members", "spec", "claims", "done", "progress", "checkpoints"]
+
+
+def run_key(run_id: str, what: RunKeyName) -> str:
+    if not re.fullmatch(RUN_ID_PATTERN, run_id):
+        raise ValueError(f"invalid run id {run_id!r}")
+    return f"paris/{run_id}/{what}"
+
+
+def provider_key(cid: str) -> str:
+    if not re.fullmatch(CID_PATTERN, cid):
+        raise ValueError(f"invalid CID {cid!r}")
+    return f"paris/cas/{cid}"
+
+
+def key_kind(key: str) -> str | None:
+    """The body kind a key may hold, or None if the key is not one of ours."""
+    if m := _CAS_KEY_RE.match(key):
+        return "provider"
+    if (m := _RUN_KEY_RE.match(key)) and m.group(1) != "cas":
+        return _KEY_KINDS.get(m.group(2))
+    return None
+
+
+def subkey_suffix(body: Body) -> str:
+    """The part after the owner in the subkey: records that one owner may hold several of get a slot."""
+    if isinstance(body, DoneBody):
+        return f"#{body.cluster}"
+    if isinstance(body, CheckpointBody):
+        return f"#{body.slot}"
+    return ""
+
+
+# ---- encoding ---------------------------------------------------------------------------------------------
+
+
+def encode_envelope(key: str, body: Body) -> bytes:
+    data = canonical_json(Envelope(v=PROTOCOL_VERSION, key=key, body=body))
+    if len(data) > MAX_RECORD_BYTES:
+        raise ValueError(f"record for {key} is {len(data)} bytes, over the {MAX_RECORD_BYTES}-byte limit")
+    return data
+
+
+def decode_envelope(data: bytes, *, subkey_suffix_seen: str | None = None) -> Envelope | ForeignMember:
+    """Parse and check one value. Raises IntegrityError with a one-line reason for anything we would refuse.
+
+    A member record of another protocol version decodes to `ForeignMember` (so that the mismatch can be
+    reported); any other record of another version is refused.
+    """
+    if not isinstance(data, bytes | bytearray):
+        raise IntegrityError(f"record value is {type(data).__name__}, expected bytes")
+    if len(data) > MAX_RECORD_BYTES:
+        raise IntegrityError(f"record of {len(data)} bytes is over the {MAX_RECORD_BYTES}-byte limit")
+    try:
+        header = _LooseHeader.model_validate_json(data)
+    except ValidationError as e:
+        raise IntegrityError(f"malformed record: {_first_error(e)}") from None
+    expected_kind = key_kind(header.key)
+    if expected_kind is None:
+        raise IntegrityError(f"record under unknown key {header.key!r}")
+    if header.v != PROTOCOL_VERSION:
+        if expected_kind != "member":
+            raise IntegrityError(f"record of protocol v{header.v} (this node speaks v{PROTOCOL_VERSION})")
+        try:
+            loose = _LooseMember.model_validate(json.loads(data)["body"])
+        except (ValidationError, ValueError, KeyError, TypeError) as e:
+            raise IntegrityError(f"malformed foreign member record: {e}") from None
+        return ForeignMember(protocol=loose.protocol, software=loose.software, peer_id=loose.peer_id)
+    try:
+        env = Envelope.model_validate_json(data)
+    except ValidationError as e:
+        raise IntegrityError(f"malformed record: {_first_error(e)}") from None
+    if env.body.kind != expected_kind:
+        raise IntegrityError(f"a {env.body.kind} record cannot live under {env.key!r}")
+    if isinstance(env.body, ProviderBody) and not env.key.endswith("/" + env.body.cid):
+        raise IntegrityError("provider record names another CID than its key")
+    if subkey_suffix_seen is not None and subkey_suffix_seen != subkey_suffix(env.body):
+        raise IntegrityError("record subkey does not match its body")
+    return env
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    return f"{err['msg']} at {'.'.join(str(p) for p in err['loc'])}"

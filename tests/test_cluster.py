@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+
+from expert.cluster import balance_report, cluster, nearest
+from expert.embed import SHAPES_V1_GROUPS, embed_shapes_v1
+from expert.shards import load_dataset
+from protocol.errors import ParisError
+from protocol.run import RunSpec
+
+
+def test_clusters_mean_something_on_synthetic_data(synth_dir):
+    manifest, clips = load_dataset(synth_dir)
+    emb = embed_shapes_v1(clips.frames, clips.captions)
+    result = cluster(emb, 3, seed=0, groups=SHAPES_V1_GROUPS)
+    report = balance_report(result.assignments, 3, clips.attributes, manifest.attributes)
+    best = max(report.nmi, key=report.nmi.get)
+    # far above chance: a random partition has NMI ≈ 0 and purity ≈ the majority share
+    assert report.nmi[best] > 0.6
+    assert report.purity[best] > report.purity_chance[best] + 0.3
+    assert sum(report.sizes) == 240 and report.smallest > 0
+
+
+def test_two_stage_clustering_assigns_every_clip_to_its_nearest_coarse_centroid():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 8)) * 6
+    x = np.concatenate([c + rng.normal(size=(300, 8)) for c in centres])
+    result = cluster(x, 4, seed=0, two_stage_min=100, fine_max=64)
+    assert result.fine == 64
+    z = (x - result.mean) / result.scale
+    assert (nearest(z, result.centroids) == result.assignments).all()
+    truth = np.repeat(np.arange(4), 300)
+    report = balance_report(result.assignments, 4)
+    assert report.sizes == (300, 300, 300, 300)
+    # each true blob lands in exactly one cluster
+    assert all(len(set(result.assignments[truth == k])) == 1 for k in range(4))
+
+
+def test_too_many_clusters_is_a_clear_error():
+    with pytest.raises(ParisError, match="cannot make 10 clusters from 5 clips"):
+        cluster(np.zeros((5, 3)), 10)
+
+
+def test_run_spec_round_trip_and_identity(tiny_run, tmp_path):
+    spec, path = tiny_run
+    loaded = RunSpec.load(path)
+    assert loaded == spec and loaded.run_id == spec.run_id
+    moved = spec.model_copy(update={"data_hint": "/elsewhere"})
+    assert moved.run_id == spec.run_id  # the local data path is not part of the identity
+    assert sorted(spec.cluster_clips(0) + spec.cluster_clips(1)) == list(range(240))
+    with pytest.raises(ParisError, match="cluster 5 does not exist"):
+        spec.cluster_clips(5)
+
+
+def test_malformed_run_spec_is_refused(tiny_run, tmp_path):
+    spec, path = tiny_run
+    bad = tmp_path / "bad.json"
+    text = path.read_text().replace('"num_clusters":2', '"num_clusters":3')
+    bad.write_text(text)
+    with pytest.raises(ParisError, match="malformed"):
+        RunSpec.load(bad)
