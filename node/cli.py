@@ -44,9 +44,8 @@ def data_synth(
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON.")] = False,
 ) -> None:
     """The built-in procedural text-to-video data set ("moving shapes")."""
-    from expert.synth_dataset import write_synthetic
-
     from expert.shards import tokenize
+    from expert.synth_dataset import write_synthetic
 
     h, w = _size(size)
     tokenize([""])  # load the tokenizer before timing generation

@@ -52,7 +52,7 @@ def test_run_spec_round_trip_and_identity(tiny_run, tmp_path):
 
 
 def test_malformed_run_spec_is_refused(tiny_run, tmp_path):
-    spec, path = tiny_run
+    _, path = tiny_run
     bad = tmp_path / "bad.json"
     text = path.read_text().replace('"num_clusters":2', '"num_clusters":3')
     bad.write_text(text)

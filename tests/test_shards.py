@@ -27,14 +27,14 @@ def test_flipped_byte_names_the_bad_shard(synth_dir, tmp_path):
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x01
     shard.write_bytes(bytes(data))
-    with pytest.raises(IntegrityError, match="shard-00001.safetensors is corrupt"):
+    with pytest.raises(IntegrityError, match=r"shard-00001\.safetensors is corrupt"):
         load_dataset(d)
 
 
 def test_missing_shard_and_bad_manifest(synth_dir, tmp_path):
     d = _copy(synth_dir, tmp_path)
     (d / "shard-00002.safetensors").unlink()
-    with pytest.raises(IntegrityError, match="shard-00002.safetensors is missing"):
+    with pytest.raises(IntegrityError, match=r"shard-00002\.safetensors is missing"):
         load_dataset(d)
     (d / "manifest.json").write_text("{not json")
     with pytest.raises(IntegrityError, match="malformed"):

@@ -52,7 +52,7 @@ def test_flipped_byte_in_checkpoint_is_refused(trainer, tmp_path):
     data = bytearray(f.read_bytes())
     data[-5] ^= 0x10
     f.write_bytes(bytes(data))
-    with pytest.raises(IntegrityError, match="ema.safetensors is corrupt"):
+    with pytest.raises(IntegrityError, match=r"ema\.safetensors is corrupt"):
         load_expert(tmp_path)
     with pytest.raises(IntegrityError, match="corrupt"):
         trainer.load(tmp_path)
