@@ -26,7 +26,7 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "objects": ("one", "two"),
 }
 
-_MOTION_PHRASES = {
+MOTION_PHRASES = {
     "left": ("moving left", "sliding to the left", "drifting left"),
     "right": ("moving right", "sliding to the right", "drifting right"),
     "up": ("moving up", "rising", "floating upward"),
@@ -63,7 +63,7 @@ class ClipSpec:
 
 
 def _describe(o: ObjectSpec, rng: np.random.Generator) -> str:
-    phrase = _MOTION_PHRASES[MOTIONS[o.motion]][rng.integers(3)]
+    phrase = MOTION_PHRASES[MOTIONS[o.motion]][rng.integers(3)]
     return f"{COLOURS[o.colour]} {SHAPES[o.shape]} {phrase}"
 
 

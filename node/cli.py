@@ -222,6 +222,51 @@ def sample_cmd(
     out.print(f"wrote {out_file} ({video.shape[0]} frames, {video.shape[2]}x{video.shape[1]} before upscaling)")
 
 
+@app.command("demo")
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the data, run spec, checkpoints and video.")]
+    = Path("demo"),
+    preset: Annotated[str, typer.Option(help="Expert preset (tiny is a quick check, small the real demo).")] = "small",
+    clips: Annotated[int, typer.Option(min=8, help="Synthetic clips to generate.")] = 2000,
+    clusters: Annotated[int, typer.Option(min=1, help="Clusters K.")] = 3,
+    cluster: Annotated[int, typer.Option(min=0, help="Which cluster's expert to train.")] = 0,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 1500,
+    gpu: GpuOpt = "cpu",
+) -> None:
+    """The local demo: synthetic data → clusters → train one expert → sample a video from it.
+    Re-running resumes: existing data, run spec and checkpoints in --out are reused."""
+    from expert.checkpoint import LATEST
+
+    data, run_file, ckpt = out_dir / "data", out_dir / "run.json", out_dir / f"expert_{cluster}"
+    if not (data / "manifest.json").is_file():
+        data_synth(out_dir=data, clips=clips, seed=0, frames=16, size="32x32", json_out=False)
+    if not run_file.is_file():
+        run_init(data=data, clusters=clusters, out_file=run_file, preset=preset, seed=0, name="demo",
+                 target_steps=steps, vae=None, text_weights=None, clip_model=None, clip_weights=None, json_out=False)
+    from protocol.run import RunSpec
+
+    spec = RunSpec.load(run_file)
+    if spec.preset.name != preset:
+        fail(f"{run_file} was made with preset {spec.preset.name!r}: use --preset {spec.preset.name} or a new --out")
+    done = 0
+    if (ckpt / LATEST).is_file():
+        from expert.checkpoint import read_meta, resolve_checkpoint
+
+        done = read_meta(resolve_checkpoint(ckpt)).step
+    if done < steps:
+        train_local(run=run_file, cluster=cluster, steps=steps - done, out_dir=ckpt,
+                    resume=ckpt if done else None, data=None, gpu=gpu, checkpoint_every=None)
+    from expert.synth import MOTION_PHRASES
+
+    majority = spec.balance.clusters[cluster].majority
+    motion = MOTION_PHRASES.get(majority.get("motion", "left"), ("moving left",))[0]
+    prompt = (f"a {majority.get('colour', 'red')} {majority.get('shape', 'square')} {motion} "
+              f"on a {majority.get('background', 'dark')} background")
+    sample_cmd(prompt=prompt, out_file=out_dir / "sample.gif", checkpoint=ckpt, steps=30, guidance=4.0, seed=0,
+               num_videos=4, gpu=gpu)
+    out.print(f"demo done: open {out_dir / 'sample.gif'} (prompt: {prompt!r})", highlight=False)
+
+
 def main() -> None:
     try:
         app()
