@@ -11,14 +11,15 @@ from protocol.errors import ParisError
 from protocol.model import BackboneConfig
 
 
-def build_backbone(cfg: BackboneConfig, text_dim: int, *, seed: int = 0) -> WanTransformer3DModel:
+def build_backbone(cfg: BackboneConfig, text_dim: int, *, seed: int = 0,
+                   out_channels: int | None = None) -> WanTransformer3DModel:
     """A diffusers Wan video transformer; text enters by cross-attention on the token states."""
     channels = cfg.in_channels
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return WanTransformer3DModel(
             patch_size=tuple(cfg.patch_size), num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
-            in_channels=channels, out_channels=channels, text_dim=text_dim, freq_dim=cfg.freq_dim,
+            in_channels=channels, out_channels=out_channels or channels, text_dim=text_dim, freq_dim=cfg.freq_dim,
             ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
             rope_max_seq_len=1024,
         )

@@ -24,11 +24,11 @@ def get_preset(name: str, *, vae_path: str | None = None, text_model: str | None
     if name == "small":
         return ExpertPreset(
             name="small",
-            backbone=BackboneConfig(frames=16, height=32, width=32, patch_size=(2, 4, 4), num_layers=6,
-                                    num_heads=4, head_dim=48, ffn_dim=768, freq_dim=128),
-            text=TextEncoderConfig(width=128, layers=2, heads=4, context_length=32),
-            train=TrainConfig(batch_size=8, lr=5e-4, warmup_steps=100, ema_decay=0.995, target_steps=3000,
-                              checkpoint_every=250),
+            backbone=BackboneConfig(frames=16, height=32, width=32, patch_size=(2, 4, 4), num_layers=4,
+                                    num_heads=4, head_dim=32, ffn_dim=512, freq_dim=64),
+            text=TextEncoderConfig(width=96, layers=2, heads=2, context_length=32),
+            train=TrainConfig(batch_size=8, lr=1e-3, warmup_steps=50, ema_decay=0.995, target_steps=1000,
+                              checkpoint_every=100),
         )
     if name in ("base", "large"):
         if not vae_path:

@@ -1,4 +1,5 @@
-"""Training one expert: flow matching on one cluster's clips, in a loop you can read in one sitting.
+"""Training one expert (and, with the same loop, the router): flow matching on one cluster's clips,
+in a loop you can read in one sitting.
 
 `ExpertTrainer` is the API the daemon drives: build it from a preset and clips (or a run spec and a
 cluster), optionally load a checkpoint, then `train(steps, ...)` with callbacks for progress and
@@ -73,19 +74,23 @@ class TextStates:
         return self.states[self.index[clip_idx]]
 
 
-class ExpertTrainer:
-    """Flow-matching training of one expert: AdamW, EMA, clipping, accumulation, condition dropout."""
+class Trainer:
+    """The loop shared by experts and the router: AdamW with warm-up, EMA, clipping, accumulation,
+    non-finite steps skipped, exact checkpoints. Subclasses say what the model is and what one
+    micro-batch's loss is (`_build_model`, `_micro_loss`)."""
+
+    kind = "expert"
 
     def __init__(self, preset: ExpertPreset, clips: ClipBatch, *, device: torch.device | str = "cpu",
                  seed: int = 0, run_id: str | None = None, cluster: int | None = None) -> None:
         if len(clips) == 0:
-            raise ParisError("this cluster has no clips to train on")
+            raise ParisError("no clips to train on")
         self.preset, self.run_id, self.cluster = preset, run_id, cluster
         self.device = torch.device(device)
         tc = preset.train
         self.text = TextEncoder(preset.text)
         self.codec = build_codec(preset.backbone).to(self.device)
-        self.model = build_backbone(preset.backbone, self.text.width, seed=seed).to(self.device)
+        self.model = self._build_model(seed).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
         self.frames = torch.from_numpy(np.ascontiguousarray(clips.frames))
@@ -94,27 +99,25 @@ class ExpertTrainer:
         self.step, self.samples_seen, self.skipped = 0, 0, 0
         self.loss_ema: float | None = None
 
+    def _build_model(self, seed: int) -> nn.Module:
+        raise NotImplementedError
+
+    def _micro_loss(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _noisy_batch(self, g: torch.Generator, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x0, noise, t) for clips `idx`, with the experts' noise schedule (logit-normal t)."""
+        tc = self.preset.train
+        with torch.no_grad():
+            x0 = self.codec.encode(self.frames[idx].to(self.device))
+        noise = torch.randn(x0.shape, generator=g).to(self.device)
+        t = sample_t(len(idx), g, mean=tc.logit_normal_mean, std=tc.logit_normal_std).to(self.device)
+        return x0, noise, t
+
     # --- one step -------------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
         tc = self.preset.train
         return tc.lr * min(1.0, (step + 1) / max(tc.warmup_steps, 1))
-
-    def _micro_batch(self) -> tuple[torch.Tensor, ...]:
-        tc, g = self.preset.train, self.generator
-        idx = torch.randint(len(self.frames), (tc.batch_size,), generator=g)
-        with torch.no_grad():
-            x0 = self.codec.encode(self.frames[idx].to(self.device))
-        noise = torch.randn(x0.shape, generator=g).to(self.device)
-        t = sample_t(tc.batch_size, g, mean=tc.logit_normal_mean, std=tc.logit_normal_std).to(self.device)
-        drop = (torch.rand(tc.batch_size, generator=g) < tc.cond_dropout).view(-1, 1, 1)
-        text = torch.where(drop, self.text_states.null.unsqueeze(0), self.text_states.get(idx)).to(self.device)
-        return x0, noise, t, text
-
-    def _loss(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        xt, target = noisy(x0, noise, t)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            pred = self.model(xt, timestep(t), text, return_dict=False)[0]
-        return nn.functional.mse_loss(pred.float(), target)
 
     def train_step(self) -> float | None:
         """One optimizer step (over `grad_accum` micro-batches). Returns the loss, or None when the step
@@ -126,7 +129,7 @@ class ExpertTrainer:
         total = 0.0
         finite = True
         for _ in range(tc.grad_accum):
-            loss = self._loss(*self._micro_batch())
+            loss = self._micro_loss()
             if not torch.isfinite(loss):
                 finite = False
                 break
@@ -151,25 +154,6 @@ class ExpertTrainer:
         decay = min(self.preset.train.ema_decay, (1 + self.step) / (10 + self.step))
         for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
             e.lerp_(p.detach(), 1.0 - decay)
-
-    @torch.no_grad()
-    def evaluate(self, batches: int = 4, seed: int = 1234, *, ema: bool = False) -> float:
-        """Mean flow-matching loss on fixed clips, noise and t drawn from `seed` (no condition dropout):
-        comparable across steps and runs, and it leaves the training RNG untouched."""
-        tc = self.preset.train
-        g = torch.Generator().manual_seed(seed)
-        model = self.ema if ema else self.model
-        losses = []
-        for _ in range(batches):
-            idx = torch.randint(len(self.frames), (tc.batch_size,), generator=g)
-            x0 = self.codec.encode(self.frames[idx].to(self.device))
-            noise = torch.randn(x0.shape, generator=g).to(self.device)
-            t = sample_t(tc.batch_size, g, mean=tc.logit_normal_mean, std=tc.logit_normal_std).to(self.device)
-            xt, target = noisy(x0, noise, t)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                pred = model(xt, timestep(t), self.text_states.get(idx).to(self.device), return_dict=False)[0]
-            losses.append(nn.functional.mse_loss(pred.float(), target).item())
-        return float(np.mean(losses))
 
     # --- the loop -------------------------------------------------------------------------------------
     def train(self, steps: int, *, on_progress: Callable[[Progress], None] | None = None,
@@ -216,14 +200,17 @@ class ExpertTrainer:
     def save(self, path: Path) -> CheckpointMeta:
         """Atomically write the full training state; refuses a state holding NaN or Inf."""
         return write_checkpoint(Path(path), self.state_groups(), {
-            "run_id": self.run_id, "cluster": self.cluster, "step": self.step, "samples_seen": self.samples_seen,
-            "loss_ema": self.loss_ema, "skipped_steps": self.skipped, "preset": self.preset,
+            "kind": self.kind, "run_id": self.run_id, "cluster": self.cluster, "step": self.step,
+            "samples_seen": self.samples_seen, "loss_ema": self.loss_ema, "skipped_steps": self.skipped,
+            "preset": self.preset,
         })
 
     def load(self, path: Path) -> CheckpointMeta:
         """Resume from a checkpoint (or a training folder's LATEST), after verifying it fits this run."""
         path = resolve_checkpoint(Path(path))
         meta = read_meta(path)
+        if meta.kind != self.kind:
+            raise ConfigMismatchError(f"checkpoint {path} is a {meta.kind} checkpoint, not a {self.kind} one")
         check_preset(meta, self.preset, path)
         if self.run_id and meta.run_id and meta.run_id != self.run_id:
             raise ConfigMismatchError(f"checkpoint {path} belongs to run {meta.run_id}, not {self.run_id}")
@@ -255,6 +242,49 @@ class ExpertTrainer:
 
 
 
+
+
+class ExpertTrainer(Trainer):
+    """Flow matching for one expert with condition dropout for classifier-free guidance."""
+
+    kind = "expert"
+
+    def _build_model(self, seed: int) -> nn.Module:
+        return build_backbone(self.preset.backbone, self.text.width, seed=seed)
+
+    def _micro_batch(self) -> tuple[torch.Tensor, ...]:
+        tc, g = self.preset.train, self.generator
+        idx = torch.randint(len(self.frames), (tc.batch_size,), generator=g)
+        x0, noise, t = self._noisy_batch(g, idx)
+        drop = (torch.rand(tc.batch_size, generator=g) < tc.cond_dropout).view(-1, 1, 1)
+        text = torch.where(drop, self.text_states.null.unsqueeze(0), self.text_states.get(idx)).to(self.device)
+        return x0, noise, t, text
+
+    def _loss(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        xt, target = noisy(x0, noise, t)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            pred = self.model(xt, timestep(t), text, return_dict=False)[0]
+        return nn.functional.mse_loss(pred.float(), target)
+
+    def _micro_loss(self) -> torch.Tensor:
+        return self._loss(*self._micro_batch())
+
+    @torch.no_grad()
+    def evaluate(self, batches: int = 4, seed: int = 1234, *, ema: bool = False) -> float:
+        """Mean flow-matching loss on fixed clips, noise and t drawn from `seed` (no condition dropout):
+        comparable across steps and runs, and it leaves the training RNG untouched."""
+        tc = self.preset.train
+        g = torch.Generator().manual_seed(seed)
+        model = self.ema if ema else self.model
+        losses = []
+        for _ in range(batches):
+            idx = torch.randint(len(self.frames), (tc.batch_size,), generator=g)
+            x0, noise, t = self._noisy_batch(g, idx)
+            xt, target = noisy(x0, noise, t)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                pred = model(xt, timestep(t), self.text_states.get(idx).to(self.device), return_dict=False)[0]
+            losses.append(nn.functional.mse_loss(pred.float(), target).item())
+        return float(np.mean(losses))
 
 
 def trainer_for_run(spec, cluster: int, *, data_dir: Path | None = None, device: torch.device | str = "cpu",

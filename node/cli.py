@@ -175,8 +175,11 @@ def train_local(
 
             def on_progress(p):
                 last["p"] = p
-                bar.update(task, advance=1, loss="skipped" if p.loss is None else f"{p.loss_ema:.4f}",
-                           sps=f"{p.samples_per_s:.1f}")
+                loss = "skipped" if p.loss is None else f"{p.loss_ema:.4f}"
+                bar.update(task, advance=1, loss=loss, sps=f"{p.samples_per_s:.1f}")
+                if not console.is_terminal and (p.step % 25 == 0 or p.step == 1):  # logs, not a live bar
+                    console.print(f"expert {cluster} step {p.step} loss {loss} {p.samples_per_s:.1f} samples/s",
+                                  highlight=False)
 
             def on_checkpoint(path, meta):
                 console.print(f"checkpoint step {meta.step} → {path}", highlight=False)
@@ -230,7 +233,7 @@ def demo(
     clips: Annotated[int, typer.Option(min=8, help="Synthetic clips to generate.")] = 2000,
     clusters: Annotated[int, typer.Option(min=1, help="Clusters K.")] = 3,
     cluster: Annotated[int, typer.Option(min=0, help="Which cluster's expert to train.")] = 0,
-    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 1500,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 1000,
     gpu: GpuOpt = "cpu",
 ) -> None:
     """The local demo: synthetic data → clusters → train one expert → sample a video from it.

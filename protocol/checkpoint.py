@@ -24,7 +24,7 @@ class CheckpointMeta(Frozen):
     `optimizer.safetensors` and `rng.safetensors` (the exact training state, for resume and takeover)."""
 
     format_version: Literal[1] = CHECKPOINT_FORMAT_VERSION
-    kind: Literal["expert"] = "expert"
+    kind: Literal["expert", "router"] = "expert"
     run_id: str | None = None
     cluster: int | None = Field(default=None, ge=0)
     step: int = Field(ge=0)

@@ -72,10 +72,20 @@ class TrainConfig(Frozen):
     checkpoint_every: int = Field(default=200, ge=1)
 
 
+class RouterHead(Frozen):
+    """Turns the backbone into a router r(x_t, t [, text]) → K logits: the transformer's per-patch outputs
+    have K channels and are mean-pooled. `use_text=False` is Paris' router, `True` is DDM's."""
+
+    num_experts: int = Field(ge=1, le=1024)
+    use_text: bool = False
+
+
 class ExpertPreset(Frozen):
-    """Everything needed to build and train one expert: a named bundle of the three configs above."""
+    """Everything needed to build and train one network of a run: a named bundle of the configs above.
+    With `router` set it describes the run's router instead of an expert."""
 
     name: str
     backbone: BackboneConfig
     text: TextEncoderConfig
     train: TrainConfig
+    router: RouterHead | None = None

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real processes, a few minutes in all
+
 CLI = [sys.executable, "-m", "node.cli"]
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,8 @@
 """The latent-space path (GPU presets) with a tiny random-init video VAE saved to a local folder."""
 
 import pytest
+
+pytestmark = pytest.mark.slow  # builds a VAE and trains through it
 import torch
 
 from expert.backbone import WanVaeCodec

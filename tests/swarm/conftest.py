@@ -1,0 +1,87 @@
+"""Fixtures for the swarm tests: real node processes on 127.0.0.1 that are always stopped (by pid)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class NodeProc:
+    """One child process speaking JSON lines; stdout is read by a thread so reads can time out."""
+
+    def __init__(self, argv: list[str], log_path: Path):
+        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            [sys.executable, *argv], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self._log, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # its own process group: kill9 also takes its p2pd and DHT children
+        )
+        self._lines: queue.Queue[dict] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            try:
+                self._lines.put(json.loads(raw))
+            except ValueError:
+                continue
+
+    def send(self, obj: dict) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(obj) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def recv(self, timeout: float = 60.0, where=lambda m: True) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no matching message from pid {self.proc.pid} in {timeout}s")
+            msg = self._lines.get(timeout=left)
+            if where(msg):
+                return msg
+
+    def kill9(self) -> None:
+        """SIGKILL the node and every process it started (its own process group, never anything else)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send({"op": "quit"})
+                self.proc.wait(15)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.kill9()  # also reaps helpers left in the group by a clean exit
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def spawn():
+    """`spawn(script, log_path, *args) -> NodeProc`; every process spawned is stopped when the session ends,
+    whatever happened to the test."""
+    started: list[NodeProc] = []
+
+    def _spawn(script: str, log_path: Path, *args: str) -> NodeProc:
+        proc = NodeProc([script, *args], log_path)
+        started.append(proc)
+        return proc
+
+    yield _spawn
+    for proc in started:
+        proc.stop()

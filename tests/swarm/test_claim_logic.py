@@ -1,0 +1,119 @@
+"""The pure claim decision: choose_cluster, winner and cluster_states over hand-made and random snapshots,
+plus a simulated concurrent race that must end with one owner per cluster."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol.swarm_records import ClaimState, ClusterState
+from swarm.claim_logic import ClaimView, Snapshot, all_done, choose_cluster, cluster_states, owners, winner
+
+J, T, D, OFF = ClaimState.JOINING, ClaimState.TRAINING, ClaimState.DONE, ClaimState.OFFLINE
+
+
+def snap(k: int, *claims: tuple[str, int, ClaimState], done: set[int] | None = None) -> Snapshot:
+    return Snapshot(k, tuple(ClaimView(p, c, s) for p, c, s in claims), frozenset(done or ()))
+
+
+def test_prefers_unclaimed_over_joined_and_never_owned_or_done():
+    s = snap(4, ("a", 0, T), ("b", 1, J), done={2})
+    assert choose_cluster(s, "me") == 3
+    s = snap(3, ("a", 0, T), ("b", 1, J), ("c", 2, J), ("d", 2, J))
+    assert choose_cluster(s, "me") == 1  # least covered among unowned
+    assert choose_cluster(snap(2, ("a", 0, T), ("b", 1, D)), "me") is None
+
+
+def test_offline_lease_counts_as_free():
+    assert choose_cluster(snap(1, ("a", 0, OFF)), "me") == 0
+    assert cluster_states(snap(2, ("a", 0, OFF))) == [ClusterState.OFFLINE, ClusterState.FREE]
+
+
+def test_restarted_owner_takes_its_cluster_back():
+    s = snap(4, ("me", 2, T), ("a", 0, T))
+    assert choose_cluster(s, "me") == 2
+
+
+def test_loser_does_not_rechoose_its_lost_cluster():
+    s = snap(2, ("me", 0, J), ("a", 0, T))
+    assert winner(s, 0) == "a"
+    assert choose_cluster(s, "me") == 1
+
+
+def test_winner_incumbent_beats_joiner_and_is_deterministic():
+    s = snap(1, ("a", 0, J), ("b", 0, T), ("c", 0, J))
+    assert winner(s, 0) == "b"
+    s = snap(1, ("a", 0, J), ("c", 0, J))
+    assert winner(s, 0) == winner(snap(1, ("c", 0, J), ("a", 0, J)), 0)
+    assert winner(snap(1, ("a", 0, OFF)), 0) is None
+
+
+def test_states_and_done():
+    s = snap(5, ("a", 0, T), ("b", 1, J), ("c", 2, D), ("d", 3, OFF), done={4})
+    assert cluster_states(s) == [ClusterState.TRAINING, ClusterState.JOINING, ClusterState.DONE,
+                                 ClusterState.OFFLINE, ClusterState.DONE]
+    assert not all_done(s) and all_done(snap(2, done={0, 1}))
+    assert owners(s) == {0: "a", 1: "b", 2: "c"}
+
+
+def test_rendezvous_spreads_simultaneous_joiners():
+    empty = snap(8)
+    picks = {choose_cluster(empty, f"peer{i}", "run") for i in range(64)}
+    assert len(picks) >= 6
+
+
+views = st.builds(ClaimView, st.sampled_from([f"p{i}" for i in range(6)]), st.integers(0, 5),
+                  st.sampled_from(list(ClaimState)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 6), st.lists(views, max_size=12), st.sets(st.integers(0, 5)), st.sampled_from(["p0", "me"]))
+def test_choice_is_never_a_done_or_foreign_owned_cluster(k, claims, done, me):
+    s = Snapshot(k, tuple(c for c in claims if c.cluster < k), frozenset(d for d in done if d < k))
+    choice = choose_cluster(s, me)
+    assert len(cluster_states(s)) == k
+    if choice is None:
+        return
+    assert 0 <= choice < k and choice not in s.done
+    w = winner(s, choice)
+    assert w in (None, me) or all(c.state == J for c in s.on(choice) if c.peer_id == w)
+
+
+def _race(peers: list[str], k: int, rng: random.Random) -> dict[str, int | None]:
+    """A simulated race: in each round the undecided peers announce at once, in random order, each seeing the
+    settled state plus a random part of this round's earlier announcements (the DHT's visibility lag); after
+    the settle window all see everything and apply `winner`; losers withdraw and choose again."""
+    claims: dict[str, ClaimView] = {}
+    decided: dict[str, int | None] = {}
+    for _ in range(20):
+        undecided = [p for p in peers if p not in decided]
+        if not undecided:
+            break
+        settled = dict(claims)
+        rng.shuffle(undecided)
+        for p in undecided:
+            visible = {**settled, **{q: v for q, v in claims.items() if q not in settled and rng.random() < 0.5}}
+            choice = choose_cluster(Snapshot(k, tuple(visible.values())), p)
+            if choice is None:
+                claims.pop(p, None)
+                decided[p] = None
+            else:
+                claims[p] = ClaimView(p, choice, J)
+        full = Snapshot(k, tuple(claims.values()))
+        for p in undecided:
+            if p in claims and winner(full, claims[p].cluster) == p:
+                claims[p] = ClaimView(p, claims[p].cluster, T)
+                decided[p] = claims[p].cluster
+            elif p in claims:
+                claims.pop(p)
+    return decided
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 10), st.integers(1, 6), st.integers(0, 2**32))
+def test_simulated_race_gives_one_owner_per_cluster(n, k, seed):
+    decided = _race([f"peer{i}" for i in range(n)], k, random.Random(seed))
+    owned = [c for c in decided.values() if c is not None]
+    assert len(owned) == len(set(owned)) == min(n, k)

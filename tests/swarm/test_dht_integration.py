@@ -1,0 +1,49 @@
+"""SwarmNode between real hivemind nodes on 127.0.0.1: signed records round-trip, a foreign-signed write is
+refused by honest nodes, and a peer speaking another protocol version gets a clear error instead of a hang."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from hivemind.utils.timed_storage import get_dht_time
+
+from protocol.swarm_records import PROTOCOL_VERSION, ClaimBody, ClaimState, MemberBody, encode_envelope, run_key
+from swarm.dht import NetworkConfig, ProtocolMismatchError, SwarmNode
+
+pytestmark = pytest.mark.slow
+
+
+def test_records_signatures_and_protocol_versions(tmp_path):
+    async def run():
+        a = SwarmNode.start(tmp_path / "a")
+        b = SwarmNode.start(tmp_path / "b", NetworkConfig(initial_peers=tuple(a.visible_maddrs())))
+        try:
+            now = get_dht_time()
+            key = run_key("r", "claims")
+            mine = ClaimBody(cluster=1, state=ClaimState.TRAINING, peer_id=b.peer_id, since=now, ts=now)
+            assert await b.put(key, mine, now + 30)
+            found = await a.get(key)
+            assert [(r.body, r.owner) for r in found.records] == [(mine, b.owner)]
+            # b writes into a's subkey (it cannot sign for a's key): every honest node refuses it
+            forged = encode_envelope(key, ClaimBody(cluster=2, state=ClaimState.TRAINING, peer_id=a.peer_id,
+                                                    since=now, ts=now))
+            assert not await b.dht.store(key, forged, now + 31, subkey=a.owner_subkey, return_future=True)
+            assert [r.body.cluster for r in (await a.get(key)).records] == [1]
+            # a member record of protocol v2 is accepted as a member but turned into a clear error
+            member = MemberBody(protocol=PROTOCOL_VERSION + 1, software="paris-node 9.0", peer_id=b.peer_id, ts=now)
+            env = json.loads(encode_envelope(run_key("r", "members"), member))
+            env["v"] = PROTOCOL_VERSION + 1
+            raw = json.dumps(env).encode()
+            assert await b.dht.store(run_key("r", "members"), raw, now + 30, subkey=b.owner_subkey,
+                                     return_future=True)
+            with pytest.raises(ProtocolMismatchError, match="speaks paris protocol v2"):
+                await asyncio.wait_for(a.check_protocol("r"), 20)
+            assert await a.check_protocol("empty-run") == []
+        finally:
+            a.shutdown()
+            b.shutdown()
+
+    asyncio.run(asyncio.wait_for(run(), 120))
+

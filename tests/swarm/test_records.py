@@ -1,0 +1,193 @@
+"""Record schemas, keys and the validator: valid records pass; malformed, replayed, foreign-signed,
+oversized and random inputs are refused without an exception escaping."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import stat
+
+import pytest
+from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.dht.routing import DHTID
+from hivemind.dht.validation import CompositeValidator, DHTRecord
+from hivemind.utils.serializer import MSGPackSerializer
+from hivemind.utils.timed_storage import get_dht_time
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from protocol.errors import IntegrityError, ParisError
+from protocol.swarm_records import (
+    MAX_RECORD_BYTES,
+    PROTOCOL_VERSION,
+    CheckpointBody,
+    ClaimBody,
+    ClaimState,
+    DoneBody,
+    ForeignMember,
+    MemberBody,
+    ProgressBody,
+    ProviderBody,
+    decode_envelope,
+    encode_envelope,
+    key_kind,
+    provider_key,
+    run_key,
+    subkey_suffix,
+)
+from swarm.dht import NetworkConfig
+from swarm.identity import load_identity, peer_id_of_public_key
+from swarm.validator import ParisRecordValidator, check_record, make_validators
+
+CID = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture(scope="module")
+def ids(tmp_path_factory):
+    return load_identity(tmp_path_factory.mktemp("a")), load_identity(tmp_path_factory.mktemp("b"))
+
+
+def _record(identity, key: str, body, *, signer=None, expiration=None) -> DHTRecord:
+    """A record as the DHT would carry it: msgpack-serialized parts, value signed by `signer`'s validators."""
+    subkey = b"[owner:" + identity.public_key_bytes + b"]" + subkey_suffix(body).encode()
+    rec = DHTRecord(DHTID.generate(source=key).to_bytes(), MSGPackSerializer.dumps(subkey),
+                    MSGPackSerializer.dumps(encode_envelope(key, body)), expiration or get_dht_time() + 60)
+    signing = CompositeValidator(make_validators((signer or identity).private_key))
+    return dataclasses.replace(rec, value=signing.sign_value(rec))
+
+
+def test_identity_persists_with_private_permissions(tmp_path):
+    a = load_identity(tmp_path)
+    assert stat.S_IMODE(os.stat(a.identity_path).st_mode) == 0o600
+    assert load_identity(tmp_path).peer_id == a.peer_id == peer_id_of_public_key(a.public_key_bytes)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "identity.key").write_bytes(b"not a key")
+    with pytest.raises(ParisError, match="not a valid paris-node identity"):
+        load_identity(tmp_path / "bad")
+
+
+def test_keys():
+    assert key_kind(run_key("run-1", "claims")) == "claim"
+    assert key_kind(provider_key(CID)) == "provider"
+    assert key_kind("paris/cas/claims") is None and key_kind("other") is None
+    with pytest.raises(ValueError):
+        run_key("../x", "claims")
+
+
+def test_valid_records_pass_and_are_signed(ids):
+    a, _ = ids
+    now = get_dht_time()
+    bodies = {
+        run_key("r", "claims"): ClaimBody(cluster=3, state=ClaimState.JOINING, peer_id=a.peer_id, since=now, ts=now),
+        run_key("r", "members"): MemberBody(protocol=1, software="paris-node 0.1", peer_id=a.peer_id, ts=now,
+                                            maddrs=("/ip4/127.0.0.1/tcp/1",)),
+        run_key("r", "progress"): ProgressBody(cluster=1, step=5, target=100, loss=0.5, started_at=now, ts=now),
+        run_key("r", "done"): DoneBody(cluster=1, step=100, checkpoint_cid=CID, ts=now),
+        run_key("r", "checkpoints"): CheckpointBody(slot="router", step=3, cid=CID, bytes=10, ts=now),
+        provider_key(CID): ProviderBody(cid=CID, peer_id=a.peer_id, bytes=10, ts=now),
+    }
+    validator = CompositeValidator(make_validators(a.private_key))
+    for key, body in bodies.items():
+        rec = _record(a, key, body)
+        assert validator.validate(rec), key
+        stripped = MSGPackSerializer.loads(validator.strip_value(rec))
+        assert decode_envelope(stripped).body == body
+
+
+def test_refused_records(ids):
+    a, b = ids
+    now = get_dht_time()
+    validator = CompositeValidator(make_validators(b.private_key))
+    claim = ClaimBody(cluster=0, state=ClaimState.TRAINING, peer_id=a.peer_id, since=now, ts=now)
+    key = run_key("r", "claims")
+    assert validator.validate(_record(a, key, claim))
+    # signed by b in a's subkey (a forged write to a's lease)
+    assert not validator.validate(_record(a, key, claim, signer=b))
+    # b names a's peer id in its own subkey
+    assert not validator.validate(_record(b, key, claim))
+    # replayed under another key: the envelope names the claims key
+    good = _record(a, key, claim)
+    assert not validator.validate(dataclasses.replace(good, key=DHTID.generate(source=run_key("r", "progress"))
+                                                      .to_bytes()))
+    # wrong kind for the key
+    prog = ProgressBody(step=1, target=2, started_at=now, ts=now)
+    env = json.loads(encode_envelope(run_key("r", "progress"), prog))
+    env["key"] = key
+    rec = dataclasses.replace(good, value=MSGPackSerializer.dumps(json.dumps(env).encode()))
+    assert not validator.validate(dataclasses.replace(rec, value=CompositeValidator(
+        make_validators(a.private_key)).sign_value(rec)))
+    # lease expiring absurdly late
+    assert not validator.validate(_record(a, key, claim, expiration=get_dht_time() + 10**9))
+    # no subkey / no owner
+    assert not ParisRecordValidator().validate(dataclasses.replace(good, subkey=MSGPackSerializer.dumps(b"x")))
+
+
+def test_protocol_versions(ids):
+    a, _ = ids
+    now = get_dht_time()
+    member = MemberBody(protocol=2, software="paris-node 9", peer_id=a.peer_id, ts=now)
+    env = json.loads(encode_envelope(run_key("r", "members"), member))
+    env["v"] = PROTOCOL_VERSION + 1
+    env["body"]["new_field"] = [1, 2]
+    foreign = decode_envelope(json.dumps(env).encode())
+    assert isinstance(foreign, ForeignMember) and foreign.protocol == 2
+    claim = ClaimBody(cluster=0, state=ClaimState.TRAINING, peer_id=a.peer_id, since=now, ts=now)
+    env = json.loads(encode_envelope(run_key("r", "claims"), claim))
+    env["v"] = PROTOCOL_VERSION + 1
+    with pytest.raises(IntegrityError, match="protocol v2"):
+        decode_envelope(json.dumps(env).encode())
+
+
+def test_size_cap():
+    with pytest.raises(IntegrityError, match="limit"):
+        decode_envelope(b"{" + b" " * MAX_RECORD_BYTES + b"}")
+    now = get_dht_time()
+    many = tuple(f"/ip4/127.0.0.1/tcp/{i}/" + "x" * 150 for i in range(16))
+    body = MemberBody(protocol=1, software="s", peer_id="Qm" + "a" * 44, maddrs=many, gossip_maddrs=many, ts=now)
+    with pytest.raises(ValueError, match="limit"):
+        encode_envelope(run_key("r", "members"), body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2048))
+def test_random_bytes_never_crash_decoders(data):
+    with pytest.raises(IntegrityError):
+        decode_envelope(data)
+    assert ParisRecordValidator().validate(DHTRecord(data[:20], data, data, NOW)) is False
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                           lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
+                           max_leaves=20)
+kinds = st.sampled_from(["member", "spec", "claim", "done", "progress", "checkpoint", "provider", "x"])
+keys = st.sampled_from([run_key("r", "claims"), run_key("r", "members"), provider_key(CID), "paris/r/x", ""])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(-1, 3), keys, kinds, st.dictionaries(st.sampled_from(
+    ["cluster", "state", "peer_id", "since", "ts", "step", "target", "cid", "bytes", "protocol", "software",
+     "slot", "loss", "started_at", "spec_cid", "run_id", "num_clusters", "maddrs"]), json_values, max_size=8),
+    st.binary(max_size=64))
+def test_valid_looking_records_never_crash(v, key, kind, fields, subkey_tail):
+    data = json.dumps({"v": v, "key": key, "body": {"kind": kind, **fields}}).encode()
+    with contextlib.suppress(IntegrityError):
+        decode_envelope(data)
+    with contextlib.suppress(IntegrityError):
+        check_record(DHTID.generate(source=key).to_bytes(), b"[owner:" + subkey_tail + b"]", data, NOW + 9, NOW)
+    subkey = MSGPackSerializer.dumps(b"[owner:" + subkey_tail + b"]")
+    rec = DHTRecord(DHTID.generate(source=key).to_bytes(), subkey, MSGPackSerializer.dumps(data), NOW)
+    assert ParisRecordValidator().validate(rec) in (True, False)
+    assert RSASignatureValidator.__name__  # the signature layer is exercised in test_refused_records
+
+
+def test_network_defaults_are_loopback_only():
+    kw = NetworkConfig().dht_kwargs()
+    assert kw["host_maddrs"] == ["/ip4/127.0.0.1/tcp/0"]
+    assert not any(kw[k] for k in ("nat_port_map", "auto_nat", "use_relay", "use_auto_relay", "use_ipfs"))
+    opened = NetworkConfig(host_maddrs=("/ip4/0.0.0.0/tcp/31337",), announce_maddrs=("/ip4/1.2.3.4/tcp/31337",),
+                           nat_traversal=True, use_relay=True).dht_kwargs()
+    assert opened["nat_port_map"] and opened["auto_nat"] and opened["use_relay"] and opened["use_auto_relay"]
+    assert opened["announce_maddrs"] == ["/ip4/1.2.3.4/tcp/31337"]
