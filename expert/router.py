@@ -22,6 +22,14 @@ class Router(nn.Module):
         self.text_dim = text_dim
         self.trunk = build_backbone(cfg, text_dim, seed=seed, out_channels=head.num_experts)
 
+    @classmethod
+    def from_trunk(cls, trunk: torch.nn.Module, head: RouterHead, text_dim: int) -> Router:
+        """Wrap an already built (for example loaded) trunk."""
+        router = cls.__new__(cls)
+        nn.Module.__init__(router)
+        router.head, router.text_dim, router.trunk = head, text_dim, trunk
+        return router
+
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
         if not self.head.use_text or text is None:
             text = x.new_zeros((x.shape[0], 1, self.text_dim))

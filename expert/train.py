@@ -301,3 +301,105 @@ def trainer_for_run(spec, cluster: int, *, data_dir: Path | None = None, device:
                                   f"({spec.data.data_id})")
     return ExpertTrainer(spec.preset, clips.select(spec.cluster_clips(cluster)), device=device,
                          seed=spec.seed if seed is None else seed, run_id=spec.run_id, cluster=cluster)
+
+
+class RouterTrainer(Trainer):
+    """Cross-entropy of the router's logits on noisy clips x_t against their true cluster.
+
+    Clips come from a bounded, stratified sample (at most `cap` per cluster); each cluster's loss is
+    weighted by (its share of the data) / (its share of the sample), so that the optimum is still the
+    posterior p(k | x_t, t) of the full data, priors included."""
+
+    kind = "router"
+
+    def __init__(self, preset: ExpertPreset, clips: ClipBatch, labels: np.ndarray, *,
+                 data_sizes: np.ndarray | None = None, **kw) -> None:
+        if preset.router is None:
+            raise ParisError("a router needs a preset with a router head")
+        k = preset.router.num_experts
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        sample_sizes = np.bincount(labels, minlength=k).astype(np.float64)
+        sizes = sample_sizes if data_sizes is None else np.asarray(data_sizes, dtype=np.float64)
+        weight = (sizes / sizes.sum()) / np.maximum(sample_sizes / sample_sizes.sum(), 1e-12)
+        self.class_weight = torch.tensor(np.where(sample_sizes > 0, weight, 0.0), dtype=torch.float32)
+        super().__init__(preset, clips, **kw)
+        self.class_weight = self.class_weight.to(self.device)
+
+    def _build_model(self, seed: int) -> nn.Module:
+        from expert.router import Router
+
+        return Router(self.preset.backbone, self.preset.router, self.text.width, seed=seed)
+
+    def _logits(self, model: nn.Module, g: torch.Generator, idx: torch.Tensor, *, dropout: bool):
+        x0, noise, t = self._noisy_batch(g, idx)
+        xt, _ = noisy(x0, noise, t)
+        text = self.text_states.get(idx)
+        if dropout:
+            drop = (torch.rand(len(idx), generator=g) < self.preset.train.cond_dropout).view(-1, 1, 1)
+            text = torch.where(drop, self.text_states.null.unsqueeze(0), text)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            return model(xt, timestep(t), text.to(self.device)), t
+
+    def _micro_loss(self) -> torch.Tensor:
+        g = self.generator
+        idx = torch.randint(len(self.frames), (self.preset.train.batch_size,), generator=g)
+        logits, _ = self._logits(self.model, g, idx, dropout=True)
+        return nn.functional.cross_entropy(logits.float(), self.labels[idx].to(self.device), weight=self.class_weight)
+
+    @torch.no_grad()
+    def evaluate(self, samples: int = 256, seed: int = 1234, *, bins: int = 5, ema: bool = True) -> dict:
+        """Accuracy overall and per noise level (t in `bins` equal bins): near t=0 the clip is visible and
+        the router should be right; near t=1 it is pure noise and the best is the majority cluster."""
+        g = torch.Generator().manual_seed(seed)
+        model = self.ema if ema else self.model
+        correct, ts = [], []
+        for start in range(0, samples, self.preset.train.batch_size):
+            n = min(self.preset.train.batch_size, samples - start)
+            idx = torch.randint(len(self.frames), (n,), generator=g)
+            logits, t = self._logits(model, g, idx, dropout=False)
+            correct.append((logits.argmax(1).cpu() == self.labels[idx]).float())
+            ts.append(t.cpu())
+        c, t = torch.cat(correct), torch.cat(ts)
+        edges = torch.linspace(0, 1, bins + 1)
+        per_bin = {}
+        for i in range(bins):
+            m = (t >= edges[i]) & (t < edges[i + 1])
+            if m.any():
+                per_bin[f"{edges[i]:.1f}-{edges[i + 1]:.1f}"] = round(float(c[m].mean()), 4)
+        return {"accuracy": round(float(c.mean()), 4), "per_noise_level": per_bin, "samples": samples}
+
+
+def stratified_sample(assignments: np.ndarray, cap: int, seed: int = 0) -> np.ndarray:
+    """At most `cap` clip indices per cluster, chosen at random with `seed`, in ascending order."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for k in np.unique(assignments):
+        members = np.flatnonzero(assignments == k)
+        chosen.append(members if len(members) <= cap else rng.choice(members, cap, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def router_preset(expert: ExpertPreset, num_experts: int, *, use_text: bool = False) -> ExpertPreset:
+    """The run's router: the experts' backbone and schedule with a K-way pooled head."""
+    from protocol.model import RouterHead
+
+    return expert.model_copy(update={"name": f"{expert.name}-router",
+                                     "router": RouterHead(num_experts=num_experts, use_text=use_text)})
+
+
+def router_trainer_for_run(spec, *, data_dir: Path | None = None, cap: int = 2000, use_text: bool = False,
+                           device: torch.device | str = "cpu", seed: int | None = None) -> RouterTrainer:
+    from expert.shards import load_dataset
+
+    directory = Path(data_dir or spec.data_hint or "")
+    if not str(directory) or not directory.exists():
+        raise ParisError("the run's data folder is unknown or missing here: pass --data DIR")
+    manifest, clips = load_dataset(directory)
+    if manifest != spec.data:
+        raise ConfigMismatchError(f"the data in {directory} is not this run's data ({spec.data.data_id})")
+    assignments = np.asarray(spec.assignments)
+    idx = stratified_sample(assignments, cap, spec.seed if seed is None else seed)
+    preset = router_preset(spec.preset, spec.num_clusters, use_text=use_text)
+    return RouterTrainer(preset, clips.select(idx), assignments[idx],
+                         data_sizes=np.bincount(assignments, minlength=spec.num_clusters), device=device,
+                         seed=spec.seed if seed is None else seed, run_id=spec.run_id)

@@ -1,0 +1,231 @@
+"""`ParisPipeline`: the assembled ensemble (K experts + router + text encoder + scheduler) as one
+diffusers pipeline, loaded from the diffusers-style folder that `fetch` / `ensemble assemble` write.
+
+Folder layout (like Paris 1.0's release): `model_index.json`, `expert_0/ … expert_{K-1}/` and `router/`
+(each `config.json` + `diffusion_pytorch_model.safetensors`; the router adds `router_config.json`),
+`text_encoder/` (`config.json` + `model.safetensors`), `scheduler/`, `paris_config.json` (the preset),
+and `vae/` for latent-space presets. Every file is listed with its SHA-256 in `model_index.json` and
+verified on load.
+
+Sampling: at each step the router's posterior → strategy weights → only the selected experts run, each
+once on all the batch rows that selected it, with classifier-free guidance applied per expert before
+mixing. With `offload=True` idle experts stay on the CPU, so device memory follows the selected experts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from pydantic import ValidationError
+from safetensors.torch import load_file, save_file
+
+from expert.backbone import PixelCodec, build_codec
+from expert.router import Router
+from expert.routing import Strategy, mix, parse_strategy, routing_weights
+from expert.sampling import encode_prompts, velocity
+from expert.text import TextEncoder
+from protocol.canonical import file_sha256
+from protocol.errors import IntegrityError, ParisError
+from protocol.model import ExpertPreset, RouterHead, TextEncoderConfig
+
+MODEL_INDEX = "model_index.json"
+
+
+class ParisPipeline(DiffusionPipeline):
+    def __init__(self, experts: list[WanTransformer3DModel], router: Router, text_encoder: TextEncoder,
+                 scheduler: FlowMatchEulerDiscreteScheduler, codec: PixelCodec, preset: ExpertPreset) -> None:
+        super().__init__()
+        self.register_modules(router=router, text_encoder=text_encoder, scheduler=scheduler)
+        self.experts = list(experts)
+        self.codec = codec
+        self.preset = preset
+        self.execution_device = torch.device("cpu")
+
+    @property
+    def device(self) -> torch.device:  # diffusers infers it from registered modules; ours are not all registered
+        return self.execution_device
+
+    def to(self, device: torch.device | str, *, offload: bool = False) -> ParisPipeline:  # type: ignore[override]
+        """Move the router, text encoder and codec to `device`; the experts too unless `offload`."""
+        self.execution_device = torch.device(device)
+        for m in (self.router, self.text_encoder, self.codec):
+            m.to(self.execution_device)
+        for e in self.experts:
+            e.to("cpu" if offload else self.execution_device)
+        return self
+
+    # --- folder I/O -----------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, *, extra: dict | None = None, **_) -> None:  # type: ignore[override]
+        """Write the folder (into a temporary sibling first, then rename: never a half-written ensemble)."""
+        directory = Path(directory)
+        tmp = directory.parent / f".{directory.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for k, e in enumerate(self.experts):
+            e.save_pretrained(tmp / f"expert_{k}", safe_serialization=True)
+        self.router.trunk.save_pretrained(tmp / "router", safe_serialization=True)
+        (tmp / "router" / "router_config.json").write_text(self.router.head.model_dump_json())
+        (tmp / "text_encoder").mkdir()
+        (tmp / "text_encoder" / "config.json").write_text(self.text_encoder.config.model_dump_json())
+        save_file({k: v.contiguous() for k, v in self.text_encoder.state_dict().items()},
+                  tmp / "text_encoder" / "model.safetensors")
+        self.scheduler.save_pretrained(tmp / "scheduler")
+        (tmp / "paris_config.json").write_text(self.preset.model_dump_json())
+        if hasattr(self.codec, "vae"):
+            self.codec.vae.save_pretrained(tmp / "vae", safe_serialization=True)
+        files = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        index = {"_class_name": "ParisPipeline", "_diffusers_version": _diffusers_version(),
+                 "num_experts": len(self.experts), "router": ["paris_node", "Router"],
+                 "text_encoder": ["paris_node", "TextEncoder"],
+                 "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+                 **{f"expert_{k}": ["diffusers", "WanTransformer3DModel"] for k in range(len(self.experts))},
+                 "paris": extra or {}, "files": files}
+        (tmp / MODEL_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))
+        if directory.exists():
+            shutil.rmtree(directory)
+        tmp.rename(directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **_) -> ParisPipeline:  # type: ignore[override]
+        """Load and verify an ensemble folder (every file's SHA-256 against `model_index.json`)."""
+        directory = Path(directory)
+        index = _read_index(directory)
+        try:
+            preset = ExpertPreset.model_validate_json((directory / "paris_config.json").read_bytes())
+            head = RouterHead.model_validate_json((directory / "router" / "router_config.json").read_bytes())
+            text_cfg = TextEncoderConfig.model_validate_json((directory / "text_encoder" / "config.json").read_bytes())
+        except (OSError, ValidationError) as e:
+            raise IntegrityError(f"ensemble {directory} has a missing or malformed config: {e}") from None
+        k = int(index.get("num_experts", 0))
+        if k < 1 or head.num_experts != k:
+            raise IntegrityError(f"ensemble {directory}: the router has {head.num_experts} outputs for {k} experts")
+        experts = [_load_wan(directory / f"expert_{i}").eval() for i in range(k)]
+        text = TextEncoder(text_cfg)
+        text.load_state_dict(load_file(directory / "text_encoder" / "model.safetensors"))
+        router = Router.from_trunk(_load_wan(directory / "router"), head, text.width).eval()
+        if preset.backbone.space == "latent":
+            preset = preset.model_copy(update={"backbone": preset.backbone.model_copy(
+                update={"vae_path": str(directory / "vae")})})
+        codec = build_codec(preset.backbone)
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(directory / "scheduler")
+        for m in (*experts, router, text):
+            m.requires_grad_(False)
+        return cls(experts, router, text, scheduler, codec, preset)
+
+    # --- sampling -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], *, strategy: str | Strategy = "top1", num_inference_steps: int = 30,
+                 guidance_scale: float = 4.0, seed: int = 0, num_videos: int = 1, offload: bool = False,
+                 record_routing: bool = False, on_step=None) -> tuple[np.ndarray, list[dict]]:
+        """Videos (N×T×H×W×3 uint8) and, when `record_routing`, the per-step routing weights."""
+        strat = parse_strategy(strategy) if isinstance(strategy, str) else strategy
+        prompts = [prompt] * num_videos if isinstance(prompt, str) else list(prompt)
+        dev = self.execution_device
+        cond, null = (s.to(dev) for s in encode_prompts(self.text_encoder, prompts))
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn((len(prompts), *self.codec.latent_shape()), generator=g).to(dev)
+        self.scheduler.set_timesteps(num_inference_steps, device=dev)
+        record: list[dict] = []
+        for i, t in enumerate(self.scheduler.timesteps):
+            v, probs, weights = ensemble_velocity(self.experts, self.router, x, t, cond, null, strat,
+                                                  guidance=guidance_scale, generator=g,
+                                                  offload_to=torch.device("cpu") if offload else None)
+            x = self.scheduler.step(v, t, x, return_dict=False)[0]
+            if record_routing:
+                record.append({"step": i, "t": round(float(t) / 1000, 5),
+                               "posterior": probs.cpu().numpy().round(5).tolist(),
+                               "weights": weights.cpu().numpy().round(5).tolist()})
+            if on_step:
+                on_step(i + 1, num_inference_steps)
+        return self.codec.decode(x).cpu().numpy(), record
+
+def ensemble_velocity(experts, router, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
+                      strategy: Strategy, *, guidance: float = 1.0, generator: torch.Generator | None = None,
+                      offload_to: torch.device | None = None):
+    """One step of the ensemble: (mixed velocity, posterior, weights). Runs only the experts that some row
+    selects, each once on all of its rows; with `offload_to`, an expert visits x's device only while it runs."""
+    ts = t.expand(x.shape[0]).to(x)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+        probs = router(x, ts, cond).float().softmax(-1)
+    weights = routing_weights(probs, strategy, generator)
+    velocities: dict[int, torch.Tensor] = {}
+    for k in torch.nonzero(weights.sum(0) > 0).flatten().tolist():
+        rows = torch.nonzero(weights[:, k] > 0).flatten()
+        expert = experts[k]
+        if offload_to is not None:
+            expert.to(x.device)
+        v = torch.zeros_like(x, dtype=torch.float32)
+        v[rows] = velocity(expert, x[rows], t, cond[rows], null[rows], guidance)
+        velocities[k] = v
+        if offload_to is not None:
+            expert.to(offload_to)
+    return mix(weights, velocities, x), probs, weights
+
+
+def _load_wan(directory: Path) -> WanTransformer3DModel:
+    """`config.json` + `diffusion_pytorch_model.safetensors` (what `save_pretrained` writes), built from the
+    config and filled strictly, so that a file that does not fit is an error, not a silent partial load."""
+    try:
+        config = json.loads((directory / "config.json").read_text())
+        model = WanTransformer3DModel.from_config(config)
+        model.load_state_dict(load_file(directory / "diffusion_pytorch_model.safetensors"))
+    except (OSError, ValueError, RuntimeError) as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise IntegrityError(f"{directory} does not hold a loadable Wan transformer: {detail}") from None
+    return model
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
+
+
+def _read_index(directory: Path) -> dict:
+    path = directory / MODEL_INDEX
+    if not path.is_file():
+        raise IntegrityError(f"{directory} is not an ensemble folder (no {MODEL_INDEX})")
+    try:
+        index = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise IntegrityError(f"{path} is not valid JSON") from None
+    if index.get("_class_name") != "ParisPipeline":
+        raise IntegrityError(f"{directory} holds a {index.get('_class_name')!r}, not a ParisPipeline")
+    for rel, digest in index.get("files", {}).items():
+        f = directory / rel
+        if ".." in Path(rel).parts or not f.is_file():
+            raise IntegrityError(f"ensemble {directory} is missing {rel}")
+        if file_sha256(f) != digest:
+            raise IntegrityError(f"ensemble {directory}: {rel} is corrupt (its hash does not match {MODEL_INDEX})")
+    return index
+
+
+def assemble(expert_checkpoints: list[Path], router_checkpoint: Path, out: Path, *, extra: dict | None = None) -> Path:
+    """Build the ensemble folder from local checkpoints (EMA weights), verifying each and that they agree."""
+    from expert.checkpoint import read_group, read_meta, resolve_checkpoint
+    from expert.sampling import load_expert
+
+    loaded = [load_expert(p) for p in expert_checkpoints]
+    base = loaded[0].preset
+    for i, e in enumerate(loaded):
+        if e.preset.backbone != base.backbone or e.preset.text != base.text:
+            raise ParisError(f"expert {i} ({expert_checkpoints[i]}) was trained with another model config")
+    rpath = resolve_checkpoint(Path(router_checkpoint))
+    rmeta = read_meta(rpath)
+    if rmeta.kind != "router" or rmeta.preset.router is None:
+        raise ParisError(f"{router_checkpoint} is not a router checkpoint")
+    if rmeta.preset.router.num_experts != len(loaded):
+        raise ParisError(f"the router routes {rmeta.preset.router.num_experts} experts, {len(loaded)} were given")
+    router = Router(rmeta.preset.backbone, rmeta.preset.router, loaded[0].text.width)
+    router.load_state_dict(read_group(rpath, rmeta, "ema"))
+    pipe = ParisPipeline([e.model for e in loaded], router, loaded[0].text,
+                         FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0), loaded[0].codec, base)
+    info = {"experts": [{"cluster": e.meta.cluster, "step": e.meta.step, "run_id": e.meta.run_id} for e in loaded],
+            "router": {"step": rmeta.step, "run_id": rmeta.run_id}, **(extra or {})}
+    pipe.save_pretrained(out, extra=info)
+    return Path(out)
