@@ -39,8 +39,8 @@ class BackboneConfig(Frozen):
     space: Literal["pixel", "latent"] = "pixel"
     vae_path: str | None = None
     frames: int = Field(ge=1)
-    height: int = Field(ge=8)
-    width: int = Field(ge=8)
+    height: int = Field(ge=1)
+    width: int = Field(ge=1)
     in_channels: int = Field(default=3, ge=1)
     patch_size: tuple[int, int, int] = (1, 4, 4)
     num_layers: int = Field(ge=1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Annotated, Literal
 
 from multiformats import CID, multihash
 from pydantic import Field, ValidationError, model_validator
@@ -139,11 +139,12 @@ def safe_relative_path(path: str) -> PurePosixPath:
 # ---- wire frames of the chunk protocol ----------------------------------------------------------------------
 
 class ChunkRequest(Frozen):
-    """Client → server, one per chunk, on a long-lived stream: `u32 length` + this as JSON."""
+    """Client → server on a long-lived stream: `u32 length` + this as JSON. The server answers each CID in
+    order, back to back, so a batch keeps the stream busy without a round trip per chunk."""
 
-    cid: str = Field(pattern=rf"^{CID_PATTERN}$")
+    cids: tuple[Annotated[str, Field(pattern=rf"^{CID_PATTERN}$")], ...] = Field(min_length=1, max_length=16)
 
 
-MAX_REQUEST_BYTES = 512
+MAX_REQUEST_BYTES = 4096
 STATUS_OK, STATUS_MISSING, STATUS_BAD_REQUEST = 0, 1, 2
-# server → client: u8 status + u64 length + `length` bytes (empty unless status is OK)
+# server → client, per requested CID: u8 status + u64 length + `length` bytes (empty unless status is OK)

@@ -1,8 +1,6 @@
 """The latent-space path (GPU presets) with a tiny random-init video VAE saved to a local folder."""
 
 import pytest
-
-pytestmark = pytest.mark.slow  # builds a VAE and trains through it
 import torch
 
 from expert.backbone import WanVaeCodec
@@ -11,6 +9,8 @@ from expert.sampling import load_expert, sample
 from expert.train import ExpertTrainer
 from protocol.errors import ParisError
 from protocol.model import BackboneConfig
+
+pytestmark = pytest.mark.slow  # builds a VAE and trains through it
 
 
 @pytest.fixture(scope="module")

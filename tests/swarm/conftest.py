@@ -60,21 +60,24 @@ class NodeProc:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
 
-    def stop(self) -> None:
+    def ask_to_quit(self) -> None:
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(OSError):
                 self.send({"op": "quit"})
-                self.proc.wait(15)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
+
+    def stop(self, grace: float = 15.0) -> None:
+        """Ask the node to exit cleanly, then SIGKILL its process group whatever happened."""
+        self.ask_to_quit()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(max(grace, 0.0))
         self.kill9()  # also reaps helpers left in the group by a clean exit
         self._log.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def spawn():
-    """`spawn(script, log_path, *args) -> NodeProc`; every process spawned is stopped when the session ends,
-    whatever happened to the test."""
+    """`spawn(script, log_path, *args) -> NodeProc`; every process spawned is stopped when the module ends,
+    whatever happened to its tests (all are asked to quit at once, then each is killed by process group)."""
     started: list[NodeProc] = []
 
     def _spawn(script: str, log_path: Path, *args: str) -> NodeProc:
@@ -84,4 +87,7 @@ def spawn():
 
     yield _spawn
     for proc in started:
-        proc.stop()
+        proc.ask_to_quit()
+    deadline = time.monotonic() + 15
+    for proc in started:
+        proc.stop(grace=deadline - time.monotonic())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from protocol.swarm_gossip import ProgressEvent
+from protocol.swarm_gossip import GossipSettings, ProgressEvent
 from swarm.dht import NetworkConfig, SwarmNode
 from swarm.gossip import GossipClient, join_gossip
 
@@ -29,6 +29,7 @@ async def main() -> None:
     ap.add_argument("--home", required=True)
     ap.add_argument("--run", required=True)
     ap.add_argument("--initial-peers", nargs="*", default=[])
+    ap.add_argument("--settings", default="{}", help="GossipSettings as JSON")
     args = ap.parse_args()
     node = SwarmNode.start(args.home, NetworkConfig(initial_peers=tuple(args.initial_peers)))
 
@@ -36,7 +37,8 @@ async def main() -> None:
         emit({"event": "msg", "sender": msg.sender, "step": msg.event.step, "cluster": msg.event.cluster,
               "t_recv": time.time()})
 
-    client = GossipClient(node.identity, args.run, on_message=on_message)
+    settings = GossipSettings.model_validate_json(args.settings)
+    client = GossipClient(node.identity, args.run, on_message=on_message, settings=settings)
     await client.start()
     emit({"ready": True, "peer_id": node.peer_id, "maddrs": node.visible_maddrs(), "gossip": client.maddrs})
     loop = asyncio.get_running_loop()

@@ -47,3 +47,42 @@ def test_records_signatures_and_protocol_versions(tmp_path):
 
     asyncio.run(asyncio.wait_for(run(), 120))
 
+
+
+def test_claim_done_progress_and_run_view(tmp_path):
+    from protocol.swarm_records import CheckpointBody, ClusterState, ProgressBody
+    from swarm.claims import ClaimManager
+    from swarm.state import publish_checkpoint, publish_progress, publish_spec_pointer, read_run
+
+    cid = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+
+    async def run():
+        a = SwarmNode.start(tmp_path / "a")
+        b = SwarmNode.start(tmp_path / "b", NetworkConfig(initial_peers=tuple(a.visible_maddrs())))
+        try:
+            assert await publish_spec_pointer(a, "v", cid, 2)
+            ma = ClaimManager(a, "v", 2, period=1.0, settle=0.5, max_delay=0.1)
+            mb = ClaimManager(b, "v", 2, period=1.0, settle=0.5, max_delay=0.1)
+            ca, cb = await asyncio.gather(ma.claim(wait=False, timeout=20), mb.claim(wait=False, timeout=20))
+            assert {ca, cb} == {0, 1}
+            now = get_dht_time()
+            await publish_progress(a, "v", ProgressBody(cluster=ca, step=10, target=10, loss=0.1,
+                                                        samples_per_s=5.0, started_at=now, ts=now))
+            await publish_checkpoint(a, "v", CheckpointBody(slot=f"expert-{ca}", step=10, cid=cid, bytes=5, ts=now))
+            await ma.mark_done(10, cid)
+            view = await read_run(b, "v")
+            assert view.num_clusters == 2 and view.specs[0].spec_cid == cid
+            assert view.states[ca] == ClusterState.DONE and view.states[cb] == ClusterState.TRAINING
+            assert view.owners == {ca: a.peer_id, cb: b.peer_id}
+            assert view.progress[a.peer_id].step == 10 and view.latest_checkpoint(f"expert-{ca}").cid == cid
+            assert set(view.members) == set() and view.done[0][1].cluster == ca
+            await mb.release()  # clean exit: the cluster shows OFFLINE and is free to claim at once
+            view = await read_run(a, "v")
+            assert view.states[cb] == ClusterState.OFFLINE and cb not in view.owners
+            await ma.release()
+            assert (await read_run(a, "v")).states[ca] == ClusterState.DONE  # DONE outlives the lease
+        finally:
+            a.shutdown()
+            b.shutdown()
+
+    asyncio.run(asyncio.wait_for(run(), 120))

@@ -15,17 +15,19 @@ pytestmark = pytest.mark.slow
 
 NODE = "tests/swarm/gossip_node.py"
 RUN = "gossip-test"
+# per-sender limits: an honest 20/s stream passes, the hostile peer's sustained flood does not
+SETTINGS = '{"sender_rate": 25, "sender_burst": 50}'
 
 
 @pytest.fixture(scope="module")
 def swarm5(tmp_path_factory, spawn):
     root = tmp_path_factory.mktemp("gossip")
-    boot = spawn(NODE, root / "g0.log", "--home", str(root / "g0"), "--run", RUN)
+    boot = spawn(NODE, root / "g0.log", "--home", str(root / "g0"), "--run", RUN, "--settings", SETTINGS)
     first = boot.recv(120)
     procs, infos = [boot], [first]
     for i in range(1, 5):
         procs.append(spawn(NODE, root / f"g{i}.log", "--home", str(root / f"g{i}"), "--run", RUN,
-                           "--initial-peers", *first["maddrs"]))
+                           "--settings", SETTINGS, "--initial-peers", *first["maddrs"]))
     infos += [p.recv(180) for p in procs[1:]]
     for p in procs:
         p.send({"op": "join", "expect": 4, "timeout": 60})

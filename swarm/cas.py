@@ -1,0 +1,229 @@
+"""`ContentStore`: put files and directories under a root CID, get them back from any providers, serve what
+we hold to peers, and announce ourselves as a provider in the DHT.
+
+Bulk bytes move over hivemind P2P streams (DESIGN.md §4: bitswap is too slow for checkpoints). Providers are
+DHT records (`paris/cas/<cid>`, one per owner, with expiry) that we re-announce while the CID stays pinned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from hivemind.p2p import P2P, PeerID
+from hivemind.utils.timed_storage import get_dht_time
+from multiaddr import Multiaddr
+
+from protocol.errors import IntegrityError
+from protocol.swarm_cas import DEFAULT_CHUNK_SIZE, CasManifest, decode_manifest
+from protocol.swarm_records import ProviderBody, provider_key
+from swarm.blobstore import BlobStore
+from swarm.cas_files import copy_out, import_path
+from swarm.cas_transfer import PROTOCOL_NAME, FetchError, FetchStats, Streams, fetch_blob, fetch_chunks, serve_chunks
+from swarm.dht import SwarmNode
+from swarm.packs import PackStore, PackWriter
+
+log = logging.getLogger(__name__)
+
+
+class ContentStore:
+    """The content-addressed store of one node. `start()` before use, `close()` at exit.
+
+    `limit_bytes`: garbage collection keeps the store under this size (pinned data is never collected).
+    `provide_ttl`: lifetime of our provider records; they are renewed every third of it while pinned.
+    """
+
+    def __init__(self, node: SwarmNode, root: Path | str, *, limit_bytes: int | None = None,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, provide_ttl: float = 600.0, streams_per_peer: int = 2,
+                 failure_budget: int = 3, request_timeout: float = 60.0):
+        self.node = node
+        self.blobs = BlobStore(root, limit_bytes)
+        self.packs = PackStore(root)
+        self.limit_bytes = limit_bytes
+        self.chunk_size = chunk_size
+        self.provide_ttl = provide_ttl
+        self.streams_per_peer, self.failure_budget, self.request_timeout = (
+            streams_per_peer, failure_budget, request_timeout)
+        self._p2p: P2P | None = None
+        self._provider_task: asyncio.Task | None = None
+        self._in_flight: set[str] = set()
+        self._known_maddrs: dict[str, tuple[str, ...]] = {}
+        self.last_fetch: FetchStats | None = None
+
+    async def start(self) -> None:
+        self._p2p = await self.node.dht.replicate_p2p()
+
+        self.reindex()
+
+        async def handler(_info, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await serve_chunks(self, reader, writer)
+
+        await self._p2p.add_binary_stream_handler(PROTOCOL_NAME, handler)
+        self._provider_task = asyncio.create_task(self._reprovide_loop())
+
+    def reindex(self) -> None:
+        """Make the chunks of complete packs on disk servable (after a restart)."""
+        for root in self.packs.roots():
+            try:
+                self.packs.index(root, self.blobs.manifest(root))
+            except (KeyError, IntegrityError):
+                log.warning("pack %s has no valid manifest; unpin and gc will remove it", root)
+
+    async def close(self) -> None:
+        if self._provider_task is not None:
+            self._provider_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._provider_task
+        if self._p2p is not None:
+            with contextlib.suppress(Exception):
+                await self._p2p.remove_binary_stream_handler(PROTOCOL_NAME)
+
+    # ---- put ----
+
+    async def put(self, path: Path | str, *, pin: bool = True, provide: bool = True) -> str:
+        """Chunk a file or directory into the store; return its root CID (a CIDv1 of the manifest)."""
+        manifest = await asyncio.to_thread(import_path, self.blobs, Path(path), self.chunk_size)
+        if pin:
+            self.blobs.pin(manifest.cid)
+        if provide:
+            await self.provide(manifest.cid, manifest.total_bytes)
+        return manifest.cid
+
+    # ---- get ----
+
+    async def get(self, cid: str, out_dir: Path | str | None = None, *, providers: list[str] | None = None,
+                  pin: bool = True, provide: bool = True) -> Path:
+        """Fetch `cid` (from `providers`, or those the DHT lists), verifying every chunk, and return the path
+        of its file or directory: inside the store (read-only by convention), or a copy in `out_dir`.
+        An interrupted download resumes from the chunks already written."""
+        keep = {cid}  # protected from garbage collection while the download runs
+        self._in_flight |= keep
+        try:
+            manifest = await self._manifest(cid, providers)
+            if not self.packs.complete(cid):
+                await self._fetch_pack(cid, manifest, providers)
+            path = self.packs.path(cid) / manifest.name
+            if pin:
+                self.blobs.pin(cid)
+            if out_dir is not None:
+                path = await asyncio.to_thread(copy_out, path, Path(out_dir))
+        finally:
+            self._in_flight -= keep
+        if provide:
+            await self.provide(cid, manifest.total_bytes)
+        return path
+
+    async def _fetch_pack(self, cid: str, manifest: CasManifest, providers: list[str] | None) -> None:
+        writer = await asyncio.to_thread(PackWriter, self.packs, cid, manifest)
+        chunks = manifest.unique_chunks()
+        local = [c for c in chunks if not writer.has(c) and self.blobs.has(c)]  # e.g. our own put
+
+        def copy_local() -> None:
+            for c in local:
+                with contextlib.suppress(KeyError):
+                    writer.write(c, self.blobs.read(c))
+
+        await asyncio.to_thread(copy_local)
+        if any(not writer.has(c) for c in chunks):
+            peers = providers if providers is not None else await self.find_providers(cid)
+            peers = [p for p in peers if p != self.node.peer_id]
+            if not peers:
+                raise FetchError(f"no providers of {cid} are known")
+            self.last_fetch = await fetch_chunks(
+                writer, chunks, peers, self._open_stream, streams_per_peer=self.streams_per_peer,
+                failure_budget=self.failure_budget, timeout=self.request_timeout)
+        await asyncio.to_thread(writer.finish)
+
+    async def _manifest(self, cid: str, providers: list[str] | None) -> CasManifest:
+        if self.blobs.has(cid):
+            return self.blobs.manifest(cid)
+        peers = providers if providers is not None else await self.find_providers(cid)
+        data = await fetch_blob(self._open_stream, [p for p in peers if p != self.node.peer_id], cid,
+                                timeout=self.request_timeout)
+        manifest = decode_manifest(cid, data)
+        self.blobs.write(cid, data)
+        return manifest
+
+    # ---- serving and providers ----
+
+    async def _open_stream(self, peer: str) -> Streams:
+        assert self._p2p is not None, "ContentStore.start() was not called"
+        peer_id = PeerID.from_base58(peer)
+        try:
+            _, reader, writer = await self._p2p.call_binary_stream_handler(peer_id, PROTOCOL_NAME)
+        except Exception:
+            maddrs = self._known_maddrs.get(peer, ())
+            if not maddrs:
+                raise
+            await self._p2p._client.connect(peer_id, [Multiaddr(m) for m in maddrs])
+            _, reader, writer = await self._p2p.call_binary_stream_handler(peer_id, PROTOCOL_NAME)
+        return reader, writer
+
+    async def find_providers(self, cid: str) -> list[str]:
+        found = await self.node.get(provider_key(cid))
+        peers = []
+        for r in sorted(found.records, key=lambda r: -r.body.ts):
+            if isinstance(r.body, ProviderBody):
+                peers.append(r.body.peer_id)
+                self._known_maddrs[r.body.peer_id] = r.body.maddrs
+        return peers
+
+    async def provide(self, cid: str, size: int | None = None) -> bool:
+        """Announce that this node serves `cid` (renewed while it stays pinned)."""
+        if size is None:
+            size = self.blobs.manifest(cid).total_bytes
+        now = get_dht_time()
+        body = ProviderBody(cid=cid, peer_id=self.node.peer_id, maddrs=tuple(self.node.visible_maddrs()[:16]),
+                            bytes=size, ts=now)
+        return await self.node.put(provider_key(cid), body, now + self.provide_ttl)
+
+    async def _reprovide_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.provide_ttl / 3)
+            for cid in list(self.blobs.pins()):
+                try:
+                    if self.blobs.has(cid):
+                        await self.provide(cid)
+                except Exception:  # one bad pin must not stop announcing the others
+                    log.exception("re-announcing %s failed", cid)
+
+    # ---- local management ----
+
+    def pin(self, cid: str) -> None:
+        self.blobs.pin(cid)
+
+    def unpin(self, cid: str) -> None:
+        self.blobs.unpin(cid)
+
+    def read(self, cid: str, verify_bytes: bool = False) -> bytes:
+        """A chunk or manifest we can serve, from the blob store or a complete pack; KeyError if neither."""
+        try:
+            return self.blobs.read(cid, verify_bytes=verify_bytes)
+        except KeyError:
+            return self.packs.read(cid)
+
+    def total_bytes(self) -> int:
+        return self.blobs.total_bytes() + sum(self.packs.size(r) for r in self.packs.roots())
+
+    def gc(self, limit_bytes: int | None = None) -> int:
+        """Free space down to `limit_bytes` (default: the store's limit; None: everything unpinned): unpinned
+        packs first, oldest first, then unpinned blobs. Pinned data and downloads in flight stay."""
+        limit = self.limit_bytes if limit_bytes is None else limit_bytes
+        pins = self.blobs.pins()
+        freed = 0
+        packs = sorted((self.packs.path(r).stat().st_mtime, r) for r in self.packs.roots())
+        total = self.total_bytes()
+        for _, root in packs:
+            if limit is not None and total - freed <= limit:
+                break
+            if root in pins or root in self._in_flight:
+                continue
+            size = self.packs.size(root)
+            self.packs.remove(root)
+            freed += size
+        pack_bytes = sum(self.packs.size(r) for r in self.packs.roots())
+        blob_limit = None if limit is None else max(0, limit - pack_bytes)
+        return freed + self.blobs.gc(blob_limit, keep=self._in_flight)
+

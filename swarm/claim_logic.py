@@ -1,0 +1,107 @@
+"""Which cluster should I train? Pure functions over a snapshot of the DHT, in the manner of Petals'
+block_selection: no I/O, so every rule here is unit-tested without a network.
+
+The DHT has no compare-and-swap, so the protocol tolerates races: everyone may announce, and after a settle
+window everyone applies the same deterministic `winner` rule to what they read; losers choose again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from protocol.swarm_records import ClaimState, ClusterState
+
+_CONTENDING = (ClaimState.JOINING, ClaimState.TRAINING)
+
+
+@dataclass(frozen=True)
+class ClaimView:
+    """One live lease as read from the DHT (expired leases are already gone from the DHT)."""
+
+    peer_id: str
+    cluster: int
+    state: ClaimState
+    since: float = 0.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    num_clusters: int
+    claims: tuple[ClaimView, ...] = ()
+    done: frozenset[int] = field(default_factory=frozenset)
+
+    def on(self, cluster: int) -> list[ClaimView]:
+        return [c for c in self.claims if c.cluster == cluster]
+
+
+def rendezvous(peer_id: str, cluster: int, salt: str = "") -> int:
+    """A stable pseudo-random rank of (peer, cluster): spreads simultaneous joiners across clusters and breaks
+    ties the same way on every node. Smaller wins contests."""
+    return int.from_bytes(hashlib.sha256(f"{salt}|{peer_id}|{cluster}".encode()).digest()[:8], "big")
+
+
+def winner(snapshot: Snapshot, cluster: int, salt: str = "") -> str | None:
+    """The one owner of `cluster`: an incumbent (TRAINING/DONE) beats a joiner; then the smallest rank."""
+    contenders = [c for c in snapshot.on(cluster) if c.state in (*_CONTENDING, ClaimState.DONE)]
+    if not contenders:
+        return None
+    best = min(contenders, key=lambda c: (c.state == ClaimState.JOINING,
+                                          rendezvous(c.peer_id, cluster, salt)))
+    return best.peer_id
+
+
+def cluster_states(snapshot: Snapshot, salt: str = "") -> list[ClusterState]:
+    """What a dashboard shows: DONE > TRAINING > JOINING > OFFLINE (recently released) > FREE."""
+    states = []
+    for k in range(snapshot.num_clusters):
+        seen = {c.state for c in snapshot.on(k)}
+        if k in snapshot.done or ClaimState.DONE in seen:
+            states.append(ClusterState.DONE)
+        elif ClaimState.TRAINING in seen:
+            states.append(ClusterState.TRAINING)
+        elif ClaimState.JOINING in seen:
+            states.append(ClusterState.JOINING)
+        elif ClaimState.OFFLINE in seen:
+            states.append(ClusterState.OFFLINE)
+        else:
+            states.append(ClusterState.FREE)
+    return states
+
+
+def owners(snapshot: Snapshot, salt: str = "") -> dict[int, str]:
+    """cluster → its winning owner, for clusters that have one."""
+    out = {}
+    for k in range(snapshot.num_clusters):
+        if (w := winner(snapshot, k, salt)) is not None:
+            out[k] = w
+    return out
+
+
+def choose_cluster(snapshot: Snapshot, me: str, salt: str = "", exclude: Iterable[int] = ()) -> int | None:
+    """The cluster `me` should announce, or None if every unfinished cluster already has an owner.
+
+    1. My own live lease that I still win (a restarted node takes its cluster back).
+    2. Otherwise a cluster that is not DONE and has no incumbent, preferring the least covered one (joiners
+       count as coverage), ties broken by rendezvous hash so simultaneous joiners spread out.
+    """
+    excluded = set(exclude)
+    for c in snapshot.claims:
+        if (c.peer_id == me and c.state in _CONTENDING and c.cluster not in snapshot.done
+                and c.cluster not in excluded and winner(snapshot, c.cluster, salt) == me):
+            return c.cluster
+    candidates = []
+    for k in range(snapshot.num_clusters):
+        if k in snapshot.done or k in excluded:
+            continue
+        others = [c for c in snapshot.on(k) if c.peer_id != me]
+        if any(c.state in (ClaimState.TRAINING, ClaimState.DONE) for c in others):
+            continue
+        coverage = sum(c.state == ClaimState.JOINING for c in others)
+        candidates.append((coverage, rendezvous(me, k, salt), k))
+    return min(candidates)[2] if candidates else None
+
+
+def all_done(snapshot: Snapshot) -> bool:
+    return all(k in snapshot.done for k in range(snapshot.num_clusters))

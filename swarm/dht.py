@@ -1,0 +1,177 @@
+"""`SwarmNode`: the one hivemind DHT of a paris-node process, with typed, signed, validated records.
+
+Everything above this module speaks `protocol.swarm_records` bodies; everything below is hivemind. Writes go
+to the owner subkey (`[owner:<our RSA key>]` plus an optional slot), which hivemind signs with our persistent
+key; reads return only records that pass the same checks the validator applies on every node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import hivemind
+from hivemind.dht.routing import DHTID
+from hivemind.utils.timed_storage import get_dht_time
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol.errors import IntegrityError, ParisError
+from protocol.swarm_records import (
+    PROTOCOL_VERSION,
+    Body,
+    Envelope,
+    ForeignMember,
+    MemberBody,
+    encode_envelope,
+    run_key,
+    subkey_suffix,
+)
+from swarm.identity import Identity, load_identity
+from swarm.validator import check_record, make_validators, split_subkey
+
+log = logging.getLogger(__name__)
+
+LOOPBACK_MADDRS = ("/ip4/127.0.0.1/tcp/0",)
+
+
+class ProtocolMismatchError(ParisError):
+    """The swarm speaks another protocol version than this node."""
+
+
+class NetworkConfig(BaseModel):
+    """How the node is reachable. Defaults are loopback-only (DESIGN.md §7): opening a node is a choice."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    initial_peers: tuple[str, ...] = ()
+    host_maddrs: tuple[str, ...] = LOOPBACK_MADDRS
+    announce_maddrs: tuple[str, ...] = ()
+    nat_traversal: bool = False  # UPnP/NAT-PMP port mapping + AutoNAT
+    use_relay: bool = False  # relay dialing, and auto-relay when behind NAT
+    client_mode: bool = False
+    request_timeout: float = Field(default=5.0, gt=0)
+
+    def dht_kwargs(self) -> dict:
+        return dict(
+            initial_peers=list(self.initial_peers),
+            host_maddrs=list(self.host_maddrs),
+            announce_maddrs=list(self.announce_maddrs) or None,
+            nat_port_map=self.nat_traversal,
+            auto_nat=self.nat_traversal,
+            use_relay=self.use_relay,
+            use_auto_relay=self.use_relay and self.nat_traversal,
+            client_mode=self.client_mode,
+            use_ipfs=False,
+        )
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A validated record read back from the DHT, with its owner's key, peer id and DHT expiration."""
+
+    owner: bytes  # OpenSSH RSA public key
+    envelope: Envelope
+    expiration_time: float
+
+    @property
+    def body(self) -> Body:
+        return self.envelope.body
+
+
+@dataclass(frozen=True)
+class RecordSet:
+    records: tuple[Signed, ...]
+    foreign: tuple[ForeignMember, ...] = ()
+
+
+class SwarmNode:
+    """A started hivemind DHT with our validators and identity. Create it before CUDA is initialised (the DHT
+    forks). Reads and writes time out after `request_timeout` and then return empty/False, never hang."""
+
+    def __init__(self, identity: Identity, network: NetworkConfig | None = None):
+        self.identity = identity
+        self.network = network or NetworkConfig()
+        self.owner_subkey = b"[owner:" + identity.public_key_bytes + b"]"
+        self.dht = hivemind.DHT(
+            start=True,
+            identity_path=str(identity.identity_path),
+            record_validators=make_validators(identity.private_key),
+            **self.network.dht_kwargs(),
+        )
+        self.peer_id = self.dht.peer_id.to_base58()
+        if self.peer_id != identity.peer_id:
+            raise ParisError(f"p2p daemon runs as {self.peer_id}, expected {identity.peer_id}")
+
+    @classmethod
+    def start(cls, home: Path | str | None = None, network: NetworkConfig | None = None) -> SwarmNode:
+        return cls(load_identity(home), network)
+
+    @property
+    def owner(self) -> bytes:
+        return self.identity.public_key_bytes
+
+    def visible_maddrs(self) -> list[str]:
+        return [str(m) for m in self.dht.get_visible_maddrs()]
+
+    async def put(self, key: str, body: Body, expiration_time: float) -> bool:
+        """Store `body` under `key` in our owner subkey. True if at least one node accepted it."""
+        value = encode_envelope(key, body)
+        subkey = self.owner_subkey + subkey_suffix(body).encode()
+        try:
+            fut = self.dht.store(key, value, expiration_time, subkey=subkey, return_future=True)
+            return bool(await asyncio.wait_for(fut, self.network.request_timeout))
+        except asyncio.TimeoutError:
+            log.warning("DHT store of %s timed out", key)
+            return False
+
+    async def get(self, key: str, *, latest: bool = True) -> RecordSet:
+        """All valid, unexpired records under `key`. Invalid ones are skipped (and logged at debug level)."""
+        try:
+            fut = self.dht.get(key, latest=latest, return_future=True)
+            found = await asyncio.wait_for(fut, self.network.request_timeout)
+        except asyncio.TimeoutError:
+            log.warning("DHT get of %s timed out", key)
+            return RecordSet(())
+        if found is None or not isinstance(found.value, dict):
+            return RecordSet(())
+        now = get_dht_time()
+        records, foreign = [], []
+        key_id = DHTID.generate(source=key).to_bytes()
+        for subkey, item in found.value.items():
+            if item.expiration_time < now:
+                continue
+            try:
+                env = check_record(key_id, subkey, item.value, item.expiration_time, now)
+                owner, _ = split_subkey(subkey)
+            except IntegrityError as e:
+                log.debug("skipped record under %s: %s", key, e)
+                continue
+            if isinstance(env, ForeignMember):
+                foreign.append(env)
+            else:
+                records.append(Signed(owner=owner, envelope=env, expiration_time=item.expiration_time))
+        return RecordSet(tuple(records), tuple(foreign))
+
+    async def announce_member(self, run_id: str, body: MemberBody, ttl: float) -> bool:
+        return await self.put(run_key(run_id, "members"), body, get_dht_time() + ttl)
+
+    async def check_protocol(self, run_id: str) -> list[ForeignMember]:
+        """Raise ProtocolMismatchError if every other member of the run speaks another protocol version;
+        return the foreign members (to warn about) otherwise."""
+        found = await self.get(run_key(run_id, "members"))
+        ours = [r for r in found.records if r.owner != self.owner]
+        if found.foreign and not ours:
+            versions = sorted({f.protocol for f in found.foreign})
+            raise ProtocolMismatchError(
+                f"the swarm of run {run_id} speaks paris protocol v{'/v'.join(map(str, versions))} "
+                f"(e.g. {found.foreign[0].software}); this node speaks v{PROTOCOL_VERSION}: "
+                "install a matching paris-node version"
+            )
+        for f in found.foreign:
+            log.warning("peer %s runs %s with protocol v%d (ours: v%d); it is ignored",
+                        f.peer_id, f.software, f.protocol, PROTOCOL_VERSION)
+        return list(found.foreign)
+
+    def shutdown(self) -> None:
+        self.dht.shutdown()

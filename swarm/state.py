@@ -1,0 +1,99 @@
+"""Run-level records for the daemon and the dashboard: publish the run-spec pointer, progress and checkpoint
+refs, and read a whole run back as one typed view. Thin I/O over SwarmNode; decisions live elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from hivemind.utils.timed_storage import get_dht_time
+
+from protocol.swarm_records import (
+    CheckpointBody,
+    ClaimBody,
+    ClusterState,
+    DoneBody,
+    ForeignMember,
+    MemberBody,
+    ProgressBody,
+    RunPointerBody,
+    run_key,
+)
+from swarm.claim_logic import ClaimView, Snapshot, cluster_states, owners
+from swarm.dht import Signed, SwarmNode
+from swarm.identity import peer_id_of_public_key
+
+SPEC_TTL = 30 * 24 * 3600.0
+PROGRESS_TTL = 120.0
+CHECKPOINT_TTL = 14 * 24 * 3600.0
+
+
+async def publish_spec_pointer(node: SwarmNode, run_id: str, spec_cid: str, num_clusters: int) -> bool:
+    now = get_dht_time()
+    body = RunPointerBody(run_id=run_id, spec_cid=spec_cid, num_clusters=num_clusters, ts=now)
+    return await node.put(run_key(run_id, "spec"), body, now + SPEC_TTL)
+
+
+async def publish_progress(node: SwarmNode, run_id: str, body: ProgressBody, ttl: float = PROGRESS_TTL) -> bool:
+    return await node.put(run_key(run_id, "progress"), body, get_dht_time() + ttl)
+
+
+async def publish_checkpoint(node: SwarmNode, run_id: str, body: CheckpointBody,
+                             ttl: float = CHECKPOINT_TTL) -> bool:
+    return await node.put(run_key(run_id, "checkpoints"), body, get_dht_time() + ttl)
+
+
+@dataclass(frozen=True)
+class RunView:
+    """Everything the DHT says about a run, validated, keyed by the owners' peer ids."""
+
+    run_id: str
+    num_clusters: int
+    specs: tuple[RunPointerBody, ...]
+    members: dict[str, MemberBody]
+    foreign: tuple[ForeignMember, ...]
+    claims: dict[str, ClaimBody]
+    progress: dict[str, ProgressBody]
+    checkpoints: tuple[tuple[str, CheckpointBody], ...]
+    done: tuple[tuple[str, DoneBody], ...]
+    states: tuple[ClusterState, ...]
+    owners: dict[int, str]
+
+    def latest_checkpoint(self, slot: str) -> CheckpointBody | None:
+        """The most advanced published checkpoint of `slot` (`expert-<k>` or `router`)."""
+        cands = [c for _, c in self.checkpoints if c.slot == slot]
+        return max(cands, key=lambda c: (c.step, c.ts)) if cands else None
+
+
+async def read_run(node: SwarmNode, run_id: str, num_clusters: int | None = None) -> RunView:
+    """One consistent-enough read of every record of a run (all keys fetched concurrently)."""
+    keys = ("spec", "members", "claims", "progress", "checkpoints", "done")
+    sets = dict(zip(keys, await asyncio.gather(*(node.get(run_key(run_id, k)) for k in keys)), strict=True))
+    specs = tuple(r.body for r in sets["spec"].records if isinstance(r.body, RunPointerBody))
+    if num_clusters is None:
+        num_clusters = max((s.num_clusters for s in specs), default=0)
+
+    def by_peer(kind: type) -> dict[str, object]:
+        out = {}
+        for rec in sets[{MemberBody: "members", ClaimBody: "claims", ProgressBody: "progress"}[kind]].records:
+            if isinstance(rec.body, kind):
+                out[_peer_of(rec)] = rec.body
+        return out
+
+    claims = by_peer(ClaimBody)
+    done = tuple((_peer_of(r), r.body) for r in sets["done"].records if isinstance(r.body, DoneBody))
+    snap = Snapshot(num_clusters,
+                    tuple(ClaimView(c.peer_id, c.cluster, c.state, c.since) for c in claims.values()
+                          if c.cluster < num_clusters),
+                    frozenset(d.cluster for _, d in done if d.cluster < num_clusters))
+    return RunView(
+        run_id=run_id, num_clusters=num_clusters, specs=specs, members=by_peer(MemberBody),
+        foreign=sets["members"].foreign, claims=claims, progress=by_peer(ProgressBody),
+        checkpoints=tuple((_peer_of(r), r.body) for r in sets["checkpoints"].records
+                          if isinstance(r.body, CheckpointBody)),
+        done=done, states=tuple(cluster_states(snap, run_id)), owners=owners(snap, run_id),
+    )
+
+
+def _peer_of(record: Signed) -> str:
+    return peer_id_of_public_key(record.owner)

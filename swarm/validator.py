@@ -1,0 +1,96 @@
+"""The record validator every node runs: a DHT value is accepted only if it is a well-formed `Envelope` for
+the key it is stored under, in an owner subkey that hivemind's RSASignatureValidator has already verified, and
+names the owner's own peer id. Honest nodes refuse (do not store, do not return) anything else."""
+
+from __future__ import annotations
+
+import logging
+
+from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.dht.routing import DHTID
+from hivemind.dht.validation import DHTRecord, RecordValidatorBase
+from hivemind.utils.serializer import MSGPackSerializer
+from hivemind.utils.timed_storage import get_dht_time
+
+from protocol.errors import IntegrityError
+from protocol.swarm_records import (
+    MAX_RECORD_TTL,
+    ClaimBody,
+    Envelope,
+    ForeignMember,
+    MemberBody,
+    ProviderBody,
+    decode_envelope,
+)
+from swarm.identity import peer_id_of_public_key
+
+log = logging.getLogger(__name__)
+
+_OWNER_PREFIX = b"[owner:"
+
+
+def split_subkey(subkey: object) -> tuple[bytes, str]:
+    """`[owner:ssh-rsa …]#slot` → (OpenSSH public key, "#slot"). Raises IntegrityError if not of that form."""
+    if not isinstance(subkey, bytes) or not subkey.startswith(_OWNER_PREFIX):
+        raise IntegrityError("record subkey is not an owner key")
+    end = subkey.find(b"]")
+    if end < 0:
+        raise IntegrityError("record subkey is not an owner key")
+    try:
+        suffix = subkey[end + 1 :].decode("ascii")
+    except UnicodeDecodeError:
+        raise IntegrityError("record subkey suffix is not ASCII") from None
+    return subkey[len(_OWNER_PREFIX) : end], suffix
+
+
+def check_record(key_id: bytes, subkey: object, value: object, expiration_time: float,
+                 now: float | None = None) -> Envelope | ForeignMember:
+    """The whole check on already-deserialized parts; raises IntegrityError with the reason."""
+    owner, suffix = split_subkey(subkey)
+    if not isinstance(value, bytes):
+        raise IntegrityError("record value is not bytes")
+    env = decode_envelope(value, subkey_suffix_seen=suffix)
+    if isinstance(env, ForeignMember):
+        return env
+    if DHTID.generate(source=env.key).to_bytes() != key_id:
+        raise IntegrityError(f"record says key {env.key!r} but is stored under another key")
+    now = get_dht_time() if now is None else now
+    if expiration_time > now + MAX_RECORD_TTL:
+        raise IntegrityError("record expires too far in the future")
+    if isinstance(env.body, MemberBody | ClaimBody | ProviderBody):
+        try:
+            owner_peer = peer_id_of_public_key(owner)
+        except (ValueError, TypeError):
+            raise IntegrityError("record owner is not an RSA public key") from None
+        if env.body.peer_id != owner_peer:
+            raise IntegrityError("record names a peer id that is not its owner's")
+    return env
+
+
+class ParisRecordValidator(RecordValidatorBase):
+    """Schema check for every paris record (runs after the signature check, which has a higher priority)."""
+
+    def validate(self, record: DHTRecord) -> bool:
+        try:
+            subkey = MSGPackSerializer.loads(record.subkey)
+            value = MSGPackSerializer.loads(record.value)
+            check_record(record.key, subkey, value, record.expiration_time)
+        except IntegrityError as e:
+            log.debug("refused DHT record: %s", e)
+            return False
+        except Exception as e:  # msgpack raises many types on random bytes; never let one reach the DHT
+            log.debug("refused undecodable DHT record: %r", e)
+            return False
+        return True
+
+    @property
+    def priority(self) -> int:
+        return 5  # below RSASignatureValidator (10): it strips the signature before we parse
+
+    def merge_with(self, other: RecordValidatorBase) -> bool:
+        return isinstance(other, ParisRecordValidator)
+
+
+def make_validators(identity_private_key) -> list[RecordValidatorBase]:
+    """The validator set every node must run (a node lacking it would hang on signed reads)."""
+    return [RSASignatureValidator(identity_private_key), ParisRecordValidator()]
