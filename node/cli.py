@@ -19,7 +19,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 data_app = typer.Typer(no_args_is_help=True, help="Build data sets: the built-in synthetic one, or your videos.")
 run_app = typer.Typer(no_args_is_help=True, help="Create run specs (clustered data + model preset).")
 app.add_typer(data_app, name="data")
+ensemble_app = typer.Typer(no_args_is_help=True, help="Assemble ensembles from local checkpoints.")
 app.add_typer(run_app, name="run")
+app.add_typer(ensemble_app, name="ensemble")
 
 GpuOpt = Annotated[str, typer.Option("--gpu", help="CUDA device index, or 'cpu'.")]
 
@@ -134,6 +136,47 @@ def run_init(
     out.print(f"run id {spec.run_id} written to {out_file}")
 
 
+def _run_training(trainer, steps: int, out_dir: Path, checkpoint_every: int | None, *, label: str) -> None:
+    """Drive `trainer.train` with a progress bar (log lines when not on a terminal); the first Ctrl-C or
+    SIGTERM stops at the next step boundary with a final checkpoint, a second one aborts."""
+    from rich.progress import TextColumn
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        console.print("[yellow]stopping at the next step boundary (Ctrl-C again to abort)[/]")
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, on_signal)
+    previous_term = signal.signal(signal.SIGTERM, on_signal)
+    last = {}
+    try:
+        with progress(TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[sps]} samples/s")) as bar:
+            task = bar.add_task(label, total=steps, loss="-", sps="-")
+
+            def on_progress(p):
+                last["p"] = p
+                loss = "skipped" if p.loss is None else f"{p.loss_ema:.4f}"
+                bar.update(task, advance=1, loss=loss, sps=f"{p.samples_per_s:.1f}")
+                if not console.is_terminal and (p.step % 25 == 0 or p.step == 1):  # logs, not a live bar
+                    console.print(f"{label} step {p.step} loss {loss} {p.samples_per_s:.1f} samples/s",
+                                  highlight=False)
+
+            def on_checkpoint(path, meta):
+                console.print(f"checkpoint step {meta.step} → {path}", highlight=False)
+
+            trainer.train(steps, on_progress=on_progress, checkpoint_dir=out_dir,
+                          checkpoint_every=checkpoint_every, on_checkpoint=on_checkpoint, stop=stop)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+    p = last.get("p")
+    if p is not None and p.skipped_total:
+        console.print(f"[yellow]{p.skipped_total} step(s) were skipped because the loss or gradient was not finite[/]")
+
+
 @app.command("train-local")
 def train_local(
     run: Annotated[Path, typer.Option(help="Run spec from `run init`.")],
@@ -146,8 +189,6 @@ def train_local(
     checkpoint_every: Annotated[int | None, typer.Option(min=1, help="Steps between checkpoints.")] = None,
 ) -> None:
     """Train one expert on its cluster with no swarm (the daemon drives the same code)."""
-    from rich.progress import TextColumn
-
     from expert.train import resolve_device, trainer_for_run
     from protocol.run import RunSpec
 
@@ -158,70 +199,110 @@ def train_local(
         if resume:
             meta = trainer.load(resume)
             console.print(f"resumed from step {meta.step}")
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        console.print("[yellow]stopping at the next step boundary (Ctrl-C again to abort)[/]")
-        stop.set()
-
-    previous = signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    last = {}
-    try:
-        with progress(TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[sps]} samples/s")) as bar:
-            task = bar.add_task(f"expert {cluster}", total=steps, loss="-", sps="-")
-
-            def on_progress(p):
-                last["p"] = p
-                loss = "skipped" if p.loss is None else f"{p.loss_ema:.4f}"
-                bar.update(task, advance=1, loss=loss, sps=f"{p.samples_per_s:.1f}")
-                if not console.is_terminal and (p.step % 25 == 0 or p.step == 1):  # logs, not a live bar
-                    console.print(f"expert {cluster} step {p.step} loss {loss} {p.samples_per_s:.1f} samples/s",
-                                  highlight=False)
-
-            def on_checkpoint(path, meta):
-                console.print(f"checkpoint step {meta.step} → {path}", highlight=False)
-
-            trainer.train(steps, on_progress=on_progress, checkpoint_dir=out_dir,
-                          checkpoint_every=checkpoint_every, on_checkpoint=on_checkpoint, stop=stop)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    p = last.get("p")
-    if p is not None and p.skipped_total:
-        console.print(f"[yellow]{p.skipped_total} step(s) were skipped because the loss or gradient was not finite[/]")
+    _run_training(trainer, steps, out_dir, checkpoint_every, label=f"expert {cluster}")
     out.print(f"expert {cluster} at step {trainer.step}, loss {trainer.loss_ema:.4f}; checkpoint in {out_dir}")
+
+
+@app.command("train-router")
+def train_router(
+    run: Annotated[Path, typer.Option(help="Run spec from `run init`.")],
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps to run now.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Checkpoint folder (step-*/ and LATEST).")],
+    resume: Annotated[Path | None, typer.Option(help="Resume from this checkpoint or training folder.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Data folder, if not where `run init` saw it.")] = None,
+    cap: Annotated[int, typer.Option(min=1, help="At most this many clips per cluster (stratified).")] = 2000,
+    use_text: Annotated[bool, typer.Option("--use-text", help="Let the router read the caption (DDM).")] = False,
+    gpu: GpuOpt = "cpu",
+    checkpoint_every: Annotated[int | None, typer.Option(min=1, help="Steps between checkpoints.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the final accuracy report as JSON.")] = False,
+) -> None:
+    """Train the run's router r(x_t, t) → K logits with no swarm; reports accuracy per noise level."""
+    from expert.train import resolve_device, router_trainer_for_run
+    from protocol.run import RunSpec
+
+    spec = RunSpec.load(run)
+    device = resolve_device(gpu)
+    with console.status(f"loading run {spec.run_id} for the router"):
+        trainer = router_trainer_for_run(spec, data_dir=data, cap=cap, use_text=use_text, device=device)
+        if resume:
+            console.print(f"resumed from step {trainer.load(resume).step}")
+    _run_training(trainer, steps, out_dir, checkpoint_every, label="router")
+    report = {"step": trainer.step, "loss": trainer.loss_ema, **trainer.evaluate()}
+    if json_out:
+        out.print_json(json.dumps(report))
+        return
+    levels = ", ".join(f"t∈{k}: {v:.2f}" for k, v in report["per_noise_level"].items())
+    out.print(f"router at step {trainer.step}: accuracy {report['accuracy']:.3f} ({levels}); checkpoint in {out_dir}",
+              highlight=False)
+
+
+@ensemble_app.command("assemble")
+def ensemble_assemble(
+    experts: Annotated[list[Path], typer.Option("--expert", help="Expert checkpoint folders, in cluster order.")],
+    router: Annotated[Path, typer.Option(help="The router's checkpoint folder.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Ensemble folder to write.")],
+) -> None:
+    """Assemble local checkpoints into the diffusers-style ensemble folder that `sample --ensemble` loads."""
+    from expert.pipeline import assemble
+
+    with console.status("verifying checkpoints and writing the ensemble"):
+        assemble(experts, router, out_dir)
+    out.print(f"wrote the ensemble of {len(experts)} experts to {out_dir}")
 
 
 @app.command("sample")
 def sample_cmd(
     prompt: Annotated[str, typer.Argument(help="What the video should show.")],
     out_file: Annotated[Path, typer.Option("--out", help="Output .mp4 or .gif.")],
-    checkpoint: Annotated[Path | None, typer.Option(help="One expert: a checkpoint or training folder.")] = None,
+    ensemble: Annotated[Path | None, typer.Option(help="An ensemble folder (from fetch / ensemble assemble).")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Or one expert: a checkpoint or training folder.")] = None,
+    strategy: Annotated[str, typer.Option(help="full, top1, top2, topk:K, threshold:P, sample:K.")] = "top1",
     steps: Annotated[int, typer.Option(min=1, help="Sampling steps.")] = 30,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = none).")] = 4.0,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     num_videos: Annotated[int, typer.Option(min=1, help="Several videos are tiled into a grid.")] = 1,
+    routing_out: Annotated[Path | None, typer.Option(help="Write per-step routing weights (JSON).")] = None,
+    offload: Annotated[bool, typer.Option(help="Keep idle experts on the CPU (saves device memory).")] = False,
     gpu: GpuOpt = "cpu",
 ) -> None:
-    """Generate a video from one expert checkpoint."""
-    from expert.sampling import load_expert, sample
+    """Generate a video from an ensemble (router + experts) or from one expert checkpoint."""
+    from expert.routing import parse_strategy
     from expert.train import resolve_device
     from expert.video_io import grid, write_video
+    from protocol.atomic import atomic_write_text
 
-    if checkpoint is None:
-        fail("give --checkpoint DIR (the ensemble form comes with the router)")
+    if (ensemble is None) == (checkpoint is None):
+        fail("give exactly one of --ensemble DIR or --checkpoint DIR")
     if out_file.suffix.lower() not in (".mp4", ".gif"):
         fail(f"--out must end in .mp4 or .gif, not {out_file.name!r}")
+    if routing_out is not None and ensemble is None:
+        fail("--routing-out needs --ensemble (a single expert has no routing)")
+    strat = parse_strategy(strategy)
     device = resolve_device(gpu)
-    expert = load_expert(checkpoint, device)
+    record: list[dict] = []
     with progress() as bar:
         task = bar.add_task("sampling", total=steps)
-        videos = sample(expert, prompt, steps=steps, guidance=guidance, seed=seed, num_videos=num_videos,
-                        device=device, on_step=lambda i, n: bar.update(task, completed=i))
+
+        def on_step(i, n):
+            bar.update(task, completed=i)
+
+        if ensemble is not None:
+            from expert.pipeline import ParisPipeline
+
+            pipe = ParisPipeline.from_pretrained(ensemble).to(device, offload=offload)
+            videos, record = pipe(prompt, strategy=strat, num_inference_steps=steps, guidance_scale=guidance,
+                                  seed=seed, num_videos=num_videos, offload=offload,
+                                  record_routing=routing_out is not None, on_step=on_step)
+        else:
+            from expert.sampling import load_expert, sample
+
+            expert = load_expert(checkpoint, device)
+            videos = sample(expert, prompt, steps=steps, guidance=guidance, seed=seed, num_videos=num_videos,
+                            device=device, on_step=on_step)
     video = grid(videos) if num_videos > 1 else videos[0]
     write_video(out_file, video)
+    if routing_out is not None:
+        atomic_write_text(routing_out, json.dumps({"prompt": prompt, "strategy": str(strat), "steps": record}))
     out.print(f"wrote {out_file} ({video.shape[0]} frames, {video.shape[2]}x{video.shape[1]} before upscaling)")
 
 
@@ -265,8 +346,8 @@ def demo(
     motion = MOTION_PHRASES.get(majority.get("motion", "left"), ("moving left",))[0]
     prompt = (f"a {majority.get('colour', 'red')} {majority.get('shape', 'square')} {motion} "
               f"on a {majority.get('background', 'dark')} background")
-    sample_cmd(prompt=prompt, out_file=out_dir / "sample.gif", checkpoint=ckpt, steps=30, guidance=4.0, seed=0,
-               num_videos=4, gpu=gpu)
+    sample_cmd(prompt=prompt, out_file=out_dir / "sample.gif", ensemble=None, checkpoint=ckpt, strategy="top1",
+               steps=30, guidance=4.0, seed=0, num_videos=4, routing_out=None, offload=False, gpu=gpu)
     out.print(f"demo done: open {out_dir / 'sample.gif'} (prompt: {prompt!r})", highlight=False)
 
 
