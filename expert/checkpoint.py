@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import torch
-from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -23,6 +22,7 @@ from protocol.canonical import canonical_json, sha256_hex
 from protocol.checkpoint import CHECKPOINT_META, CheckpointFile, CheckpointMeta
 from protocol.errors import ConfigMismatchError, IntegrityError, ParisError
 from protocol.model import ExpertPreset
+from protocol.records_io import read_model
 
 LATEST = "LATEST"
 
@@ -72,11 +72,7 @@ def read_meta(path: Path) -> CheckpointMeta:
     meta_path = Path(path) / CHECKPOINT_META
     if not meta_path.is_file():
         raise IntegrityError(f"{path} is not a checkpoint (no {CHECKPOINT_META})")
-    try:
-        return CheckpointMeta.model_validate_json(meta_path.read_bytes())
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise IntegrityError(f"checkpoint {path} has malformed metadata: {err['msg']} at {err['loc']}") from None
+    return read_model(CheckpointMeta, meta_path, what="checkpoint metadata")
 
 
 def read_group(path: Path, meta: CheckpointMeta, stem: str) -> dict[str, torch.Tensor]:

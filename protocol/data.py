@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.canonical import canonical_json, content_id
 from protocol.errors import IntegrityError
+from protocol.records_io import read_model
 
 DATA_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -63,10 +64,7 @@ class DataManifest(Frozen):
         path = Path(directory) / MANIFEST_NAME
         if not path.is_file():
             raise IntegrityError(f"{directory} is not a paris-node data set (no {MANIFEST_NAME})")
-        try:
-            manifest = cls.model_validate_json(path.read_bytes())
-        except ValidationError as e:
-            raise IntegrityError(f"{path} is malformed: {e.errors()[0]['msg']} at {e.errors()[0]['loc']}") from None
+        manifest = read_model(cls, path, what="data manifest")
         if sum(s.clips for s in manifest.shards) != manifest.total_clips:
             raise IntegrityError(f"{path} is inconsistent: shard clip counts do not add up to total_clips")
         return manifest

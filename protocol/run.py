@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from protocol.atomic import atomic_write_bytes
 from protocol.canonical import canonical_json, content_id
 from protocol.data import DataManifest, Frozen
 from protocol.errors import IntegrityError
 from protocol.model import ExpertPreset
+from protocol.records_io import read_model
 
 RUN_FORMAT_VERSION = 1
 
@@ -86,11 +87,4 @@ class RunSpec(Frozen):
 
     @classmethod
     def load(cls, path: Path) -> RunSpec:
-        path = Path(path)
-        if not path.is_file():
-            raise IntegrityError(f"run spec {path} does not exist")
-        try:
-            return cls.model_validate_json(path.read_bytes())
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise IntegrityError(f"run spec {path} is malformed: {err['msg']} at {err['loc']}") from None
+        return read_model(cls, path, what="run spec")
