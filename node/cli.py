@@ -136,9 +136,9 @@ def run_init(
     out.print(f"run id {spec.run_id} written to {out_file}")
 
 
-def _run_training(trainer, steps: int, out_dir: Path, checkpoint_every: int | None, *, label: str) -> None:
+def _run_training(trainer, steps: int, out_dir: Path, checkpoint_every: int | None, *, label: str) -> bool:
     """Drive `trainer.train` with a progress bar (log lines when not on a terminal); the first Ctrl-C or
-    SIGTERM stops at the next step boundary with a final checkpoint, a second one aborts."""
+    SIGTERM stops at the next step boundary with a final checkpoint, a second one aborts. True if stopped."""
     from rich.progress import TextColumn
 
     stop = threading.Event()
@@ -175,6 +175,7 @@ def _run_training(trainer, steps: int, out_dir: Path, checkpoint_every: int | No
     p = last.get("p")
     if p is not None and p.skipped_total:
         console.print(f"[yellow]{p.skipped_total} step(s) were skipped because the loss or gradient was not finite[/]")
+    return stop.is_set()
 
 
 @app.command("train-local")
@@ -187,7 +188,7 @@ def train_local(
     data: Annotated[Path | None, typer.Option(help="Data folder, if not where `run init` saw it.")] = None,
     gpu: GpuOpt = "cpu",
     checkpoint_every: Annotated[int | None, typer.Option(min=1, help="Steps between checkpoints.")] = None,
-) -> None:
+) -> bool:
     """Train one expert on its cluster with no swarm (the daemon drives the same code)."""
     from expert.train import resolve_device, trainer_for_run
     from protocol.run import RunSpec
@@ -199,8 +200,10 @@ def train_local(
         if resume:
             meta = trainer.load(resume)
             console.print(f"resumed from step {meta.step}")
-    _run_training(trainer, steps, out_dir, checkpoint_every, label=f"expert {cluster}")
-    out.print(f"expert {cluster} at step {trainer.step}, loss {trainer.loss_ema:.4f}; checkpoint in {out_dir}")
+    stopped = _run_training(trainer, steps, out_dir, checkpoint_every, label=f"expert {cluster}")
+    loss = "n/a" if trainer.loss_ema is None else f"{trainer.loss_ema:.4f}"
+    out.print(f"expert {cluster} at step {trainer.step}, loss {loss}; checkpoint in {out_dir}")
+    return stopped
 
 
 @app.command("train-router")
@@ -337,9 +340,10 @@ def demo(
         from expert.checkpoint import read_meta, resolve_checkpoint
 
         done = read_meta(resolve_checkpoint(ckpt)).step
-    if done < steps:
-        train_local(run=run_file, cluster=cluster, steps=steps - done, out_dir=ckpt,
-                    resume=ckpt if done else None, data=None, gpu=gpu, checkpoint_every=None)
+    if done < steps and train_local(run=run_file, cluster=cluster, steps=steps - done, out_dir=ckpt,
+                                    resume=ckpt if done else None, data=None, gpu=gpu, checkpoint_every=None):
+        out.print(f"stopped; run the same command again to resume from {ckpt}")
+        return
     from expert.synth import MOTION_PHRASES
 
     majority = spec.balance.clusters[cluster].majority
