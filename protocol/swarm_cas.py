@@ -7,6 +7,7 @@ manifest's canonical JSON. Both are verifiable by any multiformats library.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from pathlib import PurePosixPath
@@ -39,6 +40,11 @@ def parse_cid(text: str) -> CID:
     """Decode a CID we accept (v1, raw or json codec, sha2-256); IntegrityError otherwise."""
     if not isinstance(text, str) or not re.fullmatch(CID_PATTERN, text):
         raise IntegrityError(f"not a paris CID: {str(text)[:80]!r}")
+    return _parse_cid(text)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_cid(text: str) -> CID:  # decoding costs ~0.5 ms (multiformats validates types); CIDs are immutable
     try:
         cid = CID.decode(text)
     except (ValueError, KeyError) as e:

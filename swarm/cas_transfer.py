@@ -5,8 +5,12 @@ Transport-agnostic on purpose: both sides work on an asyncio (reader, writer) pa
 over hivemind P2P streams; the unit tests open them over loopback TCP to stage misbehaving peers.
 
 Frames (streams are reused): request = u32 length + ChunkRequest JSON naming up to 16 CIDs; the response is,
-for each CID in order, u8 status + u64 length + bytes. Batches avoid a round trip per chunk, and each chunk
-is verified and written in a thread while the next one arrives.
+for each CID in order, u8 status + u64 length + bytes. Batches avoid a round trip per chunk, and the next
+batch is requested before the current one is read, so a stream never waits on a round trip.
+
+Received bytes are never assembled into whole chunks: each piece read from the stream goes to a thread of its
+stream that hashes it and writes it in place (hashlib and pwrite release the GIL), so hashing and disk work
+overlap the network. A chunk counts as had only when its whole sha-256 matches its CID (`commit`).
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import struct
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -23,6 +29,7 @@ from pydantic import ValidationError
 
 from protocol.errors import IntegrityError, ParisError
 from protocol.swarm_cas import (
+    DEFAULT_CHUNK_SIZE,
     MAX_CHUNK_SIZE,
     MAX_MANIFEST_BYTES,
     MAX_REQUEST_BYTES,
@@ -38,6 +45,7 @@ log = logging.getLogger(__name__)
 PROTOCOL_NAME = "paris-cas/1"
 _REQ_HEADER = struct.Struct(">I")
 _RESP_HEADER = struct.Struct(">BQ")
+_SEND_SLICE = 1 << 20
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 OpenStream = Callable[[str], Awaitable[Streams]]
@@ -50,11 +58,108 @@ class ChunkSource(Protocol):
 
 
 class ChunkSink(Protocol):
-    """Where the downloader writes (a BlobStore, or a PackWriter that writes chunks in place)."""
+    """Where the downloader writes (a BlobStore, or a PackWriter that writes chunks in place). A sink that
+    also has `begin(cid, size) -> ChunkReceiver` (PackWriter) is fed each chunk piece by piece as it arrives;
+    otherwise the pieces are joined and passed to `write`, which verifies."""
 
     def has(self, cid: str) -> bool: ...
 
     def write(self, cid: str, data: bytes) -> None: ...
+
+
+class ChunkReceiver(Protocol):
+    """One chunk arriving piece by piece (swarm.packs.PackChunk): `feed` each piece in order, then `commit`
+    (verify the whole against the CID, raise IntegrityError if it does not match, else record it) or `abort`."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class _Buffered:
+    """A ChunkReceiver for sinks that only take whole chunks (a BlobStore): joined and written at commit."""
+
+    def __init__(self, sink: ChunkSink, cid: str, size: int):
+        self.sink, self.cid, self.size = sink, cid, size
+        self.pieces: list[bytes] = []
+
+    def feed(self, data: bytes) -> None:
+        self.pieces.append(data)
+
+    def commit(self) -> None:
+        data, self.pieces = b"".join(self.pieces), []
+        self.sink.write(self.cid, data)  # verifies
+
+    def abort(self) -> None:
+        self.pieces = []
+
+
+def _begin(sink: ChunkSink, cid: str, size: int) -> ChunkReceiver:
+    begin = getattr(sink, "begin", None)
+    return begin(cid, size) if begin is not None else _Buffered(sink, cid, size)
+
+
+class _Feeder:
+    """A thread per stream that runs, in order, the `feed`/`commit`/`abort` calls of the chunks it receives.
+    Feed errors are kept and raised by the chunk's commit (or abort), whose result comes back as a future."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.errors: dict[int, BaseException] = {}
+        self.thread = threading.Thread(target=self._run, name="cas-receive", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:  # ends at the sentinel that close() always queues
+            op, chunk, arg = self.queue.get()
+            if op == "stop":
+                self._resolve(arg, None)
+                return
+            if op == "feed":
+                if id(chunk) not in self.errors:
+                    try:
+                        chunk.feed(arg)
+                    except BaseException as e:
+                        self.errors[id(chunk)] = e
+                continue
+            error = self.errors.pop(id(chunk), None)
+            try:
+                if error is not None or op == "abort":
+                    chunk.abort()
+                else:
+                    chunk.commit()
+            except BaseException as e:
+                error = error or e
+            self._resolve(arg, error)
+
+    def _resolve(self, fut: asyncio.Future, error: BaseException | None) -> None:
+        def done() -> None:
+            if fut.done():
+                return
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
+
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits for the result
+            self.loop.call_soon_threadsafe(done)
+
+    def feed(self, chunk: ChunkReceiver, data: bytes) -> None:
+        self.queue.put(("feed", chunk, data))
+
+    def finish(self, chunk: ChunkReceiver, op: str) -> asyncio.Future:
+        """Queue `commit` or `abort` after the chunk's pieces; the future says how it went."""
+        fut = self.loop.create_future()
+        self.queue.put((op, chunk, fut))
+        return fut
+
+    def close(self) -> asyncio.Future:
+        fut = self.loop.create_future()
+        self.queue.put(("stop", None, fut))
+        return fut
 
 
 class FetchError(ParisError):
@@ -77,16 +182,29 @@ async def serve_chunks(store: ChunkSource, reader: asyncio.StreamReader, writer:
             except ValidationError:
                 writer.write(_RESP_HEADER.pack(STATUS_BAD_REQUEST, 0))
                 return
-            for cid in req.cids:
-                try:
-                    # not re-hashed here: the requester verifies every chunk and drops us if it does not match
-                    data = await asyncio.to_thread(store.read, cid, verify_bytes=False)
-                except (KeyError, IntegrityError):
-                    writer.write(_RESP_HEADER.pack(STATUS_MISSING, 0))
-                    continue
-                writer.write(_RESP_HEADER.pack(STATUS_OK, len(data)))
-                writer.write(data)
-                await writer.drain()
+            # not re-hashed here: the requester verifies every chunk and drops us if it does not match. The next
+            # chunk is read from disk while this one is sent.
+            reads = [asyncio.ensure_future(asyncio.to_thread(store.read, req.cids[0], verify_bytes=False))]
+            try:
+                for i in range(len(req.cids)):
+                    if i + 1 < len(req.cids):
+                        reads.append(asyncio.ensure_future(
+                            asyncio.to_thread(store.read, req.cids[i + 1], verify_bytes=False)))
+                    try:
+                        data = await reads[i]
+                    except (KeyError, IntegrityError):
+                        writer.write(_RESP_HEADER.pack(STATUS_MISSING, 0))
+                        continue
+                    writer.write(_RESP_HEADER.pack(STATUS_OK, len(data)))
+                    view = memoryview(data)  # in slices: the transport copies at most what the socket refuses
+                    for off in range(0, len(view), _SEND_SLICE):
+                        writer.write(view[off : off + _SEND_SLICE])
+                        await writer.drain()
+            finally:
+                for r in reads:  # a read ahead that is not sent (the stream broke): retrieve, do not leak
+                    if not r.done():
+                        r.cancel()
+                    r.add_done_callback(lambda f: f.cancelled() or f.exception())
             await writer.drain()
     except (ConnectionError, asyncio.IncompleteReadError):
         return
@@ -101,8 +219,8 @@ async def send_request(writer: asyncio.StreamWriter, cids: list[str]) -> None:
     await writer.drain()
 
 
-async def read_response(reader: asyncio.StreamReader, max_size: int) -> bytes | None:
-    """One response frame: the bytes (unverified), or None if the peer lacks the chunk."""
+async def read_header(reader: asyncio.StreamReader, max_size: int) -> int | None:
+    """A response frame's length, or None if the peer lacks the chunk; its bytes follow on the stream."""
     status, length = _RESP_HEADER.unpack(await reader.readexactly(_RESP_HEADER.size))
     if status == STATUS_MISSING:
         return None
@@ -110,7 +228,27 @@ async def read_response(reader: asyncio.StreamReader, max_size: int) -> bytes | 
         raise ConnectionError(f"peer refused the request (status {status})")
     if length > max_size:
         raise IntegrityError(f"peer announced {length} bytes for a chunk of at most {max_size}")
-    return await reader.readexactly(length)
+    return length
+
+
+async def read_response(reader: asyncio.StreamReader, max_size: int) -> bytes | None:
+    """One response frame: the bytes (unverified), or None if the peer lacks the chunk."""
+    length = await read_header(reader, max_size)
+    return None if length is None else await reader.readexactly(length)
+
+
+_PIECE = DEFAULT_CHUNK_SIZE
+
+
+async def _receive(reader: asyncio.StreamReader, length: int, feeder: _Feeder, chunk: ChunkReceiver) -> None:
+    """Hand `length` bytes of the stream to `chunk`, piece by piece as they arrive (no reassembly copy)."""
+    left = length
+    while left > 0:  # every pass consumes at least one byte
+        piece = await reader.read(min(left, _PIECE))
+        if not piece:
+            raise asyncio.IncompleteReadError(b"", left)
+        feeder.feed(chunk, piece)
+        left -= len(piece)
 
 
 @dataclass
@@ -160,61 +298,101 @@ async def fetch_chunks(store: ChunkSink, chunks: dict[str, int], providers: list
     async def worker(peer: str) -> None:
         st = stats.peers[peer]
         streams: Streams | None = None
+        feeder = _Feeder(asyncio.get_running_loop())
+        inflight: list[list[str]] = []  # batches requested on this stream, oldest first ("" once answered)
+        commits: list[tuple[str, asyncio.Future]] = []  # chunks received, being verified in the feeder thread
+        chunk: ChunkReceiver | None = None
+        chunk_id = ""
+
+        async def settle(block: bool) -> None:
+            while commits and (block or commits[0][1].done()):
+                cid, fut = commits.pop(0)
+                try:
+                    await fut
+                except Exception as e:  # bad bytes ban the peer at once; a local write error is retried
+                    if isinstance(e, IntegrityError) and not st.banned:
+                        st.banned, st.reason = True, f"served bad bytes: {e}"
+                        log.warning("dropping provider %s: %s", peer, st.reason)
+                    elif not isinstance(e, IntegrityError):
+                        log.warning("storing %s failed: %r", cid, e)
+                    pending.put_nowait(cid)
+                    continue
+                st.chunks += 1
+                stats.fetched_bytes += todo[cid]
+                remaining.discard(cid)
+            if not remaining:
+                done.set()
+
+        def requeue_inflight() -> None:
+            for b in inflight:
+                for cid in b:
+                    if cid:
+                        pending.put_nowait(cid)
+            inflight.clear()
+
         try:
             while not done.is_set() and not st.banned:
-                batch = await take_batch(peer)
-                if not batch:
-                    continue
-                writes: list[tuple[str, asyncio.Task]] = []
+                await settle(block=not inflight or len(commits) > batch_size)
+                if done.is_set() or st.banned:
+                    break
                 try:
-                    if streams is None:
-                        streams = await asyncio.wait_for(open_stream(peer), timeout)
-                    await asyncio.wait_for(send_request(streams[1], batch), timeout)
+                    while len(inflight) < 2:  # keep the next batch requested while this one arrives
+                        batch = await take_batch(peer, wait=not inflight)
+                        if not batch:
+                            break
+                        inflight.append(batch)
+                        if streams is None:
+                            streams = await asyncio.wait_for(open_stream(peer), timeout)
+                        await asyncio.wait_for(send_request(streams[1], batch), timeout)
+                    if not inflight:
+                        continue
+                    batch = inflight[0]
                     for i, cid in enumerate(batch):
-                        data = await asyncio.wait_for(read_response(streams[0], min(max_size, todo[cid])), timeout)
-                        if data is None:
+                        length = await asyncio.wait_for(read_header(streams[0], min(max_size, todo[cid])), timeout)
+                        if length is None:
                             st.missing.add(cid)
                             pending.put_nowait(cid)
-                        else:  # verify and store in a thread while the next chunk arrives
-                            writes.append((cid, asyncio.create_task(asyncio.to_thread(store.write, cid, data))))
+                        else:  # hashed and written in the feeder thread while the rest arrives
+                            chunk, chunk_id = _begin(store, cid, length), cid
+                            batch[i] = ""
+                            await asyncio.wait_for(_receive(streams[0], length, feeder, chunk), timeout)
+                            commits.append((cid, feeder.finish(chunk, "commit")))
+                            chunk = None
                         batch[i] = ""
+                    inflight.pop(0)
                 except Exception as e:  # timeouts, resets, refusals, oversize: all count against the budget
                     streams = _close(streams)
+                    if chunk is not None:  # its pieces are written before anyone else may fetch it
+                        with contextlib.suppress(Exception):
+                            await feeder.finish(chunk, "abort")
+                        chunk = None
+                        pending.put_nowait(chunk_id)
+                    requeue_inflight()
                     if isinstance(e, IntegrityError):
                         st.failures = failure_budget
                     st.failures += 1
                     if st.failures >= failure_budget and not st.banned:
                         st.banned, st.reason = True, f"{st.failures} failures, last: {e!r}"
                         log.warning("dropping provider %s: %s", peer, st.reason)
-                    for cid in batch:
-                        if cid:
-                            pending.put_nowait(cid)
-                for cid, task in writes:
-                    try:
-                        await task
-                    except IntegrityError as e:
-                        if not st.banned:
-                            st.banned, st.reason = True, f"served bad bytes: {e}"
-                            log.warning("dropping provider %s: %s", peer, st.reason)
-                        pending.put_nowait(cid)
-                        continue
-                    st.chunks += 1
-                    stats.fetched_bytes += todo[cid]
-                    remaining.discard(cid)
-                if not remaining:
-                    done.set()
+            await settle(block=True)
         finally:
             _close(streams)
+            requeue_inflight()  # e.g. requested from a peer that was just banned
+            if chunk is not None:
+                feeder.finish(chunk, "abort")
+            closed = feeder.close()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(closed), 30)  # no write of ours outlives the fetch
             if all(s.banned for s in stats.peers.values()):
                 done.set()
 
-    async def take_batch(peer: str) -> list[str]:
-        """Up to `batch` chunks this peer may serve; an empty list after a short wait if there are none."""
+    async def take_batch(peer: str, wait: bool = True) -> list[str]:
+        """Up to `batch` chunks this peer may serve; an empty list (after a short wait if `wait`) if none."""
         batch: list[str] = []
         skipped: list[str] = []
         try:
             while len(batch) < batch_size:
-                cid = pending.get_nowait() if batch else await asyncio.wait_for(pending.get(), 0.2)
+                cid = await asyncio.wait_for(pending.get(), 0.2) if wait and not batch else pending.get_nowait()
                 if cid not in remaining or cid in batch:
                     continue
                 (batch if usable(peer, cid) else skipped).append(cid)
@@ -224,7 +402,7 @@ async def fetch_chunks(store: ChunkSink, chunks: dict[str, int], providers: list
             pass
         for cid in skipped:
             pending.put_nowait(cid)
-        if not batch:
+        if not batch and wait:
             if remaining and all(hopeless(c) for c in remaining):
                 done.set()
             await asyncio.sleep(0.01)

@@ -3,13 +3,16 @@
 A download writes every verified chunk straight to its offsets in the final files of a partial pack, so the
 bytes hit the disk once (no chunk copies plus an assembly pass: that doubled the disk work and halved the
 throughput). A partial pack records the chunks it holds in an append-only `.have` list, written after their
-bytes, which is what makes a download resumable after a crash. Finishing is one rename. Complete packs also
+bytes, which is what makes a download resumable after a crash. Finishing is one rename. The downloader
+streams each chunk in (`begin`/`feed`/`commit`): pieces are hashed and written as they arrive, and the chunk
+is recorded only once its whole sha-256 matches its CID. Complete packs also
 serve their chunks to peers, read by offset.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import threading
@@ -54,6 +57,7 @@ class PackWriter:
         except FileNotFoundError:
             lines = []
         self.have = {c for c in lines if c in self.layout}
+        self._sizes = manifest.unique_chunks()
 
     def _file(self, rel: str) -> Path:
         return self.base / rel if rel else self.base
@@ -72,6 +76,16 @@ class PackWriter:
                     done += os.pwrite(fd, view[done:], offset + done)
             finally:
                 os.close(fd)
+        self._record(cid)
+
+    def begin(self, cid: str, size: int) -> PackChunk:
+        """Receive one chunk piece by piece (`feed`, then `commit`): each piece is hashed and written in place
+        as it arrives, and the chunk is recorded only when `commit` finds the whole chunk matches its CID."""
+        if size != self._sizes.get(cid):
+            raise IntegrityError(f"{cid} is not a chunk of {self.root_cid} of {size} bytes")
+        return PackChunk(self, cid, size)
+
+    def _record(self, cid: str) -> None:
         with self._lock:
             with open(self.dir / HAVE, "a") as fh:
                 fh.write(cid + "\n")
@@ -86,6 +100,51 @@ class PackWriter:
         os.replace(self.dir, final)
         self.packs.index(self.root_cid, self.manifest)
         return final / self.manifest.name
+
+
+class PackChunk:
+    """One chunk being received into a PackWriter. Pieces are written to the chunk's places as they come
+    (unrecorded bytes are harmless: a crash or a mismatch leaves the chunk out of `.have`, so it is fetched
+    again and overwritten); `commit` verifies the sha-256 of everything fed against the CID, then records it.
+    Not thread-safe: feed, commit and abort one chunk from one thread, in order."""
+
+    def __init__(self, writer: PackWriter, cid: str, size: int):
+        self.writer, self.cid, self.size = writer, cid, size
+        self.digest = parse_cid(cid).raw_digest
+        self.hash = hashlib.sha256()
+        self.pos = 0
+        self.fds: list[tuple[int, int]] = []
+        try:
+            for rel, offset in writer.layout[cid]:
+                self.fds.append((os.open(writer._file(rel), os.O_WRONLY), offset))
+        except BaseException:
+            self.abort()
+            raise
+
+    def feed(self, data: bytes) -> None:
+        n = len(data)
+        if self.pos + n > self.size:
+            raise IntegrityError(f"peer sent more than the {self.size} bytes of {self.cid}")
+        self.hash.update(data)
+        view = memoryview(data)
+        for fd, offset in self.fds:
+            done = 0
+            while done < n:
+                done += os.pwrite(fd, view[done:], offset + self.pos + done)
+        self.pos += n
+
+    def commit(self) -> None:
+        try:
+            if self.pos != self.size or self.hash.digest() != self.digest:
+                raise IntegrityError(f"bytes do not match {self.cid}")
+        finally:
+            self.abort()
+        self.writer._record(self.cid)
+
+    def abort(self) -> None:
+        fds, self.fds = self.fds, []
+        for fd, _ in fds:
+            os.close(fd)
 
 
 class PackStore:

@@ -295,3 +295,59 @@ def test_pack_is_written_in_place_and_resumes_after_a_crash(tmp_path):
     assert not packs.complete(manifest.cid)
     with pytest.raises(KeyError):
         packs.read(c0.cid)
+
+
+def test_streamed_chunks_into_a_pack_are_verified_refetched_and_resumable(tmp_path, source):
+    """The downloader hands pieces to PackWriter.begin/feed/commit as they arrive: a liar's chunks are written
+    but never recorded (and are fetched again from an honest peer), and the pack comes out byte-exact."""
+    from swarm.packs import PackStore, PackWriter
+
+    src, manifest = source
+    chunks = manifest.unique_chunks()
+    packs = PackStore(tmp_path / "dst")
+
+    async def run():
+        peers = Peers()
+        await peers.add("liar", src, "corrupt")
+        await peers.add("dies", src, die_after=7)
+        writer = PackWriter(packs, manifest.cid, manifest)
+        with pytest.raises(FetchError, match="retry to resume"):
+            await fetch_chunks(writer, chunks, ["liar", "dies"], peers.open, failure_budget=2, batch_size=3)
+        have = set(writer.have)
+        again = PackWriter(packs, manifest.cid, manifest)  # as after a crash: only verified chunks count
+        assert again.have == have and 0 < len(have) < len(chunks)
+        await peers.add("good", src)
+        stats = await fetch_chunks(again, chunks, ["liar", "good"], peers.open, batch_size=5)
+        await peers.close()
+        return again, stats, have
+
+    again, stats, have = asyncio.run(asyncio.wait_for(run(), 60))
+    assert stats.reused_chunks == len(have) and not stats.peers["liar"].chunks
+    out = again.finish()
+    assert out.read_bytes() == (tmp_path / "payload.bin").read_bytes()
+
+
+def test_pack_chunk_checks_size_and_digest(tmp_path):
+    from swarm.packs import PackStore, PackWriter
+
+    blobs = BlobStore(tmp_path / "src")
+    manifest = import_path(blobs, _tree(tmp_path / "data"), CHUNK)
+    writer = PackWriter(PackStore(tmp_path / "dst"), manifest.cid, manifest)
+    cid, size = next(iter(manifest.unique_chunks().items()))
+    data = blobs.read(cid)
+    with pytest.raises(IntegrityError):
+        writer.begin(cid, size + 1)  # not the size the manifest says
+    bad = writer.begin(cid, size)
+    bad.feed(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(IntegrityError):
+        bad.commit()
+    too_long = writer.begin(cid, size)
+    with pytest.raises(IntegrityError):
+        too_long.feed(data + b"x")
+    too_long.abort()
+    assert not writer.has(cid)
+    good = writer.begin(cid, size)
+    for off in range(0, size, 1000):
+        good.feed(data[off : off + 1000])
+    good.commit()
+    assert writer.has(cid) and PackWriter(writer.packs, manifest.cid, manifest).has(cid)
