@@ -64,10 +64,19 @@ def velocity(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: tor
 def sample(expert: LoadedExpert, prompt: str, *, steps: int = 30, guidance: float = 4.0, seed: int = 0,
            num_videos: int = 1, device: torch.device | str = "cpu", on_step=None) -> np.ndarray:
     """N×T×H×W×3 uint8 videos for `prompt`; the same seed gives the same videos."""
+    return sample_prompts(expert, [prompt] * num_videos, steps=steps, guidance=guidance, seed=seed, device=device,
+                          on_step=on_step)
+
+
+@torch.no_grad()
+def sample_prompts(expert: LoadedExpert, prompts: list[str], *, steps: int = 30, guidance: float = 4.0,
+                   seed: int = 0, device: torch.device | str = "cpu", on_step=None) -> np.ndarray:
+    """One video per prompt, as one batch."""
     device = torch.device(device)
+    num_videos = len(prompts)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     scheduler.set_timesteps(steps, device=device)
-    cond, null = encode_prompts(expert.text, [prompt] * num_videos)
+    cond, null = encode_prompts(expert.text, prompts)
     cond, null = cond.to(device), null.to(device)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((num_videos, *expert.codec.latent_shape()), generator=g).to(device)

@@ -309,6 +309,66 @@ def sample_cmd(
     out.print(f"wrote {out_file} ({video.shape[0]} frames, {video.shape[2]}x{video.shape[1]} before upscaling)")
 
 
+@app.command("eval")
+def eval_cmd(
+    ensemble: Annotated[Path | None, typer.Option(help="An ensemble folder to evaluate.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Or one expert checkpoint / training folder.")] = None,
+    strategy: Annotated[str, typer.Option(help="Routing strategy for --ensemble.")] = "top1",
+    n: Annotated[int, typer.Option("--n", min=2, help="Number of prompts / generated videos.")] = 64,
+    steps: Annotated[int, typer.Option(min=1, help="Sampling steps.")] = 30,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 4.0,
+    judge_dir: Annotated[Path, typer.Option("--judge", help="Synthetic-data judge (trained here if missing).")]
+    = Path.home() / ".paris" / "synth-judge",
+    gpu: GpuOpt = "cpu",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
+    """Offline metrics on the built-in data: FVD-synth and prompt-attribute accuracy (see README)."""
+    from expert.evaluate import evaluate_synthetic
+    from expert.routing import parse_strategy
+    from expert.synth_classifier import SynthJudge, train_judge
+    from expert.train import resolve_device
+
+    if (ensemble is None) == (checkpoint is None):
+        fail("give exactly one of --ensemble DIR or --checkpoint DIR")
+    strat = parse_strategy(strategy)
+    device = resolve_device(gpu)
+    if (judge_dir / "judge.json").is_file():
+        judge = SynthJudge.load(judge_dir)
+    else:
+        with progress() as bar:
+            task = bar.add_task("training the synthetic-data judge (once)", total=600)
+            judge = train_judge(on_step=lambda i, total: bar.update(task, completed=i))
+        judge.save(judge_dir)
+    if ensemble is not None:
+        from expert.pipeline import ParisPipeline
+
+        pipe = ParisPipeline.from_pretrained(ensemble).to(device)
+
+        def sample(prompts, seed):
+            return pipe(prompts, strategy=strat, num_inference_steps=steps, guidance_scale=guidance, seed=seed)[0]
+    else:
+        from expert.sampling import load_expert, sample_prompts
+
+        expert = load_expert(checkpoint, device)
+
+        def sample(prompts, seed):
+            return sample_prompts(expert, prompts, steps=steps, guidance=guidance, seed=seed, device=device)
+
+    with progress() as bar:
+        task = bar.add_task("sampling", total=n)
+        report = evaluate_synthetic(sample, judge, n=n, on_batch=lambda k: bar.advance(task, k))
+    report.update({"what": str(ensemble or checkpoint), "strategy": str(strat) if ensemble else None,
+                   "steps": steps, "guidance": guidance, "judge_heldout_accuracy": judge.heldout_accuracy})
+    if json_out:
+        out.print_json(json.dumps(report))
+        return
+    out.print(f"FVD-synth {report['fvd_synth']:.3f} over {n} videos; prompt-attribute accuracy "
+              f"{report['mean_attribute_accuracy']:.3f}", highlight=False)
+    for a, v in report["attribute_accuracy"].items():
+        out.print(f"  {a:10} {v:.3f} (judge on real clips: {report['attribute_accuracy_on_real_clips'][a]:.3f})",
+                  highlight=False)
+
+
 @app.command("demo")
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the data, run spec, checkpoints and video.")]
