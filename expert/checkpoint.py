@@ -126,8 +126,9 @@ def resolve_checkpoint(path: Path) -> Path:
         return path
     latest = path / LATEST
     if latest.is_file():
-        target = path / latest.read_text().strip()
-        if "/" in latest.read_text().strip() or not (target / CHECKPOINT_META).is_file():
+        name = latest.read_text().strip()
+        target = path / name
+        if "/" in name or not (target / CHECKPOINT_META).is_file():
             raise IntegrityError(f"{latest} names a checkpoint that does not exist")
         return target
     raise IntegrityError(f"{path} holds no checkpoint (neither {CHECKPOINT_META} nor {LATEST})")

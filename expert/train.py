@@ -287,9 +287,8 @@ class ExpertTrainer(Trainer):
         return float(np.mean(losses))
 
 
-def trainer_for_run(spec, cluster: int, *, data_dir: Path | None = None, device: torch.device | str = "cpu",
-                    seed: int | None = None) -> ExpertTrainer:
-    """A trainer for cluster `cluster` of run `spec` (a protocol.run.RunSpec), on verified local data."""
+def run_clips(spec, data_dir: Path | None = None) -> ClipBatch:
+    """The run's verified clips: from `data_dir` or where `run init` saw them; the manifest must be the run's."""
     from expert.shards import load_dataset
 
     directory = Path(data_dir or spec.data_hint or "")
@@ -299,6 +298,13 @@ def trainer_for_run(spec, cluster: int, *, data_dir: Path | None = None, device:
     if manifest != spec.data:
         raise ConfigMismatchError(f"the data in {directory} ({manifest.data_id}) is not this run's data "
                                   f"({spec.data.data_id})")
+    return clips
+
+
+def trainer_for_run(spec, cluster: int, *, data_dir: Path | None = None, device: torch.device | str = "cpu",
+                    seed: int | None = None) -> ExpertTrainer:
+    """A trainer for cluster `cluster` of run `spec` (a protocol.run.RunSpec), on verified local data."""
+    clips = run_clips(spec, data_dir)
     return ExpertTrainer(spec.preset, clips.select(spec.cluster_clips(cluster)), device=device,
                          seed=spec.seed if seed is None else seed, run_id=spec.run_id, cluster=cluster)
 
@@ -389,14 +395,7 @@ def router_preset(expert: ExpertPreset, num_experts: int, *, use_text: bool = Fa
 
 def router_trainer_for_run(spec, *, data_dir: Path | None = None, cap: int = 2000, use_text: bool = False,
                            device: torch.device | str = "cpu", seed: int | None = None) -> RouterTrainer:
-    from expert.shards import load_dataset
-
-    directory = Path(data_dir or spec.data_hint or "")
-    if not str(directory) or not directory.exists():
-        raise ParisError("the run's data folder is unknown or missing here: pass --data DIR")
-    manifest, clips = load_dataset(directory)
-    if manifest != spec.data:
-        raise ConfigMismatchError(f"the data in {directory} is not this run's data ({spec.data.data_id})")
+    clips = run_clips(spec, data_dir)
     assignments = np.asarray(spec.assignments)
     idx = stratified_sample(assignments, cap, spec.seed if seed is None else seed)
     preset = router_preset(spec.preset, spec.num_clusters, use_text=use_text)
