@@ -24,8 +24,11 @@ def sha256_hex(data: bytes) -> str:
 
 
 def content_id(value: BaseModel | dict[str, Any], *, prefix: str, exclude: set[str] | None = None) -> str:
-    """A short, human-quotable id: `prefix` + first 16 hex digits of the canonical encoding's SHA-256."""
-    return f"{prefix}-{sha256_hex(canonical_json(value, exclude=exclude))[:16]}"
+    """A short, human-quotable id: `prefix` + first 16 hex digits of the canonical encoding's SHA-256.
+    Fields that are None are left out, so that adding an optional field to a schema keeps old ids."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json", exclude=exclude, exclude_none=True)
+    return f"{prefix}-{sha256_hex(canonical_json(value))[:16]}"
 
 
 def file_sha256(path: Path) -> str:

@@ -58,3 +58,15 @@ def test_malformed_run_spec_is_refused(tiny_run, tmp_path):
     bad.write_text(text)
     with pytest.raises(ParisError, match="malformed"):
         RunSpec.load(bad)
+
+
+def test_run_id_ignores_absent_optional_fields(tiny_run):
+    from protocol.canonical import content_id
+
+    spec, _ = tiny_run
+    # None-valued fields (for example preset.router on an expert) are not part of the identity, so a schema that
+    # later gains an optional field still gives old specs their old ids
+    dumped = spec.model_dump(mode="json", exclude={"data_hint"}, exclude_none=True)
+    assert "router" not in dumped["preset"]
+    assert spec.run_id == content_id(dumped, prefix="run")
+    assert content_id(spec.model_copy(update={"data_hint": None}), prefix="run", exclude={"data_hint"}) == spec.run_id
