@@ -22,6 +22,7 @@ class NodeProc:
     """One child process speaking JSON lines; stdout is read by a thread so reads can time out."""
 
     def __init__(self, argv: list[str], log_path: Path):
+        self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
             [sys.executable, *argv], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -48,11 +49,20 @@ class NodeProc:
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no matching message from pid {self.proc.pid} in {timeout}s")
-            msg = self._lines.get(timeout=left)
+            try:
+                if left <= 0:
+                    raise queue.Empty
+                msg = self._lines.get(timeout=left)
+            except queue.Empty:
+                raise TimeoutError(f"no matching message from pid {self.proc.pid} in {timeout}s "
+                                   f"(exit code {self.proc.poll()}); its log ends:\n{self.log_tail()}") from None
             if where(msg):
                 return msg
+
+    def log_tail(self, lines: int = 30) -> str:
+        self._log.flush()
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
 
     def kill9(self) -> None:
         """SIGKILL the node and every process it started (its own process group, never anything else)."""

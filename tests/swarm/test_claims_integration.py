@@ -50,7 +50,7 @@ def test_eight_nodes_four_clusters_twenty_races(swarm8):
         for p in procs:  # clean exit releases the lease (OFFLINE) so later rounds stay cheap
             p.send({"op": "release", "run": run, "clusters": 4})
         for p in procs:
-            p.recv(30, lambda m: m.get("op") == "release")
+            p.recv(90, lambda m: m.get("op") == "release")
         assert set(_states(procs[0], run, 4)) == {"offline"}
 
 
