@@ -102,8 +102,8 @@ class ParisPipeline(DiffusionPipeline):
         except (OSError, ValidationError) as e:
             raise IntegrityError(f"ensemble {directory} has a missing or malformed config: {e}") from None
         k = int(index.get("num_experts", 0))
-        if k < 1 or head.num_experts != k:
-            raise IntegrityError(f"ensemble {directory}: the router has {head.num_experts} outputs for {k} experts")
+        if k < 1 or head.routed != k:
+            raise IntegrityError(f"ensemble {directory}: the router has {head.routed} outputs for {k} experts")
         experts = [_load_wan(directory / f"expert_{i}").eval() for i in range(k)]
         text = TextEncoder(text_cfg)
         text.load_state_dict(load_file(directory / "text_encoder" / "model.safetensors"))
@@ -205,8 +205,10 @@ def _read_index(directory: Path) -> dict:
     return index
 
 
-def assemble(expert_checkpoints: list[Path], router_checkpoint: Path, out: Path, *, extra: dict | None = None) -> Path:
-    """Build the ensemble folder from local checkpoints (EMA weights), verifying each and that they agree."""
+def assemble(expert_checkpoints: list[Path], router_checkpoint: Path, out: Path, *, extra: dict | None = None,
+             clusters: list[int] | None = None) -> Path:
+    """Build the ensemble folder from local checkpoints (EMA weights), verifying each and that they agree.
+    `clusters`: which of the router's outputs the experts are, for a partial ensemble (default: all, in order)."""
     from expert.checkpoint import read_group, read_meta, resolve_checkpoint
     from expert.sampling import load_expert
 
@@ -219,9 +221,13 @@ def assemble(expert_checkpoints: list[Path], router_checkpoint: Path, out: Path,
     rmeta = read_meta(rpath)
     if rmeta.kind != "router" or rmeta.preset.router is None:
         raise ParisError(f"{router_checkpoint} is not a router checkpoint")
-    if rmeta.preset.router.num_experts != len(loaded):
-        raise ParisError(f"the router routes {rmeta.preset.router.num_experts} experts, {len(loaded)} were given")
-    router = Router(rmeta.preset.backbone, rmeta.preset.router, loaded[0].text.width)
+    head = rmeta.preset.router
+    if clusters is not None and clusters != list(range(head.num_experts)):
+        head = head.model_copy(update={"keep": tuple(clusters)})
+        head = type(head).model_validate(head.model_dump())  # re-check keep against num_experts
+    if head.routed != len(loaded):
+        raise ParisError(f"the router routes {head.routed} experts, {len(loaded)} were given")
+    router = Router(rmeta.preset.backbone, head, loaded[0].text.width)
     router.load_state_dict(read_group(rpath, rmeta, "ema"))
     pipe = ParisPipeline([e.model for e in loaded], router, loaded[0].text,
                          FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0), loaded[0].codec, base)

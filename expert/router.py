@@ -34,4 +34,5 @@ class Router(nn.Module):
         if not self.head.use_text or text is None:
             text = x.new_zeros((x.shape[0], 1, self.text_dim))
         out = self.trunk(x, timestep, text, return_dict=False)[0]  # B×K×T×H×W
-        return out.float().mean(dim=(2, 3, 4))
+        logits = out.float().mean(dim=(2, 3, 4))
+        return logits if self.head.keep is None else logits[:, list(self.head.keep)]

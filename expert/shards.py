@@ -39,6 +39,19 @@ class ClipBatch:
     def __len__(self) -> int:
         return int(self.frames.shape[0])
 
+    @classmethod
+    def concat(cls, parts: list[ClipBatch]) -> ClipBatch:
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        return cls(
+            frames=np.concatenate([p.frames for p in parts]),
+            tokens=np.concatenate([p.tokens for p in parts]),
+            captions=[c for p in parts for c in p.captions],
+            attributes=None if any(p.attributes is None for p in parts)
+            else np.concatenate([p.attributes for p in parts]),
+            names=[n for p in parts for n in p.names],
+        )
+
     def select(self, indices: Iterable[int]) -> ClipBatch:
         idx = np.asarray(list(indices), dtype=np.int64)
         return ClipBatch(
@@ -143,12 +156,4 @@ def iter_shards(directory: Path, manifest: DataManifest | None = None) -> Iterat
 def load_dataset(directory: Path) -> tuple[DataManifest, ClipBatch]:
     """Load and verify a whole data set into memory (clips in manifest order)."""
     manifest = DataManifest.load(directory)
-    parts = [b for _, b in iter_shards(directory, manifest)]
-    batch = ClipBatch(
-        frames=np.concatenate([p.frames for p in parts]),
-        tokens=np.concatenate([p.tokens for p in parts]),
-        captions=[c for p in parts for c in p.captions],
-        attributes=None if parts[0].attributes is None else np.concatenate([p.attributes for p in parts]),
-        names=[n for p in parts for n in p.names],
-    )
-    return manifest, batch
+    return manifest, ClipBatch.concat([b for _, b in iter_shards(directory, manifest)])

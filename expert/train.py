@@ -173,18 +173,20 @@ class Trainer:
                 sps = self.preset.train.batch_size * self.preset.train.grad_accum / dt
                 on_progress(Progress(self.step, loss, self.loss_ema, sps, self.lr_at(self.step - 1), self.skipped))
             if checkpoint_dir is not None and self.step % every == 0:
-                self._save_and_publish(checkpoint_dir, on_checkpoint)
+                self.checkpoint(checkpoint_dir, on_checkpoint)
                 last_saved = self.step
         if checkpoint_dir is not None and self.step != last_saved:
-            self._save_and_publish(checkpoint_dir, on_checkpoint)
+            self.checkpoint(checkpoint_dir, on_checkpoint)
         return done
 
-    def _save_and_publish(self, root: Path, on_checkpoint) -> None:
+    def checkpoint(self, root: Path, on_checkpoint=None) -> tuple[Path, CheckpointMeta]:
+        """Save the full state as `root/step-N` and point `root/LATEST` at it (older ones pruned)."""
         path = step_dir(root, self.step)
         meta = self.save(path)
         publish_latest(root, path)
         if on_checkpoint:
             on_checkpoint(path, meta)
+        return path, meta
 
     # --- state ----------------------------------------------------------------------------------------
     def state_groups(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -395,10 +397,17 @@ def router_preset(expert: ExpertPreset, num_experts: int, *, use_text: bool = Fa
 
 def router_trainer_for_run(spec, *, data_dir: Path | None = None, cap: int = 2000, use_text: bool = False,
                            device: torch.device | str = "cpu", seed: int | None = None) -> RouterTrainer:
-    clips = run_clips(spec, data_dir)
-    assignments = np.asarray(spec.assignments)
-    idx = stratified_sample(assignments, cap, spec.seed if seed is None else seed)
+    return router_trainer_from_clips(spec, run_clips(spec, data_dir), np.asarray(spec.assignments), cap=cap,
+                                     use_text=use_text, device=device, seed=seed)
+
+
+def router_trainer_from_clips(spec, clips: ClipBatch, labels: np.ndarray, *, cap: int = 2000, use_text: bool = False,
+                              device: torch.device | str = "cpu", seed: int | None = None) -> RouterTrainer:
+    """A router trainer on a stratified sample (≤ `cap` per cluster) of `clips` labelled by cluster; the loss
+    is reweighted to the cluster sizes of the whole run, which may hold more clips than `clips`."""
+    seed = spec.seed if seed is None else seed
+    idx = stratified_sample(labels, cap, seed)
     preset = router_preset(spec.preset, spec.num_clusters, use_text=use_text)
-    return RouterTrainer(preset, clips.select(idx), assignments[idx],
-                         data_sizes=np.bincount(assignments, minlength=spec.num_clusters), device=device,
-                         seed=spec.seed if seed is None else seed, run_id=spec.run_id)
+    return RouterTrainer(preset, clips.select(idx), labels[idx],
+                         data_sizes=np.bincount(np.asarray(spec.assignments), minlength=spec.num_clusters),
+                         device=device, seed=seed, run_id=spec.run_id)

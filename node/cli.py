@@ -319,10 +319,15 @@ def eval_cmd(
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 4.0,
     judge_dir: Annotated[Path, typer.Option("--judge", help="Synthetic-data judge (trained here if missing).")]
     = Path.home() / ".paris" / "synth-judge",
+    i3d: Annotated[Path | None, typer.Option("--i3d", help="Local I3D weights (pytorch-i3d rgb_imagenet.pt or "
+                                             ".safetensors): adds FVD.")] = None,
+    clip_weights: Annotated[Path | None, typer.Option(help="Local open_clip weights: adds CLIP similarity.")] = None,
+    clip_model: Annotated[str, typer.Option(help="open_clip architecture of --clip-weights.")] = "ViT-B-32",
     gpu: GpuOpt = "cpu",
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
-    """Offline metrics on the built-in data: FVD-synth and prompt-attribute accuracy (see README)."""
+    """Metrics on the built-in data: FVD-synth and prompt-attribute accuracy, plus FVD (I3D) and CLIP
+    text-video similarity when their weights are given (see README)."""
     from expert.evaluate import evaluate_synthetic
     from expert.routing import parse_strategy
     from expert.synth_classifier import SynthJudge, train_judge
@@ -332,6 +337,15 @@ def eval_cmd(
         fail("give exactly one of --ensemble DIR or --checkpoint DIR")
     strat = parse_strategy(strategy)
     device = resolve_device(gpu)
+    fvd_net = clip = None
+    if i3d is not None:
+        from expert.i3d import I3DFeatures
+
+        fvd_net = I3DFeatures.from_file(i3d, device=device)
+    if clip_weights is not None:
+        from expert.clip_score import ClipScorer
+
+        clip = ClipScorer.from_pretrained(clip_model, clip_weights, device=device)
     if (judge_dir / "judge.json").is_file():
         judge = SynthJudge.load(judge_dir)
     else:
@@ -356,7 +370,8 @@ def eval_cmd(
 
     with progress() as bar:
         task = bar.add_task("sampling", total=n)
-        report = evaluate_synthetic(sample, judge, n=n, on_batch=lambda k: bar.advance(task, k))
+        report = evaluate_synthetic(sample, judge, n=n, on_batch=lambda k: bar.advance(task, k), fvd_net=fvd_net,
+                                    clip=clip)
     report.update({"what": str(ensemble or checkpoint), "strategy": str(strat) if ensemble else None,
                    "steps": steps, "guidance": guidance, "judge_heldout_accuracy": judge.heldout_accuracy})
     if json_out:
@@ -367,6 +382,11 @@ def eval_cmd(
     for a, v in report["attribute_accuracy"].items():
         out.print(f"  {a:10} {v:.3f} (judge on real clips: {report['attribute_accuracy_on_real_clips'][a]:.3f})",
                   highlight=False)
+    if "fvd" in report:
+        out.print(f"FVD (I3D) {report['fvd']:.2f}", highlight=False)
+    if "clip_similarity" in report:
+        out.print(f"CLIP similarity {report['clip_similarity']:.4f} (real clips of the same prompts: "
+                  f"{report['clip_similarity_on_real_clips']:.4f})", highlight=False)
 
 
 @app.command("demo")
@@ -413,6 +433,11 @@ def demo(
     sample_cmd(prompt=prompt, out_file=out_dir / "sample.gif", ensemble=None, checkpoint=ckpt, strategy="top1",
                steps=30, guidance=4.0, seed=0, num_videos=4, routing_out=None, offload=False, gpu=gpu)
     out.print(f"demo done: open {out_dir / 'sample.gif'} (prompt: {prompt!r})", highlight=False)
+
+
+from node.cli_swarm import register as _register_swarm_commands  # noqa: E402  (join, status, fetch)
+
+_register_swarm_commands(app)
 
 
 def main() -> None:

@@ -78,6 +78,20 @@ class RouterHead(Frozen):
 
     num_experts: int = Field(ge=1, le=1024)
     use_text: bool = False
+    # a partial ensemble keeps only these outputs (the clusters whose experts it holds), in this order
+    keep: tuple[int, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check_keep(self) -> RouterHead:
+        if self.keep is not None and (not self.keep or len(set(self.keep)) != len(self.keep)
+                                      or any(not 0 <= k < self.num_experts for k in self.keep)):
+            raise ValueError("keep must list distinct router outputs 0..num_experts-1")
+        return self
+
+    @property
+    def routed(self) -> int:
+        """How many experts the router's (kept) outputs route between."""
+        return len(self.keep) if self.keep is not None else self.num_experts
 
 
 class ExpertPreset(Frozen):

@@ -21,14 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from protocol.canonical import canonical_json
 from protocol.data import Frozen
 from protocol.errors import IntegrityError
-from protocol.swarm_records import PROTOCOL_VERSION, RUN_ID_PATTERN, Cid, Cluster, Timestamp
+from protocol.swarm_records import PROTOCOL_VERSION, Cid, Cluster, RunId, Timestamp
 
 MAX_GOSSIP_BYTES = 8 * 1024
 MAX_CLOCK_SKEW = 60.0
 MAX_AGE = 300.0
 
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH)
-RunId = Annotated[str, Field(pattern=rf"^{RUN_ID_PATTERN}$")]
 
 
 def gossip_topic(run_id: str) -> str:

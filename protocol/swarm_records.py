@@ -34,6 +34,7 @@ PeerIdStr = Annotated[str, Field(pattern=_PEER_ID)]
 Cid = Annotated[str, Field(pattern=rf"^{CID_PATTERN}$")]
 Timestamp = Annotated[float, Field(ge=0, le=1e11, allow_inf_nan=False)]
 Cluster = Annotated[int, Field(ge=0, lt=1024)]
+RunId = Annotated[str, Field(pattern=rf"^{RUN_ID_PATTERN}$")]
 
 
 class ClaimState(str, Enum):
@@ -180,6 +181,7 @@ _KEY_KINDS = {"members": "member", "spec": "spec", "claims": "claim", "done": "d
               "checkpoints": "checkpoint"}
 _RUN_KEY_RE = re.compile(rf"^paris/({RUN_ID_PATTERN})/([a-z]+)$")
 _CAS_KEY_RE = re.compile(rf"^paris/cas/({CID_PATTERN})$")
+RUNS_KEY = "paris/runs"  # every run's spec pointer, one per creator: how a joiner with no --run finds one
 
 
 RunKeyName = Literal["members", "spec", "claims", "done", "progress", "checkpoints"]
@@ -199,6 +201,8 @@ def provider_key(cid: str) -> str:
 
 def key_kind(key: str) -> str | None:
     """The body kind a key may hold, or None if the key is not one of ours."""
+    if key == RUNS_KEY:
+        return "spec"
     if m := _CAS_KEY_RE.match(key):
         return "provider"
     if (m := _RUN_KEY_RE.match(key)) and m.group(1) != "cas":

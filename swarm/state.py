@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from hivemind.utils.timed_storage import get_dht_time
 
 from protocol.swarm_records import (
+    RUNS_KEY,
     CheckpointBody,
     ClaimBody,
     ClusterState,
@@ -29,9 +30,20 @@ CHECKPOINT_TTL = 14 * 24 * 3600.0
 
 
 async def publish_spec_pointer(node: SwarmNode, run_id: str, spec_cid: str, num_clusters: int) -> bool:
+    """Under the run's own key, and in the swarm-wide list of runs (so joiners need no run id)."""
     now = get_dht_time()
     body = RunPointerBody(run_id=run_id, spec_cid=spec_cid, num_clusters=num_clusters, ts=now)
-    return await node.put(run_key(run_id, "spec"), body, now + SPEC_TTL)
+    ok = await asyncio.gather(node.put(run_key(run_id, "spec"), body, now + SPEC_TTL),
+                              node.put(RUNS_KEY, body, now + SPEC_TTL))
+    return all(ok)
+
+
+async def list_runs(node: SwarmNode) -> list[RunPointerBody]:
+    """Every run announced in this swarm, newest first."""
+    found = await node.get(RUNS_KEY)
+    runs = {r.body.run_id: r.body for r in sorted(found.records, key=lambda r: r.body.ts)
+            if isinstance(r.body, RunPointerBody)}
+    return sorted(runs.values(), key=lambda b: b.ts, reverse=True)
 
 
 async def publish_progress(node: SwarmNode, run_id: str, body: ProgressBody, ttl: float = PROGRESS_TTL) -> bool:

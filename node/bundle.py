@@ -1,0 +1,140 @@
+"""Publishing a run into the swarm and fetching it back, verified.
+
+The creator splits the data by cluster (each cluster a data set of its own, so an expert fetches only its
+own clips), puts each into the content store, and puts the bundle (`run.json` + `swarm.json`) whose CID the
+run's spec pointer names. A joiner fetches the bundle, checks that the spec hashes to the run id it asked
+for, and fetches cluster data by the CIDs the bundle lists (the store verifies every chunk)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from hivemind.utils.timed_storage import get_dht_time
+
+from expert.shards import ClipBatch, ShardWriter, load_dataset
+from protocol.atomic import atomic_write_bytes
+from protocol.canonical import canonical_json
+from protocol.data import DataManifest
+from protocol.errors import IntegrityError, ParisError
+from protocol.run import RunSpec
+from protocol.swarm_records import RunPointerBody, run_key
+from protocol.swarm_run import SPEC_FILE, SWARM_FILE, ClusterData, Schedule, SwarmRunManifest
+from swarm.cas import ContentStore
+from swarm.dht import SwarmNode
+from swarm.state import list_runs, publish_spec_pointer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    spec: RunSpec
+    manifest: SwarmRunManifest
+    bundle_cid: str
+
+
+def split_by_cluster(spec: RunSpec, data_dir: Path, out: Path) -> list[Path]:
+    """Write one data set per cluster under `out/cluster-k` (the clips of cluster k, in run order)."""
+    manifest, clips = load_dataset(data_dir)
+    if manifest.data_id != spec.data.data_id:
+        raise IntegrityError(f"data in {data_dir} is not the data of run {spec.run_id}")
+    dirs = []
+    for k in range(spec.num_clusters):
+        dirs.append(_write_subset(clips.select(spec.cluster_clips(k)), manifest, out / f"cluster-{k}"))
+    return dirs
+
+
+def _write_subset(clips: ClipBatch, like: DataManifest, out: Path, per_shard: int = 256) -> Path:
+    writer = ShardWriter(out, clips_per_shard=per_shard)
+    for start in range(0, len(clips), per_shard):
+        writer.write(clips.select(range(start, min(start + per_shard, len(clips)))))
+    writer.finish(source=like.source, frames=like.frames, height=like.height, width=like.width, fps=like.fps,
+                  attributes=like.attributes, generator=like.generator)
+    return out
+
+
+async def publish_run(node: SwarmNode, store: ContentStore, spec: RunSpec, data_dir: Path, work: Path,
+                      schedule: Schedule | None = None) -> LocalRun:
+    """Put the run's cluster data and bundle into `store` (pinned, provided) and announce it in the DHT."""
+    work = Path(work)
+    cluster_dirs = await asyncio.to_thread(split_by_cluster, spec, data_dir, work / "clusters")
+    clusters = []
+    for k, d in enumerate(cluster_dirs):
+        cid = await store.put(d)
+        clusters.append(ClusterData(cluster=k, cid=cid, clips=len(spec.cluster_clips(k)),
+                                    bytes=sum(f.stat().st_size for f in d.iterdir())))
+    manifest = SwarmRunManifest(run_id=spec.run_id, clusters=tuple(clusters), schedule=schedule or Schedule(),
+                                created_by=node.peer_id, created_at=get_dht_time())
+    bundle = work / "bundle"
+    if bundle.exists():
+        shutil.rmtree(bundle)
+    bundle.mkdir(parents=True)
+    spec.model_copy(update={"data_hint": None}).save(bundle / SPEC_FILE)
+    atomic_write_bytes(bundle / SWARM_FILE, canonical_json(manifest))
+    cid = await store.put(bundle)
+    if not await publish_spec_pointer(node, spec.run_id, cid, spec.num_clusters):
+        log.warning("the run's spec pointer was not stored by any peer yet; it is re-announced periodically")
+    return LocalRun(spec, manifest, cid)
+
+
+async def resolve_run_id(node: SwarmNode, run: str | None) -> str:
+    """The run to join: `run` if given, else the only (or newest) run announced in the swarm."""
+    if run:
+        return run
+    runs = await list_runs(node)
+    if not runs:
+        raise ParisError("no run is announced in this swarm yet (is the bootstrap node up? pass --run RUN_ID)")
+    if len(runs) > 1:
+        log.info("several runs in this swarm (%s); joining the newest, %s", ", ".join(r.run_id for r in runs),
+                 runs[0].run_id)
+    return runs[0].run_id
+
+
+async def fetch_run(node: SwarmNode, store: ContentStore, run_id: str, *, timeout: float = 120.0) -> LocalRun:
+    """Fetch and verify run `run_id`'s bundle from the swarm (retrying while its pointer is not yet visible)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        found = await node.get(run_key(run_id, "spec"))
+        pointers = sorted((r.body for r in found.records if isinstance(r.body, RunPointerBody)
+                           and r.body.run_id == run_id), key=lambda b: b.ts, reverse=True)
+        if pointers:
+            break
+        if asyncio.get_running_loop().time() > deadline:
+            raise ParisError(f"run {run_id} is not announced in this swarm (check the run id and the peers)")
+        await asyncio.sleep(2.0)
+    errors = []
+    for pointer in pointers:  # several creators may announce the same run; the first that verifies wins
+        try:
+            path = await store.get(pointer.spec_cid)
+            return _verify_bundle(path, run_id, pointer.spec_cid)
+        except (IntegrityError, ParisError) as e:
+            errors.append(str(e))
+    raise ParisError(f"no valid bundle for run {run_id}: {'; '.join(errors)}")
+
+
+def _verify_bundle(path: Path, run_id: str, cid: str) -> LocalRun:
+    spec = RunSpec.load(path / SPEC_FILE)
+    if spec.run_id != run_id:
+        raise IntegrityError(f"bundle {cid} holds run {spec.run_id}, not {run_id}")
+    manifest = SwarmRunManifest.load(path / SWARM_FILE)
+    if manifest.run_id != run_id or len(manifest.clusters) != spec.num_clusters:
+        raise IntegrityError(f"bundle {cid}: its swarm manifest does not match run {run_id}")
+    sizes = np.bincount(np.asarray(spec.assignments), minlength=spec.num_clusters)
+    if any(c.clips != int(sizes[c.cluster]) for c in manifest.clusters):
+        raise IntegrityError(f"bundle {cid}: cluster sizes disagree with the run's assignments")
+    return LocalRun(spec, manifest, cid)
+
+
+async def fetch_cluster_clips(store: ContentStore, run: LocalRun, cluster: int) -> ClipBatch:
+    """Fetch, verify and load one cluster's clips."""
+    entry = run.manifest.clusters[cluster]
+    path = await store.get(entry.cid)
+    _, clips = await asyncio.to_thread(load_dataset, path)
+    if len(clips) != entry.clips:
+        raise IntegrityError(f"cluster {cluster} data ({entry.cid}) holds {len(clips)} clips, expected {entry.clips}")
+    return clips

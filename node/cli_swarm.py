@@ -1,0 +1,233 @@
+"""The swarm commands of `paris-node`: join (the daemon), status (the dashboard), fetch (the ensemble)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from node.console import console, fail, out, progress
+
+PeersOpt = Annotated[list[str] | None, typer.Option(
+    "--initial-peers", help="Multiaddr of a peer already in the swarm (repeat for several).")]
+PeersFileOpt = Annotated[Path | None, typer.Option(
+    "--initial-peers-file", help="A node.json (or home folder) of a running node: dial its addresses.")]
+RunOpt = Annotated[str | None, typer.Option("--run", help="Run id to join/watch (default: the swarm's newest run).")]
+
+
+def _peers(initial_peers: list[str] | None, peers_file: Path | None, *, wait: float = 120.0) -> list[str]:
+    from node.nodefile import peers_from_file
+
+    peers = list(initial_peers or [])
+    if peers_file is not None:
+        peers += peers_from_file(peers_file, timeout=wait)
+    for p in peers:
+        if not p.startswith("/") or "/p2p/" not in p:
+            fail(f"--initial-peers {p!r}: expected a full multiaddr like /ip4/1.2.3.4/tcp/31337/p2p/Qm…")
+    return peers
+
+
+def _client_node(peers: list[str], home: Path):
+    """A client-mode DHT node (dials out, serves nothing) with a throwaway identity."""
+    from swarm.dht import NetworkConfig, SwarmNode
+
+    if not peers:
+        fail("give --initial-peers (or --initial-peers-file): status and fetch watch an existing swarm")
+    return SwarmNode.start(home, NetworkConfig(initial_peers=tuple(peers), client_mode=True))
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("join")
+    def join(
+        gpu: Annotated[str, typer.Option("--gpu", help="CUDA device index, or 'cpu'.")] = "cpu",
+        initial_peers: PeersOpt = None,
+        initial_peers_file: PeersFileOpt = None,
+        run: Annotated[str | None, typer.Option(
+            "--run", help="Joining: the run id (default: the swarm's newest). Starting a swarm: a run spec file "
+                          "from `run init` (default: the built-in demo run).")] = None,
+        role: Annotated[str, typer.Option(help="auto | expert | router | seeder.")] = "auto",
+        home: Annotated[Path, typer.Option(help="Identity, content store, checkpoints.")] = Path("~/.paris"),
+        host: Annotated[str, typer.Option(help="Listen address (0.0.0.0 to accept other machines).")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(min=0, max=65535, help="Listen port (0: any free port).")] = 0,
+        announce_host: Annotated[str | None, typer.Option(help="Public address others dial (needs --port).")] = None,
+        nat: Annotated[bool, typer.Option("--nat", help="UPnP/NAT-PMP port mapping and AutoNAT.")] = False,
+        relay: Annotated[bool, typer.Option("--relay", help="Dial through relays (and use them behind NAT).")] = False,
+        data: Annotated[Path | None, typer.Option(help="With --run FILE: where its data is.")] = None,
+        clusters: Annotated[int, typer.Option(min=1, max=64, help="Demo run: clusters K.")] = 3,
+        preset: Annotated[str, typer.Option(help="Demo run: model preset.")] = "small",
+        target_steps: Annotated[int, typer.Option(min=1, help="Demo run: steps per expert.")] = 1000,
+        clips: Annotated[int, typer.Option(min=8, help="Demo run: synthetic clips.")] = 2000,
+        router_steps: Annotated[int, typer.Option(min=1, help="New swarm: the router's target steps.")] = 500,
+        checkpoint_every: Annotated[int, typer.Option(min=1, help="New swarm: publish every N steps…")] = 100,
+        checkpoint_minutes: Annotated[float, typer.Option(min=0.05, help="…or every M minutes.")] = 10.0,
+        period: Annotated[float, typer.Option(min=0.5, help="Seconds between lease renewals.")] = 10.0,
+        no_gossip: Annotated[bool, typer.Option("--no-gossip", help="Do not start the gossip process.")] = False,
+        cache_gb: Annotated[float, typer.Option(min=0, help="Content store size limit (0: none).")] = 50.0,
+        stop_when_done: Annotated[bool, typer.Option(
+            "--stop-when-done", help="Exit once every expert and the router reached their targets.")] = False,
+        log_format: Annotated[str, typer.Option(help="text | json.")] = "text",
+    ) -> None:
+        """Run the daemon: start a swarm (no --initial-peers) or join one, take a role, train, publish."""
+        from node.daemon import Daemon, DaemonOptions, DemoOptions, network_config
+        from node.logs import LOG_FORMATS, setup_logging
+        from protocol.swarm_run import Schedule
+
+        if role not in ("auto", "expert", "router", "seeder"):
+            fail(f"--role {role!r}: expected auto, expert, router or seeder")
+        if log_format not in LOG_FORMATS:
+            fail(f"--log-format {log_format!r}: expected text or json")
+        from expert.presets import PRESETS
+
+        if preset not in PRESETS:
+            fail(f"--preset {preset!r}: expected one of {', '.join(PRESETS)}")
+        setup_logging(log_format)
+        peers = _peers(initial_peers, initial_peers_file)
+        opts = DaemonOptions(
+            home=home.expanduser(), gpu=gpu, role=role, run=run, data=data,
+            network=network_config(initial_peers=peers, host=host, port=port, announce_host=announce_host,
+                                   nat_traversal=nat, use_relay=relay),
+            demo=DemoOptions(clusters=clusters, preset=preset, target_steps=target_steps, clips=clips),
+            schedule=Schedule(checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
+                              router_target_steps=router_steps),
+            period=period, gossip=not no_gossip, gossip_host=host, cache_bytes=int(cache_gb * 2**30),
+            stop_when_done=stop_when_done)
+        raise SystemExit(asyncio.run(Daemon(opts).run()))
+
+    @app.command("status")
+    def status(
+        initial_peers: PeersOpt = None,
+        initial_peers_file: PeersFileOpt = None,
+        run: RunOpt = None,
+        once: Annotated[bool, typer.Option("--once", help="Draw one frame and exit.")] = False,
+        json_out: Annotated[bool, typer.Option("--json", help="Print the state as JSON and exit.")] = False,
+        interval: Annotated[float, typer.Option(min=0.5, help="Seconds between refreshes.")] = 2.0,
+        no_gossip: Annotated[bool, typer.Option("--no-gossip", help="No live event feed.")] = False,
+    ) -> None:
+        """A live dashboard of a swarm, from any machine that knows one peer (client mode, holds no data)."""
+        peers = _peers(initial_peers, initial_peers_file)
+        with tempfile.TemporaryDirectory(prefix="paris-status-") as tmp:
+            asyncio.run(_status(peers, Path(tmp), run, once=once or json_out, json_out=json_out,
+                                interval=interval, gossip=not (no_gossip or once or json_out)))
+
+    @app.command("fetch")
+    def fetch(
+        out_dir: Annotated[Path, typer.Option("--out", help="Ensemble folder to write.")],
+        initial_peers: PeersOpt = None,
+        initial_peers_file: PeersFileOpt = None,
+        run: RunOpt = None,
+        allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Assemble the experts that exist.")]
+        = False,
+        json_out: Annotated[bool, typer.Option("--json", help="Print the swarm manifest as JSON.")] = False,
+    ) -> None:
+        """Download, verify and assemble the newest ensemble (every expert + the router) as a diffusers folder."""
+        peers = _peers(initial_peers, initial_peers_file)
+        with tempfile.TemporaryDirectory(prefix="paris-fetch-") as tmp:
+            manifest = asyncio.run(_fetch(peers, Path(tmp), run, out_dir, allow_partial))
+        if json_out:
+            out.print_json(json.dumps(manifest))
+            return
+        missing = f"; missing experts {manifest['missing']}" if manifest["missing"] else ""
+        out.print(f"wrote the ensemble of {len(manifest['clusters'])} experts + router (step "
+                  f"{manifest['router']['step']}) of run {manifest['run_id']} to {out_dir}{missing}", highlight=False)
+
+
+async def _status(peers: list[str], home: Path, run: str | None, *, once: bool, json_out: bool, interval: float,
+                  gossip: bool) -> None:
+    from rich.live import Live
+
+    from node.bundle import fetch_run, resolve_run_id
+    from node.dashboard import render
+    from node.swarm_view import EventRow, gather_status
+    from swarm.cas import ContentStore
+
+    node = await asyncio.to_thread(_client_node, peers, home / "id")
+    store = ContentStore(node, home / "store")
+    client = None
+    events: list[EventRow] = []
+    try:
+        await store.start()
+        run_id = await resolve_run_id(node, run)
+        spec = schedule = None
+        with contextlib.suppress(Exception):  # the dashboard works from DHT records alone if the bundle is slow
+            local = await asyncio.wait_for(fetch_run(node, store, run_id, timeout=10), 30)
+            spec, schedule = local.spec, local.manifest.schedule
+        if gossip:
+            client = await _watch_gossip(node, run_id, events)
+        st = await gather_status(node, run_id, spec=spec, schedule=schedule, events=events, store=store)
+        if json_out:
+            out.print_json(st.model_dump_json())
+            return
+        if once:
+            out.print(render(st))
+            return
+        with Live(render(st), console=out, refresh_per_second=4, screen=False) as live:
+            while True:
+                await asyncio.sleep(interval)
+                st = await gather_status(node, run_id, spec=spec, schedule=schedule, events=events, store=store)
+                live.update(render(st))
+    finally:
+        if client is not None:
+            await client.close()
+        await store.close()
+        await asyncio.to_thread(node.shutdown)
+
+
+async def _watch_gossip(node, run_id: str, events: list):
+    """Join the run's gossip as an observer; received events are appended (bounded) to `events`."""
+    from node.swarm_view import EventRow
+    from protocol.errors import ParisError
+    from swarm.gossip import GossipClient, join_gossip
+
+    def on_message(msg) -> None:
+        ev = msg.event
+        detail = " ".join(f"{k}={v}" for k, v in ev.model_dump(exclude={"type", "run_id"}).items() if v is not None)
+        events.append(EventRow(ts=msg.ts, sender=msg.sender, type=ev.type, detail=detail))
+        del events[:-50]
+
+    client = GossipClient(node.identity, run_id, on_message=on_message)
+    try:
+        await client.start()
+        await join_gossip(node, client, role="observer")
+    except ParisError as e:
+        console.print(f"[yellow]no live event feed: {e}[/]")
+        await client.close()
+        return None
+    return client
+
+
+async def _fetch(peers: list[str], home: Path, run: str | None, out_dir: Path, allow_partial: bool) -> dict:
+    from rich.progress import DownloadColumn
+
+    from node.bundle import fetch_run, resolve_run_id
+    from node.fetch import fetch_ensemble
+    from swarm.cas import ContentStore
+
+    node = await asyncio.to_thread(_client_node, peers, home / "id")
+    store = ContentStore(node, home / "store")
+    try:
+        await store.start()
+        run_id = await resolve_run_id(node, run)
+        local = await fetch_run(node, store, run_id)
+        with progress(DownloadColumn()) as bar:
+            tasks: dict[str, int] = {}
+
+            def on_item(slot: str, body, phase: str) -> None:
+                if phase == "start":
+                    tasks[slot] = bar.add_task(f"{slot} @{body.step}", total=max(body.bytes, 1))
+                else:
+                    bar.update(tasks[slot], completed=max(body.bytes, 1))
+
+            t0 = time.monotonic()
+            manifest = await fetch_ensemble(node, store, run_id, local.spec.num_clusters, out_dir,
+                                            allow_partial=allow_partial, on_item=on_item)
+        console.print(f"fetched and verified in {time.monotonic() - t0:.1f}s", highlight=False)
+        return manifest
+    finally:
+        await store.close()
+        await asyncio.to_thread(node.shutdown)

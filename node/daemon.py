@@ -1,0 +1,549 @@
+"""The daemon behind `paris-node join`: open or join a run, take a role, train and publish, shut down cleanly.
+
+Roles, chosen again whenever one ends:
+  expert  claim a free cluster (a lease in the DHT), fetch its clips by CID, resume from the newest published
+          checkpoint of that cluster (a takeover after a crash) or from our own, train to the target while
+          publishing checkpoints and progress, then mark the cluster DONE.
+  router  take the router lease, fetch a stratified sample of every cluster, train the router, publish it.
+  seeder  keep the run's data and the newest checkpoint of every slot pinned and provided, so they outlive
+          the peers that made them; in `auto`, check every period whether a cluster fell free.
+Training runs in a worker thread (node.driver); everything networked stays on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from hivemind.utils.timed_storage import get_dht_time
+from pydantic import BaseModel, ConfigDict, Field
+
+from node.bundle import LocalRun, fetch_cluster_clips, fetch_run, publish_run, resolve_run_id
+from node.driver import Cadence, TrainingDriver
+from node.logs import event
+from node.nodefile import NodeInfo, remove_node_info, write_node_info
+from protocol.errors import ParisError
+from protocol.swarm_gossip import CheckpointEvent, ClaimedEvent, DoneEvent, GossipMessage, LeavingEvent, ProgressEvent
+from protocol.swarm_records import CheckpointBody, ClusterState, ProgressBody
+from protocol.swarm_run import Schedule, router_lease_id
+from swarm.cas import ContentStore
+from swarm.claims import ClaimManager
+from swarm.dht import NetworkConfig, SwarmNode
+from swarm.state import publish_checkpoint, publish_progress, publish_spec_pointer, read_run
+
+log = logging.getLogger("node.daemon")
+
+Role = Literal["auto", "expert", "router", "seeder"]
+
+
+class DemoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    clusters: int = Field(default=3, ge=1, le=64)
+    preset: str = "small"
+    target_steps: int = Field(default=1000, ge=1)
+    clips: int = Field(default=2000, ge=8)
+
+
+class DaemonOptions(BaseModel):
+    """Everything `join` was asked to do (validated at the CLI boundary)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    home: Path
+    gpu: str = "cpu"
+    role: Role = "auto"
+    network: NetworkConfig = NetworkConfig()
+    run: str | None = None  # a run id to join, or (starting a swarm) a run spec file
+    data: Path | None = None  # where the run spec's data is, if not where `run init` saw it
+    demo: DemoOptions = DemoOptions()
+    schedule: Schedule = Schedule()
+    period: float = Field(default=10.0, gt=0)  # lease renewal and progress publication interval
+    gossip: bool = True
+    gossip_host: str = "127.0.0.1"
+    cache_bytes: int = Field(default=50 * 2**30, ge=0)
+    stop_when_done: bool = False
+
+
+class Daemon:
+    def __init__(self, opts: DaemonOptions) -> None:
+        self.opts = opts
+        self.home = Path(opts.home).expanduser()
+        self.stopping = asyncio.Event()
+        self._signals = 0
+        self.node: SwarmNode | None = None
+        self.store: ContentStore | None = None
+        self.gossip = None
+        self.run_info: LocalRun | None = None
+        self.driver: TrainingDriver | None = None
+        self.role: str = "starting"
+        self.cluster: int | None = None
+        self.started_at = time.time()
+        self._slot: str | None = None
+        self._pinned: dict[str, str] = {}  # slot -> the checkpoint CID we keep pinned for it
+        self._published: dict[str, tuple[str, int]] = {}  # slot -> (cid, step) of our newest publication
+        self._publish_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._join_command: str | None = None
+        self.device = None
+        self._all_clusters_done_cached = False
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._install_signals()
+        network = self.opts.network
+        event(log, "starting the DHT", home=str(self.home), initial_peers=len(network.initial_peers))
+        self.node = await asyncio.to_thread(SwarmNode.start, self.home, network)  # forks: before CUDA starts
+        from expert.train import resolve_device
+
+        self.device = resolve_device(self.opts.gpu)
+        self.store = ContentStore(self.node, self.home / "store", limit_bytes=self.opts.cache_bytes or None)
+        await self.store.start()
+        try:
+            self.run_info = await self._open_run()
+            if self.stopping.is_set():
+                return 0
+            await self._start_gossip()
+            self._write_node_file()
+            self._tasks += [asyncio.create_task(self._progress_loop()), asyncio.create_task(self._member_loop())]
+            if not network.initial_peers:
+                self._announce_bootstrap()
+            await self._role_loop()
+        finally:
+            await self._shutdown()
+        return 0
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            self._signals += 1
+            if self._signals > 1:
+                log.warning("second interrupt: exiting now, without a final checkpoint")
+                os._exit(130)
+            log.warning("stopping: finishing the current step, publishing a checkpoint and releasing the claim "
+                        "(interrupt again to exit at once)")
+            self.stopping.set()
+            self._wake.set()
+            if self.driver is not None:
+                self.driver.stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+
+    async def _shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.gossip is not None:
+            with contextlib.suppress(Exception):
+                if self.run_info is not None:
+                    await self.gossip.publish(LeavingEvent(run_id=self.run_info.spec.run_id, cluster=self.cluster))
+                await self.gossip.close()
+        if self.store is not None:
+            await self.store.close()
+        if self.node is not None:
+            await asyncio.to_thread(self.node.shutdown)
+        remove_node_info(self.home)
+        event(log, "stopped")
+
+    # ---- the run --------------------------------------------------------------------------------------------
+
+    async def _open_run(self) -> LocalRun:
+        assert self.node is not None and self.store is not None
+        if self.opts.network.initial_peers:
+            run_id = await resolve_run_id(self.node, self.opts.run)
+            event(log, "fetching the run", run=run_id)
+            local = await fetch_run(self.node, self.store, run_id)
+        else:
+            spec, data_dir = await asyncio.to_thread(self._local_spec)
+            event(log, "publishing the run into the content store", run=spec.run_id, clusters=spec.num_clusters)
+            local = await publish_run(self.node, self.store, spec, data_dir, self.home / "runs" / spec.run_id,
+                                      self.opts.schedule)
+        spec = local.spec
+        event(log, "run ready", run=spec.run_id, clusters=spec.num_clusters, preset=spec.preset.name,
+              target_steps=spec.preset.train.target_steps, bundle=local.bundle_cid)
+        return local
+
+    def _local_spec(self):
+        """The spec to start a swarm on: `--run FILE`, or the demo run (made once, reused on restart)."""
+        from protocol.run import RunSpec
+
+        if self.opts.run:
+            path = Path(self.opts.run)
+            if not path.is_file():
+                raise ParisError(f"--run {path}: no such run spec file (a new swarm needs one from `run init`)")
+            spec = RunSpec.load(path)
+            data = self.opts.data or (Path(spec.data_hint) if spec.data_hint else None)
+            if data is None:
+                raise ParisError(f"{path} does not say where its data is: pass --data DIR")
+            return spec, data
+        d = self.opts.demo
+        root = self.home / "demo" / f"{d.preset}-k{d.clusters}-n{d.clips}-t{d.target_steps}"
+        data, run_file = root / "data", root / "run.json"
+        if not (data / "manifest.json").is_file():
+            from expert.synth_dataset import write_synthetic
+
+            event(log, "generating the built-in synthetic data", clips=d.clips, out=str(data))
+            write_synthetic(data, clips=d.clips, seed=0)
+        if not run_file.is_file():
+            from expert.run_init import init_run
+
+            event(log, "clustering the demo data", clusters=d.clusters)
+            spec = init_run(data, d.clusters, preset_name=d.preset, seed=0, name="demo", target_steps=d.target_steps)
+            spec.save(run_file)
+        return RunSpec.load(run_file), data
+
+    async def _start_gossip(self) -> None:
+        if not self.opts.gossip:
+            return
+        from swarm.gossip import GossipClient, join_gossip
+
+        assert self.node is not None and self.run_info is not None
+        client = GossipClient(self.node.identity, self.run_info.spec.run_id,
+                              listen=_tcp_maddr(self.opts.gossip_host, 0), on_message=self._on_gossip)
+        try:
+            await client.start()
+        except ParisError as e:
+            log.warning("gossip is off for this session: %s", e)
+            return
+        self.gossip = client
+        await join_gossip(self.node, client, role=self.opts.role, ttl=max(180.0, 6 * self.opts.period))
+
+    def _on_gossip(self, msg: GossipMessage) -> None:
+        ev = msg.event
+        if isinstance(ev, CheckpointEvent | DoneEvent | LeavingEvent):
+            self._wake.set()  # a seeder replicates (or a waiting node claims) without waiting out its period
+        log.debug("gossip from %s: %s", msg.sender, ev.type)
+
+    def _announce_bootstrap(self) -> None:
+        assert self.node is not None and self.run_info is not None
+        maddrs = self.node.visible_maddrs()
+        peers = " ".join(f"--initial-peers {m}" for m in maddrs[:2])
+        self._join_command = f"paris-node join {peers} --run {self.run_info.spec.run_id}"
+        self._write_node_file()
+        event(log, f"new swarm started; others join it with:\n\n    {self._join_command}\n")
+        if all("/127.0.0.1/" in m or "/::1/" in m for m in maddrs):
+            log.info("listening on loopback only: pass --host 0.0.0.0 (and --announce-host PUBLIC_IP) to let "
+                     "other machines join")
+
+    def _write_node_file(self) -> None:
+        assert self.node is not None
+        write_node_info(self.home, NodeInfo(
+            peer_id=self.node.peer_id, maddrs=tuple(self.node.visible_maddrs()),
+            gossip_maddrs=tuple(self.gossip.maddrs) if self.gossip else (),
+            run_id=self.run_info.spec.run_id if self.run_info else None, role=self.role, cluster=self.cluster,
+            pid=os.getpid(), started_at=self.started_at, join_command=self._join_command))
+
+    def _set_role(self, role: str, cluster: int | None = None) -> None:
+        self.role, self.cluster = role, cluster
+        self._write_node_file()
+        event(log, f"role: {role}", cluster=cluster)
+
+    # ---- background loops ----------------------------------------------------------------------------------
+
+    async def _member_loop(self) -> None:
+        """Refresh our member record and meet newcomers' gossip processes; re-announce the run pointer."""
+        from swarm.gossip import join_gossip
+
+        assert self.node is not None and self.run_info is not None
+        while True:
+            await asyncio.sleep(max(30.0, 3 * self.opts.period))
+            try:
+                if self.gossip is not None:
+                    await join_gossip(self.node, self.gossip, role=self.opts.role,
+                                      ttl=max(180.0, 6 * self.opts.period))
+                if not self.opts.network.initial_peers:
+                    await publish_spec_pointer(self.node, self.run_info.spec.run_id, self.run_info.bundle_cid,
+                                               self.run_info.spec.num_clusters)
+            except Exception:
+                log.exception("member refresh failed; retrying next period")
+
+    async def _progress_loop(self) -> None:
+        """While training: our progress record in the DHT and a gossip event, every period."""
+        assert self.node is not None and self.run_info is not None
+        run_id = self.run_info.spec.run_id
+        last_log = 0.0
+        while True:
+            await asyncio.sleep(self.opts.period)
+            driver, slot = self.driver, self._slot
+            if driver is None or driver.latest is None or slot is None:
+                continue
+            p = driver.latest
+            cluster = None if slot == "router" else int(slot.split("-")[1])
+            cid = self._published.get(slot, (None, 0))[0]
+            loss = None if p.loss_ema is None or not np.isfinite(p.loss_ema) else float(p.loss_ema)
+            sps = float(p.samples_per_s) if np.isfinite(p.samples_per_s) else None
+            body = ProgressBody(cluster=cluster, step=p.step, target=driver.target, loss=loss, samples_per_s=sps,
+                                checkpoint_cid=cid, started_at=driver.started, ts=get_dht_time())
+            try:
+                await publish_progress(self.node, run_id, body, ttl=max(120.0, 4 * self.opts.period))
+                if self.gossip is not None:
+                    await self.gossip.publish(ProgressEvent(run_id=run_id, cluster=cluster, step=p.step,
+                                                            target=driver.target, loss=loss, samples_per_s=sps))
+            except Exception:
+                log.exception("progress publication failed; retrying next period")
+            if time.monotonic() - last_log >= 30:
+                last_log = time.monotonic()
+                event(log, f"{slot} step {p.step}/{driver.target}", loss=None if loss is None else round(loss, 4),
+                      samples_per_s=None if sps is None else round(sps, 1))
+
+    # ---- roles ------------------------------------------------------------------------------------------------
+
+    async def _role_loop(self) -> None:
+        role = self.opts.role
+        while not self.stopping.is_set():
+            if role in ("auto", "expert"):
+                manager = self._claims()
+                wait = role == "expert" and not self._all_clusters_done_cached
+                cluster = await self._unless_stopped(manager.claim(wait=wait, timeout=None if wait else 30.0))
+                if self.stopping.is_set():
+                    await manager.release()
+                    break
+                if cluster is not None:
+                    await self._run_expert(manager, cluster)
+                    continue
+            if role in ("auto", "router") and await self._maybe_run_router(wait=role == "router"):
+                continue
+            if self.opts.stop_when_done and await self._run_finished():
+                event(log, "every expert and the router reached their targets; --stop-when-done: exiting")
+                break
+            await self._seed_round()
+
+    async def _unless_stopped(self, coro):
+        """Await `coro`, or cancel it and return None as soon as a stop is requested."""
+        task = asyncio.ensure_future(coro)
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        return None
+
+    def _claims(self) -> ClaimManager:
+        assert self.node is not None and self.run_info is not None
+        spec = self.run_info.spec
+        lost = self._on_lost
+        return ClaimManager(self.node, spec.run_id, spec.num_clusters, period=self.opts.period, on_lost=lost)
+
+    def _on_lost(self, cluster: int) -> None:
+        log.warning("another node owns cluster %d now (a partition healed?); stopping this expert", cluster)
+        if self.driver is not None:
+            self.driver.stop.set()
+
+    async def _run_expert(self, manager: ClaimManager, cluster: int) -> None:
+        from expert.train import ExpertTrainer
+
+        assert self.store is not None and self.run_info is not None
+        spec = self.run_info.spec
+        slot = f"expert-{cluster}"
+        self._set_role("expert", cluster)
+        await self._gossip(ClaimedEvent(run_id=spec.run_id, cluster=cluster))
+        try:
+            clips = await fetch_cluster_clips(self.store, self.run_info, cluster)
+            trainer = await asyncio.to_thread(ExpertTrainer, spec.preset, clips, device=self.device, seed=spec.seed,
+                                              run_id=spec.run_id, cluster=cluster)
+            await self._resume(trainer, slot)
+            reached = await self._train(trainer, slot, spec.preset.train.target_steps)
+            if reached and manager.cluster == cluster:
+                cid = self._published.get(slot, (None, 0))[0]
+                await manager.mark_done(trainer.step, cid)
+                await self._gossip(DoneEvent(run_id=spec.run_id, cluster=cluster, step=trainer.step,
+                                             checkpoint_cid=cid))
+                event(log, f"cluster {cluster} reached its target", step=trainer.step, checkpoint=cid)
+        finally:
+            await manager.release()
+            self._set_role("seeder")
+
+    async def _maybe_run_router(self, *, wait: bool) -> bool:
+        """Train the router if it is behind its target and nobody else holds its lease. True if we trained."""
+        from expert.shards import ClipBatch
+        from expert.train import router_trainer_from_clips
+
+        assert self.node is not None and self.store is not None and self.run_info is not None
+        spec, schedule = self.run_info.spec, self.run_info.manifest.schedule
+        view = await read_run(self.node, spec.run_id, spec.num_clusters)
+        newest = view.latest_checkpoint("router")
+        if newest is not None and newest.step >= schedule.router_target_steps:
+            return False
+        lease = ClaimManager(self.node, router_lease_id(spec.run_id), 1, period=self.opts.period,
+                             on_lost=self._on_lost)
+        got = await self._unless_stopped(lease.claim(wait=wait, timeout=None if wait else 30.0))
+        if got is None or self.stopping.is_set():
+            await lease.release()
+            return False
+        self._set_role("router")
+        try:
+            parts = [await fetch_cluster_clips(self.store, self.run_info, k) for k in range(spec.num_clusters)]
+            labels = np.concatenate([np.full(len(p), k, dtype=np.int64) for k, p in enumerate(parts)])
+            trainer = await asyncio.to_thread(router_trainer_from_clips, spec, ClipBatch.concat(parts), labels,
+                                              cap=schedule.router_cap, device=self.device)
+            await self._resume(trainer, "router")
+            if await self._train(trainer, "router", schedule.router_target_steps):
+                report = await asyncio.to_thread(trainer.evaluate)
+                event(log, "the router reached its target", step=trainer.step, accuracy=report["accuracy"])
+        finally:
+            await lease.release()
+            self._set_role("seeder")
+        return True
+
+    async def _resume(self, trainer, slot: str) -> None:
+        """Start from the most advanced of: the swarm's newest checkpoint of `slot`, our own last one."""
+        from expert.checkpoint import LATEST, read_meta, resolve_checkpoint
+
+        assert self.node is not None and self.store is not None and self.run_info is not None
+        spec = self.run_info.spec
+        own_root = self._checkpoint_root(slot)
+        own_step = -1
+        if (own_root / LATEST).is_file():
+            with contextlib.suppress(ParisError, OSError):
+                own_step = read_meta(resolve_checkpoint(own_root)).step
+        view = await read_run(self.node, spec.run_id, spec.num_clusters)
+        newest = view.latest_checkpoint(slot)
+        if newest is not None and newest.step > own_step:
+            try:
+                path = await self.store.get(newest.cid)
+                meta = await asyncio.to_thread(trainer.load, path)
+                self._published[slot] = (newest.cid, meta.step)
+                self._pinned[slot] = newest.cid
+                event(log, f"took over {slot} from its newest published checkpoint", step=meta.step, cid=newest.cid)
+                return
+            except ParisError as e:
+                log.warning("the published checkpoint %s of %s is unusable (%s); trying our own", newest.cid, slot, e)
+        if own_step >= 0:
+            meta = await asyncio.to_thread(trainer.load, own_root)
+            event(log, f"resumed {slot} from our own checkpoint", step=meta.step)
+            path = resolve_checkpoint(own_root)
+            await self._publish_checkpoint(slot, path, meta)  # it may never have reached the swarm
+
+    def _checkpoint_root(self, slot: str) -> Path:
+        assert self.run_info is not None
+        return self.home / "checkpoints" / self.run_info.spec.run_id / slot
+
+    async def _train(self, trainer, slot: str, target: int) -> bool:
+        assert self.run_info is not None
+        schedule = self.run_info.manifest.schedule
+        loop = asyncio.get_running_loop()
+        pending: list = []
+
+        def on_checkpoint(path: Path, meta) -> None:  # worker thread: hand the publication to the event loop
+            pending.append(asyncio.run_coroutine_threadsafe(self._publish_checkpoint(slot, path, meta), loop))
+
+        driver = TrainingDriver(trainer, target, self._checkpoint_root(slot),
+                                Cadence(schedule.checkpoint_every, schedule.checkpoint_minutes * 60),
+                                on_checkpoint=on_checkpoint)
+        self.driver, self._slot = driver, slot
+        if self.stopping.is_set():
+            driver.stop.set()
+        event(log, f"training {slot}", step=trainer.step, target=target, device=str(self.device))
+        try:
+            reached = await asyncio.to_thread(driver.run)
+        finally:
+            for fut in pending:
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(fut)
+            self.driver, self._slot = None, None
+        return reached
+
+    async def _publish_checkpoint(self, slot: str, path: Path, meta) -> None:
+        """Put a checkpoint into the store, announce it (DHT + gossip), unpin the one it replaces."""
+        assert self.node is not None and self.store is not None and self.run_info is not None
+        run_id = self.run_info.spec.run_id
+        async with self._publish_lock:
+            try:
+                cid = await self.store.put(path)
+                size = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+                loss = meta.loss_ema if meta.loss_ema is not None and np.isfinite(meta.loss_ema) else None
+                body = CheckpointBody(slot=slot, step=meta.step, cid=cid, bytes=size, loss=loss, ts=get_dht_time())
+                if not await publish_checkpoint(self.node, run_id, body):
+                    log.warning("no peer stored the checkpoint record of %s yet; the next one retries", slot)
+                self._published[slot] = (cid, meta.step)
+                self._replace_pin(slot, cid)
+                await self._gossip(CheckpointEvent(run_id=run_id, slot=slot, step=meta.step, cid=cid))
+                event(log, f"published {slot} checkpoint", step=meta.step, cid=cid, bytes=size)
+            except Exception:
+                log.exception("publishing the %s checkpoint of step %d failed; the next one retries",
+                              slot, meta.step)
+
+    def _replace_pin(self, slot: str, cid: str) -> None:
+        assert self.store is not None
+        old = self._pinned.get(slot)
+        self._pinned[slot] = cid
+        if old and old != cid and old not in self._pinned.values():
+            self.store.unpin(old)
+            self.store.gc()
+
+    async def _gossip(self, ev) -> None:
+        if self.gossip is None:
+            return
+        try:
+            await self.gossip.publish(ev)
+        except Exception as e:  # gossip is a courtesy: the DHT records are the truth
+            log.debug("gossip publish failed: %s", e)
+
+    # ---- seeding --------------------------------------------------------------------------------------------
+
+    async def _seed_round(self) -> None:
+        """Replicate the run's data and every slot's newest checkpoint, then wait a period (or a gossip nudge)."""
+        assert self.node is not None and self.store is not None and self.run_info is not None
+        if self.role != "seeder":
+            self._set_role("seeder")
+        spec = self.run_info.spec
+        try:
+            await self.store.get(self.run_info.bundle_cid)
+            for entry in self.run_info.manifest.clusters:
+                if self.stopping.is_set():
+                    return
+                await self.store.get(entry.cid)
+            view = await read_run(self.node, spec.run_id, spec.num_clusters)
+            self._all_clusters_done_cached = all(s == ClusterState.DONE for s in view.states)
+            for slot in [f"expert-{k}" for k in range(spec.num_clusters)] + ["router"]:
+                newest = view.latest_checkpoint(slot)
+                if newest is None or self.stopping.is_set() or self._pinned.get(slot) == newest.cid:
+                    continue
+                await self.store.get(newest.cid)
+                self._replace_pin(slot, newest.cid)
+                event(log, f"replicated {slot} checkpoint", step=newest.step, cid=newest.cid)
+        except (ParisError, OSError) as e:
+            log.warning("seeding round incomplete: %s", e)
+        self._wake.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.opts.period)
+
+    async def _run_finished(self) -> bool:
+        assert self.node is not None and self.run_info is not None
+        spec = self.run_info.spec
+        view = await read_run(self.node, spec.run_id, spec.num_clusters)
+        router = view.latest_checkpoint("router")
+        return (all(s == ClusterState.DONE for s in view.states) and router is not None
+                and router.step >= self.run_info.manifest.schedule.router_target_steps)
+
+
+def _tcp_maddr(host: str, port: int) -> str:
+    return f"/ip6/{host}/tcp/{port}" if ":" in host else f"/ip4/{host}/tcp/{port}"
+
+
+def network_config(*, initial_peers: list[str], host: str, port: int, announce_host: str | None,
+                   nat_traversal: bool, use_relay: bool, client_mode: bool = False) -> NetworkConfig:
+    """The DHT's listen/announce addresses from `--host/--port/--announce-host` (loopback by default)."""
+    announce = (_tcp_maddr(announce_host, port),) if announce_host else ()
+    if announce_host and port == 0:
+        raise ParisError("--announce-host needs a fixed --port (the announced address must be dialable)")
+    return NetworkConfig(initial_peers=tuple(initial_peers), host_maddrs=(_tcp_maddr(host, port),),
+                         announce_maddrs=announce, nat_traversal=nat_traversal, use_relay=use_relay,
+                         client_mode=client_mode)

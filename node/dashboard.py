@@ -1,0 +1,69 @@
+"""Draws a SwarmStatus as a rich renderable: the run, the peers, a row per cluster and the router, recent events."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from node.swarm_view import SwarmStatus
+
+_STATE_STYLE = {"free": "dim", "joining": "yellow", "training": "green", "done": "bold cyan", "offline": "red"}
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _short(text: str | None, n: int = 12) -> str:
+    if not text:
+        return "-"
+    return text if len(text) <= n + 1 else f"{text[:4]}…{text[-(n - 5):]}"
+
+
+def render(status: SwarmStatus) -> Group:
+    head = Text.assemble(
+        ("run ", "bold"), (status.run_id, "bold magenta"),
+        f"  {status.name or ''}  K={status.num_clusters}  preset={status.preset or '?'}  clips={status.clips or '?'}"
+        f"  target={status.target_steps or '?'} steps (router {status.router_target_steps or '?'})\n",
+        ("progress ", "bold"), _bar(status.progress), f" {status.progress * 100:.1f}%   ",
+        ("peers online ", "bold"), str(len(status.peers)),
+    )
+    table = Table(expand=True, header_style="bold")
+    for col in ("slot", "state", "owner", "step / target", "loss", "samples/s", "checkpoint", "age", "held by"):
+        table.add_column(col, no_wrap=True)
+    for r in status.slots:
+        step = "-" if r.step is None else f"{r.step} / {r.target or '?'}"
+        table.add_row(
+            r.slot, Text(r.state, style=_STATE_STYLE.get(r.state, "")), _short(r.owner), step,
+            "-" if r.loss is None else f"{r.loss:.4f}",
+            "-" if r.samples_per_s is None else f"{r.samples_per_s:.1f}",
+            _short(r.checkpoint_cid, 16) + ("" if r.checkpoint_step is None else f" @{r.checkpoint_step}"),
+            _age(r.checkpoint_age_s), str(r.providers),
+        )
+    peers = Table.grid(padding=(0, 2))
+    for p in status.peers:
+        peers.add_row(_short(p.peer_id, 16), p.role, p.software, f"seen {_age(p.age_s)} ago")
+    feed = Table.grid(padding=(0, 2))
+    for e in status.events[-8:]:
+        feed.add_row(time.strftime("%H:%M:%S", time.localtime(e.ts)), _short(e.sender), e.type, e.detail)
+    parts = [head, table, Panel(peers, title="peers", title_align="left")]
+    if status.events:
+        parts.append(Panel(feed, title="recent events", title_align="left"))
+    for f in status.foreign:
+        parts.append(Text(f"incompatible peer: {f}", style="yellow"))
+    return Group(*parts)
+
+
+def _bar(fraction: float, width: int = 24) -> Text:
+    full = round(fraction * width)
+    return Text("█" * full + "░" * (width - full), style="green")

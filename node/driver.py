@@ -1,0 +1,52 @@
+"""Drives a Trainer toward a target in a worker thread, checkpointing every N steps or M minutes, so that
+the daemon's event loop (lease renewals, serving chunks, gossip) keeps running during long steps."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from expert.train import Progress, Trainer
+from protocol.checkpoint import CheckpointMeta
+
+
+@dataclass(frozen=True)
+class Cadence:
+    every_steps: int
+    every_seconds: float
+
+
+class TrainingDriver:
+    """`run()` (blocking; call it in a thread) trains until `target` steps or until `stop` is set, and always
+    ends with a checkpoint of the last step taken. `on_checkpoint(path, meta)` is called in the worker thread
+    right after each checkpoint is on disk; it must not block for long (hand the work to the event loop)."""
+
+    def __init__(self, trainer: Trainer, target: int, checkpoint_root: Path, cadence: Cadence, *,
+                 on_checkpoint: Callable[[Path, CheckpointMeta], None] | None = None) -> None:
+        self.trainer, self.target, self.root, self.cadence = trainer, target, Path(checkpoint_root), cadence
+        self.on_checkpoint = on_checkpoint
+        self.stop = threading.Event()
+        self.latest: Progress | None = None
+        self.started = time.time()
+        self.steps_done = 0
+
+    def _on_progress(self, p: Progress) -> None:
+        self.latest = p
+
+    def run(self) -> bool:
+        """True when the target was reached, False when stopped first."""
+        t = self.trainer
+        last_time, last_step = time.monotonic(), t.step
+        while t.step < self.target and not self.stop.is_set():
+            self.steps_done += t.train(1, on_progress=self._on_progress)
+            due = (t.step - last_step >= self.cadence.every_steps
+                   or time.monotonic() - last_time >= self.cadence.every_seconds or t.step >= self.target)
+            if due:
+                t.checkpoint(self.root, self.on_checkpoint)
+                last_time, last_step = time.monotonic(), t.step
+        if t.step != last_step:  # stopped between checkpoints: keep every step taken
+            t.checkpoint(self.root, self.on_checkpoint)
+        return t.step >= self.target

@@ -1,0 +1,75 @@
+"""`paris-node fetch`: the newest checkpoint of every expert and of the router, downloaded from whoever holds
+them, verified (CIDs, then each checkpoint's own hashes), and assembled into the diffusers-style folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from protocol.atomic import atomic_write_bytes
+from protocol.errors import ParisError
+from protocol.swarm_records import CheckpointBody
+from swarm.cas import ContentStore
+from swarm.dht import SwarmNode
+from swarm.state import RunView, read_run
+
+log = logging.getLogger("node.fetch")
+
+SWARM_MANIFEST = "swarm_manifest.json"
+
+
+def plan(view: RunView, num_clusters: int, *, allow_partial: bool) -> tuple[dict[int, CheckpointBody], CheckpointBody]:
+    """Which checkpoints to fetch: the newest of each expert and of the router. Names what is missing."""
+    experts = {k: c for k in range(num_clusters) if (c := view.latest_checkpoint(f"expert-{k}")) is not None}
+    router = view.latest_checkpoint("router")
+    missing = [f"expert {k}" for k in range(num_clusters) if k not in experts]
+    if router is None:
+        raise ParisError("no router checkpoint is published yet: the ensemble cannot route"
+                         + (f" (also missing: {', '.join(missing)})" if missing else ""))
+    if not experts:
+        raise ParisError("no expert checkpoint is published yet")
+    if missing and not allow_partial:
+        raise ParisError(f"missing {', '.join(missing)}: wait for them, or pass --allow-partial to assemble the "
+                         f"{len(experts)} that exist")
+    return experts, router
+
+
+def _trainers(view: RunView, slot: str) -> list[str]:
+    return sorted({peer for peer, c in view.checkpoints if c.slot == slot})
+
+
+async def fetch_ensemble(node: SwarmNode, store: ContentStore, run_id: str, num_clusters: int, out: Path, *,
+                         allow_partial: bool = False,
+                         on_item: Callable[[str, CheckpointBody, str], None] | None = None) -> dict:
+    """Fetch, verify, assemble into `out`; returns the swarm manifest written beside the weights.
+    `on_item(slot, body, phase)` reports "start" and "done" for each download (for progress bars)."""
+    import asyncio
+
+    from expert.pipeline import assemble
+
+    view = await read_run(node, run_id, num_clusters)
+    experts, router = plan(view, num_clusters, allow_partial=allow_partial)
+    paths: dict[str, Path] = {}
+    for slot, body in [*((f"expert-{k}", c) for k, c in sorted(experts.items())), ("router", router)]:
+        if on_item:
+            on_item(slot, body, "start")
+        paths[slot] = await store.get(body.cid, pin=False, provide=False)
+        if on_item:
+            on_item(slot, body, "done")
+    clusters = sorted(experts)
+    manifest = {
+        "run_id": run_id,
+        "num_clusters": num_clusters,
+        "clusters": clusters,
+        "missing": [k for k in range(num_clusters) if k not in experts],
+        "experts": [{"cluster": k, "cid": experts[k].cid, "step": experts[k].step, "loss": experts[k].loss,
+                     "trained_by": _trainers(view, f"expert-{k}")} for k in clusters],
+        "router": {"cid": router.cid, "step": router.step, "loss": router.loss,
+                   "trained_by": _trainers(view, "router")},
+    }
+    await asyncio.to_thread(assemble, [paths[f"expert-{k}"] for k in clusters], paths["router"], out,
+                            extra={"swarm": manifest}, clusters=clusters)
+    atomic_write_bytes(Path(out) / SWARM_MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+    return manifest

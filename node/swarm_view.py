@@ -1,0 +1,109 @@
+"""What `status` shows, as one typed snapshot built from the DHT (and the gossip feed): the same object is
+drawn by the dashboard and printed by `--json`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from hivemind.utils.timed_storage import get_dht_time
+from pydantic import BaseModel
+
+from protocol.swarm_records import ClusterState, MemberBody
+from protocol.swarm_run import router_lease_id
+from swarm.cas import ContentStore
+from swarm.dht import SwarmNode
+from swarm.state import RunView, read_run
+
+
+class SlotRow(BaseModel):
+    slot: str  # expert-<k> or router
+    cluster: int | None
+    state: str
+    owner: str | None = None
+    step: int | None = None
+    target: int | None = None
+    loss: float | None = None
+    samples_per_s: float | None = None
+    checkpoint_cid: str | None = None
+    checkpoint_step: int | None = None
+    checkpoint_age_s: float | None = None
+    providers: int = 0
+
+
+class PeerRow(BaseModel):
+    peer_id: str
+    role: str
+    software: str
+    age_s: float
+
+
+class EventRow(BaseModel):
+    ts: float
+    sender: str
+    type: str
+    detail: str
+
+
+class SwarmStatus(BaseModel):
+    run_id: str
+    name: str | None = None
+    num_clusters: int
+    preset: str | None = None
+    target_steps: int | None = None
+    router_target_steps: int | None = None
+    clips: int | None = None
+    progress: float  # 0..1 toward every target (experts and router)
+    peers: list[PeerRow]
+    slots: list[SlotRow]
+    events: list[EventRow] = []
+    foreign: list[str] = []
+    at: float
+
+
+async def gather_status(node: SwarmNode, run_id: str, *, spec=None, schedule=None, events: list[EventRow] | None = None,
+                        store: ContentStore | None = None) -> SwarmStatus:
+    """Read the run (and the router's lease) from the DHT and count providers of each newest checkpoint."""
+    k = spec.num_clusters if spec is not None else None
+    view, router_view = await asyncio.gather(read_run(node, run_id, k), read_run(node, router_lease_id(run_id), 1))
+    now = get_dht_time()
+    slots = [_slot_row(view, f"expert-{c}", c, view.states[c].value if c < len(view.states) else "free",
+                       view.owners.get(c), now) for c in range(view.num_clusters)]
+    router_state = router_view.states[0].value if router_view.states else "free"
+    slots.append(_slot_row(view, "router", None, router_state, router_view.owners.get(0), now))
+    target = spec.preset.train.target_steps if spec is not None else None
+    rtarget = schedule.router_target_steps if schedule is not None else None
+    for row in slots:
+        row.target = row.target or (rtarget if row.cluster is None else target)
+        if row.cluster is not None and row.state == ClusterState.DONE.value and row.step is None:
+            row.step = row.checkpoint_step
+    if store is not None:
+        counts = await asyncio.gather(*(store.find_providers(r.checkpoint_cid) for r in slots if r.checkpoint_cid))
+        for row, peers in zip([r for r in slots if r.checkpoint_cid], counts, strict=True):
+            row.providers = len(peers)
+    peers = [PeerRow(peer_id=m.peer_id, role=m.role, software=m.software, age_s=max(0.0, now - m.ts))
+             for m in view.members.values() if isinstance(m, MemberBody)]
+    return SwarmStatus(
+        run_id=run_id, name=spec.name if spec is not None else None, num_clusters=view.num_clusters,
+        preset=spec.preset.name if spec is not None else None, target_steps=target, router_target_steps=rtarget,
+        clips=spec.data.total_clips if spec is not None else None, progress=_overall(slots),
+        peers=sorted(peers, key=lambda p: p.peer_id), slots=slots, events=list(events or [])[-12:],
+        foreign=[f"{f.peer_id} runs {f.software} (protocol v{f.protocol})" for f in view.foreign], at=time.time())
+
+
+def _slot_row(view: RunView, slot: str, cluster: int | None, state: str, owner: str | None, now: float) -> SlotRow:
+    row = SlotRow(slot=slot, cluster=cluster, state=state, owner=owner)
+    newest = view.latest_checkpoint(slot)
+    if newest is not None:
+        row.checkpoint_cid, row.checkpoint_step = newest.cid, newest.step
+        row.checkpoint_age_s, row.loss = max(0.0, now - newest.ts), newest.loss
+        row.step = newest.step
+    prog = view.progress.get(owner) if owner else None
+    if prog is not None and prog.cluster == cluster:
+        row.step, row.target, row.loss, row.samples_per_s = prog.step, prog.target, prog.loss, prog.samples_per_s
+    return row
+
+
+def _overall(slots: list[SlotRow]) -> float:
+    parts = [min(1.0, (r.step or 0) / r.target) if r.target else 0.0 for r in slots]
+    return round(sum(parts) / len(parts), 4) if parts else 0.0

@@ -1,0 +1,66 @@
+"""The run bundle: what a swarm publishes about a run besides its spec, so that a joiner can find each
+cluster's data by CID and every node agrees on the daemon's schedule (targets, checkpoint cadence).
+
+The bundle is a directory in the content store holding `run.json` (the RunSpec) and `swarm.json` (this
+manifest); its root CID is what the run's spec pointer in the DHT names. The creator of a run is trusted to
+define it; everything else a joiner receives is checked against the bundle (CIDs, clip counts, run id).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from protocol.data import Frozen
+from protocol.records_io import read_model
+from protocol.swarm_records import Cid, PeerIdStr, RunId, Timestamp
+
+SWARM_RUN_FORMAT = 1
+SPEC_FILE = "run.json"
+SWARM_FILE = "swarm.json"
+
+
+def router_lease_id(run_id: str) -> str:
+    """The router's lease is a one-cluster claim under a run id of its own."""
+    return f"{run_id}.router"
+
+
+class ClusterData(Frozen):
+    """One cluster's clips as a data set of their own (safetensors shards + manifest) in the content store."""
+
+    cluster: int = Field(ge=0, lt=1024)
+    cid: Cid
+    clips: int = Field(ge=1)
+    bytes: int = Field(ge=0)
+
+
+class Schedule(Frozen):
+    """When daemons publish checkpoints and when the router counts as trained."""
+
+    checkpoint_every: int = Field(default=100, ge=1)  # steps
+    checkpoint_minutes: float = Field(default=10.0, gt=0)
+    router_target_steps: int = Field(default=500, ge=1)
+    router_cap: int = Field(default=2000, ge=1)  # clips per cluster in the router's stratified sample
+
+
+class SwarmRunManifest(Frozen):
+    kind: Literal["swarm-run"] = "swarm-run"
+    format_version: int = SWARM_RUN_FORMAT
+    run_id: RunId
+    clusters: tuple[ClusterData, ...]
+    schedule: Schedule = Schedule()
+    created_by: PeerIdStr
+    created_at: Timestamp
+
+    @model_validator(mode="after")
+    def _check(self) -> SwarmRunManifest:
+        if self.format_version != SWARM_RUN_FORMAT:
+            raise ValueError(f"swarm run format {self.format_version} is not supported (expected {SWARM_RUN_FORMAT})")
+        if [c.cluster for c in self.clusters] != list(range(len(self.clusters))):
+            raise ValueError("cluster data must list clusters 0..K-1 in order")
+        return self
+
+    @classmethod
+    def load(cls, path) -> SwarmRunManifest:
+        return read_model(cls, path, what="swarm run manifest")
