@@ -1,15 +1,21 @@
-"""Offline evaluation on the synthetic data: FVD-synth and prompt-attribute accuracy of a sampler.
+"""Offline evaluation on the synthetic data: FVD-synth and prompt-attribute accuracy of a sampler, plus FVD
+(I3D) and CLIP text-video similarity when their pretrained networks are given.
 
 Prompts come from fresh generator clips (a seed no run trains on), so every prompt has known attributes
 and a real clip to compare against. The sampler turns prompts into videos; the judge
-(`expert.synth_classifier`) gives features for the Fréchet distance and predicted attributes.
+(`expert.synth_classifier`) gives features for the Fréchet distance and predicted attributes. The real
+clips are brought to the generated clips' frames and size first (as the model's codec would), so that
+both sets reach every feature network through the same resampling and only content differs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
+import torch
+from torch import nn
 
 from expert.metrics import frechet_distance_features
 from expert.synth import ATTRIBUTES
@@ -20,10 +26,37 @@ EVAL_SEED = 30_000
 PROMPT_ATTRIBUTES = ("shape", "colour", "motion", "background")
 
 
+class VideoFeatures(Protocol):
+    """A feature network for a Fréchet distance (e.g. `expert.i3d.I3DFeatures`)."""
+
+    def features(self, videos: np.ndarray) -> np.ndarray: ...
+
+
+class TextVideoScore(Protocol):
+    """A per-video text-video score (e.g. `expert.clip_score.ClipScorer`)."""
+
+    def scores(self, videos: np.ndarray, prompts: list[str]) -> np.ndarray: ...
+
+
+def match_clips(real: np.ndarray, like: tuple[int, int, int]) -> np.ndarray:
+    """uint8 N×T×H×W×3 clips resampled to `like` = (T, H, W): an integer frame stride when it divides (as the
+    pixel codec does), else trilinear."""
+    if tuple(real.shape[1:4]) == tuple(like):
+        return real
+    x = torch.from_numpy(np.ascontiguousarray(real)).permute(0, 4, 1, 2, 3).float()
+    if x.shape[2] != like[0] and x.shape[2] % like[0] == 0:
+        x = x[:, :, :: x.shape[2] // like[0]]
+    if tuple(x.shape[2:]) != tuple(like):
+        x = nn.functional.interpolate(x, size=tuple(like), mode="trilinear", align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
+
+
 def evaluate_synthetic(sample: Callable[[list[str], int], np.ndarray], judge: SynthJudge, *, n: int = 64,
-                       batch: int = 8, seed: int = EVAL_SEED, on_batch: Callable[[int], None] | None = None) -> dict:
+                       batch: int = 8, seed: int = EVAL_SEED, on_batch: Callable[[int], None] | None = None,
+                       fvd_net: VideoFeatures | None = None, clip: TextVideoScore | None = None) -> dict:
     """`sample(prompts, seed) -> N×T×H×W×3 uint8`. Returns FVD-synth (generated vs real clips of the same
-    prompts, judge features) and, per attribute, how often the generated clip shows what its prompt says."""
+    prompts, judge features) and, per attribute, how often the generated clip shows what its prompt says;
+    with `fvd_net` also `fvd`, with `clip` also `clip_similarity` (mean over videos)."""
     real, attrs, captions = generator_clips(seed, n)
     generated = []
     for start in range(0, n, batch):
@@ -31,6 +64,7 @@ def evaluate_synthetic(sample: Callable[[list[str], int], np.ndarray], judge: Sy
         if on_batch:
             on_batch(min(batch, n - start))
     fake = np.concatenate(generated)
+    real = match_clips(real, fake.shape[1:4])
     pred = judge.predict(fake)
     names = list(ATTRIBUTES)
     accuracy = {a: round(float((pred[:, names.index(a)] == attrs[:, names.index(a)]).mean()), 4)
@@ -38,6 +72,12 @@ def evaluate_synthetic(sample: Callable[[list[str], int], np.ndarray], judge: Sy
     real_pred = judge.predict(real)
     ceiling = {a: round(float((real_pred[:, names.index(a)] == attrs[:, names.index(a)]).mean()), 4)
                for a in PROMPT_ATTRIBUTES}
-    return {"n": n, "fvd_synth": round(frechet_distance_features(judge.features(fake), judge.features(real)), 4),
-            "attribute_accuracy": accuracy, "attribute_accuracy_on_real_clips": ceiling,
-            "mean_attribute_accuracy": round(float(np.mean(list(accuracy.values()))), 4)}
+    report = {"n": n, "fvd_synth": round(frechet_distance_features(judge.features(fake), judge.features(real)), 4),
+              "attribute_accuracy": accuracy, "attribute_accuracy_on_real_clips": ceiling,
+              "mean_attribute_accuracy": round(float(np.mean(list(accuracy.values()))), 4)}
+    if fvd_net is not None:
+        report["fvd"] = round(frechet_distance_features(fvd_net.features(fake), fvd_net.features(real)), 4)
+    if clip is not None:
+        report["clip_similarity"] = round(float(clip.scores(fake, captions).mean()), 5)
+        report["clip_similarity_on_real_clips"] = round(float(clip.scores(real, captions).mean()), 5)
+    return report

@@ -1,0 +1,397 @@
+"""The headline experiment at small scale: K experts trained in isolation on their clusters (plus a router)
+against one monolith of the same architecture trained on all of the data, at matched training compute.
+
+What is matched: total training FLOPs = optimizer steps × batch × FLOPs per sample, where FLOPs per sample
+are counted by `torch.utils.flop_counter` over one real training step of each network (forward and
+backward of the backbone; the frozen text states are precomputed by both sides alike and not counted;
+optimizer arithmetic is not counted). The monolith gets `budget_steps` steps. The DDM side gets the same
+FLOPs in all: the router first takes `router_share` of the budget, and the rest is split equally over the K
+experts (each expert gets the same number of steps, whatever its cluster's size, as in Paris).
+
+Each configuration is evaluated on the same prompts and the same initial noise: the monolith, and the
+ensemble with top1, top2 and full routing, by FVD-synth and prompt-attribute accuracy (`expert.evaluate`,
+the offline judge trained on the generator's own clips; see its docstring for what these are). With
+`--i3d` / `--clip-weights` (pretrained files on local disk) FVD and CLIP similarity are added. The data and
+its clustering are fixed; each seed retrains every network from a different initialisation and batch
+order. Numbers are mean ± sample std over seeds, plus the per-seed paired difference to the monolith.
+
+    python benchmarks/ddm_vs_monolith.py --quick                    # tiny preset, 2-core CPU, ~25 min
+    python benchmarks/ddm_vs_monolith.py --scale small              # the CPU demo preset (hours on a CPU)
+    python benchmarks/ddm_vs_monolith.py --scale base --vae DIR --gpu 0 [--i3d FILE] [--clip-weights FILE]
+
+It writes docs/RESULTS.md (--results) with the table, the command line, the machine and a summary of what the
+numbers show; text below the line `## Notes` in an existing file is kept. `--json` prints everything as JSON.
+Finished seeds are saved under --work, so a rerun with the same --work resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from expert.evaluate import evaluate_synthetic
+from expert.pipeline import ParisPipeline, assemble
+from expert.presets import get_preset
+from expert.run_init import init_run
+from expert.sampling import load_expert, sample_prompts
+from expert.synth_classifier import SynthJudge, train_judge
+from expert.synth_dataset import write_synthetic
+from expert.train import ExpertTrainer, Trainer, resolve_device, router_trainer_for_run, run_clips, trainer_for_run
+from protocol.model import ExpertPreset
+from protocol.run import RunSpec
+
+CONFIGS = ("monolith", "top1", "top2", "full")
+NOTES = "## Notes"
+
+
+class Scale(BaseModel):
+    """One named experiment size; every field can be overridden on the command line."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str
+    clips: int = Field(ge=16)
+    clusters: int = Field(ge=2)
+    budget_steps: int = Field(ge=1, description="monolith optimizer steps; the DDM side gets the same FLOPs")
+    router_share: float = Field(gt=0, lt=1)
+    seeds: int = Field(ge=1)
+    n: int = Field(ge=2, description="prompts / generated videos per evaluation")
+    sample_steps: int = Field(ge=1)
+    guidance: float = 4.0
+    eval_batch: int = Field(ge=1)
+
+
+SCALES: dict[str, Scale] = {
+    "quick": Scale(preset="tiny", clips=1200, clusters=3, budget_steps=600, router_share=0.15, seeds=3, n=48,
+                   sample_steps=20, eval_batch=16),
+    "small": Scale(preset="small", clips=3000, clusters=3, budget_steps=4000, router_share=0.1, seeds=3, n=128,
+                   sample_steps=30, eval_batch=16),
+    "base": Scale(preset="base", clips=4000, clusters=4, budget_steps=40_000, router_share=0.1, seeds=3, n=256,
+                  sample_steps=30, eval_batch=16),
+}
+
+
+class Budget(BaseModel):
+    """How the compute is split, with the FLOPs that justify it."""
+
+    batch: int
+    flops_per_sample_expert: float
+    flops_per_sample_router: float
+    monolith_steps: int
+    router_steps: int
+    expert_steps: int
+    clusters: int
+    monolith_flops: float
+    ddm_flops: float
+
+
+def flops_per_sample(trainer: Trainer) -> float:
+    """Counted over one real optimizer step of a throwaway trainer (its state is discarded)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_step()
+    tc = trainer.preset.train
+    return counter.get_total_flops() / (tc.batch_size * tc.grad_accum)
+
+
+def plan_budget(spec: RunSpec, scale: Scale) -> Budget:
+    expert = ExpertTrainer(spec.preset, run_clips(spec).select(range(min(64, len(spec.assignments)))))
+    f_e = flops_per_sample(expert)
+    router = router_trainer_for_run(spec, cap=32)
+    f_r = flops_per_sample(router)
+    batch = spec.preset.train.batch_size * spec.preset.train.grad_accum
+    total = scale.budget_steps * batch * f_e
+    router_steps = max(1, round(scale.router_share * total / (batch * f_r)))
+    expert_steps = math.floor((total - router_steps * batch * f_r) / (scale.clusters * batch * f_e))
+    if expert_steps < 1:
+        raise SystemExit("the budget does not leave one step per expert after the router: raise --budget-steps")
+    ddm = router_steps * batch * f_r + scale.clusters * expert_steps * batch * f_e
+    return Budget(batch=batch, flops_per_sample_expert=f_e, flops_per_sample_router=f_r,
+                  monolith_steps=scale.budget_steps, router_steps=router_steps, expert_steps=expert_steps,
+                  clusters=scale.clusters, monolith_flops=total, ddm_flops=ddm)
+
+
+def log(msg: str) -> None:
+    print(f"[{dt.datetime.now(dt.timezone.utc):%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
+
+
+def run_seed(spec: RunSpec, budget: Budget, scale: Scale, seed: int, work: Path, judge: SynthJudge,
+             device: torch.device, fvd_net=None, clip=None) -> dict:
+    """Train the monolith, the K experts and the router from `seed`, then evaluate the four configurations."""
+    never = 10**9  # one checkpoint at the end of training, none in between
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    mono = ExpertTrainer(spec.preset, run_clips(spec), device=device, seed=seed, run_id=spec.run_id)
+    mono.train(budget.monolith_steps, checkpoint_dir=work / "monolith", checkpoint_every=never)
+    timings["train_monolith_s"] = time.perf_counter() - t0
+    log(f"seed {seed}: monolith {budget.monolith_steps} steps in {timings['train_monolith_s']:.0f} s")
+    t0 = time.perf_counter()
+    for k in range(spec.num_clusters):
+        trainer_for_run(spec, k, device=device, seed=seed).train(
+            budget.expert_steps, checkpoint_dir=work / f"expert_{k}", checkpoint_every=never)
+    rt = router_trainer_for_run(spec, device=device, seed=seed)
+    rt.train(budget.router_steps, checkpoint_dir=work / "router", checkpoint_every=never)
+    router_eval = rt.evaluate()
+    timings["train_ddm_s"] = time.perf_counter() - t0
+    log(f"seed {seed}: {spec.num_clusters} experts × {budget.expert_steps} steps + router {budget.router_steps} "
+        f"steps in {timings['train_ddm_s']:.0f} s; router accuracy {router_eval['accuracy']:.3f}")
+    assemble([work / f"expert_{k}" for k in range(spec.num_clusters)], work / "router", work / "ensemble")
+    pipe = ParisPipeline.from_pretrained(work / "ensemble").to(device)
+    single = load_expert(work / "monolith", device)
+    results: dict[str, dict] = {}
+    for name in CONFIGS:
+        if name == "monolith":
+            def sample(prompts: list[str], s: int) -> np.ndarray:
+                return sample_prompts(single, prompts, steps=scale.sample_steps, guidance=scale.guidance, seed=s,
+                                      device=device)
+        else:
+            def sample(prompts: list[str], s: int, strategy: str = name) -> np.ndarray:
+                return pipe(prompts, strategy=strategy, num_inference_steps=scale.sample_steps,
+                            guidance_scale=scale.guidance, seed=s)[0]
+        t0 = time.perf_counter()
+        results[name] = evaluate_synthetic(sample, judge, n=scale.n, batch=scale.eval_batch, fvd_net=fvd_net,
+                                           clip=clip)
+        results[name]["sample_s"] = round(time.perf_counter() - t0, 2)
+        log(f"seed {seed}: {name:8} FVD-synth {results[name]['fvd_synth']:.3f}  attribute accuracy "
+            f"{results[name]['mean_attribute_accuracy']:.3f}  ({results[name]['sample_s']:.0f} s)")
+    return {"seed": seed, "router": router_eval, "timings": {k: round(v, 1) for k, v in timings.items()},
+            "configs": results}
+
+
+def metric_names(seeds: list[dict]) -> list[str]:
+    first = seeds[0]["configs"]["monolith"]
+    return [m for m in ("fvd_synth", "mean_attribute_accuracy", "fvd", "clip_similarity") if m in first]
+
+
+def summarise(seeds: list[dict]) -> dict:
+    """Per configuration and metric: mean and sample std over seeds, and the paired difference to the monolith."""
+    out: dict[str, dict] = {}
+    for name in CONFIGS:
+        row: dict[str, dict] = {}
+        for m in metric_names(seeds) + [f"attr:{a}" for a in seeds[0]["configs"][name]["attribute_accuracy"]]:
+            def get(r: dict, cfg: str, metric: str = m) -> float:
+                c = r["configs"][cfg]
+                return c["attribute_accuracy"][metric[5:]] if metric.startswith("attr:") else c[metric]
+
+            vals = np.array([get(r, name) for r in seeds], dtype=np.float64)
+            diff = vals - np.array([get(r, "monolith") for r in seeds], dtype=np.float64)
+            row[m] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+                      "diff_mean": float(diff.mean()),
+                      "diff_std": float(diff.std(ddof=1)) if len(diff) > 1 else 0.0,
+                      "values": [round(float(v), 4) for v in vals]}
+        out[name] = row
+    return out
+
+
+def verdicts(summary: dict, seeds: int) -> list[str]:
+    """Plain statements of what the numbers show. A paired difference (same seed) counts only when a two-sided
+    paired t-test over seeds rejects "no difference" at 5 %; with one seed nothing is claimed."""
+    from scipy import stats
+
+    lines = []
+    better_low = {"fvd_synth": True, "fvd": True, "mean_attribute_accuracy": False, "clip_similarity": False}
+    label = {"fvd_synth": "FVD-synth", "fvd": "FVD (I3D)", "mean_attribute_accuracy": "attribute accuracy",
+             "clip_similarity": "CLIP similarity"}
+    crit = float(stats.t.ppf(0.975, seeds - 1)) if seeds > 1 else math.inf
+    for metric, low in better_low.items():
+        if metric not in summary["monolith"]:
+            continue
+        mono = summary["monolith"][metric]["mean"]
+        for name in CONFIGS[1:]:
+            s = summary[name][metric]
+            d, se = s["diff_mean"], s["diff_std"] / math.sqrt(seeds)
+            diff = f"paired difference {d:+.4g} ± {s['diff_std']:.3g} (std) over {seeds} seeds"
+            if d != 0 and abs(d) > crit * se:
+                word = "better" if (d < 0) == low else "worse"
+                lines.append(f"- {label[metric]}: **{name} is {word} than the monolith** ({s['mean']:.4g} vs "
+                             f"{mono:.4g}; {diff}; paired t-test p < 0.05).")
+            else:
+                lines.append(f"- {label[metric]}: {name} vs monolith is not distinguishable from seed noise "
+                             f"({s['mean']:.4g} vs {mono:.4g}; {diff}).")
+    return lines
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def fmt(s: dict, digits: int) -> str:
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def write_results(path: Path, report: dict) -> None:
+    summary, scale, budget = report["summary"], report["scale"], report["budget"]
+    metrics = metric_names(report["seeds"])
+    heads = {"fvd_synth": ("FVD-synth ↓", 3), "mean_attribute_accuracy": ("attribute acc. ↑", 3),
+             "fvd": ("FVD (I3D) ↓", 2), "clip_similarity": ("CLIP sim. ↑", 4)}
+    attrs = list(report["seeds"][0]["configs"]["monolith"]["attribute_accuracy"])
+    lines = ["# DDM ensemble vs monolith at matched training compute", "",
+             f"Produced by `benchmarks/ddm_vs_monolith.py` on {report['date']} in {report['wall_min']:.1f} min.", "",
+             "```", report["command"], "```", "",
+             f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} threads, torch "
+             f"{report['machine']['torch']}, Python {report['machine']['python']}"
+             + (f", GPU {report['machine']['gpu']}" if "gpu" in report["machine"] else "") + ".", "",
+             "## Setup", "",
+             f"- Data: {scale['clips']} built-in synthetic clips (`data synth`, seed 0), clustered into "
+             f"{scale['clusters']} with the run's default embedding (`run init`); preset `{scale['preset']}`.",
+             f"- Compute: FLOPs per training sample (torch flop counter, one real step): expert "
+             f"{budget['flops_per_sample_expert'] / 1e6:.1f} MFLOP, router "
+             f"{budget['flops_per_sample_router'] / 1e6:.1f} MFLOP; batch {budget['batch']}.",
+             f"- Monolith: {budget['monolith_steps']} steps on all clips = "
+             f"{budget['monolith_flops'] / 1e12:.3f} TFLOP.",
+             f"- DDM: router {budget['router_steps']} steps ({scale['router_share']:.0%} of the budget) + "
+             f"{budget['clusters']} experts × {budget['expert_steps']} steps, each on its own cluster only = "
+             f"{budget['ddm_flops'] / 1e12:.3f} TFLOP ({budget['ddm_flops'] / budget['monolith_flops']:.3f} × the "
+             "monolith's).",
+             f"- Evaluation: {scale['n']} prompts of unseen generator clips, {scale['sample_steps']} sampling steps, "
+             f"guidance {scale['guidance']}; the same prompts and initial noise for every configuration; "
+             f"{len(report['seeds'])} seeds (each retrains every network).",
+             "- Judge (the offline classifier behind FVD-synth and attribute accuracy): held-out accuracy "
+             + ", ".join(f"{k} {v:.2f}" for k, v in report["judge_heldout_accuracy"].items()) + ".",
+             "- Router accuracy on its clips (all noise levels): "
+             + ", ".join(f"{r['router']['accuracy']:.3f}" for r in report["seeds"]) + " (per seed).", "",
+             "## Results (mean ± std over seeds)", "",
+             "| configuration | " + " | ".join(heads[m][0] for m in metrics) + " | "
+             + " | ".join(attrs) + " |",
+             "|---|" + "---|" * (len(metrics) + len(attrs))]
+    for name in CONFIGS:
+        row = summary[name]
+        lines.append(f"| {name} | " + " | ".join(fmt(row[m], heads[m][1]) for m in metrics) + " | "
+                     + " | ".join(fmt(row[f"attr:{a}"], 2) for a in attrs) + " |")
+    ceiling = report["seeds"][0]["configs"]["monolith"]["attribute_accuracy_on_real_clips"]
+    lines += ["", "Judge on the real clips of the same prompts (the ceiling of attribute accuracy): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in ceiling.items()) + ".", "",
+              "Paired difference to the monolith (same seed), mean ± std:", "",
+              "| configuration | " + " | ".join(heads[m][0] for m in metrics) + " |",
+              "|---|" + "---|" * len(metrics)]
+    for name in CONFIGS[1:]:
+        lines.append(f"| {name} − monolith | " + " | ".join(
+            f"{summary[name][m]['diff_mean']:+.{heads[m][1]}f} ± {summary[name][m]['diff_std']:.{heads[m][1]}f}"
+            for m in metrics) + " |")
+    lines += ["", "## What the numbers show", "", *verdicts(summary, len(report["seeds"])), ""]
+    kept = ""
+    if path.is_file():
+        old = path.read_text()
+        if NOTES in old:
+            kept = old[old.index(NOTES):]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + ("\n" + kept if kept else ""))
+
+
+def load_feature_nets(args: argparse.Namespace, device: torch.device):
+    fvd_net = clip = None
+    if args.i3d:
+        from expert.i3d import I3DFeatures
+
+        fvd_net = I3DFeatures.from_file(args.i3d, device=device)
+    if args.clip_weights:
+        from expert.clip_score import ClipScorer
+
+        clip = ClipScorer.from_pretrained(args.clip_model, args.clip_weights, device=device)
+    return fvd_net, clip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="same as --scale quick")
+    ap.add_argument("--scale", choices=list(SCALES), default="quick")
+    for field in Scale.model_fields:
+        ap.add_argument(f"--{field.replace('_', '-')}", type=type(getattr(SCALES["quick"], field)), default=None)
+    ap.add_argument("--vae", help="local AutoencoderKLWan folder (latent presets: base)")
+    ap.add_argument("--text-weights", help="local open_clip weights for the experts' text encoder (base)")
+    ap.add_argument("--i3d", help="local I3D weights (pytorch-i3d rgb_imagenet.pt format) to add FVD")
+    ap.add_argument("--clip-weights", help="local open_clip weights to add CLIP text-video similarity")
+    ap.add_argument("--clip-model", default="ViT-B-32")
+    ap.add_argument("--judge", type=Path, default=Path.home() / ".paris" / "synth-judge")
+    ap.add_argument("--work", type=Path, help="folder for data and checkpoints (default: a temporary one)")
+    ap.add_argument("--results", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "RESULTS.md")
+    ap.add_argument("--no-results", action="store_true", help="do not write the results file")
+    ap.add_argument("--gpu", default="cpu")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    name = "quick" if args.quick else args.scale
+    scale = SCALES[name].model_copy(update={f: getattr(args, f) for f in Scale.model_fields
+                                            if getattr(args, f) is not None})
+    scale = Scale.model_validate(scale.model_dump())
+    device = resolve_device(args.gpu)
+    started = time.perf_counter()
+    work = args.work or Path(tempfile.mkdtemp(prefix="ddm-vs-monolith-"))
+    work.mkdir(parents=True, exist_ok=True)
+    preset: ExpertPreset = get_preset(scale.preset, vae_path=args.vae, text_weights=args.text_weights)
+    b = preset.backbone
+    frames = b.frames if b.space == "latent" else max(16, b.frames)
+    data = work / f"data-{scale.clips}-{frames}x{b.height}x{b.width}"
+    if not (data / "manifest.json").is_file():
+        log(f"writing {scale.clips} synthetic clips to {data}")
+        write_synthetic(data, clips=scale.clips, seed=0, frames=frames, height=b.height, width=b.width)
+    spec = init_run(data, scale.clusters, preset=preset, seed=0, name=f"ddm-vs-monolith-{name}")
+    sizes = np.bincount(np.asarray(spec.assignments), minlength=scale.clusters).tolist()
+    log(f"clusters {sizes}")
+    if (args.judge / "judge.json").is_file():
+        judge = SynthJudge.load(args.judge)
+    else:
+        log("training the synthetic-data judge (once)")
+        judge = train_judge()
+        judge.save(args.judge)
+    fvd_net, clip = load_feature_nets(args, device)
+    budget = plan_budget(spec, scale)
+    log(f"budget: monolith {budget.monolith_steps} steps; router {budget.router_steps} + {scale.clusters} × "
+        f"{budget.expert_steps} expert steps (DDM/monolith FLOPs {budget.ddm_flops / budget.monolith_flops:.3f})")
+    tag = f"{spec.run_id[:12]}-{budget.monolith_steps}-{budget.expert_steps}-{budget.router_steps}-{scale.n}"
+    seeds = []
+    for seed in range(scale.seeds):
+        done = work / f"seed-{seed}-{tag}.json"
+        if done.is_file():
+            seeds.append(json.loads(done.read_text()))
+            log(f"seed {seed}: reusing {done}")
+            continue
+        seed_dir = work / f"seed-{seed}"
+        shutil.rmtree(seed_dir, ignore_errors=True)
+        result = run_seed(spec, budget, scale, seed, seed_dir, judge, device, fvd_net, clip)
+        done.write_text(json.dumps(result))
+        shutil.rmtree(seed_dir, ignore_errors=True)
+        seeds.append(result)
+    report = {"command": shlex.join(["python", "benchmarks/ddm_vs_monolith.py", *sys.argv[1:]]),
+              "date": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC", "machine": machine(),
+              "wall_min": (time.perf_counter() - started) / 60, "scale_name": name, "scale": scale.model_dump(),
+              "cluster_sizes": sizes, "budget": budget.model_dump(), "judge_heldout_accuracy": judge.heldout_accuracy,
+              "seeds": seeds, "summary": summarise(seeds)}
+    if not args.no_results:
+        write_results(args.results, report)
+        log(f"wrote {args.results}")
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print("\n".join(verdicts(report["summary"], len(seeds))))
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
