@@ -71,6 +71,8 @@ def register(app: typer.Typer) -> None:
         cache_gb: Annotated[float, typer.Option(min=0, help="Content store size limit (0: none).")] = 50.0,
         stop_when_done: Annotated[bool, typer.Option(
             "--stop-when-done", help="Exit once every expert and the router reached their targets.")] = False,
+        cpu_threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for training (default: all).")]
+        = None,
         log_format: Annotated[str, typer.Option(help="text | json.")] = "text",
     ) -> None:
         """Run the daemon: start a swarm (no --initial-peers) or join one, take a role, train, publish."""
@@ -96,7 +98,7 @@ def register(app: typer.Typer) -> None:
             schedule=Schedule(checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
                               router_target_steps=router_steps),
             period=period, gossip=not no_gossip, gossip_host=host, cache_bytes=int(cache_gb * 2**30),
-            stop_when_done=stop_when_done)
+            stop_when_done=stop_when_done, cpu_threads=cpu_threads)
         raise SystemExit(asyncio.run(Daemon(opts).run()))
 
     @app.command("status")

@@ -68,6 +68,7 @@ class DaemonOptions(BaseModel):
     gossip_host: str = "127.0.0.1"
     cache_bytes: int = Field(default=50 * 2**30, ge=0)
     stop_when_done: bool = False
+    cpu_threads: int | None = Field(default=None, ge=1)  # torch intra-op threads (CPU training)
 
 
 class Daemon:
@@ -98,13 +99,17 @@ class Daemon:
 
     async def run(self) -> int:
         self.home.mkdir(parents=True, exist_ok=True)
-        self._install_signals()
         network = self.opts.network
         event(log, "starting the DHT", home=str(self.home), initial_peers=len(network.initial_peers))
         self.node = await asyncio.to_thread(SwarmNode.start, self.home, network)  # forks: before CUDA starts
+        self._install_signals()  # after the fork: a child must not inherit the loop's signal wake-up fd
         from expert.train import resolve_device
 
         self.device = resolve_device(self.opts.gpu)
+        if self.opts.cpu_threads:
+            import torch
+
+            torch.set_num_threads(self.opts.cpu_threads)
         self.store = ContentStore(self.node, self.home / "store", limit_bytes=self.opts.cache_bytes or None)
         await self.store.start()
         try:

@@ -38,16 +38,17 @@ def render(status: SwarmStatus) -> Group:
         ("progress ", "bold"), _bar(status.progress), f" {status.progress * 100:.1f}%   ",
         ("peers online ", "bold"), str(len(status.peers)),
     )
-    table = Table(expand=True, header_style="bold")
-    for col in ("slot", "state", "owner", "step / target", "loss", "samples/s", "checkpoint", "age", "held by"):
-        table.add_column(col, no_wrap=True)
+    table = Table(expand=True, header_style="bold", pad_edge=False)
+    for col in ("slot", "state", "owner", "step/target", "loss", "samples/s", "checkpoint", "age", "peers"):
+        table.add_column(col, no_wrap=True, overflow="ellipsis",
+                         min_width={"slot": 8, "state": 8, "step/target": 9, "checkpoint": 12}.get(col))
     for r in status.slots:
-        step = "-" if r.step is None else f"{r.step} / {r.target or '?'}"
+        step = "-" if r.step is None else f"{r.step}/{r.target or '?'}"
         table.add_row(
-            r.slot, Text(r.state, style=_STATE_STYLE.get(r.state, "")), _short(r.owner), step,
+            r.slot, Text(r.state, style=_STATE_STYLE.get(r.state, "")), _short(r.owner, 8), step,
             "-" if r.loss is None else f"{r.loss:.4f}",
             "-" if r.samples_per_s is None else f"{r.samples_per_s:.1f}",
-            _short(r.checkpoint_cid, 16) + ("" if r.checkpoint_step is None else f" @{r.checkpoint_step}"),
+            _short(r.checkpoint_cid, 10) + ("" if r.checkpoint_step is None else f" @{r.checkpoint_step}"),
             _age(r.checkpoint_age_s), str(r.providers),
         )
     peers = Table.grid(padding=(0, 2))

@@ -8,7 +8,12 @@ key; reads return only records that pass the same checks the validator applies o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +39,25 @@ from swarm.validator import check_record, make_validators, split_subkey
 log = logging.getLogger(__name__)
 
 LOOPBACK_MADDRS = ("/ip4/127.0.0.1/tcp/0",)
+
+
+class _DetachedDHT(hivemind.DHT):
+    """hivemind's DHT process, in a process group of its own: a Ctrl-C in the terminal then reaches only our
+    daemon, which can still publish its final checkpoint over the DHT and p2pd before shutting them down.
+    Being detached, it watches its parent and takes its group (itself and its p2pd) down if the parent dies."""
+
+    def run(self) -> None:
+        parent = os.getppid()
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
+
+        def watch_parent() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os.killpg(0, signal.SIGKILL)  # our own group only: this DHT process and the p2pd it started
+
+        threading.Thread(target=watch_parent, daemon=True, name="parent-watch").start()
+        super().run()
 
 
 class ProtocolMismatchError(ParisError):
@@ -93,7 +117,7 @@ class SwarmNode:
         self.identity = identity
         self.network = network or NetworkConfig()
         self.owner_subkey = b"[owner:" + identity.public_key_bytes + b"]"
-        self.dht = hivemind.DHT(
+        self.dht = _DetachedDHT(
             start=True,
             identity_path=str(identity.identity_path),
             record_validators=make_validators(identity.private_key),

@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -161,6 +162,9 @@ def main() -> None:
     ap.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0")
     ap.add_argument("--settings", default="{}")
     args = ap.parse_args()
+    # a terminal Ctrl-C reaches the whole foreground group; the daemon stops us itself (StopCmd or EOF) after
+    # it has announced that it is leaving
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     settings = GossipSettings.model_validate_json(args.settings)
     with contextlib.suppress(KeyboardInterrupt):
