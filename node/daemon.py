@@ -86,7 +86,7 @@ class Daemon:
         self.cluster: int | None = None
         self.started_at = time.time()
         self._slot: str | None = None
-        self._pinned: dict[str, str] = {}  # slot -> the checkpoint CID we keep pinned for it
+        self._pinned: dict[str, tuple[str, int]] = {}  # slot -> (CID, step) of the checkpoint we keep pinned
         self._published: dict[str, tuple[str, int]] = {}  # slot -> (cid, step) of our newest publication
         self._publish_lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -419,17 +419,20 @@ class Daemon:
             with contextlib.suppress(ParisError, OSError):
                 own_step = read_meta(resolve_checkpoint(own_root)).step
         view = await read_run(self.node, spec.run_id, spec.num_clusters)
-        newest = view.latest_checkpoint(slot)
-        if newest is not None and newest.step > own_step:
+        for cand in view.checkpoint_candidates(slot):  # newest first; its only holder may be gone
+            if cand.step <= own_step:
+                break
             try:
-                path = await self.store.get(newest.cid)
+                path = await self.store.get(cand.cid)
                 meta = await asyncio.to_thread(trainer.load, path)
-                self._published[slot] = (newest.cid, meta.step)
-                self._pinned[slot] = newest.cid
-                event(log, f"took over {slot} from its newest published checkpoint", step=meta.step, cid=newest.cid)
-                return
-            except ParisError as e:
-                log.warning("the published checkpoint %s of %s is unusable (%s); trying our own", newest.cid, slot, e)
+            except (ParisError, OSError) as e:
+                log.warning("checkpoint %s of %s (step %d) is unavailable or unusable: %s", cand.cid, slot,
+                            cand.step, e)
+                continue
+            self._published[slot] = (cand.cid, meta.step)
+            self._pinned[slot] = (cand.cid, meta.step)
+            event(log, f"took over {slot} from its newest published checkpoint", step=meta.step, cid=cand.cid)
+            return
         if own_step >= 0:
             meta = await asyncio.to_thread(trainer.load, own_root)
             event(log, f"resumed {slot} from our own checkpoint", step=meta.step)
@@ -458,6 +461,10 @@ class Daemon:
         event(log, f"training {slot}", step=trainer.step, target=target, device=str(self.device))
         try:
             reached = await asyncio.to_thread(driver.run)
+            sps = driver.mean_samples_per_s
+            event(log, f"{slot} {'reached its target' if reached else 'stopped'}", step=trainer.step,
+                  steps_run=driver.steps_done, seconds=round(driver.train_seconds, 3),
+                  mean_samples_per_s=None if sps is None else round(sps, 3))
         finally:
             for fut in pending:
                 with contextlib.suppress(Exception):
@@ -478,19 +485,19 @@ class Daemon:
                 if not await publish_checkpoint(self.node, run_id, body):
                     log.warning("no peer stored the checkpoint record of %s yet; the next one retries", slot)
                 self._published[slot] = (cid, meta.step)
-                self._replace_pin(slot, cid)
+                self._replace_pin(slot, cid, meta.step)
                 await self._gossip(CheckpointEvent(run_id=run_id, slot=slot, step=meta.step, cid=cid))
                 event(log, f"published {slot} checkpoint", step=meta.step, cid=cid, bytes=size)
             except Exception:
                 log.exception("publishing the %s checkpoint of step %d failed; the next one retries",
                               slot, meta.step)
 
-    def _replace_pin(self, slot: str, cid: str) -> None:
+    def _replace_pin(self, slot: str, cid: str, step: int) -> None:
         assert self.store is not None
         old = self._pinned.get(slot)
-        self._pinned[slot] = cid
-        if old and old != cid and old not in self._pinned.values():
-            self.store.unpin(old)
+        self._pinned[slot] = (cid, step)
+        if old and old[0] != cid and old[0] not in {c for c, _ in self._pinned.values()}:
+            self.store.unpin(old[0])
             self.store.gc()
 
     async def _gossip(self, ev) -> None:
@@ -518,17 +525,33 @@ class Daemon:
             view = await read_run(self.node, spec.run_id, spec.num_clusters)
             self._all_clusters_done_cached = all(s == ClusterState.DONE for s in view.states)
             for slot in [f"expert-{k}" for k in range(spec.num_clusters)] + ["router"]:
-                newest = view.latest_checkpoint(slot)
-                if newest is None or self.stopping.is_set() or self._pinned.get(slot) == newest.cid:
-                    continue
-                await self.store.get(newest.cid)
-                self._replace_pin(slot, newest.cid)
-                event(log, f"replicated {slot} checkpoint", step=newest.step, cid=newest.cid)
+                if self.stopping.is_set():
+                    return
+                await self._replicate(view, slot)
         except (ParisError, OSError) as e:
             log.warning("seeding round incomplete: %s", e)
         self._wake.clear()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wake.wait(), self.opts.period)
+
+    async def _replicate(self, view, slot: str) -> None:
+        """Hold the most advanced fetchable checkpoint of `slot`, and announce the copy (a replica record), so
+        that a takeover can still find it after its trainer is gone."""
+        assert self.node is not None and self.store is not None and self.run_info is not None
+        held = self._pinned.get(slot)
+        for cand in view.checkpoint_candidates(slot):
+            if held is not None and (held[0] == cand.cid or held[1] >= cand.step):
+                return
+            try:
+                await self.store.get(cand.cid)
+            except (ParisError, OSError) as e:
+                log.warning("could not replicate %s step %d (%s): %s", slot, cand.step, cand.cid, e)
+                continue
+            self._replace_pin(slot, cand.cid, cand.step)
+            replica = cand.model_copy(update={"replica": True, "ts": get_dht_time()})
+            await publish_checkpoint(self.node, self.run_info.spec.run_id, replica)
+            event(log, f"replicated {slot} checkpoint", step=cand.step, cid=cand.cid)
+            return
 
     async def _run_finished(self) -> bool:
         assert self.node is not None and self.run_info is not None

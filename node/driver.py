@@ -32,12 +32,25 @@ class TrainingDriver:
         self.latest: Progress | None = None
         self.started = time.time()
         self.steps_done = 0
+        self.train_seconds = 0.0  # wall time inside run(), checkpoints included
+
+    @property
+    def mean_samples_per_s(self) -> float | None:
+        t = self.trainer.preset.train
+        return self.steps_done * t.batch_size * t.grad_accum / self.train_seconds if self.train_seconds else None
 
     def _on_progress(self, p: Progress) -> None:
         self.latest = p
 
     def run(self) -> bool:
         """True when the target was reached, False when stopped first."""
+        t0 = time.perf_counter()
+        try:
+            return self._run()
+        finally:
+            self.train_seconds += time.perf_counter() - t0
+
+    def _run(self) -> bool:
         t = self.trainer
         last_time, last_step = time.monotonic(), t.step
         while t.step < self.target and not self.stop.is_set():

@@ -20,12 +20,14 @@ log = logging.getLogger("node.fetch")
 SWARM_MANIFEST = "swarm_manifest.json"
 
 
-def plan(view: RunView, num_clusters: int, *, allow_partial: bool) -> tuple[dict[int, CheckpointBody], CheckpointBody]:
-    """Which checkpoints to fetch: the newest of each expert and of the router. Names what is missing."""
-    experts = {k: c for k in range(num_clusters) if (c := view.latest_checkpoint(f"expert-{k}")) is not None}
-    router = view.latest_checkpoint("router")
+def plan(view: RunView, num_clusters: int, *, allow_partial: bool) -> dict[str, list[CheckpointBody]]:
+    """What to fetch: for each expert and the router, its announced checkpoints, newest first (a download
+    falls back to the next when nobody serves the newest). Names what is missing."""
+    slots = {f"expert-{k}": view.checkpoint_candidates(f"expert-{k}") for k in range(num_clusters)}
+    experts = {k: c for k in range(num_clusters) if (c := slots[f"expert-{k}"])}
+    router = view.checkpoint_candidates("router")
     missing = [f"expert {k}" for k in range(num_clusters) if k not in experts]
-    if router is None:
+    if not router:
         raise ParisError("no router checkpoint is published yet: the ensemble cannot route"
                          + (f" (also missing: {', '.join(missing)})" if missing else ""))
     if not experts:
@@ -33,11 +35,7 @@ def plan(view: RunView, num_clusters: int, *, allow_partial: bool) -> tuple[dict
     if missing and not allow_partial:
         raise ParisError(f"missing {', '.join(missing)}: wait for them, or pass --allow-partial to assemble the "
                          f"{len(experts)} that exist")
-    return experts, router
-
-
-def _trainers(view: RunView, slot: str) -> list[str]:
-    return sorted({peer for peer, c in view.checkpoints if c.slot == slot})
+    return {slot: cands for slot, cands in {**slots, "router": router}.items() if cands}
 
 
 async def fetch_ensemble(node: SwarmNode, store: ContentStore, run_id: str, num_clusters: int, out: Path, *,
@@ -50,14 +48,28 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run_id: str, num_
     from expert.pipeline import assemble
 
     view = await read_run(node, run_id, num_clusters)
-    experts, router = plan(view, num_clusters, allow_partial=allow_partial)
+    todo = plan(view, num_clusters, allow_partial=allow_partial)
     paths: dict[str, Path] = {}
-    for slot, body in [*((f"expert-{k}", c) for k, c in sorted(experts.items())), ("router", router)]:
-        if on_item:
-            on_item(slot, body, "start")
-        paths[slot] = await store.get(body.cid, pin=False, provide=False)
-        if on_item:
-            on_item(slot, body, "done")
+    got: dict[str, CheckpointBody] = {}
+    for slot, cands in todo.items():
+        errors = []
+        for body in cands:
+            if on_item:
+                on_item(slot, body, "start")
+            try:
+                paths[slot] = await store.get(body.cid, pin=False, provide=False)
+            except (ParisError, OSError) as e:
+                errors.append(f"step {body.step}: {e}")
+                log.warning("could not fetch %s step %d (%s); trying an older one", slot, body.step, e)
+                continue
+            got[slot] = body
+            if on_item:
+                on_item(slot, body, "done")
+            break
+        else:
+            raise ParisError(f"no peer serves any checkpoint of {slot}: {'; '.join(errors)}")
+    experts = {int(s.split("-")[1]): b for s, b in got.items() if s != "router"}
+    router = got["router"]
     clusters = sorted(experts)
     manifest = {
         "run_id": run_id,
@@ -65,9 +77,9 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run_id: str, num_
         "clusters": clusters,
         "missing": [k for k in range(num_clusters) if k not in experts],
         "experts": [{"cluster": k, "cid": experts[k].cid, "step": experts[k].step, "loss": experts[k].loss,
-                     "trained_by": _trainers(view, f"expert-{k}")} for k in clusters],
+                     "trained_by": view.trainers(f"expert-{k}")} for k in clusters],
         "router": {"cid": router.cid, "step": router.step, "loss": router.loss,
-                   "trained_by": _trainers(view, "router")},
+                   "trained_by": view.trainers("router")},
     }
     await asyncio.to_thread(assemble, [paths[f"expert-{k}"] for k in clusters], paths["router"], out,
                             extra={"swarm": manifest}, clusters=clusters)

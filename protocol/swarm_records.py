@@ -123,6 +123,7 @@ class CheckpointBody(Frozen):
     cid: Cid
     bytes: int = Field(ge=0)
     loss: float | None = Field(default=None, allow_inf_nan=False)
+    replica: bool = False  # True: a seeder announcing a copy it holds, not the trainer announcing its work
     ts: Timestamp
 
 

@@ -73,8 +73,21 @@ class RunView:
 
     def latest_checkpoint(self, slot: str) -> CheckpointBody | None:
         """The most advanced published checkpoint of `slot` (`expert-<k>` or `router`)."""
-        cands = [c for _, c in self.checkpoints if c.slot == slot]
-        return max(cands, key=lambda c: (c.step, c.ts)) if cands else None
+        cands = self.checkpoint_candidates(slot)
+        return cands[0] if cands else None
+
+    def checkpoint_candidates(self, slot: str) -> list[CheckpointBody]:
+        """Every distinct checkpoint of `slot` announced by a trainer or a seeder, most advanced first: if the
+        newest one's only holder is gone, the next one may still be fetchable."""
+        best: dict[str, CheckpointBody] = {}
+        for _, c in self.checkpoints:
+            if c.slot == slot and (c.cid not in best or not c.replica):
+                best[c.cid] = c
+        return sorted(best.values(), key=lambda c: (c.step, c.ts), reverse=True)
+
+    def trainers(self, slot: str) -> list[str]:
+        """Peers that announced checkpoints of `slot` as their own work (seeders' replicas left out)."""
+        return sorted({peer for peer, c in self.checkpoints if c.slot == slot and not c.replica})
 
 
 async def read_run(node: SwarmNode, run_id: str, num_clusters: int | None = None) -> RunView:

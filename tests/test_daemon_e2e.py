@@ -1,0 +1,254 @@
+"""End to end, with real daemons on 127.0.0.1: three `paris-node join` processes train a two-cluster tiny run;
+an owner is killed with -9 mid-training and its cluster is taken over from its last published checkpoint;
+the third node seeds; `status --json` tells the truth at each stage; `status` draws every cluster in a
+terminal; `fetch` assembles a folder that `ParisPipeline` samples from; SIGTERM exits cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-c", "from node.cli import main; main()"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "140"}
+TARGET, ROUTER, EVERY = 120, 20, 10
+
+
+def common(target: int = TARGET) -> list[str]:
+    return ["--preset", "tiny", "--clips", "120", "--clusters", "2", "--target-steps", str(target), "--router-steps",
+            str(ROUTER), "--checkpoint-every", str(EVERY), "--period", "1", "--cpu-threads", "1",
+            "--log-format", "json"]
+
+
+class Daemon:
+    """One `paris-node join` process in its own session; its JSON log lines are read from a file."""
+
+    def __init__(self, home: Path, *args: str) -> None:
+        self.home, self.log = home, home.with_suffix(".log")
+        self._fh = open(self.log, "wb")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen([*CLI, "join", "--home", str(home), *args], cwd=ROOT, env=ENV,
+                                     stdout=subprocess.DEVNULL, stderr=self._fh, start_new_session=True)
+
+    def events(self) -> list[dict]:
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                if line.startswith("{"):
+                    out.append(json.loads(line))
+        return out
+
+    def wait_for(self, pred, timeout: float, what: str) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for e in self.events():
+                if pred(e):
+                    return e
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-25:])
+        raise AssertionError(f"{what}: not seen in {timeout}s (exit {self.proc.poll()}); log ends:\n{tail}")
+
+    def published(self, slot: str) -> list[int]:
+        return [e["step"] for e in self.events() if e.get("msg") == f"published {slot} checkpoint"]
+
+    def kill9(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.kill9()
+        self._fh.close()
+
+
+def _cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def _status(boot_home: Path) -> dict:
+    r = _cli("status", "--initial-peers-file", str(boot_home / "node.json"), "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)
+
+
+def _slots(st: dict) -> dict[str, dict]:
+    return {s["slot"]: s for s in st["slots"]}
+
+
+def _wait_status(boot_home: Path, pred, timeout: float, what: str) -> dict:
+    deadline = time.monotonic() + timeout
+    st: dict = {}
+    while time.monotonic() < deadline:
+        st = _status(boot_home)
+        if pred(st):
+            return st
+        time.sleep(2)
+    raise AssertionError(f"{what}: status never showed it in {timeout}s; last: {json.dumps(st)[:3000]}")
+
+
+@pytest.fixture(scope="module")
+def swarm(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    started: list[Daemon] = []
+
+    def start(name: str, *args: str) -> Daemon:
+        d = Daemon(root / name, *args)
+        started.append(d)
+        return d
+
+    yield root, start
+    for d in started:
+        d.stop()
+
+
+def test_three_daemons_train_take_over_seed_and_fetch(swarm):
+    root, start = swarm
+    # the bootstrap starts the demo run and seeds; two workers join and train
+    boot = start("boot", *common(), "--role", "seeder")
+    boot.wait_for(lambda e: e.get("msg", "").startswith("new swarm started"), 240, "bootstrap ready")
+    info = json.loads((root / "boot" / "node.json").read_text())
+    assert info["run_id"] and info["maddrs"] and info["pid"] == boot.proc.pid
+    peers_file = str(root / "boot" / "node.json")
+    w1 = start("w1", *common(), "--initial-peers-file", peers_file)
+    w2 = start("w2", *common(), "--initial-peers-file", peers_file)
+    seeder = boot
+
+    # both clusters in training, by w1 and w2; the seeder owns nothing
+    claimed = w1.wait_for(lambda e: e.get("msg") == "role: expert", 240, "w1 claims a cluster")
+    w2.wait_for(lambda e: e.get("msg") == "role: expert", 240, "w2 claims a cluster")
+    victim_cluster = claimed["cluster"]
+    slot = f"expert-{victim_cluster}"
+    peer_ids = {json.loads((root / n / "node.json").read_text())["peer_id"] for n in ("w1", "w2")}
+    st = _wait_status(root / "boot", lambda s: all(_slots(s)[f"expert-{k}"]["state"] == "training"
+                                                   for k in range(2)), 120, "two clusters training")
+    assert {_slots(st)[f"expert-{k}"]["owner"] for k in range(2)} == peer_ids
+    assert st["run_id"] == info["run_id"] and st["num_clusters"] == 2
+
+    # kill -9 the owner of one cluster once the seeder holds a copy of one of its checkpoints
+    seeder.wait_for(lambda e: e.get("msg") == f"replicated {slot} checkpoint" and e["step"] >= 2 * EVERY, 300,
+                    "the seeder replicates the victim's checkpoints")
+    w1.kill9()
+    last = max(w1.published(slot))
+    st = _status(root / "boot")
+    assert _slots(st)[slot]["checkpoint_step"] >= last  # the swarm knows the newest checkpoint
+
+    # w2 (after its own cluster, or the router) takes the orphaned cluster over from the newest checkpoint a
+    # live peer still holds: the victim's last, or the one before if the victim died before it was copied
+    took = w2.wait_for(lambda e: e.get("msg") == f"took over {slot} from its newest published checkpoint",
+                       600, "takeover")
+    held = max(e["step"] for e in seeder.events()
+               if e.get("msg") == f"replicated {slot} checkpoint" and e["ts"] < took["ts"])
+    assert took["step"] == held, f"resumed at {took['step']}, the seeder held {held}"
+    assert last - EVERY <= took["step"] <= last + EVERY, f"resumed at {took['step']}, last published was {last}"
+    st = _wait_status(root / "boot", lambda s: all(_slots(s)[f"expert-{k}"]["state"] == "done" for k in range(2))
+                      and (_slots(s)["router"]["checkpoint_step"] or 0) >= ROUTER, 600, "experts and router done")
+    for k in range(2):
+        assert _slots(st)[f"expert-{k}"]["checkpoint_step"] == TARGET
+    # the seeder replicated every newest checkpoint: each is held by its trainer and by the seeder
+    seeder.wait_for(lambda e: e.get("msg") == "replicated router checkpoint" and e["step"] >= ROUTER, 120,
+                    "seeder replicates the router")
+    st = _status(root / "boot")
+    assert all(s["providers"] >= 2 for s in st["slots"]), st["slots"]
+    assert not [e for e in seeder.events() if e.get("msg") == "role: expert"]
+
+    # a terminal dashboard shows every cluster and the router
+    screen = _pty_screen(["status", "--initial-peers-file", peers_file, "--no-gossip"], want=("expert-0", "expert-1",
+                                                                                              "router", "done"))
+    for word in ("expert-0", "expert-1", "router", "done", info["run_id"]):
+        assert word in screen, screen[-3000:]
+
+    # fetch assembles the diffusers-style folder, and it samples
+    out = root / "ensemble"
+    r = _cli("fetch", "--initial-peers-file", peers_file, "--out", str(out), "--json", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    manifest = json.loads(r.stdout)
+    assert manifest["clusters"] == [0, 1] and manifest["missing"] == []
+    assert {e["step"] for e in manifest["experts"]} == {TARGET}
+    for rel in ("model_index.json", "expert_0/config.json", "expert_0/diffusion_pytorch_model.safetensors",
+                "expert_1/config.json", "router/config.json", "text_encoder/config.json", "scheduler",
+                "swarm_manifest.json"):
+        assert (out / rel).exists(), rel
+    from expert.pipeline import ParisPipeline
+
+    pipe = ParisPipeline.from_pretrained(out)
+    videos, _ = pipe("a red square moving left", strategy="top1", num_inference_steps=2)
+    assert videos.shape[0] == 1 and videos.dtype.name == "uint8"
+
+    # SIGTERM: a clean exit within 30 s that releases what it holds and removes node.json
+    for d in (boot, w2):
+        d.proc.send_signal(signal.SIGTERM)
+    for d in (boot, w2):
+        assert d.proc.wait(30) == 0
+    assert not (root / "boot" / "node.json").exists()
+
+
+def test_sigterm_mid_training_publishes_a_final_checkpoint_and_releases(swarm):
+    root, start = swarm
+    solo = start("solo", *common(target=100000), "--no-gossip")
+    solo.wait_for(lambda e: e.get("msg", "").startswith("training expert-"), 240, "training starts")
+    solo.wait_for(lambda e: e.get("msg", "").startswith("published expert-"), 240, "a first checkpoint")
+    time.sleep(3)
+    st_before = _status(root / "solo")
+    training = [s for s in st_before["slots"] if s["state"] == "training"]
+    assert len(training) == 1
+    t0 = time.monotonic()
+    solo.proc.send_signal(signal.SIGTERM)
+    assert solo.proc.wait(30) == 0
+    assert time.monotonic() - t0 < 30
+    events = solo.events()
+    stop_at = next(i for i, e in enumerate(events) if e.get("msg", "").startswith("stopping"))
+    final = [e for e in events[stop_at:] if e.get("msg", "").startswith("published expert-")]
+    assert final, "no checkpoint published after the stop request"
+
+
+def _pty_screen(args: list[str], want: tuple[str, ...], timeout: float = 120) -> str:
+    """Run a command in a pseudo-terminal until its screen shows every word in `want` (then stop it)."""
+    pid, fd = pty.fork()
+    if pid == 0:  # child: become the command
+        os.chdir(ROOT)
+        os.execve(CLI[0], [*CLI, *args], {**ENV, "TERM": "xterm-256color"})
+    buf = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                buf += chunk
+                text = buf.decode(errors="replace")
+                if all(w in text for w in want):
+                    break
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.2)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    return buf.decode(errors="replace")
