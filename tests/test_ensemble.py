@@ -102,3 +102,21 @@ def test_cli_samples_an_ensemble_grid_with_routing_record(ensemble_dir, tmp_path
                           "--strategy", "best", "--out", str(out)], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], timeout=300)
     assert bad.returncode != 0 and "unknown strategy 'best'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_partial_ensemble_routes_only_between_present_experts(ensemble_dir, tmp_path):
+    """`fetch --allow-partial`: one expert of two; the router keeps only that expert's output."""
+    import torch
+
+    root = ensemble_dir.parent
+    out = assemble([root / "expert1"], root / "router", tmp_path / "partial", clusters=[1])
+    pipe = ParisPipeline.from_pretrained(out)
+    assert len(pipe.experts) == 1 and pipe.router.head.keep == (1,)
+    full = ParisPipeline.from_pretrained(ensemble_dir)
+    x, t = torch.randn(2, *full.codec.latent_shape()), torch.full((2,), 500.0)
+    text = torch.zeros(2, 1, full.router.text_dim)
+    assert torch.allclose(pipe.router(x, t, text), full.router(x, t, text)[:, [1]])
+    videos, record = pipe("a red square moving left", strategy="full", num_inference_steps=2, record_routing=True)
+    assert videos.shape[0] == 1 and all(r["weights"] == [[1.0]] for r in record)
+    with pytest.raises(ParisError, match="keep must list"):
+        assemble([root / "expert1"], root / "router", tmp_path / "bad", clusters=[5])

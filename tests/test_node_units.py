@@ -1,0 +1,170 @@
+"""Fast unit tests of the daemon's pieces that need no network: node.json, checkpoint candidates, the fetch
+plan, the dashboard, the run bundle's verification, logging and the network flags."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+
+import pytest
+from rich.console import Console
+
+from node.bundle import _verify_bundle, split_by_cluster
+from node.dashboard import render
+from node.fetch import plan
+from node.logs import JsonFormatter, TextFormatter
+from node.nodefile import NodeInfo, peers_from_file, read_node_info, remove_node_info, write_node_info
+from node.swarm_view import SlotRow, SwarmStatus, _overall
+from protocol.canonical import canonical_json
+from protocol.errors import IntegrityError, ParisError
+from protocol.swarm_records import CheckpointBody, ClusterState
+from protocol.swarm_run import SPEC_FILE, SWARM_FILE, ClusterData, SwarmRunManifest
+from swarm.state import RunView
+
+PEER_A = "QmS68mngh9LRAR6ooCHVELGZL6p67DtHRrxsBtDfV4f7GX"
+PEER_B = "QmWX2GnKGWdZWgjeAkzzZyF6MVrJtgGKoBZxNZsxP2jDTZ"
+CID = "bagaaiera" + "a" * 50
+
+
+def _cid(i: int) -> str:
+    return "bagaaiera" + "abcdefghijklmnop"[i] * 50
+
+
+def _ck(slot: str, step: int, cid: str, *, replica: bool = False, ts: float = 100.0) -> CheckpointBody:
+    return CheckpointBody(slot=slot, step=step, cid=cid, bytes=10, replica=replica, ts=ts)
+
+
+def _view(checkpoints, k: int = 2) -> RunView:
+    return RunView(run_id="run-x", num_clusters=k, specs=(), members={}, foreign=(), claims={}, progress={},
+                   checkpoints=tuple(checkpoints), done=(), states=tuple([ClusterState.FREE] * k), owners={})
+
+
+# ---- node.json ----
+
+
+def test_node_file_round_trip_and_peers(tmp_path):
+    info = NodeInfo(peer_id=PEER_A, maddrs=(f"/ip4/127.0.0.1/tcp/5/p2p/{PEER_A}",), pid=os.getpid(),
+                    started_at=1.0, run_id="run-x")
+    path = write_node_info(tmp_path, info)
+    assert read_node_info(tmp_path) == info and read_node_info(path) == info
+    assert peers_from_file(tmp_path) == list(info.maddrs) == peers_from_file(path)
+    remove_node_info(tmp_path)
+    assert not path.exists()
+
+
+def test_node_file_of_another_process_is_left_alone(tmp_path):
+    write_node_info(tmp_path, NodeInfo(peer_id=PEER_A, maddrs=("/ip4/1.2.3.4/tcp/1",), pid=1, started_at=1.0))
+    remove_node_info(tmp_path)
+    assert (tmp_path / "node.json").exists()
+
+
+def test_missing_or_broken_node_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ParisError, match="no node file"):
+        peers_from_file(tmp_path / "nope.json", timeout=0.2)
+    (tmp_path / "node.json").write_text("{not json")
+    with pytest.raises(IntegrityError, match="node file"):
+        peers_from_file(tmp_path)
+
+
+# ---- checkpoints announced by trainers and seeders ----
+
+
+def test_candidates_newest_first_with_replicas_deduplicated():
+    view = _view([(PEER_A, _ck("expert-0", 20, _cid(1))), (PEER_B, _ck("expert-0", 10, _cid(0), replica=True)),
+                  (PEER_A, _ck("expert-1", 5, _cid(2))), (PEER_B, _ck("expert-0", 20, _cid(1), replica=True))])
+    cands = view.checkpoint_candidates("expert-0")
+    assert [c.step for c in cands] == [20, 10]
+    assert not cands[0].replica  # the trainer's own record wins over a seeder's copy of the same CID
+    assert view.latest_checkpoint("expert-0").cid == _cid(1)
+    assert view.trainers("expert-0") == [PEER_A]  # the seeder is not credited as a trainer
+    assert view.latest_checkpoint("router") is None
+
+
+def test_fetch_plan_names_missing_parts():
+    full = _view([(PEER_A, _ck("expert-0", 9, _cid(0))), (PEER_A, _ck("expert-1", 9, _cid(1))),
+                  (PEER_B, _ck("router", 3, _cid(2)))])
+    assert set(plan(full, 2, allow_partial=False)) == {"expert-0", "expert-1", "router"}
+    partial = _view([(PEER_A, _ck("expert-1", 9, _cid(1))), (PEER_B, _ck("router", 3, _cid(2)))])
+    with pytest.raises(ParisError, match=r"missing expert 0.*--allow-partial"):
+        plan(partial, 2, allow_partial=False)
+    assert set(plan(partial, 2, allow_partial=True)) == {"expert-1", "router"}
+    with pytest.raises(ParisError, match="no router checkpoint"):
+        plan(_view([(PEER_A, _ck("expert-0", 9, _cid(0)))]), 2, allow_partial=True)
+
+
+# ---- dashboard ----
+
+
+def test_dashboard_shows_every_slot_and_progress():
+    slots = [SlotRow(slot="expert-0", cluster=0, state="done", owner=PEER_A, step=100, target=100,
+                     checkpoint_cid=_cid(0), checkpoint_step=100, checkpoint_age_s=30, providers=2),
+             SlotRow(slot="expert-1", cluster=1, state="training", owner=PEER_B, step=25, target=100, loss=0.5,
+                     samples_per_s=12.5),
+             SlotRow(slot="router", cluster=None, state="free", target=50)]
+    st = SwarmStatus(run_id="run-abc", num_clusters=2, progress=_overall(slots), peers=[], slots=slots, at=0.0)
+    assert st.progress == pytest.approx((1 + 0.25 + 0) / 3, abs=1e-4)
+    buf = io.StringIO()
+    Console(file=buf, width=140, color_system=None).print(render(st))
+    text = buf.getvalue()
+    for word in ("run-abc", "expert-0", "expert-1", "router", "done", "training", "25/100", "12.5", "0.5000"):
+        assert word in text, text
+    assert json.loads(st.model_dump_json())["slots"][1]["step"] == 25
+
+
+# ---- the run bundle ----
+
+
+def test_bundle_split_and_verification(tiny_run, synth_dir, tmp_path):
+    spec, _ = tiny_run
+    dirs = split_by_cluster(spec, synth_dir, tmp_path / "clusters")
+    from expert.shards import load_dataset
+
+    sizes = [len(load_dataset(d)[1]) for d in dirs]
+    assert sizes == [len(spec.cluster_clips(k)) for k in range(2)]
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    spec.save(bundle / SPEC_FILE)
+    good = SwarmRunManifest(run_id=spec.run_id, created_by=PEER_A, created_at=1.0, clusters=tuple(
+        ClusterData(cluster=k, cid=_cid(k), clips=n, bytes=1) for k, n in enumerate(sizes)))
+    (bundle / SWARM_FILE).write_bytes(canonical_json(good))
+    assert _verify_bundle(bundle, spec.run_id, CID).spec.run_id == spec.run_id
+    with pytest.raises(IntegrityError, match="holds run"):
+        _verify_bundle(bundle, "run-0000000000000000", CID)
+    lying = good.model_copy(update={"clusters": (good.clusters[0].model_copy(update={"clips": sizes[0] + 1}),
+                                                 good.clusters[1])})
+    (bundle / SWARM_FILE).write_bytes(canonical_json(lying))
+    with pytest.raises(IntegrityError, match="cluster sizes"):
+        _verify_bundle(bundle, spec.run_id, CID)
+
+
+def test_swarm_manifest_rejects_clusters_out_of_order():
+    with pytest.raises(ValueError, match=r"0\.\.K-1"):
+        SwarmRunManifest(run_id="run-x", created_by=PEER_A, created_at=1.0,
+                         clusters=(ClusterData(cluster=1, cid=CID, clips=1, bytes=1),))
+
+
+# ---- logs and network flags ----
+
+
+def test_log_formats():
+    rec = logging.LogRecord("node.daemon", logging.INFO, __file__, 1, "published", None, None)
+    rec.fields = {"step": 10, "cid": None}
+    assert json.loads(JsonFormatter().format(rec)) | {"ts": 0} == {"ts": 0, "level": "info", "logger": "node.daemon",
+                                                                   "msg": "published", "step": 10, "cid": None}
+    assert TextFormatter().format(rec).endswith("published step=10")
+
+
+def test_network_flags():
+    from node.daemon import network_config
+
+    cfg = network_config(initial_peers=[], host="0.0.0.0", port=31337, announce_host="203.0.113.5",
+                         nat_traversal=False, use_relay=False)
+    assert cfg.host_maddrs == ("/ip4/0.0.0.0/tcp/31337",) and cfg.announce_maddrs == ("/ip4/203.0.113.5/tcp/31337",)
+    kw = network_config(initial_peers=[], host="127.0.0.1", port=0, announce_host=None, nat_traversal=False,
+                        use_relay=False).dht_kwargs()
+    assert kw["nat_port_map"] is False and kw["auto_nat"] is False and kw["host_maddrs"] == ["/ip4/127.0.0.1/tcp/0"]
+    with pytest.raises(ParisError, match="fixed --port"):
+        network_config(initial_peers=[], host="0.0.0.0", port=0, announce_host="203.0.113.5", nat_traversal=False,
+                       use_relay=False)
