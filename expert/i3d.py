@@ -114,6 +114,9 @@ class InceptionI3d(nn.Module):
         self.MaxPool3d_5a_2x2 = MaxPoolSame((2, 2, 2), (2, 2, 2))
         self.Mixed_5b, self.Mixed_5c = (Mixed(*_MIXED[n]) for n in ("Mixed_5b", "Mixed_5c"))
         self.logits = Unit3D(1024, num_classes, classifier=True)
+        for m in self.modules():  # variance-preserving init, so that a random network has usable features (tests)
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for name in _TRUNK:

@@ -56,7 +56,7 @@ def test_features_from_a_local_weights_file(net, tmp_path):
     b = I3DFeatures.from_file(tmp_path / "i3d.safetensors").features(videos)
     assert a.shape == (2, 400) and np.isfinite(a).all()
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-    assert not np.allclose(a[0], a[1])  # different videos, different features
+    assert np.abs(a[0] - a[1]).max() > 1e-3  # different videos, different features
 
 
 def test_a_file_that_does_not_fit_is_refused(net, tmp_path):
