@@ -168,3 +168,40 @@ def test_network_flags():
     with pytest.raises(ParisError, match="fixed --port"):
         network_config(initial_peers=[], host="0.0.0.0", port=0, announce_host="203.0.113.5", nat_traversal=False,
                        use_relay=False)
+
+
+# ---- user mistakes on the swarm commands end in one line ----
+
+
+@pytest.mark.parametrize("args, message", [
+    (["join", "--role", "boss"], "--role 'boss'"),
+    (["join", "--log-format", "xml"], "--log-format 'xml'"),
+    (["join", "--preset", "huge"], "--preset 'huge'"),
+    (["join", "--initial-peers", "127.0.0.1:5000"], "expected a full multiaddr"),
+    (["status", "--once"], "give --initial-peers"),
+    (["fetch", "--out", "x", "--initial-peers-file", "/nonexistent/node.json"], "no node file"),
+])
+def test_swarm_command_mistakes(args, message, monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from node import nodefile
+    from node.cli import app
+
+    class Clock:  # the peers-file wait runs on a fake clock: no real two minutes
+        now = 0.0
+
+        @classmethod
+        def monotonic(cls) -> float:
+            return cls.now
+
+        @classmethod
+        def sleep(cls, s: float) -> None:
+            cls.now += s
+
+    monkeypatch.setattr(nodefile, "time", Clock)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0
+    text = result.output + (str(result.exception) if result.exception and not isinstance(result.exception,
+                                                                                          SystemExit) else "")
+    assert message in text, text
