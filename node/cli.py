@@ -6,6 +6,7 @@ import json
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,9 @@ import typer
 
 from node.console import console, fail, out, progress
 from protocol.errors import ParisError
+
+# open_clip scripts a helper at import; torch 2.14 warns about torch.jit.script on every CLI start
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Join a swarm that trains a decentralized video diffusion model (K experts + a router).")

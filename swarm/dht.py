@@ -117,12 +117,19 @@ class SwarmNode:
         self.identity = identity
         self.network = network or NetworkConfig()
         self.owner_subkey = b"[owner:" + identity.public_key_bytes + b"]"
-        self.dht = _DetachedDHT(
-            start=True,
-            identity_path=str(identity.identity_path),
-            record_validators=make_validators(identity.private_key),
-            **self.network.dht_kwargs(),
-        )
+        try:
+            self.dht = _DetachedDHT(
+                start=True,
+                identity_path=str(identity.identity_path),
+                record_validators=make_validators(identity.private_key),
+                **self.network.dht_kwargs(),
+            )
+        except Exception as e:  # hivemind raises P2PDaemonError (or a bare error from its child) on start
+            detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            if "bootstrap" in detail:
+                raise ParisError(f"none of the initial peers answered ({', '.join(self.network.initial_peers)}): "
+                                 "check the addresses and that those nodes are running") from None
+            raise ParisError(f"the p2p node did not start: {detail}") from None
         self.peer_id = self.dht.peer_id.to_base58()
         if self.peer_id != identity.peer_id:
             raise ParisError(f"p2p daemon runs as {self.peer_id}, expected {identity.peer_id}")
