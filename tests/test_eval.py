@@ -51,3 +51,43 @@ def test_eval_command_on_an_expert_checkpoint(judge_dir, tiny_run, tmp_path):
     report = json.loads(proc.stdout)
     assert report["n"] == 4 and np.isfinite(report["fvd_synth"])
     assert set(report["attribute_accuracy"]) == {"shape", "colour", "motion", "background"}
+
+
+def test_real_clips_are_matched_to_the_generated_frames_and_size(judge_dir):
+    """An 8-frame model that reproduces the real clips (at its own frame rate) scores like the real clips."""
+    judge, _ = judge_dir
+
+    def perfect_8_frames(prompts, seed):
+        return generator_clips(EVAL_SEED, len(prompts), start=seed - EVAL_SEED)[0][:, ::2]
+
+    good = evaluate_synthetic(perfect_8_frames, judge, n=16)
+    assert abs(good["fvd_synth"]) < 1e-6
+    assert good["attribute_accuracy"] == good["attribute_accuracy_on_real_clips"]
+
+
+def test_fvd_and_clip_similarity_are_added_when_their_networks_are_given(judge_dir, tiny_run, tmp_path):
+    """Random-init I3D and CLIP saved as local files, through `paris-node eval --i3d --clip-weights`."""
+    import torch
+
+    from expert.clip_score import ClipScorer
+    from expert.i3d import InceptionI3d
+    from expert.train import trainer_for_run
+
+    torch.manual_seed(0)
+    torch.save(InceptionI3d().state_dict(), tmp_path / "rgb_imagenet.pt")
+    torch.save(ClipScorer.random_init("ViT-S-32").model.state_dict(), tmp_path / "clip.pt")
+    spec, _ = tiny_run
+    trainer_for_run(spec, 0).train(1, checkpoint_dir=tmp_path / "ck")
+    proc = subprocess.run([sys.executable, "-m", "node.cli", "eval", "--checkpoint", str(tmp_path / "ck"),
+                           "--n", "4", "--steps", "2", "--judge", str(judge_dir[1]), "--i3d",
+                           str(tmp_path / "rgb_imagenet.pt"), "--clip-weights", str(tmp_path / "clip.pt"),
+                           "--clip-model", "ViT-S-32", "--json"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert np.isfinite(report["fvd"]) and report["fvd"] > 0
+    assert -1 <= report["clip_similarity"] <= 1 and -1 <= report["clip_similarity_on_real_clips"] <= 1
+    bad = subprocess.run([sys.executable, "-m", "node.cli", "eval", "--checkpoint", str(tmp_path / "ck"),
+                          "--judge", str(judge_dir[1]), "--i3d", str(tmp_path / "missing.pt")],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=600)
+    assert bad.returncode != 0 and "not found" in " ".join((bad.stderr + bad.stdout).split())  # rich wraps lines
