@@ -15,7 +15,7 @@ the offline judge trained on the generator's own clips; see its docstring for wh
 its clustering are fixed; each seed retrains every network from a different initialisation and batch
 order. Numbers are mean ± sample std over seeds, plus the per-seed paired difference to the monolith.
 
-    python benchmarks/ddm_vs_monolith.py --quick                    # tiny preset, 2-core CPU, ~25 min
+    python benchmarks/ddm_vs_monolith.py --quick                    # tiny preset, 2-core CPU, ~15 min idle
     python benchmarks/ddm_vs_monolith.py --scale small              # the CPU demo preset (hours on a CPU)
     python benchmarks/ddm_vs_monolith.py --scale base --vae DIR --gpu 0 [--i3d FILE] [--clip-weights FILE]
 
@@ -30,6 +30,7 @@ import argparse
 import datetime as dt
 import json
 import math
+import os
 import platform
 import shlex
 import shutil
@@ -75,8 +76,8 @@ class Scale(BaseModel):
 
 
 SCALES: dict[str, Scale] = {
-    "quick": Scale(preset="tiny", clips=1200, clusters=3, budget_steps=600, router_share=0.15, seeds=3, n=48,
-                   sample_steps=20, eval_batch=16),
+    "quick": Scale(preset="tiny", clips=1200, clusters=3, budget_steps=480, router_share=0.15, seeds=3, n=40,
+                   sample_steps=16, eval_batch=20),
     "small": Scale(preset="small", clips=3000, clusters=3, budget_steps=4000, router_share=0.1, seeds=3, n=128,
                    sample_steps=30, eval_batch=16),
     "base": Scale(preset="base", clips=4000, clusters=4, budget_steps=40_000, router_share=0.1, seeds=3, n=256,
@@ -234,7 +235,7 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": torch.get_num_threads(), "torch": torch.__version__,
+    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -254,7 +255,8 @@ def write_results(path: Path, report: dict) -> None:
     lines = ["# DDM ensemble vs monolith at matched training compute", "",
              f"Produced by `benchmarks/ddm_vs_monolith.py` on {report['date']} in {report['wall_min']:.1f} min.", "",
              "```", report["command"], "```", "",
-             f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} threads, torch "
+             f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
+             f"{report['machine']['threads']} torch threads, torch "
              f"{report['machine']['torch']}, Python {report['machine']['python']}"
              + (f", GPU {report['machine']['gpu']}" if "gpu" in report["machine"] else "") + ".", "",
              "## Setup", "",
@@ -333,8 +335,11 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "RESULTS.md")
     ap.add_argument("--no-results", action="store_true", help="do not write the results file")
     ap.add_argument("--gpu", default="cpu")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (1 wastes less on a busy shared machine)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     name = "quick" if args.quick else args.scale
     scale = SCALES[name].model_copy(update={f: getattr(args, f) for f in Scale.model_fields
                                             if getattr(args, f) is not None})
