@@ -376,7 +376,8 @@ class Daemon:
             self._set_role("seeder")
 
     async def _maybe_run_router(self, *, wait: bool) -> bool:
-        """Train the router if it is behind its target and nobody else holds its lease. True if we trained."""
+        """Train the router if nobody else holds its lease and it is behind its target, or experts are still
+        training (it keeps improving with idle capacity until they are done). True if we trained."""
         from expert.shards import ClipBatch
         from expert.train import router_trainer_from_clips
 
@@ -384,7 +385,7 @@ class Daemon:
         spec, schedule = self.run_info.spec, self.run_info.manifest.schedule
         view = await read_run(self.node, spec.run_id, spec.num_clusters)
         newest = view.latest_checkpoint("router")
-        if newest is not None and newest.step >= schedule.router_target_steps:
+        if newest is not None and newest.step >= schedule.router_target_steps and _all_done(view.states):
             return False
         lease = ClaimManager(self.node, router_lease_id(spec.run_id), 1, period=self.opts.period,
                              on_lost=self._on_lost)
@@ -399,9 +400,17 @@ class Daemon:
             trainer = await asyncio.to_thread(router_trainer_from_clips, spec, ClipBatch.concat(parts), labels,
                                               cap=schedule.router_cap, device=self.device)
             await self._resume(trainer, "router")
-            if await self._train(trainer, "router", schedule.router_target_steps):
+            target = max(schedule.router_target_steps, trainer.step + 1)
+            while await self._train(trainer, "router", target) and not self.stopping.is_set():
                 report = await asyncio.to_thread(trainer.evaluate)
-                event(log, "the router reached its target", step=trainer.step, accuracy=report["accuracy"])
+                event(log, "router evaluated", step=trainer.step, accuracy=report["accuracy"],
+                      per_noise_level=report["per_noise_level"])
+                states = (await read_run(self.node, spec.run_id, spec.num_clusters)).states
+                if _all_done(states):
+                    break
+                if self.opts.role == "auto" and any(s in (ClusterState.FREE, ClusterState.OFFLINE) for s in states):
+                    break  # an expert needs an owner more than the router needs more steps
+                target = trainer.step + schedule.checkpoint_every  # keep improving while experts train
         finally:
             await lease.release()
             self._set_role("seeder")
@@ -523,7 +532,7 @@ class Daemon:
                     return
                 await self.store.get(entry.cid)
             view = await read_run(self.node, spec.run_id, spec.num_clusters)
-            self._all_clusters_done_cached = all(s == ClusterState.DONE for s in view.states)
+            self._all_clusters_done_cached = _all_done(view.states)
             for slot in [f"expert-{k}" for k in range(spec.num_clusters)] + ["router"]:
                 if self.stopping.is_set():
                     return
@@ -558,8 +567,12 @@ class Daemon:
         spec = self.run_info.spec
         view = await read_run(self.node, spec.run_id, spec.num_clusters)
         router = view.latest_checkpoint("router")
-        return (all(s == ClusterState.DONE for s in view.states) and router is not None
+        return (_all_done(view.states) and router is not None
                 and router.step >= self.run_info.manifest.schedule.router_target_steps)
+
+
+def _all_done(states) -> bool:
+    return all(s == ClusterState.DONE for s in states)
 
 
 def _tcp_maddr(host: str, port: int) -> str:
