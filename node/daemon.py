@@ -103,16 +103,16 @@ class Daemon:
         event(log, "starting the DHT", home=str(self.home), initial_peers=len(network.initial_peers))
         self.node = await asyncio.to_thread(SwarmNode.start, self.home, network)  # forks: before CUDA starts
         self._install_signals()  # after the fork: a child must not inherit the loop's signal wake-up fd
-        from expert.train import resolve_device
-
-        self.device = resolve_device(self.opts.gpu)
-        if self.opts.cpu_threads:
-            import torch
-
-            torch.set_num_threads(self.opts.cpu_threads)
-        self.store = ContentStore(self.node, self.home / "store", limit_bytes=self.opts.cache_bytes or None)
-        await self.store.start()
         try:
+            from expert.train import resolve_device
+
+            self.device = resolve_device(self.opts.gpu)
+            if self.opts.cpu_threads:
+                import torch
+
+                torch.set_num_threads(self.opts.cpu_threads)
+            self.store = ContentStore(self.node, self.home / "store", limit_bytes=self.opts.cache_bytes or None)
+            await self.store.start()
             self.run_info = await self._open_run()
             if self.stopping.is_set():
                 return 0
@@ -315,15 +315,25 @@ class Daemon:
                 if self.stopping.is_set():
                     await manager.release()
                     break
-                if cluster is not None:
-                    await self._run_expert(manager, cluster)
+                if cluster is not None and await self._survive(self._run_expert(manager, cluster)):
                     continue
-            if role in ("auto", "router") and await self._maybe_run_router(wait=role == "router"):
+            if role in ("auto", "router") and await self._survive(self._maybe_run_router(wait=role == "router")):
                 continue
             if self.opts.stop_when_done and await self._run_finished():
                 event(log, "every expert and the router reached their targets; --stop-when-done: exiting")
                 break
             await self._seed_round()
+
+    async def _survive(self, coro) -> bool:
+        """Run a role; a failure it can name (data nobody serves, a corrupt download) is logged and the node
+        goes on (the claim was released) instead of exiting. Returns the role's result, False on failure."""
+        try:
+            result = await coro
+        except ParisError as e:
+            log.error("role failed: %s; choosing again after a period", e)
+            await asyncio.sleep(self.opts.period)
+            return False
+        return result is None or bool(result)
 
     async def _unless_stopped(self, coro):
         """Await `coro`, or cancel it and return None as soon as a stop is requested."""
