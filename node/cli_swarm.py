@@ -219,15 +219,15 @@ async def _fetch(peers: list[str], home: Path, run: str | None, out_dir: Path, a
         with progress(DownloadColumn()) as bar:
             tasks: dict[str, int] = {}
 
-            def on_item(slot: str, body, phase: str) -> None:
-                if phase == "start":
-                    tasks[slot] = bar.add_task(f"{slot} @{body.step}", total=max(body.bytes, 1))
-                else:
-                    bar.update(tasks[slot], completed=max(body.bytes, 1))
+            def on_progress(slot: str, body, done: int, total: int) -> None:
+                key = f"{slot}@{body.cid}"
+                if key not in tasks:
+                    tasks[key] = bar.add_task(f"{slot} step {body.step}", total=max(total, 1))
+                bar.update(tasks[key], completed=done, total=max(total, 1))
 
             t0 = time.monotonic()
             manifest = await fetch_ensemble(node, store, run_id, local.spec.num_clusters, out_dir,
-                                            allow_partial=allow_partial, on_item=on_item)
+                                            allow_partial=allow_partial, on_progress=on_progress)
         console.print(f"fetched and verified in {time.monotonic() - t0:.1f}s", highlight=False)
         return manifest
     finally:

@@ -40,9 +40,9 @@ def plan(view: RunView, num_clusters: int, *, allow_partial: bool) -> dict[str, 
 
 async def fetch_ensemble(node: SwarmNode, store: ContentStore, run_id: str, num_clusters: int, out: Path, *,
                          allow_partial: bool = False,
-                         on_item: Callable[[str, CheckpointBody, str], None] | None = None) -> dict:
+                         on_progress: Callable[[str, CheckpointBody, int, int], None] | None = None) -> dict:
     """Fetch, verify, assemble into `out`; returns the swarm manifest written beside the weights.
-    `on_item(slot, body, phase)` reports "start" and "done" for each download (for progress bars)."""
+    `on_progress(slot, body, done_bytes, total_bytes)` follows each download (for progress bars)."""
     import asyncio
 
     from expert.pipeline import assemble
@@ -54,17 +54,15 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run_id: str, num_
     for slot, cands in todo.items():
         errors = []
         for body in cands:
-            if on_item:
-                on_item(slot, body, "start")
+            report = None if on_progress is None else (
+                lambda done, total, slot=slot, body=body: on_progress(slot, body, done, total))
             try:
-                paths[slot] = await store.get(body.cid, pin=False, provide=False)
+                paths[slot] = await store.get(body.cid, pin=False, provide=False, on_progress=report)
             except (ParisError, OSError) as e:
                 errors.append(f"step {body.step}: {e}")
                 log.warning("could not fetch %s step %d (%s); trying an older one", slot, body.step, e)
                 continue
             got[slot] = body
-            if on_item:
-                on_item(slot, body, "done")
             break
         else:
             raise ParisError(f"no peer serves any checkpoint of {slot}: {'; '.join(errors)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from hivemind.p2p import P2P, PeerID
@@ -94,16 +95,21 @@ class ContentStore:
     # ---- get ----
 
     async def get(self, cid: str, out_dir: Path | str | None = None, *, providers: list[str] | None = None,
-                  pin: bool = True, provide: bool = True) -> Path:
+                  pin: bool = True, provide: bool = True,
+                  on_progress: Callable[[int, int], None] | None = None) -> Path:
         """Fetch `cid` (from `providers`, or those the DHT lists), verifying every chunk, and return the path
         of its file or directory: inside the store (read-only by convention), or a copy in `out_dir`.
-        An interrupted download resumes from the chunks already written."""
+        An interrupted download resumes from the chunks already written. `on_progress(done, total)` reports
+        verified bytes about twice a second while chunks arrive, and once at the end."""
         keep = {cid}  # protected from garbage collection while the download runs
         self._in_flight |= keep
         try:
             manifest = await self._manifest(cid, providers)
             if not self.packs.complete(cid):
-                await self._fetch_pack(cid, manifest, providers)
+                await self._fetch_pack(cid, manifest, providers, on_progress)
+            if on_progress:
+                unique = sum(manifest.unique_chunks().values())
+                on_progress(unique, unique)
             path = self.packs.path(cid) / manifest.name
             if pin:
                 self.blobs.pin(cid)
@@ -115,9 +121,20 @@ class ContentStore:
             await self.provide(cid, manifest.total_bytes)
         return path
 
-    async def _fetch_pack(self, cid: str, manifest: CasManifest, providers: list[str] | None) -> None:
+    async def _fetch_pack(self, cid: str, manifest: CasManifest, providers: list[str] | None,
+                          on_progress: Callable[[int, int], None] | None = None) -> None:
         writer = await asyncio.to_thread(PackWriter, self.packs, cid, manifest)
         chunks = manifest.unique_chunks()
+        reporter = asyncio.create_task(_report(writer, chunks, on_progress)) if on_progress else None
+        try:
+            await self._fill_pack(writer, cid, chunks, providers)
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+        await asyncio.to_thread(writer.finish)
+
+    async def _fill_pack(self, writer: PackWriter, cid: str, chunks: dict[str, int],
+                         providers: list[str] | None) -> None:
         local = [c for c in chunks if not writer.has(c) and self.blobs.has(c)]  # e.g. our own put
 
         def copy_local() -> None:
@@ -134,7 +151,6 @@ class ContentStore:
             self.last_fetch = await fetch_chunks(
                 writer, chunks, peers, self._open_stream, streams_per_peer=self.streams_per_peer,
                 failure_budget=self.failure_budget, timeout=self.request_timeout)
-        await asyncio.to_thread(writer.finish)
 
     async def _manifest(self, cid: str, providers: list[str] | None) -> CasManifest:
         if self.blobs.has(cid):
@@ -227,3 +243,10 @@ class ContentStore:
         blob_limit = None if limit is None else max(0, limit - pack_bytes)
         return freed + self.blobs.gc(blob_limit, keep=self._in_flight)
 
+
+async def _report(writer: PackWriter, chunks: dict[str, int], on_progress: Callable[[int, int], None]) -> None:
+    """Verified bytes so far (chunks that are in the pack), every half second until cancelled."""
+    total = sum(chunks.values())
+    while True:
+        on_progress(sum(size for c, size in chunks.items() if writer.has(c)), total)
+        await asyncio.sleep(0.5)

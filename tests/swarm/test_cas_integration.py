@@ -33,7 +33,11 @@ def test_put_get_over_p2p_streams(tmp_path):
                 await s.start()
             cid = await stores[0].put(src)
             assert await stores[0].find_providers(cid) == [a.peer_id]
-            out_b = await stores[1].get(cid, tmp_path / "out-b")
+            seen: list[tuple[int, int]] = []
+            out_b = await stores[1].get(cid, tmp_path / "out-b", on_progress=lambda d, t: seen.append((d, t)))
+            total = (3 << 20) + len('{"k": 4}')
+            assert seen[-1] == (total, total) and all(t == total and 0 <= d <= t for d, t in seen)
+            assert [d for d, _ in seen] == sorted(d for d, _ in seen)  # progress only moves forward
             assert set(await stores[1].find_providers(cid)) == {a.peer_id, b.peer_id}  # b provides now
             out_c = await stores[2].get(cid, tmp_path / "out-c")
             used = {p for p, s in stores[2].last_fetch.peers.items() if s.chunks}
