@@ -9,7 +9,9 @@ FLOPs in all: the router first takes `router_share` of the budget, and the rest 
 experts (each expert gets the same number of steps, whatever its cluster's size, as in Paris).
 
 Each configuration is evaluated on the same prompts and the same initial noise: the monolith, and the
-ensemble with top1, top2 and full routing, by FVD-synth and prompt-attribute accuracy (`expert.evaluate`,
+ensemble with top1, top2 and full routing (by Paris' router, which sees only x_t and t, and, with
+`--text-router`, the same experts routed by DDM's router, which also reads the caption: the `+text` rows; it
+takes the same share of the budget), by FVD-synth and prompt-attribute accuracy (`expert.evaluate`,
 the offline judge trained on the generator's own clips; see its docstring for what these are). With
 `--i3d` / `--clip-weights` (pretrained files on local disk) FVD and CLIP similarity are added. The data and
 its clustering are fixed; each seed retrains every network from a different initialisation and batch
@@ -54,7 +56,8 @@ from expert.train import ExpertTrainer, Trainer, resolve_device, router_trainer_
 from protocol.model import ExpertPreset
 from protocol.run import RunSpec
 
-CONFIGS = ("monolith", "top1", "top2", "full")
+STRATEGIES = ("top1", "top2", "full")
+TEXT = "+text"  # suffix of the configurations routed by the caption-reading router
 NOTES = "## Notes"
 
 
@@ -73,15 +76,16 @@ class Scale(BaseModel):
     sample_steps: int = Field(ge=1)
     guidance: float = 4.0
     eval_batch: int = Field(ge=1)
+    text_router: bool = Field(default=False, description="also train DDM's caption-reading router (same share)")
 
 
 SCALES: dict[str, Scale] = {
     "quick": Scale(preset="tiny", clips=1200, clusters=3, budget_steps=480, router_share=0.15, seeds=3, n=40,
-                   sample_steps=16, eval_batch=20),
+                   sample_steps=16, eval_batch=20, text_router=True),
     "small": Scale(preset="small", clips=3000, clusters=3, budget_steps=4000, router_share=0.1, seeds=3, n=128,
-                   sample_steps=30, eval_batch=16),
+                   sample_steps=30, eval_batch=16, text_router=True),
     "base": Scale(preset="base", clips=4000, clusters=4, budget_steps=40_000, router_share=0.1, seeds=3, n=256,
-                  sample_steps=30, eval_batch=16),
+                  sample_steps=30, eval_batch=16, text_router=True),
 }
 
 
@@ -97,6 +101,9 @@ class Budget(BaseModel):
     clusters: int
     monolith_flops: float
     ddm_flops: float
+    flops_per_sample_text_router: float | None = None
+    text_router_steps: int | None = None
+    ddm_text_flops: float | None = None
 
 
 def flops_per_sample(trainer: Trainer) -> float:
@@ -121,9 +128,16 @@ def plan_budget(spec: RunSpec, scale: Scale) -> Budget:
     if expert_steps < 1:
         raise SystemExit("the budget does not leave one step per expert after the router: raise --budget-steps")
     ddm = router_steps * batch * f_r + scale.clusters * expert_steps * batch * f_e
-    return Budget(batch=batch, flops_per_sample_expert=f_e, flops_per_sample_router=f_r,
-                  monolith_steps=scale.budget_steps, router_steps=router_steps, expert_steps=expert_steps,
-                  clusters=scale.clusters, monolith_flops=total, ddm_flops=ddm)
+    budget = Budget(batch=batch, flops_per_sample_expert=f_e, flops_per_sample_router=f_r,
+                    monolith_steps=scale.budget_steps, router_steps=router_steps, expert_steps=expert_steps,
+                    clusters=scale.clusters, monolith_flops=total, ddm_flops=ddm)
+    if scale.text_router:  # the same share of the budget, in steps of its own (slightly larger) cost
+        f_t = flops_per_sample(router_trainer_for_run(spec, cap=32, use_text=True))
+        steps = max(1, round(scale.router_share * total / (batch * f_t)))
+        budget = budget.model_copy(update={"flops_per_sample_text_router": f_t, "text_router_steps": steps,
+                                           "ddm_text_flops": steps * batch * f_t
+                                           + scale.clusters * expert_steps * batch * f_e})
+    return budget
 
 
 def log(msg: str) -> None:
@@ -132,7 +146,7 @@ def log(msg: str) -> None:
 
 def run_seed(spec: RunSpec, budget: Budget, scale: Scale, seed: int, work: Path, judge: SynthJudge,
              device: torch.device, fvd_net=None, clip=None) -> dict:
-    """Train the monolith, the K experts and the router from `seed`, then evaluate the four configurations."""
+    """Train the monolith, the K experts and the router(s) from `seed`, then evaluate every configuration."""
     never = 10**9  # one checkpoint at the end of training, none in between
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -144,25 +158,34 @@ def run_seed(spec: RunSpec, budget: Budget, scale: Scale, seed: int, work: Path,
     for k in range(spec.num_clusters):
         trainer_for_run(spec, k, device=device, seed=seed).train(
             budget.expert_steps, checkpoint_dir=work / f"expert_{k}", checkpoint_every=never)
-    rt = router_trainer_for_run(spec, device=device, seed=seed)
-    rt.train(budget.router_steps, checkpoint_dir=work / "router", checkpoint_every=never)
-    router_eval = rt.evaluate()
+    routers = {"": (False, budget.router_steps)}
+    if budget.text_router_steps:
+        routers[TEXT] = (True, budget.text_router_steps)
+    router_eval, pipes = {}, {}
+    for suffix, (use_text, steps) in routers.items():
+        rt = router_trainer_for_run(spec, device=device, seed=seed, use_text=use_text)
+        rt.train(steps, checkpoint_dir=work / f"router{suffix}", checkpoint_every=never)
+        router_eval[suffix or "x_t"] = rt.evaluate()
+        assemble([work / f"expert_{k}" for k in range(spec.num_clusters)], work / f"router{suffix}",
+                 work / f"ensemble{suffix}")
+        pipes[suffix] = ParisPipeline.from_pretrained(work / f"ensemble{suffix}").to(device)
     timings["train_ddm_s"] = time.perf_counter() - t0
-    log(f"seed {seed}: {spec.num_clusters} experts × {budget.expert_steps} steps + router {budget.router_steps} "
-        f"steps in {timings['train_ddm_s']:.0f} s; router accuracy {router_eval['accuracy']:.3f}")
-    assemble([work / f"expert_{k}" for k in range(spec.num_clusters)], work / "router", work / "ensemble")
-    pipe = ParisPipeline.from_pretrained(work / "ensemble").to(device)
+    log(f"seed {seed}: {spec.num_clusters} experts × {budget.expert_steps} steps + routers "
+        + ", ".join(f"{k} {steps} steps (accuracy {router_eval[k or 'x_t']['accuracy']:.3f})"
+                    for k, (_, steps) in routers.items()) + f" in {timings['train_ddm_s']:.0f} s")
     single = load_expert(work / "monolith", device)
     results: dict[str, dict] = {}
-    for name in CONFIGS:
+    for name in ["monolith"] + [f"{s}{suffix}" for suffix in routers for s in STRATEGIES]:
         if name == "monolith":
             def sample(prompts: list[str], s: int) -> np.ndarray:
                 return sample_prompts(single, prompts, steps=scale.sample_steps, guidance=scale.guidance, seed=s,
                                       device=device)
         else:
-            def sample(prompts: list[str], s: int, strategy: str = name) -> np.ndarray:
-                return pipe(prompts, strategy=strategy, num_inference_steps=scale.sample_steps,
-                            guidance_scale=scale.guidance, seed=s)[0]
+            def sample(prompts: list[str], s: int, config: str = name) -> np.ndarray:
+                strategy, _, text = config.partition("+")
+                return pipes[f"+{text}" if text else ""](prompts, strategy=strategy,
+                                                         num_inference_steps=scale.sample_steps,
+                                                         guidance_scale=scale.guidance, seed=s)[0]
         t0 = time.perf_counter()
         results[name] = evaluate_synthetic(sample, judge, n=scale.n, batch=scale.eval_batch, fvd_net=fvd_net,
                                            clip=clip)
@@ -173,6 +196,10 @@ def run_seed(spec: RunSpec, budget: Budget, scale: Scale, seed: int, work: Path,
             "configs": results}
 
 
+def configs(seeds: list[dict]) -> list[str]:
+    return list(seeds[0]["configs"])
+
+
 def metric_names(seeds: list[dict]) -> list[str]:
     first = seeds[0]["configs"]["monolith"]
     return [m for m in ("fvd_synth", "mean_attribute_accuracy", "fvd", "clip_similarity") if m in first]
@@ -181,7 +208,7 @@ def metric_names(seeds: list[dict]) -> list[str]:
 def summarise(seeds: list[dict]) -> dict:
     """Per configuration and metric: mean and sample std over seeds, and the paired difference to the monolith."""
     out: dict[str, dict] = {}
-    for name in CONFIGS:
+    for name in configs(seeds):
         row: dict[str, dict] = {}
         for m in metric_names(seeds) + [f"attr:{a}" for a in seeds[0]["configs"][name]["attribute_accuracy"]]:
             def get(r: dict, cfg: str, metric: str = m) -> float:
@@ -212,7 +239,7 @@ def verdicts(summary: dict, seeds: int) -> list[str]:
         if metric not in summary["monolith"]:
             continue
         mono = summary["monolith"][metric]["mean"]
-        for name in CONFIGS[1:]:
+        for name in list(summary)[1:]:
             s = summary[name][metric]
             d, se = s["diff_mean"], s["diff_std"] / math.sqrt(seeds)
             diff = f"paired difference {d:+.4g} ± {s['diff_std']:.3g} (std) over {seeds} seeds"
@@ -270,19 +297,25 @@ def write_results(path: Path, report: dict) -> None:
              f"- DDM: router {budget['router_steps']} steps ({scale['router_share']:.0%} of the budget) + "
              f"{budget['clusters']} experts × {budget['expert_steps']} steps, each on its own cluster only = "
              f"{budget['ddm_flops'] / 1e12:.3f} TFLOP ({budget['ddm_flops'] / budget['monolith_flops']:.3f} × the "
-             "monolith's).",
+             "monolith's). The router is Paris' (it sees x_t and t only)."
+             + ("" if not budget["text_router_steps"] else
+                f" The `{TEXT}` rows use the same experts with DDM's router instead, which also reads the caption: "
+                f"{budget['flops_per_sample_text_router'] / 1e6:.1f} MFLOP per sample, "
+                f"{budget['text_router_steps']} steps, {budget['ddm_text_flops'] / 1e12:.3f} TFLOP in all "
+                f"({budget['ddm_text_flops'] / budget['monolith_flops']:.3f} × the monolith's)."),
              f"- Evaluation: {scale['n']} prompts of unseen generator clips, {scale['sample_steps']} sampling steps, "
              f"guidance {scale['guidance']}; the same prompts and initial noise for every configuration; "
              f"{len(report['seeds'])} seeds (each retrains every network).",
              "- Judge (the offline classifier behind FVD-synth and attribute accuracy): held-out accuracy "
              + ", ".join(f"{k} {v:.2f}" for k, v in report["judge_heldout_accuracy"].items()) + ".",
-             "- Router accuracy on its clips (all noise levels): "
-             + ", ".join(f"{r['router']['accuracy']:.3f}" for r in report["seeds"]) + " (per seed).", "",
+             "- Router accuracy on its clips (all noise levels, per seed): "
+             + "; ".join(f"{kind} " + ", ".join(f"{r['router'][kind]['accuracy']:.3f}" for r in report["seeds"])
+                         for kind in report["seeds"][0]["router"]) + ".", "",
              "## Results (mean ± std over seeds)", "",
              "| configuration | " + " | ".join(heads[m][0] for m in metrics) + " | "
              + " | ".join(attrs) + " |",
              "|---|" + "---|" * (len(metrics) + len(attrs))]
-    for name in CONFIGS:
+    for name in summary:
         row = summary[name]
         lines.append(f"| {name} | " + " | ".join(fmt(row[m], heads[m][1]) for m in metrics) + " | "
                      + " | ".join(fmt(row[f"attr:{a}"], 2) for a in attrs) + " |")
@@ -292,7 +325,7 @@ def write_results(path: Path, report: dict) -> None:
               "Paired difference to the monolith (same seed), mean ± std:", "",
               "| configuration | " + " | ".join(heads[m][0] for m in metrics) + " |",
               "|---|" + "---|" * len(metrics)]
-    for name in CONFIGS[1:]:
+    for name in list(summary)[1:]:
         lines.append(f"| {name} − monolith | " + " | ".join(
             f"{summary[name][m]['diff_mean']:+.{heads[m][1]}f} ± {summary[name][m]['diff_std']:.{heads[m][1]}f}"
             for m in metrics) + " |")
@@ -323,8 +356,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="same as --scale quick")
     ap.add_argument("--scale", choices=list(SCALES), default="quick")
-    for field in Scale.model_fields:
-        ap.add_argument(f"--{field.replace('_', '-')}", type=type(getattr(SCALES["quick"], field)), default=None)
+    for field, info in Scale.model_fields.items():
+        flag = f"--{field.replace('_', '-')}"
+        if info.annotation is bool:
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=info.description)
+        else:
+            ap.add_argument(flag, type=type(getattr(SCALES["quick"], field)), default=None, help=info.description)
     ap.add_argument("--vae", help="local AutoencoderKLWan folder (latent presets: base)")
     ap.add_argument("--text-weights", help="local open_clip weights for the experts' text encoder (base)")
     ap.add_argument("--i3d", help="local I3D weights (pytorch-i3d rgb_imagenet.pt format) to add FVD")
@@ -368,7 +405,8 @@ def main() -> None:
     budget = plan_budget(spec, scale)
     log(f"budget: monolith {budget.monolith_steps} steps; router {budget.router_steps} + {scale.clusters} × "
         f"{budget.expert_steps} expert steps (DDM/monolith FLOPs {budget.ddm_flops / budget.monolith_flops:.3f})")
-    tag = f"{spec.run_id[:12]}-{budget.monolith_steps}-{budget.expert_steps}-{budget.router_steps}-{scale.n}"
+    tag = (f"{spec.run_id[:12]}-{budget.monolith_steps}-{budget.expert_steps}-{budget.router_steps}-"
+           f"{budget.text_router_steps or 0}-{scale.n}-{scale.sample_steps}")
     seeds = []
     for seed in range(scale.seeds):
         done = work / f"seed-{seed}-{tag}.json"
