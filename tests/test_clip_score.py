@@ -9,6 +9,7 @@ from expert.clip_score import ClipScorer
 from protocol.errors import ParisError
 
 MODEL = "ViT-S-32"
+pytestmark = pytest.mark.slow  # a 63 M-parameter model on 224-pixel frames: seconds per test on a CPU
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,7 @@ def test_preprocess_resizes_to_224_scales_to_unit_range_and_stretches_short_clip
     assert (x[:, 0, 8:] == -1.0).all()  # frame i of 16 comes from frame i // 2 of 8
 
 
+@pytest.mark.slow  # two forward passes of I3D at 16×224×224
 def test_features_from_a_local_weights_file(net, tmp_path):
     """Round trip through both accepted formats: the same weights give the same 400 logits."""
     torch.save(net.state_dict(), tmp_path / "rgb_imagenet.pt")
