@@ -53,6 +53,7 @@ from expert.sampling import load_expert, sample_prompts
 from expert.synth_classifier import SynthJudge, train_judge
 from expert.synth_dataset import write_synthetic
 from expert.train import ExpertTrainer, Trainer, resolve_device, router_trainer_for_run, run_clips, trainer_for_run
+from protocol.errors import ParisError
 from protocol.model import ExpertPreset
 from protocol.run import RunSpec
 
@@ -84,7 +85,8 @@ SCALES: dict[str, Scale] = {
                    sample_steps=16, eval_batch=20, text_router=True),
     "small": Scale(preset="small", clips=3000, clusters=3, budget_steps=4000, router_share=0.1, seeds=3, n=128,
                    sample_steps=30, eval_batch=16, text_router=True),
-    "base": Scale(preset="base", clips=4000, clusters=4, budget_steps=40_000, router_share=0.1, seeds=3, n=256,
+    # base: 2000 clips of 33×256×256 are 13 GB of uint8 in memory; not run on this project's CPU machines
+    "base": Scale(preset="base", clips=2000, clusters=4, budget_steps=10_000, router_share=0.1, seeds=3, n=256,
                   sample_steps=30, eval_batch=16, text_router=True),
 }
 
@@ -381,11 +383,14 @@ def main() -> None:
     scale = SCALES[name].model_copy(update={f: getattr(args, f) for f in Scale.model_fields
                                             if getattr(args, f) is not None})
     scale = Scale.model_validate(scale.model_dump())
-    device = resolve_device(args.gpu)
+    try:
+        device = resolve_device(args.gpu)
+        preset: ExpertPreset = get_preset(scale.preset, vae_path=args.vae, text_weights=args.text_weights)
+    except ParisError as e:
+        raise SystemExit(f"error: {e}") from None
     started = time.perf_counter()
     work = args.work or Path(tempfile.mkdtemp(prefix="ddm-vs-monolith-"))
     work.mkdir(parents=True, exist_ok=True)
-    preset: ExpertPreset = get_preset(scale.preset, vae_path=args.vae, text_weights=args.text_weights)
     b = preset.backbone
     frames = b.frames if b.space == "latent" else max(16, b.frames)
     data = work / f"data-{scale.clips}-{frames}x{b.height}x{b.width}"
