@@ -223,8 +223,10 @@ def assemble(expert_checkpoints: list[Path], router_checkpoint: Path, out: Path,
         raise ParisError(f"{router_checkpoint} is not a router checkpoint")
     head = rmeta.preset.router
     if clusters is not None and clusters != list(range(head.num_experts)):
-        head = head.model_copy(update={"keep": tuple(clusters)})
-        head = type(head).model_validate(head.model_dump())  # re-check keep against num_experts
+        try:  # validated, not model_copy'd: keep must name outputs the router has
+            head = RouterHead.model_validate({**head.model_dump(), "keep": tuple(clusters)})
+        except ValidationError as e:
+            raise ParisError(f"cannot keep router outputs {clusters}: {e.errors()[0]['msg']}") from None
     if head.routed != len(loaded):
         raise ParisError(f"the router routes {head.routed} experts, {len(loaded)} were given")
     router = Router(rmeta.preset.backbone, head, loaded[0].text.width)
