@@ -69,7 +69,8 @@ views = st.builds(ClaimView, st.sampled_from([f"p{i}" for i in range(6)]), st.in
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(1, 6), st.lists(views, max_size=12), st.sets(st.integers(0, 5)), st.sampled_from(["p0", "me"]))
+@given(st.integers(1, 6), st.lists(views, max_size=12, unique_by=lambda c: c.peer_id),  # one lease per owner
+       st.sets(st.integers(0, 5)), st.sampled_from(["p0", "me"]))
 def test_choice_is_never_a_done_or_foreign_owned_cluster(k, claims, done, me):
     s = Snapshot(k, tuple(c for c in claims if c.cluster < k), frozenset(d for d in done if d < k))
     choice = choose_cluster(s, me)
