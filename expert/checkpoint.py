@@ -93,6 +93,21 @@ def read_group(path: Path, meta: CheckpointMeta, stem: str) -> dict[str, torch.T
         raise IntegrityError(f"checkpoint {path}: {name} cannot be parsed: {e}") from None
 
 
+def check_slot(meta: CheckpointMeta, path: Path, *, kind: str, run_id: str | None, cluster: int | None
+               ) -> CheckpointMeta:
+    """Refuse a checkpoint of another kind, run or cluster (None counts as a value: a checkpoint that names
+    no run does not fit a run)."""
+    if meta.kind != kind:
+        raise ConfigMismatchError(f"checkpoint {path} is a {meta.kind} checkpoint, not a {kind} one")
+    if meta.run_id != run_id:
+        raise ConfigMismatchError(f"checkpoint {path} belongs to run {meta.run_id or '(none)'}, not {run_id or '(none)'}")
+    if meta.cluster != cluster:
+        what = "the router" if cluster is None else f"cluster {cluster}"
+        have = "the router" if meta.cluster is None else f"cluster {meta.cluster}"
+        raise ConfigMismatchError(f"checkpoint {path} is for {have}, not {what}")
+    return meta
+
+
 def check_preset(meta: CheckpointMeta, expected: ExpertPreset, path: Path) -> None:
     if meta.preset == expected:
         return

@@ -11,7 +11,7 @@ from expert.embed import SHAPES_V1, SHAPES_V1_GROUPS, embed_open_clip, embed_sha
 from expert.presets import get_preset
 from expert.shards import load_dataset
 from protocol.model import ExpertPreset
-from protocol.run import EmbeddingInfo, RunSpec
+from protocol.run import EmbeddingInfo, RunSpec, ValidationSpec, choose_holdout
 
 
 def init_run(data_dir: Path, clusters: int, *, preset: ExpertPreset | None = None, preset_name: str = "small",
@@ -33,9 +33,11 @@ def init_run(data_dir: Path, clusters: int, *, preset: ExpertPreset | None = Non
     preset = preset or get_preset(preset_name)
     if target_steps is not None:
         preset = preset.model_copy(update={"train": preset.train.model_copy(update={"target_steps": target_steps})})
+    assignments = tuple(int(a) for a in result.assignments)
+    validation = ValidationSpec(holdout=choose_holdout(assignments, clusters, seed=seed), noise_seed=seed)
     return RunSpec(
-        name=name, data=manifest, num_clusters=clusters,
-        assignments=tuple(int(a) for a in result.assignments),
+        name=name, data=manifest, num_clusters=clusters, validation=validation,
+        assignments=assignments,
         centroids=tuple(tuple(round(float(v), 6) for v in c) for c in result.centroids),
         embedding=EmbeddingInfo(dim=emb.shape[1], mean=tuple(float(v) for v in np.round(result.mean, 6)),
                                 scale=tuple(float(v) for v in np.round(result.scale, 6)),

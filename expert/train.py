@@ -23,6 +23,7 @@ from torch import nn
 from expert.backbone import build_backbone, build_codec
 from expert.checkpoint import (
     check_preset,
+    check_slot,
     publish_latest,
     read_group,
     read_meta,
@@ -33,9 +34,12 @@ from expert.checkpoint import (
 from expert.flow import noisy, sample_t, timestep
 from expert.shards import ClipBatch, tokenize
 from expert.text import TextEncoder
+from expert.validation import HeldOut, expert_validation_loss, prepare_holdout, router_validation
 from protocol.checkpoint import CheckpointMeta
 from protocol.errors import ConfigMismatchError, ParisError
 from protocol.model import ExpertPreset
+from protocol.run import ValidationSpec
+from protocol.swarm_cas import path_cid
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,9 @@ class Trainer:
     kind = "expert"
 
     def __init__(self, preset: ExpertPreset, clips: ClipBatch, *, device: torch.device | str = "cpu",
-                 seed: int = 0, run_id: str | None = None, cluster: int | None = None) -> None:
+                 seed: int = 0, run_id: str | None = None, cluster: int | None = None,
+                 holdout: ClipBatch | None = None, holdout_labels: np.ndarray | None = None,
+                 validation: ValidationSpec | None = None) -> None:
         if len(clips) == 0:
             raise ParisError("no clips to train on")
         self.preset, self.run_id, self.cluster = preset, run_id, cluster
@@ -98,6 +104,15 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(seed * 1_000_003 + (cluster or 0))
         self.step, self.samples_seen, self.skipped = 0, 0, 0
         self.loss_ema: float | None = None
+        self.parent: str | None = None  # CID of the checkpoint this state descends from (None: the initialisation)
+        self.held: HeldOut | None = None
+        if holdout is not None and validation is not None and len(holdout):
+            labels = holdout_labels if holdout_labels is not None else np.full(len(holdout), cluster or 0)
+            self.held = prepare_holdout(holdout, labels, validation, self.codec, self.text)
+
+    def validation_loss(self) -> float | None:
+        """The run's deterministic validation loss of the EMA weights (None without a held-out split)."""
+        raise NotImplementedError
 
     def _build_model(self, seed: int) -> nn.Module:
         raise NotImplementedError
@@ -200,24 +215,24 @@ class Trainer:
         }
 
     def save(self, path: Path) -> CheckpointMeta:
-        """Atomically write the full training state; refuses a state holding NaN or Inf."""
-        return write_checkpoint(Path(path), self.state_groups(), {
+        """Atomically write the full training state (with its lineage and validation loss); refuses a state
+        holding NaN or Inf. The written checkpoint becomes the parent of the next one."""
+        val = self.validation_loss()
+        meta = write_checkpoint(Path(path), self.state_groups(), {
             "kind": self.kind, "run_id": self.run_id, "cluster": self.cluster, "step": self.step,
             "samples_seen": self.samples_seen, "loss_ema": self.loss_ema, "skipped_steps": self.skipped,
-            "preset": self.preset,
+            "preset": self.preset, "parent": self.parent,
+            "val_loss": val if val is not None and np.isfinite(val) else None,
         })
+        self.parent = path_cid(Path(path))
+        return meta
 
     def load(self, path: Path) -> CheckpointMeta:
-        """Resume from a checkpoint (or a training folder's LATEST), after verifying it fits this run."""
+        """Resume from a checkpoint (or a training folder's LATEST), after verifying it fits this run: same
+        kind, preset, run and cluster (a run-bound trainer refuses a checkpoint that names no run)."""
         path = resolve_checkpoint(Path(path))
-        meta = read_meta(path)
-        if meta.kind != self.kind:
-            raise ConfigMismatchError(f"checkpoint {path} is a {meta.kind} checkpoint, not a {self.kind} one")
+        meta = check_slot(read_meta(path), path, kind=self.kind, run_id=self.run_id, cluster=self.cluster)
         check_preset(meta, self.preset, path)
-        if self.run_id and meta.run_id and meta.run_id != self.run_id:
-            raise ConfigMismatchError(f"checkpoint {path} belongs to run {meta.run_id}, not {self.run_id}")
-        if self.cluster is not None and meta.cluster is not None and meta.cluster != self.cluster:
-            raise ConfigMismatchError(f"checkpoint {path} is for cluster {meta.cluster}, not {self.cluster}")
         try:
             self.model.load_state_dict(read_group(path, meta, "model"))
             self.ema.load_state_dict(read_group(path, meta, "ema"))
@@ -227,6 +242,7 @@ class Trainer:
         self.generator.set_state(read_group(path, meta, "rng")["generator"])
         self.step, self.samples_seen, self.skipped = meta.step, meta.samples_seen, meta.skipped_steps
         self.loss_ema = meta.loss_ema
+        self.parent = path_cid(path)
         return meta
 
     def _load_optimizer(self, flat: dict[str, torch.Tensor], path: Path) -> None:
@@ -253,6 +269,11 @@ class ExpertTrainer(Trainer):
 
     def _build_model(self, seed: int) -> nn.Module:
         return build_backbone(self.preset.backbone, self.text.width, seed=seed)
+
+    def validation_loss(self) -> float | None:
+        if self.held is None:
+            return None
+        return expert_validation_loss(self.ema, self.held, batch=self.preset.train.batch_size, device=self.device)
 
     def _micro_batch(self) -> tuple[torch.Tensor, ...]:
         tc, g = self.preset.train, self.generator
@@ -307,8 +328,9 @@ def trainer_for_run(spec, cluster: int, *, data_dir: Path | None = None, device:
                     seed: int | None = None) -> ExpertTrainer:
     """A trainer for cluster `cluster` of run `spec` (a protocol.run.RunSpec), on verified local data."""
     clips = run_clips(spec, data_dir)
-    return ExpertTrainer(spec.preset, clips.select(spec.cluster_clips(cluster)), device=device,
-                         seed=spec.seed if seed is None else seed, run_id=spec.run_id, cluster=cluster)
+    return ExpertTrainer(spec.preset, clips.select(spec.train_clips(cluster)), device=device,
+                         seed=spec.seed if seed is None else seed, run_id=spec.run_id, cluster=cluster,
+                         holdout=clips.select(spec.holdout_clips(cluster)), validation=spec.validation)
 
 
 class RouterTrainer(Trainer):
@@ -337,6 +359,16 @@ class RouterTrainer(Trainer):
         from expert.router import Router
 
         return Router(self.preset.backbone, self.preset.router, self.text.width, seed=seed)
+
+    def validation(self) -> dict | None:
+        """Held-out cross-entropy and accuracy per noise level of the EMA router (None without a split)."""
+        if self.held is None:
+            return None
+        return router_validation(self.ema, self.held, batch=self.preset.train.batch_size, device=self.device)
+
+    def validation_loss(self) -> float | None:
+        report = self.validation()
+        return None if report is None else float(report["loss"])
 
     def _logits(self, model: nn.Module, g: torch.Generator, idx: torch.Tensor, *, dropout: bool):
         x0, noise, t = self._noisy_batch(g, idx)
@@ -395,19 +427,34 @@ def router_preset(expert: ExpertPreset, num_experts: int, *, use_text: bool = Fa
                                      "router": RouterHead(num_experts=num_experts, use_text=use_text)})
 
 
+def router_holdout(spec) -> list[int]:
+    """Every cluster's held-out clips (global indices), cluster by cluster: the router's validation set."""
+    return [i for k in range(spec.num_clusters) for i in spec.holdout_clips(k)]
+
+
 def router_trainer_for_run(spec, *, data_dir: Path | None = None, cap: int = 2000, use_text: bool = False,
                            device: torch.device | str = "cpu", seed: int | None = None) -> RouterTrainer:
-    return router_trainer_from_clips(spec, run_clips(spec, data_dir), np.asarray(spec.assignments), cap=cap,
-                                     use_text=use_text, device=device, seed=seed)
+    clips = run_clips(spec, data_dir)
+    held = set(router_holdout(spec))
+    train = [i for i in range(len(spec.assignments)) if i not in held]
+    labels = np.asarray(spec.assignments)
+    holdout = router_holdout(spec)
+    return router_trainer_from_clips(spec, clips.select(train), labels[train], cap=cap, use_text=use_text,
+                                     device=device, seed=seed, holdout=clips.select(holdout),
+                                     holdout_labels=labels[holdout])
 
 
 def router_trainer_from_clips(spec, clips: ClipBatch, labels: np.ndarray, *, cap: int = 2000, use_text: bool = False,
-                              device: torch.device | str = "cpu", seed: int | None = None) -> RouterTrainer:
+                              device: torch.device | str = "cpu", seed: int | None = None,
+                              holdout: ClipBatch | None = None, holdout_labels: np.ndarray | None = None
+                              ) -> RouterTrainer:
     """A router trainer on a stratified sample (≤ `cap` per cluster) of `clips` labelled by cluster; the loss
-    is reweighted to the cluster sizes of the whole run, which may hold more clips than `clips`."""
+    is reweighted to the cluster sizes of the whole run, which may hold more clips than `clips`. `holdout`
+    (every cluster's held-out clips, labelled) gives the validation loss that verifiers recompute."""
     seed = spec.seed if seed is None else seed
     idx = stratified_sample(labels, cap, seed)
     preset = router_preset(spec.preset, spec.num_clusters, use_text=use_text)
     return RouterTrainer(preset, clips.select(idx), labels[idx],
                          data_sizes=np.bincount(np.asarray(spec.assignments), minlength=spec.num_clusters),
-                         device=device, seed=seed, run_id=spec.run_id)
+                         device=device, seed=seed, run_id=spec.run_id, holdout=holdout,
+                         holdout_labels=holdout_labels, validation=spec.validation if holdout is not None else None)

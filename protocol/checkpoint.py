@@ -21,7 +21,9 @@ class CheckpointFile(Frozen):
 
 class CheckpointMeta(Frozen):
     """`checkpoint.json`. Files: `ema.safetensors` (weights for sampling), `model.safetensors`,
-    `optimizer.safetensors` and `rng.safetensors` (the exact training state, for resume and takeover)."""
+    `optimizer.safetensors` and `rng.safetensors` (the exact training state, for resume and takeover).
+    `run_id`, `cluster` (None for the router) and `kind` bind it to one slot of one run: loading and
+    assembling refuse a checkpoint of another."""
 
     format_version: Literal[1] = CHECKPOINT_FORMAT_VERSION
     kind: Literal["expert", "router"] = "expert"
@@ -31,6 +33,10 @@ class CheckpointMeta(Frozen):
     samples_seen: int = Field(ge=0)
     loss_ema: float | None = None
     skipped_steps: int = Field(default=0, ge=0)
+    # lineage: the CID of the checkpoint this one was trained from (None: the step-0 initialisation, which
+    # anyone rebuilds from the run seed), and the trainer's own validation loss of the EMA weights
+    parent: str | None = Field(default=None, pattern=r"^b[a-z2-7]{20,120}$")
+    val_loss: float | None = Field(default=None, allow_inf_nan=False)
     preset: ExpertPreset
     files: tuple[CheckpointFile, ...]
     created_at: float

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from protocol.atomic import atomic_write_bytes
@@ -13,7 +14,7 @@ from protocol.errors import IntegrityError
 from protocol.model import ExpertPreset
 from protocol.records_io import read_model
 
-RUN_FORMAT_VERSION = 1
+RUN_FORMAT_VERSION = 2  # 2: a held-out validation split per cluster
 
 
 class EmbeddingInfo(Frozen):
@@ -45,6 +46,47 @@ class BalanceReport(Frozen):
     nmi: dict[str, float] = Field(default_factory=dict)
 
 
+class ValidationSpec(Frozen):
+    """The held-out split and the deterministic validation loss that every peer recomputes to judge a checkpoint.
+
+    `holdout[k]` lists the global clip indices of cluster k that honest trainers never train on (about
+    `fraction` of the cluster, at least `min_clips`, at most `max_clips`, never more than half of it). The loss
+    is the flow-matching MSE of the EMA weights over those clips × `t_grid`, with noise drawn from `noise_seed`
+    (per cluster), in fp32, forward passes only. Two machines agree on it within `rtol` (relative)."""
+
+    fraction: float = Field(default=0.02, gt=0, lt=1)
+    min_clips: int = Field(default=8, ge=1)
+    max_clips: int = Field(default=256, ge=1)
+    t_grid: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
+    noise_seed: int = 0
+    rtol: float = Field(default=1e-3, gt=0, lt=1)
+    holdout: tuple[tuple[int, ...], ...]
+
+    @model_validator(mode="after")
+    def _check_grid(self) -> ValidationSpec:
+        if not self.t_grid or any(not 0.0 < t < 1.0 for t in self.t_grid):
+            raise ValueError("t_grid must list noise levels strictly between 0 and 1")
+        return self
+
+
+def holdout_size(cluster_size: int, fraction: float = 0.02, min_clips: int = 8, max_clips: int = 256) -> int:
+    """How many of a cluster's clips are held out: fraction, clamped to [min, max], at most half the cluster."""
+    return max(0, min(max(min_clips, round(fraction * cluster_size)), max_clips, cluster_size // 2))
+
+
+def choose_holdout(assignments: tuple[int, ...] | list[int], num_clusters: int, *, seed: int, fraction: float = 0.02,
+                   min_clips: int = 8, max_clips: int = 256) -> tuple[tuple[int, ...], ...]:
+    """A fixed, seeded split: for each cluster, a sorted random subset of its clips (global indices)."""
+    rng = np.random.default_rng([seed, 0x5EED])
+    assignments = np.asarray(assignments)
+    out = []
+    for k in range(num_clusters):
+        members = np.flatnonzero(assignments == k)
+        n = holdout_size(len(members), fraction, min_clips, max_clips)
+        out.append(tuple(int(i) for i in np.sort(rng.choice(members, n, replace=False))) if n else ())
+    return tuple(out)
+
+
 class RunSpec(Frozen):
     """Identity of a run. `run_id` is the content hash of everything except `data_hint`, a local path
     that only says where this machine keeps the data."""
@@ -59,6 +101,7 @@ class RunSpec(Frozen):
     preset: ExpertPreset
     balance: BalanceReport
     seed: int = 0
+    validation: ValidationSpec
     data_hint: str | None = None
 
     @model_validator(mode="after")
@@ -70,7 +113,15 @@ class RunSpec(Frozen):
         if len(self.centroids) != self.num_clusters or any(len(c) != self.embedding.dim for c in self.centroids):
             raise ValueError("centroids do not match num_clusters × embedding.dim")
         if self.format_version != RUN_FORMAT_VERSION:
-            raise ValueError(f"run spec format {self.format_version} is not supported (expected {RUN_FORMAT_VERSION})")
+            raise ValueError(f"run spec format {self.format_version} is not supported (expected {RUN_FORMAT_VERSION}"
+                             "; re-run `paris-node run init`)")
+        held = self.validation.holdout
+        if len(held) != self.num_clusters:
+            raise ValueError(f"validation.holdout lists {len(held)} clusters, the run has {self.num_clusters}")
+        for k, idx in enumerate(held):
+            if list(idx) != sorted(set(idx)) or any(not 0 <= i < len(self.assignments) or self.assignments[i] != k
+                                                    for i in idx):
+                raise ValueError(f"validation.holdout[{k}] must list distinct clips of cluster {k}, ascending")
         return self
 
     @property
@@ -78,9 +129,21 @@ class RunSpec(Frozen):
         return content_id(self, prefix="run", exclude={"data_hint"})
 
     def cluster_clips(self, cluster: int) -> list[int]:
+        """Every clip of `cluster` (global indices, ascending), held-out ones included."""
         if not 0 <= cluster < self.num_clusters:
             raise IntegrityError(f"cluster {cluster} does not exist in this run (K={self.num_clusters})")
         return [i for i, a in enumerate(self.assignments) if a == cluster]
+
+    def train_clips(self, cluster: int) -> list[int]:
+        """The clips of `cluster` that trainers train on: all but the held-out ones."""
+        held = set(self.holdout_clips(cluster))
+        return [i for i in self.cluster_clips(cluster) if i not in held]
+
+    def holdout_clips(self, cluster: int) -> list[int]:
+        """The held-out clips of `cluster` (global indices): for the validation loss only."""
+        if not 0 <= cluster < self.num_clusters:
+            raise IntegrityError(f"cluster {cluster} does not exist in this run (K={self.num_clusters})")
+        return list(self.validation.holdout[cluster])
 
     def save(self, path: Path) -> None:
         atomic_write_bytes(Path(path), canonical_json(self))

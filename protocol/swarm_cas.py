@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from pathlib import PurePosixPath
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
 from multiformats import CID, multihash
@@ -118,6 +119,38 @@ class CasManifest(Frozen):
             for c in e.chunks:
                 out.setdefault(c.cid, c.size)
         return out
+
+
+def path_manifest(path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                  on_chunk: Callable[[str, bytes], None] | None = None) -> CasManifest:
+    """The manifest (so the root CID) of a file or directory tree, as a put would make it; `on_chunk(cid,
+    bytes)` receives every chunk (the store writes them). Lets anyone compute a folder's CID without a store."""
+    path = Path(path)
+    if path.is_file():
+        files, kind = [(path, path.name)], "file"
+    elif path.is_dir():
+        files = [(p, p.relative_to(path).as_posix()) for p in sorted(path.rglob("*"))
+                 if p.is_file() and not p.is_symlink()]
+        kind = "dir"
+    else:
+        raise IntegrityError(f"{path} is not a file or directory")
+    entries = []
+    for src, rel in files:
+        chunks = []
+        with open(src, "rb") as f:
+            while block := f.read(chunk_size):
+                cid = chunk_cid(block)
+                if on_chunk is not None:
+                    on_chunk(cid, block)
+                chunks.append(ChunkRef(cid=cid, size=len(block)))
+        entries.append(FileEntry(path=rel, size=sum(c.size for c in chunks), chunks=tuple(chunks)))
+    return CasManifest(kind=kind, name=path.name, chunk_size=chunk_size, total_bytes=sum(e.size for e in entries),
+                       entries=tuple(entries))
+
+
+def path_cid(path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> str:
+    """The root CID that putting `path` into a content store yields."""
+    return path_manifest(path, chunk_size).cid
 
 
 def decode_manifest(cid: str, data: bytes) -> CasManifest:

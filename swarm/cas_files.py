@@ -9,37 +9,18 @@ import tempfile
 from pathlib import Path
 
 from protocol.errors import IntegrityError, ParisError
-from protocol.swarm_cas import DEFAULT_CHUNK_SIZE, CasManifest, FileEntry, chunk_cid
+from protocol.swarm_cas import DEFAULT_CHUNK_SIZE, CasManifest, path_manifest
 from swarm.blobstore import BlobStore
 from swarm.cas_transfer import FetchError
 
 
 def import_path(blobs: BlobStore, path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> CasManifest:
     """Chunk a file or a directory tree into `blobs` and store its manifest; returns the manifest."""
-    if path.is_file():
-        files, kind = [(path, path.name)], "file"
-    elif path.is_dir():
-        files = [(p, p.relative_to(path).as_posix()) for p in sorted(path.rglob("*"))
-                 if p.is_file() and not p.is_symlink()]
-        kind = "dir"
-    else:
+    if not (path.is_file() or path.is_dir()):
         raise ParisError(f"{path} is not a file or directory")
-    entries = [_import_file(blobs, src, rel, chunk_size) for src, rel in files]
-    manifest = CasManifest(kind=kind, name=path.name, chunk_size=chunk_size,
-                           total_bytes=sum(e.size for e in entries), entries=tuple(entries))
-    data = manifest.to_bytes()
-    blobs.write(manifest.cid, data)
+    manifest = path_manifest(path, chunk_size, on_chunk=blobs.write)
+    blobs.write(manifest.cid, manifest.to_bytes())
     return manifest
-
-
-def _import_file(blobs: BlobStore, src: Path, rel: str, chunk_size: int) -> FileEntry:
-    chunks = []
-    with open(src, "rb") as f:
-        while block := f.read(chunk_size):
-            cid = chunk_cid(block)
-            blobs.write(cid, block)
-            chunks.append({"cid": cid, "size": len(block)})
-    return FileEntry(path=rel, size=sum(c["size"] for c in chunks), chunks=tuple(chunks))
 
 
 def export_path(blobs: BlobStore, manifest: CasManifest, out_dir: Path,

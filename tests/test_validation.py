@@ -1,0 +1,128 @@
+"""The held-out split and the deterministic validation loss: never trained on, the same number whatever the
+batch size or thread count (within the run's stated tolerance), written into every checkpoint with its lineage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from expert.checkpoint import read_meta
+from expert.train import ExpertTrainer, router_holdout, router_trainer_for_run, trainer_for_run
+from expert.validation import expert_validation_loss, losses_agree, router_validation
+from protocol.errors import ConfigMismatchError
+from protocol.run import choose_holdout, holdout_size
+from protocol.swarm_cas import path_cid
+
+
+def test_holdout_sizes_are_clamped():
+    assert holdout_size(10_000) == 200
+    assert holdout_size(100) == 8
+    assert holdout_size(100_000) == 256
+    assert holdout_size(10) == 5  # never more than half of a cluster
+    assert holdout_size(1) == 0
+
+
+def test_split_is_fixed_disjoint_and_inside_each_cluster(tiny_run):
+    spec, _ = tiny_run
+    again = choose_holdout(spec.assignments, spec.num_clusters, seed=spec.seed)
+    assert again == spec.validation.holdout
+    for k in range(spec.num_clusters):
+        train, held = set(spec.train_clips(k)), set(spec.holdout_clips(k))
+        assert held and not train & held
+        assert train | held == set(spec.cluster_clips(k))
+    assert choose_holdout(spec.assignments, spec.num_clusters, seed=spec.seed + 1) != spec.validation.holdout
+
+
+def test_trainer_never_sees_held_out_clips(tiny_run, synth_dir):
+    spec, _ = tiny_run
+    trainer = trainer_for_run(spec, 0, data_dir=synth_dir)
+    assert len(trainer.frames) == len(spec.train_clips(0))
+    assert trainer.held is not None and len(trainer.held) == len(spec.holdout_clips(0))
+    from expert.shards import load_dataset
+
+    _, clips = load_dataset(synth_dir)
+    held_frames = torch.from_numpy(clips.select(spec.holdout_clips(0)).frames)
+    for f in held_frames:
+        assert not (trainer.frames == f).flatten(1).all(1).any()
+
+
+def test_validation_loss_is_the_same_number_across_batch_sizes_and_threads(tiny_run, synth_dir):
+    spec, _ = tiny_run
+    trainer = trainer_for_run(spec, 1, data_dir=synth_dir)
+    trainer.train(3)
+    threads = torch.get_num_threads()
+    losses = []
+    try:
+        for batch, n_threads in ((1, 1), (7, 1), (40, 2), (16, threads)):
+            torch.set_num_threads(n_threads)
+            losses.append(expert_validation_loss(trainer.ema, trainer.held, batch=batch))
+    finally:
+        torch.set_num_threads(threads)
+    spread = (max(losses) - min(losses)) / max(losses)
+    assert spread < 1e-5, losses  # the run states 1e-3; measured here far below it
+    assert all(losses_agree(a, losses[0], spec.validation.rtol) for a in losses)
+    assert not losses_agree(losses[0], losses[0] * 1.01, spec.validation.rtol)
+
+
+def test_validation_loss_tells_trained_from_random_weights(tiny_run, synth_dir):
+    spec, _ = tiny_run
+    trainer = trainer_for_run(spec, 0, data_dir=synth_dir)
+    before = trainer.validation_loss()
+    trainer.train(30)
+    after = trainer.validation_loss()
+    assert after < 0.9 * before
+    noise = ExpertTrainer(spec.preset, _train_clips(spec, synth_dir, 0), seed=99)
+    assert expert_validation_loss(noise.ema, trainer.held) > after
+
+
+def _train_clips(spec, data_dir, k):
+    from expert.shards import load_dataset
+
+    return load_dataset(data_dir)[1].select(spec.train_clips(k))
+
+
+def test_checkpoints_carry_lineage_and_validation_loss(tiny_run, synth_dir, tmp_path):
+    spec, _ = tiny_run
+    trainer = trainer_for_run(spec, 0, data_dir=synth_dir)
+    trainer.train(2)
+    first, meta1 = trainer.checkpoint(tmp_path / "a")
+    assert meta1.parent is None and meta1.run_id == spec.run_id and meta1.cluster == 0 and meta1.kind == "expert"
+    assert meta1.val_loss is not None and np.isfinite(meta1.val_loss)
+    assert meta1.val_loss == pytest.approx(trainer.validation_loss(), rel=1e-9)
+    trainer.train(2)
+    second, meta2 = trainer.checkpoint(tmp_path / "a")
+    assert meta2.parent == path_cid(first) and meta2.step == 4
+    # a takeover descends from what it loaded
+    other = trainer_for_run(spec, 0, data_dir=synth_dir)
+    other.load(second)
+    assert other.parent == path_cid(second)
+    assert read_meta(second).val_loss == pytest.approx(other.validation_loss(), rel=1e-9)
+
+
+def test_loading_refuses_another_slot_or_no_run(tiny_run, synth_dir, tmp_path):
+    spec, _ = tiny_run
+    trainer = trainer_for_run(spec, 0, data_dir=synth_dir)
+    trainer.train(1)
+    path, _ = trainer.checkpoint(tmp_path / "c0")
+    with pytest.raises(ConfigMismatchError, match="cluster 0, not cluster 1"):
+        trainer_for_run(spec, 1, data_dir=synth_dir).load(path)
+    loose = ExpertTrainer(spec.preset, _train_clips(spec, synth_dir, 0))  # no run: e.g. a local experiment
+    loose.train(1)
+    lpath, _ = loose.checkpoint(tmp_path / "loose")
+    with pytest.raises(ConfigMismatchError, match=r"run \(none\)"):
+        trainer_for_run(spec, 0, data_dir=synth_dir).load(lpath)
+    router = router_trainer_for_run(spec, data_dir=synth_dir, cap=16)
+    with pytest.raises(ConfigMismatchError, match="expert checkpoint, not a router"):
+        router.load(path)
+
+
+def test_router_validation_reports_cross_entropy_and_accuracy_per_noise_level(tiny_run, synth_dir):
+    spec, _ = tiny_run
+    router = router_trainer_for_run(spec, data_dir=synth_dir, cap=32)
+    assert len(router.held) == len(router_holdout(spec))
+    assert len(router.frames) <= len(spec.assignments) - len(router_holdout(spec))
+    report = router_validation(router.ema, router.held)
+    assert set(report["per_noise_level"]) == {f"t={t:g}" for t in spec.validation.t_grid}
+    assert report["loss"] > 0 and 0 <= report["accuracy"] <= 1
+    assert router.validation_loss() == pytest.approx(report["loss"], rel=1e-9)
