@@ -100,7 +100,8 @@ def check_slot(meta: CheckpointMeta, path: Path, *, kind: str, run_id: str | Non
     if meta.kind != kind:
         raise ConfigMismatchError(f"checkpoint {path} is a {meta.kind} checkpoint, not a {kind} one")
     if meta.run_id != run_id:
-        raise ConfigMismatchError(f"checkpoint {path} belongs to run {meta.run_id or '(none)'}, not {run_id or '(none)'}")
+        have, want = meta.run_id or "(none)", run_id or "(none)"
+        raise ConfigMismatchError(f"checkpoint {path} belongs to run {have}, not {want}")
     if meta.cluster != cluster:
         what = "the router" if cluster is None else f"cluster {cluster}"
         have = "the router" if meta.cluster is None else f"cluster {meta.cluster}"

@@ -231,8 +231,10 @@ class Trainer:
         """Resume from a checkpoint (or a training folder's LATEST), after verifying it fits this run: same
         kind, preset, run and cluster (a run-bound trainer refuses a checkpoint that names no run)."""
         path = resolve_checkpoint(Path(path))
-        meta = check_slot(read_meta(path), path, kind=self.kind, run_id=self.run_id, cluster=self.cluster)
-        check_preset(meta, self.preset, path)
+        meta = read_meta(path)
+        if meta.kind == self.kind:
+            check_preset(meta, self.preset, path)
+        check_slot(meta, path, kind=self.kind, run_id=self.run_id, cluster=self.cluster)
         try:
             self.model.load_state_dict(read_group(path, meta, "model"))
             self.ema.load_state_dict(read_group(path, meta, "ema"))

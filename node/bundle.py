@@ -13,7 +13,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from hivemind.utils.timed_storage import get_dht_time
 
 from expert.shards import ClipBatch, ShardWriter, load_dataset
@@ -38,14 +37,16 @@ class LocalRun:
     bundle_cid: str
 
 
-def split_by_cluster(spec: RunSpec, data_dir: Path, out: Path) -> list[Path]:
-    """Write one data set per cluster under `out/cluster-k` (the clips of cluster k, in run order)."""
+def split_by_cluster(spec: RunSpec, data_dir: Path, out: Path) -> list[tuple[Path, Path]]:
+    """Write two data sets per cluster: `out/cluster-k` (its training clips, in run order) and
+    `out/holdout-k` (its held-out clips, the validation split that verifiers fetch alone)."""
     manifest, clips = load_dataset(data_dir)
     if manifest.data_id != spec.data.data_id:
         raise IntegrityError(f"data in {data_dir} is not the data of run {spec.run_id}")
     dirs = []
     for k in range(spec.num_clusters):
-        dirs.append(_write_subset(clips.select(spec.cluster_clips(k)), manifest, out / f"cluster-{k}"))
+        dirs.append((_write_subset(clips.select(spec.train_clips(k)), manifest, out / f"cluster-{k}"),
+                     _write_subset(clips.select(spec.holdout_clips(k)), manifest, out / f"holdout-{k}")))
     return dirs
 
 
@@ -64,10 +65,12 @@ async def publish_run(node: SwarmNode, store: ContentStore, spec: RunSpec, data_
     work = Path(work)
     cluster_dirs = await asyncio.to_thread(split_by_cluster, spec, data_dir, work / "clusters")
     clusters = []
-    for k, d in enumerate(cluster_dirs):
-        cid = await store.put(d)
-        clusters.append(ClusterData(cluster=k, cid=cid, clips=len(spec.cluster_clips(k)),
-                                    bytes=sum(f.stat().st_size for f in d.iterdir())))
+    for k, (train, held) in enumerate(cluster_dirs):
+        cid, held_cid = await store.put(train), await store.put(held)
+        clusters.append(ClusterData(cluster=k, cid=cid, clips=len(spec.train_clips(k)),
+                                    bytes=sum(f.stat().st_size for f in train.iterdir()), holdout_cid=held_cid,
+                                    holdout_clips=len(spec.holdout_clips(k)),
+                                    holdout_bytes=sum(f.stat().st_size for f in held.iterdir())))
     manifest = SwarmRunManifest(run_id=spec.run_id, clusters=tuple(clusters), schedule=schedule or Schedule(),
                                 created_by=node.peer_id, created_at=get_dht_time())
     bundle = work / "bundle"
@@ -124,17 +127,19 @@ def _verify_bundle(path: Path, run_id: str, cid: str) -> LocalRun:
     manifest = SwarmRunManifest.load(path / SWARM_FILE)
     if manifest.run_id != run_id or len(manifest.clusters) != spec.num_clusters:
         raise IntegrityError(f"bundle {cid}: its swarm manifest does not match run {run_id}")
-    sizes = np.bincount(np.asarray(spec.assignments), minlength=spec.num_clusters)
-    if any(c.clips != int(sizes[c.cluster]) for c in manifest.clusters):
-        raise IntegrityError(f"bundle {cid}: cluster sizes disagree with the run's assignments")
+    if any(c.clips != len(spec.train_clips(c.cluster)) or c.holdout_clips != len(spec.holdout_clips(c.cluster))
+           for c in manifest.clusters):
+        raise IntegrityError(f"bundle {cid}: cluster sizes disagree with the run's assignments and split")
     return LocalRun(spec, manifest, cid)
 
 
-async def fetch_cluster_clips(store: ContentStore, run: LocalRun, cluster: int) -> ClipBatch:
-    """Fetch, verify and load one cluster's clips."""
+async def fetch_cluster_clips(store: ContentStore, run: LocalRun, cluster: int, *,
+                              holdout: bool = False) -> ClipBatch:
+    """Fetch, verify and load one cluster's training clips (or, with `holdout`, its held-out clips)."""
     entry = run.manifest.clusters[cluster]
-    path = await store.get(entry.cid)
+    cid, expected = (entry.holdout_cid, entry.holdout_clips) if holdout else (entry.cid, entry.clips)
+    path = await store.get(cid)
     _, clips = await asyncio.to_thread(load_dataset, path)
-    if len(clips) != entry.clips:
-        raise IntegrityError(f"cluster {cluster} data ({entry.cid}) holds {len(clips)} clips, expected {entry.clips}")
+    if len(clips) != expected:
+        raise IntegrityError(f"cluster {cluster} data ({cid}) holds {len(clips)} clips, expected {expected}")
     return clips

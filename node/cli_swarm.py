@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         run: Annotated[str | None, typer.Option(
             "--run", help="Joining: the run id (default: the swarm's newest). Starting a swarm: a run spec file "
                           "from `run init` (default: the built-in demo run).")] = None,
-        role: Annotated[str, typer.Option(help="auto | expert | router | seeder.")] = "auto",
+        role: Annotated[str, typer.Option(help="auto | expert | router | verifier | seeder.")] = "auto",
         home: Annotated[Path, typer.Option(help="Identity, content store, checkpoints.")] = Path("~/.paris"),
         host: Annotated[str, typer.Option(help="Listen address (0.0.0.0 to accept other machines).")] = "127.0.0.1",
         port: Annotated[int, typer.Option(min=0, max=65535, help="Listen port (0: any free port).")] = 0,
@@ -66,6 +66,13 @@ def register(app: typer.Typer) -> None:
         router_steps: Annotated[int, typer.Option(min=1, help="New swarm: the router's target steps.")] = 500,
         checkpoint_every: Annotated[int, typer.Option(min=1, help="New swarm: publish every N steps…")] = 100,
         checkpoint_minutes: Annotated[float, typer.Option(min=0.05, help="…or every M minutes.")] = 10.0,
+        attestations: Annotated[int, typer.Option(min=0, max=64, help=(
+            "New swarm: verifiers (other than its trainer) that must accept a checkpoint before it counts; "
+            "0 for a private swarm."))] = 1,
+        replay_every: Annotated[int, typer.Option(min=0, help=(
+            "New swarm: verifiers re-train one checkpoint interval in N (0: never)."))] = 10,
+        loss_tolerance: Annotated[float, typer.Option(min=0, help=(
+            "New swarm: how much worse (relative) than its parent's a checkpoint's validation loss may be."))] = 0.1,
         period: Annotated[float, typer.Option(min=0.5, help="Seconds between lease renewals.")] = 10.0,
         no_gossip: Annotated[bool, typer.Option("--no-gossip", help="Do not start the gossip process.")] = False,
         cache_gb: Annotated[float, typer.Option(min=0, help="Content store size limit (0: none).")] = 50.0,
@@ -80,8 +87,8 @@ def register(app: typer.Typer) -> None:
         from node.logs import LOG_FORMATS, setup_logging
         from protocol.swarm_run import Schedule
 
-        if role not in ("auto", "expert", "router", "seeder"):
-            fail(f"--role {role!r}: expected auto, expert, router or seeder")
+        if role not in ("auto", "expert", "router", "verifier", "seeder"):
+            fail(f"--role {role!r}: expected auto, expert, router, verifier or seeder")
         if log_format not in LOG_FORMATS:
             fail(f"--log-format {log_format!r}: expected text or json")
         from expert.presets import PRESETS
@@ -96,7 +103,8 @@ def register(app: typer.Typer) -> None:
                                    nat_traversal=nat, use_relay=relay),
             demo=DemoOptions(clusters=clusters, preset=preset, target_steps=target_steps, clips=clips),
             schedule=Schedule(checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
-                              router_target_steps=router_steps),
+                              router_target_steps=router_steps, attestations=attestations,
+                              replay_every=replay_every, loss_tolerance=loss_tolerance),
             period=period, gossip=not no_gossip, gossip_host=host, cache_bytes=int(cache_gb * 2**30),
             stop_when_done=stop_when_done, cpu_threads=cpu_threads)
         raise SystemExit(asyncio.run(Daemon(opts).run()))
@@ -226,8 +234,8 @@ async def _fetch(peers: list[str], home: Path, run: str | None, out_dir: Path, a
                 bar.update(tasks[key], completed=done, total=max(total, 1))
 
             t0 = time.monotonic()
-            manifest = await fetch_ensemble(node, store, run_id, local.spec.num_clusters, out_dir,
-                                            allow_partial=allow_partial, on_progress=on_progress)
+            manifest = await fetch_ensemble(node, store, local, out_dir, allow_partial=allow_partial,
+                                            on_progress=on_progress)
         console.print(f"fetched and verified in {time.monotonic() - t0:.1f}s", highlight=False)
         return manifest
     finally:

@@ -1,13 +1,16 @@
 """The daemon behind `paris-node join`: open or join a run, take a role, train and publish, shut down cleanly.
 
-Roles, chosen again whenever one ends:
-  expert  claim a free cluster (a lease in the DHT), fetch its clips by CID, resume from the newest published
-          checkpoint of that cluster (a takeover after a crash) or from our own, train to the target while
-          publishing checkpoints and progress, then mark the cluster DONE.
-  router  take the router lease, fetch a stratified sample of every cluster, train the router, publish it.
-  seeder  keep the run's data and the newest checkpoint of every slot pinned and provided, so they outlive
-          the peers that made them; in `auto`, check every period whether a cluster fell free.
-Training runs in a worker thread (node.driver); everything networked stays on the event loop.
+Roles, chosen again whenever one ends, each in its own module:
+  expert    (node.role_expert) claim a free cluster, fetch its clips, resume from the newest accepted
+            checkpoint that passes our own check (a takeover) or from our own, train to the target while
+            publishing checkpoints, then record DONE.
+  router    (node.role_router) take the router lease, fetch every cluster's sample, train, publish.
+  verifier  (node.role_verifier) check newly announced checkpoints and publish attestations; also seeds.
+            In `auto`, a node with no free cluster and the router on target verifies.
+  seeder    (node.role_seeder) keep the run's data and every slot's newest accepted checkpoint pinned and
+            provided; in `auto`, check every period whether a cluster fell free.
+What counts as a checkpoint is swarm.acceptance's rule; what a node checks itself is node.checker; every
+publication goes through node.publisher. Training runs in a worker thread (node.driver).
 """
 
 from __future__ import annotations
@@ -25,22 +28,29 @@ import numpy as np
 from hivemind.utils.timed_storage import get_dht_time
 from pydantic import BaseModel, ConfigDict, Field
 
-from node.bundle import LocalRun, fetch_cluster_clips, fetch_run, publish_run, resolve_run_id
+from node.bundle import LocalRun, fetch_run, publish_run, resolve_run_id
+from node.checker import CheckpointChecker
 from node.driver import Cadence, TrainingDriver
 from node.logs import event
 from node.nodefile import NodeInfo, remove_node_info, write_node_info
+from node.publisher import Publisher
+from node.role_expert import run_expert
+from node.role_router import all_done, maybe_run_router
+from node.role_seeder import replicate_accepted, seed_data
+from node.role_verifier import verify_round
 from protocol.errors import ParisError
-from protocol.swarm_gossip import CheckpointEvent, ClaimedEvent, DoneEvent, GossipMessage, LeavingEvent, ProgressEvent
-from protocol.swarm_records import CheckpointBody, ClusterState, ProgressBody
-from protocol.swarm_run import Schedule, router_lease_id
+from protocol.swarm_gossip import CheckpointEvent, DoneEvent, GossipMessage, LeavingEvent, ProgressEvent
+from protocol.swarm_records import ProgressBody
+from protocol.swarm_run import Schedule
+from swarm.acceptance import Status
 from swarm.cas import ContentStore
 from swarm.claims import ClaimManager
 from swarm.dht import NetworkConfig, SwarmNode
-from swarm.state import publish_checkpoint, publish_progress, publish_spec_pointer, read_run
+from swarm.state import RunRules, publish_progress, publish_spec_pointer, read_run, verified_done
 
 log = logging.getLogger("node.daemon")
 
-Role = Literal["auto", "expert", "router", "seeder"]
+Role = Literal["auto", "expert", "router", "seeder", "verifier"]
 
 
 class DemoOptions(BaseModel):
@@ -86,9 +96,8 @@ class Daemon:
         self.cluster: int | None = None
         self.started_at = time.time()
         self._slot: str | None = None
-        self._pinned: dict[str, tuple[str, int]] = {}  # slot -> (CID, step) of the checkpoint we keep pinned
-        self._published: dict[str, tuple[str, int]] = {}  # slot -> (cid, step) of our newest publication
-        self._publish_lock = asyncio.Lock()
+        self.publisher: Publisher | None = None  # type: ignore[assignment]
+        self.checker: CheckpointChecker | None = None  # type: ignore[assignment]
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._join_command: str | None = None
@@ -116,6 +125,8 @@ class Daemon:
             self.run_info = await self._open_run()
             if self.stopping.is_set():
                 return 0
+            self.publisher = Publisher(self.node, self.store, self.run_info.spec.run_id, self.gossip_event)
+            self.checker = CheckpointChecker(self.store, self.run_info, self.device)
             await self._start_gossip()
             self._write_node_file()
             self._tasks += [asyncio.create_task(self._progress_loop()), asyncio.create_task(self._member_loop())]
@@ -250,7 +261,7 @@ class Daemon:
             run_id=self.run_info.spec.run_id if self.run_info else None, role=self.role, cluster=self.cluster,
             pid=os.getpid(), started_at=self.started_at, join_command=self._join_command))
 
-    def _set_role(self, role: str, cluster: int | None = None) -> None:
+    def set_role(self, role: str, cluster: int | None = None) -> None:
         self.role, self.cluster = role, cluster
         self._write_node_file()
         event(log, f"role: {role}", cluster=cluster)
@@ -286,7 +297,7 @@ class Daemon:
                 continue
             p = driver.latest
             cluster = None if slot == "router" else int(slot.split("-")[1])
-            cid = self._published.get(slot, (None, 0))[0]
+            cid = self.publisher.published.get(slot, (None, 0))[0]
             loss = None if p.loss_ema is None or not np.isfinite(p.loss_ema) else float(p.loss_ema)
             sps = float(p.samples_per_s) if np.isfinite(p.samples_per_s) else None
             body = ProgressBody(cluster=cluster, step=p.step, target=driver.target, loss=loss, samples_per_s=sps,
@@ -311,18 +322,18 @@ class Daemon:
             if role in ("auto", "expert"):
                 manager = self._claims()
                 wait = role == "expert" and not self._all_clusters_done_cached
-                cluster = await self._unless_stopped(manager.claim(wait=wait, timeout=None if wait else 30.0))
+                cluster = await self.unless_stopped(manager.claim(wait=wait, timeout=None if wait else 30.0))
                 if self.stopping.is_set():
                     await manager.release()
                     break
-                if cluster is not None and await self._survive(self._run_expert(manager, cluster)):
+                if cluster is not None and await self._survive(run_expert(self, manager, cluster)):
                     continue
-            if role in ("auto", "router") and await self._survive(self._maybe_run_router(wait=role == "router")):
+            if role in ("auto", "router") and await self._survive(maybe_run_router(self, wait=role == "router")):
                 continue
             if self.opts.stop_when_done and await self._run_finished():
                 event(log, "every expert and the router reached their targets; --stop-when-done: exiting")
                 break
-            await self._seed_round()
+            await self._seed_round(verify=role in ("auto", "verifier"))
 
     async def _survive(self, coro) -> bool:
         """Run a role; a failure it can name (data nobody serves, a corrupt download) is logged and the node
@@ -335,7 +346,7 @@ class Daemon:
             return False
         return result is None or bool(result)
 
-    async def _unless_stopped(self, coro):
+    async def unless_stopped(self, coro):
         """Await `coro`, or cancel it and return None as soon as a stop is requested."""
         task = asyncio.ensure_future(coro)
         stop = asyncio.ensure_future(self.stopping.wait())
@@ -350,128 +361,46 @@ class Daemon:
             await task
         return None
 
+    @property
+    def rules(self) -> RunRules:
+        assert self.run_info is not None
+        return RunRules.of(self.run_info.spec, self.run_info.manifest.schedule)
+
+    async def _reach(self) -> dict[int, Status | None]:
+        """Which clusters reached their target by the acceptance rule, with this node's own verdicts."""
+        assert self.node is not None and self.run_info is not None
+        spec = self.run_info.spec
+        view = await read_run(self.node, spec.run_id, spec.num_clusters, rules=self.rules,
+                              local=self.checker.verdicts)
+        return {k: verified_done(self.rules, view.slot_claims(f"expert-{k}"), view.slot_votes(f"expert-{k}"),
+                                 f"expert-{k}", self.checker.verdicts) for k in range(spec.num_clusters)}
+
     def _claims(self) -> ClaimManager:
         assert self.node is not None and self.run_info is not None
         spec = self.run_info.spec
-        lost = self._on_lost
-        return ClaimManager(self.node, spec.run_id, spec.num_clusters, period=self.opts.period, on_lost=lost)
+        return ClaimManager(self.node, spec.run_id, spec.num_clusters, period=self.opts.period, on_lost=self.on_lost,
+                            done_oracle=self._reach)
 
-    def _on_lost(self, cluster: int) -> None:
+    def on_lost(self, cluster: int) -> None:
         log.warning("another node owns cluster %d now (a partition healed?); stopping this expert", cluster)
         if self.driver is not None:
             self.driver.stop.set()
 
-    async def _run_expert(self, manager: ClaimManager, cluster: int) -> None:
-        from expert.train import ExpertTrainer
-
-        assert self.store is not None and self.run_info is not None
-        spec = self.run_info.spec
-        slot = f"expert-{cluster}"
-        self._set_role("expert", cluster)
-        await self._gossip(ClaimedEvent(run_id=spec.run_id, cluster=cluster))
-        try:
-            clips = await fetch_cluster_clips(self.store, self.run_info, cluster)
-            trainer = await asyncio.to_thread(ExpertTrainer, spec.preset, clips, device=self.device, seed=spec.seed,
-                                              run_id=spec.run_id, cluster=cluster)
-            await self._resume(trainer, slot)
-            reached = await self._train(trainer, slot, spec.preset.train.target_steps)
-            if reached and manager.cluster == cluster:
-                cid = self._published.get(slot, (None, 0))[0]
-                await manager.mark_done(trainer.step, cid)
-                await self._gossip(DoneEvent(run_id=spec.run_id, cluster=cluster, step=trainer.step,
-                                             checkpoint_cid=cid))
-                event(log, f"cluster {cluster} reached its target", step=trainer.step, checkpoint=cid)
-        finally:
-            await manager.release()
-            self._set_role("seeder")
-
-    async def _maybe_run_router(self, *, wait: bool) -> bool:
-        """Train the router if nobody else holds its lease and it is behind its target, or experts are still
-        training (it keeps improving with idle capacity until they are done). True if we trained."""
-        from expert.shards import ClipBatch
-        from expert.train import router_trainer_from_clips
-
-        assert self.node is not None and self.store is not None and self.run_info is not None
-        spec, schedule = self.run_info.spec, self.run_info.manifest.schedule
-        view = await read_run(self.node, spec.run_id, spec.num_clusters)
-        newest = view.latest_checkpoint("router")
-        if newest is not None and newest.step >= schedule.router_target_steps and _all_done(view.states):
-            return False
-        lease = ClaimManager(self.node, router_lease_id(spec.run_id), 1, period=self.opts.period,
-                             on_lost=self._on_lost)
-        got = await self._unless_stopped(lease.claim(wait=wait, timeout=None if wait else 30.0))
-        if got is None or self.stopping.is_set():
-            await lease.release()
-            return False
-        self._set_role("router")
-        try:
-            parts = [await fetch_cluster_clips(self.store, self.run_info, k) for k in range(spec.num_clusters)]
-            labels = np.concatenate([np.full(len(p), k, dtype=np.int64) for k, p in enumerate(parts)])
-            trainer = await asyncio.to_thread(router_trainer_from_clips, spec, ClipBatch.concat(parts), labels,
-                                              cap=schedule.router_cap, device=self.device)
-            await self._resume(trainer, "router")
-            target = max(schedule.router_target_steps, trainer.step + 1)
-            while await self._train(trainer, "router", target) and not self.stopping.is_set():
-                report = await asyncio.to_thread(trainer.evaluate)
-                event(log, "router evaluated", step=trainer.step, accuracy=report["accuracy"],
-                      per_noise_level=report["per_noise_level"])
-                states = (await read_run(self.node, spec.run_id, spec.num_clusters)).states
-                if _all_done(states):
-                    break
-                if self.opts.role == "auto" and any(s in (ClusterState.FREE, ClusterState.OFFLINE) for s in states):
-                    break  # an expert needs an owner more than the router needs more steps
-                target = trainer.step + schedule.checkpoint_every  # keep improving while experts train
-        finally:
-            await lease.release()
-            self._set_role("seeder")
-        return True
-
-    async def _resume(self, trainer, slot: str) -> None:
-        """Start from the most advanced of: the swarm's newest checkpoint of `slot`, our own last one."""
-        from expert.checkpoint import LATEST, read_meta, resolve_checkpoint
-
-        assert self.node is not None and self.store is not None and self.run_info is not None
-        spec = self.run_info.spec
-        own_root = self._checkpoint_root(slot)
-        own_step = -1
-        if (own_root / LATEST).is_file():
-            with contextlib.suppress(ParisError, OSError):
-                own_step = read_meta(resolve_checkpoint(own_root)).step
-        view = await read_run(self.node, spec.run_id, spec.num_clusters)
-        for cand in view.checkpoint_candidates(slot):  # newest first; its only holder may be gone
-            if cand.step <= own_step:
-                break
-            try:
-                path = await self.store.get(cand.cid)
-                meta = await asyncio.to_thread(trainer.load, path)
-            except (ParisError, OSError) as e:
-                log.warning("checkpoint %s of %s (step %d) is unavailable or unusable: %s", cand.cid, slot,
-                            cand.step, e)
-                continue
-            self._published[slot] = (cand.cid, meta.step)
-            self._pinned[slot] = (cand.cid, meta.step)
-            event(log, f"took over {slot} from its newest published checkpoint", step=meta.step, cid=cand.cid)
-            return
-        if own_step >= 0:
-            meta = await asyncio.to_thread(trainer.load, own_root)
-            event(log, f"resumed {slot} from our own checkpoint", step=meta.step)
-            path = resolve_checkpoint(own_root)
-            await self._publish_checkpoint(slot, path, meta)  # it may never have reached the swarm
-
-    def _checkpoint_root(self, slot: str) -> Path:
+    def checkpoint_root(self, slot: str) -> Path:
         assert self.run_info is not None
         return self.home / "checkpoints" / self.run_info.spec.run_id / slot
 
-    async def _train(self, trainer, slot: str, target: int) -> bool:
+    async def train(self, trainer, slot: str, target: int) -> bool:
+        """Drive `trainer` to `target` in a worker thread; every checkpoint is published on the event loop."""
         assert self.run_info is not None
         schedule = self.run_info.manifest.schedule
         loop = asyncio.get_running_loop()
         pending: list = []
 
         def on_checkpoint(path: Path, meta) -> None:  # worker thread: hand the publication to the event loop
-            pending.append(asyncio.run_coroutine_threadsafe(self._publish_checkpoint(slot, path, meta), loop))
+            pending.append(asyncio.run_coroutine_threadsafe(self.publisher.publish(slot, path, meta), loop))
 
-        driver = TrainingDriver(trainer, target, self._checkpoint_root(slot),
+        driver = TrainingDriver(trainer, target, self.checkpoint_root(slot),
                                 Cadence(schedule.checkpoint_every, schedule.checkpoint_minutes * 60),
                                 on_checkpoint=on_checkpoint)
         self.driver, self._slot = driver, slot
@@ -491,35 +420,7 @@ class Daemon:
             self.driver, self._slot = None, None
         return reached
 
-    async def _publish_checkpoint(self, slot: str, path: Path, meta) -> None:
-        """Put a checkpoint into the store, announce it (DHT + gossip), unpin the one it replaces."""
-        assert self.node is not None and self.store is not None and self.run_info is not None
-        run_id = self.run_info.spec.run_id
-        async with self._publish_lock:
-            try:
-                cid = await self.store.put(path)
-                size = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
-                loss = meta.loss_ema if meta.loss_ema is not None and np.isfinite(meta.loss_ema) else None
-                body = CheckpointBody(slot=slot, step=meta.step, cid=cid, bytes=size, loss=loss, ts=get_dht_time())
-                if not await publish_checkpoint(self.node, run_id, body):
-                    log.warning("no peer stored the checkpoint record of %s yet; the next one retries", slot)
-                self._published[slot] = (cid, meta.step)
-                self._replace_pin(slot, cid, meta.step)
-                await self._gossip(CheckpointEvent(run_id=run_id, slot=slot, step=meta.step, cid=cid))
-                event(log, f"published {slot} checkpoint", step=meta.step, cid=cid, bytes=size)
-            except Exception:
-                log.exception("publishing the %s checkpoint of step %d failed; the next one retries",
-                              slot, meta.step)
-
-    def _replace_pin(self, slot: str, cid: str, step: int) -> None:
-        assert self.store is not None
-        old = self._pinned.get(slot)
-        self._pinned[slot] = (cid, step)
-        if old and old[0] != cid and old[0] not in {c for c, _ in self._pinned.values()}:
-            self.store.unpin(old[0])
-            self.store.gc()
-
-    async def _gossip(self, ev) -> None:
+    async def gossip_event(self, ev) -> None:
         if self.gossip is None:
             return
         try:
@@ -527,62 +428,39 @@ class Daemon:
         except Exception as e:  # gossip is a courtesy: the DHT records are the truth
             log.debug("gossip publish failed: %s", e)
 
-    # ---- seeding --------------------------------------------------------------------------------------------
+    # ---- seeding and verifying -------------------------------------------------------------------------------
 
-    async def _seed_round(self) -> None:
-        """Replicate the run's data and every slot's newest checkpoint, then wait a period (or a gossip nudge)."""
-        assert self.node is not None and self.store is not None and self.run_info is not None
-        if self.role != "seeder":
-            self._set_role("seeder")
+    async def _seed_round(self, *, verify: bool) -> None:
+        """Hold the run's data and every slot's newest accepted checkpoint (and, verifying, attest what is new),
+        then wait a period (or a gossip nudge)."""
+        assert self.node is not None and self.run_info is not None
+        role = "verifier" if verify else "seeder"
+        if self.role != role:
+            self.set_role(role)
         spec = self.run_info.spec
         try:
-            await self.store.get(self.run_info.bundle_cid)
-            for entry in self.run_info.manifest.clusters:
-                if self.stopping.is_set():
-                    return
-                await self.store.get(entry.cid)
-            view = await read_run(self.node, spec.run_id, spec.num_clusters)
-            self._all_clusters_done_cached = _all_done(view.states)
-            for slot in [f"expert-{k}" for k in range(spec.num_clusters)] + ["router"]:
-                if self.stopping.is_set():
-                    return
-                await self._replicate(view, slot)
+            await seed_data(self)
+            view = await read_run(self.node, spec.run_id, spec.num_clusters, rules=self.rules,
+                                  local=self.checker.verdicts)
+            if verify and not self.stopping.is_set() and await verify_round(self, view):
+                view = await read_run(self.node, spec.run_id, spec.num_clusters, rules=self.rules,
+                                      local=self.checker.verdicts)
+            self._all_clusters_done_cached = all_done(view.states)
+            await replicate_accepted(self, view)
         except (ParisError, OSError) as e:
-            log.warning("seeding round incomplete: %s", e)
+            log.warning("%s round incomplete: %s", role, e)
         self._wake.clear()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wake.wait(), self.opts.period)
 
-    async def _replicate(self, view, slot: str) -> None:
-        """Hold the most advanced fetchable checkpoint of `slot`, and announce the copy (a replica record), so
-        that a takeover can still find it after its trainer is gone."""
-        assert self.node is not None and self.store is not None and self.run_info is not None
-        held = self._pinned.get(slot)
-        for cand in view.checkpoint_candidates(slot):
-            if held is not None and (held[0] == cand.cid or held[1] >= cand.step):
-                return
-            try:
-                await self.store.get(cand.cid)
-            except (ParisError, OSError) as e:
-                log.warning("could not replicate %s step %d (%s): %s", slot, cand.step, cand.cid, e)
-                continue
-            self._replace_pin(slot, cand.cid, cand.step)
-            replica = cand.model_copy(update={"replica": True, "ts": get_dht_time()})
-            await publish_checkpoint(self.node, self.run_info.spec.run_id, replica)
-            event(log, f"replicated {slot} checkpoint", step=cand.step, cid=cand.cid)
-            return
-
     async def _run_finished(self) -> bool:
         assert self.node is not None and self.run_info is not None
         spec = self.run_info.spec
-        view = await read_run(self.node, spec.run_id, spec.num_clusters)
+        view = await read_run(self.node, spec.run_id, spec.num_clusters, rules=self.rules,
+                              local=self.checker.verdicts)
         router = view.latest_checkpoint("router")
-        return (_all_done(view.states) and router is not None
+        return (all_done(view.states) and router is not None
                 and router.step >= self.run_info.manifest.schedule.router_target_steps)
-
-
-def _all_done(states) -> bool:
-    return all(s == ClusterState.DONE for s in states)
 
 
 def _tcp_maddr(host: str, port: int) -> str:

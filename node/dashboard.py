@@ -11,7 +11,8 @@ from rich.text import Text
 
 from node.swarm_view import SwarmStatus
 
-_STATE_STYLE = {"free": "dim", "joining": "yellow", "training": "green", "done": "bold cyan", "offline": "red"}
+_STATE_STYLE = {"free": "dim", "joining": "yellow", "training": "green", "verifying": "cyan", "done": "bold cyan",
+                "offline": "red"}
 
 
 def _age(seconds: float | None) -> str:
@@ -39,13 +40,17 @@ def render(status: SwarmStatus) -> Group:
         ("peers online ", "bold"), str(len(status.peers)),
     )
     table = Table(expand=True, header_style="bold", pad_edge=False)
-    for col in ("slot", "state", "owner", "step/target", "loss", "samples/s", "checkpoint", "age", "peers"):
+    for col in ("slot", "state", "owner", "step/target", "verified/claimed", "loss", "samples/s", "checkpoint",
+                "age", "peers"):
         table.add_column(col, no_wrap=True, overflow="ellipsis",
                          min_width={"slot": 8, "state": 8, "step/target": 9, "checkpoint": 12}.get(col))
     for r in status.slots:
         step = "-" if r.step is None else f"{r.step}/{r.target or '?'}"
+        verified = ("-" if r.verified_step is None else f"{r.verified_step}") + (
+            "" if r.claimed_step is None else f"/{r.claimed_step}") + (f" ✓{r.attestations}" if r.attestations else "")
         table.add_row(
             r.slot, Text(r.state, style=_STATE_STYLE.get(r.state, "")), _short(r.owner, 8), step,
+            Text(verified, style="red" if r.rejected else ""),
             "-" if r.loss is None else f"{r.loss:.4f}",
             "-" if r.samples_per_s is None else f"{r.samples_per_s:.1f}",
             _short(r.checkpoint_cid, 10) + ("" if r.checkpoint_step is None else f" @{r.checkpoint_step}"),
@@ -57,7 +62,12 @@ def render(status: SwarmStatus) -> Group:
     feed = Table.grid(padding=(0, 2))
     for e in status.events[-8:]:
         feed.add_row(time.strftime("%H:%M:%S", time.localtime(e.ts)), _short(e.sender), e.type, e.detail)
-    parts = [head, table, Panel(peers, title="peers", title_align="left")]
+    parts = [head, table]
+    refused = [f"{r.slot} {why}" for r in status.slots for why in r.rejected]
+    if refused:
+        parts.append(Panel(Text("\n".join(refused[:6]), style="red"), title="rejected checkpoints",
+                           title_align="left"))
+    parts.append(Panel(peers, title="peers", title_align="left"))
     if status.events:
         parts.append(Panel(feed, title="recent events", title_align="left"))
     for f in status.foreign:

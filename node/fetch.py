@@ -1,5 +1,7 @@
-"""`paris-node fetch`: the newest checkpoint of every expert and of the router, downloaded from whoever holds
-them, verified (CIDs, then each checkpoint's own hashes), and assembled into the diffusers-style folder."""
+"""`paris-node fetch`: the newest *accepted* checkpoint of every expert and of the router, downloaded from
+whoever holds them, verified (CIDs, each checkpoint's own hashes, then the validation loss recomputed here on
+the held-out clips against what its record claims), and assembled into the diffusers-style folder. A
+checkpoint that fails the local check is refused and the next older accepted one tried."""
 
 from __future__ import annotations
 
@@ -8,12 +10,14 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from node.bundle import LocalRun
+from node.checker import CheckpointChecker
 from protocol.atomic import atomic_write_bytes
 from protocol.errors import ParisError
 from protocol.swarm_records import CheckpointBody
 from swarm.cas import ContentStore
 from swarm.dht import SwarmNode
-from swarm.state import RunView, read_run
+from swarm.state import RunRules, RunView, read_run
 
 log = logging.getLogger("node.fetch")
 
@@ -21,25 +25,34 @@ SWARM_MANIFEST = "swarm_manifest.json"
 
 
 def plan(view: RunView, num_clusters: int, *, allow_partial: bool) -> dict[str, list[CheckpointBody]]:
-    """What to fetch: for each expert and the router, its announced checkpoints, newest first (a download
-    falls back to the next when nobody serves the newest). Names what is missing."""
-    slots = {f"expert-{k}": view.checkpoint_candidates(f"expert-{k}") for k in range(num_clusters)}
+    """What to fetch: for each expert and the router, its accepted checkpoints, newest first (a download falls
+    back to the next when nobody serves the newest or it fails the local check). Names what is missing."""
+    slots = {f"expert-{k}": view.accepted_checkpoints(f"expert-{k}") for k in range(num_clusters)}
     experts = {k: c for k in range(num_clusters) if (c := slots[f"expert-{k}"])}
-    router = view.checkpoint_candidates("router")
-    missing = [f"expert {k}" for k in range(num_clusters) if k not in experts]
+    router = view.accepted_checkpoints("router")
+    missing = [f"expert {k}{_why(view, f'expert-{k}')}" for k in range(num_clusters) if k not in experts]
     if not router:
-        raise ParisError("no router checkpoint is published yet: the ensemble cannot route"
+        raise ParisError(f"no router checkpoint is accepted yet{_why(view, 'router')}: the ensemble cannot route"
                          + (f" (also missing: {', '.join(missing)})" if missing else ""))
     if not experts:
-        raise ParisError("no expert checkpoint is published yet")
+        raise ParisError(f"no expert checkpoint is accepted yet ({', '.join(missing)})")
     if missing and not allow_partial:
         raise ParisError(f"missing {', '.join(missing)}: wait for them, or pass --allow-partial to assemble the "
                          f"{len(experts)} that exist")
     return {slot: cands for slot, cands in {**slots, "router": router}.items() if cands}
 
 
-async def fetch_ensemble(node: SwarmNode, store: ContentStore, run_id: str, num_clusters: int, out: Path, *,
-                         allow_partial: bool = False,
+def _why(view: RunView, slot: str) -> str:
+    """Why a slot has no accepted checkpoint, for the error message (the newest claim's judgement)."""
+    judged = view.judged(slot)
+    if not judged:
+        return ": nothing published yet"
+    j = judged[0]
+    return f": newest claim (step {j.claim.step}) is {j.status.value}: {j.reason}"
+
+
+async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, out: Path, *,
+                         allow_partial: bool = False, device="cpu",
                          on_progress: Callable[[str, CheckpointBody, int, int], None] | None = None) -> dict:
     """Fetch, verify, assemble into `out`; returns the swarm manifest written beside the weights.
     `on_progress(slot, body, done_bytes, total_bytes)` follows each download (for progress bars)."""
@@ -47,10 +60,13 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run_id: str, num_
 
     from expert.pipeline import assemble
 
-    view = await read_run(node, run_id, num_clusters)
+    run_id, num_clusters = run.spec.run_id, run.spec.num_clusters
+    checker = CheckpointChecker(store, run, device)
+    view = await read_run(node, run_id, num_clusters, rules=RunRules.of(run.spec, run.manifest.schedule))
     todo = plan(view, num_clusters, allow_partial=allow_partial)
     paths: dict[str, Path] = {}
     got: dict[str, CheckpointBody] = {}
+    checked: dict[str, float | None] = {}
     for slot, cands in todo.items():
         errors = []
         for body in cands:
@@ -62,10 +78,16 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run_id: str, num_
                 errors.append(f"step {body.step}: {e}")
                 log.warning("could not fetch %s step %d (%s); trying an older one", slot, body.step, e)
                 continue
-            got[slot] = body
+            result = await checker.check(body)
+            if not result.ok:
+                errors.append(f"step {body.step}: {result.reason}")
+                log.warning("refused %s step %d (%s): %s; trying an older one", slot, body.step, body.cid,
+                            result.reason)
+                continue
+            got[slot], checked[slot] = body, result.val_loss
             break
         else:
-            raise ParisError(f"no peer serves any checkpoint of {slot}: {'; '.join(errors)}")
+            raise ParisError(f"no accepted checkpoint of {slot} could be fetched and verified: {'; '.join(errors)}")
     experts = {int(s.split("-")[1]): b for s, b in got.items() if s != "router"}
     router = got["router"]
     clusters = sorted(experts)
@@ -74,12 +96,20 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run_id: str, num_
         "num_clusters": num_clusters,
         "clusters": clusters,
         "missing": [k for k in range(num_clusters) if k not in experts],
-        "experts": [{"cluster": k, "cid": experts[k].cid, "step": experts[k].step, "loss": experts[k].loss,
-                     "trained_by": view.trainers(f"expert-{k}")} for k in clusters],
-        "router": {"cid": router.cid, "step": router.step, "loss": router.loss,
-                   "trained_by": view.trainers("router")},
+        "experts": [{"cluster": k, **_provenance(view, f"expert-{k}", experts[k], checked[f"expert-{k}"])}
+                    for k in clusters],
+        "router": _provenance(view, "router", router, checked["router"]),
     }
     await asyncio.to_thread(assemble, [paths[f"expert-{k}"] for k in clusters], paths["router"], out,
                             extra={"swarm": manifest}, clusters=clusters)
     atomic_write_bytes(Path(out) / SWARM_MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
     return manifest
+
+
+def _provenance(view: RunView, slot: str, body: CheckpointBody, val_loss: float | None) -> dict:
+    """What the swarm manifest says about one fetched checkpoint: where it came from and who vouched for it."""
+    votes = [a for _, a in view.attestations if a.cid == body.cid]
+    return {"cid": body.cid, "step": body.step, "loss": body.loss, "parent": body.parent,
+            "val_loss": val_loss, "val_loss_claimed": body.val_loss, "trained_by": view.trainers(slot),
+            "attestations": [{"verdict": a.verdict, "val_loss": a.val_loss, "replayed": a.replayed}
+                             for a in votes]}

@@ -13,7 +13,7 @@ from protocol.swarm_records import ClusterState, MemberBody
 from protocol.swarm_run import router_lease_id
 from swarm.cas import ContentStore
 from swarm.dht import SwarmNode
-from swarm.state import RunView, read_run
+from swarm.state import RunRules, RunView, read_run
 
 
 class SlotRow(BaseModel):
@@ -29,6 +29,11 @@ class SlotRow(BaseModel):
     checkpoint_step: int | None = None
     checkpoint_age_s: float | None = None
     providers: int = 0
+    verified_step: int | None = None  # the newest accepted checkpoint (acceptance rule, with the run's rules)
+    claimed_step: int | None = None  # the newest checkpoint anyone announced, accepted or not
+    attestations: int = 0  # accepting verifiers of the verified checkpoint
+    pending: int = 0  # claims awaiting attestations
+    rejected: list[str] = []  # "step N (cid): reason" for refused claims, newest first (at most 3)
 
 
 class PeerRow(BaseModel):
@@ -65,7 +70,9 @@ async def gather_status(node: SwarmNode, run_id: str, *, spec=None, schedule=Non
                         store: ContentStore | None = None) -> SwarmStatus:
     """Read the run (and the router's lease) from the DHT and count providers of each newest checkpoint."""
     k = spec.num_clusters if spec is not None else None
-    view, router_view = await asyncio.gather(read_run(node, run_id, k), read_run(node, router_lease_id(run_id), 1))
+    rules = RunRules.of(spec, schedule) if spec is not None and schedule is not None else None
+    view, router_view = await asyncio.gather(read_run(node, run_id, k, rules=rules),
+                                             read_run(node, router_lease_id(run_id), 1))
     now = get_dht_time()
     slots = [_slot_row(view, f"expert-{c}", c, view.states[c].value if c < len(view.states) else "free",
                        view.owners.get(c), now) for c in range(view.num_clusters)]
@@ -94,6 +101,16 @@ async def gather_status(node: SwarmNode, run_id: str, *, spec=None, schedule=Non
 def _slot_row(view: RunView, slot: str, cluster: int | None, state: str, owner: str | None, now: float) -> SlotRow:
     row = SlotRow(slot=slot, cluster=cluster, state=state, owner=owner)
     newest = view.latest_checkpoint(slot)
+    claimed = view.latest_claimed(slot)
+    row.claimed_step = None if claimed is None else claimed.step
+    if view.rules is not None:
+        judged = view.judged(slot)
+        best = next((j for j in judged if j.accepted), None)
+        row.verified_step = None if best is None else best.claim.step
+        row.attestations = 0 if best is None else best.accepts
+        row.pending = sum(j.status.value == "pending" for j in judged)
+        row.rejected = [f"step {j.claim.step} ({j.claim.cid[-8:]}): {j.reason}" for j in judged
+                        if j.status.value == "rejected"][:3]
     if newest is not None:
         row.checkpoint_cid, row.checkpoint_step = newest.cid, newest.step
         row.checkpoint_age_s, row.loss = max(0.0, now - newest.ts), newest.loss

@@ -52,7 +52,8 @@ class ClusterState(str, Enum):
     FREE = "free"
     JOINING = "joining"
     TRAINING = "training"
-    DONE = "done"
+    VERIFYING = "verifying"  # a checkpoint at the target awaits the attestations that would accept it
+    DONE = "done"  # an accepted checkpoint at or beyond the target exists
     OFFLINE = "offline"
 
 
@@ -65,7 +66,7 @@ class MemberBody(Frozen):
     peer_id: PeerIdStr
     maddrs: tuple[Maddr, ...] = Field(default=(), max_length=16)
     gossip_maddrs: tuple[Maddr, ...] = Field(default=(), max_length=16)
-    role: Literal["auto", "expert", "router", "seeder", "observer"] = "auto"
+    role: Literal["auto", "expert", "router", "seeder", "verifier", "observer"] = "auto"
     ts: Timestamp
 
 
@@ -114,16 +115,42 @@ class ProgressBody(Frozen):
     ts: Timestamp
 
 
+Slot = Annotated[str, Field(pattern=r"^(expert-[0-9]{1,4}|router)$")]
+
+
 class CheckpointBody(Frozen):
-    """`paris/{run}/checkpoints`, subkey `owner#slot`: a published checkpoint of an expert or the router."""
+    """`paris/{run}/checkpoints`: a published checkpoint of an expert or the router. A trainer's record has
+    subkey `owner#cid` (one per checkpoint, so the lineage stays readable); a seeder's replica record has
+    `owner#slot` (the one copy of the slot it holds now). Every field is the writer's claim: see
+    swarm.acceptance for what makes a checkpoint count."""
 
     kind: Literal["checkpoint"] = "checkpoint"
-    slot: str = Field(pattern=r"^(expert-[0-9]{1,4}|router)$")
+    slot: Slot
     step: int = Field(ge=0)
     cid: Cid
     bytes: int = Field(ge=0)
-    loss: float | None = Field(default=None, allow_inf_nan=False)
+    loss: float | None = Field(default=None, allow_inf_nan=False)  # training loss (EMA), informative only
+    parent: Cid | None = None  # the checkpoint it was trained from; None: the step-0 initialisation
+    val_loss: float | None = Field(default=None, allow_inf_nan=False)  # the trainer's validation loss
     replica: bool = False  # True: a seeder announcing a copy it holds, not the trainer announcing its work
+    ts: Timestamp
+
+
+class AttestationBody(Frozen):
+    """`paris/{run}/attestations`, subkey `owner#cid`: a verifier's signed verdict on one checkpoint, with
+    what it found inside (step, parent) and the validation loss it recomputed. Ranks what consumers
+    download first; it never replaces their own check."""
+
+    kind: Literal["attestation"] = "attestation"
+    slot: Slot
+    cid: Cid
+    step: int = Field(ge=0)
+    parent: Cid | None = None
+    val_loss: float | None = Field(default=None, allow_inf_nan=False)
+    verdict: Literal["accept", "reject"]
+    reason: str = Field(default="", max_length=300)
+    replayed: bool = False  # the interval from the parent was re-trained and compared
+    replay_exact: bool | None = None  # bit for bit (CPU), or only within the replay tolerance
     ts: Timestamp
 
 
@@ -139,7 +166,8 @@ class ProviderBody(Frozen):
 
 
 Body = Annotated[
-    MemberBody | RunPointerBody | ClaimBody | DoneBody | ProgressBody | CheckpointBody | ProviderBody,
+    MemberBody | RunPointerBody | ClaimBody | DoneBody | ProgressBody | CheckpointBody | AttestationBody
+    | ProviderBody,
     Field(discriminator="kind"),
 ]
 
@@ -179,13 +207,13 @@ class ForeignMember(Frozen):
 # ---- keys -------------------------------------------------------------------------------------------------
 
 _KEY_KINDS = {"members": "member", "spec": "spec", "claims": "claim", "done": "done", "progress": "progress",
-              "checkpoints": "checkpoint"}
+              "checkpoints": "checkpoint", "attestations": "attestation"}
 _RUN_KEY_RE = re.compile(rf"^paris/({RUN_ID_PATTERN})/([a-z]+)$")
 _CAS_KEY_RE = re.compile(rf"^paris/cas/({CID_PATTERN})$")
 RUNS_KEY = "paris/runs"  # every run's spec pointer, one per creator: how a joiner with no --run finds one
 
 
-RunKeyName = Literal["members", "spec", "claims", "done", "progress", "checkpoints"]
+RunKeyName = Literal["members", "spec", "claims", "done", "progress", "checkpoints", "attestations"]
 
 
 def run_key(run_id: str, what: RunKeyName) -> str:
@@ -216,7 +244,9 @@ def subkey_suffix(body: Body) -> str:
     if isinstance(body, DoneBody):
         return f"#{body.cluster}"
     if isinstance(body, CheckpointBody):
-        return f"#{body.slot}"
+        return f"#{body.slot}" if body.replica else f"#{body.cid}"
+    if isinstance(body, AttestationBody):
+        return f"#{body.cid}"
     return ""
 
 

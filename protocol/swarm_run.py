@@ -27,21 +27,34 @@ def router_lease_id(run_id: str) -> str:
 
 
 class ClusterData(Frozen):
-    """One cluster's clips as a data set of their own (safetensors shards + manifest) in the content store."""
+    """One cluster's clips as data sets of their own (safetensors shards + manifest) in the content store:
+    the training clips (`cid`), and the held-out clips of the run's validation split (`holdout_cid`), which
+    verifiers fetch without the rest."""
 
     cluster: int = Field(ge=0, lt=1024)
     cid: Cid
     clips: int = Field(ge=1)
     bytes: int = Field(ge=0)
+    holdout_cid: Cid
+    holdout_clips: int = Field(ge=1)
+    holdout_bytes: int = Field(ge=0)
 
 
 class Schedule(Frozen):
-    """When daemons publish checkpoints and when the router counts as trained."""
+    """When daemons publish checkpoints, when the router counts as trained, and what makes a checkpoint count
+    (see swarm.acceptance): `attestations` verifiers other than its trainer (0: a private swarm that trusts
+    the rule's other checks and every consumer's own recomputation), a validation loss no worse than its
+    parent's by more than `loss_tolerance` (relative), and at most `checkpoint_every` steps past its parent.
+    Verifiers replay one interval in `replay_every` (0: never)."""
 
     checkpoint_every: int = Field(default=100, ge=1)  # steps
     checkpoint_minutes: float = Field(default=10.0, gt=0)
     router_target_steps: int = Field(default=500, ge=1)
     router_cap: int = Field(default=2000, ge=1)  # clips per cluster in the router's stratified sample
+    attestations: int = Field(default=1, ge=0, le=64)
+    loss_tolerance: float = Field(default=0.1, ge=0, le=10)
+    replay_every: int = Field(default=10, ge=0)
+    replay_tolerance: float = Field(default=0.01, gt=0, lt=1)  # ‖replayed − published‖ / ‖published − parent‖
 
 
 class SwarmRunManifest(Frozen):

@@ -31,6 +31,8 @@ class Snapshot:
     num_clusters: int
     claims: tuple[ClaimView, ...] = ()
     done: frozenset[int] = field(default_factory=frozenset)
+    # clusters whose checkpoint at the target awaits attestations: not DONE yet, not claimable either
+    awaiting: frozenset[int] = field(default_factory=frozenset)
 
     def on(self, cluster: int) -> list[ClaimView]:
         return [c for c in self.claims if c.cluster == cluster]
@@ -53,12 +55,14 @@ def winner(snapshot: Snapshot, cluster: int, salt: str = "") -> str | None:
 
 
 def cluster_states(snapshot: Snapshot, salt: str = "") -> list[ClusterState]:
-    """What a dashboard shows: DONE > TRAINING > JOINING > OFFLINE (recently released) > FREE."""
+    """What a dashboard shows: DONE > VERIFYING > TRAINING > JOINING > OFFLINE (recently released) > FREE."""
     states = []
     for k in range(snapshot.num_clusters):
         seen = {c.state for c in snapshot.on(k)}
         if k in snapshot.done or ClaimState.DONE in seen:
             states.append(ClusterState.DONE)
+        elif k in snapshot.awaiting:
+            states.append(ClusterState.VERIFYING)
         elif ClaimState.TRAINING in seen:
             states.append(ClusterState.TRAINING)
         elif ClaimState.JOINING in seen:
@@ -83,10 +87,12 @@ def choose_cluster(snapshot: Snapshot, me: str, salt: str = "", exclude: Iterabl
     """The cluster `me` should announce, or None if every unfinished cluster already has an owner.
 
     1. My own live lease that I still win (a restarted node takes its cluster back).
-    2. Otherwise a cluster that is not DONE and has no incumbent, preferring the least covered one (joiners
+    2. Otherwise a cluster that is not DONE (nor awaiting the attestations that would make it DONE) and has
+       no incumbent, preferring the least covered one (joiners
        count as coverage), ties broken by rendezvous hash so simultaneous joiners spread out.
     """
     excluded = set(exclude)
+    excluded |= snapshot.awaiting
     for c in snapshot.claims:
         if (c.peer_id == me and c.state in _CONTENDING and c.cluster not in snapshot.done
                 and c.cluster not in excluded and winner(snapshot, c.cluster, salt) == me):

@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from hivemind.utils.timed_storage import get_dht_time
 
 from protocol.swarm_records import ClaimBody, ClaimState, ClusterState, DoneBody, run_key
+from swarm.acceptance import Status
 from swarm.claim_logic import ClaimView, Snapshot, choose_cluster, cluster_states, winner
 from swarm.dht import SwarmNode
 
@@ -31,15 +32,19 @@ class ClaimManager:
     wait after announcing before deciding (must exceed DHT store latency). `max_delay`: random delay before
     each attempt, so simultaneous joiners do not move in lockstep. `on_lost(cluster)` is called if a renewal
     finds that another node owns our cluster (after a partition heals, say); the manager then owns nothing.
+    `done_oracle()` says which clusters reached their target by the run's acceptance rule (cluster → ACCEPTED,
+    PENDING or None); without one, DONE records are taken at their word (tests of the lease protocol alone).
     """
 
     def __init__(self, node: SwarmNode, run_id: str, num_clusters: int, *, period: float = 10.0,
                  lease_periods: float = 3.0, settle: float = 2.0, max_delay: float = 1.0,
-                 on_lost: Callable[[int], None] | None = None, rng: random.Random | None = None):
+                 on_lost: Callable[[int], None] | None = None, rng: random.Random | None = None,
+                 done_oracle: Callable[[], Awaitable[dict[int, Status | None]]] | None = None):
         self.node, self.run_id, self.num_clusters = node, run_id, num_clusters
         self.period, self.lease = period, period * lease_periods
         self.settle, self.max_delay = settle, max_delay
         self.on_lost = on_lost
+        self.done_oracle = done_oracle
         self._rng = rng or random.Random()
         self._key = run_key(run_id, "claims")
         self._done_key = run_key(run_id, "done")
@@ -56,15 +61,20 @@ class ClaimManager:
         return self.node.peer_id
 
     async def snapshot(self) -> Snapshot:
+        if self.done_oracle is not None:
+            from swarm.state import verified_snapshot
+
+            claims, reach = await asyncio.gather(self.node.get(self._key), self.done_oracle())
+            return verified_snapshot(self.num_clusters, self._leases(claims), reach)
         claims, done = await asyncio.gather(self.node.get(self._key), self.node.get(self._done_key))
-        views = tuple(
-            ClaimView(r.body.peer_id, r.body.cluster, r.body.state, r.body.since)
-            for r in claims.records
-            if isinstance(r.body, ClaimBody) and r.body.cluster < self.num_clusters
-        )
+        views = tuple(self._leases(claims))
         done_set = frozenset(r.body.cluster for r in done.records
                              if isinstance(r.body, DoneBody) and r.body.cluster < self.num_clusters)
         return Snapshot(self.num_clusters, views, done_set)
+
+    def _leases(self, claims) -> list[ClaimView]:
+        return [ClaimView(r.body.peer_id, r.body.cluster, r.body.state, r.body.since) for r in claims.records
+                if isinstance(r.body, ClaimBody) and r.body.cluster < self.num_clusters]
 
     async def cluster_states(self) -> list[ClusterState]:
         return cluster_states(await self.snapshot(), self.run_id)
@@ -79,7 +89,7 @@ class ClaimManager:
         while deadline is None or asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(self._rng.uniform(0, self.max_delay))
             snap = await self.snapshot()
-            if len(snap.done) == self.num_clusters:
+            if len(snap.done | snap.awaiting) == self.num_clusters:
                 return None
             choice = choose_cluster(snap, self.me, self.run_id, exclude)
             if choice is None:

@@ -4,14 +4,16 @@ refs, and read a whole run back as one typed view. Thin I/O over SwarmNode; deci
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hivemind.utils.timed_storage import get_dht_time
 
 from protocol.swarm_records import (
     RUNS_KEY,
+    AttestationBody,
     CheckpointBody,
     ClaimBody,
+    ClaimState,
     ClusterState,
     DoneBody,
     ForeignMember,
@@ -20,6 +22,8 @@ from protocol.swarm_records import (
     RunPointerBody,
     run_key,
 )
+from protocol.swarm_run import Schedule
+from swarm.acceptance import Claim, Judgement, Policy, Status, Vote, accepted, judge, reached
 from swarm.claim_logic import ClaimView, Snapshot, cluster_states, owners
 from swarm.dht import Signed, SwarmNode
 from swarm.identity import peer_id_of_public_key
@@ -27,6 +31,34 @@ from swarm.identity import peer_id_of_public_key
 SPEC_TTL = 30 * 24 * 3600.0
 PROGRESS_TTL = 120.0
 CHECKPOINT_TTL = 14 * 24 * 3600.0
+ATTESTATION_TTL = 14 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class RunRules:
+    """What makes a checkpoint of this run count (swarm.acceptance.Policy) and each slot's target. Built from
+    the verified bundle; `init_losses` holds the initialisation's validation loss of slots this node knows."""
+
+    policy: Policy
+    expert_target: int
+    router_target: int
+    init_losses: tuple[tuple[str, float], ...] = ()
+
+    @classmethod
+    def of(cls, spec, schedule: Schedule) -> RunRules:
+        policy = Policy(attestations=schedule.attestations, max_interval=schedule.checkpoint_every,
+                        loss_tolerance=schedule.loss_tolerance, val_rtol=spec.validation.rtol)
+        return cls(policy, spec.preset.train.target_steps, schedule.router_target_steps)
+
+    def for_slot(self, slot: str) -> Policy:
+        init = dict(self.init_losses).get(slot)
+        return self.policy if init is None else replace(self.policy, init_loss=init)
+
+    def target(self, slot: str) -> int:
+        return self.router_target if slot == "router" else self.expert_target
+
+    def with_init_loss(self, slot: str, loss: float) -> RunRules:
+        return replace(self, init_losses=tuple(sorted({**dict(self.init_losses), slot: loss}.items())))
 
 
 async def publish_spec_pointer(node: SwarmNode, run_id: str, spec_cid: str, num_clusters: int) -> bool:
@@ -55,6 +87,11 @@ async def publish_checkpoint(node: SwarmNode, run_id: str, body: CheckpointBody,
     return await node.put(run_key(run_id, "checkpoints"), body, get_dht_time() + ttl)
 
 
+async def publish_attestation(node: SwarmNode, run_id: str, body: AttestationBody,
+                              ttl: float = ATTESTATION_TTL) -> bool:
+    return await node.put(run_key(run_id, "attestations"), body, get_dht_time() + ttl)
+
+
 @dataclass(frozen=True)
 class RunView:
     """Everything the DHT says about a run, validated, keyed by the owners' peer ids."""
@@ -70,15 +107,50 @@ class RunView:
     done: tuple[tuple[str, DoneBody], ...]
     states: tuple[ClusterState, ...]
     owners: dict[int, str]
+    attestations: tuple[tuple[str, AttestationBody], ...] = ()
+    rules: RunRules | None = None
+    local: tuple[tuple[str, Vote], ...] = ()  # this node's own checks (CID → what it found), see acceptance
+
+    def slot_claims(self, slot: str) -> list[Claim]:
+        """The trainers' checkpoint records of `slot` as acceptance claims (seeders' replicas left out)."""
+        return [Claim(peer, c.cid, c.step, c.parent, c.val_loss, c.ts) for peer, c in self.checkpoints
+                if c.slot == slot and not c.replica]
+
+    def slot_votes(self, slot: str) -> list[Vote]:
+        return [Vote(peer, a.cid, a.step, a.parent, a.val_loss, a.verdict == "accept", a.reason, a.replayed)
+                for peer, a in self.attestations if a.slot == slot]
+
+    def judged(self, slot: str) -> list[Judgement]:
+        """Every claim of `slot` judged by the run's acceptance rule, most advanced first."""
+        if self.rules is None:
+            raise ValueError("judging checkpoints needs the run's rules (read_run(..., rules=...))")
+        return judge(self.slot_claims(slot), self.slot_votes(slot), self.rules.for_slot(slot), dict(self.local))
+
+    def accepted_checkpoints(self, slot: str) -> list[CheckpointBody]:
+        """The accepted checkpoints of `slot`, most advanced first: what takeover, seeders and fetch try, each
+        checking the weights itself before use."""
+        bodies = {(c.cid, c.step, c.parent): c for _, c in self.checkpoints if c.slot == slot and not c.replica}
+        out, seen = [], set()
+        for j in accepted(self.judged(slot)):
+            key = (j.claim.cid, j.claim.step, j.claim.parent)
+            if key not in seen:
+                seen.add(key)
+                out.append(bodies[key])
+        return out
 
     def latest_checkpoint(self, slot: str) -> CheckpointBody | None:
-        """The most advanced published checkpoint of `slot` (`expert-<k>` or `router`)."""
+        """The most advanced accepted checkpoint of `slot` (with rules), else the most advanced announced one."""
+        cands = self.accepted_checkpoints(slot) if self.rules is not None else self.checkpoint_candidates(slot)
+        return cands[0] if cands else None
+
+    def latest_claimed(self, slot: str) -> CheckpointBody | None:
+        """The most advanced checkpoint of `slot` that anyone announced, accepted or not (the claimed step)."""
         cands = self.checkpoint_candidates(slot)
         return cands[0] if cands else None
 
     def checkpoint_candidates(self, slot: str) -> list[CheckpointBody]:
-        """Every distinct checkpoint of `slot` announced by a trainer or a seeder, most advanced first: if the
-        newest one's only holder is gone, the next one may still be fetchable."""
+        """Every distinct checkpoint of `slot` announced by a trainer or a seeder, most advanced first, with no
+        judgement at all (for display; consumers use accepted_checkpoints)."""
         best: dict[str, CheckpointBody] = {}
         for _, c in self.checkpoints:
             if c.slot == slot and (c.cid not in best or not c.replica):
@@ -90,9 +162,18 @@ class RunView:
         return sorted({peer for peer, c in self.checkpoints if c.slot == slot and not c.replica})
 
 
-async def read_run(node: SwarmNode, run_id: str, num_clusters: int | None = None) -> RunView:
-    """One consistent-enough read of every record of a run (all keys fetched concurrently)."""
-    keys = ("spec", "members", "claims", "progress", "checkpoints", "done")
+def verified_done(rules: RunRules, claims: list[Claim], votes: list[Vote], slot: str,
+                  local: dict[str, Vote] | None = None) -> Status | None:
+    """Whether `slot` reached its target by the acceptance rule: ACCEPTED, PENDING (awaiting attestations), None."""
+    return reached(judge(claims, votes, rules.for_slot(slot), local), rules.target(slot))
+
+
+async def read_run(node: SwarmNode, run_id: str, num_clusters: int | None = None, *, rules: RunRules | None = None,
+                   local: dict[str, Vote] | None = None) -> RunView:
+    """One consistent-enough read of every record of a run (all keys fetched concurrently). With `rules`, a
+    cluster is DONE only when an accepted checkpoint at or past its target exists (DONE records and DONE
+    leases are claims, not facts), and VERIFYING while one awaits attestations."""
+    keys = ("spec", "members", "claims", "progress", "checkpoints", "done", "attestations")
     sets = dict(zip(keys, await asyncio.gather(*(node.get(run_key(run_id, k)) for k in keys)), strict=True))
     specs = tuple(r.body for r in sets["spec"].records if isinstance(r.body, RunPointerBody))
     if num_clusters is None:
@@ -107,17 +188,33 @@ async def read_run(node: SwarmNode, run_id: str, num_clusters: int | None = None
 
     claims = by_peer(ClaimBody)
     done = tuple((_peer_of(r), r.body) for r in sets["done"].records if isinstance(r.body, DoneBody))
-    snap = Snapshot(num_clusters,
-                    tuple(ClaimView(c.peer_id, c.cluster, c.state, c.since) for c in claims.values()
-                          if c.cluster < num_clusters),
-                    frozenset(d.cluster for _, d in done if d.cluster < num_clusters))
-    return RunView(
+    checkpoints = tuple((_peer_of(r), r.body) for r in sets["checkpoints"].records
+                        if isinstance(r.body, CheckpointBody))
+    attestations = tuple((_peer_of(r), r.body) for r in sets["attestations"].records
+                         if isinstance(r.body, AttestationBody))
+    view = RunView(
         run_id=run_id, num_clusters=num_clusters, specs=specs, members=by_peer(MemberBody),
-        foreign=sets["members"].foreign, claims=claims, progress=by_peer(ProgressBody),
-        checkpoints=tuple((_peer_of(r), r.body) for r in sets["checkpoints"].records
-                          if isinstance(r.body, CheckpointBody)),
-        done=done, states=tuple(cluster_states(snap, run_id)), owners=owners(snap, run_id),
-    )
+        foreign=sets["members"].foreign, claims=claims, progress=by_peer(ProgressBody), checkpoints=checkpoints,
+        done=done, states=(), owners={}, attestations=attestations, rules=rules,
+        local=tuple(sorted((local or {}).items(), key=lambda kv: kv[0])))
+    leases = [ClaimView(c.peer_id, c.cluster, c.state, c.since) for c in claims.values() if c.cluster < num_clusters]
+    if rules is None:
+        snap = Snapshot(num_clusters, tuple(leases), frozenset(d.cluster for _, d in done if d.cluster < num_clusters))
+    else:
+        reach = {k: verified_done(rules, view.slot_claims(f"expert-{k}"), view.slot_votes(f"expert-{k}"),
+                                  f"expert-{k}", local) for k in range(num_clusters)}
+        snap = verified_snapshot(num_clusters, leases, reach)
+    return replace(view, states=tuple(cluster_states(snap, run_id)), owners=owners(snap, run_id))
+
+
+def verified_snapshot(num_clusters: int, leases: list[ClaimView], reach: dict[int, Status | None]) -> Snapshot:
+    """A claim snapshot whose DONE comes from the acceptance rule: a lease that says DONE for a cluster without
+    an accepted checkpoint at its target counts as an ordinary incumbent lease."""
+    done = frozenset(k for k, r in reach.items() if r == Status.ACCEPTED)
+    awaiting = frozenset(k for k, r in reach.items() if r == Status.PENDING)
+    fixed = tuple(c if c.state != ClaimState.DONE or c.cluster in done else replace(c, state=ClaimState.TRAINING)
+                  for c in leases)
+    return Snapshot(num_clusters, fixed, done, awaiting)
 
 
 def _peer_of(record: Signed) -> str:

@@ -118,7 +118,7 @@ def swarm(tmp_path_factory):
 def test_three_daemons_train_take_over_seed_and_fetch(swarm):
     root, start = swarm
     # the bootstrap starts the demo run and seeds; two workers join and train
-    boot = start("boot", *common(), "--role", "seeder")
+    boot = start("boot", *common(), "--role", "verifier")
     boot.wait_for(lambda e: e.get("msg", "").startswith("new swarm started"), 240, "bootstrap ready")
     info = json.loads((root / "boot" / "node.json").read_text())
     assert info["run_id"] and info["maddrs"] and info["pid"] == boot.proc.pid

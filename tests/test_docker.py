@@ -29,7 +29,7 @@ IGNORE = DOCKER / "Dockerfile.dockerignore"
 NODES_PER_PROFILE = {"gpu": ["worker-1", "worker-2", "worker-3"],
                      "cpu": ["cpu-worker-1", "cpu-worker-2", "cpu-worker-3"]}
 VARIANTS = {"cuda": "0", "cpu": "cpu"}  # Dockerfile VARIANT → the `--gpu` its default command uses
-CHOICES = {"--role": {"auto", "expert", "router", "seeder"}, "--log-format": {"text", "json"},
+CHOICES = {"--role": {"auto", "expert", "router", "verifier", "seeder"}, "--log-format": {"text", "json"},
            "--preset": {"tiny", "small", "base", "large"}}
 
 

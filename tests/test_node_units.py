@@ -21,7 +21,8 @@ from protocol.canonical import canonical_json
 from protocol.errors import IntegrityError, ParisError
 from protocol.swarm_records import CheckpointBody, ClusterState
 from protocol.swarm_run import SPEC_FILE, SWARM_FILE, ClusterData, SwarmRunManifest
-from swarm.state import RunView
+from swarm.acceptance import Policy
+from swarm.state import RunRules, RunView
 
 PEER_A = "QmS68mngh9LRAR6ooCHVELGZL6p67DtHRrxsBtDfV4f7GX"
 PEER_B = "QmWX2GnKGWdZWgjeAkzzZyF6MVrJtgGKoBZxNZsxP2jDTZ"
@@ -32,13 +33,17 @@ def _cid(i: int) -> str:
     return "bagaaiera" + "abcdefghijklmnop"[i] * 50
 
 
-def _ck(slot: str, step: int, cid: str, *, replica: bool = False, ts: float = 100.0) -> CheckpointBody:
-    return CheckpointBody(slot=slot, step=step, cid=cid, bytes=10, replica=replica, ts=ts)
+def _ck(slot: str, step: int, cid: str, *, replica: bool = False, ts: float = 100.0, parent: str | None = None,
+        val_loss: float | None = 0.5) -> CheckpointBody:
+    return CheckpointBody(slot=slot, step=step, cid=cid, bytes=10, replica=replica, ts=ts, parent=parent,
+                          val_loss=val_loss)
 
 
-def _view(checkpoints, k: int = 2) -> RunView:
+def _view(checkpoints, k: int = 2, *, attestations=(), q: int = 0) -> RunView:
+    rules = RunRules(Policy(attestations=q, max_interval=100), expert_target=100, router_target=100)
     return RunView(run_id="run-x", num_clusters=k, specs=(), members={}, foreign=(), claims={}, progress={},
-                   checkpoints=tuple(checkpoints), done=(), states=tuple([ClusterState.FREE] * k), owners={})
+                   checkpoints=tuple(checkpoints), done=(), states=tuple([ClusterState.FREE] * k), owners={},
+                   attestations=tuple(attestations), rules=rules)
 
 
 # ---- node.json ----
@@ -94,6 +99,22 @@ def test_fetch_plan_names_missing_parts():
         plan(_view([(PEER_A, _ck("expert-0", 9, _cid(0)))]), 2, allow_partial=True)
 
 
+def test_fetch_plan_takes_only_accepted_checkpoints():
+    honest = _ck("expert-0", 9, _cid(0))
+    poison = _ck("expert-0", 10**6, _cid(3))  # a random-weight checkpoint at a huge step: no lineage
+    reannounced = _ck("expert-0", 10**6, _cid(0), parent=None)  # an honest CID re-announced at a huge step
+    lossless = _ck("expert-0", 50, _cid(4), parent=_cid(0), val_loss=None)
+    view = _view([(PEER_A, honest), (PEER_B, poison), (PEER_B, reannounced), (PEER_B, lossless),
+                  (PEER_A, _ck("expert-1", 9, _cid(1))), (PEER_A, _ck("router", 3, _cid(2)))])
+    assert [c.step for c in plan(view, 2, allow_partial=False)["expert-0"]] == [9]
+    rejected = {j.claim.step: j.reason for j in view.judged("expert-0") if not j.accepted}
+    assert "not 1..100 steps past" in rejected[10**6] and "validation loss" in rejected[50]
+    # with a quorum of one, an unattested checkpoint is not fetched, and the error says why
+    with pytest.raises(ParisError, match=r"expert 0: newest claim \(step 1000000\) is rejected"):
+        plan(_view([(PEER_A, honest), (PEER_B, poison), (PEER_A, _ck("router", 3, _cid(2)))], q=1), 2,
+             allow_partial=False)
+
+
 # ---- dashboard ----
 
 
@@ -121,13 +142,16 @@ def test_bundle_split_and_verification(tiny_run, synth_dir, tmp_path):
     dirs = split_by_cluster(spec, synth_dir, tmp_path / "clusters")
     from expert.shards import load_dataset
 
-    sizes = [len(load_dataset(d)[1]) for d in dirs]
-    assert sizes == [len(spec.cluster_clips(k)) for k in range(2)]
+    sizes = [len(load_dataset(d)[1]) for d, _ in dirs]
+    held = [len(load_dataset(h)[1]) for _, h in dirs]
+    assert sizes == [len(spec.train_clips(k)) for k in range(2)]
+    assert held == [len(spec.holdout_clips(k)) for k in range(2)]
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     spec.save(bundle / SPEC_FILE)
     good = SwarmRunManifest(run_id=spec.run_id, created_by=PEER_A, created_at=1.0, clusters=tuple(
-        ClusterData(cluster=k, cid=_cid(k), clips=n, bytes=1) for k, n in enumerate(sizes)))
+        ClusterData(cluster=k, cid=_cid(k), clips=n, bytes=1, holdout_cid=_cid(k + 5), holdout_clips=h,
+                    holdout_bytes=1) for k, (n, h) in enumerate(zip(sizes, held, strict=True))))
     (bundle / SWARM_FILE).write_bytes(canonical_json(good))
     assert _verify_bundle(bundle, spec.run_id, CID).spec.run_id == spec.run_id
     with pytest.raises(IntegrityError, match="holds run"):
@@ -142,7 +166,8 @@ def test_bundle_split_and_verification(tiny_run, synth_dir, tmp_path):
 def test_swarm_manifest_rejects_clusters_out_of_order():
     with pytest.raises(ValueError, match=r"0\.\.K-1"):
         SwarmRunManifest(run_id="run-x", created_by=PEER_A, created_at=1.0,
-                         clusters=(ClusterData(cluster=1, cid=CID, clips=1, bytes=1),))
+                         clusters=(ClusterData(cluster=1, cid=CID, clips=1, bytes=1, holdout_cid=CID, holdout_clips=1,
+                                               holdout_bytes=1),))
 
 
 # ---- logs and network flags ----

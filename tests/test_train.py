@@ -69,7 +69,7 @@ def test_checkpoint_of_another_config_or_cluster_is_refused(tiny_run, trainer, t
     other = ExpertTrainer(other_preset, _clips(spec))
     with pytest.raises(ConfigMismatchError, match=r"backbone\.num_layers"):
         other.load(tmp_path)
-    with pytest.raises(ConfigMismatchError, match="cluster 0, not 1"):
+    with pytest.raises(ConfigMismatchError, match="cluster 0, not cluster 1"):
         trainer_for_run(spec, 1).load(tmp_path)
 
 

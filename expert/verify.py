@@ -1,0 +1,106 @@
+"""Checking a checkpoint's content against what its record claims, and replaying the interval it covers.
+
+Both take a fresh trainer of the slot (built exactly as its trainer built it: same preset, seed, run, cluster,
+training clips and held-out split), so the checks reuse the loading code's verification (hashes, kind, run,
+cluster, preset) and the run's deterministic validation loss. No networking: node.checker fetches the bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from expert.checkpoint import read_group
+from expert.train import Trainer
+from expert.validation import losses_agree
+from protocol.checkpoint import CheckpointMeta
+from protocol.errors import ParisError
+
+
+@dataclass(frozen=True)
+class ContentReport:
+    """`content_ok`: the checkpoint itself is sound (loads for this slot, finite, its own checkpoint.json's
+    validation loss recomputes); `ok`: and its record told the truth about it (step, parent, loss)."""
+
+    ok: bool
+    reason: str
+    val_loss: float | None = None
+    meta: CheckpointMeta | None = None
+    content_ok: bool = False
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    ok: bool
+    exact: bool
+    rel_error: float  # ‖replayed − published‖ / ‖published − parent‖ over the model's weights
+    steps: int
+    reason: str = ""
+
+
+def _finite(tensors: dict[str, torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point())
+
+
+def check_content(trainer: Trainer, path: Path, *, step: int, parent: str | None, claimed_loss: float | None,
+                  rtol: float) -> ContentReport:
+    """Load `path` into `trainer` (verifying it fits the slot), then check that it holds what was claimed:
+    the step and parent of its record, finite weights, and a validation loss that matches the claim."""
+    try:
+        meta = trainer.load(path)
+    except (ParisError, OSError, ValueError) as e:
+        return ContentReport(False, f"unusable: {e}")
+    if not (_finite(trainer.model.state_dict()) and _finite(trainer.ema.state_dict())):
+        return ContentReport(False, "weights hold NaN or Inf", meta=meta)
+    loss = trainer.validation_loss()
+    if loss is None:
+        raise ParisError("this trainer has no held-out split: it cannot verify checkpoints")
+    if meta.val_loss is None or not losses_agree(loss, meta.val_loss, rtol):
+        return ContentReport(False, f"validation loss recomputed {loss:.6g}, checkpoint.json says {meta.val_loss}",
+                             loss, meta)
+    if meta.step != step:
+        return ContentReport(False, f"the record says step {step}, the checkpoint holds step {meta.step}", loss,
+                             meta, content_ok=True)
+    if meta.parent != parent:
+        return ContentReport(False, "the record names another parent than the checkpoint", loss, meta,
+                             content_ok=True)
+    if claimed_loss is None or not losses_agree(loss, claimed_loss, rtol):
+        return ContentReport(False, f"validation loss recomputed {loss:.6g}, claimed {claimed_loss}", loss, meta,
+                             content_ok=True)
+    return ContentReport(True, "", loss, meta, content_ok=True)
+
+
+def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().cpu() for k, v in trainer.model.state_dict().items()}
+
+
+def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return float(torch.sqrt(sum(((a[k].double() - b[k].double()) ** 2).sum() for k in a)))
+
+
+def replay(make_trainer: Callable[[], Trainer], parent: Path | None, child: Path, child_meta: CheckpointMeta, *,
+           tolerance: float) -> ReplayReport:
+    """Re-train the interval from `parent` (None: the initialisation) to `child` with the same seeds and
+    compare the weights. On CPU with the same torch our resume is exact, so an honest interval replays bit for
+    bit; elsewhere it must land within `tolerance` of the published weights, relative to the update's size."""
+    trainer = make_trainer()
+    if parent is not None:
+        trainer.load(parent)
+    start = _weights(trainer)
+    steps = child_meta.step - trainer.step
+    if steps <= 0:
+        return ReplayReport(False, False, float("inf"), steps, "the child is not after its parent")
+    trainer.train(steps)
+    mine = _weights(trainer)
+    theirs = read_group(child, child_meta, "model")
+    if set(theirs) != set(mine):
+        return ReplayReport(False, False, float("inf"), steps, "the checkpoint's weights do not fit the model")
+    exact = all(torch.equal(mine[k], theirs[k]) for k in mine)
+    update = _distance(theirs, start)
+    rel = 0.0 if exact else _distance(mine, theirs) / max(update, 1e-12)
+    ok = exact or rel <= tolerance
+    return ReplayReport(ok, exact, rel, steps, "" if ok else f"replay differs by {rel:.3g} of the update "
+                                                             f"(tolerance {tolerance:g})")

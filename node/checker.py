@@ -1,0 +1,133 @@
+"""Where a node checks a checkpoint for itself before using it: fetch it, load it into a trainer of its slot,
+recompute the run's validation loss on the held-out clips, compare with what its record claims; optionally
+replay the interval from its parent. Verdicts are remembered (CID → good) and override attestations in this
+node's own reading of the acceptance rule (swarm.acceptance)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from expert.shards import ClipBatch
+from node.bundle import LocalRun, fetch_cluster_clips
+from protocol.errors import ParisError
+from protocol.swarm_records import CheckpointBody
+from swarm.acceptance import Vote
+from swarm.cas import ContentStore
+from swarm.state import RunRules
+
+log = logging.getLogger("node.checker")
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    reason: str
+    val_loss: float | None = None
+    step: int | None = None
+    parent: str | None = None
+    replayed: bool = False
+    replay_exact: bool | None = None
+
+
+def slot_cluster(slot: str) -> int | None:
+    return None if slot == "router" else int(slot.split("-")[1])
+
+
+class CheckpointChecker:
+    """One per node. Holds the held-out clips it fetched and one checking trainer per slot (reused: loading a
+    checkpoint overwrites every tensor and counter)."""
+
+    def __init__(self, store: ContentStore, run: LocalRun, device) -> None:
+        self.store, self.run, self.device = store, run, device
+        self.verdicts: dict[str, Vote] = {}  # CID → what this node found inside it (see swarm.acceptance)
+        self._trainers: dict[str, object] = {}
+        self._held: dict[int, ClipBatch] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def rules(self) -> RunRules:
+        return RunRules.of(self.run.spec, self.run.manifest.schedule)
+
+    async def _holdout(self, cluster: int) -> ClipBatch:
+        if cluster not in self._held:
+            self._held[cluster] = await fetch_cluster_clips(self.store, self.run, cluster, holdout=True)
+        return self._held[cluster]
+
+    async def trainer(self, slot: str, train: ClipBatch | None = None, labels: np.ndarray | None = None):
+        """A trainer of `slot` with the held-out split; trained on `train` (replay) or on nothing (checks)."""
+        from expert.train import ExpertTrainer, router_trainer_from_clips
+
+        spec = self.run.spec
+        cluster = slot_cluster(slot)
+        if cluster is not None:
+            held = await self._holdout(cluster)
+            return await asyncio.to_thread(
+                ExpertTrainer, spec.preset, train if train is not None else held, device=self.device,
+                seed=spec.seed, run_id=spec.run_id, cluster=cluster, holdout=held, validation=spec.validation)
+        parts = [await self._holdout(k) for k in range(spec.num_clusters)]
+        held = ClipBatch.concat(parts)
+        held_labels = np.concatenate([np.full(len(p), k, dtype=np.int64) for k, p in enumerate(parts)])
+        if train is None:
+            train, labels = held, held_labels
+        schedule = self.run.manifest.schedule
+        return await asyncio.to_thread(router_trainer_from_clips, spec, train, labels, cap=schedule.router_cap,
+                                       device=self.device, holdout=held, holdout_labels=held_labels)
+
+    async def _checking_trainer(self, slot: str):
+        if slot not in self._trainers:
+            self._trainers[slot] = await self.trainer(slot)
+        return self._trainers[slot]
+
+    async def init_loss(self, slot: str) -> float:
+        """The validation loss of the step-0 initialisation, which anyone rebuilds from the run seed."""
+        trainer = await self.trainer(slot)
+        return float(await asyncio.to_thread(trainer.validation_loss))
+
+    async def check(self, body: CheckpointBody) -> CheckResult:
+        """Fetch `body.cid` and check that it holds what the record claims (see expert.verify.check_content)."""
+        from expert.verify import check_content
+
+        try:
+            path = await self.store.get(body.cid, pin=False, provide=False)
+        except (ParisError, OSError) as e:
+            return CheckResult(False, f"not fetchable: {e}")  # not a verdict: nobody may serve it yet
+        async with self._lock:
+            trainer = await self._checking_trainer(body.slot)
+            report = await asyncio.to_thread(check_content, trainer, path, step=body.step, parent=body.parent,
+                                             claimed_loss=body.val_loss, rtol=self.run.spec.validation.rtol)
+        meta = report.meta
+        result = CheckResult(report.ok, report.reason, report.val_loss, meta.step if meta else None,
+                             meta.parent if meta else None)
+        self.verdicts[body.cid] = Vote(
+            "local", body.cid, meta.step if meta else body.step, meta.parent if meta else body.parent,
+            report.val_loss, report.content_ok, "" if report.content_ok else report.reason)
+        if not report.ok:
+            log.warning("checkpoint %s of %s (step %d) refused: %s", body.cid, body.slot, body.step, report.reason)
+        return result
+
+    async def replay(self, body: CheckpointBody, train: ClipBatch) -> CheckResult:
+        """Re-train the interval from the record's parent and compare (experts; `train`: the cluster's clips)."""
+        from expert.checkpoint import read_meta, resolve_checkpoint
+        from expert.verify import replay
+
+        spec, schedule = self.run.spec, self.run.manifest.schedule
+        child = resolve_checkpoint(await self.store.get(body.cid, pin=False, provide=False))
+        parent = None if body.parent is None else await self.store.get(body.parent, pin=False, provide=False)
+        cluster = slot_cluster(body.slot)
+
+        def make():
+            from expert.train import ExpertTrainer
+
+            return ExpertTrainer(spec.preset, train, device=self.device, seed=spec.seed, run_id=spec.run_id,
+                                 cluster=cluster)
+
+        report = await asyncio.to_thread(replay, make, parent, child, read_meta(child),
+                                         tolerance=schedule.replay_tolerance)
+        if not report.ok:
+            self.verdicts[body.cid] = Vote("local", body.cid, body.step, body.parent, None, False, report.reason)
+            log.warning("replay of %s step %d failed: %s", body.slot, body.step, report.reason)
+        return CheckResult(report.ok, report.reason, replayed=True, replay_exact=report.exact)

@@ -1,0 +1,83 @@
+"""The one place a node publishes checkpoints: put into the content store, announce (DHT record + gossip),
+and keep exactly the copies it should pinned. Shared by the expert, router, seeder and verifier roles."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import numpy as np
+from hivemind.utils.timed_storage import get_dht_time
+
+from node.logs import event
+from protocol.swarm_gossip import CheckpointEvent
+from protocol.swarm_records import CheckpointBody
+from swarm.cas import ContentStore
+from swarm.dht import SwarmNode
+from swarm.state import publish_checkpoint
+
+log = logging.getLogger("node.publisher")
+
+
+class Publisher:
+    """`pinned[slot]` is the (CID, step) of the checkpoint we keep for a slot; `published[slot]` our newest own
+    publication. Trainer records whose DHT write found no peer are retried with the next publication, so a
+    child never names a parent that nobody can read."""
+
+    def __init__(self, node: SwarmNode, store: ContentStore, run_id: str, gossip) -> None:
+        self.node, self.store, self.run_id, self._gossip = node, store, run_id, gossip
+        self.pinned: dict[str, tuple[str, int]] = {}
+        self.published: dict[str, tuple[str, int]] = {}
+        self._unannounced: list[CheckpointBody] = []
+        self._lock = asyncio.Lock()
+
+    async def publish(self, slot: str, path: Path, meta) -> str | None:
+        """Put a checkpoint into the store, announce it with its lineage, unpin the one it replaces."""
+        async with self._lock:
+            try:
+                cid = await self.store.put(path)
+                size = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+                loss = meta.loss_ema if meta.loss_ema is not None and np.isfinite(meta.loss_ema) else None
+                body = CheckpointBody(slot=slot, step=meta.step, cid=cid, bytes=size, loss=loss, parent=meta.parent,
+                                      val_loss=meta.val_loss, ts=get_dht_time())
+                for old in list(self._unannounced):
+                    if await publish_checkpoint(self.node, self.run_id, old):
+                        self._unannounced.remove(old)
+                if not await publish_checkpoint(self.node, self.run_id, body):
+                    log.warning("no peer stored the checkpoint record of %s yet; the next publication retries", slot)
+                    self._unannounced.append(body)
+                self.published[slot] = (cid, meta.step)
+                self.replace_pin(slot, cid, meta.step)
+                await self._gossip(CheckpointEvent(run_id=self.run_id, slot=slot, step=meta.step, cid=cid))
+                event(log, f"published {slot} checkpoint", step=meta.step, cid=cid, bytes=size,
+                      val_loss=None if meta.val_loss is None else round(meta.val_loss, 6))
+                return cid
+            except Exception:
+                log.exception("publishing the %s checkpoint of step %d failed; the next one retries", slot, meta.step)
+                return None
+
+    def replace_pin(self, slot: str, cid: str, step: int) -> None:
+        old = self.pinned.get(slot)
+        self.pinned[slot] = (cid, step)
+        if old and old[0] != cid and old[0] not in {c for c, _ in self.pinned.values()}:
+            self.store.unpin(old[0])
+            self.store.gc()
+
+    async def replicate(self, slot: str, candidates: list[CheckpointBody]) -> None:
+        """Hold the most advanced fetchable of `candidates` (accepted checkpoints, newest first) and announce the
+        copy (a replica record), so that a takeover can still find it after its trainer is gone."""
+        held = self.pinned.get(slot)
+        for cand in candidates:
+            if held is not None and (held[0] == cand.cid or held[1] >= cand.step):
+                return
+            try:
+                await self.store.get(cand.cid)
+            except Exception as e:
+                log.warning("could not replicate %s step %d (%s): %s", slot, cand.step, cand.cid, e)
+                continue
+            self.replace_pin(slot, cand.cid, cand.step)
+            replica = cand.model_copy(update={"replica": True, "ts": get_dht_time()})
+            await publish_checkpoint(self.node, self.run_id, replica)
+            event(log, f"replicated {slot} checkpoint", step=cand.step, cid=cand.cid)
+            return

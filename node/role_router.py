@@ -1,0 +1,74 @@
+"""The router role: take the router's lease when it is behind its target (or while experts still train),
+fetch a stratified sample of every cluster's training clips plus every held-out split, train, publish."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from node.logs import event
+from protocol.swarm_records import ClusterState
+from protocol.swarm_run import router_lease_id
+from swarm.claims import ClaimManager
+from swarm.state import read_run
+
+if TYPE_CHECKING:
+    from node.daemon import Daemon
+
+log = logging.getLogger("node.router")
+
+
+def all_done(states) -> bool:
+    return all(s == ClusterState.DONE for s in states)
+
+
+async def maybe_run_router(d: Daemon, *, wait: bool) -> bool:
+    """Train the router if nobody else holds its lease and it is behind its target, or experts are still
+    training (it keeps improving with idle capacity until they are done). True if we trained."""
+    from expert.shards import ClipBatch
+    from expert.train import router_trainer_from_clips
+    from node.bundle import fetch_cluster_clips
+    from node.role_expert import resume
+
+    assert d.node is not None and d.store is not None and d.run_info is not None
+    spec, schedule = d.run_info.spec, d.run_info.manifest.schedule
+    view = await read_run(d.node, spec.run_id, spec.num_clusters, rules=d.rules, local=d.checker.verdicts)
+    newest = view.latest_checkpoint("router")
+    if newest is not None and newest.step >= schedule.router_target_steps and all_done(view.states):
+        return False
+    lease = ClaimManager(d.node, router_lease_id(spec.run_id), 1, period=d.opts.period, on_lost=d.on_lost)
+    got = await d.unless_stopped(lease.claim(wait=wait, timeout=None if wait else 30.0))
+    if got is None or d.stopping.is_set():
+        await lease.release()
+        return False
+    d.set_role("router")
+    try:
+        parts = [await fetch_cluster_clips(d.store, d.run_info, k) for k in range(spec.num_clusters)]
+        held = [await fetch_cluster_clips(d.store, d.run_info, k, holdout=True) for k in range(spec.num_clusters)]
+        if lease.cluster is None:
+            return True  # lost the lease while fetching
+        labels = np.concatenate([np.full(len(p), k, dtype=np.int64) for k, p in enumerate(parts)])
+        held_labels = np.concatenate([np.full(len(p), k, dtype=np.int64) for k, p in enumerate(held)])
+        trainer = await asyncio.to_thread(router_trainer_from_clips, spec, ClipBatch.concat(parts), labels,
+                                          cap=schedule.router_cap, device=d.device, holdout=ClipBatch.concat(held),
+                                          holdout_labels=held_labels)
+        await resume(d, trainer, "router")
+        target = max(schedule.router_target_steps, trainer.step + 1)
+        while await d.train(trainer, "router", target) and not d.stopping.is_set():
+            report = await asyncio.to_thread(trainer.validation)
+            event(log, "router validated on the held-out split", step=trainer.step, loss=round(report["loss"], 5),
+                  accuracy=report["accuracy"], per_noise_level=report["per_noise_level"])
+            states = (await read_run(d.node, spec.run_id, spec.num_clusters, rules=d.rules,
+                                     local=d.checker.verdicts)).states
+            if all_done(states):
+                break
+            if d.opts.role == "auto" and any(s in (ClusterState.FREE, ClusterState.OFFLINE) for s in states):
+                break  # an expert needs an owner more than the router needs more steps
+            target = trainer.step + schedule.checkpoint_every  # keep improving while experts train
+    finally:
+        await lease.release()
+        d.set_role("seeder")
+    return True

@@ -1,0 +1,220 @@
+"""Which published checkpoints count: one pure function over a snapshot of checkpoint and attestation
+records, in the manner of claim_logic, so that every rule is unit-tested without a network.
+
+A trainer's checkpoint record is a claim (its CID, step, parent and validation loss); an attestation is a
+verifier's signed verdict on a CID, with what it found inside and the loss it recomputed. A claim is
+ACCEPTED when all of these hold:
+
+1. lineage: its parent is an ACCEPTED claim (or the step-0 initialisation, parent None), and its step is
+   1..`max_interval` steps past the parent's (an honest trainer publishes at least every `max_interval`);
+2. its validation loss is finite and no worse than the parent's by more than `loss_tolerance` (relative;
+   for a first checkpoint, than the initialisation's loss when the policy knows it);
+3. at least `attestations` verifiers other than its trainer accept it, agreeing with its step, parent and
+   loss; and no more verifiers reject it (or disagree with it) than accept it.
+
+A claim that fails 1–3 for good is REJECTED (and so is everything that descends from it); one that only
+lacks attestations, or whose parent does, is PENDING. A node's own check of a CID (`local`: what it found
+inside, as a vote) overrides the attestations for that node: a claim it confirmed needs no quorum, and a
+claim it contradicts (bad weights, another step or parent, another loss) is rejected.
+Attestations rank what to download; every consumer still recomputes the loss before use, so identities
+minted to attest (Sybils) can at most hide honest progress from nodes that did not check it themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from math import isfinite
+
+
+class Status(str, Enum):
+    ACCEPTED = "accepted"
+    PENDING = "pending"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The run's acceptance parameters (from its swarm manifest) for one slot."""
+
+    attestations: int = 1
+    max_interval: int = 100
+    loss_tolerance: float = 0.1
+    val_rtol: float = 1e-3
+    init_loss: float | None = None  # the step-0 initialisation's validation loss, where the reader knows it
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A trainer's checkpoint record (seeders' replica records are not claims)."""
+
+    trainer: str
+    cid: str
+    step: int
+    parent: str | None
+    val_loss: float | None
+    ts: float = 0.0
+
+
+@dataclass(frozen=True)
+class Vote:
+    """An attestation: `verifier` found `cid` to hold `step` and `parent` and recomputed `val_loss`."""
+
+    verifier: str
+    cid: str
+    step: int
+    parent: str | None
+    val_loss: float | None
+    accept: bool
+    reason: str = ""
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class Judgement:
+    claim: Claim
+    status: Status
+    reason: str
+    accepts: int = 0
+    rejects: int = 0
+    replayed: int = 0
+    awaiting: bool = False  # PENDING only for want of attestations (its lineage is complete and checked)
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == Status.ACCEPTED
+
+
+def _agree(a: float | None, b: float | None, rtol: float) -> bool:
+    return (a is not None and b is not None and isfinite(a) and isfinite(b)
+            and abs(a - b) <= rtol * max(abs(a), abs(b), 1e-12))
+
+
+def _objection(claim: Claim, v: Vote, rtol: float) -> str:
+    """Why vote `v` contradicts `claim` ("" if it supports it)."""
+    if not v.accept:
+        return f"rejected by a verifier: {v.reason or 'no reason given'}"
+    if v.step != claim.step or v.parent != claim.parent:
+        return f"the record says step {claim.step}, the checkpoint holds step {v.step} (or another parent)"
+    if not _agree(v.val_loss, claim.val_loss, rtol):
+        return f"claimed validation loss {claim.val_loss} but it recomputes to {v.val_loss}"
+    return ""
+
+
+def _tally(claim: Claim, votes: Iterable[Vote], rtol: float) -> tuple[int, int, int, str]:
+    """(accepts, rejects, replayed accepts, the first reject reason) among distinct verifiers other than the
+    trainer; a verifier that both supports and contradicts a claim counts once, against it."""
+    verdicts: dict[str, tuple[str, bool]] = {}
+    for v in sorted(votes, key=lambda v: (v.verifier, v.accept, v.step, v.parent or "", v.reason, v.replayed,
+                                          v.val_loss if v.val_loss is not None else float("inf"))):
+        if v.verifier == claim.trainer or v.cid != claim.cid:
+            continue
+        why = _objection(claim, v, rtol)
+        if v.verifier not in verdicts or (why and not verdicts[v.verifier][0]):
+            verdicts[v.verifier] = (why, v.replayed)
+    accepts = sum(1 for why, _ in verdicts.values() if not why)
+    replayed = sum(1 for why, r in verdicts.values() if not why and r)
+    reasons = sorted(why for why, _ in verdicts.values() if why)
+    return accepts, len(verdicts) - accepts, replayed, reasons[0] if reasons else ""
+
+
+def _order(c: Claim) -> tuple:
+    return (c.step, c.ts, c.trainer, c.cid, c.parent or "", c.val_loss if c.val_loss is not None else float("inf"))
+
+
+def judge(claims: Iterable[Claim], votes: Iterable[Vote], policy: Policy,
+          local: Mapping[str, Vote | bool] | None = None) -> list[Judgement]:
+    """Judge every claim of one slot; returned most advanced first (step, then newest record). The result does
+    not depend on the order of `claims` or `votes`. `local`: this node's own checks (CID → what it found, as
+    a vote; or a plain True/False when the caller vouches for, or refutes, every claim of that CID)."""
+    claims = sorted(claims, key=_order)
+    local = local or {}
+    by_cid: dict[str, list[Claim]] = {}
+    for c in claims:
+        by_cid.setdefault(c.cid, []).append(c)
+    votes_by_cid: dict[str, list[Vote]] = {}
+    for v in votes:
+        votes_by_cid.setdefault(v.cid, []).append(v)
+    memo: dict[Claim, Judgement] = {}
+    visiting: set[Claim] = set()
+
+    def parent_of(c: Claim) -> tuple[Judgement | None, str]:
+        """The best-judged claim of the parent's CID (accepted > pending > rejected; then a fixed order)."""
+        if c.parent is None:
+            return None, ""
+        if c.parent == c.cid:
+            return Judgement(c, Status.REJECTED, "names itself as its parent"), ""
+        options = [j(p) if p not in visiting else Judgement(p, Status.REJECTED, "lineage cycle")
+                   for p in by_cid.get(c.parent, [])]
+        if not options:
+            return None, "its parent checkpoint is not announced"
+        rank = {Status.ACCEPTED: 0, Status.PENDING: 1, Status.REJECTED: 2}
+        return min(options, key=lambda x: (rank[x.status], _order(x.claim))), ""
+
+    def j(c: Claim) -> Judgement:
+        if c in memo:
+            return memo[c]
+        visiting.add(c)
+        try:
+            memo[c] = result = _judge_one(c)
+        finally:
+            visiting.discard(c)
+        return result
+
+    def _judge_one(c: Claim) -> Judgement:
+        accepts, rejects, replayed, vote_reason = _tally(c, votes_by_cid.get(c.cid, []), policy.val_rtol)
+
+        def out(status: Status, reason: str, awaiting: bool = False) -> Judgement:
+            return Judgement(c, status, reason, accepts, rejects, replayed, awaiting)
+
+        check = local.get(c.cid)
+        if check is False:
+            return out(Status.REJECTED, "refuted by this node's own check")
+        if isinstance(check, Vote) and (why := _objection(c, check, policy.val_rtol)):
+            return out(Status.REJECTED, f"refuted by this node's own check: {why}")
+        mine = check is True or isinstance(check, Vote)
+        if c.val_loss is None or not isfinite(c.val_loss):
+            return out(Status.REJECTED, "no finite validation loss")
+        parent, missing = parent_of(c)
+        if missing:
+            return out(Status.PENDING, missing)
+        parent_step = 0 if parent is None else parent.claim.step
+        parent_loss = policy.init_loss if parent is None else parent.claim.val_loss
+        if parent is not None and parent.status == Status.REJECTED:
+            return out(Status.REJECTED, "descends from a rejected checkpoint")
+        if not 1 <= c.step - parent_step <= policy.max_interval:
+            return out(Status.REJECTED, f"step {c.step} is not 1..{policy.max_interval} steps past its parent's "
+                                        f"step {parent_step}")
+        if parent_loss is not None and c.val_loss > parent_loss * (1 + policy.loss_tolerance) + 1e-9:
+            return out(Status.REJECTED, f"validation loss {c.val_loss:.6g} is worse than its parent's "
+                                        f"{parent_loss:.6g} by more than {policy.loss_tolerance:.0%}")
+        if not mine and rejects > accepts:
+            return out(Status.REJECTED, vote_reason)
+        if parent is not None and parent.status == Status.PENDING:
+            return out(Status.PENDING, "its parent is not accepted yet", parent.awaiting)
+        if mine or accepts >= policy.attestations:
+            return out(Status.ACCEPTED, "verified by this node" if mine else f"{accepts} attestation(s)")
+        return out(Status.PENDING, f"{accepts} of {policy.attestations} attestation(s)", True)
+
+    judged = [j(c) for c in claims]
+    return sorted(judged, key=lambda x: (x.claim.step, x.claim.ts), reverse=True)
+
+
+def accepted(judgements: Iterable[Judgement]) -> list[Judgement]:
+    """The accepted ones, most advanced first (judge's order kept)."""
+    return [x for x in judgements if x.status == Status.ACCEPTED]
+
+
+def reached(judgements: Iterable[Judgement], target: int) -> Status | None:
+    """Whether the slot reached `target`: ACCEPTED if an accepted claim at or past it exists, PENDING if only
+    a claim that awaits attestations does (a complete, checked lineage: a dangling parent or a cycle does not
+    count), None otherwise."""
+    best = None
+    for x in judgements:
+        if x.claim.step >= target:
+            if x.status == Status.ACCEPTED:
+                return Status.ACCEPTED
+            if x.status == Status.PENDING and x.awaiting:
+                best = Status.PENDING
+    return best
