@@ -214,13 +214,25 @@ def assemble(expert_checkpoints: list[Path], router_checkpoint: Path, out: Path,
 
     loaded = [load_expert(p) for p in expert_checkpoints]
     base = loaded[0].preset
+    run_id = loaded[0].meta.run_id
+    expected = clusters if clusters is not None else list(range(len(loaded)))
+    if len(expected) != len(loaded):
+        raise ParisError(f"{len(loaded)} experts given for clusters {expected}")
     for i, e in enumerate(loaded):
+        if e.meta.kind != "expert":
+            raise ParisError(f"{expert_checkpoints[i]} is a {e.meta.kind} checkpoint, not an expert")
+        if e.meta.run_id is None or e.meta.run_id != run_id:
+            raise ParisError(f"expert {i} ({expert_checkpoints[i]}) belongs to run {e.meta.run_id or '(none)'}, "
+                             f"not {run_id or '(none)'}: an ensemble is assembled from one run's checkpoints")
         if e.preset.backbone != base.backbone or e.preset.text != base.text:
             raise ParisError(f"expert {i} ({expert_checkpoints[i]}) was trained with another model config")
     rpath = resolve_checkpoint(Path(router_checkpoint))
     rmeta = read_meta(rpath)
     if rmeta.kind != "router" or rmeta.preset.router is None:
         raise ParisError(f"{router_checkpoint} is not a router checkpoint")
+    if rmeta.run_id != run_id or rmeta.cluster is not None:
+        raise ParisError(f"the router ({router_checkpoint}) belongs to run {rmeta.run_id or '(none)'}, "
+                         f"not {run_id}")
     head = rmeta.preset.router
     if clusters is not None and clusters != list(range(head.num_experts)):
         try:  # validated, not model_copy'd: keep must name outputs the router has
@@ -229,6 +241,10 @@ def assemble(expert_checkpoints: list[Path], router_checkpoint: Path, out: Path,
             raise ParisError(f"cannot keep router outputs {clusters}: {e.errors()[0]['msg']}") from None
     if head.routed != len(loaded):
         raise ParisError(f"the router routes {head.routed} experts, {len(loaded)} were given")
+    for i, e in enumerate(loaded):
+        if e.meta.cluster != expected[i]:
+            raise ParisError(f"expert {i} ({expert_checkpoints[i]}) was trained on cluster {e.meta.cluster}, "
+                             f"expected cluster {expected[i]}")
     router = Router(rmeta.preset.backbone, head, loaded[0].text.width)
     router.load_state_dict(read_group(rpath, rmeta, "ema"))
     pipe = ParisPipeline([e.model for e in loaded], router, loaded[0].text,

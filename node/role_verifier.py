@@ -42,6 +42,28 @@ def to_verify(view: RunView, me: str, slot: str) -> list[CheckpointBody]:
     return out[:PER_SLOT_PER_ROUND]
 
 
+async def _attest(d: Daemon, slot: str, body: CheckpointBody, schedule) -> AttestationBody | None:
+    """Check one checkpoint (and replay it when its turn comes); None when it could not be fetched yet."""
+    result = await d.checker.check(body)
+    if result.reason.startswith("not fetchable"):
+        return None  # not a verdict: try again next round
+    replayed, exact = False, None
+    cluster = slot_cluster(slot)
+    if result.ok and cluster is not None and should_replay(body.cid, schedule.replay_every):
+        from node.bundle import fetch_cluster_clips
+
+        clips = await fetch_cluster_clips(d.store, d.run_info, cluster)
+        replay = await d.checker.replay(body, clips)
+        replayed, exact = True, replay.replay_exact
+        if not replay.ok:
+            result = replay
+    found = result.step is not None
+    return AttestationBody(slot=slot, cid=body.cid, step=result.step if found else body.step,
+                           parent=result.parent if found else body.parent, val_loss=result.val_loss,
+                           verdict="accept" if result.ok else "reject", reason=result.reason[:300],
+                           replayed=replayed, replay_exact=exact, ts=get_dht_time())
+
+
 async def verify_round(d: Daemon, view: RunView) -> int:
     """Check what is new in every slot and publish one attestation per checkpoint. Returns how many."""
     assert d.node is not None and d.run_info is not None
@@ -51,26 +73,16 @@ async def verify_round(d: Daemon, view: RunView) -> int:
         for body in to_verify(view, d.node.peer_id, slot):
             if d.stopping.is_set():
                 return done
-            result = await d.checker.check(body)
-            if result.reason.startswith("not fetchable"):
-                continue  # not a verdict: try again next round
-            replayed, exact = False, None
-            cluster = slot_cluster(slot)
-            if result.ok and cluster is not None and should_replay(body.cid, schedule.replay_every):
-                from node.bundle import fetch_cluster_clips
-
-                clips = await fetch_cluster_clips(d.store, d.run_info, cluster)
-                replay = await d.checker.replay(body, clips)
-                replayed, exact = True, replay.exact
-                if not replay.ok:
-                    result = replay
-            att = AttestationBody(slot=slot, cid=body.cid, step=result.step if result.step is not None else body.step,
-                                  parent=result.parent if result.step is not None else body.parent,
-                                  val_loss=result.val_loss, verdict="accept" if result.ok else "reject",
-                                  reason=result.reason[:300], replayed=replayed, replay_exact=exact, ts=get_dht_time())
+            try:
+                att = await _attest(d, slot, body, schedule)
+            except Exception:  # a hostile checkpoint must never stop a verifier: log, skip, retry next round
+                log.exception("checking %s step %d (%s) failed", slot, body.step, body.cid)
+                continue
+            if att is None:
+                continue
             await publish_attestation(d.node, d.run_info.spec.run_id, att)
             done += 1
             event(log, f"attested {slot} checkpoint", step=body.step, cid=body.cid, verdict=att.verdict,
-                  val_loss=None if att.val_loss is None else round(att.val_loss, 6), replayed=replayed,
-                  replay_exact=exact, reason=att.reason or None)
+                  val_loss=None if att.val_loss is None else round(att.val_loss, 6), replayed=att.replayed,
+                  replay_exact=att.replay_exact, reason=att.reason or None)
     return done

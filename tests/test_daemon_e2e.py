@@ -148,7 +148,7 @@ def test_three_daemons_train_take_over_seed_and_fetch(swarm):
 
     # w2 (after its own cluster, or the router) takes the orphaned cluster over from the newest checkpoint a
     # live peer still holds: the victim's last, or the one before if the victim died before it was copied
-    took = w2.wait_for(lambda e: e.get("msg") == f"took over {slot} from its newest published checkpoint",
+    took = w2.wait_for(lambda e: e.get("msg") == f"took over {slot} from its newest accepted checkpoint",
                        600, "takeover")
     copies = {e["cid"]: e["step"] for e in seeder.events() if e.get("msg") == f"replicated {slot} checkpoint"}
     assert took["cid"] in copies, (took, copies)  # resumed from a checkpoint a live peer held

@@ -86,6 +86,16 @@ def test_assemble_refuses_mismatched_parts(tiny_run, ensemble_dir, tmp_path):
         assemble([root / "expert0"], root / "router", tmp_path / "x")
     with pytest.raises(ParisError, match="not a router checkpoint"):
         assemble([root / "expert0", root / "expert1"], root / "expert0", tmp_path / "x")
+    with pytest.raises(ParisError, match="trained on cluster 1, expected cluster 0"):
+        assemble([root / "expert1", root / "expert0"], root / "router", tmp_path / "x")
+    from expert.shards import load_dataset
+    from expert.train import ExpertTrainer
+
+    spec = tiny_run[0]
+    loose = ExpertTrainer(spec.preset, load_dataset(spec.data_hint)[1].select(spec.train_clips(1)))
+    loose.train(1, checkpoint_dir=tmp_path / "loose")  # no run: a local experiment
+    with pytest.raises(ParisError, match=r"belongs to run \(none\)"):
+        assemble([root / "expert0", tmp_path / "loose"], root / "router", tmp_path / "x")
 
 
 def test_cli_samples_an_ensemble_grid_with_routing_record(ensemble_dir, tmp_path):

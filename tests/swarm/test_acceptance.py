@@ -6,10 +6,11 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import replace
+from itertools import combinations
 from math import inf, isfinite, nan
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from swarm.acceptance import Claim, Judgement, Policy, Status, Vote, accepted, judge, reached
@@ -386,6 +387,8 @@ BAD_DELTAS = [-1, 0, 101, 10**6]
 LOSS_FACTORS = [0.5, 0.9, 0.99, 1.0, 1.0, 1.05, 1.1]
 BAD_LOSSES = [1.2, 2.0, 3.0, None, inf, nan]
 MOSTLY = st.sampled_from([True] * 5 + [False])  # honest five times in six
+SOME = st.integers(0, 2 ** len(VERIFIERS) - 1)  # a set of verifiers, as a bit mask
+TRIOS = [sum(1 << k for k in trio) for trio in combinations(range(len(VERIFIERS)), 3)]
 OBJECTIONS = [{"accept": False}, {"step": 10**7}, {"parent": "elsewhere"}, {"val_loss": 123.0}]
 
 policies = st.builds(Policy, attestations=st.sampled_from([0, 1, 1, 2, 3]), max_interval=st.sampled_from([1, 5, 100]),
@@ -426,11 +429,11 @@ def lineages(draw, unique: bool = False, acyclic: bool = False):
     votes: list[Vote] = []
     for c in claims:  # the verifiers that got to it: a quorum, a few, or a dispute
         mood = draw(st.sampled_from(["attested"] * 3 + ["few", "disputed"]))
-        ayes = draw(st.lists(st.sampled_from(VERIFIERS), min_size=3 if mood == "attested" else 0, max_size=6))
-        votes += [vote(c, v) for v in ayes]
+        ayes = draw(SOME) | (draw(st.sampled_from(TRIOS)) if mood == "attested" else 0)
+        votes += [vote(c, v) for k, v in enumerate(VERIFIERS) if ayes >> k & 1]
         if mood == "disputed":
-            nays = draw(st.lists(st.sampled_from(VERIFIERS), min_size=1, max_size=4))
-            votes += [vote(c, v, False, reason="bad") for v in nays]
+            nays = draw(SOME) | 1 << draw(st.integers(0, len(VERIFIERS) - 1))
+            votes += [vote(c, v, False, reason="bad") for k, v in enumerate(VERIFIERS) if nays >> k & 1]
     if claims:  # and noise: refusals, disagreements, replays, duplicates
         for _ in range(draw(st.integers(0, 6))):
             c = draw(st.sampled_from(claims))
@@ -466,7 +469,7 @@ def _supports(v: Vote, c: Claim, policy: Policy) -> bool:
                                                                                                abs(c.val_loss)))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(any_lineage)
 def test_accepted_claims_have_sound_lineage_and_quorum(case):
     """(1) one judgement per claim, most advanced first; (2) an accepted claim's whole chain down to the
@@ -500,7 +503,7 @@ def test_accepted_claims_have_sound_lineage_and_quorum(case):
     assert all(not j.awaiting or j.status == P for j in js)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(any_lineage, st.booleans())
 def test_trainer_self_attestations_change_nothing(case, accept):
     """(4) Extra votes by each claim's own trainer (accepting or rejecting, agreeing or not) are ignored."""
@@ -513,15 +516,16 @@ def test_trainer_self_attestations_change_nothing(case, accept):
     assert judge(claims, votes + own, policy, local) == judge(claims, votes, policy, local)
 
 
-@settings(max_examples=200, deadline=None)
-@given(lineages(unique=True), st.data())
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(lineages(unique=True), lineages(unique=True, acyclic=True)), st.data())
 def test_local_refutation_blocks_the_claim_and_its_descendants(case, data):
     """(5) What this node refuted (False, or a found-inside vote that contradicts the claim) is never
     accepted, nor is anything descending from it, whatever the attestations say."""
     claims, votes, policy, _ = case
     local: dict[str, Vote | bool] = {}
     refuted = set()
-    for c in data.draw(st.lists(st.sampled_from(claims), max_size=3, unique=True)) if claims else []:
+    targets = [j.claim for j in accepted(judge(claims, votes, policy))] or claims  # refute what would count
+    for c in data.draw(st.lists(st.sampled_from(targets), max_size=3, unique=True)) if targets else []:
         how = data.draw(st.sampled_from(["false", "confirm", *range(len(OBJECTIONS))]))
         if how == "confirm":
             local[c.cid] = vote(c, "me")
@@ -544,7 +548,7 @@ def test_local_refutation_blocks_the_claim_and_its_descendants(case, data):
             assert j.status != A, j
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(any_lineage, st.randoms(use_true_random=False))
 def test_judge_is_deterministic_and_independent_of_input_order(case, rnd: random.Random):
     """(6) Nodes read the same records in different orders (and CIDs re-announced, cycles included): they
@@ -580,7 +584,7 @@ def forged_chains(draw):
 
 
 @pytest.mark.xfail(strict=True, reason="see test_forged_back_edge_claim_does_not_reject_honest_lineage")
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate])  # no shrinking
 @given(forged_chains())
 def test_unattested_forgeries_never_demote_an_accepted_chain(case):
     """Claims nobody attested cannot be accepted (attestations >= 1), so they must not change what is."""

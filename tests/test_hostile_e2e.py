@@ -1,0 +1,146 @@
+"""A hostile peer in a real swarm (issue "verified contributions"): real `paris-node join` daemons on 127.0.0.1
+train a three-cluster tiny run while tests/swarm/evil_trainer.py, running our own client code under two
+identities of its own, announces a random-weight checkpoint at a huge step, DONE for a cluster it never
+trained, a legitimately leased cluster's checkpoint whose weights were replaced by noise, an honest CID
+re-announced at a huge step, and Sybil attestations of all of it. The honest swarm still trains every cluster
+to its target, and `fetch` assembles only honest weights."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from tests.test_daemon_e2e import ENV, ROOT, Daemon, _cli, _slots, _status, _wait_status
+
+pytestmark = pytest.mark.slow
+
+TARGET, ROUTER, EVERY = 60, 10, 10
+
+
+def common() -> list[str]:
+    return ["--preset", "tiny", "--clips", "120", "--clusters", "3", "--target-steps", str(TARGET),
+            "--router-steps", str(ROUTER), "--checkpoint-every", str(EVERY), "--period", "1", "--cpu-threads", "1",
+            "--log-format", "json"]
+
+
+class Evil:
+    """The attacker process; its JSON acts are collected by a reader thread."""
+
+    def __init__(self, home, peers_file) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        self.log = open(home / "evil.log", "wb")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            [sys.executable, "tests/swarm/evil_trainer.py", "--peers-file", str(peers_file), "--home", str(home),
+             "--interval", str(EVERY)], cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self.log, start_new_session=True)
+        self.acts: list[dict] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                self.acts.append(json.loads(line))
+            except ValueError:
+                continue
+
+    def act(self, name: str) -> dict | None:
+        return next((a for a in self.acts if a.get("act") == name), None)
+
+    def stop(self) -> None:
+        import os
+        import signal
+
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(b'{"op": "quit"}\n')
+                self.proc.stdin.flush()
+                self.proc.wait(15)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def swarm(tmp_path):
+    started: list = []
+
+    def start(kind, *args):
+        proc = Daemon(tmp_path / args[0], *args[1:]) if kind == "daemon" else Evil(tmp_path / "evil", args[0])
+        started.append(proc)
+        return proc
+
+    yield tmp_path, start
+    for proc in started:
+        proc.stop()
+
+
+def test_a_hostile_peer_cannot_poison_the_ensemble_or_stop_a_cluster(swarm):
+    root, start = swarm
+    boot = start("daemon", "boot", *common(), "--role", "verifier")
+    boot.wait_for(lambda e: e.get("msg", "").startswith("new swarm started"), 240, "bootstrap ready")
+    peers_file = root / "boot" / "node.json"
+    evil = start("evil", peers_file)
+    deadline_acts = ("random0", "done1", "lease")
+    _wait(lambda: all(evil.act(a) for a in deadline_acts) or evil.proc.poll() is not None, 300,
+          lambda: f"the attacker's first acts ({evil.acts}); its log: "
+                  f"{(root / 'evil' / 'evil.log').read_text()[-3000:]}")
+    w1 = start("daemon", "w1", *common(), "--initial-peers-file", str(peers_file))
+    w2 = start("daemon", "w2", *common(), "--initial-peers-file", str(peers_file))
+    _wait(lambda: evil.act("sybil") is not None or evil.proc.poll() is not None, 400,
+          lambda: f"the attacker's Sybil attestations ({evil.acts}); its log: "
+                  f"{(root / 'evil' / 'evil.log').read_text()[-3000:]}")
+    assert evil.act("noise") and evil.act("reannounce"), evil.acts
+    poison = {evil.act(a)["cid"] for a in ("random0", "noise")}
+    leased = evil.act("lease")["cluster"]
+
+    # the honest swarm trains every cluster to its target, the leased one included, and the router
+    st = _wait_status(root / "boot", lambda s: all(_slots(s)[f"expert-{k}"]["state"] == "done" for k in range(3))
+                      and (_slots(s)["router"]["verified_step"] or 0) >= ROUTER, 900, "every cluster done")
+    for k in range(3):
+        row = _slots(st)[f"expert-{k}"]
+        assert row["verified_step"] >= TARGET, row
+        assert row["claimed_step"] == 10**6 or k != 0, row  # the lie is visible, and not believed
+        if k == 0:
+            assert row["rejected"], row  # the dashboard names the refused checkpoints
+    # the verifier refused each poison with a reason; nobody took over from one
+    verdicts = {e["cid"]: e for e in boot.events() if e.get("msg", "").startswith("attested ")}
+    for cid in poison:
+        assert verdicts[cid]["verdict"] == "reject", verdicts.get(cid)
+    takeovers = [e for w in (w1, w2) for e in w.events() if e.get("msg", "").startswith("took over")]
+    assert takeovers and not {e["cid"] for e in takeovers} & poison
+    assert any(e.get("msg") == f"took over expert-{leased} from its newest accepted checkpoint" for e in takeovers)
+
+    # fetch assembles only honest weights, each recomputed here
+    honest = {e["cid"] for w in (w1, w2, boot) for e in w.events() if e.get("msg", "").startswith("published ")}
+    honest.add(evil.act("lease")["cid"])  # the attacker's one honest interval is honest work
+    out = root / "ensemble"
+    r = _cli("fetch", "--initial-peers-file", str(peers_file), "--out", str(out), "--json", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    manifest = json.loads(r.stdout)
+    assert manifest["clusters"] == [0, 1, 2]
+    for e in manifest["experts"]:
+        assert e["cid"] in honest and e["cid"] not in poison and e["step"] >= TARGET, e
+        assert e["val_loss"] is not None and any(a["verdict"] == "accept" for a in e["attestations"]), e
+    assert manifest["router"]["cid"] in honest
+    assert (out / "swarm_manifest.json").is_file()
+    st = _status(root / "boot")
+    assert all(s["state"] == "done" for s in st["slots"][:3])
+
+
+def _wait(pred, timeout: float, what) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what()}")
