@@ -137,30 +137,29 @@ def judge(claims: Iterable[Claim], votes: Iterable[Vote], policy: Policy,
     for v in votes:
         votes_by_cid.setdefault(v.cid, []).append(v)
     memo: dict[Claim, Judgement] = {}
-    visiting: set[Claim] = set()
 
     def parent_of(c: Claim) -> tuple[Judgement | None, str]:
-        """The best-judged claim of the parent's CID (accepted > pending > rejected; then a fixed order)."""
+        """The best-judged claim of the parent's CID (accepted > pending > rejected; then a fixed order). Only
+        claims at a lower step can be a parent (any other fails the step rule anyway), so the recursion always
+        descends in step: no cycle, and a forged claim of a parent's CID at a later step cannot drag an honest
+        lineage into a false cycle."""
         if c.parent is None:
             return None, ""
         if c.parent == c.cid:
             return Judgement(c, Status.REJECTED, "names itself as its parent"), ""
-        options = [j(p) if p not in visiting else Judgement(p, Status.REJECTED, "lineage cycle")
-                   for p in by_cid.get(c.parent, [])]
+        announced = by_cid.get(c.parent, [])
+        options = [j(p) for p in announced if p.step < c.step]
         if not options:
+            if announced:
+                return Judgement(c, Status.REJECTED, f"step {c.step} is not after its parent's"), ""
             return None, "its parent checkpoint is not announced"
         rank = {Status.ACCEPTED: 0, Status.PENDING: 1, Status.REJECTED: 2}
         return min(options, key=lambda x: (rank[x.status], _order(x.claim))), ""
 
     def j(c: Claim) -> Judgement:
-        if c in memo:
-            return memo[c]
-        visiting.add(c)
-        try:
-            memo[c] = result = _judge_one(c)
-        finally:
-            visiting.discard(c)
-        return result
+        if c not in memo:
+            memo[c] = _judge_one(c)
+        return memo[c]
 
     def _judge_one(c: Claim) -> Judgement:
         accepts, rejects, replayed, vote_reason = _tally(c, votes_by_cid.get(c.cid, []), policy.val_rtol)
@@ -182,7 +181,7 @@ def judge(claims: Iterable[Claim], votes: Iterable[Vote], policy: Policy,
         parent_step = 0 if parent is None else parent.claim.step
         parent_loss = policy.init_loss if parent is None else parent.claim.val_loss
         if parent is not None and parent.status == Status.REJECTED:
-            return out(Status.REJECTED, "descends from a rejected checkpoint")
+            return out(Status.REJECTED, parent.reason if parent.claim is c else "descends from a rejected checkpoint")
         if not 1 <= c.step - parent_step <= policy.max_interval:
             return out(Status.REJECTED, f"step {c.step} is not 1..{policy.max_interval} steps past its parent's "
                                         f"step {parent_step}")

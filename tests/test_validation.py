@@ -126,3 +126,51 @@ def test_router_validation_reports_cross_entropy_and_accuracy_per_noise_level(ti
     assert set(report["per_noise_level"]) == {f"t={t:g}" for t in spec.validation.t_grid}
     assert report["loss"] > 0 and 0 <= report["accuracy"] <= 1
     assert router.validation_loss() == pytest.approx(report["loss"], rel=1e-9)
+
+
+def test_check_content_tells_a_lying_record_from_a_bad_checkpoint(tiny_run, synth_dir, tmp_path):
+    from expert.verify import check_content
+
+    spec, _ = tiny_run
+    trainer = trainer_for_run(spec, 0, data_dir=synth_dir)
+    trainer.train(2)
+    path, meta = trainer.checkpoint(tmp_path / "t")
+    checker = trainer_for_run(spec, 0, data_dir=synth_dir)
+    rtol = spec.validation.rtol
+    good = check_content(checker, path, step=meta.step, parent=meta.parent, claimed_loss=meta.val_loss, rtol=rtol)
+    assert good.ok and good.content_ok and good.val_loss == pytest.approx(meta.val_loss, rel=1e-6)
+    huge = check_content(checker, path, step=10**6, parent=meta.parent, claimed_loss=meta.val_loss, rtol=rtol)
+    assert not huge.ok and huge.content_ok and "step 10" in huge.reason  # honest bytes, lying record
+    lie = check_content(checker, path, step=meta.step, parent=meta.parent, claimed_loss=meta.val_loss * 0.5,
+                        rtol=rtol)
+    assert not lie.ok and lie.content_ok and "claimed" in lie.reason
+    other = check_content(trainer_for_run(spec, 1, data_dir=synth_dir), path, step=meta.step, parent=meta.parent,
+                          claimed_loss=meta.val_loss, rtol=rtol)
+    assert not other.ok and not other.content_ok and "cluster 0, not cluster 1" in other.reason
+
+
+def test_replay_is_bit_exact_for_honest_work_and_catches_a_forged_interval(tiny_run, synth_dir, tmp_path):
+    from expert.verify import replay
+
+    spec, _ = tiny_run
+    trainer = trainer_for_run(spec, 0, data_dir=synth_dir)
+    trainer.train(2)
+    parent, _ = trainer.checkpoint(tmp_path / "t")
+    trainer.train(3)
+    child, meta = trainer.checkpoint(tmp_path / "t")
+
+    def make():
+        return trainer_for_run(spec, 0, data_dir=synth_dir)
+
+    honest = replay(make, parent, child, meta, tolerance=0.01)
+    assert honest.ok and honest.exact and honest.rel_error == 0.0 and honest.steps == 3
+    from_init = replay(make, None, parent, read_meta(parent), tolerance=0.01)
+    assert from_init.ok and from_init.exact  # anyone rebuilds the step-0 initialisation from the seed
+    # a forged interval: the weights were not trained from the parent (here: one step fewer, then relabelled)
+    forger = trainer_for_run(spec, 0, data_dir=synth_dir)
+    forger.load(parent)
+    forger.train(2)
+    forger.step += 1
+    forged, fmeta = forger.checkpoint(tmp_path / "f")
+    caught = replay(make, parent, forged, fmeta, tolerance=0.01)
+    assert not caught.ok and not caught.exact and caught.rel_error > 0.01

@@ -118,3 +118,21 @@ def test_simulated_race_gives_one_owner_per_cluster(n, k, seed):
     decided = _race([f"peer{i}" for i in range(n)], k, random.Random(seed))
     owned = [c for c in decided.values() if c is not None]
     assert len(owned) == len(set(owned)) == min(n, k)
+
+
+def test_awaiting_clusters_are_neither_done_nor_claimable():
+    """A checkpoint at the target that awaits attestations: nobody retrains the cluster meanwhile."""
+    snap = Snapshot(3, (), frozenset({0}), frozenset({1}))
+    assert cluster_states(snap) == [ClusterState.DONE, ClusterState.VERIFYING, ClusterState.FREE]
+    assert choose_cluster(snap, "me") == 2
+    assert choose_cluster(Snapshot(2, (), frozenset({0}), frozenset({1})), "me") is None
+
+
+def test_a_done_lease_without_an_accepted_checkpoint_is_only_an_incumbent():
+    from swarm.acceptance import Status
+    from swarm.state import verified_snapshot
+
+    leases = [ClaimView("liar", 1, ClaimState.DONE), ClaimView("honest", 0, ClaimState.DONE)]
+    snap = verified_snapshot(3, leases, {0: Status.ACCEPTED, 1: None, 2: Status.PENDING})
+    assert snap.done == {0} and snap.awaiting == {2}
+    assert cluster_states(snap) == [ClusterState.DONE, ClusterState.TRAINING, ClusterState.VERIFYING]
