@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from expert.shards import ClipBatch
 from node.bundle import LocalRun, fetch_cluster_clips
 from protocol.errors import ParisError
 from protocol.swarm_records import CheckpointBody
-from swarm.acceptance import Vote
+from swarm.acceptance import Vote, lineage_problem
 from swarm.cas import ContentStore
 from swarm.state import RunRules
 
@@ -31,6 +31,7 @@ class CheckResult:
     parent: str | None = None
     replayed: bool = False
     replay_exact: bool | None = None
+    content_ok: bool = False  # the checkpoint itself is sound, whatever its record claimed about it
 
 
 def slot_cluster(slot: str) -> int | None:
@@ -46,6 +47,7 @@ class CheckpointChecker:
         self.verdicts: dict[str, Vote] = {}  # CID → what this node found inside it (see swarm.acceptance)
         self._trainers: dict[str, object] = {}
         self._held: dict[int, ClipBatch] = {}
+        self._init: dict[str, float] = {}
         self._lock = asyncio.Lock()
 
     @property
@@ -83,12 +85,26 @@ class CheckpointChecker:
         return self._trainers[slot]
 
     async def init_loss(self, slot: str) -> float:
-        """The validation loss of the step-0 initialisation, which anyone rebuilds from the run seed."""
-        trainer = await self.trainer(slot)
-        return float(await asyncio.to_thread(trainer.validation_loss))
+        """The validation loss of the step-0 initialisation, which anyone rebuilds from the run seed (cached)."""
+        if slot not in self._init:
+            trainer = await self.trainer(slot)
+            self._init[slot] = float(await asyncio.to_thread(trainer.validation_loss))
+        return self._init[slot]
 
-    async def check(self, body: CheckpointBody) -> CheckResult:
-        """Fetch `body.cid` and check that it holds what the record claims (see expert.verify.check_content)."""
+    async def _lineage(self, slot: str, meta, val_loss: float, parents: dict[str, tuple[int, float | None]]) -> str:
+        """Whether the checkpoint's own step and loss can follow its own parent: the initialisation (rebuilt
+        here), a checkpoint this node checked, or an accepted one (`parents`); "" if fine or unknown."""
+        policy = self.rules.policy
+        if meta.parent is None:
+            return lineage_problem(meta.step, 0, val_loss, await self.init_loss(slot), policy)
+        mine = self.verdicts.get(meta.parent)
+        facts = (mine.step, mine.val_loss) if mine is not None and mine.accept else parents.get(meta.parent)
+        return "" if facts is None else lineage_problem(meta.step, facts[0], val_loss, facts[1], policy)
+
+    async def check(self, body: CheckpointBody, parents: dict[str, tuple[int, float | None]] | None = None
+                    ) -> CheckResult:
+        """Fetch `body.cid` and check that it holds what the record claims (see expert.verify.check_content),
+        and that its own step and loss can follow its own parent (`parents`: accepted CIDs → step, loss)."""
         from expert.verify import check_content
 
         try:
@@ -100,8 +116,12 @@ class CheckpointChecker:
             report = await asyncio.to_thread(check_content, trainer, path, step=body.step, parent=body.parent,
                                              claimed_loss=body.val_loss, rtol=self.run.spec.validation.rtol)
         meta = report.meta
+        if report.content_ok and meta is not None and report.val_loss is not None:
+            why = await self._lineage(body.slot, meta, report.val_loss, parents or {})
+            if why:
+                report = replace(report, ok=False, content_ok=False, reason=why)
         result = CheckResult(report.ok, report.reason, report.val_loss, meta.step if meta else None,
-                             meta.parent if meta else None)
+                             meta.parent if meta else None, content_ok=report.content_ok)
         self.verdicts[body.cid] = Vote(
             "local", body.cid, meta.step if meta else body.step, meta.parent if meta else body.parent,
             report.val_loss, report.content_ok, "" if report.content_ok else report.reason)

@@ -40,7 +40,7 @@ from node.role_seeder import replicate_accepted, seed_data
 from node.role_verifier import verify_round
 from protocol.errors import ParisError
 from protocol.swarm_gossip import CheckpointEvent, DoneEvent, GossipMessage, LeavingEvent, ProgressEvent
-from protocol.swarm_records import ProgressBody
+from protocol.swarm_records import AttestationBody, ProgressBody
 from protocol.swarm_run import Schedule
 from swarm.acceptance import Status
 from swarm.cas import ContentStore
@@ -98,6 +98,7 @@ class Daemon:
         self._slot: str | None = None
         self.publisher: Publisher | None = None  # type: ignore[assignment]
         self.checker: CheckpointChecker | None = None  # type: ignore[assignment]
+        self.attested: dict[str, AttestationBody] = {}  # CID → our attestation (the verifier role)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._join_command: str | None = None

@@ -15,6 +15,7 @@ from node.checker import CheckpointChecker
 from protocol.atomic import atomic_write_bytes
 from protocol.errors import ParisError
 from protocol.swarm_records import CheckpointBody
+from swarm.acceptance import known_facts
 from swarm.cas import ContentStore
 from swarm.dht import SwarmNode
 from swarm.state import RunRules, RunView, read_run
@@ -78,7 +79,7 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, ou
                 errors.append(f"step {body.step}: {e}")
                 log.warning("could not fetch %s step %d (%s); trying an older one", slot, body.step, e)
                 continue
-            result = await checker.check(body)
+            result = await checker.check(body, known_facts(view.judged(slot)))
             if not result.ok:
                 errors.append(f"step {body.step}: {result.reason}")
                 log.warning("refused %s step %d (%s): %s; trying an older one", slot, body.step, body.cid,

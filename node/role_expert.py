@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from node.logs import event
 from protocol.errors import ParisError
 from protocol.swarm_gossip import ClaimedEvent, DoneEvent
+from swarm.acceptance import known_facts
 from swarm.claims import ClaimManager
 from swarm.state import read_run
 
@@ -70,7 +71,7 @@ async def resume(d: Daemon, trainer, slot: str) -> None:
     for cand in view.accepted_checkpoints(slot):  # newest first; its only holder may be gone
         if cand.step <= own_step:
             break
-        result = await d.checker.check(cand)
+        result = await d.checker.check(cand, known_facts(view.judged(slot)))
         if not result.ok:
             log.warning("not taking over %s from step %d (%s): %s", slot, cand.step, cand.cid, result.reason)
             continue

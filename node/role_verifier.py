@@ -16,6 +16,7 @@ from node.checker import slot_cluster
 from node.logs import event
 from node.role_seeder import slots
 from protocol.swarm_records import AttestationBody, CheckpointBody
+from swarm.acceptance import known_facts
 from swarm.state import RunView, publish_attestation
 
 if TYPE_CHECKING:
@@ -31,25 +32,27 @@ def should_replay(cid: str, replay_every: int) -> bool:
     return replay_every > 0 and int.from_bytes(hashlib.sha256(cid.encode()).digest()[:8], "big") % replay_every == 0
 
 
-def to_verify(view: RunView, me: str, slot: str) -> list[CheckpointBody]:
-    """Trainers' records of `slot` that we have not attested yet and did not train ourselves, newest first."""
-    mine = {a.cid for peer, a in view.attestations if peer == me}
+def to_verify(view: RunView, me: str, slot: str, done: set[str] | frozenset[str] = frozenset()
+              ) -> list[CheckpointBody]:
+    """Trainers' records of `slot` whose CID we have not attested yet (nor checked: `done`) and did not train
+    ourselves: the newest few, checked in step order so that a parent's facts are known before its child."""
+    mine = {a.cid for peer, a in view.attestations if peer == me} | set(done)
     seen, out = set(), []
     for peer, c in sorted(view.checkpoints, key=lambda pc: (pc[1].step, pc[1].ts), reverse=True):
         if c.slot == slot and not c.replica and peer != me and c.cid not in mine and c.cid not in seen:
             seen.add(c.cid)
             out.append(c)
-    return out[:PER_SLOT_PER_ROUND]
+    return sorted(out[:PER_SLOT_PER_ROUND], key=lambda c: c.step)  # the newest few, parents before children
 
 
-async def _attest(d: Daemon, slot: str, body: CheckpointBody, schedule) -> AttestationBody | None:
+async def _attest(d: Daemon, slot: str, body: CheckpointBody, schedule, parents) -> AttestationBody | None:
     """Check one checkpoint (and replay it when its turn comes); None when it could not be fetched yet."""
-    result = await d.checker.check(body)
+    result = await d.checker.check(body, parents)
     if result.reason.startswith("not fetchable"):
         return None  # not a verdict: try again next round
     replayed, exact = False, None
     cluster = slot_cluster(slot)
-    if result.ok and cluster is not None and should_replay(body.cid, schedule.replay_every):
+    if result.content_ok and cluster is not None and should_replay(body.cid, schedule.replay_every):
         from node.bundle import fetch_cluster_clips
 
         clips = await fetch_cluster_clips(d.store, d.run_info, cluster)
@@ -57,10 +60,14 @@ async def _attest(d: Daemon, slot: str, body: CheckpointBody, schedule) -> Attes
         replayed, exact = True, replay.replay_exact
         if not replay.ok:
             result = replay
+    # the verdict is about the checkpoint itself, with what was found inside: a record that misstates an honest
+    # checkpoint (another step, parent or loss) is contradicted by these facts under the acceptance rule,
+    # without a reject that would also count against the honest record of the same CID
     found = result.step is not None
+    good = result.content_ok and (not replayed or result.ok)
     return AttestationBody(slot=slot, cid=body.cid, step=result.step if found else body.step,
                            parent=result.parent if found else body.parent, val_loss=result.val_loss,
-                           verdict="accept" if result.ok else "reject", reason=result.reason[:300],
+                           verdict="accept" if good else "reject", reason="" if good else result.reason[:300],
                            replayed=replayed, replay_exact=exact, ts=get_dht_time())
 
 
@@ -69,18 +76,25 @@ async def verify_round(d: Daemon, view: RunView) -> int:
     assert d.node is not None and d.run_info is not None
     schedule = d.run_info.manifest.schedule
     done = 0
+    run_id = d.run_info.spec.run_id
+    visible = {a.cid for peer, a in view.attestations if peer == d.node.peer_id}
+    for cid, att in list(d.attested.items())[-64:]:  # a write that no peer stored is retried, not redone
+        if cid not in visible:
+            await publish_attestation(d.node, run_id, att.model_copy(update={"ts": get_dht_time()}))
     for slot in slots(d.run_info.spec.num_clusters):
-        for body in to_verify(view, d.node.peer_id, slot):
+        parents = known_facts(view.judged(slot))
+        for body in to_verify(view, d.node.peer_id, slot, set(d.attested)):
             if d.stopping.is_set():
                 return done
             try:
-                att = await _attest(d, slot, body, schedule)
+                att = await _attest(d, slot, body, schedule, parents)
             except Exception:  # a hostile checkpoint must never stop a verifier: log, skip, retry next round
                 log.exception("checking %s step %d (%s) failed", slot, body.step, body.cid)
                 continue
             if att is None:
                 continue
-            await publish_attestation(d.node, d.run_info.spec.run_id, att)
+            d.attested[body.cid] = att
+            await publish_attestation(d.node, run_id, att)
             done += 1
             event(log, f"attested {slot} checkpoint", step=body.step, cid=body.cid, verdict=att.verdict,
                   val_loss=None if att.val_loss is None else round(att.val_loss, 6), replayed=att.replayed,

@@ -137,9 +137,11 @@ class CheckpointBody(Frozen):
 
 
 class AttestationBody(Frozen):
-    """`paris/{run}/attestations`, subkey `owner#cid`: a verifier's signed verdict on one checkpoint, with
-    what it found inside (step, parent) and the validation loss it recomputed. Ranks what consumers
-    download first; it never replaces their own check."""
+    """`paris/{run}/attestations`, subkey `owner#cid`: a verifier's signed verdict on one checkpoint's content
+    ("accept": it loads for its slot, is finite, its validation loss recomputes, a first checkpoint beats the
+    initialisation, a replayed interval matched), with what it found inside (step, parent) and the loss it
+    recomputed. Records that misstate the checkpoint are contradicted by those facts (swarm.acceptance). It
+    ranks what consumers download first; it never replaces their own check."""
 
     kind: Literal["attestation"] = "attestation"
     slot: Slot

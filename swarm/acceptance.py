@@ -91,6 +91,17 @@ def _agree(a: float | None, b: float | None, rtol: float) -> bool:
             and abs(a - b) <= rtol * max(abs(a), abs(b), 1e-12))
 
 
+def lineage_problem(step: int, parent_step: int, val_loss: float, parent_loss: float | None, policy: Policy) -> str:
+    """Why a checkpoint at `step` with `val_loss` cannot follow a parent at `parent_step` with `parent_loss`
+    ("" if it can): the rule's step and loss conditions, shared by the rule and by every local check."""
+    if not 1 <= step - parent_step <= policy.max_interval:
+        return f"step {step} is not 1..{policy.max_interval} steps past its parent's step {parent_step}"
+    if parent_loss is not None and val_loss > parent_loss * (1 + policy.loss_tolerance) + 1e-9:
+        return (f"validation loss {val_loss:.6g} is worse than its parent's {parent_loss:.6g} by more than "
+                f"{policy.loss_tolerance:.0%}")
+    return ""
+
+
 def _objection(claim: Claim, v: Vote, rtol: float) -> str:
     """Why vote `v` contradicts `claim` ("" if it supports it)."""
     if not v.accept:
@@ -182,12 +193,8 @@ def judge(claims: Iterable[Claim], votes: Iterable[Vote], policy: Policy,
         parent_loss = policy.init_loss if parent is None else parent.claim.val_loss
         if parent is not None and parent.status == Status.REJECTED:
             return out(Status.REJECTED, parent.reason if parent.claim is c else "descends from a rejected checkpoint")
-        if not 1 <= c.step - parent_step <= policy.max_interval:
-            return out(Status.REJECTED, f"step {c.step} is not 1..{policy.max_interval} steps past its parent's "
-                                        f"step {parent_step}")
-        if parent_loss is not None and c.val_loss > parent_loss * (1 + policy.loss_tolerance) + 1e-9:
-            return out(Status.REJECTED, f"validation loss {c.val_loss:.6g} is worse than its parent's "
-                                        f"{parent_loss:.6g} by more than {policy.loss_tolerance:.0%}")
+        if why := lineage_problem(c.step, parent_step, c.val_loss, parent_loss, policy):
+            return out(Status.REJECTED, why)
         if not mine and rejects > accepts:
             return out(Status.REJECTED, vote_reason)
         if parent is not None and parent.status == Status.PENDING:
@@ -198,6 +205,11 @@ def judge(claims: Iterable[Claim], votes: Iterable[Vote], policy: Policy,
 
     judged = [j(c) for c in claims]
     return sorted(judged, key=lambda x: (x.claim.step, x.claim.ts), reverse=True)
+
+
+def known_facts(judgements: Iterable[Judgement]) -> dict[str, tuple[int, float | None]]:
+    """CID → (step, validation loss) of accepted checkpoints: what a local check compares a child with."""
+    return {j.claim.cid: (j.claim.step, j.claim.val_loss) for j in judgements if j.accepted}
 
 
 def accepted(judgements: Iterable[Judgement]) -> list[Judgement]:
