@@ -203,7 +203,7 @@ def judge(claims: Iterable[Claim], votes: Iterable[Vote], policy: Policy,
             return out(Status.ACCEPTED, "verified by this node" if mine else f"{accepts} attestation(s)")
         return out(Status.PENDING, f"{accepts} of {policy.attestations} attestation(s)", True)
 
-    judged = [j(c) for c in claims]
+    judged = [j(c) for c in claims]  # ascending step: every parent is judged before its children (no recursion)
     return sorted(judged, key=lambda x: (x.claim.step, x.claim.ts), reverse=True)
 
 

@@ -588,3 +588,10 @@ def test_unattested_forgeries_never_demote_an_accepted_chain(case):
     assert all(j.accepted for j in judge(chain, votes, policy))
     after = judge(chain + forged, votes, policy)
     assert all(j.accepted for j in after if j.claim.trainer != "forger")
+
+
+def test_a_long_announced_chain_is_judged_without_recursion():
+    """Records are free to announce: a chain of thousands must not exhaust the stack of every reader."""
+    chain = [Claim("peerA", f"c{i}", i + 1, f"c{i - 1}" if i else None, 1.0) for i in range(5000)]
+    js = judge(list(reversed(chain)), [], Policy(attestations=0, max_interval=1))
+    assert all(j.accepted for j in js) and js[0].claim.step == 5000
