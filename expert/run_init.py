@@ -16,8 +16,9 @@ from protocol.run import EmbeddingInfo, RunSpec, ValidationSpec, choose_holdout
 
 def init_run(data_dir: Path, clusters: int, *, preset: ExpertPreset | None = None, preset_name: str = "small",
              seed: int = 0, name: str = "run", clip_model: str | None = None,
-             clip_weights: str | None = None, target_steps: int | None = None) -> RunSpec:
-    """Cluster the data set in `data_dir` into `clusters` and return the run spec (not yet saved)."""
+             clip_weights: str | None = None, target_steps: int | None = None, creator: str | None = None) -> RunSpec:
+    """Cluster the data set in `data_dir` into `clusters` and return the run spec (not yet saved). `creator`:
+    the OpenSSH public key of the identity that will own (publish and sign) the run."""
     manifest, clips = load_dataset(data_dir)
     if clip_weights:
         model_name = clip_model or "ViT-B-32"
@@ -42,5 +43,5 @@ def init_run(data_dir: Path, clusters: int, *, preset: ExpertPreset | None = Non
         embedding=EmbeddingInfo(dim=emb.shape[1], mean=tuple(float(v) for v in np.round(result.mean, 6)),
                                 scale=tuple(float(v) for v in np.round(result.scale, 6)),
                                 two_stage_fine=result.fine, **info_kw),
-        preset=preset, balance=report, seed=seed, data_hint=str(Path(data_dir).resolve()),
+        preset=preset, balance=report, seed=seed, creator=creator, data_hint=str(Path(data_dir).resolve()),
     )

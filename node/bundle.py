@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,11 @@ from protocol.canonical import canonical_json
 from protocol.data import DataManifest
 from protocol.errors import IntegrityError, ParisError
 from protocol.run import RunSpec
-from protocol.swarm_records import RunPointerBody, run_key
-from protocol.swarm_run import SPEC_FILE, SWARM_FILE, ClusterData, Schedule, SwarmRunManifest
+from protocol.swarm_records import RUN_ID_PATTERN, RunPointerBody, run_key
+from protocol.swarm_run import SIGNATURE_FILE, SPEC_FILE, SWARM_FILE, ClusterData, Schedule, SwarmRunManifest
 from swarm.cas import ContentStore
 from swarm.dht import SwarmNode
+from swarm.identity import peer_id_of_public_key, sign, verify_signature
 from swarm.state import list_runs, publish_spec_pointer
 
 log = logging.getLogger(__name__)
@@ -59,9 +61,29 @@ def _write_subset(clips: ClipBatch, like: DataManifest, out: Path, per_shard: in
     return out
 
 
+def bundle_digest(spec_bytes: bytes, swarm_bytes: bytes) -> bytes:
+    """What the creator signs: both bundle files, length-prefixed so that no byte can move between them."""
+    return b"paris-bundle/1\n" + len(spec_bytes).to_bytes(8, "big") + spec_bytes + swarm_bytes
+
+
+def write_bundle(bundle: Path, spec: RunSpec, manifest: SwarmRunManifest, identity) -> None:
+    """Write `run.json`, `swarm.json` and the creator's signature of both into a fresh folder `bundle`."""
+    if bundle.exists():
+        shutil.rmtree(bundle)
+    bundle.mkdir(parents=True)
+    spec_bytes, swarm_bytes = canonical_json(spec.model_copy(update={"data_hint": None})), canonical_json(manifest)
+    atomic_write_bytes(bundle / SPEC_FILE, spec_bytes)
+    atomic_write_bytes(bundle / SWARM_FILE, swarm_bytes)
+    atomic_write_bytes(bundle / SIGNATURE_FILE, sign(identity, bundle_digest(spec_bytes, swarm_bytes)))
+
+
 async def publish_run(node: SwarmNode, store: ContentStore, spec: RunSpec, data_dir: Path, work: Path,
                       schedule: Schedule | None = None) -> LocalRun:
-    """Put the run's cluster data and bundle into `store` (pinned, provided) and announce it in the DHT."""
+    """Put the run's cluster data and bundle into `store` (pinned, provided), sign the bundle with our key (we
+    must be the spec's creator) and announce it in the DHT."""
+    if spec.creator is None or spec.creator.encode() != node.identity.public_key_bytes:
+        raise ParisError(f"run {spec.run_id} belongs to another creator: only the identity that created it "
+                         "(whose key its run id commits to) can publish it")
     work = Path(work)
     cluster_dirs = await asyncio.to_thread(split_by_cluster, spec, data_dir, work / "clusters")
     clusters = []
@@ -74,11 +96,7 @@ async def publish_run(node: SwarmNode, store: ContentStore, spec: RunSpec, data_
     manifest = SwarmRunManifest(run_id=spec.run_id, clusters=tuple(clusters), schedule=schedule or Schedule(),
                                 created_by=node.peer_id, created_at=get_dht_time())
     bundle = work / "bundle"
-    if bundle.exists():
-        shutil.rmtree(bundle)
-    bundle.mkdir(parents=True)
-    spec.model_copy(update={"data_hint": None}).save(bundle / SPEC_FILE)
-    atomic_write_bytes(bundle / SWARM_FILE, canonical_json(manifest))
+    write_bundle(bundle, spec, manifest, node.identity)
     cid = await store.put(bundle)
     if not await publish_spec_pointer(node, spec.run_id, cid, spec.num_clusters):
         log.warning("the run's spec pointer was not stored by any peer yet; it is re-announced periodically")
@@ -88,6 +106,9 @@ async def publish_run(node: SwarmNode, store: ContentStore, spec: RunSpec, data_
 async def resolve_run_id(node: SwarmNode, run: str | None) -> str:
     """The run to join: `run` if given, else the only (or newest) run announced in the swarm."""
     if run:
+        if not re.fullmatch(RUN_ID_PATTERN, run):
+            raise ParisError(f"--run {run!r} is neither a run id nor a run spec file (to publish a new run, give "
+                             "the .json file that `paris-node run init` wrote)")
         return run
     runs = await list_runs(node)
     if not runs:
@@ -99,31 +120,67 @@ async def resolve_run_id(node: SwarmNode, run: str | None) -> str:
 
 
 async def fetch_run(node: SwarmNode, store: ContentStore, run_id: str, *, timeout: float = 120.0) -> LocalRun:
-    """Fetch and verify run `run_id`'s bundle from the swarm (retrying while its pointer is not yet visible)."""
+    """Fetch and verify run `run_id`'s bundle from the swarm (retrying while its pointer is not yet visible).
+    Only the creator's pointer counts: the run id commits to the creator's key, the pointer record must be
+    signed by that key and the bundle carry its signature. Pointers of other keys are ignored and logged,
+    however new their timestamps."""
     deadline = asyncio.get_running_loop().time() + timeout
+    creator: bytes | None = None
+    errors: list[str] = []
+    tried: set[tuple[bytes, str]] = set()
     while True:
         found = await node.get(run_key(run_id, "spec"))
-        pointers = sorted((r.body for r in found.records if isinstance(r.body, RunPointerBody)
-                           and r.body.run_id == run_id), key=lambda b: b.ts, reverse=True)
-        if pointers:
-            break
+        pointers = sorted(((r.owner, r.body) for r in found.records if isinstance(r.body, RunPointerBody)
+                           and r.body.run_id == run_id), key=lambda ob: ob[1].ts, reverse=True)
+        for owner, pointer in pointers:
+            if (owner, pointer.spec_cid) in tried:
+                continue
+            tried.add((owner, pointer.spec_cid))
+            if creator is not None and owner != creator:
+                log.warning("ignoring a pointer to run %s from %s: only its creator's pointer counts", run_id,
+                            peer_id_of_public_key(owner))
+                continue
+            try:
+                path = await store.get(pointer.spec_cid)
+                return _verify_bundle(path, run_id, pointer.spec_cid, owner)
+            except ForeignBundleError as e:
+                creator = e.creator
+                log.warning("ignoring a pointer to run %s: %s", run_id, e)
+                errors.append(str(e))
+            except (IntegrityError, ParisError) as e:
+                errors.append(str(e))
         if asyncio.get_running_loop().time() > deadline:
+            if errors:
+                raise ParisError(f"no valid bundle for run {run_id}: {'; '.join(errors[-3:])}")
             raise ParisError(f"run {run_id} is not announced in this swarm (check the run id and the peers)")
         await asyncio.sleep(2.0)
-    errors = []
-    for pointer in pointers:  # several creators may announce the same run; the first that verifies wins
-        try:
-            path = await store.get(pointer.spec_cid)
-            return _verify_bundle(path, run_id, pointer.spec_cid)
-        except (IntegrityError, ParisError) as e:
-            errors.append(str(e))
-    raise ParisError(f"no valid bundle for run {run_id}: {'; '.join(errors)}")
 
 
-def _verify_bundle(path: Path, run_id: str, cid: str) -> LocalRun:
+class ForeignBundleError(IntegrityError):
+    """A bundle of the right run announced or signed by a key other than its creator's."""
+
+    def __init__(self, message: str, creator: bytes) -> None:
+        super().__init__(message)
+        self.creator = creator
+
+
+def _verify_bundle(path: Path, run_id: str, cid: str, announcer: bytes | None = None) -> LocalRun:
+    """Check a fetched bundle: its spec hashes to `run_id` (so its creator is the run's), the pointer came from
+    that creator (`announcer`, when known), and the creator signed both files."""
+    spec_bytes = (path / SPEC_FILE).read_bytes() if (path / SPEC_FILE).is_file() else b""
     spec = RunSpec.load(path / SPEC_FILE)
     if spec.run_id != run_id:
         raise IntegrityError(f"bundle {cid} holds run {spec.run_id}, not {run_id}")
+    if spec.creator is None:
+        raise IntegrityError(f"bundle {cid}: run {run_id} names no creator")
+    creator = spec.creator.encode()
+    if announcer is not None and announcer != creator:
+        raise ForeignBundleError(f"pointer from {peer_id_of_public_key(announcer)}, not from the run's creator "
+                                 f"{peer_id_of_public_key(creator)}", creator)
+    swarm_bytes = (path / SWARM_FILE).read_bytes() if (path / SWARM_FILE).is_file() else b""
+    signature = (path / SIGNATURE_FILE).read_bytes() if (path / SIGNATURE_FILE).is_file() else b""
+    if not verify_signature(creator, bundle_digest(spec_bytes, swarm_bytes), signature):
+        raise ForeignBundleError(f"bundle {cid} is not signed by the run's creator", creator)
     manifest = SwarmRunManifest.load(path / SWARM_FILE)
     if manifest.run_id != run_id or len(manifest.clusters) != spec.num_clusters:
         raise IntegrityError(f"bundle {cid}: its swarm manifest does not match run {run_id}")

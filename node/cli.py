@@ -110,15 +110,21 @@ def run_init(
     clip_model: Annotated[str | None, typer.Option(help="open_clip architecture for embedding clips.")] = None,
     clip_weights: Annotated[str | None, typer.Option(help="Local open_clip weights to embed clips with.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
+    home: Annotated[Path, typer.Option(help="The identity that will own the run (the daemon's home).")]
+    = Path("~/.paris"),
 ) -> None:
-    """Cluster the data and write a run spec; prints its run id and the balance report."""
+    """Cluster the data and write a run spec owned by this home's identity; prints its run id."""
     from expert.presets import get_preset
     from expert.run_init import init_run
+    from protocol.run import RunSpec
+    from swarm.identity import load_identity
 
     chosen = get_preset(preset, vae_path=vae, text_weights=text_weights)
     with console.status("embedding and clustering clips"):
         spec = init_run(data, clusters, preset=chosen, seed=seed, name=name, clip_model=clip_model,
                         clip_weights=clip_weights, target_steps=target_steps)
+    creator = load_identity(home.expanduser()).public_key_bytes.decode()  # after the data proved usable
+    spec = RunSpec.model_validate({**spec.model_dump(), "creator": creator})
     spec.save(out_file)
     b = spec.balance
     if json_out:

@@ -99,6 +99,7 @@ class Daemon:
         self.publisher: Publisher | None = None  # type: ignore[assignment]
         self.checker: CheckpointChecker | None = None  # type: ignore[assignment]
         self.attested: dict[str, AttestationBody] = {}  # CID → our attestation (the verifier role)
+        self.created_run = False  # we published the run (a new swarm, or `--run FILE` into an existing one)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._join_command: str | None = None
@@ -131,7 +132,7 @@ class Daemon:
             await self._start_gossip()
             self._write_node_file()
             self._tasks += [asyncio.create_task(self._progress_loop()), asyncio.create_task(self._member_loop())]
-            if not network.initial_peers:
+            if self.created_run:
                 self._announce_bootstrap()
             await self._role_loop()
         finally:
@@ -153,7 +154,7 @@ class Daemon:
             if self.driver is not None:
                 self.driver.stop.set()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal was closed
             loop.add_signal_handler(sig, on_signal, sig)
 
     async def _shutdown(self) -> None:
@@ -178,7 +179,9 @@ class Daemon:
 
     async def _open_run(self) -> LocalRun:
         assert self.node is not None and self.store is not None
-        if self.opts.network.initial_peers:
+        self.created_run = not self.opts.network.initial_peers or (
+            self.opts.run is not None and (Path(self.opts.run).suffix == ".json" or Path(self.opts.run).is_file()))
+        if not self.created_run:
             run_id = await resolve_run_id(self.node, self.opts.run)
             event(log, "fetching the run", run=run_id)
             local = await fetch_run(self.node, self.store, run_id)
@@ -193,9 +196,11 @@ class Daemon:
         return local
 
     def _local_spec(self):
-        """The spec to start a swarm on: `--run FILE`, or the demo run (made once, reused on restart)."""
-        from protocol.run import RunSpec
+        """The spec to start a swarm on: `--run FILE`, or the demo run (made once, reused on restart); either way
+        owned by this node's identity."""
+        from protocol.run import RUN_FORMAT_VERSION, RunSpec
 
+        me = self.node.identity.public_key_bytes.decode()
         if self.opts.run:
             path = Path(self.opts.run)
             if not path.is_file():
@@ -204,9 +209,15 @@ class Daemon:
             data = self.opts.data or (Path(spec.data_hint) if spec.data_hint else None)
             if data is None:
                 raise ParisError(f"{path} does not say where its data is: pass --data DIR")
+            if spec.creator is None:  # a spec made without an identity: this node becomes its creator
+                spec = spec.model_copy(update={"creator": me})
+                event(log, "the run spec names no creator: publishing it as this node's run", run=spec.run_id)
+            elif spec.creator != me:
+                raise ParisError(f"{path} belongs to another creator (its run id commits to their key): only that "
+                                 f"identity can publish it; join it with --run {spec.run_id} instead")
             return spec, data
         d = self.opts.demo
-        root = self.home / "demo" / f"{d.preset}-k{d.clusters}-n{d.clips}-t{d.target_steps}"
+        root = self.home / "demo" / f"v{RUN_FORMAT_VERSION}-{d.preset}-k{d.clusters}-n{d.clips}-t{d.target_steps}"
         data, run_file = root / "data", root / "run.json"
         if not (data / "manifest.json").is_file():
             from expert.synth_dataset import write_synthetic
@@ -217,7 +228,8 @@ class Daemon:
             from expert.run_init import init_run
 
             event(log, "clustering the demo data", clusters=d.clusters)
-            spec = init_run(data, d.clusters, preset_name=d.preset, seed=0, name="demo", target_steps=d.target_steps)
+            spec = init_run(data, d.clusters, preset_name=d.preset, seed=0, name="demo", target_steps=d.target_steps,
+                            creator=me)
             spec.save(run_file)
         return RunSpec.load(run_file), data
 
@@ -249,7 +261,8 @@ class Daemon:
         peers = " ".join(f"--initial-peers {m}" for m in maddrs[:2])
         self._join_command = f"paris-node join {peers} --run {self.run_info.spec.run_id}"
         self._write_node_file()
-        event(log, f"new swarm started; others join it with:\n\n    {self._join_command}\n")
+        what = "new run published into the swarm" if self.opts.network.initial_peers else "new swarm started"
+        event(log, f"{what}; others join it with:\n\n    {self._join_command}\n")
         if all("/127.0.0.1/" in m or "/::1/" in m for m in maddrs):
             log.info("listening on loopback only: pass --host 0.0.0.0 (and --announce-host PUBLIC_IP) to let "
                      "other machines join")
@@ -280,7 +293,7 @@ class Daemon:
                 if self.gossip is not None:
                     await join_gossip(self.node, self.gossip, role=self.opts.role,
                                       ttl=max(180.0, 6 * self.opts.period))
-                if not self.opts.network.initial_peers:
+                if self.created_run:
                     await publish_spec_pointer(self.node, self.run_info.spec.run_id, self.run_info.bundle_cid,
                                                self.run_info.spec.num_clusters)
             except Exception:
@@ -391,14 +404,18 @@ class Daemon:
         assert self.run_info is not None
         return self.home / "checkpoints" / self.run_info.spec.run_id / slot
 
-    async def train(self, trainer, slot: str, target: int) -> bool:
-        """Drive `trainer` to `target` in a worker thread; every checkpoint is published on the event loop."""
+    async def train(self, trainer, slot: str, target: int, holds=lambda: True) -> bool:
+        """Drive `trainer` to `target` in a worker thread; every checkpoint is published on the event loop while
+        `holds()` says we still own the slot's lease (after losing it we keep our work locally, silently)."""
         assert self.run_info is not None
         schedule = self.run_info.manifest.schedule
         loop = asyncio.get_running_loop()
         pending: list = []
 
         def on_checkpoint(path: Path, meta) -> None:  # worker thread: hand the publication to the event loop
+            if not holds():
+                log.warning("not publishing %s step %d: this node no longer holds the slot's lease", slot, meta.step)
+                return
             pending.append(asyncio.run_coroutine_threadsafe(self.publisher.publish(slot, path, meta), loop))
 
         driver = TrainingDriver(trainer, target, self.checkpoint_root(slot),

@@ -39,10 +39,11 @@ async def run_expert(d: Daemon, manager: ClaimManager, cluster: int) -> None:
         trainer = await asyncio.to_thread(ExpertTrainer, spec.preset, clips, device=d.device, seed=spec.seed,
                                           run_id=spec.run_id, cluster=cluster, holdout=held,
                                           validation=spec.validation)
-        await resume(d, trainer, slot)
+        await resume(d, trainer, slot, holds=lambda: manager.cluster == cluster)
         if manager.cluster != cluster:
             return
-        reached = await d.train(trainer, slot, spec.preset.train.target_steps)
+        reached = await d.train(trainer, slot, spec.preset.train.target_steps,
+                                holds=lambda: manager.cluster == cluster)
         if reached and manager.cluster == cluster:
             cid = d.publisher.published.get(slot, (None, 0))[0]
             await manager.mark_done(trainer.step, cid)
@@ -54,7 +55,7 @@ async def run_expert(d: Daemon, manager: ClaimManager, cluster: int) -> None:
         d.set_role("seeder")
 
 
-async def resume(d: Daemon, trainer, slot: str) -> None:
+async def resume(d: Daemon, trainer, slot: str, holds=lambda: True) -> None:
     """Start from the most advanced of: the swarm's newest *accepted* checkpoint of `slot` that passes our own
     check (validation loss recomputed here), our own last one. A refused candidate is reported and the next
     one tried; what we took over is pinned and provided."""
@@ -89,4 +90,5 @@ async def resume(d: Daemon, trainer, slot: str) -> None:
     if own_step >= 0:
         meta = await asyncio.to_thread(trainer.load, own_root)
         event(log, f"resumed {slot} from our own checkpoint", step=meta.step)
-        await d.publisher.publish(slot, resolve_checkpoint(own_root), meta)  # it may never have reached the swarm
+        if holds():  # it may never have reached the swarm
+            await d.publisher.publish(slot, resolve_checkpoint(own_root), meta)

@@ -55,9 +55,12 @@ async def maybe_run_router(d: Daemon, *, wait: bool) -> bool:
         trainer = await asyncio.to_thread(router_trainer_from_clips, spec, ClipBatch.concat(parts), labels,
                                           cap=schedule.router_cap, device=d.device, holdout=ClipBatch.concat(held),
                                           holdout_labels=held_labels)
-        await resume(d, trainer, "router")
+        await resume(d, trainer, "router", holds=lambda: lease.cluster is not None)
+        if lease.cluster is None:
+            return True
         target = max(schedule.router_target_steps, trainer.step + 1)
-        while await d.train(trainer, "router", target) and not d.stopping.is_set():
+        while (await d.train(trainer, "router", target, holds=lambda: lease.cluster is not None)
+               and not d.stopping.is_set() and lease.cluster is not None):
             report = await asyncio.to_thread(trainer.validation)
             event(log, "router validated on the held-out split", step=trainer.step, loss=round(report["loss"], 5),
                   accuracy=report["accuracy"], per_noise_level=report["per_noise_level"])

@@ -23,12 +23,13 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def content_id(value: BaseModel | dict[str, Any], *, prefix: str, exclude: set[str] | None = None) -> str:
-    """A short, human-quotable id: `prefix` + first 16 hex digits of the canonical encoding's SHA-256.
+def content_id(value: BaseModel | dict[str, Any], *, prefix: str, exclude: set[str] | None = None,
+               digits: int = 16) -> str:
+    """A human-quotable id: `prefix` + the first `digits` hex digits of the canonical encoding's SHA-256.
     Fields that are None are left out, so that adding an optional field to a schema keeps old ids."""
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json", exclude=exclude, exclude_none=True)
-    return f"{prefix}-{sha256_hex(canonical_json(value))[:16]}"
+    return f"{prefix}-{sha256_hex(canonical_json(value))[:digits]}"
 
 
 def file_sha256(path: Path) -> str:

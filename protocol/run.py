@@ -88,8 +88,9 @@ def choose_holdout(assignments: tuple[int, ...] | list[int], num_clusters: int, 
 
 
 class RunSpec(Frozen):
-    """Identity of a run. `run_id` is the content hash of everything except `data_hint`, a local path
-    that only says where this machine keeps the data."""
+    """Identity of a run. `run_id` is a 128-bit content hash of everything except `data_hint` (a local path
+    that only says where this machine keeps the data), so it commits to the spec *and* to `creator`, the
+    OpenSSH public key of the peer that owns the run: only that key's pointer and signed bundle count."""
 
     format_version: int = RUN_FORMAT_VERSION
     name: str = "run"
@@ -102,6 +103,7 @@ class RunSpec(Frozen):
     balance: BalanceReport
     seed: int = 0
     validation: ValidationSpec
+    creator: str | None = Field(default=None, pattern=r"^ssh-rsa [A-Za-z0-9+/=]{100,2000}$")
     data_hint: str | None = None
 
     @model_validator(mode="after")
@@ -126,7 +128,7 @@ class RunSpec(Frozen):
 
     @property
     def run_id(self) -> str:
-        return content_id(self, prefix="run", exclude={"data_hint"})
+        return content_id(self, prefix="run", exclude={"data_hint"}, digits=32)
 
     def cluster_clips(self, cluster: int) -> list[int]:
         """Every clip of `cluster` (global indices, ascending), held-out ones included."""

@@ -1,9 +1,10 @@
 """The run bundle: what a swarm publishes about a run besides its spec, so that a joiner can find each
 cluster's data by CID and every node agrees on the daemon's schedule (targets, checkpoint cadence).
 
-The bundle is a directory in the content store holding `run.json` (the RunSpec) and `swarm.json` (this
-manifest); its root CID is what the run's spec pointer in the DHT names. The creator of a run is trusted to
-define it; everything else a joiner receives is checked against the bundle (CIDs, clip counts, run id).
+The bundle is a directory in the content store holding `run.json` (the RunSpec), `swarm.json` (this
+manifest) and `creator.sig`; its root CID is what the run's spec pointer in the DHT names. The run id commits
+to the creator's key, which signs both files: the creator defines the run, nobody else can redefine it, and
+everything else a joiner receives is checked against the bundle (CIDs, clip counts, run id).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from protocol.swarm_records import Cid, PeerIdStr, RunId, Timestamp
 SWARM_RUN_FORMAT = 1
 SPEC_FILE = "run.json"
 SWARM_FILE = "swarm.json"
+SIGNATURE_FILE = "creator.sig"  # the creator's RSA signature of both files (node.bundle.bundle_digest)
 
 
 def router_lease_id(run_id: str) -> str:

@@ -83,3 +83,16 @@ def peer_id_of_public_key(ssh_public_key: bytes) -> str:
     public = RSAPublicKey.from_bytes(ssh_public_key)._public_key
     return peer_id_from_public_der(
         public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def sign(identity: Identity, data: bytes) -> bytes:
+    """An RSA signature of `data` by this identity (what a run's creator puts on its bundle)."""
+    return identity.private_key.sign(data)
+
+
+def verify_signature(ssh_public_key: bytes, data: bytes, signature: bytes) -> bool:
+    """Whether `signature` is the holder of `ssh_public_key`'s signature of `data`; False for any bad input."""
+    try:
+        return bool(RSAPublicKey.from_bytes(ssh_public_key).verify(data, signature))
+    except Exception:  # a malformed key or signature from a peer is a failed check, not a crash
+        return False

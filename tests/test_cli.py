@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from swarm.identity import load_identity
+
 pytestmark = pytest.mark.slow  # real processes, a few minutes in all
 
 CLI = [sys.executable, "-m", "node.cli"]
@@ -31,9 +33,12 @@ def workdir(tmp_path_factory):
     summary = json.loads(out.stdout)
     assert summary["clips"] == 60 and summary["data_id"].startswith("data-")
     init = run("run", "init", "--data", d / "data", "--clusters", 2, "--preset", "tiny", "--out", d / "run.json",
-               "--json")
+               "--home", d / "home", "--json")
     info = json.loads(init.stdout)
-    assert info["run_id"].startswith("run-") and sum(info["balance"]["sizes"]) == 60
+    assert info["run_id"].startswith("run-") and len(info["run_id"]) == 4 + 32  # 128 bits
+    assert sum(info["balance"]["sizes"]) == 60
+    spec = json.loads((d / "run.json").read_text())
+    assert spec["creator"].encode() == (load_identity(d / "home").public_key_bytes)  # the run id commits to it
     return d
 
 

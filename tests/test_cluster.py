@@ -68,5 +68,16 @@ def test_run_id_ignores_absent_optional_fields(tiny_run):
     # later gains an optional field still gives old specs their old ids
     dumped = spec.model_dump(mode="json", exclude={"data_hint"}, exclude_none=True)
     assert "router" not in dumped["preset"]
-    assert spec.run_id == content_id(dumped, prefix="run")
-    assert content_id(spec.model_copy(update={"data_hint": None}), prefix="run", exclude={"data_hint"}) == spec.run_id
+    assert spec.run_id == content_id(dumped, prefix="run", digits=32)
+    assert content_id(spec.model_copy(update={"data_hint": None}), prefix="run", exclude={"data_hint"},
+                      digits=32) == spec.run_id
+
+
+def test_run_id_commits_to_its_creator(tiny_run, tmp_path):
+    from protocol.run import RunSpec
+    from swarm.identity import load_identity
+
+    spec, _ = tiny_run
+    a, b = (load_identity(tmp_path / n).public_key_bytes.decode() for n in ("a", "b"))
+    ids = {RunSpec.model_validate({**spec.model_dump(), "creator": c}).run_id for c in (a, b, None)}
+    assert len(ids) == 3 and all(len(i) == len("run-") + 32 for i in ids)

@@ -198,7 +198,8 @@ def test_three_daemons_train_take_over_seed_and_fetch(swarm):
     assert not (root / "boot" / "node.json").exists()
 
 
-def test_sigterm_mid_training_publishes_a_final_checkpoint_and_releases(swarm):
+def test_sighup_mid_training_publishes_a_final_checkpoint_and_releases(swarm):
+    """A closed terminal (SIGHUP) stops the daemon like SIGTERM (which the test above sends)."""
     root, start = swarm
     solo = start("solo", *common(target=100000), "--no-gossip")
     solo.wait_for(lambda e: e.get("msg", "").startswith("training expert-"), 240, "training starts")
@@ -208,7 +209,7 @@ def test_sigterm_mid_training_publishes_a_final_checkpoint_and_releases(swarm):
     training = [s for s in st_before["slots"] if s["state"] == "training"]
     assert len(training) == 1
     t0 = time.monotonic()
-    solo.proc.send_signal(signal.SIGTERM)
+    solo.proc.send_signal(signal.SIGHUP)
     assert solo.proc.wait(30) == 0
     assert time.monotonic() - t0 < 30
     events = solo.events()

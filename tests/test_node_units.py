@@ -11,7 +11,7 @@ import os
 import pytest
 from rich.console import Console
 
-from node.bundle import _verify_bundle, split_by_cluster
+from node.bundle import ForeignBundleError, _verify_bundle, split_by_cluster, write_bundle
 from node.dashboard import render
 from node.fetch import plan
 from node.logs import JsonFormatter, TextFormatter
@@ -20,7 +20,7 @@ from node.swarm_view import SlotRow, SwarmStatus, _overall
 from protocol.canonical import canonical_json
 from protocol.errors import IntegrityError, ParisError
 from protocol.swarm_records import CheckpointBody, ClusterState
-from protocol.swarm_run import SPEC_FILE, SWARM_FILE, ClusterData, SwarmRunManifest
+from protocol.swarm_run import SWARM_FILE, ClusterData, SwarmRunManifest
 from swarm.acceptance import Policy
 from swarm.state import RunRules, RunView
 
@@ -138,7 +138,11 @@ def test_dashboard_shows_every_slot_and_progress():
 
 
 def test_bundle_split_and_verification(tiny_run, synth_dir, tmp_path):
-    spec, _ = tiny_run
+    from protocol.run import RunSpec
+    from swarm.identity import load_identity
+
+    creator, other = load_identity(tmp_path / "creator"), load_identity(tmp_path / "other")
+    spec = RunSpec.model_validate({**tiny_run[0].model_dump(), "creator": creator.public_key_bytes.decode()})
     dirs = split_by_cluster(spec, synth_dir, tmp_path / "clusters")
     from expert.shards import load_dataset
 
@@ -147,20 +151,33 @@ def test_bundle_split_and_verification(tiny_run, synth_dir, tmp_path):
     assert sizes == [len(spec.train_clips(k)) for k in range(2)]
     assert held == [len(spec.holdout_clips(k)) for k in range(2)]
     bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    spec.save(bundle / SPEC_FILE)
     good = SwarmRunManifest(run_id=spec.run_id, created_by=PEER_A, created_at=1.0, clusters=tuple(
         ClusterData(cluster=k, cid=_cid(k), clips=n, bytes=1, holdout_cid=_cid(k + 5), holdout_clips=h,
                     holdout_bytes=1) for k, (n, h) in enumerate(zip(sizes, held, strict=True))))
-    (bundle / SWARM_FILE).write_bytes(canonical_json(good))
-    assert _verify_bundle(bundle, spec.run_id, CID).spec.run_id == spec.run_id
+    write_bundle(bundle, spec, good, creator)
+    assert _verify_bundle(bundle, spec.run_id, CID, creator.public_key_bytes).spec.run_id == spec.run_id
     with pytest.raises(IntegrityError, match="holds run"):
-        _verify_bundle(bundle, "run-0000000000000000", CID)
+        _verify_bundle(bundle, "run-" + "0" * 32, CID)
+    with pytest.raises(ForeignBundleError, match="not from the run's creator"):  # another key's pointer
+        _verify_bundle(bundle, spec.run_id, CID, other.public_key_bytes)
+    # the creator's run.json with another swarm.json (someone else's cluster data): not the creator's signature
+    hijacked = good.model_copy(update={"clusters": (good.clusters[0].model_copy(update={"cid": _cid(9)}),
+                                                    good.clusters[1])})
+    (bundle / SWARM_FILE).write_bytes(canonical_json(hijacked))
+    with pytest.raises(ForeignBundleError, match="not signed by the run's creator"):
+        _verify_bundle(bundle, spec.run_id, CID)
+    write_bundle(bundle, spec, hijacked, other)  # re-signed by another key
+    with pytest.raises(ForeignBundleError, match="not signed by the run's creator"):
+        _verify_bundle(bundle, spec.run_id, CID)
     lying = good.model_copy(update={"clusters": (good.clusters[0].model_copy(update={"clips": sizes[0] + 1}),
                                                  good.clusters[1])})
-    (bundle / SWARM_FILE).write_bytes(canonical_json(lying))
+    write_bundle(bundle, spec, lying, creator)
     with pytest.raises(IntegrityError, match="cluster sizes"):
         _verify_bundle(bundle, spec.run_id, CID)
+    nobody = tiny_run[0]  # a spec that names no creator cannot be a swarm's run
+    write_bundle(bundle, nobody, good.model_copy(update={"run_id": nobody.run_id}), creator)
+    with pytest.raises(IntegrityError, match="names no creator"):
+        _verify_bundle(bundle, nobody.run_id, CID)
 
 
 def test_swarm_manifest_rejects_clusters_out_of_order():

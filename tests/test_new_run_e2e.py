@@ -1,0 +1,72 @@
+"""A new run on an existing network: a plain hivemind DHT node (no paris-node code) is the only bootstrap; one
+daemon publishes a run from a `run init` spec with `join --initial-peers … --run FILE`; a second joins it by
+run id and trains. Also: a --run that is neither a run id nor a spec file is a one-line error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.test_daemon_e2e import CLI, ENV, ROOT, Daemon
+
+pytestmark = pytest.mark.slow
+
+BOOTSTRAP = """
+import sys, time, hivemind
+dht = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], nat_port_map=False, auto_nat=False,
+                   use_relay=False)
+print(str(dht.get_visible_maddrs()[0]), flush=True)
+deadline = time.monotonic() + 900
+while time.monotonic() < deadline and not sys.stdin.closed:
+    if sys.stdin.readline() in ("", "quit\\n"):
+        break
+dht.shutdown()
+"""
+
+
+def test_join_with_a_run_file_publishes_it_into_an_existing_network(tiny_run, synth_dir, tmp_path):
+    spec, run_file = tiny_run
+    boot = subprocess.Popen([sys.executable, "-c", BOOTSTRAP], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=ROOT, start_new_session=True)
+    daemons: list[Daemon] = []
+    try:
+        maddr = boot.stdout.readline().strip()
+        assert "/p2p/" in maddr, maddr
+        args = ["--period", "1", "--cpu-threads", "1", "--log-format", "json", "--initial-peers", maddr]
+        creator = Daemon(tmp_path / "creator", *args, "--run", str(run_file), "--data", str(synth_dir),
+                         "--role", "verifier", "--router-steps", "5", "--checkpoint-every", "5")
+        daemons.append(creator)
+        ready = creator.wait_for(lambda e: e.get("msg", "").startswith("new run published into the swarm"), 240,
+                                 "the run is published")
+        assert spec.run_id in ready["msg"]
+        joiner = Daemon(tmp_path / "joiner", *args, "--run", spec.run_id, "--role", "expert")
+        daemons.append(joiner)
+        joiner.wait_for(lambda e: e.get("msg") == "run ready" and e.get("run") == spec.run_id, 240, "joins by id")
+        joiner.wait_for(lambda e: e.get("msg", "").startswith("published expert-"), 300, "trains and publishes")
+        info = json.loads((tmp_path / "creator" / "node.json").read_text())
+        assert info["run_id"] == spec.run_id and info["join_command"].endswith(f"--run {spec.run_id}")
+        creator.wait_for(lambda e: e.get("msg", "").startswith("attested expert-"), 300, "the creator verifies")
+    finally:
+        for d in daemons:
+            d.stop()
+        boot.kill()
+        boot.wait(10)
+
+
+def test_a_run_that_is_neither_an_id_nor_a_file_is_a_one_line_error(tmp_path):
+    boot = subprocess.Popen([sys.executable, "-c", BOOTSTRAP], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=ROOT, start_new_session=True)
+    try:
+        maddr = boot.stdout.readline().strip()
+        t0 = time.monotonic()
+        r = subprocess.run([*CLI, "join", "--home", str(tmp_path / "h"), "--initial-peers", maddr, "--run",
+                            "no such thing!"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+        assert r.returncode != 0 and "neither a run id nor a run spec file" in r.stderr, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr and time.monotonic() - t0 < 180
+    finally:
+        boot.kill()
+        boot.wait(10)
