@@ -32,6 +32,19 @@ from swarm.state import list_runs, publish_spec_pointer
 log = logging.getLogger(__name__)
 
 
+MAX_BUNDLE_BYTES = 256 << 20  # run.json (assignments, centroids) + swarm.json + signature
+
+
+def checkpoint_limit(run: LocalRun, slot: str) -> int:
+    """The most bytes a checkpoint of `slot` of this run can hold (from its preset, not from any record)."""
+    from expert.sizes import checkpoint_bytes_bound
+    from expert.train import router_preset
+
+    spec = run.spec
+    preset = router_preset(spec.preset, spec.num_clusters) if slot == "router" else spec.preset
+    return checkpoint_bytes_bound(preset)
+
+
 @dataclass(frozen=True)
 class LocalRun:
     spec: RunSpec
@@ -141,7 +154,7 @@ async def fetch_run(node: SwarmNode, store: ContentStore, run_id: str, *, timeou
                             peer_id_of_public_key(owner))
                 continue
             try:
-                path = await store.get(pointer.spec_cid)
+                path = await store.get(pointer.spec_cid, max_bytes=MAX_BUNDLE_BYTES)
                 return _verify_bundle(path, run_id, pointer.spec_cid, owner)
             except ForeignBundleError as e:
                 creator = e.creator
@@ -195,7 +208,8 @@ async def fetch_cluster_clips(store: ContentStore, run: LocalRun, cluster: int, 
     """Fetch, verify and load one cluster's training clips (or, with `holdout`, its held-out clips)."""
     entry = run.manifest.clusters[cluster]
     cid, expected = (entry.holdout_cid, entry.holdout_clips) if holdout else (entry.cid, entry.clips)
-    path = await store.get(cid)
+    size = entry.holdout_bytes if holdout else entry.bytes
+    path = await store.get(cid, expected_bytes=size)  # the signed bundle says how large it is
     _, clips = await asyncio.to_thread(load_dataset, path)
     if len(clips) != expected:
         raise IntegrityError(f"cluster {cluster} data ({cid}) holds {len(clips)} clips, expected {expected}")

@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
 from expert.shards import ClipBatch
-from node.bundle import LocalRun, fetch_cluster_clips
-from protocol.errors import ParisError
+from node.bundle import LocalRun, checkpoint_limit, fetch_cluster_clips
+from protocol.errors import IntegrityError, ParisError
 from protocol.swarm_records import CheckpointBody
 from swarm.acceptance import Vote, lineage_problem
 from swarm.cas import ContentStore
@@ -107,10 +108,15 @@ class CheckpointChecker:
         and that its own step and loss can follow its own parent (`parents`: accepted CIDs → step, loss)."""
         from expert.verify import check_content
 
-        try:
-            path = await self.store.get(body.cid, pin=False, provide=False)
+        try:  # bounded by what a checkpoint of this slot can be, whatever the record announces
+            path = await self.store.get(body.cid, pin=False, provide=False,
+                                        max_bytes=checkpoint_limit(self.run, body.slot))
+        except IntegrityError as e:  # too large to be a checkpoint of this slot, or a malformed manifest
+            self.verdicts[body.cid] = Vote("local", body.cid, body.step, body.parent, None, False, str(e))
+            return CheckResult(False, f"refused: {e}")
         except (ParisError, OSError) as e:
             return CheckResult(False, f"not fetchable: {e}")  # not a verdict: nobody may serve it yet
+        size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
         async with self._lock:
             trainer = await self._checking_trainer(body.slot)
             report = await asyncio.to_thread(check_content, trainer, path, step=body.step, parent=body.parent,
@@ -120,6 +126,9 @@ class CheckpointChecker:
             why = await self._lineage(body.slot, meta, report.val_loss, parents or {})
             if why:
                 report = replace(report, ok=False, content_ok=False, reason=why)
+        if report.ok and size != body.bytes:  # a record-level lie: the content may still be sound
+            report = replace(report, ok=False, reason=f"the record announces {body.bytes} bytes, the checkpoint "
+                                                      f"holds {size}")
         result = CheckResult(report.ok, report.reason, report.val_loss, meta.step if meta else None,
                              meta.parent if meta else None, content_ok=report.content_ok)
         self.verdicts[body.cid] = Vote(
@@ -135,8 +144,10 @@ class CheckpointChecker:
         from expert.verify import replay
 
         spec, schedule = self.run.spec, self.run.manifest.schedule
-        child = resolve_checkpoint(await self.store.get(body.cid, pin=False, provide=False))
-        parent = None if body.parent is None else await self.store.get(body.parent, pin=False, provide=False)
+        limit = checkpoint_limit(self.run, body.slot)
+        child = resolve_checkpoint(await self.store.get(body.cid, pin=False, provide=False, max_bytes=limit))
+        parent = None if body.parent is None else await self.store.get(body.parent, pin=False, provide=False,
+                                                                        max_bytes=limit)
         cluster = slot_cluster(body.slot)
 
         def make():

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from node.bundle import LocalRun
+from node.bundle import LocalRun, checkpoint_limit
 from node.checker import CheckpointChecker
 from protocol.atomic import atomic_write_bytes
 from protocol.errors import ParisError
@@ -74,7 +74,8 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, ou
             report = None if on_progress is None else (
                 lambda done, total, slot=slot, body=body: on_progress(slot, body, done, total))
             try:
-                paths[slot] = await store.get(body.cid, pin=False, provide=False, on_progress=report)
+                paths[slot] = await store.get(body.cid, pin=False, provide=False, on_progress=report,
+                                              expected_bytes=body.bytes, max_bytes=checkpoint_limit(run, slot))
             except (ParisError, OSError) as e:
                 errors.append(f"step {body.step}: {e}")
                 log.warning("could not fetch %s step %d (%s); trying an older one", slot, body.step, e)

@@ -64,7 +64,7 @@ class Publisher:
             self.store.unpin(old[0])
             self.store.gc()
 
-    async def replicate(self, slot: str, candidates: list[CheckpointBody]) -> None:
+    async def replicate(self, slot: str, candidates: list[CheckpointBody], max_bytes: int | None = None) -> None:
         """Hold the most advanced fetchable of `candidates` (accepted checkpoints, newest first) and announce the
         copy (a replica record), so that a takeover can still find it after its trainer is gone."""
         held = self.pinned.get(slot)
@@ -72,7 +72,7 @@ class Publisher:
             if held is not None and (held[0] == cand.cid or held[1] >= cand.step):
                 return
             try:
-                await self.store.get(cand.cid)
+                await self.store.get(cand.cid, expected_bytes=cand.bytes, max_bytes=max_bytes)
             except Exception as e:
                 log.warning("could not replicate %s step %d (%s): %s", slot, cand.step, cand.cid, e)
                 continue

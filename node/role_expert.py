@@ -60,6 +60,7 @@ async def resume(d: Daemon, trainer, slot: str, holds=lambda: True) -> None:
     check (validation loss recomputed here), our own last one. A refused candidate is reported and the next
     one tried; what we took over is pinned and provided."""
     from expert.checkpoint import LATEST, read_meta, resolve_checkpoint
+    from node.bundle import checkpoint_limit
 
     assert d.node is not None and d.store is not None and d.run_info is not None
     own_root = d.checkpoint_root(slot)
@@ -77,7 +78,8 @@ async def resume(d: Daemon, trainer, slot: str, holds=lambda: True) -> None:
             log.warning("not taking over %s from step %d (%s): %s", slot, cand.step, cand.cid, result.reason)
             continue
         try:
-            path = await d.store.get(cand.cid)
+            path = await d.store.get(cand.cid, expected_bytes=cand.bytes,
+                                     max_bytes=checkpoint_limit(d.run_info, slot))
             meta = await asyncio.to_thread(trainer.load, path)
         except (ParisError, OSError) as e:
             log.warning("checkpoint %s of %s (step %d) is unusable: %s", cand.cid, slot, cand.step, e)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from hivemind.p2p import P2P, PeerID
 from hivemind.utils.timed_storage import get_dht_time
 from multiaddr import Multiaddr
 
-from protocol.errors import IntegrityError
+from protocol.errors import IntegrityError, ParisError
 from protocol.swarm_cas import DEFAULT_CHUNK_SIZE, CasManifest, decode_manifest
 from protocol.swarm_records import ProviderBody, provider_key
 from swarm.blobstore import BlobStore
@@ -32,14 +33,21 @@ log = logging.getLogger(__name__)
 class ContentStore:
     """The content-addressed store of one node. `start()` before use, `close()` at exit.
 
-    `limit_bytes`: garbage collection keeps the store under this size (pinned data is never collected).
+    `limit_bytes`: garbage collection keeps the store under this size (pinned data is never collected); a
+    download that cannot fit under it, after evicting unpinned content, is refused before its first chunk.
     `provide_ttl`: lifetime of our provider records; they are renewed every third of it while pinned.
+    `free_space()`: free bytes on the store's disk (injectable for tests); a download needs its size plus
+    `disk_margin` free.
     """
 
     def __init__(self, node: SwarmNode, root: Path | str, *, limit_bytes: int | None = None,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, provide_ttl: float = 600.0, streams_per_peer: int = 2,
-                 failure_budget: int = 3, request_timeout: float = 60.0):
+                 failure_budget: int = 3, request_timeout: float = 60.0,
+                 free_space: Callable[[], int] | None = None, disk_margin: int = 64 << 20):
         self.node = node
+        self.root = Path(root)
+        self.free_space = free_space or (lambda: shutil.disk_usage(self.root).free)
+        self.disk_margin = disk_margin
         self.blobs = BlobStore(root, limit_bytes)
         self.packs = PackStore(root)
         self.limit_bytes = limit_bytes
@@ -95,17 +103,25 @@ class ContentStore:
     # ---- get ----
 
     async def get(self, cid: str, out_dir: Path | str | None = None, *, providers: list[str] | None = None,
-                  pin: bool = True, provide: bool = True,
-                  on_progress: Callable[[int, int], None] | None = None) -> Path:
+                  pin: bool = True, provide: bool = True, expected_bytes: int | None = None,
+                  max_bytes: int | None = None, on_progress: Callable[[int, int], None] | None = None) -> Path:
         """Fetch `cid` (from `providers`, or those the DHT lists), verifying every chunk, and return the path
         of its file or directory: inside the store (read-only by convention), or a copy in `out_dir`.
-        An interrupted download resumes from the chunks already written. `on_progress(done, total)` reports
-        verified bytes about twice a second while chunks arrive, and once at the end."""
+        Before the first chunk is written, the manifest's size must equal `expected_bytes` and stay within
+        `max_bytes` (what the caller knows to expect, not what a peer says), and fit on the disk and under
+        the store's limit. An interrupted download resumes from the chunks already written.
+        `on_progress(done, total)` reports verified bytes about twice a second while chunks arrive."""
         keep = {cid}  # protected from garbage collection while the download runs
         self._in_flight |= keep
         try:
             manifest = await self._manifest(cid, providers)
+            size = manifest.total_bytes
+            if expected_bytes is not None and size != expected_bytes:
+                raise IntegrityError(f"{cid} holds {size} bytes, {expected_bytes} were announced")
+            if max_bytes is not None and size > max_bytes:
+                raise IntegrityError(f"{cid} would write {size} bytes, more than the {max_bytes} it can be")
             if not self.packs.complete(cid):
+                self._make_room(cid, size)
                 await self._fetch_pack(cid, manifest, providers, on_progress)
             if on_progress:
                 unique = sum(manifest.unique_chunks().values())
@@ -120,6 +136,18 @@ class ContentStore:
         if provide:
             await self.provide(cid, manifest.total_bytes)
         return path
+
+    def _make_room(self, cid: str, size: int) -> None:
+        """Refuse a download that cannot fit (the disk, the store's limit after evicting unpinned content)."""
+        if self.limit_bytes is not None and self.total_bytes() + size > self.limit_bytes:
+            self.gc(max(self.limit_bytes - size, 0))
+            if self.total_bytes() + size > self.limit_bytes:
+                raise ParisError(f"{cid} ({size} bytes) does not fit under the store's limit of {self.limit_bytes} "
+                                 f"bytes (pinned content: {self.total_bytes()} bytes); raise --cache-gb")
+        free = self.free_space()
+        if free < size + self.disk_margin:
+            raise ParisError(f"not enough free disk for {cid}: it needs {size} bytes (+{self.disk_margin} spare), "
+                             f"{free} are free in {self.root}")
 
     async def _fetch_pack(self, cid: str, manifest: CasManifest, providers: list[str] | None,
                           on_progress: Callable[[int, int], None] | None = None) -> None:

@@ -267,6 +267,10 @@ class FetchStats:
     reused_chunks: int = 0
 
 
+class LocalWriteError(ParisError):
+    """Our own disk refused a write during a download: fail at once instead of retrying for ever."""
+
+
 async def fetch_chunks(store: ChunkSink, chunks: dict[str, int], providers: list[str], open_stream: OpenStream,
                        *, streams_per_peer: int = 2, failure_budget: int = 3, timeout: float = 60.0,
                        max_size: int = MAX_CHUNK_SIZE, batch_size: int = 4) -> FetchStats:
@@ -287,6 +291,7 @@ async def fetch_chunks(store: ChunkSink, chunks: dict[str, int], providers: list
         pending.put_nowait(cid)
     remaining = set(todo)
     done = asyncio.Event()
+    fatal: list[OSError] = []  # a local write error (a full disk): the whole download fails, nothing retries
 
     def usable(peer: str, cid: str) -> bool:
         st = stats.peers[peer]
@@ -309,7 +314,11 @@ async def fetch_chunks(store: ChunkSink, chunks: dict[str, int], providers: list
                 cid, fut = commits.pop(0)
                 try:
                     await fut
-                except Exception as e:  # bad bytes ban the peer at once; a local write error is retried
+                except OSError as e:  # our own disk failed: retrying cannot help
+                    fatal.append(e)
+                    done.set()
+                    return
+                except Exception as e:  # bad bytes ban the peer at once; anything else is retried
                     if isinstance(e, IntegrityError) and not st.banned:
                         st.banned, st.reason = True, f"served bad bytes: {e}"
                         log.warning("dropping provider %s: %s", peer, st.reason)
@@ -415,6 +424,9 @@ async def fetch_chunks(store: ChunkSink, chunks: dict[str, int], providers: list
         for w in workers:
             w.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+    if fatal:
+        raise LocalWriteError(f"writing a downloaded chunk failed here: {fatal[0].strerror or fatal[0]} "
+                              "(is the disk full?); the chunks stored so far are kept")
     if remaining:
         why = "; ".join(f"{p}: {s.reason}" for p, s in stats.peers.items() if s.banned) or "no provider has them"
         raise FetchError(f"{len(remaining)} of {len(chunks)} chunks could not be fetched ({why}); "

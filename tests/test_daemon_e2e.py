@@ -144,7 +144,7 @@ def test_three_daemons_train_take_over_seed_and_fetch(swarm):
     w1.kill9()
     last = max(w1.published(slot))
     st = _status(root / "boot")
-    assert _slots(st)[slot]["checkpoint_step"] >= last  # the swarm knows the newest checkpoint
+    assert _slots(st)[slot]["claimed_step"] >= last  # the swarm knows the newest checkpoint (verified or not)
 
     # w2 (after its own cluster, or the router) takes the orphaned cluster over from the newest checkpoint a
     # live peer still holds: the victim's last, or the one before if the victim died before it was copied

@@ -1,6 +1,7 @@
 """A hostile peer in a real swarm (issue "verified contributions"): real `paris-node join` daemons on 127.0.0.1
 train a three-cluster tiny run while tests/swarm/evil_trainer.py, running our own client code under two
-identities of its own, announces a random-weight checkpoint at a huge step, DONE for a cluster it never
+identities of its own, re-announces the run with its own cluster data, announces a random-weight checkpoint
+at a huge step, DONE for a cluster it never
 trained, a legitimately leased cluster's checkpoint whose weights were replaced by noise, an honest CID
 re-announced at a huge step, and Sybil attestations of all of it. The honest swarm still trains every cluster
 to its target, and `fetch` assembles only honest weights."""
@@ -88,7 +89,7 @@ def test_a_hostile_peer_cannot_poison_the_ensemble_or_stop_a_cluster(swarm):
     boot.wait_for(lambda e: e.get("msg", "").startswith("new swarm started"), 240, "bootstrap ready")
     peers_file = root / "boot" / "node.json"
     evil = start("evil", peers_file)
-    deadline_acts = ("random0", "done1", "lease")
+    deadline_acts = ("hijack", "random0", "amplify", "done1", "lease")
     _wait(lambda: all(evil.act(a) for a in deadline_acts) or evil.proc.poll() is not None, 300,
           lambda: f"the attacker's first acts ({evil.acts}); its log: "
                   f"{(root / 'evil' / 'evil.log').read_text()[-3000:]}")
@@ -98,7 +99,14 @@ def test_a_hostile_peer_cannot_poison_the_ensemble_or_stop_a_cluster(swarm):
           lambda: f"the attacker's Sybil attestations ({evil.acts}); its log: "
                   f"{(root / 'evil' / 'evil.log').read_text()[-3000:]}")
     assert evil.act("noise") and evil.act("reannounce"), evil.acts
-    poison = {evil.act(a)["cid"] for a in ("random0", "noise")}
+    # joiners took the creator's bundle, not the newer one that the attacker announced
+    bundle = evil.act("ready")["bundle"]
+    for w in (w1, w2):
+        ready = w.wait_for(lambda e: e.get("msg") == "run ready", 60, "the run is ready")
+        assert ready["bundle"] == bundle != evil.act("hijack")["cid"]
+        assert any("only its creator" in e.get("msg", "") or "not from the run's creator" in e.get("msg", "")
+                   for e in w.events()), "the foreign pointer was not logged"
+    poison = {evil.act(a)["cid"] for a in ("random0", "noise", "amplify")}
     leased = evil.act("lease")["cluster"]
 
     # the honest swarm trains every cluster to its target, the leased one included, and the router
@@ -133,6 +141,10 @@ def test_a_hostile_peer_cannot_poison_the_ensemble_or_stop_a_cluster(swarm):
     assert (out / "swarm_manifest.json").is_file()
     st = _status(root / "boot")
     assert all(s["state"] == "done" for s in st["slots"][:3])
+    # the ~150 GiB manifest made no honest store grow: each holds the run's data and a few tiny checkpoints
+    for name in ("boot", "w1", "w2"):
+        held = sum(f.stat().st_size for f in (root / name / "store").rglob("*") if f.is_file())
+        assert held < 1 << 30, (name, held)
 
 
 def _wait(pred, timeout: float, what) -> None:

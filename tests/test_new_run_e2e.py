@@ -42,13 +42,16 @@ def test_join_with_a_run_file_publishes_it_into_an_existing_network(tiny_run, sy
         daemons.append(creator)
         ready = creator.wait_for(lambda e: e.get("msg", "").startswith("new run published into the swarm"), 240,
                                  "the run is published")
-        assert spec.run_id in ready["msg"]
-        joiner = Daemon(tmp_path / "joiner", *args, "--run", spec.run_id, "--role", "expert")
+        # the spec named no creator: this node became it, and the run id commits to its key
+        owned = creator.wait_for(lambda e: e.get("msg", "").startswith("the run spec names no creator"), 5, "owner")
+        run_id = owned["run"]
+        assert run_id != spec.run_id and run_id in ready["msg"]
+        joiner = Daemon(tmp_path / "joiner", *args, "--run", run_id, "--role", "expert")
         daemons.append(joiner)
-        joiner.wait_for(lambda e: e.get("msg") == "run ready" and e.get("run") == spec.run_id, 240, "joins by id")
+        joiner.wait_for(lambda e: e.get("msg") == "run ready" and e.get("run") == run_id, 240, "joins by id")
         joiner.wait_for(lambda e: e.get("msg", "").startswith("published expert-"), 300, "trains and publishes")
         info = json.loads((tmp_path / "creator" / "node.json").read_text())
-        assert info["run_id"] == spec.run_id and info["join_command"].endswith(f"--run {spec.run_id}")
+        assert info["run_id"] == run_id and info["join_command"].endswith(f"--run {run_id}")
         creator.wait_for(lambda e: e.get("msg", "").startswith("attested expert-"), 300, "the creator verifies")
     finally:
         for d in daemons:
@@ -57,7 +60,8 @@ def test_join_with_a_run_file_publishes_it_into_an_existing_network(tiny_run, sy
         boot.wait(10)
 
 
-def test_a_run_that_is_neither_an_id_nor_a_file_is_a_one_line_error(tmp_path):
+def test_a_run_that_is_neither_an_id_nor_a_file_or_of_another_creator_is_a_one_line_error(tiny_run, synth_dir,
+                                                                                          tmp_path):
     boot = subprocess.Popen([sys.executable, "-c", BOOTSTRAP], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, cwd=ROOT, start_new_session=True)
     try:
@@ -67,6 +71,18 @@ def test_a_run_that_is_neither_an_id_nor_a_file_is_a_one_line_error(tmp_path):
                             "no such thing!"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
         assert r.returncode != 0 and "neither a run id nor a run spec file" in r.stderr, r.stderr[-2000:]
         assert "Traceback" not in r.stderr and time.monotonic() - t0 < 180
+        # someone else's spec: only its creator (whose key its run id commits to) can publish it
+        from protocol.run import RunSpec
+        from swarm.identity import load_identity
+
+        theirs = RunSpec.model_validate({**tiny_run[0].model_dump(),
+                                         "creator": load_identity(tmp_path / "them").public_key_bytes.decode()})
+        theirs.save(tmp_path / "theirs.json")
+        r = subprocess.run([*CLI, "join", "--home", str(tmp_path / "h"), "--initial-peers", maddr, "--run",
+                            str(tmp_path / "theirs.json"), "--data", str(synth_dir)], cwd=ROOT, env=ENV,
+                           capture_output=True, text=True, timeout=180)
+        assert r.returncode != 0 and "belongs to another creator" in r.stderr, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr
     finally:
         boot.kill()
         boot.wait(10)

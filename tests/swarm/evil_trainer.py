@@ -4,8 +4,10 @@ to stop. It prints one JSON line per act ({"act": ..., "cid": ..., ...}) and ser
 sent {"op": "quit"} on stdin (or 15 minutes pass).
 
 Acts, in order:
+  hijack    the run re-announced (newer timestamp) with its own cluster data, signed with its own key
   random0   a random-weight checkpoint of expert 0 (valid format, correct hashes) at step 10^6, claiming a
             low validation loss
+  amplify   a checkpoint of expert 1 whose manifest repeats one chunk to claim ~150 GiB
   done1     DONE for cluster 1, which it never trained
   lease     claims a cluster legitimately, trains it honestly for one interval and publishes that checkpoint
   noise     then publishes a child of it whose weights were replaced by noise (claiming the honest loss),
@@ -29,13 +31,14 @@ import torch
 from hivemind.utils.timed_storage import get_dht_time
 
 from expert.train import ExpertTrainer
-from node.bundle import fetch_cluster_clips, fetch_run, resolve_run_id
+from node.bundle import fetch_cluster_clips, fetch_run, resolve_run_id, write_bundle
 from node.nodefile import peers_from_file
+from protocol.swarm_cas import CasManifest, ChunkRef, FileEntry, chunk_cid
 from protocol.swarm_records import AttestationBody, CheckpointBody, DoneBody, run_key
 from swarm.cas import ContentStore
 from swarm.claims import ClaimManager
 from swarm.dht import NetworkConfig, SwarmNode
-from swarm.state import publish_attestation, publish_checkpoint, read_run
+from swarm.state import publish_attestation, publish_checkpoint, publish_spec_pointer, read_run
 
 HUGE = 10**6
 
@@ -47,7 +50,8 @@ def say(**kw) -> None:
 async def publish(node: SwarmNode, store: ContentStore, run_id: str, slot: str, path: Path, *, step: int,
                   parent: str | None, val_loss: float) -> CheckpointBody:
     cid = await store.put(path)
-    body = CheckpointBody(slot=slot, step=step, cid=cid, bytes=1, parent=parent, val_loss=val_loss,
+    size = sum(f.stat().st_size for f in Path(path).iterdir())  # the true size: the lie is elsewhere
+    body = CheckpointBody(slot=slot, step=step, cid=cid, bytes=size, parent=parent, val_loss=val_loss,
                           ts=get_dht_time())
     assert await publish_checkpoint(node, run_id, body)
     return body
@@ -63,8 +67,16 @@ async def main(args) -> None:
     run_id = await resolve_run_id(node, None)
     run = await fetch_run(node, store, run_id)
     spec = run.spec
-    say(act="ready", peer_id=node.peer_id, sybil=sybil.peer_id, run_id=run_id)
+    say(act="ready", peer_id=node.peer_id, sybil=sybil.peer_id, run_id=run_id, bundle=run.bundle_cid)
     work = Path(tempfile.mkdtemp(prefix="evil-", dir=args.home))
+
+    # the run re-announced with a newer timestamp and its own cluster data, signed with its own key
+    theirs = run.manifest.model_copy(update={"clusters": tuple(
+        c.model_copy(update={"cid": c.holdout_cid}) for c in run.manifest.clusters), "created_by": node.peer_id})
+    write_bundle(work / "bundle", spec, theirs, node.identity)
+    hijack = await store.put(work / "bundle")
+    assert await publish_spec_pointer(node, run_id, hijack, spec.num_clusters)
+    say(act="hijack", cid=hijack)
     lies: list[CheckpointBody] = []
 
     # random weights for expert 0 at a huge step, claiming a low loss
@@ -76,6 +88,22 @@ async def main(args) -> None:
     lies.append(await publish(node, store, run_id, "expert-0", work / "random0", step=HUGE, parent=None,
                               val_loss=0.01))
     say(act="random0", cid=lies[-1].cid)
+
+    # a checkpoint whose manifest repeats one 4 MiB chunk to claim ~150 GiB (valid CIDs throughout)
+    block = bytes(4 << 20)
+    chunk = chunk_cid(block)
+    store.blobs.write(chunk, block)
+    n = 38_000
+    fat = CasManifest(kind="dir", name="step-00000010", chunk_size=len(block), total_bytes=n * len(block),
+                      entries=(FileEntry(path="ema.safetensors", size=n * len(block),
+                                         chunks=tuple(ChunkRef(cid=chunk, size=len(block)) for _ in range(n))),))
+    store.blobs.write(fat.cid, fat.to_bytes())
+    store.pin(fat.cid)
+    await store.provide(fat.cid, fat.total_bytes)
+    lies.append(CheckpointBody(slot="expert-1", step=10, cid=fat.cid, bytes=fat.total_bytes, parent=None,
+                               val_loss=0.5, ts=get_dht_time()))
+    assert await publish_checkpoint(node, run_id, lies[-1])
+    say(act="amplify", cid=fat.cid, bytes=fat.total_bytes)
 
     # DONE for a cluster it never trained
     now = get_dht_time()

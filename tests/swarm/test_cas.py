@@ -351,3 +351,27 @@ def test_pack_chunk_checks_size_and_digest(tmp_path):
         good.feed(data[off : off + 1000])
     good.commit()
     assert writer.has(cid) and PackWriter(writer.packs, manifest.cid, manifest).has(cid)
+
+
+def test_a_full_disk_fails_the_download_at_once(tmp_path, source):
+    """A local write error is not a peer's fault: no retry loop, a clear error, the peers stay unbanned."""
+    import errno
+
+    from swarm.cas_transfer import LocalWriteError
+
+    src, manifest = source
+
+    class FullDisk(BlobStore):
+        def write(self, cid, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def run():
+        peers = Peers()
+        await peers.add("good", src)
+        try:
+            with pytest.raises(LocalWriteError, match="No space left on device"):
+                await fetch_chunks(FullDisk(tmp_path / "full"), manifest.unique_chunks(), ["good"], peers.open)
+        finally:
+            await peers.close()
+
+    asyncio.run(asyncio.wait_for(run(), 30))

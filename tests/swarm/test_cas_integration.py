@@ -64,3 +64,56 @@ def test_put_get_over_p2p_streams(tmp_path):
         for rel in ("expert_0/model.safetensors", "config.json"):
             assert (hashlib.sha256((out / rel).read_bytes()).digest()
                     == hashlib.sha256((src / rel).read_bytes()).digest())
+
+
+def test_downloads_are_bounded_by_what_the_caller_expects(tmp_path):
+    """Nothing a peer announces makes a store write more than expected: the manifest is checked before the
+    first chunk (announced size, the slot's bound, a manifest that repeats one chunk), and so are the free
+    disk and the store's own limit."""
+    from protocol.errors import IntegrityError, ParisError
+    from protocol.swarm_cas import CasManifest, ChunkRef, FileEntry, chunk_cid
+
+    src = tmp_path / "payload.bin"
+    src.write_bytes(os.urandom(3 << 20))
+
+    async def run():
+        a = SwarmNode.start(tmp_path / "a")
+        b = SwarmNode.start(tmp_path / "b", NetworkConfig(initial_peers=tuple(a.visible_maddrs())))
+        sa = ContentStore(a, tmp_path / "a-cas", chunk_size=1 << 20)
+        sb = ContentStore(b, tmp_path / "b-cas", chunk_size=1 << 20)
+        try:
+            await sa.start()
+            await sb.start()
+            cid = await sa.put(src)
+            with pytest.raises(IntegrityError, match="were announced"):
+                await sb.get(cid, expected_bytes=123)
+            with pytest.raises(IntegrityError, match="more than the"):
+                await sb.get(cid, max_bytes=1 << 20)
+            # one 1 MiB chunk listed 3,000 times: a 3 GiB claim in a 260 kB manifest
+            block = os.urandom(1 << 20)
+            sa.blobs.write(chunk_cid(block), block)
+            fat = CasManifest(kind="file", name="fat.bin", chunk_size=1 << 20, total_bytes=3000 << 20,
+                              entries=(FileEntry(path="fat.bin", size=3000 << 20, chunks=tuple(
+                                  ChunkRef(cid=chunk_cid(block), size=1 << 20) for _ in range(3000))),))
+            sa.blobs.write(fat.cid, fat.to_bytes())
+            await sa.provide(fat.cid, fat.total_bytes)
+            with pytest.raises(IntegrityError, match="more than the"):
+                await sb.get(fat.cid, max_bytes=64 << 20)
+            tight = ContentStore(b, tmp_path / "b-cas", chunk_size=1 << 20, free_space=lambda: 10 << 20)
+            with pytest.raises(ParisError, match="not enough free disk"):
+                await tight.get(cid)
+            small = ContentStore(b, tmp_path / "b-cas", chunk_size=1 << 20, limit_bytes=2 << 20)
+            with pytest.raises(ParisError, match="does not fit under the store's limit"):
+                await small.get(cid)
+            grown = sum(f.stat().st_size for f in (tmp_path / "b-cas").rglob("*") if f.is_file())
+            assert grown < 1 << 20, grown  # only manifests were written, no chunk
+            assert not sb.packs.complete(cid)
+            path = await sb.get(cid, expected_bytes=3 << 20, max_bytes=4 << 20)  # what fits is fetched
+            assert path.read_bytes() == src.read_bytes()
+        finally:
+            await sa.close()
+            await sb.close()
+            a.shutdown()
+            b.shutdown()
+
+    asyncio.run(asyncio.wait_for(run(), 120))
