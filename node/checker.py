@@ -146,7 +146,8 @@ class CheckpointChecker:
         spec, schedule = self.run.spec, self.run.manifest.schedule
         limit = checkpoint_limit(self.run, body.slot)
         child = resolve_checkpoint(await self.store.get(body.cid, pin=False, provide=False, max_bytes=limit))
-        parent = None if body.parent is None else await self.store.get(body.parent, pin=False, provide=False,
+        meta = read_meta(child)  # replay from the parent the checkpoint names, whatever its record said
+        parent = None if meta.parent is None else await self.store.get(meta.parent, pin=False, provide=False,
                                                                         max_bytes=limit)
         cluster = slot_cluster(body.slot)
 
@@ -156,8 +157,7 @@ class CheckpointChecker:
             return ExpertTrainer(spec.preset, train, device=self.device, seed=spec.seed, run_id=spec.run_id,
                                  cluster=cluster)
 
-        report = await asyncio.to_thread(replay, make, parent, child, read_meta(child),
-                                         tolerance=schedule.replay_tolerance)
+        report = await asyncio.to_thread(replay, make, parent, child, meta, tolerance=schedule.replay_tolerance)
         if not report.ok:
             self.verdicts[body.cid] = Vote("local", body.cid, body.step, body.parent, None, False, report.reason)
             log.warning("replay of %s step %d failed: %s", body.slot, body.step, report.reason)

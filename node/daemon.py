@@ -42,11 +42,10 @@ from protocol.errors import ParisError
 from protocol.swarm_gossip import CheckpointEvent, DoneEvent, GossipMessage, LeavingEvent, ProgressEvent
 from protocol.swarm_records import AttestationBody, ProgressBody
 from protocol.swarm_run import Schedule
-from swarm.acceptance import Status
 from swarm.cas import ContentStore
 from swarm.claims import ClaimManager
 from swarm.dht import NetworkConfig, SwarmNode
-from swarm.state import RunRules, publish_progress, publish_spec_pointer, read_run, verified_done
+from swarm.state import RunRules, VerifiedState, publish_progress, publish_spec_pointer, read_run, verified_state
 
 log = logging.getLogger("node.daemon")
 
@@ -380,14 +379,14 @@ class Daemon:
         assert self.run_info is not None
         return RunRules.of(self.run_info.spec, self.run_info.manifest.schedule)
 
-    async def _reach(self) -> dict[int, Status | None]:
-        """Which clusters reached their target by the acceptance rule, with this node's own verdicts."""
+    async def _reach(self) -> VerifiedState:
+        """Which clusters reached their target by the acceptance rule (with this node's own verdicts), and who
+        is making progress on which: what the claim manager's snapshots are judged with."""
         assert self.node is not None and self.run_info is not None
         spec = self.run_info.spec
         view = await read_run(self.node, spec.run_id, spec.num_clusters, rules=self.rules,
                               local=self.checker.verdicts)
-        return {k: verified_done(self.rules, view.slot_claims(f"expert-{k}"), view.slot_votes(f"expert-{k}"),
-                                 f"expert-{k}", self.checker.verdicts) for k in range(spec.num_clusters)}
+        return verified_state(view, self.checker.verdicts)
 
     def _claims(self) -> ClaimManager:
         assert self.node is not None and self.run_info is not None

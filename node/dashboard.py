@@ -12,7 +12,7 @@ from rich.text import Text
 from node.swarm_view import SwarmStatus
 
 _STATE_STYLE = {"free": "dim", "joining": "yellow", "training": "green", "verifying": "cyan", "done": "bold cyan",
-                "offline": "red"}
+                "offline": "red", "stalled": "bold red"}
 
 
 def _age(seconds: float | None) -> str:
@@ -64,8 +64,9 @@ def render(status: SwarmStatus) -> Group:
         feed.add_row(time.strftime("%H:%M:%S", time.localtime(e.ts)), _short(e.sender), e.type, e.detail)
     parts = [head, table]
     refused = [f"{r.slot} {why}" for r in status.slots for why in r.rejected]
+    refused += [f"{r.slot}: {r.note}" for r in status.slots if r.note]
     if refused:
-        parts.append(Panel(Text("\n".join(refused[:6]), style="red"), title="rejected checkpoints",
+        parts.append(Panel(Text("\n".join(refused[:6]), style="red"), title="needs attention",
                            title_align="left"))
     parts.append(Panel(peers, title="peers", title_align="left"))
     if status.events:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from hivemind.utils.timed_storage import get_dht_time
@@ -59,12 +60,12 @@ async def _attest(d: Daemon, slot: str, body: CheckpointBody, schedule, parents)
         replay = await d.checker.replay(body, clips)
         replayed, exact = True, replay.replay_exact
         if not replay.ok:
-            result = replay
+            result = replace(replay, step=result.step, parent=result.parent, val_loss=result.val_loss)
     # the verdict is about the checkpoint itself, with what was found inside: a record that misstates an honest
     # checkpoint (another step, parent or loss) is contradicted by these facts under the acceptance rule,
     # without a reject that would also count against the honest record of the same CID
     found = result.step is not None
-    good = result.content_ok and (not replayed or result.ok)
+    good = result.content_ok  # a failed replay clears it
     return AttestationBody(slot=slot, cid=body.cid, step=result.step if found else body.step,
                            parent=result.parent if found else body.parent, val_loss=result.val_loss,
                            verdict="accept" if good else "reject", reason="" if good else result.reason[:300],

@@ -34,6 +34,7 @@ class SlotRow(BaseModel):
     attestations: int = 0  # accepting verifiers of the verified checkpoint
     pending: int = 0  # claims awaiting attestations
     rejected: list[str] = []  # "step N (cid): reason" for refused claims, newest first (at most 3)
+    note: str | None = None  # why the state is what it is, where it is not obvious (a stalled lease)
 
 
 class PeerRow(BaseModel):
@@ -111,6 +112,10 @@ def _slot_row(view: RunView, slot: str, cluster: int | None, state: str, owner: 
         row.pending = sum(j.status.value == "pending" for j in judged)
         row.rejected = [f"step {j.claim.step} ({j.claim.cid[-8:]}): {j.reason}" for j in judged
                         if j.status.value == "rejected"][:3]
+    stalled = [c for c in view.leases if c.cluster == cluster and c.stale] if cluster is not None else []
+    if stalled and view.rules is not None and view.rules.lease_grace is not None:
+        row.note = (f"owner {stalled[0].peer_id[-8:]} published no progress within {view.rules.lease_grace:.0f}s: "
+                    "the cluster is claimable")
     if newest is not None:
         row.checkpoint_cid, row.checkpoint_step = newest.cid, newest.step
         row.checkpoint_age_s, row.loss = max(0.0, now - newest.ts), newest.loss

@@ -53,6 +53,7 @@ class ClusterState(str, Enum):
     JOINING = "joining"
     TRAINING = "training"
     VERIFYING = "verifying"  # a checkpoint at the target awaits the attestations that would accept it
+    STALLED = "stalled"  # its owner published no progress within the grace window: claimable
     DONE = "done"  # an accepted checkpoint at or beyond the target exists
     OFFLINE = "offline"
 

@@ -57,6 +57,9 @@ class Schedule(Frozen):
     loss_tolerance: float = Field(default=0.1, ge=0, le=10)
     replay_every: int = Field(default=10, ge=0)
     replay_tolerance: float = Field(default=0.01, gt=0, lt=1)  # ‖replayed − published‖ / ‖published − parent‖
+    # a lease is earned by progress: an owner that publishes no checkpoint the rule does not reject within
+    # this many checkpoint intervals (`checkpoint_minutes` each) loses its claim to the next joiner
+    progress_intervals: int = Field(default=3, ge=1)
 
 
 class SwarmRunManifest(Frozen):

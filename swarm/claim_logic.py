@@ -18,12 +18,22 @@ _CONTENDING = (ClaimState.JOINING, ClaimState.TRAINING)
 
 @dataclass(frozen=True)
 class ClaimView:
-    """One live lease as read from the DHT (expired leases are already gone from the DHT)."""
+    """One live lease as read from the DHT (expired leases are already gone from the DHT). `progress`: the
+    step of the newest checkpoint this peer published on this cluster that the acceptance rule has not
+    rejected; `stale`: an incumbent that published none within the run's grace window (its lease is no
+    longer earned: anyone may claim the cluster, and a joiner beats it)."""
 
     peer_id: str
     cluster: int
     state: ClaimState
     since: float = 0.0
+    progress: int = 0
+    stale: bool = False
+
+    @property
+    def incumbent(self) -> bool:
+        """Holds the cluster by right: TRAINING or DONE and making progress."""
+        return self.state in (ClaimState.TRAINING, ClaimState.DONE) and not self.stale
 
 
 @dataclass(frozen=True)
@@ -44,18 +54,25 @@ def rendezvous(peer_id: str, cluster: int, salt: str = "") -> int:
     return int.from_bytes(hashlib.sha256(f"{salt}|{peer_id}|{cluster}".encode()).digest()[:8], "big")
 
 
+def _rank(c: ClaimView, salt: str) -> tuple:
+    """Smaller wins: an incumbent making progress (more progress first: a healed partition keeps the owner
+    that did more) > a joiner > an incumbent gone stale; then the rendezvous rank."""
+    tier = 0 if c.incumbent else 1 if c.state == ClaimState.JOINING else 2
+    return (tier, -c.progress if tier == 0 else 0, rendezvous(c.peer_id, c.cluster, salt))
+
+
 def winner(snapshot: Snapshot, cluster: int, salt: str = "") -> str | None:
-    """The one owner of `cluster`: an incumbent (TRAINING/DONE) beats a joiner; then the smallest rank."""
+    """The one owner of `cluster`. A fresh identity never evicts an incumbent that is making progress,
+    however its hash ranks; it does beat one that stopped (see `_rank`)."""
     contenders = [c for c in snapshot.on(cluster) if c.state in (*_CONTENDING, ClaimState.DONE)]
     if not contenders:
         return None
-    best = min(contenders, key=lambda c: (c.state == ClaimState.JOINING,
-                                          rendezvous(c.peer_id, cluster, salt)))
-    return best.peer_id
+    return min(contenders, key=lambda c: _rank(c, salt)).peer_id
 
 
 def cluster_states(snapshot: Snapshot, salt: str = "") -> list[ClusterState]:
-    """What a dashboard shows: DONE > VERIFYING > TRAINING > JOINING > OFFLINE (recently released) > FREE."""
+    """What a dashboard shows: DONE > VERIFYING > TRAINING > STALLED (an owner without progress: claimable) >
+    JOINING > OFFLINE (recently released) > FREE."""
     states = []
     for k in range(snapshot.num_clusters):
         seen = {c.state for c in snapshot.on(k)}
@@ -63,8 +80,10 @@ def cluster_states(snapshot: Snapshot, salt: str = "") -> list[ClusterState]:
             states.append(ClusterState.DONE)
         elif k in snapshot.awaiting:
             states.append(ClusterState.VERIFYING)
-        elif ClaimState.TRAINING in seen:
+        elif any(c.state == ClaimState.TRAINING and not c.stale for c in snapshot.on(k)):
             states.append(ClusterState.TRAINING)
+        elif ClaimState.TRAINING in seen:
+            states.append(ClusterState.STALLED)
         elif ClaimState.JOINING in seen:
             states.append(ClusterState.JOINING)
         elif ClaimState.OFFLINE in seen:
@@ -102,7 +121,7 @@ def choose_cluster(snapshot: Snapshot, me: str, salt: str = "", exclude: Iterabl
         if k in snapshot.done or k in excluded:
             continue
         others = [c for c in snapshot.on(k) if c.peer_id != me]
-        if any(c.state in (ClaimState.TRAINING, ClaimState.DONE) for c in others):
+        if any(c.incumbent for c in others):
             continue
         coverage = sum(c.state == ClaimState.JOINING for c in others)
         candidates.append((coverage, rendezvous(me, k, salt), k))

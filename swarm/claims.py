@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from hivemind.utils.timed_storage import get_dht_time
 
 from protocol.swarm_records import ClaimBody, ClaimState, ClusterState, DoneBody, run_key
-from swarm.acceptance import Status
 from swarm.claim_logic import ClaimView, Snapshot, choose_cluster, cluster_states, winner
 from swarm.dht import SwarmNode
 
@@ -32,14 +31,15 @@ class ClaimManager:
     wait after announcing before deciding (must exceed DHT store latency). `max_delay`: random delay before
     each attempt, so simultaneous joiners do not move in lockstep. `on_lost(cluster)` is called if a renewal
     finds that another node owns our cluster (after a partition heals, say); the manager then owns nothing.
-    `done_oracle()` says which clusters reached their target by the run's acceptance rule (cluster → ACCEPTED,
-    PENDING or None); without one, DONE records are taken at their word (tests of the lease protocol alone).
+    `done_oracle()` says which clusters reached their target by the run's acceptance rule and who is making
+    progress (a swarm.state.VerifiedState, or a bare cluster → ACCEPTED/PENDING/None dict); without one, DONE
+    records are taken at their word and leases are kept by renewal alone (tests of the lease protocol).
     """
 
     def __init__(self, node: SwarmNode, run_id: str, num_clusters: int, *, period: float = 10.0,
                  lease_periods: float = 3.0, settle: float = 2.0, max_delay: float = 1.0,
                  on_lost: Callable[[int], None] | None = None, rng: random.Random | None = None,
-                 done_oracle: Callable[[], Awaitable[dict[int, Status | None]]] | None = None):
+                 done_oracle: Callable[[], Awaitable[object]] | None = None):
         self.node, self.run_id, self.num_clusters = node, run_id, num_clusters
         self.period, self.lease = period, period * lease_periods
         self.settle, self.max_delay = settle, max_delay
@@ -64,8 +64,8 @@ class ClaimManager:
         if self.done_oracle is not None:
             from swarm.state import verified_snapshot
 
-            claims, reach = await asyncio.gather(self.node.get(self._key), self.done_oracle())
-            return verified_snapshot(self.num_clusters, self._leases(claims), reach)
+            claims, state = await asyncio.gather(self.node.get(self._key), self.done_oracle())
+            return verified_snapshot(self.num_clusters, self._leases(claims), state)
         claims, done = await asyncio.gather(self.node.get(self._key), self.node.get(self._done_key))
         views = tuple(self._leases(claims))
         done_set = frozenset(r.body.cluster for r in done.records

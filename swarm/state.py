@@ -43,12 +43,14 @@ class RunRules:
     expert_target: int
     router_target: int
     init_losses: tuple[tuple[str, float], ...] = ()
+    lease_grace: float | None = None  # seconds an owner may go without progress before its lease is claimable
 
     @classmethod
     def of(cls, spec, schedule: Schedule) -> RunRules:
         policy = Policy(attestations=schedule.attestations, max_interval=schedule.checkpoint_every,
                         loss_tolerance=schedule.loss_tolerance, val_rtol=spec.validation.rtol)
-        return cls(policy, spec.preset.train.target_steps, schedule.router_target_steps)
+        grace = schedule.progress_intervals * schedule.checkpoint_minutes * 60.0
+        return cls(policy, spec.preset.train.target_steps, schedule.router_target_steps, lease_grace=grace)
 
     def for_slot(self, slot: str) -> Policy:
         init = dict(self.init_losses).get(slot)
@@ -110,6 +112,7 @@ class RunView:
     attestations: tuple[tuple[str, AttestationBody], ...] = ()
     rules: RunRules | None = None
     local: tuple[tuple[str, Vote], ...] = ()  # this node's own checks (CID → what it found), see acceptance
+    leases: tuple[ClaimView, ...] = ()  # the live leases as judged (progress, staleness)
 
     def slot_claims(self, slot: str) -> list[Claim]:
         """The trainers' checkpoint records of `slot` as acceptance claims (seeders' replicas left out)."""
@@ -168,6 +171,35 @@ def verified_done(rules: RunRules, claims: list[Claim], votes: list[Vote], slot:
     return reached(judge(claims, votes, rules.for_slot(slot), local), rules.target(slot))
 
 
+Activity = dict[tuple[str, int], tuple[int, float]]  # (trainer, cluster) → (step, ts) of its newest progress
+
+
+@dataclass(frozen=True)
+class VerifiedState:
+    """What the acceptance rule says about every cluster, for a claim snapshot: which reached the target
+    (`reach`), and each trainer's newest unrejected checkpoint per cluster (`activity`), which earns leases."""
+
+    reach: dict[int, Status | None]
+    activity: Activity
+    grace: float | None = None
+    now: float = 0.0
+
+
+def verified_state(view: RunView, local: dict[str, Vote] | None = None) -> VerifiedState:
+    assert view.rules is not None
+    reach, activity = {}, {}
+    for k in range(view.num_clusters):
+        slot = f"expert-{k}"
+        judged = judge(view.slot_claims(slot), view.slot_votes(slot), view.rules.for_slot(slot), local)
+        reach[k] = reached(judged, view.rules.target(slot))
+        for j in judged:
+            if j.status != Status.REJECTED:
+                key = (j.claim.trainer, k)
+                best = activity.get(key, (-1, 0.0))
+                activity[key] = max(best, (j.claim.step, j.claim.ts))
+    return VerifiedState(reach, activity, view.rules.lease_grace, get_dht_time())
+
+
 async def read_run(node: SwarmNode, run_id: str, num_clusters: int | None = None, *, rules: RunRules | None = None,
                    local: dict[str, Vote] | None = None) -> RunView:
     """One consistent-enough read of every record of a run (all keys fetched concurrently). With `rules`, a
@@ -201,20 +233,29 @@ async def read_run(node: SwarmNode, run_id: str, num_clusters: int | None = None
     if rules is None:
         snap = Snapshot(num_clusters, tuple(leases), frozenset(d.cluster for _, d in done if d.cluster < num_clusters))
     else:
-        reach = {k: verified_done(rules, view.slot_claims(f"expert-{k}"), view.slot_votes(f"expert-{k}"),
-                                  f"expert-{k}", local) for k in range(num_clusters)}
-        snap = verified_snapshot(num_clusters, leases, reach)
-    return replace(view, states=tuple(cluster_states(snap, run_id)), owners=owners(snap, run_id))
+        snap = verified_snapshot(num_clusters, leases, verified_state(view, local))
+    return replace(view, states=tuple(cluster_states(snap, run_id)), owners=owners(snap, run_id),
+                   leases=snap.claims)
 
 
-def verified_snapshot(num_clusters: int, leases: list[ClaimView], reach: dict[int, Status | None]) -> Snapshot:
-    """A claim snapshot whose DONE comes from the acceptance rule: a lease that says DONE for a cluster without
-    an accepted checkpoint at its target counts as an ordinary incumbent lease."""
-    done = frozenset(k for k, r in reach.items() if r == Status.ACCEPTED)
-    awaiting = frozenset(k for k, r in reach.items() if r == Status.PENDING)
-    fixed = tuple(c if c.state != ClaimState.DONE or c.cluster in done else replace(c, state=ClaimState.TRAINING)
-                  for c in leases)
-    return Snapshot(num_clusters, fixed, done, awaiting)
+def verified_snapshot(num_clusters: int, leases: list[ClaimView], state: VerifiedState | dict) -> Snapshot:
+    """A claim snapshot whose DONE comes from the acceptance rule (a lease that says DONE for a cluster without
+    an accepted checkpoint at its target counts as an ordinary lease), and whose leases are earned by progress:
+    an owner whose newest unrejected checkpoint on its cluster (or, before any, its claim) is older than the
+    grace window is stale. `state` may be a bare reach dict (no progress rule)."""
+    if not isinstance(state, VerifiedState):
+        state = VerifiedState(dict(state), {})
+    done = frozenset(k for k, r in state.reach.items() if r == Status.ACCEPTED)
+    awaiting = frozenset(k for k, r in state.reach.items() if r == Status.PENDING)
+    fixed = []
+    for c in leases:
+        if c.state == ClaimState.DONE and c.cluster not in done:
+            c = replace(c, state=ClaimState.TRAINING)
+        step, ts = state.activity.get((c.peer_id, c.cluster), (0, 0.0))
+        stale = (state.grace is not None and c.state == ClaimState.TRAINING
+                 and state.now - max(c.since, ts) > state.grace)
+        fixed.append(replace(c, progress=max(step, 0), stale=stale))
+    return Snapshot(num_clusters, tuple(fixed), done, awaiting)
 
 
 def _peer_of(record: Signed) -> str:

@@ -30,14 +30,15 @@ def common() -> list[str]:
 
 
 class Evil:
-    """The attacker process; its JSON acts are collected by a reader thread."""
+    """An attacker process (tests/swarm/evil_trainer.py or squatter.py); its JSON acts are collected."""
 
-    def __init__(self, home, peers_file) -> None:
+    def __init__(self, home, peers_file, script: str = "evil_trainer.py", *args: str) -> None:
         home.mkdir(parents=True, exist_ok=True)
         self.log = open(home / "evil.log", "wb")  # noqa: SIM115 (closed in stop())
+        extra = list(args) if args else ["--interval", str(EVERY)]
         self.proc = subprocess.Popen(
-            [sys.executable, "tests/swarm/evil_trainer.py", "--peers-file", str(peers_file), "--home", str(home),
-             "--interval", str(EVERY)], cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE,
+            [sys.executable, f"tests/swarm/{script}", "--peers-file", str(peers_file), "--home", str(home), *extra],
+            cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self.log, start_new_session=True)
         self.acts: list[dict] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -74,7 +75,7 @@ def swarm(tmp_path):
     started: list = []
 
     def start(kind, *args):
-        proc = Daemon(tmp_path / args[0], *args[1:]) if kind == "daemon" else Evil(tmp_path / "evil", args[0])
+        proc = Daemon(tmp_path / args[0], *args[1:]) if kind == "daemon" else Evil(tmp_path / "evil", *args)
         started.append(proc)
         return proc
 
@@ -145,6 +146,33 @@ def test_a_hostile_peer_cannot_poison_the_ensemble_or_stop_a_cluster(swarm):
     for name in ("boot", "w1", "w2"):
         held = sum(f.stat().st_size for f in (root / name / "store").rglob("*") if f.is_file())
         assert held < 1 << 30, (name, held)
+
+
+def test_identities_that_claim_every_cluster_and_never_train_cannot_stop_the_run(swarm):
+    """Leases are earned by progress: squatters hold both clusters first; once their grace window (3 checkpoint
+    intervals of 0.1 minute) passes without a checkpoint, honest nodes claim and train both to the target."""
+    root, start = swarm
+    args = ["--preset", "tiny", "--clips", "80", "--clusters", "2", "--target-steps", "30", "--router-steps", "5",
+            "--checkpoint-every", "10", "--checkpoint-minutes", "0.1", "--period", "1", "--cpu-threads", "1",
+            "--log-format", "json"]
+    boot = start("daemon", "boot", *args, "--role", "verifier")
+    boot.wait_for(lambda e: e.get("msg", "").startswith("new swarm started"), 240, "bootstrap ready")
+    peers_file = root / "boot" / "node.json"
+    squat = start("evil", peers_file, "squatter.py", "--count", "2")
+    _wait(lambda: len([a for a in squat.acts if a.get("cluster") is not None]) == 2 or squat.proc.poll() is not None,
+          180, lambda: f"the squatters' leases ({squat.acts}); log: {(root / 'evil' / 'evil.log').read_text()[-2000:]}")
+    squatters = {a["peer"] for a in squat.acts}
+    workers = [start("daemon", n, *args, "--initial-peers-file", str(peers_file)) for n in ("w1", "w2")]
+    seen = _wait_status(root / "boot", lambda s: any(r["state"] == "stalled" for r in s["slots"]), 240,
+                        "the dashboard shows a stalled lease")
+    assert any(r["note"] and "claimable" in r["note"] for r in seen["slots"]), seen["slots"]
+    st = _wait_status(root / "boot", lambda s: all(_slots(s)[f"expert-{k}"]["state"] == "done" for k in range(2)),
+                      600, "both clusters trained to their target by honest nodes")
+    assert all(_slots(st)[f"expert-{k}"]["verified_step"] >= 30 for k in range(2)), st["slots"]
+    trained = {int(e["msg"].split()[1]) for w in workers for e in w.events()
+               if e.get("msg", "").startswith("cluster ") and e["msg"].endswith("reached its target")}
+    assert trained == {0, 1}  # by the honest nodes
+    assert squat.proc.poll() is None and squatters  # the squatters were still renewing all along
 
 
 def _wait(pred, timeout: float, what) -> None:

@@ -136,3 +136,44 @@ def test_a_done_lease_without_an_accepted_checkpoint_is_only_an_incumbent():
     snap = verified_snapshot(3, leases, {0: Status.ACCEPTED, 1: None, 2: Status.PENDING})
     assert snap.done == {0} and snap.awaiting == {2}
     assert cluster_states(snap) == [ClusterState.DONE, ClusterState.TRAINING, ClusterState.VERIFYING]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(alphabet="abcdefgh123", min_size=1, max_size=12), min_size=1, max_size=8, unique=True))
+def test_no_fresh_identity_evicts_an_incumbent_that_makes_progress(joiners):
+    """However its hash ranks, a joiner never beats an owner that keeps publishing accepted checkpoints."""
+    owner = ClaimView("owner", 0, ClaimState.TRAINING, progress=300)
+    snap = Snapshot(1, (owner, *(ClaimView(j, 0, ClaimState.JOINING) for j in joiners if j != "owner")))
+    assert winner(snap, 0) == "owner"
+    assert all(choose_cluster(snap, j) is None for j in joiners if j != "owner")
+
+
+def test_a_stalled_owner_loses_its_cluster_to_the_next_joiner():
+    stale = ClaimView("squatter", 0, ClaimState.TRAINING, stale=True)
+    assert cluster_states(Snapshot(1, (stale,))) == [ClusterState.STALLED]
+    assert choose_cluster(Snapshot(1, (stale,)), "honest") == 0  # claimable
+    contest = Snapshot(1, (stale, ClaimView("honest", 0, ClaimState.JOINING)))
+    assert winner(contest, 0) == "honest"
+    assert winner(Snapshot(1, (stale,)), 0) == "squatter"  # uncontested, it keeps renewing (harmless)
+
+
+def test_when_a_partition_heals_the_owner_with_more_progress_keeps_the_cluster():
+    a = ClaimView("zzz-ranks-last", 0, ClaimState.TRAINING, progress=500)
+    b = ClaimView("aaa-ranks-first", 0, ClaimState.TRAINING, progress=200)
+    assert winner(Snapshot(1, (a, b)), 0) == "zzz-ranks-last"
+
+
+def test_leases_are_judged_by_progress_within_the_grace_window():
+    from swarm.state import VerifiedState, verified_snapshot
+
+    leases = [ClaimView("busy", 0, ClaimState.TRAINING, since=0.0), ClaimView("idle", 1, ClaimState.TRAINING,
+                                                                              since=0.0),
+              ClaimView("new", 2, ClaimState.TRAINING, since=950.0)]
+    state = VerifiedState({0: None, 1: None, 2: None}, {("busy", 0): (40, 990.0), ("idle", 1): (10, 100.0)},
+                          grace=60.0, now=1000.0)
+    snap = verified_snapshot(3, leases, state)
+    by = {c.peer_id: c for c in snap.claims}
+    assert not by["busy"].stale and by["busy"].progress == 40
+    assert by["idle"].stale  # its last progress is 900 s old
+    assert not by["new"].stale  # a fresh lease has the grace window to publish its first checkpoint
+    assert cluster_states(snap) == [ClusterState.TRAINING, ClusterState.STALLED, ClusterState.TRAINING]
