@@ -27,7 +27,7 @@ from protocol.swarm_run import SIGNATURE_FILE, SPEC_FILE, SWARM_FILE, ClusterDat
 from swarm.cas import ContentStore
 from swarm.dht import SwarmNode
 from swarm.identity import peer_id_of_public_key, sign, verify_signature
-from swarm.state import list_runs, publish_spec_pointer
+from swarm.state import RunRules, list_runs, publish_spec_pointer
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,11 @@ class LocalRun:
     spec: RunSpec
     manifest: SwarmRunManifest
     bundle_cid: str
+
+    @property
+    def rules(self) -> RunRules:
+        """What makes a checkpoint and a lease of this run count (its schedule and trainer allowlist)."""
+        return RunRules.of(self.spec, self.manifest.schedule, self.manifest.trainers)
 
 
 def split_by_cluster(spec: RunSpec, data_dir: Path, out: Path) -> list[tuple[Path, Path]]:
@@ -91,7 +96,7 @@ def write_bundle(bundle: Path, spec: RunSpec, manifest: SwarmRunManifest, identi
 
 
 async def publish_run(node: SwarmNode, store: ContentStore, spec: RunSpec, data_dir: Path, work: Path,
-                      schedule: Schedule | None = None) -> LocalRun:
+                      schedule: Schedule | None = None, trainers: tuple[str, ...] | None = None) -> LocalRun:
     """Put the run's cluster data and bundle into `store` (pinned, provided), sign the bundle with our key (we
     must be the spec's creator) and announce it in the DHT."""
     if spec.creator is None or spec.creator.encode() != node.identity.public_key_bytes:
@@ -107,7 +112,7 @@ async def publish_run(node: SwarmNode, store: ContentStore, spec: RunSpec, data_
                                     holdout_clips=len(spec.holdout_clips(k)),
                                     holdout_bytes=sum(f.stat().st_size for f in held.iterdir())))
     manifest = SwarmRunManifest(run_id=spec.run_id, clusters=tuple(clusters), schedule=schedule or Schedule(),
-                                created_by=node.peer_id, created_at=get_dht_time())
+                                created_by=node.peer_id, created_at=get_dht_time(), trainers=trainers)
     bundle = work / "bundle"
     write_bundle(bundle, spec, manifest, node.identity)
     cid = await store.put(bundle)

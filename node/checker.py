@@ -53,7 +53,7 @@ class CheckpointChecker:
 
     @property
     def rules(self) -> RunRules:
-        return RunRules.of(self.run.spec, self.run.manifest.schedule)
+        return self.run.rules
 
     async def _holdout(self, cluster: int) -> ClipBatch:
         if cluster not in self._held:

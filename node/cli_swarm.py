@@ -71,6 +71,9 @@ def register(app: typer.Typer) -> None:
             "0 for a private swarm."))] = 1,
         replay_every: Annotated[int, typer.Option(min=0, help=(
             "New swarm: verifiers re-train one checkpoint interval in N (0: never)."))] = 10,
+        allow_trainer: Annotated[list[str] | None, typer.Option("--allow-trainer", help=(
+            "New swarm: a permissioned run; only these peer ids may train (repeat the option). Verifiers and "
+            "seeders stay open to anyone."))] = None,
         loss_tolerance: Annotated[float, typer.Option(min=0, help=(
             "New swarm: how much worse (relative) than its parent's a checkpoint's validation loss may be."))] = 0.1,
         period: Annotated[float, typer.Option(min=0.5, help="Seconds between lease renewals.")] = 10.0,
@@ -95,6 +98,13 @@ def register(app: typer.Typer) -> None:
 
         if preset not in PRESETS:
             fail(f"--preset {preset!r}: expected one of {', '.join(PRESETS)}")
+        import re
+
+        from protocol.swarm_records import _PEER_ID
+
+        for peer_id in allow_trainer or ():
+            if not re.match(_PEER_ID, peer_id):
+                fail(f"--allow-trainer {peer_id!r}: expected a peer id like Qm… (see `node.json` of that node)")
         setup_logging(log_format)
         peers = _peers(initial_peers, initial_peers_file)
         opts = DaemonOptions(
@@ -106,7 +116,8 @@ def register(app: typer.Typer) -> None:
                               router_target_steps=router_steps, attestations=attestations,
                               replay_every=replay_every, loss_tolerance=loss_tolerance),
             period=period, gossip=not no_gossip, gossip_host=host, cache_bytes=int(cache_gb * 2**30),
-            stop_when_done=stop_when_done, cpu_threads=cpu_threads)
+            stop_when_done=stop_when_done, cpu_threads=cpu_threads,
+            trainers=tuple(allow_trainer) if allow_trainer else None)
         raise SystemExit(asyncio.run(Daemon(opts).run()))
 
     @app.command("status")
@@ -163,13 +174,14 @@ async def _status(peers: list[str], home: Path, run: str | None, *, once: bool, 
     try:
         await store.start()
         run_id = await resolve_run_id(node, run)
-        spec = schedule = None
+        spec = schedule = trainers = None
         with contextlib.suppress(Exception):  # the dashboard works from DHT records alone if the bundle is slow
             local = await asyncio.wait_for(fetch_run(node, store, run_id, timeout=10), 30)
-            spec, schedule = local.spec, local.manifest.schedule
+            spec, schedule, trainers = local.spec, local.manifest.schedule, local.manifest.trainers
         if gossip:
             client = await _watch_gossip(node, run_id, events)
-        st = await gather_status(node, run_id, spec=spec, schedule=schedule, events=events, store=store)
+        st = await gather_status(node, run_id, spec=spec, schedule=schedule, events=events, store=store,
+                                       trainers=trainers)
         if json_out:
             out.print_json(st.model_dump_json())
             return
@@ -179,7 +191,8 @@ async def _status(peers: list[str], home: Path, run: str | None, *, once: bool, 
         with Live(render(st), console=out, refresh_per_second=4, screen=False) as live:
             while True:
                 await asyncio.sleep(interval)
-                st = await gather_status(node, run_id, spec=spec, schedule=schedule, events=events, store=store)
+                st = await gather_status(node, run_id, spec=spec, schedule=schedule, events=events, store=store,
+                                       trainers=trainers)
                 live.update(render(st))
     finally:
         if client is not None:

@@ -78,6 +78,7 @@ class DaemonOptions(BaseModel):
     cache_bytes: int = Field(default=50 * 2**30, ge=0)
     stop_when_done: bool = False
     cpu_threads: int | None = Field(default=None, ge=1)  # torch intra-op threads (CPU training)
+    trainers: tuple[str, ...] | None = None  # new swarm: a permissioned run's trainer allowlist (peer ids)
 
 
 class Daemon:
@@ -188,7 +189,7 @@ class Daemon:
             spec, data_dir = await asyncio.to_thread(self._local_spec)
             event(log, "publishing the run into the content store", run=spec.run_id, clusters=spec.num_clusters)
             local = await publish_run(self.node, self.store, spec, data_dir, self.home / "runs" / spec.run_id,
-                                      self.opts.schedule)
+                                      self.opts.schedule, self.opts.trainers)
         spec = local.spec
         event(log, "run ready", run=spec.run_id, clusters=spec.num_clusters, preset=spec.preset.name,
               target_steps=spec.preset.train.target_steps, bundle=local.bundle_cid)
@@ -331,6 +332,13 @@ class Daemon:
 
     async def _role_loop(self) -> None:
         role = self.opts.role
+        if not self.rules.may_train(self.node.peer_id):
+            if role in ("expert", "router"):
+                raise ParisError(f"--role {role}: this run is permissioned and {self.node.peer_id} is not on its "
+                                 "trainer allowlist (verifiers and seeders are open to anyone: --role verifier)")
+            if role == "auto":
+                event(log, "this run is permissioned and this node is not on its trainer allowlist: verifying")
+                role = "verifier"
         while not self.stopping.is_set():
             if role in ("auto", "expert"):
                 manager = self._claims()
@@ -377,7 +385,7 @@ class Daemon:
     @property
     def rules(self) -> RunRules:
         assert self.run_info is not None
-        return RunRules.of(self.run_info.spec, self.run_info.manifest.schedule)
+        return self.run_info.rules
 
     async def _reach(self) -> VerifiedState:
         """Which clusters reached their target by the acceptance rule (with this node's own verdicts), and who

@@ -18,7 +18,7 @@ from protocol.swarm_records import CheckpointBody
 from swarm.acceptance import known_facts
 from swarm.cas import ContentStore
 from swarm.dht import SwarmNode
-from swarm.state import RunRules, RunView, read_run
+from swarm.state import RunView, read_run
 
 log = logging.getLogger("node.fetch")
 
@@ -63,7 +63,7 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, ou
 
     run_id, num_clusters = run.spec.run_id, run.spec.num_clusters
     checker = CheckpointChecker(store, run, device)
-    view = await read_run(node, run_id, num_clusters, rules=RunRules.of(run.spec, run.manifest.schedule))
+    view = await read_run(node, run_id, num_clusters, rules=run.rules)
     todo = plan(view, num_clusters, allow_partial=allow_partial)
     paths: dict[str, Path] = {}
     got: dict[str, CheckpointBody] = {}

@@ -68,10 +68,10 @@ class SwarmStatus(BaseModel):
 
 
 async def gather_status(node: SwarmNode, run_id: str, *, spec=None, schedule=None, events: list[EventRow] | None = None,
-                        store: ContentStore | None = None) -> SwarmStatus:
+                        store: ContentStore | None = None, trainers: tuple[str, ...] | None = None) -> SwarmStatus:
     """Read the run (and the router's lease) from the DHT and count providers of each newest checkpoint."""
     k = spec.num_clusters if spec is not None else None
-    rules = RunRules.of(spec, schedule) if spec is not None and schedule is not None else None
+    rules = RunRules.of(spec, schedule, trainers) if spec is not None and schedule is not None else None
     view, router_view = await asyncio.gather(read_run(node, run_id, k, rules=rules),
                                              read_run(node, router_lease_id(run_id), 1))
     now = get_dht_time()

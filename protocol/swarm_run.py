@@ -69,6 +69,9 @@ class SwarmRunManifest(Frozen):
     clusters: tuple[ClusterData, ...]
     schedule: Schedule = Schedule()
     created_by: PeerIdStr
+    # a permissioned run: only these peers' leases and checkpoints count (None: anyone may train);
+    # verifiers and seeders stay open to anyone
+    trainers: tuple[PeerIdStr, ...] | None = Field(default=None, max_length=4096)
     created_at: Timestamp
 
     @model_validator(mode="after")

@@ -44,13 +44,18 @@ class RunRules:
     router_target: int
     init_losses: tuple[tuple[str, float], ...] = ()
     lease_grace: float | None = None  # seconds an owner may go without progress before its lease is claimable
+    trainers: frozenset[str] | None = None  # a permissioned run's allowlist (None: open)
+
+    def may_train(self, peer_id: str) -> bool:
+        return self.trainers is None or peer_id in self.trainers
 
     @classmethod
-    def of(cls, spec, schedule: Schedule) -> RunRules:
+    def of(cls, spec, schedule: Schedule, trainers: tuple[str, ...] | None = None) -> RunRules:
         policy = Policy(attestations=schedule.attestations, max_interval=schedule.checkpoint_every,
                         loss_tolerance=schedule.loss_tolerance, val_rtol=spec.validation.rtol)
         grace = schedule.progress_intervals * schedule.checkpoint_minutes * 60.0
-        return cls(policy, spec.preset.train.target_steps, schedule.router_target_steps, lease_grace=grace)
+        return cls(policy, spec.preset.train.target_steps, schedule.router_target_steps, lease_grace=grace,
+                   trainers=None if trainers is None else frozenset(trainers))
 
     def for_slot(self, slot: str) -> Policy:
         init = dict(self.init_losses).get(slot)
@@ -117,7 +122,7 @@ class RunView:
     def slot_claims(self, slot: str) -> list[Claim]:
         """The trainers' checkpoint records of `slot` as acceptance claims (seeders' replicas left out)."""
         return [Claim(peer, c.cid, c.step, c.parent, c.val_loss, c.ts) for peer, c in self.checkpoints
-                if c.slot == slot and not c.replica]
+                if c.slot == slot and not c.replica and (self.rules is None or self.rules.may_train(peer))]
 
     def slot_votes(self, slot: str) -> list[Vote]:
         return [Vote(peer, a.cid, a.step, a.parent, a.val_loss, a.verdict == "accept", a.reason, a.replayed)
@@ -183,6 +188,7 @@ class VerifiedState:
     activity: Activity
     grace: float | None = None
     now: float = 0.0
+    trainers: frozenset[str] | None = None  # a permissioned run: other peers' leases are ignored
 
 
 def verified_state(view: RunView, local: dict[str, Vote] | None = None) -> VerifiedState:
@@ -197,7 +203,7 @@ def verified_state(view: RunView, local: dict[str, Vote] | None = None) -> Verif
                 key = (j.claim.trainer, k)
                 best = activity.get(key, (-1, 0.0))
                 activity[key] = max(best, (j.claim.step, j.claim.ts))
-    return VerifiedState(reach, activity, view.rules.lease_grace, get_dht_time())
+    return VerifiedState(reach, activity, view.rules.lease_grace, get_dht_time(), view.rules.trainers)
 
 
 async def read_run(node: SwarmNode, run_id: str, num_clusters: int | None = None, *, rules: RunRules | None = None,
@@ -229,7 +235,8 @@ async def read_run(node: SwarmNode, run_id: str, num_clusters: int | None = None
         foreign=sets["members"].foreign, claims=claims, progress=by_peer(ProgressBody), checkpoints=checkpoints,
         done=done, states=(), owners={}, attestations=attestations, rules=rules,
         local=tuple(sorted((local or {}).items(), key=lambda kv: kv[0])))
-    leases = [ClaimView(c.peer_id, c.cluster, c.state, c.since) for c in claims.values() if c.cluster < num_clusters]
+    leases = [ClaimView(c.peer_id, c.cluster, c.state, c.since) for c in claims.values()
+              if c.cluster < num_clusters and (rules is None or rules.may_train(c.peer_id))]
     if rules is None:
         snap = Snapshot(num_clusters, tuple(leases), frozenset(d.cluster for _, d in done if d.cluster < num_clusters))
     else:
@@ -249,6 +256,8 @@ def verified_snapshot(num_clusters: int, leases: list[ClaimView], state: Verifie
     awaiting = frozenset(k for k, r in state.reach.items() if r == Status.PENDING)
     fixed = []
     for c in leases:
+        if state.trainers is not None and c.peer_id not in state.trainers:
+            continue
         if c.state == ClaimState.DONE and c.cluster not in done:
             c = replace(c, state=ClaimState.TRAINING)
         step, ts = state.activity.get((c.peer_id, c.cluster), (0, 0.0))

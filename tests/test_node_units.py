@@ -19,7 +19,7 @@ from node.nodefile import NodeInfo, peers_from_file, read_node_info, remove_node
 from node.swarm_view import SlotRow, SwarmStatus, _overall
 from protocol.canonical import canonical_json
 from protocol.errors import IntegrityError, ParisError
-from protocol.swarm_records import CheckpointBody, ClusterState
+from protocol.swarm_records import CheckpointBody, ClaimState, ClusterState
 from protocol.swarm_run import SWARM_FILE, ClusterData, SwarmRunManifest
 from swarm.acceptance import Policy
 from swarm.state import RunRules, RunView
@@ -248,3 +248,28 @@ def test_swarm_command_mistakes(args, message, monkeypatch, tmp_path):
     text = result.output + (str(result.exception) if result.exception and not isinstance(result.exception,
                                                                                           SystemExit) else "")
     assert message in text, text
+
+
+def test_a_permissioned_run_counts_only_its_trainers_checkpoints():
+    from dataclasses import replace
+
+    from swarm.claim_logic import ClaimView
+    from swarm.state import VerifiedState, verified_snapshot
+
+    view = _view([(PEER_A, _ck("expert-0", 9, _cid(0))), (PEER_B, _ck("expert-0", 10, _cid(1), parent=_cid(0)))])
+    assert [c.step for c in view.accepted_checkpoints("expert-0")] == [10, 9]
+    closed = replace(view, rules=replace(view.rules, trainers=frozenset({PEER_A})))
+    assert [c.step for c in closed.accepted_checkpoints("expert-0")] == [9]  # PEER_B may not train
+    assert closed.rules.may_train(PEER_A) and not closed.rules.may_train(PEER_B)
+    leases = [ClaimView(PEER_A, 0, ClaimState.TRAINING), ClaimView(PEER_B, 1, ClaimState.TRAINING)]
+    snap = verified_snapshot(2, leases, VerifiedState({0: None, 1: None}, {}, trainers=frozenset({PEER_A})))
+    assert [c.peer_id for c in snap.claims] == [PEER_A]  # an outsider's lease does not hold cluster 1
+
+
+def test_allow_trainer_must_be_a_peer_id():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "node.cli", "join", "--allow-trainer", "not a peer"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--allow-trainer" in r.stderr and "Traceback" not in r.stderr
