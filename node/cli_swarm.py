@@ -71,6 +71,9 @@ def register(app: typer.Typer) -> None:
             "0 for a private swarm."))] = 1,
         replay_every: Annotated[int, typer.Option(min=0, help=(
             "New swarm: verifiers re-train one checkpoint interval in N (0: never)."))] = 10,
+        progress_intervals: Annotated[int, typer.Option(min=1, help=(
+            "New swarm: an owner that publishes no unrejected checkpoint for N checkpoint intervals "
+            "(--checkpoint-minutes each) loses its cluster to the next joiner."))] = 3,
         allow_trainer: Annotated[list[str] | None, typer.Option("--allow-trainer", help=(
             "New swarm: a permissioned run; only these peer ids may train (repeat the option). Verifiers and "
             "seeders stay open to anyone."))] = None,
@@ -114,7 +117,8 @@ def register(app: typer.Typer) -> None:
             demo=DemoOptions(clusters=clusters, preset=preset, target_steps=target_steps, clips=clips),
             schedule=Schedule(checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
                               router_target_steps=router_steps, attestations=attestations,
-                              replay_every=replay_every, loss_tolerance=loss_tolerance),
+                              replay_every=replay_every, loss_tolerance=loss_tolerance,
+                              progress_intervals=progress_intervals),
             period=period, gossip=not no_gossip, gossip_host=host, cache_bytes=int(cache_gb * 2**30),
             stop_when_done=stop_when_done, cpu_threads=cpu_threads,
             trainers=tuple(allow_trainer) if allow_trainer else None)

@@ -113,7 +113,7 @@ def _slot_row(view: RunView, slot: str, cluster: int | None, state: str, owner: 
         row.rejected = [f"step {j.claim.step} ({j.claim.cid[-8:]}): {j.reason}" for j in judged
                         if j.status.value == "rejected"][:3]
     stalled = [c for c in view.leases if c.cluster == cluster and c.stale] if cluster is not None else []
-    if stalled and view.rules is not None and view.rules.lease_grace is not None:
+    if stalled and state == ClusterState.STALLED.value and view.rules is not None and view.rules.lease_grace:
         row.note = (f"owner {stalled[0].peer_id[-8:]} published no progress within {view.rules.lease_grace:.0f}s: "
                     "the cluster is claimable")
     if newest is not None:

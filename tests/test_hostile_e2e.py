@@ -163,9 +163,6 @@ def test_identities_that_claim_every_cluster_and_never_train_cannot_stop_the_run
           180, lambda: f"the squatters' leases ({squat.acts}); log: {(root / 'evil' / 'evil.log').read_text()[-2000:]}")
     squatters = {a["peer"] for a in squat.acts}
     workers = [start("daemon", n, *args, "--initial-peers-file", str(peers_file)) for n in ("w1", "w2")]
-    seen = _wait_status(root / "boot", lambda s: any(r["state"] == "stalled" for r in s["slots"]), 240,
-                        "the dashboard shows a stalled lease")
-    assert any(r["note"] and "claimable" in r["note"] for r in seen["slots"]), seen["slots"]
     st = _wait_status(root / "boot", lambda s: all(_slots(s)[f"expert-{k}"]["state"] == "done" for k in range(2)),
                       600, "both clusters trained to their target by honest nodes")
     assert all(_slots(st)[f"expert-{k}"]["verified_step"] >= 30 for k in range(2)), st["slots"]
@@ -173,6 +170,8 @@ def test_identities_that_claim_every_cluster_and_never_train_cannot_stop_the_run
                if e.get("msg", "").startswith("cluster ") and e["msg"].endswith("reached its target")}
     assert trained == {0, 1}  # by the honest nodes
     assert squat.proc.poll() is None and squatters  # the squatters were still renewing all along
+    evicted = (root / "evil" / "evil.log").read_text().count("to another owner")
+    assert evicted == 2  # each squatter saw an honest joiner win its stalled lease
 
 
 def _wait(pred, timeout: float, what) -> None:
