@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,11 +44,14 @@ class ContentStore:
     def __init__(self, node: SwarmNode, root: Path | str, *, limit_bytes: int | None = None,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, provide_ttl: float = 600.0, streams_per_peer: int = 2,
                  failure_budget: int = 3, request_timeout: float = 60.0,
-                 free_space: Callable[[], int] | None = None, disk_margin: int = 64 << 20):
+                 free_space: Callable[[], int] | None = None, disk_margin: int = 64 << 20,
+                 max_providers: int = 32):
         self.node = node
         self.root = Path(root)
         self.free_space = free_space or (lambda: shutil.disk_usage(self.root).free)
         self.disk_margin = disk_margin
+        self.max_providers = max_providers
+        self._good: dict[str, float] = {}  # peer → when it last served us correctly
         self.blobs = BlobStore(root, limit_bytes)
         self.packs = PackStore(root)
         self.limit_bytes = limit_bytes
@@ -179,13 +183,19 @@ class ContentStore:
             self.last_fetch = await fetch_chunks(
                 writer, chunks, peers, self._open_stream, streams_per_peer=self.streams_per_peer,
                 failure_budget=self.failure_budget, timeout=self.request_timeout)
+            for peer, st in self.last_fetch.peers.items():
+                if st.chunks:
+                    self._good[peer] = time.monotonic()
 
     async def _manifest(self, cid: str, providers: list[str] | None) -> CasManifest:
         if self.blobs.has(cid):
             return self.blobs.manifest(cid)
         peers = providers if providers is not None else await self.find_providers(cid)
+        served_by: list[str] = []
         data = await fetch_blob(self._open_stream, [p for p in peers if p != self.node.peer_id], cid,
-                                timeout=self.request_timeout)
+                                timeout=min(self.request_timeout, 10.0), served_by=served_by)
+        for peer in served_by:
+            self._good[peer] = time.monotonic()
         manifest = decode_manifest(cid, data)
         self.blobs.write(cid, data)
         return manifest
@@ -206,13 +216,16 @@ class ContentStore:
         return reader, writer
 
     async def find_providers(self, cid: str) -> list[str]:
+        """Who announces `cid`: peers that served us before first (most recent first), then the others, newest
+        announcement first; at most `max_providers`, so that a flood of fake records cannot stall a fetch."""
         found = await self.node.get(provider_key(cid))
         peers = []
         for r in sorted(found.records, key=lambda r: -r.body.ts):
-            if isinstance(r.body, ProviderBody):
+            if isinstance(r.body, ProviderBody) and r.body.peer_id not in peers:
                 peers.append(r.body.peer_id)
                 self._known_maddrs[r.body.peer_id] = r.body.maddrs
-        return peers
+        peers.sort(key=lambda p: -self._good.get(p, 0.0))  # stable: the rest keep their order
+        return peers[:self.max_providers]
 
     async def provide(self, cid: str, size: int | None = None) -> bool:
         """Announce that this node serves `cid` (renewed while it stays pinned)."""

@@ -375,3 +375,38 @@ def test_a_full_disk_fails_the_download_at_once(tmp_path, source):
             await peers.close()
 
     asyncio.run(asyncio.wait_for(run(), 30))
+
+
+def test_silent_and_fake_providers_cannot_stall_a_manifest_fetch(tmp_path, source):
+    """A hundred providers that accept and never answer, or do not exist, ahead of the one real one: the
+    manifest still arrives, asked of several at once with a bounded wait each."""
+    src, manifest = source
+
+    async def run():
+        peers = Peers()
+        await peers.add("good", src)
+
+        async def hang(reader, writer):
+            await asyncio.sleep(3600)
+
+        silent = await asyncio.start_server(hang, "127.0.0.1", 0)
+        port = silent.sockets[0].getsockname()[1]
+
+        async def open_stream(name):
+            if name.startswith("silent"):
+                return await asyncio.open_connection("127.0.0.1", port)
+            if name.startswith("ghost"):
+                raise ConnectionRefusedError(name)
+            return await peers.open(name)
+
+        names = [f"silent-{i}" for i in range(60)] + [f"ghost-{i}" for i in range(40)] + ["good"]
+        served: list[str] = []
+        try:
+            data = await fetch_blob(open_stream, names, manifest.cid, timeout=0.5, parallel=16, served_by=served)
+        finally:
+            silent.close()
+            await peers.close()
+        return data, served
+
+    data, served = asyncio.run(asyncio.wait_for(run(), 60))  # a stall would take 100 × 0.5 s and more
+    assert decode_manifest(manifest.cid, data) == manifest and served == ["good"]
