@@ -58,7 +58,8 @@ def render(status: SwarmStatus) -> Group:
         )
     peers = Table.grid(padding=(0, 2))
     for p in status.peers:
-        peers.add_row(_short(p.peer_id, 16), p.role, p.software, f"seen {_age(p.age_s)} ago")
+        peers.add_row(_short(p.peer_id, 16), p.role, p.software, f"seen {_age(p.age_s)} ago",
+                      Text(p.clock_note or "", style="yellow"))
     feed = Table.grid(padding=(0, 2))
     for e in status.events[-8:]:
         feed.add_row(time.strftime("%H:%M:%S", time.localtime(e.ts)), _short(e.sender), e.type, e.detail)

@@ -15,6 +15,8 @@ from swarm.cas import ContentStore
 from swarm.dht import SwarmNode
 from swarm.state import RunRules, RunView, read_run
 
+CLOCK_NOTE_S = 10.0  # a member record dated further than this in the future is flagged
+
 
 class SlotRow(BaseModel):
     slot: str  # expert-<k> or router
@@ -42,6 +44,7 @@ class PeerRow(BaseModel):
     role: str
     software: str
     age_s: float
+    clock_note: str | None = None  # its record is dated in our future: its clock (or ours) is off
 
 
 class EventRow(BaseModel):
@@ -89,7 +92,8 @@ async def gather_status(node: SwarmNode, run_id: str, *, spec=None, schedule=Non
         counts = await asyncio.gather(*(store.find_providers(r.checkpoint_cid) for r in slots if r.checkpoint_cid))
         for row, peers in zip([r for r in slots if r.checkpoint_cid], counts, strict=True):
             row.providers = len(peers)
-    peers = [PeerRow(peer_id=m.peer_id, role=m.role, software=m.software, age_s=max(0.0, now - m.ts))
+    peers = [PeerRow(peer_id=m.peer_id, role=m.role, software=m.software, age_s=max(0.0, now - m.ts),
+                     clock_note=f"clock {m.ts - now:.0f} s ahead of this one" if m.ts - now > CLOCK_NOTE_S else None)
              for m in view.members.values() if isinstance(m, MemberBody)]
     return SwarmStatus(
         run_id=run_id, name=spec.name if spec is not None else None, num_clusters=view.num_clusters,

@@ -29,6 +29,7 @@ class ClaimView:
     since: float = 0.0
     progress: int = 0
     stale: bool = False
+    ts: float = 0.0  # when the owner last wrote it (its clock)
 
     @property
     def incumbent(self) -> bool:

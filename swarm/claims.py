@@ -17,6 +17,7 @@ from hivemind.utils.timed_storage import get_dht_time
 
 from protocol.swarm_records import ClaimBody, ClaimState, ClusterState, DoneBody, run_key
 from swarm.claim_logic import ClaimView, Snapshot, choose_cluster, cluster_states, winner
+from swarm.clock import clock_offset, clock_problem
 from swarm.dht import SwarmNode
 
 log = logging.getLogger(__name__)
@@ -39,12 +40,16 @@ class ClaimManager:
     def __init__(self, node: SwarmNode, run_id: str, num_clusters: int, *, period: float = 10.0,
                  lease_periods: float = 3.0, settle: float = 2.0, max_delay: float = 1.0,
                  on_lost: Callable[[int], None] | None = None, rng: random.Random | None = None,
-                 done_oracle: Callable[[], Awaitable[object]] | None = None):
+                 done_oracle: Callable[[], Awaitable[object]] | None = None,
+                 clock: Callable[[], float] = get_dht_time, max_skew: float | None = None):
         self.node, self.run_id, self.num_clusters = node, run_id, num_clusters
         self.period, self.lease = period, period * lease_periods
         self.settle, self.max_delay = settle, max_delay
         self.on_lost = on_lost
         self.done_oracle = done_oracle
+        self.clock = clock  # injectable, to test a node whose clock is off
+        self.max_skew = self.lease if max_skew is None else max_skew
+        self.clock_problem = ""  # set while our clock is too far from our peers' to hold leases
         self._rng = rng or random.Random()
         self._key = run_key(run_id, "claims")
         self._done_key = run_key(run_id, "done")
@@ -73,8 +78,19 @@ class ClaimManager:
         return Snapshot(self.num_clusters, views, done_set)
 
     def _leases(self, claims) -> list[ClaimView]:
-        return [ClaimView(r.body.peer_id, r.body.cluster, r.body.state, r.body.since) for r in claims.records
-                if isinstance(r.body, ClaimBody) and r.body.cluster < self.num_clusters]
+        return [ClaimView(r.body.peer_id, r.body.cluster, r.body.state, r.body.since, ts=r.body.ts)
+                for r in claims.records if isinstance(r.body, ClaimBody) and r.body.cluster < self.num_clusters]
+
+    def check_clock(self, snap: Snapshot) -> str:
+        """Estimate our clock offset from the other owners' leases (renewed every period) and say whether it is
+        too large to hold a lease ("" if fine or unknown)."""
+        samples = [(c.ts, self.period) for c in snap.claims  # TRAINING leases are renewed every period
+                   if c.peer_id != self.me and c.ts > 0 and c.state == ClaimState.TRAINING]
+        problem = clock_problem(clock_offset(self.clock(), samples), self.max_skew)
+        if problem and problem != self.clock_problem:
+            log.warning(problem)
+        self.clock_problem = problem
+        return problem
 
     async def cluster_states(self) -> list[ClusterState]:
         return cluster_states(await self.snapshot(), self.run_id)
@@ -91,6 +107,9 @@ class ClaimManager:
             snap = await self.snapshot()
             if len(snap.done | snap.awaiting) == self.num_clusters:
                 return None
+            if self.check_clock(snap):
+                await self._withdraw()
+                return None
             choice = choose_cluster(snap, self.me, self.run_id, exclude)
             if choice is None:
                 await self._withdraw()
@@ -102,7 +121,7 @@ class ClaimManager:
             mine = next((c for c in snap.claims if c.peer_id == self.me and c.cluster == choice), None)
             restarted = mine is not None and mine.state == ClaimState.TRAINING
             state = ClaimState.TRAINING if restarted else ClaimState.JOINING
-            self._since = mine.since if mine is not None else get_dht_time()
+            self._since = mine.since if mine is not None else self.clock()
             await self._write(choice, state)
             await asyncio.sleep(self.settle)
             snap = await self.snapshot()
@@ -121,7 +140,7 @@ class ClaimManager:
         """Record that our cluster reached its target (a long-lived record) and show DONE in our lease."""
         if self.cluster is None:
             raise RuntimeError("mark_done called without a claimed cluster")
-        now = get_dht_time()
+        now = self.clock()
         body = DoneBody(cluster=self.cluster, step=step, checkpoint_cid=checkpoint_cid, ts=now)
         await self.node.put(self._done_key, body, now + DONE_TTL)
         async with self._lock:
@@ -144,7 +163,7 @@ class ClaimManager:
             await self._write(self._last_cluster, ClaimState.OFFLINE, ttl=self.period)
 
     async def _write(self, cluster: int, state: ClaimState, ttl: float | None = None) -> bool:
-        now = get_dht_time()
+        now = self.clock()
         # a DHT write wins only with a strictly later expiration than the record it replaces
         expiration = max(now + (self.lease if ttl is None else ttl), self._last_expiration + 1e-3)
         body = ClaimBody(cluster=cluster, state=state, peer_id=self.me, since=self._since or now, ts=now)
@@ -161,6 +180,13 @@ class ClaimManager:
                 async with self._lock:
                     cluster = self.cluster
                     if cluster is None:
+                        return
+                    if self.check_clock(snap):
+                        log.warning("releasing cluster %d of run %s: %s", cluster, self.run_id, self.clock_problem)
+                        self.cluster = None
+                        await self._write(cluster, ClaimState.OFFLINE, ttl=self.period)
+                        if self.on_lost is not None:
+                            self.on_lost(cluster)
                         return
                     if winner(snap, cluster, self.run_id) not in (self.me, None):
                         log.warning("lost cluster %d of run %s to another owner", cluster, self.run_id)

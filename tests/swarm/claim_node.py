@@ -14,6 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from hivemind.utils.timed_storage import get_dht_time
+
 from swarm.claims import ClaimManager
 from swarm.dht import NetworkConfig, SwarmNode
 
@@ -27,6 +29,7 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--home", required=True)
     ap.add_argument("--initial-peers", nargs="*", default=[])
+    ap.add_argument("--clock-skew", type=float, default=0.0, help="this node's clock runs this many s off")
     args = ap.parse_args()
     node = SwarmNode.start(args.home, NetworkConfig(initial_peers=tuple(args.initial_peers)))
     managers: dict[str, ClaimManager] = {}
@@ -37,7 +40,8 @@ async def main() -> None:
         run = cmd["run"]
         if run not in managers:
             managers[run] = ClaimManager(node, run, cmd["clusters"], period=cmd.get("period", 1.0),
-                                         settle=cmd.get("settle", 1.0), max_delay=cmd.get("delay", 0.3))
+                                         settle=cmd.get("settle", 1.0), max_delay=cmd.get("delay", 0.3),
+                                         clock=lambda: get_dht_time() + args.clock_skew)
         return managers[run]
 
     async def background_claim(cmd: dict) -> None:
@@ -64,7 +68,8 @@ async def main() -> None:
             emit({"op": op, "states": [s.value for s in states]})
         elif op == "owned":
             owned = {run: m.cluster for run, m in managers.items()}
-            emit({"op": op, "peer_id": node.peer_id, "owned": owned})
+            problems = {run: m.clock_problem for run, m in managers.items() if m.clock_problem}
+            emit({"op": op, "peer_id": node.peer_id, "owned": owned, "clock": problems})
         elif op == "release":
             await manager(cmd).release()
             emit({"op": op})

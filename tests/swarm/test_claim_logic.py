@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -177,3 +178,17 @@ def test_leases_are_judged_by_progress_within_the_grace_window():
     assert by["idle"].stale  # its last progress is 900 s old
     assert not by["new"].stale  # a fresh lease has the grace window to publish its first checkpoint
     assert cluster_states(snap) == [ClusterState.TRAINING, ClusterState.STALLED, ClusterState.TRAINING]
+
+
+def test_clock_offset_from_peers_lease_timestamps():
+    from swarm.clock import clock_offset, clock_problem
+
+    fresh = [(1000.0 - age, 2.0) for age in (0.2, 1.5, 0.9, 1.1)]  # renewed every 2 s
+    assert abs(clock_offset(1000.0, fresh)) < 1.0
+    assert clock_offset(1000.0 + 120, fresh) == pytest.approx(120, abs=1.0)  # we are ahead
+    assert clock_offset(1000.0 - 120, fresh) == pytest.approx(-120, abs=1.0)  # we are behind
+    liar = [*fresh, (5000.0, 2.0)]  # one peer with a wild clock does not move the median far
+    assert abs(clock_offset(1000.0, liar)) < 1.0
+    assert clock_offset(1000.0, fresh[:1]) is None  # one peer is not a swarm
+    assert clock_problem(clock_offset(1000.0, fresh), 6.0) == ""
+    assert "behind its peers" in clock_problem(-120.0, 6.0) and "ahead of" in clock_problem(30.0, 6.0)

@@ -115,3 +115,21 @@ def test_restarted_node_takes_its_cluster_back(swarm8):
     again.send({"op": "claim", "run": run, "clusters": 4, "period": period})
     assert again.recv(60, lambda m: m.get("op") == "claim")["cluster"] == cluster
 
+
+
+def test_a_node_whose_clock_is_off_refuses_leases(swarm8):
+    """Leases are absolute DHT times: a node 2 minutes behind its peers says so and holds none, while the
+    others keep theirs (the clock is injected into our own ClaimManager in a real node process)."""
+    procs, root, maddrs, spawn = swarm8
+    got = _claim_all(procs[1:4], "clock", 4)
+    assert None not in got
+    skewed = spawn(NODE, root / "skewed.log", "--home", str(root / "skewed"), "--initial-peers", *maddrs,
+                   "--clock-skew", "-120")
+    skewed.recv(180)
+    skewed.send({"op": "claim", "run": "clock", "clusters": 4, "period": PERIOD})
+    assert skewed.recv(90, lambda m: m.get("op") == "claim")["cluster"] is None  # the free cluster stays free
+    skewed.send({"op": "owned", "run": "clock", "clusters": 4})
+    owned = skewed.recv(30, lambda m: m.get("op") == "owned")
+    assert "behind its peers" in owned["clock"]["clock"] and owned["owned"]["clock"] is None
+    assert sorted(_states(procs[0], "clock", 4)) == ["free", "training", "training", "training"]
+    skewed.stop()
