@@ -95,7 +95,7 @@ class CheckpointChecker:
     async def _lineage(self, slot: str, meta, val_loss: float, parents: dict[str, tuple[int, float | None]]) -> str:
         """Whether the checkpoint's own step and loss can follow its own parent: the initialisation (rebuilt
         here), a checkpoint this node checked, or an accepted one (`parents`); "" if fine or unknown."""
-        policy = self.rules.policy
+        policy = self.rules.for_slot(slot)
         if meta.parent is None:
             return lineage_problem(meta.step, 0, val_loss, await self.init_loss(slot), policy)
         mine = self.verdicts.get(meta.parent)

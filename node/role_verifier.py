@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("node.verifier")
 
-PER_SLOT_PER_ROUND = 4  # a flood of announcements cannot keep a verifier from its other slots
+PER_SLOT_PER_ROUND = 8  # a flood of announcements cannot keep a verifier from its other slots
 
 
 def should_replay(cid: str, replay_every: int) -> bool:
@@ -36,14 +36,19 @@ def should_replay(cid: str, replay_every: int) -> bool:
 def to_verify(view: RunView, me: str, slot: str, done: set[str] | frozenset[str] = frozenset()
               ) -> list[CheckpointBody]:
     """Trainers' records of `slot` whose CID we have not attested yet (nor checked: `done`) and did not train
-    ourselves: the newest few, checked in step order so that a parent's facts are known before its child."""
+    ourselves, on the lineage frontier: the parent is the initialisation, or a checkpoint we checked or that is
+    accepted. Oldest first, so an honest chain becomes accepted from its root up (nothing is accepted until its
+    parent is), and claims with a dangling lineage cost no verification (the rule never accepts them)."""
     mine = {a.cid for peer, a in view.attestations if peer == me} | set(done)
+    known = mine | {c.cid for c in view.accepted_checkpoints(slot)}
     seen, out = set(), []
-    for peer, c in sorted(view.checkpoints, key=lambda pc: (pc[1].step, pc[1].ts), reverse=True):
-        if c.slot == slot and not c.replica and peer != me and c.cid not in mine and c.cid not in seen:
+    for peer, c in sorted(view.checkpoints, key=lambda pc: (pc[1].step, pc[1].ts)):
+        if (c.slot == slot and not c.replica and peer != me and c.cid not in mine and c.cid not in seen
+                and (c.parent is None or c.parent in known)):
             seen.add(c.cid)
             out.append(c)
-    return sorted(out[:PER_SLOT_PER_ROUND], key=lambda c: c.step)  # the newest few, parents before children
+            known.add(c.cid)  # its children may follow in the same round, after it
+    return out[:PER_SLOT_PER_ROUND]
 
 
 async def _attest(d: Daemon, slot: str, body: CheckpointBody, schedule, parents) -> AttestationBody | None:

@@ -55,6 +55,9 @@ class Schedule(Frozen):
     router_cap: int = Field(default=2000, ge=1)  # clips per cluster in the router's stratified sample
     attestations: int = Field(default=1, ge=0, le=64)
     loss_tolerance: float = Field(default=0.1, ge=0, le=10)
+    # the router's held-out cross-entropy may also rise by this fraction of ln K (it is noisy near zero:
+    # measured here, honest tiny routers moved by up to 0.04 nats between checkpoints at K=2)
+    router_loss_slack: float = Field(default=0.1, ge=0, le=10)
     replay_every: int = Field(default=10, ge=0)
     replay_tolerance: float = Field(default=0.01, gt=0, lt=1)  # ‖replayed − published‖ / ‖published − parent‖
     # a lease is earned by progress: an owner that publishes no checkpoint the rule does not reject within

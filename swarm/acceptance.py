@@ -7,8 +7,8 @@ ACCEPTED when all of these hold:
 
 1. lineage: its parent is an ACCEPTED claim (or the step-0 initialisation, parent None), and its step is
    1..`max_interval` steps past the parent's (an honest trainer publishes at least every `max_interval`);
-2. its validation loss is finite and no worse than the parent's by more than `loss_tolerance` (relative;
-   for a first checkpoint, than the initialisation's loss when the policy knows it);
+2. its validation loss is finite and no worse than the parent's by more than `loss_tolerance` (relative)
+   plus `loss_slack` (absolute); for a first checkpoint, than the initialisation's loss when known;
 3. at least `attestations` verifiers other than its trainer accept it, agreeing with its step, parent and
    loss; and no more verifiers reject it (or disagree with it) than accept it.
 
@@ -41,6 +41,7 @@ class Policy:
     attestations: int = 1
     max_interval: int = 100
     loss_tolerance: float = 0.1
+    loss_slack: float = 0.0  # absolute allowance on top (the router's cross-entropy is noisy near zero)
     val_rtol: float = 1e-3
     init_loss: float | None = None  # the step-0 initialisation's validation loss, where the reader knows it
 
@@ -96,9 +97,10 @@ def lineage_problem(step: int, parent_step: int, val_loss: float, parent_loss: f
     ("" if it can): the rule's step and loss conditions, shared by the rule and by every local check."""
     if not 1 <= step - parent_step <= policy.max_interval:
         return f"step {step} is not 1..{policy.max_interval} steps past its parent's step {parent_step}"
-    if parent_loss is not None and val_loss > parent_loss * (1 + policy.loss_tolerance) + 1e-9:
+    if parent_loss is not None and val_loss > parent_loss * (1 + policy.loss_tolerance) + policy.loss_slack + 1e-9:
+        slack = f" + {policy.loss_slack:.3g}" if policy.loss_slack else ""
         return (f"validation loss {val_loss:.6g} is worse than its parent's {parent_loss:.6g} by more than "
-                f"{policy.loss_tolerance:.0%}")
+                f"{policy.loss_tolerance:.0%}{slack}")
     return ""
 
 

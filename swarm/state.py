@@ -4,6 +4,7 @@ refs, and read a whole run back as one typed view. Thin I/O over SwarmNode; deci
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, replace
 
 from hivemind.utils.timed_storage import get_dht_time
@@ -45,6 +46,7 @@ class RunRules:
     init_losses: tuple[tuple[str, float], ...] = ()
     lease_grace: float | None = None  # seconds an owner may go without progress before its lease is claimable
     trainers: frozenset[str] | None = None  # a permissioned run's allowlist (None: open)
+    router_slack: float = 0.0  # absolute loss allowance for the router (nats)
 
     def may_train(self, peer_id: str) -> bool:
         return self.trainers is None or peer_id in self.trainers
@@ -55,11 +57,13 @@ class RunRules:
                         loss_tolerance=schedule.loss_tolerance, val_rtol=spec.validation.rtol)
         grace = schedule.progress_intervals * schedule.checkpoint_minutes * 60.0
         return cls(policy, spec.preset.train.target_steps, schedule.router_target_steps, lease_grace=grace,
-                   trainers=None if trainers is None else frozenset(trainers))
+                   trainers=None if trainers is None else frozenset(trainers),
+                   router_slack=schedule.router_loss_slack * math.log(max(spec.num_clusters, 2)))
 
     def for_slot(self, slot: str) -> Policy:
+        policy = replace(self.policy, loss_slack=self.router_slack) if slot == "router" else self.policy
         init = dict(self.init_losses).get(slot)
-        return self.policy if init is None else replace(self.policy, init_loss=init)
+        return policy if init is None else replace(policy, init_loss=init)
 
     def target(self, slot: str) -> int:
         return self.router_target if slot == "router" else self.expert_target

@@ -595,3 +595,15 @@ def test_a_long_announced_chain_is_judged_without_recursion():
     chain = [Claim("peerA", f"c{i}", i + 1, f"c{i - 1}" if i else None, 1.0) for i in range(5000)]
     js = judge(list(reversed(chain)), [], Policy(attestations=0, max_interval=1))
     assert all(j.accepted for j in js) and js[0].claim.step == 5000
+
+
+def test_an_absolute_slack_absorbs_noise_near_zero_loss():
+    """The router's held-out cross-entropy near zero moves by a few hundredths between honest checkpoints."""
+    parent = Claim("peerA", "p", 10, None, 0.032)
+    child = Claim("peerA", "c", 20, "p", 0.040)  # +25 %: beyond the relative tolerance alone
+    strict = Policy(attestations=0, max_interval=10, loss_tolerance=0.1)
+    assert by_cid(judge([parent, child], [], strict))["c"].status == R
+    slack = replace(strict, loss_slack=0.07)
+    assert by_cid(judge([parent, child], [], slack))["c"].status == A
+    noise = Claim("peerA", "n", 20, "p", 5.0)  # replaced weights: far beyond any slack
+    assert by_cid(judge([parent, noise], [], slack))["n"].status == R
