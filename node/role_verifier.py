@@ -1,8 +1,11 @@
 """The verifier role: the swarm's surplus volunteers check newly announced checkpoints and publish signed
-attestations. A check fetches the checkpoint, loads it into a trainer of its slot (hashes, run, cluster,
-kind, preset), compares the step and parent with the record, checks finiteness and recomputes the run's
-validation loss on the held-out clips. One interval in `replay_every` (chosen by the CID's hash, so every
-verifier replays the same ones) is also re-trained from its parent and compared weight for weight."""
+attestations. A check fetches the checkpoint (bounded by what the slot can hold), loads it into a trainer of
+its slot (hashes, run, cluster, kind, preset), checks finiteness, recomputes the run's validation loss on the
+held-out clips and checks that the step and loss can follow the checkpoint's own parent (or the
+initialisation). The attestation judges that content and states what was found inside (step, parent, loss),
+so the acceptance rule can contradict a record that misstates it. One interval in `replay_every` (chosen by
+the CID's hash, so every verifier replays the same ones) is also re-trained from its parent and compared
+weight for weight."""
 
 from __future__ import annotations
 
