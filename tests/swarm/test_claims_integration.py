@@ -116,12 +116,12 @@ def test_restarted_node_takes_its_cluster_back(swarm8):
     assert again.recv(60, lambda m: m.get("op") == "claim")["cluster"] == cluster
 
 
-
 def test_a_node_whose_clock_is_off_refuses_leases(swarm8):
     """Leases are absolute DHT times: a node 2 minutes behind its peers says so and holds none, while the
     others keep theirs (the clock is injected into our own ClaimManager in a real node process)."""
     procs, root, maddrs, spawn = swarm8
-    got = _claim_all(procs[1:4], "clock", 4)
+    live = [p for p in procs[1:] if p.proc.poll() is None][:3]  # an earlier test killed one of them
+    got = _claim_all(live, "clock", 4)
     assert None not in got
     skewed = spawn(NODE, root / "skewed.log", "--home", str(root / "skewed"), "--initial-peers", *maddrs,
                    "--clock-skew", "-120")
