@@ -4,7 +4,10 @@ run id and trains. Also: a --run that is neither a run id nor a spec file is a o
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -56,8 +59,7 @@ def test_join_with_a_run_file_publishes_it_into_an_existing_network(tiny_run, sy
     finally:
         for d in daemons:
             d.stop()
-        boot.kill()
-        boot.wait(10)
+        _stop(boot)
 
 
 def test_a_run_that_is_neither_an_id_nor_a_file_or_of_another_creator_is_a_one_line_error(tiny_run, synth_dir,
@@ -84,5 +86,11 @@ def test_a_run_that_is_neither_an_id_nor_a_file_or_of_another_creator_is_a_one_l
         assert r.returncode != 0 and "belongs to another creator" in r.stderr, r.stderr[-2000:]
         assert "Traceback" not in r.stderr
     finally:
-        boot.kill()
-        boot.wait(10)
+        _stop(boot)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill the bootstrap's whole process group: hivemind forks a DHT process and a p2pd under it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
