@@ -141,13 +141,18 @@ class RunView:
     def accepted_checkpoints(self, slot: str) -> list[CheckpointBody]:
         """The accepted checkpoints of `slot`, most advanced first: what takeover, seeders and fetch try, each
         checking the weights itself before use."""
-        bodies = {(c.cid, c.step, c.parent): c for _, c in self.checkpoints if c.slot == slot and not c.replica}
+        bodies: dict[tuple, list[CheckpointBody]] = {}
+        for peer, c in sorted(self.checkpoints, key=lambda pc: pc[1].ts):
+            if c.slot == slot and not c.replica and (self.rules is None or self.rules.may_train(peer)):
+                same = bodies.setdefault((c.cid, c.step, c.parent), [])
+                if all(b.bytes != c.bytes for b in same):  # a re-announcement may misstate the size: try each
+                    same.append(c)
         out, seen = [], set()
         for j in accepted(self.judged(slot)):
             key = (j.claim.cid, j.claim.step, j.claim.parent)
             if key not in seen:
                 seen.add(key)
-                out.append(bodies[key])
+                out.extend(bodies[key])
         return out
 
     def latest_checkpoint(self, slot: str) -> CheckpointBody | None:

@@ -273,3 +273,12 @@ def test_allow_trainer_must_be_a_peer_id():
     r = subprocess.run([sys.executable, "-m", "node.cli", "join", "--allow-trainer", "not a peer"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "--allow-trainer" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_misstated_size_cannot_shadow_an_accepted_checkpoint():
+    """Someone re-announces an honest checkpoint with a false byte count: consumers still get the honest
+    record to try (a download refuses a size that does not match before writing anything)."""
+    honest = _ck("expert-0", 9, _cid(0)).model_copy(update={"bytes": 7_000_000, "ts": 100.0})
+    liar = honest.model_copy(update={"bytes": 1, "ts": 200.0})
+    view = _view([(PEER_A, honest), (PEER_B, liar)])
+    assert sorted(c.bytes for c in view.accepted_checkpoints("expert-0")) == [1, 7_000_000]
