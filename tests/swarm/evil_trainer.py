@@ -18,11 +18,8 @@ Acts, in order:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import select
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +36,7 @@ from swarm.cas import ContentStore
 from swarm.claims import ClaimManager
 from swarm.dht import NetworkConfig, SwarmNode
 from swarm.state import publish_attestation, publish_checkpoint, publish_spec_pointer, read_run
+from tests.swarm.attacker import parser, serve_until_quit
 
 HUGE = 10**6
 
@@ -155,19 +153,11 @@ async def main(args) -> None:
         assert await publish_attestation(sybil, run_id, att)
     say(act="sybil", count=len(lies))
 
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:  # serve our content until told to quit
-        ready, _, _ = await asyncio.to_thread(select.select, [sys.stdin], [], [], 1.0)
-        if ready and "quit" in sys.stdin.readline():
-            break
+    await serve_until_quit()  # serve our content (and renew our leases) until told to quit
     await store.close()
     sybil.shutdown()
     node.shutdown()
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--peers-file", required=True)
-    parser.add_argument("--home", required=True)
-    parser.add_argument("--interval", type=int, default=10)
-    asyncio.run(main(parser.parse_args()))
+    asyncio.run(main(parser(interval=10).parse_args()))

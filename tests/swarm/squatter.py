@@ -4,12 +4,8 @@ one JSON line per lease it holds; exits on {"op": "quit"} on stdin (or after 15 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import select
-import sys
-import time
 from pathlib import Path
 
 from node.bundle import resolve_run_id
@@ -17,6 +13,7 @@ from node.nodefile import peers_from_file
 from protocol.swarm_records import run_key
 from swarm.claims import ClaimManager
 from swarm.dht import NetworkConfig, SwarmNode
+from tests.swarm.attacker import parser, serve_until_quit
 
 
 async def main(args) -> None:
@@ -31,19 +28,11 @@ async def main(args) -> None:
         cluster = await manager.claim(wait=False, timeout=60)
         print(json.dumps({"act": "squat", "cluster": cluster, "peer": node.peer_id}), flush=True)
         managers.append(manager)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        ready, _, _ = await asyncio.to_thread(select.select, [sys.stdin], [], [], 1.0)
-        if ready and "quit" in sys.stdin.readline():
-            break
+    await serve_until_quit()  # serve our content (and renew our leases) until told to quit
     for manager, node in zip(managers, nodes, strict=True):
         await manager.close()
         node.shutdown()
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--peers-file", required=True)
-    parser.add_argument("--home", required=True)
-    parser.add_argument("--count", type=int, default=2)
-    asyncio.run(main(parser.parse_args()))
+    asyncio.run(main(parser(count=2).parse_args()))
