@@ -80,6 +80,9 @@ def register(app: typer.Typer) -> None:
         loss_tolerance: Annotated[float, typer.Option(min=0, help=(
             "New swarm: how much worse (relative) than its parent's a checkpoint's validation loss may be."))] = 0.1,
         period: Annotated[float, typer.Option(min=0.5, help="Seconds between lease renewals.")] = 10.0,
+        record_days: Annotated[float, typer.Option(min=1e-4, max=30, help=(
+            "Lifetime of this node's long-lived records (run pointer, DONE, checkpoints, attestations) in "
+            "days; seeders keep them alive past it."))] = 14.0,
         no_gossip: Annotated[bool, typer.Option("--no-gossip", help="Do not start the gossip process.")] = False,
         cache_gb: Annotated[float, typer.Option(min=0, help="Content store size limit (0: none).")] = 50.0,
         stop_when_done: Annotated[bool, typer.Option(
@@ -119,7 +122,8 @@ def register(app: typer.Typer) -> None:
                               router_target_steps=router_steps, attestations=attestations,
                               replay_every=replay_every, loss_tolerance=loss_tolerance,
                               progress_intervals=progress_intervals),
-            period=period, gossip=not no_gossip, gossip_host=host, cache_bytes=int(cache_gb * 2**30),
+            period=period, record_ttl=record_days * 86400.0, gossip=not no_gossip, gossip_host=host,
+            cache_bytes=int(cache_gb * 2**30),
             stop_when_done=stop_when_done, cpu_threads=cpu_threads,
             trainers=tuple(allow_trainer) if allow_trainer else None)
         raise SystemExit(asyncio.run(Daemon(opts).run()))

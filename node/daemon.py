@@ -36,15 +36,15 @@ from node.nodefile import NodeInfo, remove_node_info, write_node_info
 from node.publisher import Publisher
 from node.role_expert import run_expert
 from node.role_router import all_done, maybe_run_router
-from node.role_seeder import replicate_accepted, seed_data
+from node.role_seeder import archive_facts, replicate_accepted, seed_data
 from node.role_verifier import verify_round
 from protocol.errors import ParisError
 from protocol.swarm_gossip import CheckpointEvent, DoneEvent, GossipMessage, LeavingEvent, ProgressEvent
-from protocol.swarm_records import AttestationBody, ProgressBody
+from protocol.swarm_records import MAX_RECORD_TTL, AttestationBody, ProgressBody
 from protocol.swarm_run import Schedule
 from swarm.cas import ContentStore
 from swarm.claims import ClaimManager
-from swarm.dht import NetworkConfig, SwarmNode
+from swarm.dht import RECORD_TTL, NetworkConfig, SwarmNode
 from swarm.state import RunRules, VerifiedState, publish_progress, publish_spec_pointer, read_run, verified_state
 
 log = logging.getLogger("node.daemon")
@@ -73,6 +73,7 @@ class DaemonOptions(BaseModel):
     demo: DemoOptions = DemoOptions()
     schedule: Schedule = Schedule()
     period: float = Field(default=10.0, gt=0)  # lease renewal and progress publication interval
+    record_ttl: float = Field(default=RECORD_TTL, gt=0, le=MAX_RECORD_TTL)  # long-lived records' DHT lifetime
     gossip: bool = True
     gossip_host: str = "127.0.0.1"
     cache_bytes: int = Field(default=50 * 2**30, ge=0)
@@ -112,7 +113,8 @@ class Daemon:
         self.home.mkdir(parents=True, exist_ok=True)
         network = self.opts.network
         event(log, "starting the DHT", home=str(self.home), initial_peers=len(network.initial_peers))
-        self.node = await asyncio.to_thread(SwarmNode.start, self.home, network)  # forks: before CUDA starts
+        # forks: before CUDA starts
+        self.node = await asyncio.to_thread(SwarmNode.start, self.home, network, self.opts.record_ttl)
         self._install_signals()  # after the fork: a child must not inherit the loop's signal wake-up fd
         try:
             from expert.train import resolve_device
@@ -472,6 +474,7 @@ class Daemon:
                                       local=self.checker.verdicts)
             self._all_clusters_done_cached = all_done(view.states)
             await replicate_accepted(self, view)
+            await archive_facts(self, view)
         except (ParisError, OSError) as e:
             log.warning("%s round incomplete: %s", role, e)
         except Exception:  # what a peer serves must never end the node: log it and go on next period

@@ -80,7 +80,7 @@ Event = Annotated[ClaimedEvent | ProgressEvent | CheckpointEvent | DoneEvent | L
 
 
 class GossipMessage(Frozen):
-    v: Literal[1] = PROTOCOL_VERSION
+    v: Literal[2] = PROTOCOL_VERSION  # the swarm protocol version (protocol.swarm_records)
     sender: str = Field(pattern=r"^[1-9A-HJ-NP-Za-km-z]{20,80}$")
     public_key: str = Field(max_length=1024)  # base64 DER SubjectPublicKeyInfo (RSA)
     seq: int = Field(ge=0, lt=2**63)

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from enum import Enum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from protocol.canonical import canonical_json
+from protocol.canonical import canonical_json, sha256_hex
 from protocol.data import Frozen
 from protocol.errors import IntegrityError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: archivable records carry their writer's statement signature (`Envelope.sig`)
 MAX_RECORD_BYTES = 4 * 1024
+MAX_ARCHIVE_BYTES = 12 * 1024  # an archive embeds one record (≤ MAX_RECORD_BYTES) and its writer's key
 MAX_RECORD_TTL = 30 * 24 * 3600.0
 
 RUN_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
@@ -157,6 +159,20 @@ class AttestationBody(Frozen):
     ts: Timestamp
 
 
+class ArchivedBody(Frozen):
+    """A copy of another writer's long-lived record, re-published by a seeder under the same key (subkey
+    `seeder#a<hash of the original owner and subkey>`) so that it outlives the original's DHT expiration.
+
+    `record` is the original envelope as canonical JSON, with the writer's statement signature (`sig`) over it:
+    readers check that signature against `owner`, so a seeder can keep a record alive or withhold it, never
+    change it. Only ARCHIVABLE_KINDS can be archived (facts, not leases)."""
+
+    kind: Literal["archived"] = "archived"
+    owner: str = Field(min_length=16, max_length=1200)  # the original writer's OpenSSH RSA public key
+    record: str = Field(min_length=2, max_length=MAX_RECORD_BYTES)
+    ts: Timestamp
+
+
 class ProviderBody(Frozen):
     """`paris/cas/{cid}`: the owner can serve this CID from the listed peer."""
 
@@ -170,15 +186,26 @@ class ProviderBody(Frozen):
 
 Body = Annotated[
     MemberBody | RunPointerBody | ClaimBody | DoneBody | ProgressBody | CheckpointBody | AttestationBody
-    | ProviderBody,
+    | ProviderBody | ArchivedBody,
     Field(discriminator="kind"),
 ]
 
+ARCHIVABLE_KINDS = frozenset({"spec", "done", "checkpoint", "attestation"})  # facts worth keeping past a TTL
+
 
 class Envelope(Frozen):
+    """`sig`: the writer's RSA signature (base64) of the envelope without it, on ARCHIVABLE_KINDS only. hivemind
+    already signs every record with its expiration; this second signature is over the content alone, so that
+    the record stays verifiable when a seeder re-publishes it with a new expiration (ArchivedBody)."""
+
     v: int
     key: str = Field(max_length=256)
     body: Body
+    sig: str | None = Field(default=None, max_length=1024, pattern=r"^[A-Za-z0-9+/=]+$")
+
+    def statement(self) -> bytes:
+        """The bytes `sig` signs: the canonical envelope without its signature."""
+        return canonical_json(self, exclude={"sig"})
 
 
 class _LooseHeader(BaseModel):
@@ -231,8 +258,16 @@ def provider_key(cid: str) -> str:
     return f"paris/cas/{cid}"
 
 
+def key_kinds(key: str) -> frozenset[str]:
+    """The body kinds a key may hold (its own kind, and archived copies where that kind is archivable)."""
+    kind = key_kind(key)
+    if kind is None:
+        return frozenset()
+    return frozenset({kind, "archived"}) if kind in ARCHIVABLE_KINDS else frozenset({kind})
+
+
 def key_kind(key: str) -> str | None:
-    """The body kind a key may hold, or None if the key is not one of ours."""
+    """The body kind a key holds, or None if the key is not one of ours."""
     if key == RUNS_KEY:
         return "spec"
     if m := _CAS_KEY_RE.match(key):
@@ -250,16 +285,38 @@ def subkey_suffix(body: Body) -> str:
         return f"#{body.slot}" if body.replica else f"#{body.cid}"
     if isinstance(body, AttestationBody):
         return f"#{body.cid}"
+    if isinstance(body, ArchivedBody):
+        return archive_suffix(body)
     return ""
+
+
+def archive_suffix(body: ArchivedBody) -> str:
+    """One archive per original record (owner + subkey) per seeder: a newer version of it replaces the older."""
+    try:
+        inner = Envelope.model_validate_json(body.record)
+    except ValidationError:
+        return "#a-invalid"  # never matches a stored subkey: decode_envelope refuses the record
+    digest = sha256_hex(body.owner.encode() + b"\n" + subkey_suffix(inner.body).encode())
+    return f"#a{digest[:32]}"
 
 
 # ---- encoding ---------------------------------------------------------------------------------------------
 
 
-def encode_envelope(key: str, body: Body) -> bytes:
-    data = canonical_json(Envelope(v=PROTOCOL_VERSION, key=key, body=body))
-    if len(data) > MAX_RECORD_BYTES:
-        raise ValueError(f"record for {key} is {len(data)} bytes, over the {MAX_RECORD_BYTES}-byte limit")
+def max_bytes(kind: str) -> int:
+    return MAX_ARCHIVE_BYTES if kind == "archived" else MAX_RECORD_BYTES
+
+
+def encode_envelope(key: str, body: Body, sign: Callable[[bytes], bytes] | None = None) -> bytes:
+    """The value stored under `key`; archivable bodies are signed with `sign` (the writer's key)."""
+    env = Envelope(v=PROTOCOL_VERSION, key=key, body=body)
+    if body.kind in ARCHIVABLE_KINDS:
+        if sign is None:
+            raise ValueError(f"a {body.kind} record must carry its writer's statement signature")
+        env = env.model_copy(update={"sig": sign(env.statement()).decode("ascii")})
+    data = canonical_json(env)
+    if len(data) > max_bytes(body.kind):
+        raise ValueError(f"record for {key} is {len(data)} bytes, over the {max_bytes(body.kind)}-byte limit")
     return data
 
 
@@ -271,8 +328,8 @@ def decode_envelope(data: bytes, *, subkey_suffix_seen: str | None = None) -> En
     """
     if not isinstance(data, bytes | bytearray):
         raise IntegrityError(f"record value is {type(data).__name__}, expected bytes")
-    if len(data) > MAX_RECORD_BYTES:
-        raise IntegrityError(f"record of {len(data)} bytes is over the {MAX_RECORD_BYTES}-byte limit")
+    if len(data) > MAX_ARCHIVE_BYTES:
+        raise IntegrityError(f"record of {len(data)} bytes is over the {MAX_ARCHIVE_BYTES}-byte limit")
     try:
         header = _LooseHeader.model_validate_json(data)
     except ValidationError as e:
@@ -292,8 +349,13 @@ def decode_envelope(data: bytes, *, subkey_suffix_seen: str | None = None) -> En
         env = Envelope.model_validate_json(data)
     except ValidationError as e:
         raise IntegrityError(f"malformed record: {_first_error(e)}") from None
-    if env.body.kind != expected_kind:
+    if env.body.kind not in key_kinds(env.key):
         raise IntegrityError(f"a {env.body.kind} record cannot live under {env.key!r}")
+    if len(data) > max_bytes(env.body.kind):
+        raise IntegrityError(f"record of {len(data)} bytes is over the {max_bytes(env.body.kind)}-byte limit")
+    if (env.body.kind in ARCHIVABLE_KINDS) != (env.sig is not None):
+        raise IntegrityError(f"a {env.body.kind} record {'needs' if env.sig is None else 'cannot carry'} "
+                             "a statement signature")
     if isinstance(env.body, ProviderBody) and not env.key.endswith("/" + env.body.cid):
         raise IntegrityError("provider record names another CID than its key")
     if subkey_suffix_seen is not None and subkey_suffix_seen != subkey_suffix(env.body):

@@ -22,7 +22,6 @@ from swarm.dht import SwarmNode
 
 log = logging.getLogger(__name__)
 
-DONE_TTL = 14 * 24 * 3600.0
 
 
 class ClaimManager:
@@ -142,7 +141,7 @@ class ClaimManager:
             raise RuntimeError("mark_done called without a claimed cluster")
         now = self.clock()
         body = DoneBody(cluster=self.cluster, step=step, checkpoint_cid=checkpoint_cid, ts=now)
-        await self.node.put(self._done_key, body, now + DONE_TTL)
+        await self.node.put(self._done_key, body, now + self.node.record_ttl)
         async with self._lock:
             await self._write(self.cluster, ClaimState.DONE)
 

@@ -34,11 +34,12 @@ from protocol.swarm_records import (
     subkey_suffix,
 )
 from swarm.identity import Identity, load_identity
-from swarm.validator import check_record, make_validators, split_subkey
+from swarm.validator import check_record, make_validators, open_archive, split_subkey
 
 log = logging.getLogger(__name__)
 
 LOOPBACK_MADDRS = ("/ip4/127.0.0.1/tcp/0",)
+RECORD_TTL = 14 * 24 * 3600.0  # the lifetime of long-lived records (pointer, DONE, checkpoints, attestations)
 
 
 class _DetachedDHT(hivemind.DHT):
@@ -94,13 +95,27 @@ class NetworkConfig(BaseModel):
 class Signed:
     """A validated record read back from the DHT, with its owner's key, peer id and DHT expiration."""
 
-    owner: bytes  # OpenSSH RSA public key
+    owner: bytes  # OpenSSH RSA public key (of the original writer, for an archived copy)
     envelope: Envelope
     expiration_time: float
+    archived_by: bytes | None = None  # the seeder whose archive record carried it (None: the live record)
 
     @property
     def body(self) -> Body:
         return self.envelope.body
+
+
+def merge_archived(records: list[Signed]) -> tuple[Signed, ...]:
+    """One record per original (owner, subkey): the newest version by its body's timestamp, live records
+    before archived copies of the same version. Archived copies stand in for records whose TTL has passed."""
+    best: dict[tuple[bytes, str], Signed] = {}
+    for rec in records:
+        key = (rec.owner, subkey_suffix(rec.body))
+        have = best.get(key)
+        rank = (getattr(rec.body, "ts", 0.0), rec.archived_by is None)
+        if have is None or rank > (getattr(have.body, "ts", 0.0), have.archived_by is None):
+            best[key] = rec
+    return tuple(best.values())
 
 
 @dataclass(frozen=True)
@@ -111,11 +126,13 @@ class RecordSet:
 
 class SwarmNode:
     """A started hivemind DHT with our validators and identity. Create it before CUDA is initialised (the DHT
-    forks). Reads and writes time out after `request_timeout` and then return empty/False, never hang."""
+    forks). Reads and writes time out after `request_timeout` and then return empty/False, never hang.
+    `record_ttl`: how long this node's long-lived records live (seeders re-publish them past it: swarm.archive)."""
 
-    def __init__(self, identity: Identity, network: NetworkConfig | None = None):
+    def __init__(self, identity: Identity, network: NetworkConfig | None = None, record_ttl: float = RECORD_TTL):
         self.identity = identity
         self.network = network or NetworkConfig()
+        self.record_ttl = record_ttl
         self.owner_subkey = b"[owner:" + identity.public_key_bytes + b"]"
         try:
             self.dht = _DetachedDHT(
@@ -135,8 +152,9 @@ class SwarmNode:
             raise ParisError(f"p2p daemon runs as {self.peer_id}, expected {identity.peer_id}")
 
     @classmethod
-    def start(cls, home: Path | str | None = None, network: NetworkConfig | None = None) -> SwarmNode:
-        return cls(load_identity(home), network)
+    def start(cls, home: Path | str | None = None, network: NetworkConfig | None = None,
+              record_ttl: float = RECORD_TTL) -> SwarmNode:
+        return cls(load_identity(home), network, record_ttl)
 
     @property
     def owner(self) -> bytes:
@@ -147,7 +165,7 @@ class SwarmNode:
 
     async def put(self, key: str, body: Body, expiration_time: float) -> bool:
         """Store `body` under `key` in our owner subkey. True if at least one node accepted it."""
-        value = encode_envelope(key, body)
+        value = encode_envelope(key, body, sign=self.identity.private_key.sign)
         subkey = self.owner_subkey + subkey_suffix(body).encode()
         try:
             fut = self.dht.store(key, value, expiration_time, subkey=subkey, return_future=True)
@@ -175,14 +193,17 @@ class SwarmNode:
             try:
                 env = check_record(key_id, subkey, item.value, item.expiration_time, now)
                 owner, _ = split_subkey(subkey)
+                archived = open_archive(env) if isinstance(env, Envelope) and env.body.kind == "archived" else None
             except IntegrityError as e:
                 log.debug("skipped record under %s: %s", key, e)
                 continue
             if isinstance(env, ForeignMember):
                 foreign.append(env)
+            elif archived is not None:
+                records.append(Signed(archived[0], archived[1], item.expiration_time, archived_by=owner))
             else:
                 records.append(Signed(owner=owner, envelope=env, expiration_time=item.expiration_time))
-        return RecordSet(tuple(records), tuple(foreign))
+        return RecordSet(merge_archived(records), tuple(foreign))
 
     async def announce_member(self, run_id: str, body: MemberBody, ttl: float) -> bool:
         return await self.put(run_key(run_id, "members"), body, get_dht_time() + ttl)

@@ -29,10 +29,7 @@ from swarm.claim_logic import ClaimView, Snapshot, cluster_states, owners
 from swarm.dht import Signed, SwarmNode
 from swarm.identity import peer_id_of_public_key
 
-SPEC_TTL = 30 * 24 * 3600.0
 PROGRESS_TTL = 120.0
-CHECKPOINT_TTL = 14 * 24 * 3600.0
-ATTESTATION_TTL = 14 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -76,8 +73,8 @@ async def publish_spec_pointer(node: SwarmNode, run_id: str, spec_cid: str, num_
     """Under the run's own key, and in the swarm-wide list of runs (so joiners need no run id)."""
     now = get_dht_time()
     body = RunPointerBody(run_id=run_id, spec_cid=spec_cid, num_clusters=num_clusters, ts=now)
-    ok = await asyncio.gather(node.put(run_key(run_id, "spec"), body, now + SPEC_TTL),
-                              node.put(RUNS_KEY, body, now + SPEC_TTL))
+    ok = await asyncio.gather(node.put(run_key(run_id, "spec"), body, now + node.record_ttl),
+                              node.put(RUNS_KEY, body, now + node.record_ttl))
     return all(ok)
 
 
@@ -93,14 +90,12 @@ async def publish_progress(node: SwarmNode, run_id: str, body: ProgressBody, ttl
     return await node.put(run_key(run_id, "progress"), body, get_dht_time() + ttl)
 
 
-async def publish_checkpoint(node: SwarmNode, run_id: str, body: CheckpointBody,
-                             ttl: float = CHECKPOINT_TTL) -> bool:
-    return await node.put(run_key(run_id, "checkpoints"), body, get_dht_time() + ttl)
+async def publish_checkpoint(node: SwarmNode, run_id: str, body: CheckpointBody) -> bool:
+    return await node.put(run_key(run_id, "checkpoints"), body, get_dht_time() + node.record_ttl)
 
 
-async def publish_attestation(node: SwarmNode, run_id: str, body: AttestationBody,
-                              ttl: float = ATTESTATION_TTL) -> bool:
-    return await node.put(run_key(run_id, "attestations"), body, get_dht_time() + ttl)
+async def publish_attestation(node: SwarmNode, run_id: str, body: AttestationBody) -> bool:
+    return await node.put(run_key(run_id, "attestations"), body, get_dht_time() + node.record_ttl)
 
 
 @dataclass(frozen=True)

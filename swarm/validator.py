@@ -14,7 +14,9 @@ from hivemind.utils.timed_storage import get_dht_time
 
 from protocol.errors import IntegrityError
 from protocol.swarm_records import (
+    ARCHIVABLE_KINDS,
     MAX_RECORD_TTL,
+    ArchivedBody,
     ClaimBody,
     Envelope,
     ForeignMember,
@@ -22,7 +24,7 @@ from protocol.swarm_records import (
     ProviderBody,
     decode_envelope,
 )
-from swarm.identity import peer_id_of_public_key
+from swarm.identity import peer_id_of_public_key, verify_signature
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,33 @@ def check_record(key_id: bytes, subkey: object, value: object, expiration_time: 
             raise IntegrityError("record owner is not an RSA public key") from None
         if env.body.peer_id != owner_peer:
             raise IntegrityError("record names a peer id that is not its owner's")
+    if env.body.kind in ARCHIVABLE_KINDS:
+        check_statement(owner, env)
+    if isinstance(env.body, ArchivedBody):
+        open_archive(env)
     return env
+
+
+def check_statement(owner: bytes, env: Envelope) -> None:
+    """The writer's own signature over the envelope's content (what lets a seeder re-publish it)."""
+    if env.sig is None or not verify_signature(owner, env.statement(), env.sig.encode("ascii")):
+        raise IntegrityError(f"{env.body.kind} record's statement signature is not its owner's")
+
+
+def open_archive(env: Envelope) -> tuple[bytes, Envelope]:
+    """The original writer's key and record inside an archived copy, after checking that the writer signed
+    it, that it is of a kind worth archiving and that it belongs under the key the copy is stored under."""
+    body = env.body
+    if not isinstance(body, ArchivedBody):
+        raise IntegrityError("not an archived record")
+    owner = body.owner.encode("ascii", errors="replace")
+    inner = decode_envelope(body.record.encode())
+    if isinstance(inner, ForeignMember) or inner.body.kind not in ARCHIVABLE_KINDS:
+        raise IntegrityError("an archive may hold only a spec, done, checkpoint or attestation record")
+    if inner.key != env.key:
+        raise IntegrityError("archived record belongs under another key")
+    check_statement(owner, inner)
+    return owner, inner
 
 
 class ParisRecordValidator(RecordValidatorBase):

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from protocol.errors import IntegrityError, ParisError
 from protocol.swarm_records import (
+    MAX_ARCHIVE_BYTES,
     MAX_RECORD_BYTES,
     PROTOCOL_VERSION,
     CheckpointBody,
@@ -54,7 +55,8 @@ def _record(identity, key: str, body, *, signer=None, expiration=None) -> DHTRec
     """A record as the DHT would carry it: msgpack-serialized parts, value signed by `signer`'s validators."""
     subkey = b"[owner:" + identity.public_key_bytes + b"]" + subkey_suffix(body).encode()
     rec = DHTRecord(DHTID.generate(source=key).to_bytes(), MSGPackSerializer.dumps(subkey),
-                    MSGPackSerializer.dumps(encode_envelope(key, body)), expiration or get_dht_time() + 60)
+                    MSGPackSerializer.dumps(encode_envelope(key, body, sign=(signer or identity).private_key.sign)),
+                    expiration or get_dht_time() + 60)
     signing = CompositeValidator(make_validators((signer or identity).private_key))
     return dataclasses.replace(rec, value=signing.sign_value(rec))
 
@@ -128,22 +130,28 @@ def test_refused_records(ids):
 def test_protocol_versions(ids):
     a, _ = ids
     now = get_dht_time()
-    member = MemberBody(protocol=2, software="paris-node 9", peer_id=a.peer_id, ts=now)
+    member = MemberBody(protocol=PROTOCOL_VERSION + 1, software="paris-node 9", peer_id=a.peer_id, ts=now)
     env = json.loads(encode_envelope(run_key("r", "members"), member))
     env["v"] = PROTOCOL_VERSION + 1
     env["body"]["new_field"] = [1, 2]
     foreign = decode_envelope(json.dumps(env).encode())
-    assert isinstance(foreign, ForeignMember) and foreign.protocol == 2
+    assert isinstance(foreign, ForeignMember) and foreign.protocol == PROTOCOL_VERSION + 1
     claim = ClaimBody(cluster=0, state=ClaimState.TRAINING, peer_id=a.peer_id, since=now, ts=now)
     env = json.loads(encode_envelope(run_key("r", "claims"), claim))
     env["v"] = PROTOCOL_VERSION + 1
-    with pytest.raises(IntegrityError, match="protocol v2"):
+    with pytest.raises(IntegrityError, match=f"protocol v{PROTOCOL_VERSION + 1}"):
         decode_envelope(json.dumps(env).encode())
 
 
-def test_size_cap():
+def test_size_cap(ids):
     with pytest.raises(IntegrityError, match="limit"):
-        decode_envelope(b"{" + b" " * MAX_RECORD_BYTES + b"}")
+        decode_envelope(b"{" + b" " * MAX_ARCHIVE_BYTES + b"}")
+    # an ordinary record padded past its own limit (but under an archive's) is refused too
+    a, _ = ids
+    claim = ClaimBody(cluster=0, state=ClaimState.TRAINING, peer_id=a.peer_id, since=1.0, ts=1.0)
+    padded = encode_envelope(run_key("r", "claims"), claim)[:-1] + b" " * MAX_RECORD_BYTES + b"}"
+    with pytest.raises(IntegrityError, match="4096-byte limit"):
+        decode_envelope(padded)
     now = get_dht_time()
     many = tuple(f"/ip4/127.0.0.1/tcp/{i}/" + "x" * 150 for i in range(16))
     body = MemberBody(protocol=1, software="s", peer_id="Qm" + "a" * 44, maddrs=many, gossip_maddrs=many, ts=now)
