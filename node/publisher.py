@@ -30,6 +30,7 @@ class Publisher:
         self.pinned: dict[str, tuple[str, int]] = {}
         self.published: dict[str, tuple[str, int]] = {}
         self._unannounced: list[CheckpointBody] = []
+        self._replicas: dict[str, CheckpointBody] = {}  # slot → our newest replica record (re-announced)
         self._lock = asyncio.Lock()
 
     async def publish(self, slot: str, path: Path, meta) -> str | None:
@@ -66,10 +67,14 @@ class Publisher:
 
     async def replicate(self, slot: str, candidates: list[CheckpointBody], max_bytes: int | None = None) -> None:
         """Hold the most advanced fetchable of `candidates` (accepted checkpoints, newest first) and announce the
-        copy (a replica record), so that a takeover can still find it after its trainer is gone."""
+        copy (a replica record), so that a takeover can still find it after its trainer is gone. The record is
+        re-announced before its TTL runs out."""
         held = self.pinned.get(slot)
         for cand in candidates:
             if held is not None and (held[0] == cand.cid or held[1] >= cand.step):
+                old = self._replicas.get(slot)
+                if old is not None and old.cid == held[0] and get_dht_time() - old.ts > self.node.record_ttl / 3:
+                    await self._announce_replica(slot, old)
                 return
             try:
                 await self.store.get(cand.cid, expected_bytes=cand.bytes, max_bytes=max_bytes)
@@ -77,7 +82,11 @@ class Publisher:
                 log.warning("could not replicate %s step %d (%s): %s", slot, cand.step, cand.cid, e)
                 continue
             self.replace_pin(slot, cand.cid, cand.step)
-            replica = cand.model_copy(update={"replica": True, "ts": get_dht_time()})
-            await publish_checkpoint(self.node, self.run_id, replica)
+            await self._announce_replica(slot, cand)
             event(log, f"replicated {slot} checkpoint", step=cand.step, cid=cand.cid)
             return
+
+    async def _announce_replica(self, slot: str, body: CheckpointBody) -> None:
+        replica = body.model_copy(update={"replica": True, "ts": get_dht_time()})
+        ok = await publish_checkpoint(self.node, self.run_id, replica)
+        self._replicas[slot] = replica if ok else replica.model_copy(update={"ts": 0.0})  # 0: retry next round

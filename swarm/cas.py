@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import shutil
 import time
 from collections.abc import Callable
@@ -29,6 +30,26 @@ from swarm.dht import SwarmNode
 from swarm.packs import PackStore, PackWriter
 
 log = logging.getLogger(__name__)
+
+
+def rank_providers(announced: list[str], *, good: dict[str, float], live: set[str], limit: int,
+                   rng: random.Random | None = None) -> list[str]:
+    """The order in which to ask the peers that announce a CID, at most `limit` of them: those that served us
+    correctly before (most recent first), then those that are live (connected, or in the DHT routing table),
+    then the rest in random order. Nothing a record says ranks it (a timestamp, a size): a flood of fake
+    provider records from throwaway keys, however new they claim to be, cannot push live peers out."""
+    rng = rng or random.Random()
+    peers = list(dict.fromkeys(announced))
+    served = sorted((p for p in peers if p in good), key=lambda p: -good[p])
+    alive = [p for p in peers if p in live and p not in good]
+    rest = [p for p in peers if p not in live and p not in good]
+    rng.shuffle(alive)
+    rng.shuffle(rest)
+    return (served + alive + rest)[:limit]
+
+
+async def _routing_table_peers(_dht, node) -> list[str]:  # runs in the DHT process (hivemind run_coroutine)
+    return [p.to_base58() for p in node.protocol.routing_table.peer_id_to_uid]
 
 
 class ContentStore:
@@ -216,16 +237,24 @@ class ContentStore:
         return reader, writer
 
     async def find_providers(self, cid: str) -> list[str]:
-        """Who announces `cid`: peers that served us before first (most recent first), then the others, newest
-        announcement first; at most `max_providers`, so that a flood of fake records cannot stall a fetch."""
+        """Who announces `cid`, in the order to ask them (rank_providers), at most `max_providers`."""
         found = await self.node.get(provider_key(cid))
-        peers = []
-        for r in sorted(found.records, key=lambda r: -r.body.ts):
-            if isinstance(r.body, ProviderBody) and r.body.peer_id not in peers:
-                peers.append(r.body.peer_id)
-                self._known_maddrs[r.body.peer_id] = r.body.maddrs
-        peers.sort(key=lambda p: -self._good.get(p, 0.0))  # stable: the rest keep their order
-        return peers[:self.max_providers]
+        bodies = [r.body for r in found.records if isinstance(r.body, ProviderBody)]
+        for b in bodies:
+            self._known_maddrs[b.peer_id] = b.maddrs
+        live = await self._live_peers() if bodies else set()
+        return rank_providers([b.peer_id for b in bodies], good=self._good, live=live, limit=self.max_providers)
+
+    async def _live_peers(self) -> set[str]:
+        """Peers that are real running processes as far as we can tell: connected to our p2p daemon now, or
+        in our DHT routing table (they answered DHT requests). A provider record costs a key; this costs a
+        running node."""
+        live: set[str] = set()
+        with contextlib.suppress(Exception):
+            live |= {p.peer_id.to_base58() for p in await self._p2p.list_peers()}
+        with contextlib.suppress(Exception):
+            live |= set(await self.node.dht.run_coroutine(_routing_table_peers, return_future=True))
+        return live
 
     async def provide(self, cid: str, size: int | None = None) -> bool:
         """Announce that this node serves `cid` (renewed while it stays pinned)."""

@@ -1,10 +1,13 @@
 """End to end, with real daemons on 127.0.0.1: three `paris-node join` processes train a two-cluster tiny run;
 an owner is killed with -9 mid-training and its cluster is taken over from its last published checkpoint;
 the third node seeds; `status --json` tells the truth at each stage; `status` draws every cluster in a
-terminal; `fetch` assembles a folder that `ParisPipeline` samples from; SIGTERM exits cleanly."""
+terminal; `fetch` assembles a folder that `ParisPipeline` samples from; SIGTERM exits cleanly. Every node's
+records live RECORD_TTL seconds only: once the trainers are gone and that TTL has passed three times, the
+seeder's archived copies still make the run fetchable, and a newcomer does not retrain it."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -13,10 +16,15 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+from protocol.swarm_records import run_key
+from swarm.archive import ARCHIVED_KEYS
+from swarm.dht import NetworkConfig, SwarmNode
 
 pytestmark = pytest.mark.slow
 
@@ -24,12 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-c", "from node.cli import main; main()"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "140"}
 TARGET, ROUTER, EVERY = 120, 20, 10
+RECORD_TTL = 20.0  # seconds: pointer, DONE, checkpoint and attestation records of every node in this module
 
 
 def common(target: int = TARGET) -> list[str]:
     return ["--preset", "tiny", "--clips", "120", "--clusters", "2", "--target-steps", str(target), "--router-steps",
             str(ROUTER), "--checkpoint-every", str(EVERY), "--period", "1", "--cpu-threads", "1",
-            "--log-format", "json"]
+            "--record-days", str(RECORD_TTL / 86400), "--log-format", "json"]
 
 
 class Daemon:
@@ -83,6 +92,27 @@ def _status(boot_home: Path) -> dict:
     r = _cli("status", "--initial-peers-file", str(boot_home / "node.json"), "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout)
+
+
+def _read_records(peers_file: str, run_id: str) -> dict[str, dict[str, int]]:
+    """How many of the run's long-lived records a fresh reader sees live, and how many only as archived copies
+    (seeders' replica records, which they re-announce themselves, are left out)."""
+    info = json.loads(Path(peers_file).read_text())
+
+    async def read(node: SwarmNode) -> dict[str, dict[str, int]]:
+        out = {}
+        for what in ARCHIVED_KEYS:
+            got = [r for r in (await node.get(run_key(run_id, what))).records if not getattr(r.body, "replica", 0)]
+            out[what] = {"live": sum(r.archived_by is None for r in got),
+                         "archived": sum(r.archived_by is not None for r in got)}
+        return out
+
+    with tempfile.TemporaryDirectory() as home:
+        node = SwarmNode.start(home, NetworkConfig(initial_peers=tuple(info["maddrs"]), client_mode=True))
+        try:
+            return asyncio.run(read(node))
+        finally:
+            node.shutdown()
 
 
 def _slots(st: dict) -> dict[str, dict]:
@@ -173,6 +203,21 @@ def test_three_daemons_train_take_over_seed_and_fetch(swarm):
     for word in ("expert-0", "expert-1", "router", "done", info["run_id"]):
         assert word in screen, screen[-3000:]
 
+    # the last trainer leaves; once every original record's TTL has passed three times, only the seeder's
+    # archived copies are left, and they are enough: the run is fetchable and a newcomer does not retrain it
+    w2.proc.send_signal(signal.SIGTERM)
+    assert w2.proc.wait(30) == 0
+    time.sleep(3 * RECORD_TTL + 2)
+    records = _read_records(peers_file, info["run_id"])
+    assert records["checkpoints"]["live"] == 0 and records["checkpoints"]["archived"] >= 2 * TARGET // EVERY
+    assert records["done"]["live"] == 0 and records["done"]["archived"] == 2
+    assert records["attestations"]["archived"] >= 2 * TARGET // EVERY
+    st = _status(root / "boot")
+    assert all(_slots(st)[f"expert-{k}"]["state"] == "done" for k in range(2)), st["slots"]
+    w3 = start("w3", *common(), "--initial-peers-file", peers_file)
+    w3.wait_for(lambda e: e.get("msg") == "role: verifier", 180, "the newcomer finds nothing to train")
+    assert not [e for e in w3.events() if e.get("msg") in ("role: expert", "role: router")]
+
     # fetch assembles the diffusers-style folder, and it samples
     out = root / "ensemble"
     r = _cli("fetch", "--initial-peers-file", peers_file, "--out", str(out), "--json", timeout=300)
@@ -191,9 +236,9 @@ def test_three_daemons_train_take_over_seed_and_fetch(swarm):
     assert videos.shape[0] == 1 and videos.dtype.name == "uint8"
 
     # SIGTERM: a clean exit within 30 s that releases what it holds and removes node.json
-    for d in (boot, w2):
+    for d in (boot, w3):
         d.proc.send_signal(signal.SIGTERM)
-    for d in (boot, w2):
+    for d in (boot, w3):
         assert d.proc.wait(30) == 0
     assert not (root / "boot" / "node.json").exists()
 

@@ -18,6 +18,7 @@ from multiformats import CID
 from protocol.errors import IntegrityError
 from protocol.swarm_cas import CasManifest, chunk_cid, decode_manifest, parse_cid, safe_relative_path
 from swarm.blobstore import BlobStore
+from swarm.cas import rank_providers
 from swarm.cas_files import export_path, import_path
 from swarm.cas_transfer import FetchError, fetch_blob, fetch_chunks, serve_chunks
 
@@ -410,3 +411,18 @@ def test_silent_and_fake_providers_cannot_stall_a_manifest_fetch(tmp_path, sourc
 
     data, served = asyncio.run(asyncio.wait_for(run(), 60))  # a stall would take 100 × 0.5 s and more
     assert decode_manifest(manifest.cid, data) == manifest and served == ["good"]
+
+
+def test_providers_are_ranked_by_what_we_saw_not_by_what_they_claim():
+    import random
+
+    fakes = [f"fake-{i}" for i in range(1000)]
+    announced = [*fakes[:500], "live-b", *fakes[500:], "served-a", "live-b"]
+    ranked = rank_providers(announced, good={"served-a": 5.0, "old": 1.0}, live={"live-b", "boot"}, limit=32,
+                            rng=random.Random(0))
+    assert ranked[:2] == ["served-a", "live-b"] and len(ranked) == 32 and len(set(ranked)) == 32
+    # the rest come in random order, not in the order (or with the timestamps) the records were read
+    assert ranked[2:] != fakes[:30] and set(ranked[2:]) <= set(fakes)
+    other = rank_providers(announced, good={}, live=set(), limit=2000, rng=random.Random(1))
+    assert sorted(other) == sorted(set(announced))
+    assert rank_providers([], good={"x": 1.0}, live={"x"}, limit=4) == []

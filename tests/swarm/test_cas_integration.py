@@ -4,6 +4,7 @@ P2P streams from several providers, and a node that fetched a CID becomes a prov
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 
@@ -117,3 +118,57 @@ def test_downloads_are_bounded_by_what_the_caller_expects(tmp_path):
             b.shutdown()
 
     asyncio.run(asyncio.wait_for(run(), 120))
+
+
+def test_a_flood_of_fake_providers_does_not_stall_a_fetch(tmp_path):
+    """A hostile process announces 1000 throwaway identities as providers of a CID, each claiming to be newer
+    than any honest record and pointing at a tarpit. A fresh node still fetches the CID from the one honest
+    provider, ranked first because it is a live peer (rank_providers), in bounded time."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    src = tmp_path / "payload.bin"
+    src.write_bytes(os.urandom(1 << 20))
+
+    async def run():
+        boot = SwarmNode.start(tmp_path / "boot")
+        peers = NetworkConfig(initial_peers=tuple(boot.visible_maddrs()))
+        a = SwarmNode.start(tmp_path / "a", peers)
+        c = SwarmNode.start(tmp_path / "c", peers)
+        sa, sc = ContentStore(a, tmp_path / "a-cas"), ContentStore(c, tmp_path / "c-cas", request_timeout=10.0)
+        attacker = None
+        try:
+            await sa.start()
+            await sc.start()
+            cid = await sa.put(src)
+            attacker = subprocess.Popen(
+                [sys.executable, "-m", "tests.swarm.fake_providers", "--cid", cid, "--count", "1000",
+                 "--bytes", str(1 << 20), *(f"--initial-peer={m}" for m in boot.visible_maddrs())],
+                cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            line = await asyncio.wait_for(asyncio.to_thread(attacker.stdout.readline), 240)
+            flood = json.loads(line)
+            assert flood["stored"] == 1000, flood
+            seen = await c.get(f"paris/cas/{cid}")
+            assert len(seen.records) >= 1000  # every fake is a valid record: honest nodes store and return them
+            out = await asyncio.wait_for(sc.get(cid, tmp_path / "out"), 60)
+            assert out.read_bytes() == src.read_bytes()
+            assert {p for p, s in sc.last_fetch.peers.items() if s.chunks} == {a.peer_id}
+            ranked = await sc.find_providers(cid)
+            assert ranked[0] == a.peer_id and len(ranked) == sc.max_providers
+        finally:
+            if attacker is not None:
+                with contextlib.suppress(Exception):
+                    attacker.stdin.write('{"op": "quit"}\n')
+                    attacker.stdin.flush()
+                    attacker.wait(30)
+                if attacker.poll() is None:
+                    attacker.kill()
+            for s in (sa, sc):
+                await s.close()
+            for n in (boot, a, c):
+                n.shutdown()
+
+    asyncio.run(asyncio.wait_for(run(), 400))

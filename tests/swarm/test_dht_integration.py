@@ -38,7 +38,7 @@ def test_records_signatures_and_protocol_versions(tmp_path):
             raw = json.dumps(env).encode()
             assert await b.dht.store(run_key("r", "members"), raw, now + 30, subkey=b.owner_subkey,
                                      return_future=True)
-            with pytest.raises(ProtocolMismatchError, match="speaks paris protocol v2"):
+            with pytest.raises(ProtocolMismatchError, match=f"speaks paris protocol v{PROTOCOL_VERSION + 1}"):
                 await asyncio.wait_for(a.check_protocol("r"), 20)
             assert await a.check_protocol("empty-run") == []
         finally:
@@ -84,5 +84,53 @@ def test_claim_done_progress_and_run_view(tmp_path):
         finally:
             a.shutdown()
             b.shutdown()
+
+    asyncio.run(asyncio.wait_for(run(), 120))
+
+
+def test_archived_records_outlive_their_writer_and_their_ttl(tmp_path):
+    """A writer with a 2 s record TTL publishes a finished run's facts and leaves; a seeder keeps signed copies;
+    after the TTL has passed three times a reader still sees the originals (and nothing a seeder altered)."""
+    from protocol.swarm_records import AttestationBody, CheckpointBody, ClusterState, DoneBody
+    from swarm import archive
+    from swarm.state import publish_attestation, publish_checkpoint, publish_spec_pointer, read_run
+
+    cid = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+
+    async def run():
+        s = SwarmNode.start(tmp_path / "s")
+        peers = NetworkConfig(initial_peers=tuple(s.visible_maddrs()))
+        w = SwarmNode.start(tmp_path / "w", peers, record_ttl=2.0)
+        r = SwarmNode.start(tmp_path / "r", peers)
+        try:
+            now = get_dht_time()
+            assert await publish_spec_pointer(w, "v", cid, 1)
+            assert await publish_checkpoint(w, "v", CheckpointBody(slot="expert-0", step=10, cid=cid, bytes=5, ts=now))
+            assert await publish_attestation(w, "v", AttestationBody(slot="expert-0", cid=cid, step=10,
+                                                                      verdict="accept", ts=now))
+            assert await w.put(run_key("v", "done"), DoneBody(cluster=0, step=10, checkpoint_cid=cid, ts=now),
+                               now + w.record_ttl)
+            keys = archive.archive_keys("v")
+            found = [(k, rec) for k in keys for rec in (await s.get(k)).records]
+            chosen = archive.select("v", w.owner, {cid}, found)
+            assert len(chosen) == 5  # the pointer (twice: run key and run list), checkpoint, attestation, done
+            for key, rec in chosen:
+                assert await s.put(key, archive.archived_body(rec, get_dht_time()), get_dht_time() + 60)
+            # a seeder that alters what it archives is refused by every honest node
+            key, rec = next((k, x) for k, x in chosen if isinstance(x.body, CheckpointBody))
+            bad = archive.archived_body(rec, get_dht_time())
+            bad = bad.model_copy(update={"record": bad.record.replace('"step":10', '"step":99')})
+            assert not await r.put(key, bad, get_dht_time() + 60)
+            w.shutdown()
+            await asyncio.sleep(3 * 2.0 + 1)
+            for key in keys:
+                got = (await r.get(key)).records
+                assert got and all(x.owner == w.owner and x.archived_by == s.owner for x in got), key
+            view = await read_run(r, "v")
+            assert view.specs[0].spec_cid == cid and view.states == (ClusterState.DONE,)
+            assert [c.step for _, c in view.checkpoints] == [10] and view.attestations[0][1].verdict == "accept"
+        finally:
+            for node in (s, w, r):
+                node.shutdown()
 
     asyncio.run(asyncio.wait_for(run(), 120))
