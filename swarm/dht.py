@@ -39,6 +39,7 @@ from swarm.validator import check_record, make_validators, open_archive, split_s
 log = logging.getLogger(__name__)
 
 LOOPBACK_MADDRS = ("/ip4/127.0.0.1/tcp/0",)
+CROWDED_KEY = 512  # records under one key beyond which a read is logged as crowded
 RECORD_TTL = 14 * 24 * 3600.0  # the lifetime of long-lived records (pointer, DONE, checkpoints, attestations)
 
 
@@ -133,6 +134,7 @@ class SwarmNode:
         self.identity = identity
         self.network = network or NetworkConfig()
         self.record_ttl = record_ttl
+        self._crowded: set[str] = set()
         self.owner_subkey = b"[owner:" + identity.public_key_bytes + b"]"
         try:
             self.dht = _DetachedDHT(
@@ -184,6 +186,10 @@ class SwarmNode:
             return RecordSet(())
         if found is None or not isinstance(found.value, dict):
             return RecordSet(())
+        if len(found.value) > CROWDED_KEY and key not in self._crowded:
+            self._crowded.add(key)  # once per key: a flood of records from throwaway keys, or a very large run
+            log.warning("DHT key %s holds %d records (a hivemind response is at most 4 MiB, which bounds a read)",
+                        key, len(found.value))
         now = get_dht_time()
         records, foreign = [], []
         key_id = DHTID.generate(source=key).to_bytes()
