@@ -89,6 +89,9 @@ def register(app: typer.Typer) -> None:
             "--stop-when-done", help="Exit once every expert and the router reached their targets.")] = False,
         cpu_threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for training (default: all).")]
         = None,
+        metrics_port: Annotated[int | None, typer.Option(min=0, max=65535, help=(
+            "Serve Prometheus metrics on this port (0: any free port, written to node.json)."))] = None,
+        metrics_host: Annotated[str, typer.Option(help="Address the metrics endpoint listens on.")] = "127.0.0.1",
         log_format: Annotated[str, typer.Option(help="text | json.")] = "text",
     ) -> None:
         """Run the daemon: start a swarm (no --initial-peers) or join one, take a role, train, publish."""
@@ -124,7 +127,8 @@ def register(app: typer.Typer) -> None:
                               progress_intervals=progress_intervals),
             period=period, record_ttl=record_days * 86400.0, gossip=not no_gossip, gossip_host=host,
             cache_bytes=int(cache_gb * 2**30),
-            stop_when_done=stop_when_done, cpu_threads=cpu_threads,
+            stop_when_done=stop_when_done, cpu_threads=cpu_threads, metrics_port=metrics_port,
+            metrics_host=metrics_host,
             trainers=tuple(allow_trainer) if allow_trainer else None)
         raise SystemExit(asyncio.run(Daemon(opts).run()))
 

@@ -32,6 +32,7 @@ from node.bundle import LocalRun, fetch_run, publish_run, resolve_run_id
 from node.checker import CheckpointChecker
 from node.driver import Cadence, TrainingDriver
 from node.logs import event
+from node.metrics import NodeMetrics
 from node.nodefile import NodeInfo, remove_node_info, write_node_info
 from node.publisher import Publisher
 from node.role_expert import run_expert
@@ -80,6 +81,8 @@ class DaemonOptions(BaseModel):
     stop_when_done: bool = False
     cpu_threads: int | None = Field(default=None, ge=1)  # torch intra-op threads (CPU training)
     trainers: tuple[str, ...] | None = None  # new swarm: a permissioned run's trainer allowlist (peer ids)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)  # Prometheus endpoint (None: off, 0: any)
+    metrics_host: str = "127.0.0.1"
 
 
 class Daemon:
@@ -106,6 +109,12 @@ class Daemon:
         self._join_command: str | None = None
         self.device = None
         self._all_clusters_done_cached = False
+        self._metrics_url: str | None = None
+        self.peers_seen = 0  # members of the run in the newest full read of its records
+        self.metrics: NodeMetrics | None = None
+        if opts.metrics_port is not None:
+            self.metrics = NodeMetrics()
+            self.metrics.watch(self)
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -126,14 +135,21 @@ class Daemon:
                 torch.set_num_threads(self.opts.cpu_threads)
             self.store = ContentStore(self.node, self.home / "store", limit_bytes=self.opts.cache_bytes or None)
             await self.store.start()
+            if self.metrics is not None:
+                port = self.metrics.serve(self.opts.metrics_host, self.opts.metrics_port)
+                host = self.opts.metrics_host
+                self._metrics_url = f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
             self.run_info = await self._open_run()
             if self.stopping.is_set():
                 return 0
-            self.publisher = Publisher(self.node, self.store, self.run_info.spec.run_id, self.gossip_event)
+            self.publisher = Publisher(self.node, self.store, self.run_info.spec.run_id, self.gossip_event,
+                                       metrics=self.metrics)
             self.checker = CheckpointChecker(self.store, self.run_info, self.device)
             await self._start_gossip()
             self._write_node_file()
             self._tasks += [asyncio.create_task(self._progress_loop()), asyncio.create_task(self._member_loop())]
+            if self.metrics is not None and self.gossip is not None:
+                self._tasks.append(asyncio.create_task(self._gossip_stats_loop()))
             if self.created_run:
                 self._announce_bootstrap()
             await self._role_loop()
@@ -174,6 +190,8 @@ class Daemon:
             await self.store.close()
         if self.node is not None:
             await asyncio.to_thread(self.node.shutdown)
+        if self.metrics is not None:
+            self.metrics.close()
         remove_node_info(self.home)
         event(log, "stopped")
 
@@ -275,7 +293,8 @@ class Daemon:
             peer_id=self.node.peer_id, maddrs=tuple(self.node.visible_maddrs()),
             gossip_maddrs=tuple(self.gossip.maddrs) if self.gossip else (),
             run_id=self.run_info.spec.run_id if self.run_info else None, role=self.role, cluster=self.cluster,
-            pid=os.getpid(), started_at=self.started_at, join_command=self._join_command))
+            pid=os.getpid(), started_at=self.started_at, join_command=self._join_command,
+            metrics=self._metrics_url))
 
     def set_role(self, role: str, cluster: int | None = None) -> None:
         self.role, self.cluster = role, cluster
@@ -300,6 +319,18 @@ class Daemon:
                                                self.run_info.spec.num_clusters)
             except Exception:
                 log.exception("member refresh failed; retrying next period")
+
+    async def _gossip_stats_loop(self) -> None:
+        """Keep the gossip worker's counters fresh for the metrics endpoint."""
+        while True:
+            with contextlib.suppress(Exception):  # a slow or restarting worker only delays the numbers
+                self.metrics.gossip = (await self.gossip.stats()).model_dump()
+            await asyncio.sleep(max(5.0, self.opts.period))
+
+    @property
+    def current_slot(self) -> str | None:
+        """The slot this node's training driver works on now (None when it trains nothing)."""
+        return self._slot
 
     async def _progress_loop(self) -> None:
         """While training: our progress record in the DHT and a gossip event, every period."""
@@ -396,6 +427,7 @@ class Daemon:
         spec = self.run_info.spec
         view = await read_run(self.node, spec.run_id, spec.num_clusters, rules=self.rules,
                               local=self.checker.verdicts)
+        self.peers_seen = len(view.members)
         return verified_state(view, self.checker.verdicts)
 
     def _claims(self) -> ClaimManager:
@@ -473,6 +505,7 @@ class Daemon:
                 view = await read_run(self.node, spec.run_id, spec.num_clusters, rules=self.rules,
                                       local=self.checker.verdicts)
             self._all_clusters_done_cached = all_done(view.states)
+            self.peers_seen = len(view.members)
             await replicate_accepted(self, view)
             await archive_facts(self, view)
         except (ParisError, OSError) as e:

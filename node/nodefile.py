@@ -28,6 +28,7 @@ class NodeInfo(Frozen):
     pid: int = Field(ge=1)
     started_at: float
     join_command: str | None = None
+    metrics: str | None = None  # the Prometheus endpoint's URL, when --metrics-port is given
 
 
 def write_node_info(home: Path, info: NodeInfo) -> Path:

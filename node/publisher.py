@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,9 @@ class Publisher:
     publication. Trainer records whose DHT write found no peer are retried with the next publication, so a
     child never names a parent that nobody can read."""
 
-    def __init__(self, node: SwarmNode, store: ContentStore, run_id: str, gossip) -> None:
+    def __init__(self, node: SwarmNode, store: ContentStore, run_id: str, gossip, metrics=None) -> None:
         self.node, self.store, self.run_id, self._gossip = node, store, run_id, gossip
+        self.metrics = metrics  # node.metrics.NodeMetrics, or None
         self.pinned: dict[str, tuple[str, int]] = {}
         self.published: dict[str, tuple[str, int]] = {}
         self._unannounced: list[CheckpointBody] = []
@@ -36,6 +38,7 @@ class Publisher:
     async def publish(self, slot: str, path: Path, meta) -> str | None:
         """Put a checkpoint into the store, announce it with its lineage, unpin the one it replaces."""
         async with self._lock:
+            started = time.monotonic()
             try:
                 cid = await self.store.put(path)
                 size = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
@@ -50,6 +53,8 @@ class Publisher:
                     self._unannounced.append(body)
                 self.published[slot] = (cid, meta.step)
                 self.replace_pin(slot, cid, meta.step)
+                if self.metrics is not None:
+                    self.metrics.observe_publish(slot, time.monotonic() - started, size, meta.val_loss)
                 await self._gossip(CheckpointEvent(run_id=self.run_id, slot=slot, step=meta.step, cid=cid))
                 event(log, f"published {slot} checkpoint", step=meta.step, cid=cid, bytes=size,
                       val_loss=None if meta.val_loss is None else round(meta.val_loss, 6))

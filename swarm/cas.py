@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +47,21 @@ def rank_providers(announced: list[str], *, good: dict[str, float], live: set[st
     rng.shuffle(alive)
     rng.shuffle(rest)
     return (served + alive + rest)[:limit]
+
+
+class _Served:
+    """The store as the chunk server sees it, counting what it sends."""
+
+    _lock = threading.Lock()  # reads run in worker threads
+
+    def __init__(self, store: ContentStore) -> None:
+        self.store = store
+
+    def read(self, cid: str, verify_bytes: bool = False) -> bytes:
+        data = self.store.read(cid, verify_bytes=verify_bytes)
+        with self._lock:
+            self.store.served_bytes += len(data)
+        return data
 
 
 async def _routing_table_peers(_dht, node) -> list[str]:  # runs in the DHT process (hivemind run_coroutine)
@@ -85,6 +101,8 @@ class ContentStore:
         self._in_flight: set[str] = set()
         self._known_maddrs: dict[str, tuple[str, ...]] = {}
         self.last_fetch: FetchStats | None = None
+        self.served_bytes = 0  # chunk and manifest bytes sent to peers (for metrics)
+        self.fetched_bytes = 0  # chunk bytes received from peers
 
     async def start(self) -> None:
         self._p2p = await self.node.dht.replicate_p2p()
@@ -92,7 +110,7 @@ class ContentStore:
         self.reindex()
 
         async def handler(_info, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await serve_chunks(self, reader, writer)
+            await serve_chunks(_Served(self), reader, writer)
 
         await self._p2p.add_binary_stream_handler(PROTOCOL_NAME, handler)
         self._provider_task = asyncio.create_task(self._reprovide_loop())
@@ -204,6 +222,7 @@ class ContentStore:
             self.last_fetch = await fetch_chunks(
                 writer, chunks, peers, self._open_stream, streams_per_peer=self.streams_per_peer,
                 failure_budget=self.failure_budget, timeout=self.request_timeout)
+            self.fetched_bytes += self.last_fetch.fetched_bytes
             for peer, st in self.last_fetch.peers.items():
                 if st.chunks:
                     self._good[peer] = time.monotonic()

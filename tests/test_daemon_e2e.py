@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -243,13 +244,33 @@ def test_three_daemons_train_take_over_seed_and_fetch(swarm):
     assert not (root / "boot" / "node.json").exists()
 
 
-def test_sighup_mid_training_publishes_a_final_checkpoint_and_releases(swarm):
-    """A closed terminal (SIGHUP) stops the daemon like SIGTERM (which the test above sends)."""
+def test_metrics_then_sighup_mid_training_publishes_a_final_checkpoint_and_releases(swarm):
+    """A training daemon's Prometheus endpoint says what it does; a closed terminal (SIGHUP) stops the daemon
+    like SIGTERM (which the test above sends)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     root, start = swarm
-    solo = start("solo", *common(target=100000), "--no-gossip")
+    solo = start("solo", *common(target=100000), "--no-gossip", "--metrics-port", "0")
     solo.wait_for(lambda e: e.get("msg", "").startswith("training expert-"), 240, "training starts")
-    solo.wait_for(lambda e: e.get("msg", "").startswith("published expert-"), 240, "a first checkpoint")
+    published = solo.wait_for(lambda e: e.get("msg", "").startswith("published expert-"), 240, "a first checkpoint")
     time.sleep(3)
+    url = json.loads((root / "solo" / "node.json").read_text())["metrics"]
+    assert url.startswith("http://127.0.0.1:")
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    slot = published["msg"].split()[1]
+    assert samples[("paris_training_step", (("slot", slot),))] >= EVERY
+    assert samples[("paris_training_target_steps", (("slot", slot),))] == 100000
+    assert samples[("paris_training_samples_per_second", (("slot", slot),))] > 0
+    assert samples[("paris_checkpoint_publish_seconds_count", (("slot", slot),))] >= 1
+    assert samples[("paris_checkpoint_published_bytes_total", (("slot", slot),))] >= published["bytes"]
+    assert abs(samples[("paris_validation_loss", (("slot", slot),))] - published["val_loss"]) < 1e-5
+    assert samples[("paris_cluster", ())] == int(slot.split("-")[1])
+    assert samples[("paris_content_store_bytes", ())] > 0
+    info = next(dict(labels) for (name, labels) in samples if name == "paris_node_info")
+    assert info["role"] == "expert" and info["run_id"] and info["peer_id"]
     st_before = _status(root / "solo")
     training = [s for s in st_before["slots"] if s["state"] == "training"]
     assert len(training) == 1
