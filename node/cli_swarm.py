@@ -42,9 +42,23 @@ def _client_node(peers: list[str], home: Path):
     return SwarmNode.start(home, NetworkConfig(initial_peers=tuple(peers), client_mode=True))
 
 
+def _print_config(values: dict, origin: dict, path: Path) -> None:
+    """`join --print-config`: one line per option (or a JSON object with --log-format json)."""
+    shown = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+             for k, v in sorted(values.items()) if k != "print_config"}
+    if values.get("log_format") == "json":
+        out.print_json(json.dumps({"config_file": str(path), "options": {
+            k: {"value": v, "from": origin[k]} for k, v in shown.items()}}))
+        return
+    out.print(f"# config file: {path}{'' if path.is_file() else ' (none)'}", highlight=False)
+    for k, val in shown.items():
+        out.print(f"{k.replace('_', '-'):22} {json.dumps(val):40} # {origin[k]}", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("join")
     def join(
+        ctx: typer.Context,
         gpu: Annotated[str, typer.Option("--gpu", help="CUDA device index, or 'cpu'.")] = "cpu",
         initial_peers: PeersOpt = None,
         initial_peers_file: PeersFileOpt = None,
@@ -93,11 +107,41 @@ def register(app: typer.Typer) -> None:
             "Serve Prometheus metrics on this port (0: any free port, written to node.json)."))] = None,
         metrics_host: Annotated[str, typer.Option(help="Address the metrics endpoint listens on.")] = "127.0.0.1",
         log_format: Annotated[str, typer.Option(help="text | json.")] = "text",
+        log_level: Annotated[str, typer.Option(help="debug | info | warning | error.")] = "info",
+        print_config: Annotated[bool, typer.Option(
+            "--print-config", help="Print every option's value and where it came from (flag, PARIS_* "
+                                   "environment variable, HOME/config.toml, default), then exit.")] = False,
     ) -> None:
-        """Run the daemon: start a swarm (no --initial-peers) or join one, take a role, train, publish."""
+        """Run the daemon: start a swarm (no --initial-peers) or join one, take a role, train, publish.
+
+        Every option can also come from a PARIS_<OPTION> environment variable (PARIS_PORT, PARIS_INITIAL_PEERS
+        as a comma-separated list, …) or from HOME/config.toml (a [join] table: port = 31337); a flag beats
+        the environment, which beats the file."""
+        from node import config
         from node.daemon import Daemon, DaemonOptions, DemoOptions, network_config
-        from node.logs import LOG_FORMATS, setup_logging
+        from node.logs import LOG_FORMATS, LOG_LEVELS, setup_logging
         from protocol.swarm_run import Schedule
+
+        v, origin, config_path = config.load(ctx)
+        if print_config:
+            _print_config(v, origin, config_path)
+            return
+        (gpu, run, role, host, port, announce_host, nat, relay, clusters, preset, target_steps, clips,
+         router_steps, checkpoint_every, checkpoint_minutes, attestations, replay_every, progress_intervals,
+         loss_tolerance, period, record_days, no_gossip, cache_gb, stop_when_done, cpu_threads, metrics_port,
+         metrics_host, log_format, log_level) = (v[k] for k in (
+            "gpu", "run", "role", "host", "port", "announce_host", "nat", "relay", "clusters", "preset",
+            "target_steps", "clips", "router_steps", "checkpoint_every", "checkpoint_minutes", "attestations",
+            "replay_every", "progress_intervals", "loss_tolerance", "period", "record_days", "no_gossip",
+            "cache_gb", "stop_when_done", "cpu_threads", "metrics_port", "metrics_host", "log_format",
+            "log_level"))
+        home = Path(v["home"])
+        data = Path(v["data"]) if v["data"] else None
+        initial_peers_file = Path(v["initial_peers_file"]) if v["initial_peers_file"] else None
+        initial_peers = list(v["initial_peers"] or [])
+        allow_trainer = list(v["allow_trainer"] or [])
+        if log_level not in LOG_LEVELS:
+            fail(f"--log-level {log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
 
         if role not in ("auto", "expert", "router", "verifier", "seeder"):
             fail(f"--role {role!r}: expected auto, expert, router, verifier or seeder")
@@ -114,7 +158,7 @@ def register(app: typer.Typer) -> None:
         for peer_id in allow_trainer or ():
             if not re.match(_PEER_ID, peer_id):
                 fail(f"--allow-trainer {peer_id!r}: expected a peer id like Qm… (see `node.json` of that node)")
-        setup_logging(log_format)
+        setup_logging(log_format, LOG_LEVELS[log_level])
         peers = _peers(initial_peers, initial_peers_file)
         opts = DaemonOptions(
             home=home.expanduser(), gpu=gpu, role=role, run=run, data=data,

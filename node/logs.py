@@ -31,6 +31,9 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
 def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     """Route our loggers (node, swarm, expert) to stderr in `fmt`; hivemind's own chatter only at warning."""
     if fmt not in LOG_FORMATS:
