@@ -145,7 +145,7 @@ async def fetch_run(node: SwarmNode, store: ContentStore, run_id: str, *, timeou
     deadline = asyncio.get_running_loop().time() + timeout
     creator: bytes | None = None
     errors: list[str] = []
-    tried: set[tuple[bytes, str]] = set()
+    tried: set[tuple[bytes, str | None]] = set()  # (owner, CID) tried; (owner, None): already logged
     while True:
         found = await node.get(run_key(run_id, "spec"))
         pointers = sorted(((r.owner, r.body) for r in found.records if isinstance(r.body, RunPointerBody)
@@ -160,13 +160,20 @@ async def fetch_run(node: SwarmNode, store: ContentStore, run_id: str, *, timeou
                 continue
             try:
                 path = await store.get(pointer.spec_cid, max_bytes=MAX_BUNDLE_BYTES)
-                return _verify_bundle(path, run_id, pointer.spec_cid, owner)
+                local = _verify_bundle(path, run_id, pointer.spec_cid, owner)
             except ForeignBundleError as e:
                 creator = e.creator
                 log.warning("ignoring a pointer to run %s: %s", run_id, e)
                 errors.append(str(e))
             except (IntegrityError, ParisError) as e:
                 errors.append(str(e))
+            else:
+                for other, _ in pointers:  # say so even when the creator's pointer came first
+                    if other != owner and (other, None) not in tried:
+                        tried.add((other, None))
+                        log.warning("ignoring a pointer to run %s from %s: only its creator's pointer counts",
+                                    run_id, peer_id_of_public_key(other))
+                return local
         if asyncio.get_running_loop().time() > deadline:
             if errors:
                 raise ParisError(f"no valid bundle for run {run_id}: {'; '.join(errors[-3:])}")

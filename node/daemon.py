@@ -31,13 +31,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from node.bundle import LocalRun, fetch_run, publish_run, resolve_run_id
 from node.checker import CheckpointChecker
 from node.driver import Cadence, TrainingDriver
+from node.keeper import OwnRecords
 from node.logs import event
 from node.metrics import NodeMetrics
 from node.nodefile import NodeInfo, remove_node_info, write_node_info
 from node.publisher import Publisher
 from node.role_expert import run_expert
 from node.role_router import all_done, maybe_run_router
-from node.role_seeder import archive_facts, replicate_accepted, seed_data
+from node.role_seeder import archive_facts, keep_archive, replicate_accepted, seed_data
 from node.role_verifier import verify_round
 from protocol.errors import ParisError
 from protocol.swarm_gossip import CheckpointEvent, DoneEvent, GossipMessage, LeavingEvent, ProgressEvent
@@ -110,6 +111,8 @@ class Daemon:
         self.device = None
         self._all_clusters_done_cached = False
         self._metrics_url: str | None = None
+        self.own_records: OwnRecords | None = None  # type: ignore[assignment]
+        self.archive_ledger = None  # swarm.archive.Ledger of the run, once this node keeps any of its records
         self.peers_seen = 0  # members of the run in the newest full read of its records
         self.metrics: NodeMetrics | None = None
         if opts.metrics_port is not None:
@@ -142,12 +145,14 @@ class Daemon:
             self.run_info = await self._open_run()
             if self.stopping.is_set():
                 return 0
+            self.own_records = OwnRecords(self.node)
             self.publisher = Publisher(self.node, self.store, self.run_info.spec.run_id, self.gossip_event,
-                                       metrics=self.metrics)
+                                       metrics=self.metrics, keeper=self.own_records)
             self.checker = CheckpointChecker(self.store, self.run_info, self.device)
             await self._start_gossip()
             self._write_node_file()
-            self._tasks += [asyncio.create_task(self._progress_loop()), asyncio.create_task(self._member_loop())]
+            self._tasks += [asyncio.create_task(self._progress_loop()), asyncio.create_task(self._member_loop()),
+                            asyncio.create_task(self._keep_loop())]
             if self.metrics is not None and self.gossip is not None:
                 self._tasks.append(asyncio.create_task(self._gossip_stats_loop()))
             if self.created_run:
@@ -319,6 +324,18 @@ class Daemon:
                                                self.run_info.spec.num_clusters)
             except Exception:
                 log.exception("member refresh failed; retrying next period")
+
+    async def _keep_loop(self) -> None:
+        """Re-announce our own checkpoint records and attestations (node.keeper), and the archived copies of
+        the run's outcome this node keeps (node.role_seeder.keep_archive), before their TTL runs out."""
+        assert self.node is not None
+        while True:
+            await asyncio.sleep(min(max(self.node.record_ttl / 6, 1.0), 300.0))
+            try:
+                await self.own_records.refresh()
+                await keep_archive(self)
+            except Exception:
+                log.exception("re-announcing our records or the archive failed; retrying")
 
     async def _gossip_stats_loop(self) -> None:
         """Keep the gossip worker's counters fresh for the metrics endpoint."""

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 from hivemind.utils.timed_storage import get_dht_time
 
+from node.keeper import OwnRecords
 from node.logs import event
 from protocol.swarm_gossip import CheckpointEvent
-from protocol.swarm_records import CheckpointBody
+from protocol.swarm_records import CheckpointBody, run_key
 from swarm.cas import ContentStore
 from swarm.dht import SwarmNode
 from swarm.state import publish_checkpoint
@@ -26,8 +27,10 @@ class Publisher:
     publication. Trainer records whose DHT write found no peer are retried with the next publication, so a
     child never names a parent that nobody can read."""
 
-    def __init__(self, node: SwarmNode, store: ContentStore, run_id: str, gossip, metrics=None) -> None:
+    def __init__(self, node: SwarmNode, store: ContentStore, run_id: str, gossip, metrics=None,
+                 keeper: OwnRecords | None = None) -> None:
         self.node, self.store, self.run_id, self._gossip = node, store, run_id, gossip
+        self.keeper = keeper  # our own records, re-announced before their TTL while we run
         self.metrics = metrics  # node.metrics.NodeMetrics, or None
         self.pinned: dict[str, tuple[str, int]] = {}
         self.published: dict[str, tuple[str, int]] = {}
@@ -51,6 +54,8 @@ class Publisher:
                 if not await publish_checkpoint(self.node, self.run_id, body):
                     log.warning("no peer stored the checkpoint record of %s yet; the next publication retries", slot)
                     self._unannounced.append(body)
+                elif self.keeper is not None:
+                    self.keeper.add(run_key(self.run_id, "checkpoints"), body)
                 self.published[slot] = (cid, meta.step)
                 self.replace_pin(slot, cid, meta.step)
                 if self.metrics is not None:

@@ -47,32 +47,58 @@ async def replicate_accepted(d: Daemon, view: RunView) -> None:
             log.warning("could not replicate %s: %s", slot, e)
 
 
-async def archive_facts(d: Daemon, view: RunView) -> int:
-    """Keep the run's outcome readable past its records' TTL (swarm.archive): add the facts worth keeping to
-    this node's ledger, then publish an archived copy of every entry not published within a third of the
-    TTL. Returns how many copies were published."""
+def ledger_of(d: Daemon) -> archive.Ledger:
+    """The node's archive ledger of its run (loaded from HOME/archive/RUN.json on first use)."""
+    assert d.run_info is not None
+    if d.archive_ledger is None:
+        d.archive_ledger = archive.Ledger.load(_ledger_path(d), d.run_info.spec.run_id)
+    return d.archive_ledger
+
+
+def _ledger_path(d: Daemon):
+    return d.home / "archive" / f"{d.run_info.spec.run_id}.json"
+
+
+async def archive_facts(d: Daemon, view: RunView) -> bool:
+    """Add the facts of the run's outcome that this round saw to the node's ledger (swarm.archive), so that
+    keep_archive keeps them alive past their TTL. Returns whether the ledger changed."""
     assert d.node is not None and d.run_info is not None
     spec = d.run_info.spec
-    path = d.home / "archive" / f"{spec.run_id}.json"
-    ledger = archive.Ledger.load(path, spec.run_id)
+    ledger = ledger_of(d)
     keys = archive.archive_keys(spec.run_id)
     sets = await asyncio.gather(*(d.node.get(k) for k in keys))
     found = [(key, rec) for key, got in zip(keys, sets, strict=True) for rec in got.records]
-    ok = {j.claim.cid for slot in slots(spec.num_clusters) for j in accepted(view.judged(slot))}
-    changed = ledger.add(archive.select(spec.run_id, spec.creator.encode() if spec.creator else None, ok, found))
-    now = get_dht_time()
-    published = 0
-    for i in ledger.due(now, d.node.record_ttl / 3):
-        if d.stopping.is_set():
-            break
-        entry = ledger.entries[i]
-        body = archive.archived_body(ledger.signed(i), now)
-        if await d.node.put(entry.key, body, now + d.node.record_ttl):
-            ledger.mark_published(i, now)
-            published += 1
-            changed = True
+    accepted_cids = {j.claim.cid for slot in slots(spec.num_clusters) for j in accepted(view.judged(slot))}
+    creator = spec.creator.encode() if spec.creator else None
+    changed = ledger.add(archive.select(spec.run_id, creator, accepted_cids, found))
     if changed:
-        ledger.save(path)
+        ledger.save(_ledger_path(d))
+    return changed
+
+
+async def keep_archive(d: Daemon) -> int:
+    """Publish an archived copy of every ledger entry not published within a third of the TTL (in its own
+    loop, so that a long verification round cannot let copies lapse). Returns how many were published."""
+    assert d.node is not None and d.run_info is not None
+    if d.archive_ledger is None and not _ledger_path(d).exists():
+        return 0
+    ledger = ledger_of(d)
+    now = get_dht_time()
+    due = ledger.due(now, d.node.record_ttl / 3)
+    lanes = asyncio.Semaphore(16)  # concurrent stores: a refresh takes about one store's time, not 60
+
+    async def publish(i: int) -> bool:
+        async with lanes:
+            return await d.node.put(ledger.entries[i].key, archive.archived_body(ledger.signed(i), now),
+                                    now + d.node.record_ttl)
+
+    results = await asyncio.gather(*(publish(i) for i in due))
+    for i, stored in zip(due, results, strict=True):
+        if stored:
+            ledger.mark_published(i, now)
+    published = sum(results)
     if published:
-        log.info("kept %d record(s) of run %s alive (%d in the archive)", published, spec.run_id, len(ledger.entries))
+        ledger.save(_ledger_path(d))
+        log.info("kept %d record(s) of run %s alive (%d in the archive)", published, d.run_info.spec.run_id,
+                 len(ledger.entries))
     return published

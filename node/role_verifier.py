@@ -19,7 +19,7 @@ from hivemind.utils.timed_storage import get_dht_time
 from node.checker import slot_cluster
 from node.logs import event
 from node.role_seeder import slots
-from protocol.swarm_records import AttestationBody, CheckpointBody
+from protocol.swarm_records import AttestationBody, CheckpointBody, run_key
 from swarm.acceptance import known_facts
 from swarm.state import RunView, publish_attestation
 
@@ -103,7 +103,8 @@ async def verify_round(d: Daemon, view: RunView) -> int:
             if att is None:
                 continue
             d.attested[body.cid] = att
-            await publish_attestation(d.node, run_id, att)
+            if await publish_attestation(d.node, run_id, att):
+                d.own_records.add(run_key(run_id, "attestations"), att)
             done += 1
             event(log, f"attested {slot} checkpoint", step=body.step, cid=body.cid, verdict=att.verdict,
                   val_loss=None if att.val_loss is None else round(att.val_loss, 6), replayed=att.replayed,

@@ -26,6 +26,7 @@ import pytest
 from protocol.swarm_records import run_key
 from swarm.archive import ARCHIVED_KEYS
 from swarm.dht import NetworkConfig, SwarmNode
+from swarm.identity import peer_id_of_public_key
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +106,10 @@ def _read_records(peers_file: str, run_id: str) -> dict[str, dict[str, int]]:
         for what in ARCHIVED_KEYS:
             got = [r for r in (await node.get(run_key(run_id, what))).records if not getattr(r.body, "replica", 0)]
             out[what] = {"live": sum(r.archived_by is None for r in got),
-                         "archived": sum(r.archived_by is not None for r in got)}
+                         "archived": sum(r.archived_by is not None for r in got),
+                         "seen": sorted(f"{peer_id_of_public_key(r.owner)[-6:]}:{r.body.kind}:"
+                                        f"{getattr(r.body, 'slot', '')}:{getattr(r.body, 'step', '')}:"
+                                        f"{'archived' if r.archived_by else 'live'}" for r in got)}
         return out
 
     with tempfile.TemporaryDirectory() as home:
@@ -209,10 +213,21 @@ def test_three_daemons_train_take_over_seed_and_fetch(swarm):
     w2.proc.send_signal(signal.SIGTERM)
     assert w2.proc.wait(30) == 0
     time.sleep(3 * RECORD_TTL + 2)
-    records = _read_records(peers_file, info["run_id"])
-    assert records["checkpoints"]["live"] == 0 and records["checkpoints"]["archived"] >= 2 * TARGET // EVERY
-    assert records["done"]["live"] == 0 and records["done"]["archived"] == 2
-    assert records["attestations"]["archived"] >= 2 * TARGET // EVERY
+    want = 2 * TARGET // EVERY  # the checkpoints of both experts' accepted lineages, and their attestations
+
+    def enough(r: dict) -> bool:
+        return (r["checkpoints"]["archived"] >= want and r["done"]["archived"] == 2
+                and r["attestations"]["live"] + r["attestations"]["archived"] >= want)
+
+    for _ in range(3):  # a copy being re-published at the moment of the read may be missing from it
+        records = _read_records(peers_file, info["run_id"])
+        if enough(records):
+            break
+        time.sleep(2)
+    # the trainers' own records are gone; what is read are the seeder's copies (the verifier, still running,
+    # keeps its own attestations alive itself)
+    assert records["checkpoints"]["live"] == 0 and records["done"]["live"] == 0, records
+    assert enough(records), records
     st = _status(root / "boot")
     assert all(_slots(st)[f"expert-{k}"]["state"] == "done" for k in range(2)), st["slots"]
     w3 = start("w3", *common(), "--initial-peers-file", peers_file)
@@ -266,7 +281,8 @@ def test_metrics_then_sighup_mid_training_publishes_a_final_checkpoint_and_relea
     assert samples[("paris_training_samples_per_second", (("slot", slot),))] > 0
     assert samples[("paris_checkpoint_publish_seconds_count", (("slot", slot),))] >= 1
     assert samples[("paris_checkpoint_published_bytes_total", (("slot", slot),))] >= published["bytes"]
-    assert abs(samples[("paris_validation_loss", (("slot", slot),))] - published["val_loss"]) < 1e-5
+    val_losses = [e["val_loss"] for e in solo.events() if e.get("msg") == published["msg"]]
+    assert min(abs(samples[("paris_validation_loss", (("slot", slot),))] - v) for v in val_losses) < 1e-5
     assert samples[("paris_cluster", ())] == int(slot.split("-")[1])
     assert samples[("paris_content_store_bytes", ())] > 0
     info = next(dict(labels) for (name, labels) in samples if name == "paris_node_info")
