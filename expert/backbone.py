@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import WanTransformer3DModel
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor, WanTimeTextImageEmbedding
 from einops import rearrange
 from torch import nn
 
@@ -13,16 +14,89 @@ from protocol.model import BackboneConfig
 
 def build_backbone(cfg: BackboneConfig, text_dim: int, *, seed: int = 0,
                    out_channels: int | None = None) -> WanTransformer3DModel:
-    """A diffusers Wan video transformer; text enters by cross-attention on the token states."""
+    """A diffusers Wan video transformer; text enters by cross-attention on the token states (and, with
+    `text_conditioning="paris"`, as the pooled caption in the time embedding)."""
     channels = cfg.in_channels
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return WanTransformer3DModel(
+        model = WanTransformer3DModel(
             patch_size=tuple(cfg.patch_size), num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
             in_channels=channels, out_channels=out_channels or channels, text_dim=text_dim, freq_dim=cfg.freq_dim,
             ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
             rope_max_seq_len=1024,
         )
+        if cfg.text_conditioning == "paris":
+            condition_on_text(model)
+    return model
+
+
+def condition_on_text(model: WanTransformer3DModel) -> WanTransformer3DModel:
+    """Make the caption reach the network (in place): padding positions (exactly zero in the text states,
+    see expert.text) are masked out of cross-attention, and the mean of the real tokens' states, through a
+    zero-initialised MLP, is added to the time embedding that modulates every block.
+
+    Why (measured on the tiny preset, issue "prompts must steer the video"): with plain Wan, 56 % of a
+    caption's 32 positions are padding and after 300 steps they took 43–56 % of the cross-attention while
+    the colour word got 3.5 % (uniform: 3.1 %); the conditional and unconditional velocities differed by
+    3 %. A colour-only probe (does the prediction lean to the prompt's colour; chance 0.17) went from 0.45
+    to 0.50 with the mask and to 0.52 with the pooled caption (300 steps); with both and a LayerScale text
+    tower (TextEncoderConfig.layer_scale) it reached 0.62 at 600 steps (0.43 before), and swapping a caption
+    for one of another colour raised the loss 10× more than before (1.04 vs 0.098 relative at t = 0.9)."""
+    old = model.condition_embedder
+    new = PooledTextEmbedding(old.time_proj.in_features, old.timesteps_proj.num_channels,
+                              old.time_proj.out_features, old.text_embedder.linear_1.in_features)
+    missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("pooled_text.") for k in missing):
+        raise RuntimeError(f"Wan's condition embedder changed shape (missing {missing}, unexpected {unexpected})")
+    model.condition_embedder = new
+    for block in model.blocks:
+        block.attn2.set_processor(MaskedCrossAttnProcessor())
+    return model
+
+
+class PooledTextEmbedding(WanTimeTextImageEmbedding):
+    """Wan's time + text embedding, with the pooled caption added to the time embedding (before the
+    projection that modulates the blocks and the output norm) and the projected padding kept at zero."""
+
+    def __init__(self, dim: int, time_freq_dim: int, time_proj_dim: int, text_embed_dim: int) -> None:
+        super().__init__(dim, time_freq_dim, time_proj_dim, text_embed_dim)
+        self.pooled_text = nn.Sequential(nn.Linear(text_embed_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        nn.init.zeros_(self.pooled_text[-1].weight)  # starts as plain Wan; learns how much the caption shifts t
+        nn.init.zeros_(self.pooled_text[-1].bias)
+
+    def forward(self, timestep, encoder_hidden_states, encoder_hidden_states_image=None, timestep_seq_len=None):
+        if encoder_hidden_states_image is not None:
+            raise ValueError("image conditioning is not supported")
+        keep = real_tokens(encoder_hidden_states).unsqueeze(-1).to(encoder_hidden_states.dtype)  # B×L×1
+        pooled = (encoder_hidden_states * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        t = self.timesteps_proj(timestep)
+        if timestep_seq_len is not None:
+            t = t.unflatten(0, (-1, timestep_seq_len))
+        dtype = next(iter(self.time_embedder.parameters())).dtype
+        if t.dtype != dtype and dtype != torch.int8:
+            t = t.to(dtype)
+        shift = self.pooled_text(pooled.to(dtype))
+        temb = self.time_embedder(t) + (shift.unsqueeze(1) if t.dim() == 3 else shift)
+        temb = temb.type_as(encoder_hidden_states)
+        timestep_proj = self.time_proj(self.act_fn(temb))
+        text = self.text_embedder(encoder_hidden_states) * keep  # zero rows mark padding for the attention
+        return temb, timestep_proj, text, None
+
+
+def real_tokens(states: torch.Tensor) -> torch.Tensor:
+    """B×L bool: the positions that are not padding (padding states are exactly zero). A caption with no
+    real token at all (a router fed constant zeros) attends to every position instead of none."""
+    keep = states.abs().amax(-1) > 0
+    return keep | ~keep.any(-1, keepdim=True)
+
+
+class MaskedCrossAttnProcessor(WanAttnProcessor):
+    """Wan's attention processor, with padding keys masked out of cross-attention."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        if encoder_hidden_states is not None and attention_mask is None:
+            attention_mask = real_tokens(encoder_hidden_states)[:, None, None, :]
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -3,6 +3,9 @@
 With `pretrained` (a local weights file) the named open_clip model's text tower is loaded; otherwise a
 tower is built with random init from a fixed seed — random but frozen and identical on every peer, so
 the experts learn to read it through cross-attention. The tokenizer is always the real BPE one.
+
+Why the random tower is built with LayerScale and why padding is zeroed: see `TextEncoderConfig.layer_scale`
+and `expert.backbone.condition_on_text` (measured in the commit that added them).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class TextEncoder(nn.Module):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed)
                 cfg = CLIPTextCfg(context_length=config.context_length, width=config.width, heads=config.heads,
-                                  layers=config.layers, output_tokens=True)
+                                  layers=config.layers, output_tokens=True, ls_init_value=config.layer_scale)
                 self.tower = _build_text_tower(embed_dim=config.width, text_cfg=cfg)
             self.width = config.width
         self.requires_grad_(False)
@@ -44,11 +47,13 @@ class TextEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Per-token states, exactly zero at padding positions (token id 0), as Wan zero-pads its T5 states:
+        the backbone reads which positions are real from that (expert.backbone.condition_on_text)."""
         tokens = tokens[:, : self.config.context_length].long()
         states = self.tower(tokens)
         if isinstance(states, tuple):
             states = states[1]
-        return states.float()
+        return states.float() * (tokens != 0).unsqueeze(-1)
 
 
 class _TowerOfClip(nn.Module):

@@ -327,6 +327,9 @@ def eval_cmd(
     n: Annotated[int, typer.Option("--n", min=2, help="Number of prompts / generated videos.")] = 64,
     steps: Annotated[int, typer.Option(min=1, help="Sampling steps.")] = 30,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 4.0,
+    compare_guidance: Annotated[bool, typer.Option(
+        "--compare-guidance", help="Also sample without guidance (scale 1) and report both accuracies: "
+                                   "guidance that changes nothing means the text is not used.")] = False,
     judge_dir: Annotated[Path, typer.Option("--judge", help="Synthetic-data judge (trained here if missing).")]
     = Path.home() / ".paris" / "synth-judge",
     i3d: Annotated[Path | None, typer.Option("--i3d", help="Local I3D weights (pytorch-i3d rgb_imagenet.pt or "
@@ -338,7 +341,7 @@ def eval_cmd(
 ) -> None:
     """Metrics on the built-in data: FVD-synth and prompt-attribute accuracy, plus FVD (I3D) and CLIP
     text-video similarity when their weights are given (see README)."""
-    from expert.evaluate import evaluate_synthetic
+    from expert.evaluate import EVAL_SEED, evaluate_synthetic
     from expert.routing import parse_strategy
     from expert.synth_classifier import SynthJudge, train_judge
     from expert.train import resolve_device
@@ -363,25 +366,39 @@ def eval_cmd(
             task = bar.add_task("training the synthetic-data judge (once)", total=600)
             judge = train_judge(on_step=lambda i, total: bar.update(task, completed=i))
         judge.save(judge_dir)
+    from expert.conditioning import conditioning_ratio
+    from expert.synth_classifier import generator_clips
+
     if ensemble is not None:
         from expert.pipeline import ParisPipeline
 
         pipe = ParisPipeline.from_pretrained(ensemble).to(device)
+        networks = {f"expert_{k}": e for k, e in enumerate(pipe.experts)}
+        text_encoder, codec = pipe.text_encoder, pipe.codec
 
-        def sample(prompts, seed):
-            return pipe(prompts, strategy=strat, num_inference_steps=steps, guidance_scale=guidance, seed=seed)[0]
+        def sample(prompts, seed, scale=guidance):
+            return pipe(prompts, strategy=strat, num_inference_steps=steps, guidance_scale=scale, seed=seed)[0]
     else:
         from expert.sampling import load_expert, sample_prompts
 
         expert = load_expert(checkpoint, device)
+        networks, text_encoder, codec = {"expert": expert.model}, expert.text, expert.codec
 
-        def sample(prompts, seed):
-            return sample_prompts(expert, prompts, steps=steps, guidance=guidance, seed=seed, device=device)
+        def sample(prompts, seed, scale=guidance):
+            return sample_prompts(expert, prompts, steps=steps, guidance=scale, seed=seed, device=device)
 
     with progress() as bar:
-        task = bar.add_task("sampling", total=n)
+        task = bar.add_task("sampling", total=n * (2 if compare_guidance else 1))
         report = evaluate_synthetic(sample, judge, n=n, on_batch=lambda k: bar.advance(task, k), fvd_net=fvd_net,
                                     clip=clip)
+        if compare_guidance:
+            plain = evaluate_synthetic(lambda p, s: sample(p, s, 1.0), judge, n=n,
+                                       on_batch=lambda k: bar.advance(task, k))
+            report["attribute_accuracy_without_guidance"] = plain["attribute_accuracy"]
+    clips, _, captions = generator_clips(EVAL_SEED, min(n, 16))
+    report["conditioning_ratio"] = {name: conditioning_ratio(net, text_encoder, codec, clips, captions,
+                                                             device=device)
+                                    for name, net in networks.items()}
     report.update({"what": str(ensemble or checkpoint), "strategy": str(strat) if ensemble else None,
                    "steps": steps, "guidance": guidance, "judge_heldout_accuracy": judge.heldout_accuracy})
     if json_out:
@@ -392,6 +409,13 @@ def eval_cmd(
     for a, v in report["attribute_accuracy"].items():
         out.print(f"  {a:10} {v:.3f} (judge on real clips: {report['attribute_accuracy_on_real_clips'][a]:.3f})",
                   highlight=False)
+    if "attribute_accuracy_without_guidance" in report:
+        plain = report["attribute_accuracy_without_guidance"]
+        out.print("  without guidance: " + ", ".join(f"{a} {v:.3f}" for a, v in plain.items()), highlight=False)
+    for name, ratios in report["conditioning_ratio"].items():
+        out.print(f"text use ‖v_c − v_u‖/‖v_u‖ of {name}: "
+                  + ", ".join(f"{t} {r:.4f}" for t, r in ratios.items())
+                  + ("  (near 0: the caption is ignored)" if max(ratios.values()) < 0.02 else ""), highlight=False)
     if "fvd" in report:
         out.print(f"FVD (I3D) {report['fvd']:.2f}", highlight=False)
     if "clip_similarity" in report:

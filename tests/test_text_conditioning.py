@@ -1,0 +1,62 @@
+"""The caption reaches the expert: padding does not change what the network predicts (cross-attention masks
+it), the pooled caption starts as a no-op, and a tiny expert trained briefly on two captions of very
+different colours samples videos whose mean colour follows the caption."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from expert.backbone import build_backbone
+from expert.presets import get_preset
+from expert.sampling import LoadedExpert, sample_prompts
+from expert.shards import ClipBatch, tokenize
+from expert.text import TextEncoder
+from expert.train import ExpertTrainer
+
+
+def _inputs(p, text):
+    b = p.backbone
+    x = torch.randn(2, b.in_channels, b.frames, b.height, b.width, generator=torch.Generator().manual_seed(0))
+    states = text(torch.from_numpy(tokenize(["a red square", "a blue circle moving left on a dark background"])))
+    return x, torch.tensor([500.0, 500.0]), states
+
+
+def test_padding_positions_do_not_change_the_prediction():
+    p = get_preset("tiny")
+    text = TextEncoder(p.text)
+    x, t, states = _inputs(p, text)
+    assert (states[0, 6:] == 0).all() and states[0, :5].abs().amax() > 0  # padding is zero, tokens are not
+    longer = torch.cat([states, torch.zeros(2, 16, states.shape[-1])], dim=1)
+    ours = build_backbone(p.backbone, text.width).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, t, states, return_dict=False)[0], ours(x, t, longer, return_dict=False)[0],
+                                   rtol=1e-5, atol=1e-5)
+    plain = build_backbone(p.backbone.model_copy(update={"text_conditioning": "wan"}), text.width).eval()
+    with torch.no_grad():  # plain Wan attends to padding: more of it changes the output
+        assert not torch.allclose(plain(x, t, states, return_dict=False)[0], plain(x, t, longer, return_dict=False)[0],
+                                  rtol=1e-4, atol=1e-4)
+    last = ours.condition_embedder.pooled_text[-1]
+    assert not last.weight.any() and not last.bias.any()  # starts as plain Wan; training decides its weight
+
+
+@pytest.mark.slow
+def test_a_briefly_trained_expert_follows_the_caption_colour():
+    torch.set_num_threads(2)
+    p = get_preset("tiny")
+    b = p.backbone
+    rng = np.random.default_rng(0)
+    caps = ["a red square on a dark background", "a blue square on a dark background"]
+    colour = {0: (220, 30, 30), 1: (30, 30, 220)}
+    labels = np.arange(64) % 2
+    frames = np.stack([np.clip(np.array(colour[k]) + rng.normal(0, 10, (b.frames, b.height, b.width, 3)), 0, 255)
+                       for k in labels]).astype(np.uint8)
+    captions = [caps[k] for k in labels]
+    trainer = ExpertTrainer(p, ClipBatch(frames=frames, tokens=tokenize(captions), captions=captions))
+    trainer.train(100)
+    expert = LoadedExpert(p, None, trainer.ema.eval(), trainer.text, trainer.codec)
+    prompts = [caps[0]] * 4 + [caps[1]] * 4  # the same four seeds for both captions
+    mean = sample_prompts(expert, prompts, steps=10, guidance=3.0, seed=1).astype(float).mean(axis=(1, 2, 3))
+    red, blue = mean[:4], mean[4:]
+    assert (red[:, 0] > red[:, 2] + 50).all() and (blue[:, 2] > blue[:, 0] + 50).all(), mean.round(1)
