@@ -69,6 +69,9 @@ def register(app: typer.Typer) -> None:
         home: Annotated[Path, typer.Option(help="Identity, content store, checkpoints.")] = Path("~/.paris"),
         host: Annotated[str, typer.Option(help="Listen address (0.0.0.0 to accept other machines).")] = "127.0.0.1",
         port: Annotated[int, typer.Option(min=0, max=65535, help="Listen port (0: any free port).")] = 0,
+        gossip_port: Annotated[int | None, typer.Option(min=0, max=65535, help=(
+            "The gossip process's port (default: --port + 1 when --port is set, else any free port); "
+            "--announce-host applies to it too."))] = None,
         announce_host: Annotated[str | None, typer.Option(help="Public address others dial (needs --port).")] = None,
         nat: Annotated[bool, typer.Option("--nat", help="UPnP/NAT-PMP port mapping and AutoNAT.")] = False,
         relay: Annotated[bool, typer.Option("--relay", help="Dial through relays (and use them behind NAT).")] = False,
@@ -126,11 +129,11 @@ def register(app: typer.Typer) -> None:
         if print_config:
             _print_config(v, origin, config_path)
             return
-        (gpu, run, role, host, port, announce_host, nat, relay, clusters, preset, target_steps, clips,
+        (gpu, run, role, host, port, gossip_port, announce_host, nat, relay, clusters, preset, target_steps, clips,
          router_steps, checkpoint_every, checkpoint_minutes, attestations, replay_every, progress_intervals,
          loss_tolerance, period, record_days, no_gossip, cache_gb, stop_when_done, cpu_threads, metrics_port,
          metrics_host, log_format, log_level) = (v[k] for k in (
-            "gpu", "run", "role", "host", "port", "announce_host", "nat", "relay", "clusters", "preset",
+            "gpu", "run", "role", "host", "port", "gossip_port", "announce_host", "nat", "relay", "clusters", "preset",
             "target_steps", "clips", "router_steps", "checkpoint_every", "checkpoint_minutes", "attestations",
             "replay_every", "progress_intervals", "loss_tolerance", "period", "record_days", "no_gossip",
             "cache_gb", "stop_when_done", "cpu_threads", "metrics_port", "metrics_host", "log_format",
@@ -158,6 +161,11 @@ def register(app: typer.Typer) -> None:
         for peer_id in allow_trainer or ():
             if not re.match(_PEER_ID, peer_id):
                 fail(f"--allow-trainer {peer_id!r}: expected a peer id like Qm… (see `node.json` of that node)")
+        if gossip_port is None:
+            gossip_port = port + 1 if 0 < port < 65535 else 0
+        if announce_host and not gossip_port and not no_gossip:
+            fail("--announce-host needs a fixed gossip port too: give --port (gossip then uses --port + 1) "
+                 "or --gossip-port")
         setup_logging(log_format, LOG_LEVELS[log_level])
         peers = _peers(initial_peers, initial_peers_file)
         opts = DaemonOptions(
@@ -170,6 +178,7 @@ def register(app: typer.Typer) -> None:
                               replay_every=replay_every, loss_tolerance=loss_tolerance,
                               progress_intervals=progress_intervals),
             period=period, record_ttl=record_days * 86400.0, gossip=not no_gossip, gossip_host=host,
+            gossip_port=gossip_port, gossip_announce=announce_host,
             cache_bytes=int(cache_gb * 2**30),
             stop_when_done=stop_when_done, cpu_threads=cpu_threads, metrics_port=metrics_port,
             metrics_host=metrics_host,

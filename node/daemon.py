@@ -78,6 +78,8 @@ class DaemonOptions(BaseModel):
     record_ttl: float = Field(default=RECORD_TTL, gt=0, le=MAX_RECORD_TTL)  # long-lived records' DHT lifetime
     gossip: bool = True
     gossip_host: str = "127.0.0.1"
+    gossip_port: int = Field(default=0, ge=0, le=65535)  # 0: any free port
+    gossip_announce: str | None = None  # the host others dial for our gossip process (needs a fixed port)
     cache_bytes: int = Field(default=50 * 2**30, ge=0)
     stop_when_done: bool = False
     cpu_threads: int | None = Field(default=None, ge=1)  # torch intra-op threads (CPU training)
@@ -264,8 +266,10 @@ class Daemon:
         from swarm.gossip import GossipClient, join_gossip
 
         assert self.node is not None and self.run_info is not None
+        announce = _tcp_maddr(self.opts.gossip_announce, self.opts.gossip_port) if self.opts.gossip_announce else None
         client = GossipClient(self.node.identity, self.run_info.spec.run_id,
-                              listen=_tcp_maddr(self.opts.gossip_host, 0), on_message=self._on_gossip)
+                              listen=_tcp_maddr(self.opts.gossip_host, self.opts.gossip_port),
+                              on_message=self._on_gossip, key_file=self.home / "gossip.key", announce=announce)
         try:
             await client.start()
         except ParisError as e:
@@ -316,7 +320,15 @@ class Daemon:
         while True:
             await asyncio.sleep(max(30.0, 3 * self.opts.period))
             try:
-                if self.gossip is not None:
+                if self.opts.gossip and (self.gossip is None or not self.gossip.alive):
+                    log.warning("the gossip process is not running; starting it again (same identity and port)")
+                    if self.gossip is not None:
+                        with contextlib.suppress(Exception):
+                            await self.gossip.close()
+                        self.gossip = None
+                    await self._start_gossip()
+                    self._write_node_file()
+                elif self.gossip is not None:
                     await join_gossip(self.node, self.gossip, role=self.opts.role,
                                       ttl=max(180.0, 6 * self.opts.period))
                 if self.created_run:

@@ -52,8 +52,11 @@ class GossipClient:
 
     def __init__(self, identity: Identity, run_id: str, *, listen: str = "/ip4/127.0.0.1/tcp/0",
                  settings: GossipSettings | None = None,
-                 on_message: Callable[[GossipMessage], None] | None = None):
+                 on_message: Callable[[GossipMessage], None] | None = None, key_file: Path | None = None,
+                 announce: str | None = None):
         self.identity, self.run_id, self.listen = identity, run_id, listen
+        self.key_file = key_file  # the worker's identity seed: its peer id survives restarts
+        self.announce = announce  # a multiaddr (without /p2p) others dial, instead of the listen address
         self.settings = settings or GossipSettings()
         self.on_message = on_message
         self.topic = gossip_topic(run_id)
@@ -69,7 +72,8 @@ class GossipClient:
     async def start(self, timeout: float = 60.0) -> None:
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "swarm.gossip_worker", "--topic", self.topic, "--listen", self.listen,
-            "--settings", self.settings.model_dump_json(), cwd=ROOT,
+            "--settings", self.settings.model_dump_json(),
+            *(["--key-file", str(self.key_file)] if self.key_file is not None else []), cwd=ROOT,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=MAX_FRAME_BYTES * 2,
         )
         ready = asyncio.get_running_loop().create_future()
@@ -80,6 +84,13 @@ class GossipClient:
             await self.close()
             raise ParisError("the gossip worker did not start (see its stderr)") from None
         self.peer_id, self.maddrs = reply.peer_id, reply.maddrs
+        if self.announce:
+            self.maddrs = (f"{self.announce}/p2p/{reply.peer_id}",)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker process is running (the daemon restarts it when it is not)."""
+        return self._proc is not None and self._proc.returncode is None
 
     async def _read(self, ready: asyncio.Future) -> None:
         assert self._proc is not None and self._proc.stdout is not None

@@ -5,7 +5,7 @@ It receives messages that are already signed by the daemon and publishes them; i
 receives (size, schema, signature, sender key, freshness), drops duplicates and senders over their rate, and
 hands only valid ones to the daemon. Nothing a peer sends can crash it: bad input is dropped and counted.
 
-    python -m swarm.gossip_worker --topic TOPIC [--listen MADDR] [--settings JSON]
+    python -m swarm.gossip_worker --topic TOPIC [--listen MADDR] [--settings JSON] [--key-file PATH]
 
 Never import this module (or libp2p) from a process that imports hivemind.
 """
@@ -57,9 +57,30 @@ def emit(frame) -> None:
     sys.stdout.flush()
 
 
-async def run(topic: str, listen: str, settings: GossipSettings) -> None:
+def gossip_key(path: str | None):
+    """The worker's libp2p key pair: from the 32-byte seed in `path` (created, mode 0600, if missing), so
+    that its peer id and its announced address survive restarts; a fresh one without a path."""
+    if path is None:
+        return create_new_key_pair()
+    try:
+        seed = open(path, "rb").read()  # noqa: SIM115 (short read)
+    except FileNotFoundError:
+        seed = os.urandom(32)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(seed)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    if len(seed) != 32:
+        raise SystemExit(f"gossip key {path} is damaged ({len(seed)} bytes, expected 32): remove it")
+    return create_new_key_pair(seed)
+
+
+async def run(topic: str, listen: str, settings: GossipSettings, key_file: str | None = None) -> None:
     pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = settings.queue_size  # default 32 drops bursts
-    host = new_host(key_pair=create_new_key_pair(), listen_addrs=[multiaddr.Multiaddr(listen)],
+    host = new_host(key_pair=gossip_key(key_file), listen_addrs=[multiaddr.Multiaddr(listen)],
                     enable_mDNS=False, enable_upnp=False)
     router = GossipSub(
         protocols=[PROTOCOL_ID_V11, PROTOCOL_ID], degree=settings.degree, degree_low=settings.degree_low,
@@ -160,6 +181,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="paris-node gossip worker (started by the daemon)")
     ap.add_argument("--topic", required=True)
     ap.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0")
+    ap.add_argument("--key-file", default=None, help="seed of the worker's identity (created if missing)")
     ap.add_argument("--settings", default="{}")
     args = ap.parse_args()
     # a terminal Ctrl-C reaches the whole foreground group; the daemon stops us itself (StopCmd or EOF) after
@@ -168,7 +190,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     settings = GossipSettings.model_validate_json(args.settings)
     with contextlib.suppress(KeyboardInterrupt):
-        trio.run(run, args.topic, args.listen, settings)
+        trio.run(run, args.topic, args.listen, settings, args.key_file)
 
 
 if __name__ == "__main__":

@@ -98,3 +98,48 @@ def test_hostile_messages_are_dropped_and_counted(swarm5):
         p.send({"op": "stats"})
         other = p.recv(10, lambda m: m.get("op") == "stats")["dropped"]
         assert not {"bad_key", "bad_signature", "oversized", "malformed"} & set(other)
+
+
+def test_gossip_identity_port_and_announced_address_survive_a_restart(tmp_path):
+    """The worker listens on the fixed port it is given, announces --announce-host instead of its listen
+    address, and keeps its peer id across restarts (seed in HOME/gossip.key, mode 0600); a dead worker is
+    seen as not alive (what the daemon's restart checks)."""
+    import asyncio
+    import os
+    import socket
+    import stat
+
+    from swarm.gossip import GossipClient
+    from swarm.identity import load_identity
+
+    identity = load_identity(tmp_path / "home")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    key = tmp_path / "home" / "gossip.key"
+
+    async def run():
+        def client():
+            return GossipClient(identity, "r", listen=f"/ip4/127.0.0.1/tcp/{port}", key_file=key,
+                                announce=f"/ip4/10.1.2.3/tcp/{port}")
+
+        first = client()
+        await first.start()
+        try:
+            assert first.alive and first.maddrs == (f"/ip4/10.1.2.3/tcp/{port}/p2p/{first.peer_id}",)
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                pass  # it listens where it was told to
+            first._proc.kill()
+            await first._proc.wait()
+            assert not first.alive
+        finally:
+            await first.close()
+        assert stat.S_IMODE(os.stat(key).st_mode) == 0o600 and len(key.read_bytes()) == 32
+        again = client()
+        await again.start()
+        try:
+            assert again.peer_id == first.peer_id and again.maddrs == first.maddrs
+        finally:
+            await again.close()
+
+    asyncio.run(asyncio.wait_for(run(), 120))
