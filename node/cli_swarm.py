@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -229,10 +230,12 @@ async def _status(peers: list[str], home: Path, run: str | None, *, once: bool, 
 
     from node.bundle import fetch_run, resolve_run_id
     from node.dashboard import render
-    from node.swarm_view import EventRow, gather_status
+    from node.swarm_view import EventRow, LossHistory, gather_status
     from swarm.cas import ContentStore
 
+    logging.getLogger("hivemind").setLevel(logging.WARNING)  # its INFO lines would tear the live screen
     node = await asyncio.to_thread(_client_node, peers, home / "id")
+    history = LossHistory()
     store = ContentStore(node, home / "store")
     client = None
     events: list[EventRow] = []
@@ -245,8 +248,8 @@ async def _status(peers: list[str], home: Path, run: str | None, *, once: bool, 
             spec, schedule, trainers = local.spec, local.manifest.schedule, local.manifest.trainers
         if gossip:
             client = await _watch_gossip(node, run_id, events)
-        st = await gather_status(node, run_id, spec=spec, schedule=schedule, events=events, store=store,
-                                       trainers=trainers)
+        st = history.apply(await gather_status(node, run_id, spec=spec, schedule=schedule, events=events,
+                                               store=store, trainers=trainers))
         if json_out:
             out.print_json(st.model_dump_json())
             return
@@ -256,14 +259,19 @@ async def _status(peers: list[str], home: Path, run: str | None, *, once: bool, 
         with Live(render(st), console=out, refresh_per_second=4, screen=False) as live:
             while True:
                 await asyncio.sleep(interval)
-                st = await gather_status(node, run_id, spec=spec, schedule=schedule, events=events, store=store,
-                                       trainers=trainers)
+                st = history.apply(await gather_status(node, run_id, spec=spec, schedule=schedule, events=events,
+                                                       store=store, trainers=trainers))
                 live.update(render(st))
     finally:
         if client is not None:
             await client.close()
         await store.close()
         await asyncio.to_thread(node.shutdown)
+
+
+def _round(value):
+    """Event-feed numbers at a readable precision (a loss of 0.2468, not 0.24683912…)."""
+    return f"{value:.4g}" if isinstance(value, float) else value
 
 
 async def _watch_gossip(node, run_id: str, events: list):
@@ -274,7 +282,8 @@ async def _watch_gossip(node, run_id: str, events: list):
 
     def on_message(msg) -> None:
         ev = msg.event
-        detail = " ".join(f"{k}={v}" for k, v in ev.model_dump(exclude={"type", "run_id"}).items() if v is not None)
+        detail = " ".join(f"{k}={_round(v)}" for k, v in ev.model_dump(exclude={"type", "run_id"}).items()
+                          if v is not None)
         events.append(EventRow(ts=msg.ts, sender=msg.sender, type=ev.type, detail=detail))
         del events[:-50]
 

@@ -38,10 +38,11 @@ def render(status: SwarmStatus) -> Group:
         f"  target={status.target_steps or '?'} steps (router {status.router_target_steps or '?'})\n",
         ("progress ", "bold"), _bar(status.progress), f" {status.progress * 100:.1f}%   ",
         ("peers online ", "bold"), str(len(status.peers)),
+        ("   eta ", "bold"), _age(status.eta_s) if status.eta_s is not None else "?",
     )
     table = Table(expand=True, header_style="bold", pad_edge=False)
-    for col in ("slot", "state", "owner", "step/target", "verified/claimed", "loss", "samples/s", "checkpoint",
-                "age", "peers"):
+    for col in ("slot", "state", "owner", "step/target", "eta", "verified/claimed", "loss", "", "samples/s",
+                "checkpoint", "age", "peers"):
         table.add_column(col, no_wrap=True, overflow="ellipsis",
                          min_width={"slot": 8, "state": 8, "step/target": 9, "checkpoint": 12}.get(col))
     for r in status.slots:
@@ -49,9 +50,9 @@ def render(status: SwarmStatus) -> Group:
         verified = ("-" if r.verified_step is None else f"{r.verified_step}") + (
             "" if r.claimed_step is None else f"/{r.claimed_step}") + (f" ✓{r.attestations}" if r.attestations else "")
         table.add_row(
-            r.slot, Text(r.state, style=_STATE_STYLE.get(r.state, "")), _short(r.owner, 8), step,
+            r.slot, Text(r.state, style=_STATE_STYLE.get(r.state, "")), _short(r.owner, 8), step, _age(r.eta_s),
             Text(verified, style="red" if r.rejected else ""),
-            "-" if r.loss is None else f"{r.loss:.4f}",
+            "-" if r.loss is None else f"{r.loss:.4f}", Text(sparkline(r.loss_history), style="green"),
             "-" if r.samples_per_s is None else f"{r.samples_per_s:.1f}",
             _short(r.checkpoint_cid, 10) + ("" if r.checkpoint_step is None else f" @{r.checkpoint_step}"),
             _age(r.checkpoint_age_s), str(r.providers),
@@ -75,6 +76,20 @@ def render(status: SwarmStatus) -> Group:
     for f in status.foreign:
         parts.append(Text(f"incompatible peer: {f}", style="yellow"))
     return Group(*parts)
+
+
+def sparkline(values: list[float], width: int = 16) -> str:
+    """The last `width` values as block characters, scaled between their own min and max."""
+    vals = values[-width:]
+    if len(vals) < 2:
+        return ""
+    lo, hi = min(vals), max(vals)
+    if hi - lo < 1e-12:
+        return _SPARK[0] * len(vals)
+    return "".join(_SPARK[min(len(_SPARK) - 1, int((v - lo) / (hi - lo) * len(_SPARK)))] for v in vals)
+
+
+_SPARK = "▁▂▃▄▅▆▇█"
 
 
 def _bar(fraction: float, width: int = 24) -> Text:

@@ -37,6 +37,8 @@ class SlotRow(BaseModel):
     pending: int = 0  # claims awaiting attestations
     rejected: list[str] = []  # "step N (cid): reason" for refused claims, newest first (at most 3)
     note: str | None = None  # why the state is what it is, where it is not obvious (a stalled lease)
+    eta_s: float | None = None  # time to the target at the current rate (None: not training, or no rate yet)
+    loss_history: list[float] = []  # the dashboard's recent readings of `loss`, oldest first
 
 
 class PeerRow(BaseModel):
@@ -63,6 +65,7 @@ class SwarmStatus(BaseModel):
     router_target_steps: int | None = None
     clips: int | None = None
     progress: float  # 0..1 toward every target (experts and router)
+    eta_s: float | None = None  # until every slot reaches its target (None: some slot has no rate yet)
     peers: list[PeerRow]
     slots: list[SlotRow]
     events: list[EventRow] = []
@@ -84,10 +87,13 @@ async def gather_status(node: SwarmNode, run_id: str, *, spec=None, schedule=Non
     slots.append(_slot_row(view, "router", None, router_state, router_view.owners.get(0), now))
     target = spec.preset.train.target_steps if spec is not None else None
     rtarget = schedule.router_target_steps if schedule is not None else None
+    per_step = spec.preset.train.batch_size * spec.preset.train.grad_accum if spec is not None else None
     for row in slots:
         row.target = row.target or (rtarget if row.cluster is None else target)
         if row.cluster is not None and row.state == ClusterState.DONE.value and row.step is None:
             row.step = row.checkpoint_step
+        if row.state == ClusterState.TRAINING.value:
+            row.eta_s = eta_seconds(row.step, row.target, row.samples_per_s, per_step)
     if store is not None:
         counts = await asyncio.gather(*(store.find_providers(r.checkpoint_cid) for r in slots if r.checkpoint_cid))
         for row, peers in zip([r for r in slots if r.checkpoint_cid], counts, strict=True):
@@ -98,7 +104,7 @@ async def gather_status(node: SwarmNode, run_id: str, *, spec=None, schedule=Non
     return SwarmStatus(
         run_id=run_id, name=spec.name if spec is not None else None, num_clusters=view.num_clusters,
         preset=spec.preset.name if spec is not None else None, target_steps=target, router_target_steps=rtarget,
-        clips=spec.data.total_clips if spec is not None else None, progress=_overall(slots),
+        clips=spec.data.total_clips if spec is not None else None, progress=_overall(slots), eta_s=run_eta(slots),
         peers=sorted(peers, key=lambda p: p.peer_id), slots=slots, events=list(events or [])[-12:],
         foreign=[f"{f.peer_id} runs {f.software} (protocol v{f.protocol})" for f in view.foreign], at=time.time())
 
@@ -128,6 +134,41 @@ def _slot_row(view: RunView, slot: str, cluster: int | None, state: str, owner: 
     if prog is not None and prog.cluster == cluster:
         row.step, row.target, row.loss, row.samples_per_s = prog.step, prog.target, prog.loss, prog.samples_per_s
     return row
+
+
+def eta_seconds(step: int | None, target: int | None, samples_per_s: float | None,
+                samples_per_step: int | None) -> float | None:
+    """Seconds to `target` at `samples_per_s` (None when any of them is unknown or the rate is zero)."""
+    if None in (step, target, samples_per_s, samples_per_step) or not samples_per_s or not samples_per_step:
+        return None
+    return max(0.0, (target - step) * samples_per_step / samples_per_s)
+
+
+def run_eta(slots: list[SlotRow]) -> float | None:
+    """Until every slot is at its target: the slowest slot's ETA, 0 when all are there, None while a slot
+    that is not done has no rate (free, joining, stalled, or no progress record yet). Slots train in
+    parallel, on different nodes, so it is the maximum, not the sum."""
+    open_ = [r for r in slots if not (r.target and (r.step or 0) >= r.target)]
+    if any(r.eta_s is None for r in open_):
+        return None
+    return max((r.eta_s for r in open_), default=0.0)
+
+
+class LossHistory:
+    """The status command's memory of each slot's loss across refreshes (for the dashboard's sparkline)."""
+
+    def __init__(self, keep: int = 40) -> None:
+        self.keep = keep
+        self._seen: dict[str, list[float]] = {}
+
+    def apply(self, status: SwarmStatus) -> SwarmStatus:
+        for row in status.slots:
+            past = self._seen.setdefault(row.slot, [])
+            if row.loss is not None and (not past or past[-1] != row.loss):
+                past.append(row.loss)
+                del past[:-self.keep]
+            row.loss_history = list(past)
+        return status
 
 
 def _overall(slots: list[SlotRow]) -> float:

@@ -12,11 +12,11 @@ import pytest
 from rich.console import Console
 
 from node.bundle import ForeignBundleError, _verify_bundle, split_by_cluster, write_bundle
-from node.dashboard import render
+from node.dashboard import render, sparkline
 from node.fetch import plan
 from node.logs import JsonFormatter, TextFormatter
 from node.nodefile import NodeInfo, peers_from_file, read_node_info, remove_node_info, write_node_info
-from node.swarm_view import SlotRow, SwarmStatus, _overall
+from node.swarm_view import LossHistory, SlotRow, SwarmStatus, _overall, eta_seconds, run_eta
 from protocol.canonical import canonical_json
 from protocol.errors import IntegrityError, ParisError
 from protocol.swarm_records import CheckpointBody, ClaimState, ClusterState
@@ -132,6 +132,32 @@ def test_dashboard_shows_every_slot_and_progress():
     for word in ("run-abc", "expert-0", "expert-1", "router", "done", "training", "25/100", "12.5", "0.5000"):
         assert word in text, text
     assert json.loads(st.model_dump_json())["slots"][1]["step"] == 25
+
+
+def test_eta_per_slot_and_for_the_run_and_the_loss_sparkline():
+    # 75 steps left at 12.5 samples/s with 8 samples a step: 48 s
+    assert eta_seconds(25, 100, 12.5, 8) == pytest.approx(48.0)
+    assert eta_seconds(25, 100, None, 8) is None and eta_seconds(25, 100, 0.0, 8) is None
+    assert eta_seconds(120, 100, 5.0, 8) == 0.0
+    done = SlotRow(slot="expert-0", cluster=0, state="done", step=100, target=100)
+    fast = SlotRow(slot="expert-1", cluster=1, state="training", step=50, target=100, eta_s=30.0)
+    slow = SlotRow(slot="router", cluster=None, state="training", step=1, target=50, eta_s=300.0)
+    free = SlotRow(slot="expert-2", cluster=2, state="free", target=100)
+    assert run_eta([done, fast, slow]) == 300.0  # slots train in parallel: the slowest decides
+    assert run_eta([done, fast, free]) is None  # a cluster nobody trains yet has no ETA
+    assert run_eta([done]) == 0.0
+    history = LossHistory(keep=3)
+    for loss in (1.0, 0.8, 0.8, 0.5, 0.4):
+        st = SwarmStatus(run_id="r", num_clusters=1, progress=0.5, peers=[], at=0.0,
+                         slots=[SlotRow(slot="expert-0", cluster=0, state="training", loss=loss)])
+        history.apply(st)
+    assert st.slots[0].loss_history == [0.8, 0.5, 0.4]  # repeated readings are not new points
+    assert sparkline([1.0, 0.5, 0.0]) == "█▅▁" and sparkline([0.3]) == "" and sparkline([2.0, 2.0]) == "▁▁"
+    st.eta_s = 3700.0
+    st.slots[0].eta_s = 48.0
+    buf = io.StringIO()
+    Console(file=buf, width=160, color_system=None).print(render(st))
+    assert "eta 62m" in buf.getvalue() and "48s" in buf.getvalue() and sparkline([0.8, 0.5, 0.4]) in buf.getvalue()
 
 
 # ---- the run bundle ----
