@@ -186,6 +186,39 @@ def register(app: typer.Typer) -> None:
             trainers=tuple(allow_trainer) if allow_trainer else None)
         raise SystemExit(asyncio.run(Daemon(opts).run()))
 
+    @app.command("doctor")
+    def doctor(
+        initial_peers: PeersOpt = None,
+        initial_peers_file: PeersFileOpt = None,
+        run: RunOpt = None,
+        home: Annotated[Path, typer.Option(help="The node's home (free disk is checked there).")] = Path("~/.paris"),
+        gpu: Annotated[str, typer.Option("--gpu", help="The device `join` would use.")] = "cpu",
+        host: Annotated[str, typer.Option(help="The listen address `join` would use.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(min=0, max=65535, help="The port `join` would use.")] = 0,
+        gossip_port: Annotated[int | None, typer.Option(min=0, max=65535, help="Default: --port + 1.")] = None,
+        json_out: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+    ) -> None:
+        """Check what a node needs: software, GPU, disk, ports, peers, protocol, clock, gossip. Exit 1 if any
+        check fails."""
+        from node.doctor import run_checks
+
+        peers = _peers(initial_peers, initial_peers_file, wait=0.0) if (initial_peers or initial_peers_file) else []
+        gport = gossip_port if gossip_port is not None else (port + 1 if 0 < port < 65535 else 0)
+        home = home.expanduser()
+        home.mkdir(parents=True, exist_ok=True)
+        checks = asyncio.run(run_checks(home=home, gpu_device=gpu, host=host, port=port, gossip_port=gport,
+                                        peers=peers, run=run))
+        if json_out:
+            out.print_json(json.dumps({"ok": all(c.verdict != "fail" for c in checks),
+                                       "checks": [c.model_dump() for c in checks]}))
+        else:
+            style = {"pass": "green", "warn": "yellow", "fail": "bold red"}
+            for c in checks:
+                out.print(f"[{style[c.verdict]}]{c.verdict:4}[/] {c.name:12} {c.detail}"
+                          + (f"  [dim]→ {c.fix}[/]" if c.fix and c.verdict != "pass" else ""), highlight=False)
+        if any(c.verdict == "fail" for c in checks):
+            raise SystemExit(1)
+
     @app.command("status")
     def status(
         initial_peers: PeersOpt = None,
