@@ -41,13 +41,17 @@ def to_verify(view: RunView, me: str, slot: str, done: set[str] | frozenset[str]
     """Trainers' records of `slot` whose CID we have not attested yet (nor checked: `done`) and did not train
     ourselves, on the lineage frontier: the parent is the initialisation, or a checkpoint we checked or that is
     accepted. Oldest first, so an honest chain becomes accepted from its root up (nothing is accepted until its
-    parent is), and claims with a dangling lineage cost no verification (the rule never accepts them)."""
+    parent is), and claims with a dangling lineage cost no verification (the rule never accepts them).
+    Accepted checkpoints that an accepted descendant supersedes are left out: what consumers use is the
+    newest accepted one, so a newcomer to a long (or finished) run checks that, not its whole history."""
     mine = {a.cid for peer, a in view.attestations if peer == me} | set(done)
-    known = mine | {c.cid for c in view.accepted_checkpoints(slot)}
+    accepted = view.accepted_checkpoints(slot)
+    known = mine | {c.cid for c in accepted}
+    superseded = {c.cid for c in accepted} - ({accepted[0].cid} if accepted else set())
     seen, out = set(), []
     for peer, c in sorted(view.checkpoints, key=lambda pc: (pc[1].step, pc[1].ts)):
         if (c.slot == slot and not c.replica and peer != me and c.cid not in mine and c.cid not in seen
-                and (c.parent is None or c.parent in known)):
+                and c.cid not in superseded and (c.parent is None or c.parent in known)):
             seen.add(c.cid)
             out.append(c)
             known.add(c.cid)  # its children may follow in the same round, after it

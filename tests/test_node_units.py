@@ -308,3 +308,18 @@ def test_a_misstated_size_cannot_shadow_an_accepted_checkpoint():
     liar = honest.model_copy(update={"bytes": 1, "ts": 200.0})
     view = _view([(PEER_A, honest), (PEER_B, liar)])
     assert sorted(c.bytes for c in view.accepted_checkpoints("expert-0")) == [1, 7_000_000]
+
+
+def test_verifiers_check_the_newest_accepted_checkpoint_and_the_frontier_not_the_history():
+    from node.role_verifier import to_verify
+
+    chain = [_ck("expert-0", 10, _cid(0)), _ck("expert-0", 20, _cid(1), parent=_cid(0)),
+             _ck("expert-0", 30, _cid(2), parent=_cid(1))]
+    dangling = _ck("expert-0", 40, _cid(3), parent=_cid(9))
+    view = _view([(PEER_A, c) for c in (*chain, dangling)], q=0)  # q = 0: the chain is accepted as announced
+    assert [c.cid for c in view.accepted_checkpoints("expert-0")][:1] == [_cid(2)]
+    assert [c.cid for c in to_verify(view, PEER_B, "expert-0")] == [_cid(2)]  # not 10, 20; never the dangling one
+    assert to_verify(view, PEER_A, "expert-0") == []  # nobody verifies its own work
+    # with attestations required nothing is accepted yet: the frontier is checked from its root up
+    pending = _view([(PEER_A, c) for c in chain], q=1)
+    assert [c.cid for c in to_verify(pending, PEER_B, "expert-0")] == [_cid(0), _cid(1), _cid(2)]
