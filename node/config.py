@@ -74,6 +74,8 @@ def resolve(ctx: typer.Context, env: Mapping[str, str], file_cfg: Mapping[str, A
             raw, where = _from_env(param, env[env_name(name)]), "env"
         elif name in file_cfg:
             raw, where = file_cfg[name], "file"
+            if param.multiple and isinstance(raw, str):
+                raw = [raw]  # `initial-peers = "/ip4/…"`: one value where a list is expected
         if where is None:
             values[name], origin[name] = ctx.params[name], "default"
             continue
