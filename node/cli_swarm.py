@@ -196,10 +196,11 @@ def register(app: typer.Typer) -> None:
         host: Annotated[str, typer.Option(help="The listen address `join` would use.")] = "127.0.0.1",
         port: Annotated[int, typer.Option(min=0, max=65535, help="The port `join` would use.")] = 0,
         gossip_port: Annotated[int | None, typer.Option(min=0, max=65535, help="Default: --port + 1.")] = None,
+        announce_host: Annotated[str | None, typer.Option(help="The public address `join` would announce.")] = None,
         json_out: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
     ) -> None:
-        """Check what a node needs: software, GPU, disk, ports, peers, protocol, clock, gossip. Exit 1 if any
-        check fails."""
+        """Check what a node needs: software, GPU, disk, ports, peers (and whether they can dial us back),
+        protocol, clock, gossip. Exit 1 if any check fails."""
         from node.doctor import run_checks
 
         peers = _peers(initial_peers, initial_peers_file, wait=0.0) if (initial_peers or initial_peers_file) else []
@@ -207,7 +208,7 @@ def register(app: typer.Typer) -> None:
         home = home.expanduser()
         home.mkdir(parents=True, exist_ok=True)
         checks = asyncio.run(run_checks(home=home, gpu_device=gpu, host=host, port=port, gossip_port=gport,
-                                        peers=peers, run=run))
+                                        peers=peers, run=run, announce_host=announce_host))
         if json_out:
             out.print_json(json.dumps({"ok": all(c.verdict != "fail" for c in checks),
                                        "checks": [c.model_dump() for c in checks]}))

@@ -46,7 +46,8 @@ from protocol.swarm_records import MAX_RECORD_TTL, AttestationBody, ProgressBody
 from protocol.swarm_run import Schedule
 from swarm.cas import ContentStore
 from swarm.claims import ClaimManager
-from swarm.dht import RECORD_TTL, NetworkConfig, SwarmNode
+from swarm.dht import RECORD_TTL, NetworkConfig, SwarmNode, tcp_maddr
+from swarm.dialback import serve_dialback
 from swarm.state import RunRules, VerifiedState, publish_progress, publish_spec_pointer, read_run, verified_state
 
 log = logging.getLogger("node.daemon")
@@ -140,6 +141,7 @@ class Daemon:
                 torch.set_num_threads(self.opts.cpu_threads)
             self.store = ContentStore(self.node, self.home / "store", limit_bytes=self.opts.cache_bytes or None)
             await self.store.start()
+            await serve_dialback(await self.node.dht.replicate_p2p())
             if self.metrics is not None:
                 port = self.metrics.serve(self.opts.metrics_host, self.opts.metrics_port)
                 host = self.opts.metrics_host
@@ -266,9 +268,9 @@ class Daemon:
         from swarm.gossip import GossipClient, join_gossip
 
         assert self.node is not None and self.run_info is not None
-        announce = _tcp_maddr(self.opts.gossip_announce, self.opts.gossip_port) if self.opts.gossip_announce else None
+        announce = tcp_maddr(self.opts.gossip_announce, self.opts.gossip_port) if self.opts.gossip_announce else None
         client = GossipClient(self.node.identity, self.run_info.spec.run_id,
-                              listen=_tcp_maddr(self.opts.gossip_host, self.opts.gossip_port),
+                              listen=tcp_maddr(self.opts.gossip_host, self.opts.gossip_port),
                               on_message=self._on_gossip, key_file=self.home / "gossip.key", announce=announce)
         try:
             await client.start()
@@ -555,16 +557,12 @@ class Daemon:
                 and router.step >= self.run_info.manifest.schedule.router_target_steps)
 
 
-def _tcp_maddr(host: str, port: int) -> str:
-    return f"/ip6/{host}/tcp/{port}" if ":" in host else f"/ip4/{host}/tcp/{port}"
-
-
 def network_config(*, initial_peers: list[str], host: str, port: int, announce_host: str | None,
                    nat_traversal: bool, use_relay: bool, client_mode: bool = False) -> NetworkConfig:
     """The DHT's listen/announce addresses from `--host/--port/--announce-host` (loopback by default)."""
-    announce = (_tcp_maddr(announce_host, port),) if announce_host else ()
+    announce = (tcp_maddr(announce_host, port),) if announce_host else ()
     if announce_host and port == 0:
         raise ParisError("--announce-host needs a fixed --port (the announced address must be dialable)")
-    return NetworkConfig(initial_peers=tuple(initial_peers), host_maddrs=(_tcp_maddr(host, port),),
+    return NetworkConfig(initial_peers=tuple(initial_peers), host_maddrs=(tcp_maddr(host, port),),
                          announce_maddrs=announce, nat_traversal=nat_traversal, use_relay=use_relay,
                          client_mode=client_mode)

@@ -1,10 +1,11 @@
 """`paris-node doctor`: one line per check of what makes a node work (software, GPU, disk, ports, peers,
-protocol, clock, gossip), each pass / warn / fail with what to do about it. The checks are small functions
+protocol, clock, reachability, gossip), each pass / warn / fail with what to do about it. The checks are small functions
 over injectable probes, so every failure they name is testable without breaking the machine."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import platform
 import shutil
 import socket
@@ -16,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from protocol.errors import ParisError
+from protocol.swarm_dialback import DialBackResponse
 
 Verdict = Literal["pass", "warn", "fail"]
 DISK_WARN = 20 * 2**30  # a small preset's run fits in much less; a base one needs tens of GiB
@@ -127,8 +129,72 @@ def clock(now: float, member_ts: list[float]) -> Check:
     return Check(name="clock", verdict="pass", detail=text)
 
 
-async def swarm_checks(peers: list[str], home: Path, run: str | None) -> list[Check]:
-    """Dial the initial peers with a throwaway client identity; then the newest run's protocol and clocks."""
+def reachability_verdict(answers: list[DialBackResponse], *, port: int, announced: str | None,
+                         asked: int) -> Check:
+    """What the helpers' dial-back answers mean for a node that would listen on `port` and announce
+    `announced` (None: the addresses its p2p daemon sees)."""
+    relay_fix = "or join with --relay --nat to be reached through relays"
+    yes = [a for a in answers if a.reachable]
+    if yes:
+        detail = f"{len(yes)} of {len(answers)} peer(s) opened a new connection to {yes[0].dialed[0]}"
+        if port == 0:
+            detail += " (an ephemeral port; a fixed --port, open in the firewall, keeps it so)"
+        return Check(name="reachable", verdict="pass", detail=detail)
+    no = [a for a in answers if a.reachable is False]
+    if no:
+        where = ", ".join(no[0].dialed)
+        return Check(name="reachable", verdict="fail",
+                     detail=f"peers cannot open a connection to {where}: {no[0].detail or 'refused'}",
+                     fix=f"open / forward TCP port {port or '(a fixed --port)'} to this machine and announce the "
+                         f"public IP (--host 0.0.0.0 --announce-host IP), {relay_fix}")
+    seen = sorted({a.observed_ip for a in answers if a.observed_ip})
+    if seen and announced is not None and announced not in seen:
+        return Check(name="reachable", verdict="fail",
+                     detail=f"you announce {announced}, but peers see you at {', '.join(seen)}",
+                     fix=f"--announce-host {seen[0]} (if that address forwards --port to this machine), {relay_fix}")
+    if answers:
+        return Check(name="reachable", verdict="warn", detail=f"no peer tried to dial back: {answers[0].detail}",
+                     fix=f"peers see you at {', '.join(seen)}; announce that address" if seen else "")
+    return Check(name="reachable", verdict="warn",
+                 detail=f"none of {asked} peer(s) answered a dial-back request (plain hivemind nodes, or an older "
+                        "paris-node, do not)", fix="give --initial-peers of a running paris-node")
+
+
+async def reachability(node, peers: list[str], *, host: str, port: int, announce_host: str | None) -> Check:
+    """Listen where `join` would (a fresh identity that never dials out) and ask up to three peers to open a
+    connection to the announced address (swarm.dialback)."""
+    from hivemind.p2p import P2P
+
+    from swarm.dht import tcp_maddr
+    from swarm.dialback import request_dialback
+
+    listen = tcp_maddr(host, port)
+    announced = tcp_maddr(announce_host, port) if announce_host and port else None
+    try:
+        listener = await P2P.create(host_maddrs=[listen], announce_maddrs=[announced] if announced else None)
+    except Exception as e:
+        return Check(name="reachable", verdict="fail", detail=f"cannot listen on {listen}: {e}",
+                     fix="check --host / --port")
+    try:
+        maddrs = [announced] if announced else [str(m) for m in await listener.get_visible_maddrs()]
+        helpers = [m.rsplit("/p2p/", 1)[1] for m in peers if "/p2p/" in m]
+        with contextlib.suppress(Exception):
+            helpers += await node.routing_peers()
+        helpers = list(dict.fromkeys(h for h in helpers if h != node.peer_id))[:3]
+        p2p = await node.dht.replicate_p2p()
+        results = await asyncio.gather(*(request_dialback(p2p, h, listener.peer_id.to_base58(), maddrs)
+                                         for h in helpers), return_exceptions=True)
+        answers = [r for r in results if isinstance(r, DialBackResponse)]
+        return reachability_verdict(answers, port=port, announced=announce_host if announced else None,
+                                    asked=len(helpers))
+    finally:
+        await listener.shutdown()
+
+
+async def swarm_checks(peers: list[str], home: Path, run: str | None, *, host: str = "127.0.0.1", port: int = 0,
+                       announce_host: str | None = None, dial_back: bool = True) -> list[Check]:
+    """Dial the initial peers with a throwaway client identity; whether they can dial us back; then the newest
+    run's protocol and clocks."""
     from hivemind.utils.timed_storage import get_dht_time
 
     from node.bundle import resolve_run_id
@@ -146,6 +212,10 @@ async def swarm_checks(peers: list[str], home: Path, run: str | None) -> list[Ch
                       fix="check the addresses, that those nodes run, and that their ports are reachable from here")]
     out = [Check(name="peers", verdict="pass", detail=f"reached the swarm through {len(peers)} initial peer(s)")]
     try:
+        if dial_back:
+            out.append(await reachability(node, peers, host=host, port=port, announce_host=announce_host))
+        else:
+            out.append(Check(name="reachable", verdict="warn", detail="not checked: the port cannot be bound"))
         try:
             run_id = await resolve_run_id(node, run)
         except ParisError as e:
@@ -180,10 +250,14 @@ async def gossip_check(home: Path) -> Check:
 
 
 async def run_checks(*, home: Path, gpu_device: str, host: str, port: int, gossip_port: int, peers: list[str],
-                     run: str | None, probes: Probes | None = None, with_gossip: bool = True) -> list[Check]:
+                     run: str | None, announce_host: str | None = None, probes: Probes | None = None,
+                     with_gossip: bool = True) -> list[Check]:
     probes = probes or Probes()
-    checks = [software(), gpu(gpu_device), disk(home, probes), *ports(host, port, gossip_port, probes)]
-    checks += await swarm_checks(peers, home / "doctor-id", run)
+    port_checks = ports(host, port, gossip_port, probes)
+    checks = [software(), gpu(gpu_device), disk(home, probes), *port_checks]
+    bound = all(c.verdict == "pass" for c in port_checks if c.name == "port")
+    checks += await swarm_checks(peers, home / "doctor-id", run, host=host, port=port, announce_host=announce_host,
+                                 dial_back=bound)
     if with_gossip:
         checks.append(await gossip_check(home / "doctor-id"))
     return checks

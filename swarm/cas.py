@@ -64,10 +64,6 @@ class _Served:
         return data
 
 
-async def _routing_table_peers(_dht, node) -> list[str]:  # runs in the DHT process (hivemind run_coroutine)
-    return [p.to_base58() for p in node.protocol.routing_table.peer_id_to_uid]
-
-
 class ContentStore:
     """The content-addressed store of one node. `start()` before use, `close()` at exit.
 
@@ -272,7 +268,7 @@ class ContentStore:
         with contextlib.suppress(Exception):
             live |= {p.peer_id.to_base58() for p in await self._p2p.list_peers()}
         with contextlib.suppress(Exception):
-            live |= set(await self.node.dht.run_coroutine(_routing_table_peers, return_future=True))
+            live |= set(await self.node.routing_peers())
         return live
 
     async def provide(self, cid: str, size: int | None = None) -> bool:

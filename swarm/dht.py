@@ -106,6 +106,14 @@ class Signed:
         return self.envelope.body
 
 
+def tcp_maddr(host: str, port: int) -> str:
+    return f"/ip6/{host}/tcp/{port}" if ":" in host else f"/ip4/{host}/tcp/{port}"
+
+
+async def _routing_table_peers(_dht, node) -> list[str]:  # runs in the DHT process (hivemind run_coroutine)
+    return [p.to_base58() for p in node.protocol.routing_table.peer_id_to_uid]
+
+
 def merge_archived(records: list[Signed]) -> tuple[Signed, ...]:
     """One record per original (owner, subkey): the newest version by its body's timestamp, live records
     before archived copies of the same version. Archived copies stand in for records whose TTL has passed."""
@@ -161,6 +169,10 @@ class SwarmNode:
     @property
     def owner(self) -> bytes:
         return self.identity.public_key_bytes
+
+    async def routing_peers(self) -> list[str]:
+        """Peers in our DHT routing table (they answered DHT requests)."""
+        return list(await self.dht.run_coroutine(_routing_table_peers, return_future=True))
 
     def visible_maddrs(self) -> list[str]:
         return [str(m) for m in self.dht.get_visible_maddrs()]

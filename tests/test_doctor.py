@@ -61,6 +61,20 @@ def test_swarm_checks_with_no_peer_answering_and_with_a_live_one(tmp_path):
     boot = SwarmNode.start(tmp_path / "boot")
     try:
         got = asyncio.run(swarm_checks(boot.visible_maddrs(), tmp_path / "b", None))
+        assert got[0].verdict == "pass" and got[2].name == "run" and got[2].verdict == "warn"  # a swarm, no run
+        assert got[1].name == "reachable" and got[1].verdict == "warn"  # a plain DHT node does not dial back
+        assert "answered a dial-back" in got[1].detail
+
+        async def with_a_paris_peer(port: int) -> list:
+            from swarm.dialback import serve_dialback
+
+            await serve_dialback(await boot.dht.replicate_p2p())
+            return await swarm_checks(boot.visible_maddrs(), tmp_path / "c", None, port=port)
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        got = {c.name: c for c in asyncio.run(with_a_paris_peer(port))}
+        assert got["reachable"].verdict == "pass" and f"/tcp/{port}" in got["reachable"].detail, got["reachable"]
     finally:
         boot.shutdown()
-    assert got[0].verdict == "pass" and got[1].name == "run" and got[1].verdict == "warn"  # a swarm with no run
