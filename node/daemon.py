@@ -42,7 +42,7 @@ from node.role_seeder import archive_facts, keep_archive, replicate_accepted, se
 from node.role_verifier import verify_round
 from protocol.errors import ParisError
 from protocol.swarm_gossip import CheckpointEvent, DoneEvent, GossipMessage, LeavingEvent, ProgressEvent
-from protocol.swarm_records import MAX_RECORD_TTL, AttestationBody, ProgressBody
+from protocol.swarm_records import MAX_RECORD_TTL, AttestationBody, MemberBody, ProgressBody
 from protocol.swarm_run import Schedule
 from swarm.cas import ContentStore
 from swarm.claims import ClaimManager
@@ -117,6 +117,7 @@ class Daemon:
         self.own_records: OwnRecords | None = None  # type: ignore[assignment]
         self.archive_ledger = None  # swarm.archive.Ledger of the run, once this node keeps any of its records
         self.peers_seen = 0  # members of the run in the newest full read of its records
+        self.member_addrs: dict[str, tuple[float, tuple[str, ...]]] = {}  # peer → (ts, maddrs), kept after expiry
         self.metrics: NodeMetrics | None = None
         if opts.metrics_port is not None:
             self.metrics = NodeMetrics()
@@ -156,7 +157,7 @@ class Daemon:
             await self._start_gossip()
             self._write_node_file()
             self._tasks += [asyncio.create_task(self._progress_loop()), asyncio.create_task(self._member_loop()),
-                            asyncio.create_task(self._keep_loop())]
+                            asyncio.create_task(self._keep_loop()), asyncio.create_task(self._reconnect_loop())]
             if self.metrics is not None and self.gossip is not None:
                 self._tasks.append(asyncio.create_task(self._gossip_stats_loop()))
             if self.created_run:
@@ -307,6 +308,17 @@ class Daemon:
             pid=os.getpid(), started_at=self.started_at, join_command=self._join_command,
             metrics=self._metrics_url))
 
+    def note_members(self, members: dict) -> None:
+        """Remember where the run's members listen, beyond their records' TTL: what `_reconnect_loop` dials
+        once a partition heals (at most the 64 newest)."""
+        self.peers_seen = len(members)
+        for peer, m in members.items():
+            if isinstance(m, MemberBody) and m.maddrs:
+                self.member_addrs[peer] = (m.ts, m.maddrs)
+        if len(self.member_addrs) > 64:
+            for peer in sorted(self.member_addrs, key=lambda p: self.member_addrs[p][0])[:-64]:
+                del self.member_addrs[peer]
+
     def set_role(self, role: str, cluster: int | None = None) -> None:
         self.role, self.cluster = role, cluster
         self._write_node_file()
@@ -338,6 +350,23 @@ class Daemon:
                                                self.run_info.spec.num_clusters)
             except Exception:
                 log.exception("member refresh failed; retrying next period")
+
+    async def _reconnect_loop(self) -> None:
+        """Every period, ping the initial peers and known members that our DHT routing table lost (hivemind
+        drops peers that stop answering and never bootstraps again): after a partition heals, or a network
+        outage ends, both sides find each other within a period instead of staying split."""
+        assert self.node is not None
+        initial = {m.rsplit("/p2p/", 1)[1]: (m.rsplit("/p2p/", 1)[0],)
+                   for m in self.opts.network.initial_peers if "/p2p/" in m}
+        while True:
+            await asyncio.sleep(min(max(self.opts.period, 1.0), 30.0))
+            try:
+                peers = {**initial, **{p: addrs for p, (_, addrs) in self.member_addrs.items()}}
+                back = await self.node.reconnect(peers, timeout=max(2.0, min(self.opts.period, 10.0)))
+                if back:
+                    event(log, "reconnected to peers the DHT had lost", peers=len(back))
+            except Exception:
+                log.debug("reconnect round failed", exc_info=True)
 
     async def _keep_loop(self) -> None:
         """Re-announce our own checkpoint records and attestations (node.keeper), and the archived copies of
@@ -458,7 +487,7 @@ class Daemon:
         spec = self.run_info.spec
         view = await read_run(self.node, spec.run_id, spec.num_clusters, rules=self.rules,
                               local=self.checker.verdicts)
-        self.peers_seen = len(view.members)
+        self.note_members(view.members)
         return verified_state(view, self.checker.verdicts)
 
     def _claims(self) -> ClaimManager:
@@ -536,7 +565,7 @@ class Daemon:
                 view = await read_run(self.node, spec.run_id, spec.num_clusters, rules=self.rules,
                                       local=self.checker.verdicts)
             self._all_clusters_done_cached = all_done(view.states)
-            self.peers_seen = len(view.members)
+            self.note_members(view.members)
             await replicate_accepted(self, view)
             await archive_facts(self, view)
         except (ParisError, OSError) as e:

@@ -15,6 +15,14 @@ _STATE_STYLE = {"free": "dim", "joining": "yellow", "training": "green", "verify
                 "offline": "red", "stalled": "bold red"}
 
 
+def _count(n: int) -> str:
+    """1234 → 1.2k, 5600000 → 5.6M: totals read at a glance."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
 def _age(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -59,7 +67,9 @@ def render(status: SwarmStatus) -> Group:
         )
     peers = Table.grid(padding=(0, 2))
     for p in status.peers:
-        peers.add_row(_short(p.peer_id, 16), p.role, p.software, f"seen {_age(p.age_s)} ago",
+        trained = "" if p.samples_trained is None else (
+            f"{_count(p.samples_trained)} samples in {p.checkpoints_accepted} accepted checkpoint(s)")
+        peers.add_row(_short(p.peer_id, 16), p.role, p.software, f"seen {_age(p.age_s)} ago", trained,
                       Text(p.clock_note or "", style="yellow"))
     feed = Table.grid(padding=(0, 2))
     for e in status.events[-8:]:

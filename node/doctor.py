@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from protocol.errors import ParisError
-from protocol.swarm_dialback import DialBackResponse
+from protocol.swarm_dialback import DialBackResponse, tcp_endpoint
 
 Verdict = Literal["pass", "warn", "fail"]
 DISK_WARN = 20 * 2**30  # a small preset's run fits in much less; a base one needs tens of GiB
@@ -129,10 +129,10 @@ def clock(now: float, member_ts: list[float]) -> Check:
     return Check(name="clock", verdict="pass", detail=text)
 
 
-def reachability_verdict(answers: list[DialBackResponse], *, port: int, announced: str | None,
-                         asked: int) -> Check:
+def reachability_verdict(answers: list[DialBackResponse], *, port: int, announced: str | None, asked: int,
+                         offered: tuple[str, ...] = ()) -> Check:
     """What the helpers' dial-back answers mean for a node that would listen on `port` and announce
-    `announced` (None: the addresses its p2p daemon sees)."""
+    `announced` (None: `offered`, the addresses its p2p daemon sees)."""
     relay_fix = "or join with --relay --nat to be reached through relays"
     yes = [a for a in answers if a.reachable]
     if yes:
@@ -152,6 +152,13 @@ def reachability_verdict(answers: list[DialBackResponse], *, port: int, announce
         return Check(name="reachable", verdict="fail",
                      detail=f"you announce {announced}, but peers see you at {', '.join(seen)}",
                      fix=f"--announce-host {seen[0]} (if that address forwards --port to this machine), {relay_fix}")
+    mine = sorted({end[0] for m in offered if (end := tcp_endpoint(m)) is not None})
+    if seen and announced is None and not set(seen) & set(mine):
+        return Check(name="reachable", verdict="fail",
+                     detail=f"peers see you at {', '.join(seen)}, which is none of this machine's addresses "
+                            f"({', '.join(mine) or 'none'}): you are behind NAT",
+                     fix=f"forward TCP port {port or '(a fixed --port)'} from {seen[0]} to this machine and "
+                         f"--announce-host {seen[0]}, {relay_fix}")
     if answers:
         return Check(name="reachable", verdict="warn", detail=f"no peer tried to dial back: {answers[0].detail}",
                      fix=f"peers see you at {', '.join(seen)}; announce that address" if seen else "")
@@ -186,7 +193,7 @@ async def reachability(node, peers: list[str], *, host: str, port: int, announce
                                          for h in helpers), return_exceptions=True)
         answers = [r for r in results if isinstance(r, DialBackResponse)]
         return reachability_verdict(answers, port=port, announced=announce_host if announced else None,
-                                    asked=len(helpers))
+                                    asked=len(helpers), offered=tuple(maddrs))
     finally:
         await listener.shutdown()
 

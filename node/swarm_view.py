@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from protocol.swarm_records import ClusterState, MemberBody
 from protocol.swarm_run import router_lease_id
+from swarm.acceptance import credited_steps
 from swarm.cas import ContentStore
 from swarm.dht import SwarmNode
 from swarm.state import RunRules, RunView, read_run
@@ -47,6 +48,8 @@ class PeerRow(BaseModel):
     software: str
     age_s: float
     clock_note: str | None = None  # its record is dated in our future: its clock (or ours) is off
+    samples_trained: int | None = None  # by its accepted checkpoints (None: the run's rules are unknown here)
+    checkpoints_accepted: int = 0
 
 
 class EventRow(BaseModel):
@@ -98,8 +101,17 @@ async def gather_status(node: SwarmNode, run_id: str, *, spec=None, schedule=Non
         counts = await asyncio.gather(*(store.find_providers(r.checkpoint_cid) for r in slots if r.checkpoint_cid))
         for row, peers in zip([r for r in slots if r.checkpoint_cid], counts, strict=True):
             row.providers = len(peers)
+    credit: dict[str, tuple[int, int]] = {}
+    if view.rules is not None:
+        for slot in [*(f"expert-{c}" for c in range(view.num_clusters)), "router"]:
+            for peer, (steps, n) in credited_steps(view.judged(slot)).items():
+                had = credit.get(peer, (0, 0))
+                credit[peer] = (had[0] + steps, had[1] + n)
     peers = [PeerRow(peer_id=m.peer_id, role=m.role, software=m.software, age_s=max(0.0, now - m.ts),
-                     clock_note=f"clock {m.ts - now:.0f} s ahead of this one" if m.ts - now > CLOCK_NOTE_S else None)
+                     clock_note=f"clock {m.ts - now:.0f} s ahead of this one" if m.ts - now > CLOCK_NOTE_S else None,
+                     samples_trained=None if per_step is None or view.rules is None
+                     else credit.get(m.peer_id, (0, 0))[0] * per_step,
+                     checkpoints_accepted=credit.get(m.peer_id, (0, 0))[1])
              for m in view.members.values() if isinstance(m, MemberBody)]
     return SwarmStatus(
         run_id=run_id, name=spec.name if spec is not None else None, num_clusters=view.num_clusters,

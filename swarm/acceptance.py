@@ -214,6 +214,21 @@ def known_facts(judgements: Iterable[Judgement]) -> dict[str, tuple[int, float |
     return {j.claim.cid: (j.claim.step, j.claim.val_loss) for j in judgements if j.accepted}
 
 
+def credited_steps(judgements: Iterable[Judgement]) -> dict[str, tuple[int, int]]:
+    """trainer → (steps, checkpoints) it contributed by the acceptance rule: each accepted claim credits its
+    trainer with the steps past its parent (from step 0 for a first checkpoint). What a peer announced but
+    nobody accepted earns nothing; two branches of a healed partition both count (both were trained)."""
+    judged = list(judgements)
+    steps = {j.claim.cid: j.claim.step for j in judged if j.accepted}
+    out: dict[str, tuple[int, int]] = {}
+    for j in judged:
+        if j.accepted:
+            done = j.claim.step - (steps.get(j.claim.parent, 0) if j.claim.parent else 0)
+            had = out.get(j.claim.trainer, (0, 0))
+            out[j.claim.trainer] = (had[0] + max(done, 0), had[1] + 1)
+    return out
+
+
 def accepted(judgements: Iterable[Judgement]) -> list[Judgement]:
     """The accepted ones, most advanced first (judge's order kept)."""
     return [x for x in judgements if x.status == Status.ACCEPTED]

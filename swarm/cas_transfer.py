@@ -277,8 +277,9 @@ async def fetch_chunks(store: ChunkSink, chunks: dict[str, int], providers: list
     """Fetch every chunk in `chunks` (CID → size) that the store lacks, in parallel from `providers`.
 
     Each chunk is verified before it is stored. A peer that serves bytes that do not match is banned at once;
-    a peer that times out or drops the stream is retried until it has used `failure_budget` failures; a peer
-    that lacks a chunk is not asked for it again. Raises FetchError if some chunk cannot be had from anyone;
+    a peer that times out or drops the stream is retried until it has used `failure_budget` failures, and one
+    whose stream does not open (down, or cut off) is dropped for this fetch; a peer that lacks a chunk is not
+    asked for it again. Raises FetchError if some chunk cannot be had from anyone;
     the chunks stored so far stay, so calling again resumes.
     """
     stats = FetchStats(peers={p: PeerState() for p in providers})
@@ -346,12 +347,16 @@ async def fetch_chunks(store: ChunkSink, chunks: dict[str, int], providers: list
                     break
                 try:
                     while len(inflight) < 2:  # keep the next batch requested while this one arrives
+                        if streams is None:  # before taking work: an unreachable peer must not hold any
+                            try:
+                                streams = await asyncio.wait_for(open_stream(peer), timeout)
+                            except Exception:  # cannot reach it now (down, cut off): drop it for this fetch
+                                st.failures = failure_budget - 1
+                                raise
                         batch = await take_batch(peer, wait=not inflight)
                         if not batch:
                             break
                         inflight.append(batch)
-                        if streams is None:
-                            streams = await asyncio.wait_for(open_stream(peer), timeout)
                         await asyncio.wait_for(send_request(streams[1], batch), timeout)
                     if not inflight:
                         continue
@@ -369,7 +374,8 @@ async def fetch_chunks(store: ChunkSink, chunks: dict[str, int], providers: list
                             chunk = None
                         batch[i] = ""
                     inflight.pop(0)
-                except Exception as e:  # timeouts, resets, refusals, oversize: all count against the budget
+                except Exception as e:  # timeouts, resets, refusals, oversize: all count against the budget (an
+                    # unreachable peer and one that sent bad bytes use it up at once)
                     streams = _close(streams)
                     if chunk is not None:  # its pieces are written before anyone else may fetch it
                         with contextlib.suppress(Exception):

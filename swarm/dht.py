@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import hivemind
@@ -114,6 +115,27 @@ async def _routing_table_peers(_dht, node) -> list[str]:  # runs in the DHT proc
     return [p.to_base58() for p in node.protocol.routing_table.peer_id_to_uid]
 
 
+async def _reconnect(_dht, node, peers: list[tuple[str, tuple[str, ...]]], timeout: float) -> list[str]:
+    """In the DHT process: dial and ping each peer missing from the routing table; return those that answered
+    (a ping adds both sides to each other's routing table)."""
+    from hivemind.p2p import PeerID
+    from multiaddr import Multiaddr
+
+    known = {p.to_base58() for p in node.protocol.routing_table.peer_id_to_uid}
+
+    async def one(peer: str, maddrs: tuple[str, ...]) -> bool:
+        pid = PeerID.from_base58(peer)
+        if maddrs:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(node.protocol.p2p._client.connect(pid, [Multiaddr(m) for m in maddrs]),
+                                       timeout)
+        return await asyncio.wait_for(node.protocol.call_ping(pid), timeout) is not None
+
+    todo = [(p, m) for p, m in peers if p not in known]
+    results = await asyncio.gather(*(one(p, m) for p, m in todo), return_exceptions=True)
+    return [p for (p, _), ok in zip(todo, results, strict=True) if ok is True]
+
+
 def merge_archived(records: list[Signed]) -> tuple[Signed, ...]:
     """One record per original (owner, subkey): the newest version by its body's timestamp, live records
     before archived copies of the same version. Archived copies stand in for records whose TTL has passed."""
@@ -173,6 +195,16 @@ class SwarmNode:
     async def routing_peers(self) -> list[str]:
         """Peers in our DHT routing table (they answered DHT requests)."""
         return list(await self.dht.run_coroutine(_routing_table_peers, return_future=True))
+
+    async def reconnect(self, peers: dict[str, tuple[str, ...]], timeout: float = 5.0) -> list[str]:
+        """Ping the peers (peer id → addresses) that our routing table lost, e.g. across a healed partition, so
+        that the DHT spans both sides again. hivemind drops peers that stop answering and does not bootstrap
+        again by itself. Returns the peers that answered."""
+        todo = [(p, tuple(m)[:4]) for p, m in peers.items() if p != self.peer_id][:64]
+        if not todo:
+            return []
+        return list(await self.dht.run_coroutine(partial(_reconnect, peers=todo, timeout=timeout),
+                                                 return_future=True))
 
     def visible_maddrs(self) -> list[str]:
         return [str(m) for m in self.dht.get_visible_maddrs()]

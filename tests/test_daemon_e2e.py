@@ -15,7 +15,6 @@ import pty
 import select
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -27,12 +26,10 @@ from protocol.swarm_records import run_key
 from swarm.archive import ARCHIVED_KEYS
 from swarm.dht import NetworkConfig, SwarmNode
 from swarm.identity import peer_id_of_public_key
+from tests.daemons import CLI, ENV, ROOT, Daemon
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-c", "from node.cli import main; main()"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "140"}
 TARGET, ROUTER, EVERY = 120, 20, 10
 RECORD_TTL = 20.0  # seconds: pointer, DONE, checkpoint and attestation records of every node in this module
 
@@ -41,49 +38,6 @@ def common(target: int = TARGET) -> list[str]:
     return ["--preset", "tiny", "--clips", "120", "--clusters", "2", "--target-steps", str(target), "--router-steps",
             str(ROUTER), "--checkpoint-every", str(EVERY), "--period", "1", "--cpu-threads", "1",
             "--record-days", str(RECORD_TTL / 86400), "--log-format", "json"]
-
-
-class Daemon:
-    """One `paris-node join` process in its own session; its JSON log lines are read from a file."""
-
-    def __init__(self, home: Path, *args: str) -> None:
-        self.home, self.log = home, home.with_suffix(".log")
-        self._fh = open(self.log, "wb")  # noqa: SIM115 (closed in stop())
-        self.proc = subprocess.Popen([*CLI, "join", "--home", str(home), *args], cwd=ROOT, env=ENV,
-                                     stdout=subprocess.DEVNULL, stderr=self._fh, start_new_session=True)
-
-    def events(self) -> list[dict]:
-        out = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                if line.startswith("{"):
-                    out.append(json.loads(line))
-        return out
-
-    def wait_for(self, pred, timeout: float, what: str) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for e in self.events():
-                if pred(e):
-                    return e
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.5)
-        tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-25:])
-        raise AssertionError(f"{what}: not seen in {timeout}s (exit {self.proc.poll()}); log ends:\n{tail}")
-
-    def published(self, slot: str) -> list[int]:
-        return [e["step"] for e in self.events() if e.get("msg") == f"published {slot} checkpoint"]
-
-    def kill9(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.kill9()
-        self._fh.close()
 
 
 def _cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:

@@ -323,3 +323,16 @@ def test_verifiers_check_the_newest_accepted_checkpoint_and_the_frontier_not_the
     # with attestations required nothing is accepted yet: the frontier is checked from its root up
     pending = _view([(PEER_A, c) for c in chain], q=1)
     assert [c.cid for c in to_verify(pending, PEER_B, "expert-0")] == [_cid(0), _cid(1), _cid(2)]
+
+
+def test_dashboard_peer_totals():
+    from node.swarm_view import PeerRow
+
+    peers = [PeerRow(peer_id=PEER_A, role="auto", software="paris-node 0.1", age_s=3.0, samples_trained=1_234_000,
+                     checkpoints_accepted=12),
+             PeerRow(peer_id=PEER_B, role="verifier", software="paris-node 0.1", age_s=9.0, samples_trained=0)]
+    st = SwarmStatus(run_id="r", num_clusters=1, progress=0.5, peers=peers, at=0.0, slots=[])
+    buf = io.StringIO()
+    Console(file=buf, width=200, color_system=None).print(render(st))
+    assert "1.2M samples in 12 accepted checkpoint(s)" in buf.getvalue()
+    assert "0 samples in 0 accepted" in buf.getvalue()

@@ -607,3 +607,18 @@ def test_an_absolute_slack_absorbs_noise_near_zero_loss():
     assert by_cid(judge([parent, child], [], slack))["c"].status == A
     noise = Claim("peerA", "n", 20, "p", 5.0)  # replaced weights: far beyond any slack
     assert by_cid(judge([parent, noise], [], slack))["n"].status == R
+
+
+def test_credit_goes_to_accepted_work_only_and_both_branches_of_a_split_count():
+    from swarm.acceptance import credited_steps
+
+    a10 = claim("a10", 10, trainer="A")
+    a20 = claim("a20", 20, "a10", trainer="A")
+    b30 = claim("b30", 30, "a20", trainer="B")  # B took over from A's step 20
+    c25 = claim("c25", 25, "a20", trainer="C")  # C trained on the other side of a partition
+    liar = claim("x90", 90, "a20", loss=50.0, trainer="X")  # worse loss: rejected, earns nothing
+    unseen = claim("b40", 40, "b30", trainer="B")  # nobody attested it yet: pending, earns nothing yet
+    claims = [a10, a20, b30, c25, liar, unseen]
+    votes = [vote(c, "V") for c in (a10, a20, b30, c25)] + [vote(liar, "V", accept=False, reason="loss")]
+    got = credited_steps(judge(claims, votes, Q1))
+    assert got == {"A": (20, 2), "B": (10, 1), "C": (5, 1)}

@@ -54,6 +54,11 @@ def test_verdicts():
     wrong = reachability_verdict([mismatch], port=31337, announced="10.0.0.2", asked=1)
     assert wrong.verdict == "fail" and "--announce-host 198.51.100.4" in wrong.fix
     assert reachability_verdict([], port=31337, announced=None, asked=2).verdict == "warn"
+    nat = reachability_verdict([mismatch], port=0, announced=None, asked=1,
+                               offered=("/ip4/192.168.1.5/tcp/4001", "/ip4/127.0.0.1/tcp/4001"))
+    assert nat.verdict == "fail" and "behind NAT" in nat.detail and "198.51.100.4" in nat.fix
+    lan = reachability_verdict([mismatch], port=0, announced=None, asked=1, offered=("/ip4/198.51.100.4/tcp/1",))
+    assert lan.verdict == "warn"  # our own address, yet not dialed: the helper only said why it did not try
 
 
 def _free_port() -> int:
