@@ -117,6 +117,7 @@ class Daemon:
         self.own_records: OwnRecords | None = None  # type: ignore[assignment]
         self.archive_ledger = None  # swarm.archive.Ledger of the run, once this node keeps any of its records
         self.peers_seen = 0  # members of the run in the newest full read of its records
+        self.unfetchable: set[str] = set()  # CIDs a verifier could not fetch yet (logged once each)
         self.member_addrs: dict[str, tuple[float, tuple[str, ...]]] = {}  # peer → (ts, maddrs), kept after expiry
         self.metrics: NodeMetrics | None = None
         if opts.metrics_port is not None:
@@ -488,6 +489,7 @@ class Daemon:
         view = await read_run(self.node, spec.run_id, spec.num_clusters, rules=self.rules,
                               local=self.checker.verdicts)
         self.note_members(view.members)
+        self.publisher.settle(view)
         return verified_state(view, self.checker.verdicts)
 
     def _claims(self) -> ClaimManager:
@@ -566,6 +568,7 @@ class Daemon:
                                       local=self.checker.verdicts)
             self._all_clusters_done_cached = all_done(view.states)
             self.note_members(view.members)
+            self.publisher.settle(view)
             await replicate_accepted(self, view)
             await archive_facts(self, view)
         except (ParisError, OSError) as e:

@@ -22,18 +22,48 @@ from swarm.state import publish_checkpoint
 log = logging.getLogger("node.publisher")
 
 
+def covered(judgements) -> set[str]:
+    """CIDs that an accepted checkpoint covers: the accepted ones and their ancestors (through every claim's
+    parent). A trainer may drop its copy of those; verifiers will not need them."""
+    parent = {j.claim.cid: j.claim.parent for j in judgements}
+    out: set[str] = set()
+    for j in judgements:
+        cid = j.claim.cid if j.accepted else None
+        while cid is not None and cid not in out:
+            out.add(cid)
+            cid = parent.get(cid)
+    return out
+
+
+def backlog_after(backlog: list[tuple[str, int]], done: set[str], keep: int) -> tuple[list, list]:
+    """(what stays, what goes) of our own published checkpoints awaiting verification, oldest first: those an
+    accepted checkpoint covers go; past `keep`, the newest but one goes too (verifiers check the oldest first,
+    and the newest is what a takeover needs)."""
+    stay = [e for e in backlog if e[0] not in done]
+    gone = [e for e in backlog if e[0] in done]
+    while len(stay) > max(keep, 2):
+        gone.append(stay.pop(-2))
+    return stay, gone
+
+
 class Publisher:
     """`pinned[slot]` is the (CID, step) of the checkpoint we keep for a slot; `published[slot]` our newest own
     publication. Trainer records whose DHT write found no peer are retried with the next publication, so a
-    child never names a parent that nobody can read."""
+    child never names a parent that nobody can read.
+
+    `backlog[slot]`: our own published checkpoints that no accepted checkpoint covers yet, kept pinned (at most
+    `keep_unverified`) so that verifiers can still fetch every link of the chain when they get to it: after a
+    verifier fell behind, or after a partition during which nobody could check our work."""
 
     def __init__(self, node: SwarmNode, store: ContentStore, run_id: str, gossip, metrics=None,
-                 keeper: OwnRecords | None = None) -> None:
+                 keeper: OwnRecords | None = None, keep_unverified: int = 32) -> None:
         self.node, self.store, self.run_id, self._gossip = node, store, run_id, gossip
         self.keeper = keeper  # our own records, re-announced before their TTL while we run
         self.metrics = metrics  # node.metrics.NodeMetrics, or None
         self.pinned: dict[str, tuple[str, int]] = {}
         self.published: dict[str, tuple[str, int]] = {}
+        self.backlog: dict[str, list[tuple[str, int]]] = {}
+        self.keep_unverified = keep_unverified
         self._unannounced: list[CheckpointBody] = []
         self._replicas: dict[str, CheckpointBody] = {}  # slot → our newest replica record (re-announced)
         self._lock = asyncio.Lock()
@@ -57,7 +87,9 @@ class Publisher:
                 elif self.keeper is not None:
                     self.keeper.add(run_key(self.run_id, "checkpoints"), body)
                 self.published[slot] = (cid, meta.step)
+                self.backlog.setdefault(slot, []).append((cid, meta.step))
                 self.replace_pin(slot, cid, meta.step)
+                self._trim(slot, set())
                 if self.metrics is not None:
                     self.metrics.observe_publish(slot, time.monotonic() - started, size, meta.val_loss)
                 await self._gossip(CheckpointEvent(run_id=self.run_id, slot=slot, step=meta.step, cid=cid))
@@ -71,9 +103,29 @@ class Publisher:
     def replace_pin(self, slot: str, cid: str, step: int) -> None:
         old = self.pinned.get(slot)
         self.pinned[slot] = (cid, step)
-        if old and old[0] != cid and old[0] not in {c for c, _ in self.pinned.values()}:
-            self.store.unpin(old[0])
-            self.store.gc()
+        if old and old[0] != cid:
+            self._release(old[0])
+
+    def _release(self, cid: str) -> None:
+        """Unpin `cid` unless it is still the kept copy of a slot or awaits verification."""
+        if cid in {c for c, _ in self.pinned.values()} or any(cid == c for b in self.backlog.values() for c, _ in b):
+            return
+        self.store.unpin(cid)
+        self.store.gc()
+
+    def _trim(self, slot: str, done: set[str]) -> None:
+        stay, gone = backlog_after(self.backlog.get(slot, []), done, self.keep_unverified)
+        self.backlog[slot] = stay
+        for cid, step in gone:
+            if cid not in done:
+                log.warning("%d checkpoints of %s await verification: dropping our copy of step %d (verifiers "
+                            "are behind; the chain past it cannot be accepted)", len(stay), slot, step)
+            self._release(cid)
+
+    def settle(self, view) -> None:
+        """Drop the copies that accepted checkpoints now cover (`view`: a RunView read with the run's rules)."""
+        for slot in [s for s, b in self.backlog.items() if b]:
+            self._trim(slot, covered(view.judged(slot)))
 
     async def replicate(self, slot: str, candidates: list[CheckpointBody], max_bytes: int | None = None) -> None:
         """Hold the most advanced fetchable of `candidates` (accepted checkpoints, newest first) and announce the

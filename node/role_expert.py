@@ -32,8 +32,10 @@ async def run_expert(d: Daemon, manager: ClaimManager, cluster: int) -> None:
     d.set_role("expert", cluster)
     await d.gossip_event(ClaimedEvent(run_id=spec.run_id, cluster=cluster))
     try:
+        began = asyncio.get_running_loop().time()
         clips = await fetch_cluster_clips(d.store, d.run_info, cluster)
         held = await fetch_cluster_clips(d.store, d.run_info, cluster, holdout=True)
+        event(log, f"{slot} clips ready", seconds=round(asyncio.get_running_loop().time() - began, 2))
         if manager.cluster != cluster:
             return  # the lease was lost while fetching: neither train nor publish
         trainer = await asyncio.to_thread(ExpertTrainer, spec.preset, clips, device=d.device, seed=spec.seed,
@@ -63,6 +65,7 @@ async def resume(d: Daemon, trainer, slot: str, holds=lambda: True) -> None:
     from node.bundle import checkpoint_limit
 
     assert d.node is not None and d.store is not None and d.run_info is not None
+    began = asyncio.get_running_loop().time()
     own_root = d.checkpoint_root(slot)
     own_step = -1
     if (own_root / LATEST).is_file():
@@ -87,7 +90,8 @@ async def resume(d: Daemon, trainer, slot: str, holds=lambda: True) -> None:
         d.publisher.published[slot] = (cand.cid, meta.step)
         d.publisher.replace_pin(slot, cand.cid, meta.step)
         event(log, f"took over {slot} from its newest accepted checkpoint", step=meta.step, cid=cand.cid,
-              val_loss=None if result.val_loss is None else round(result.val_loss, 6))
+              val_loss=None if result.val_loss is None else round(result.val_loss, 6),
+              seconds=round(asyncio.get_running_loop().time() - began, 2))
         return
     if own_step >= 0:
         meta = await asyncio.to_thread(trainer.load, own_root)

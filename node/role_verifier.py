@@ -62,6 +62,10 @@ async def _attest(d: Daemon, slot: str, body: CheckpointBody, schedule, parents)
     """Check one checkpoint (and replay it when its turn comes); None when it could not be fetched yet."""
     result = await d.checker.check(body, parents)
     if result.reason.startswith("not fetchable"):
+        if body.cid not in d.unfetchable:  # said once per CID: a verifier that waits says what it waits for
+            d.unfetchable.add(body.cid)
+            log.info("cannot check %s step %d (%s) yet: %s; retrying next round", slot, body.step, body.cid,
+                     result.reason)
         return None  # not a verdict: try again next round
     replayed, exact = False, None
     cluster = slot_cluster(slot)

@@ -336,3 +336,22 @@ def test_dashboard_peer_totals():
     Console(file=buf, width=200, color_system=None).print(render(st))
     assert "1.2M samples in 12 accepted checkpoint(s)" in buf.getvalue()
     assert "0 samples in 0 accepted" in buf.getvalue()
+
+
+def test_a_trainer_keeps_what_verifiers_have_not_reached():
+    from node.publisher import backlog_after, covered
+    from swarm.acceptance import Claim, Policy, Vote, judge
+
+    chain = [Claim("T", f"c{i}", 10 * i, f"c{i - 1}" if i > 1 else None, 1.0) for i in range(1, 6)]
+    other = Claim("U", "u3", 30, "c2", 1.0)  # the other side of a healed partition
+    votes = [Vote("V", c.cid, c.step, c.parent, c.val_loss, True) for c in (chain[0], chain[2])]
+    judged = judge([*chain, other], votes, Policy(attestations=1))
+    # c3 is accepted only if c2 is: here c2 lacks an attestation, so only c1 is accepted and covers nothing else
+    assert covered(judged) == {"c1"}
+    votes.append(Vote("V", "c2", 20, "c1", 1.0, True))
+    assert covered(judge([*chain, other], votes, Policy(attestations=1))) == {"c1", "c2", "c3"}
+    backlog = [(f"c{i}", 10 * i) for i in range(1, 6)]
+    stay, gone = backlog_after(backlog, {"c1", "c2", "c3"}, keep=32)
+    assert [c for c, _ in stay] == ["c4", "c5"] and [c for c, _ in gone] == ["c1", "c2", "c3"]
+    stay, gone = backlog_after(backlog, set(), keep=3)  # over the bound: the oldest and the newest stay
+    assert [c for c, _ in stay] == ["c1", "c2", "c5"] and {c for c, _ in gone} == {"c3", "c4"}
