@@ -75,7 +75,11 @@ def register(app: typer.Typer) -> None:
             "--announce-host applies to it too."))] = None,
         announce_host: Annotated[str | None, typer.Option(help="Public address others dial (needs --port).")] = None,
         nat: Annotated[bool, typer.Option("--nat", help="UPnP/NAT-PMP port mapping and AutoNAT.")] = False,
-        relay: Annotated[bool, typer.Option("--relay", help="Dial through relays (and use them behind NAT).")] = False,
+        relay: Annotated[bool, typer.Option("--relay", help=(
+            "Dial through circuit relays and serve as one (a public node that lets NATed peers in)."))] = False,
+        behind_nat: Annotated[bool, typer.Option("--behind-nat", help=(
+            "This machine cannot be dialed (NAT, no port forwarding): be reached through the relays of the "
+            "initial peers (they need --relay); libp2p reserves the slot about 3 minutes after start."))] = False,
         data: Annotated[Path | None, typer.Option(help="With --run FILE: where its data is.")] = None,
         clusters: Annotated[int, typer.Option(min=1, max=64, help="Demo run: clusters K.")] = 3,
         preset: Annotated[str, typer.Option(help="Demo run: model preset.")] = "small",
@@ -169,10 +173,12 @@ def register(app: typer.Typer) -> None:
                  "or --gossip-port")
         setup_logging(log_format, LOG_LEVELS[log_level])
         peers = _peers(initial_peers, initial_peers_file)
+        if v["behind_nat"] and not peers:
+            fail("--behind-nat needs --initial-peers (or --initial-peers-file): their relays carry the connections")
         opts = DaemonOptions(
             home=home.expanduser(), gpu=gpu, role=role, run=run, data=data,
             network=network_config(initial_peers=peers, host=host, port=port, announce_host=announce_host,
-                                   nat_traversal=nat, use_relay=relay),
+                                   nat_traversal=nat, use_relay=relay, behind_nat=v["behind_nat"]),
             demo=DemoOptions(clusters=clusters, preset=preset, target_steps=target_steps, clips=clips),
             schedule=Schedule(checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
                               router_target_steps=router_steps, attestations=attestations,

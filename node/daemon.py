@@ -590,11 +590,12 @@ class Daemon:
 
 
 def network_config(*, initial_peers: list[str], host: str, port: int, announce_host: str | None,
-                   nat_traversal: bool, use_relay: bool, client_mode: bool = False) -> NetworkConfig:
+                   nat_traversal: bool, use_relay: bool, client_mode: bool = False,
+                   behind_nat: bool = False) -> NetworkConfig:
     """The DHT's listen/announce addresses from `--host/--port/--announce-host` (loopback by default)."""
     announce = (tcp_maddr(announce_host, port),) if announce_host else ()
     if announce_host and port == 0:
         raise ParisError("--announce-host needs a fixed --port (the announced address must be dialable)")
     return NetworkConfig(initial_peers=tuple(initial_peers), host_maddrs=(tcp_maddr(host, port),),
                          announce_maddrs=announce, nat_traversal=nat_traversal, use_relay=use_relay,
-                         client_mode=client_mode)
+                         behind_nat=behind_nat, client_mode=client_mode)

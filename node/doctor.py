@@ -133,7 +133,7 @@ def reachability_verdict(answers: list[DialBackResponse], *, port: int, announce
                          offered: tuple[str, ...] = ()) -> Check:
     """What the helpers' dial-back answers mean for a node that would listen on `port` and announce
     `announced` (None: `offered`, the addresses its p2p daemon sees)."""
-    relay_fix = "or join with --relay --nat to be reached through relays"
+    relay_fix = "or join with --behind-nat to be reached through the relays of peers that run --relay"
     yes = [a for a in answers if a.reachable]
     if yes:
         detail = f"{len(yes)} of {len(answers)} peer(s) opened a new connection to {yes[0].dialed[0]}"

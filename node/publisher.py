@@ -70,11 +70,16 @@ class Publisher:
 
     async def publish(self, slot: str, path: Path, meta) -> str | None:
         """Put a checkpoint into the store, announce it with its lineage, unpin the one it replaces."""
+        started = time.monotonic()
+        try:  # into the store at once, before waiting for earlier announcements: the trainer prunes old folders
+            cid = await self.store.put(path, provide=False)
+            size = self.store.blobs.manifest(cid).total_bytes  # what fetchers will check it against
+        except Exception:
+            log.exception("storing the %s checkpoint of step %d failed; the next one retries", slot, meta.step)
+            return None
         async with self._lock:
-            started = time.monotonic()
             try:
-                cid = await self.store.put(path)
-                size = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+                await self.store.provide(cid, size)
                 loss = meta.loss_ema if meta.loss_ema is not None and np.isfinite(meta.loss_ema) else None
                 body = CheckpointBody(slot=slot, step=meta.step, cid=cid, bytes=size, loss=loss, parent=meta.parent,
                                       val_loss=meta.val_loss, ts=get_dht_time())

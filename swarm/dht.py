@@ -75,21 +75,34 @@ class NetworkConfig(BaseModel):
     host_maddrs: tuple[str, ...] = LOOPBACK_MADDRS
     announce_maddrs: tuple[str, ...] = ()
     nat_traversal: bool = False  # UPnP/NAT-PMP port mapping + AutoNAT
-    use_relay: bool = False  # relay dialing, and auto-relay when behind NAT
+    use_relay: bool = False  # dial through circuit relays and serve as one; auto-relay with nat_traversal
+    behind_nat: bool = False  # reachable only through relays: reserve a slot on the initial peers' relays
     client_mode: bool = False
     request_timeout: float = Field(default=5.0, gt=0)
 
     def dht_kwargs(self) -> dict:
+        announce = list(self.announce_maddrs)
+        extra: dict = {}
+        if self.behind_nat:
+            # AutoNAT cannot tell reachability when every address involved is private, so auto-relay would
+            # never start: say it. Circuit addresses through the initial peers are announced explicitly, as
+            # libp2p builds them only from a relay's public addresses.
+            extra["force_reachability"] = "private"
+            relays = [m for m in self.initial_peers if "/p2p/" in m and "/p2p-circuit" not in m]
+            announce = [*announce, *(f"{m}/p2p-circuit" for m in relays[:4])]
+            if not self.announce_maddrs:
+                announce += [m for m in self.host_maddrs if "/0.0.0.0/" not in m and "/::/" not in m]
         return dict(
             initial_peers=list(self.initial_peers),
             host_maddrs=list(self.host_maddrs),
-            announce_maddrs=list(self.announce_maddrs) or None,
+            announce_maddrs=announce or None,
             nat_port_map=self.nat_traversal,
             auto_nat=self.nat_traversal,
-            use_relay=self.use_relay,
-            use_auto_relay=self.use_relay and self.nat_traversal,
+            use_relay=self.use_relay or self.behind_nat,
+            use_auto_relay=self.behind_nat or (self.use_relay and self.nat_traversal),
             client_mode=self.client_mode,
             use_ipfs=False,
+            **extra,
         )
 
 

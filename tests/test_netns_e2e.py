@@ -8,8 +8,10 @@
    checkpoint both sides published during the split is judged by the acceptance rule, none rejected.
 2. `doctor` on a LAN host finds its announced address reachable; behind a masquerading NAT router it finds
    that peers see another address and says so.
-3. a node behind the NAT joins with `--relay`: it fetches the run and the checkpoints through the NAT, and
-   the test records whether libp2p's relay made it reachable from the LAN (hivemind's auto-relay).
+3. a node behind the NAT joins with `--behind-nat` (the LAN nodes run `--relay`): it fetches the run and a
+   checkpoint through the NAT, and once libp2p's auto-relay has reserved a slot on the creator (its boot
+   delay is 3 minutes, spent while the partition runs), a fresh peer on the LAN connects to it through the
+   relay, while its private address stays unreachable.
 """
 
 from __future__ import annotations
@@ -77,22 +79,49 @@ def _published(d: Daemon, t0: float = 0.0) -> list[dict]:
     return _since(d, "published expert-0 checkpoint", t0)
 
 
+DIAL = """
+import asyncio, sys
+from hivemind.p2p import P2P, PeerID
+from multiaddr import Multiaddr
+
+async def main(target, *maddrs):
+    p2p = await P2P.create(host_maddrs=["/ip4/0.0.0.0/tcp/0"], use_relay=True, nat_port_map=False, auto_nat=False)
+    try:
+        for m in maddrs:
+            try:
+                await asyncio.wait_for(p2p._client.connect(PeerID.from_base58(target), [Multiaddr(m)]), 20)
+                print("OK", m)
+            except Exception as e:
+                print("FAIL", m, str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+    finally:
+        await p2p.shutdown()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
 def test_partition_heals_to_one_owner_doctor_and_nat(lan, tmp_path):
     net, started = lan
     ips = {name: net.host(name, octet) for name, octet in (("a", 1), ("b", 2), ("c", 3))}
+    private, gw = net.nat_host("d", 10)
 
     def start(name: str, *args: str) -> Daemon:
         d = Daemon(tmp_path / name, *args, prefix=tuple(net.argv(name)))
         started.append(d)
         return d
 
-    a = start("a", *_args(ips["a"], "--role", "verifier"))
+    a = start("a", *_args(ips["a"], "--role", "verifier", "--relay"))
     a.wait_for(lambda e: e.get("msg", "").startswith("new swarm started"), 240, "the creator is ready")
     peers = tmp_path / "a" / "node.json"
     info = json.loads(peers.read_text())
     assert all(f"/ip4/{ips['a']}/tcp/{PORT}/" in m for m in info["maddrs"]), info["maddrs"]
-    nodes = {"a": a, "b": start("b", *_args(ips["b"], "--role", "expert", "--initial-peers-file", str(peers))),
-             "c": start("c", *_args(ips["c"], "--role", "expert", "--initial-peers-file", str(peers)))}
+    nodes = {"a": a, "b": start("b", *_args(ips["b"], "--role", "expert", "--relay", "--initial-peers-file",
+                                            str(peers))),
+             "c": start("c", *_args(ips["c"], "--role", "expert", "--relay", "--initial-peers-file", str(peers)))}
+    # the NATed node joins now: auto-relay's 3-minute boot delay passes while the partition runs
+    d = start("d", *_args(None, "--host", "0.0.0.0", "--port", str(PORT), "--role", "seeder", "--behind-nat",
+                          "--initial-peers-file", str(peers)))
+    d_started = time.monotonic()
 
     # one expert trains the cluster; the other waits for it. Cut the trainer once the verifier (a seeder too)
     # holds an accepted copy of one of its checkpoints
@@ -162,7 +191,6 @@ def test_partition_heals_to_one_owner_doctor_and_nat(lan, tmp_path):
 
     # doctor on the LAN: peers dial the announced address back; behind the NAT: they see the router's address
     # (the node learns it is behind NAT and what to do)
-    gw = net.nat_host("d", 10)[1]
     r = _in(net, "b", "doctor", "--home", str(tmp_path / "doc-b"), "--initial-peers-file", str(peers),
             "--host", ips["b"], "--port", "31400", "--announce-host", ips["b"], "--json")
     checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
@@ -174,15 +202,21 @@ def test_partition_heals_to_one_owner_doctor_and_nat(lan, tmp_path):
     checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
     assert checks["peers"]["verdict"] == "pass"  # dialing out through the NAT works
     assert checks["reachable"]["verdict"] == "fail" and "behind NAT" in checks["reachable"]["detail"]
-    assert gw in checks["reachable"]["detail"] and "--relay" in checks["reachable"]["fix"]
+    assert gw in checks["reachable"]["detail"] and "--behind-nat" in checks["reachable"]["fix"]
     lied = _in(net, "d", "doctor", "--home", str(tmp_path / "doc-d"), "--initial-peers-file", str(peers),
                "--host", "0.0.0.0", "--port", "31400", "--announce-host", gw, "--json")
     checks = {c["name"]: c for c in json.loads(lied.stdout)["checks"]}
     assert checks["reachable"]["verdict"] == "fail" and "cannot open a connection" in checks["reachable"]["detail"]
 
-    # a node behind the NAT joins with --relay: it reaches the swarm, fetches the run and a checkpoint
-    d = start("d", *_args(None, "--role", "seeder", "--relay", "--initial-peers-file", str(peers)))
+    # the NATed node: it fetched the run and a checkpoint through the NAT (outbound), and, after auto-relay's
+    # boot delay, a fresh LAN peer reaches it through the creator's relay, never at its private address
     d.wait_for(lambda e: e.get("msg") == "replicated expert-0 checkpoint", 240, "the NATed node fetches a checkpoint")
-    relayed = [m for m in json.loads((tmp_path / "d" / "node.json").read_text())["maddrs"] if "p2p-circuit" in m]
-    print("hivemind relay behind NAT:", f"reachable through {relayed}" if relayed else
-          "no relay reservation (libp2p auto-relay found no relay); the node works outbound only")
+    d_id = json.loads((tmp_path / "d" / "node.json").read_text())["peer_id"]
+    time.sleep(max(0.0, d_started + 200 - time.monotonic()))
+    circuit = f"/ip4/{ips['a']}/tcp/{PORT}/p2p/{info['peer_id']}/p2p-circuit"
+    r = subprocess.run([*net.argv("b"), *CLI[:1], "-c", DIAL, d_id, f"/ip4/{private}/tcp/{PORT}", circuit],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith(("OK", "FAIL"))]
+    print("behind NAT:", lines)
+    assert len(lines) == 2 and lines[0].startswith("FAIL"), r.stdout + r.stderr[-2000:]  # not at its private IP
+    assert lines[1].startswith("OK"), f"not reachable through the relay: {lines[1]}"

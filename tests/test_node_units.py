@@ -236,6 +236,15 @@ def test_network_flags():
     with pytest.raises(ParisError, match="fixed --port"):
         network_config(initial_peers=[], host="0.0.0.0", port=0, announce_host="203.0.113.5", nat_traversal=False,
                        use_relay=False)
+    relay = "/ip4/198.51.100.1/tcp/31337/p2p/QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"
+    kw = network_config(initial_peers=[relay], host="0.0.0.0", port=31337, announce_host=None, nat_traversal=False,
+                        use_relay=False, behind_nat=True).dht_kwargs()
+    assert kw["use_relay"] and kw["use_auto_relay"] and kw["force_reachability"] == "private"
+    assert kw["announce_maddrs"] == [relay + "/p2p-circuit"]  # not 0.0.0.0, which nobody can dial
+    assert kw["nat_port_map"] is False  # no UPnP unless --nat
+    public = network_config(initial_peers=[relay], host="0.0.0.0", port=31337, announce_host="203.0.113.5",
+                            nat_traversal=False, use_relay=True).dht_kwargs()
+    assert public["use_relay"] and not public["use_auto_relay"] and "force_reachability" not in public
 
 
 # ---- user mistakes on the swarm commands end in one line ----
