@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
             "Dial through circuit relays and serve as one (a public node that lets NATed peers in)."))] = False,
         behind_nat: Annotated[bool, typer.Option("--behind-nat", help=(
             "This machine cannot be dialed (NAT, no port forwarding): be reached through the relays of the "
-            "initial peers (they need --relay); libp2p reserves the slot about 3 minutes after start."))] = False,
+            "initial peers (they need --relay)."))] = False,
         data: Annotated[Path | None, typer.Option(help="With --run FILE: where its data is.")] = None,
         clusters: Annotated[int, typer.Option(min=1, max=64, help="Demo run: clusters K.")] = 3,
         preset: Annotated[str, typer.Option(help="Demo run: model preset.")] = "small",

@@ -32,15 +32,20 @@ from swarm.packs import PackStore, PackWriter
 
 log = logging.getLogger(__name__)
 
+FAILED_FOR_S = 120.0  # a provider dropped as unreachable is passed over for this long (while others remain)
+
 
 def rank_providers(announced: list[str], *, good: dict[str, float], live: set[str], limit: int,
-                   rng: random.Random | None = None) -> list[str]:
+                   rng: random.Random | None = None, failed: set[str] = frozenset()) -> list[str]:
     """The order in which to ask the peers that announce a CID, at most `limit` of them: those that served us
     correctly before (most recent first), then those that are live (connected, or in the DHT routing table),
     then the rest in random order. Nothing a record says ranks it (a timestamp, a size): a flood of fake
-    provider records from throwaway keys, however new they claim to be, cannot push live peers out."""
+    provider records from throwaway keys, however new they claim to be, cannot push live peers out.
+    Peers in `failed` (dropped from a recent fetch as unreachable) are left out while any other remains."""
     rng = rng or random.Random()
     peers = list(dict.fromkeys(announced))
+    if any(p not in failed for p in peers):
+        peers = [p for p in peers if p not in failed]
     served = sorted((p for p in peers if p in good), key=lambda p: -good[p])
     alive = [p for p in peers if p in live and p not in good]
     rest = [p for p in peers if p not in live and p not in good]
@@ -85,6 +90,7 @@ class ContentStore:
         self.disk_margin = disk_margin
         self.max_providers = max_providers
         self._good: dict[str, float] = {}  # peer → when it last served us correctly
+        self._failed: dict[str, float] = {}  # peer → when a fetch last dropped it without a chunk from it
         self.blobs = BlobStore(root, limit_bytes)
         self.packs = PackStore(root)
         self.limit_bytes = limit_bytes
@@ -94,6 +100,7 @@ class ContentStore:
             streams_per_peer, failure_budget, request_timeout)
         self._p2p: P2P | None = None
         self._provider_task: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
         self._in_flight: set[str] = set()
         self._known_maddrs: dict[str, tuple[str, ...]] = {}
         self.last_fetch: FetchStats | None = None
@@ -119,7 +126,16 @@ class ContentStore:
             except (KeyError, IntegrityError):
                 log.warning("pack %s has no valid manifest; unpin and gc will remove it", root)
 
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait for the provider records of what `get` fetched (they are announced in the background); past
+        `timeout`, the ones still running are cancelled."""
+        if self._background:
+            _, late = await asyncio.wait(set(self._background), timeout=timeout)
+            for t in late:
+                t.cancel()
+
     async def close(self) -> None:
+        await self.flush(timeout=5.0)  # a few seconds for what we just fetched to be announced, then stop
         if self._provider_task is not None:
             self._provider_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -153,6 +169,8 @@ class ContentStore:
         keep = {cid}  # protected from garbage collection while the download runs
         self._in_flight |= keep
         try:
+            if providers is None and not (self.blobs.has(cid) and self.packs.complete(cid)):
+                providers = await self.find_providers(cid)  # once, for the manifest and the chunks
             manifest = await self._manifest(cid, providers)
             size = manifest.total_bytes
             if expected_bytes is not None and size != expected_bytes:
@@ -172,9 +190,16 @@ class ContentStore:
                 path = await asyncio.to_thread(copy_out, path, Path(out_dir))
         finally:
             self._in_flight -= keep
-        if provide:
-            await self.provide(cid, manifest.total_bytes)
+        if provide:  # in the background: the caller has its bytes, and a slow DHT write must not hold it up
+            self._spawn(self.provide(cid, manifest.total_bytes))
         return path
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception() is None
+                               or log.warning("announcing a provider record failed: %r", t.exception()))
 
     def _make_room(self, cid: str, size: int) -> None:
         """Refuse a download that cannot fit (the disk, the store's limit after evicting unpinned content)."""
@@ -222,6 +247,10 @@ class ContentStore:
             for peer, st in self.last_fetch.peers.items():
                 if st.chunks:
                     self._good[peer] = time.monotonic()
+                    self._failed.pop(peer, None)
+                elif st.banned:  # unreachable or silent: not asked again for a while (rank_providers)
+                    self._failed[peer] = time.monotonic()
+                    self._good.pop(peer, None)
 
     async def _manifest(self, cid: str, providers: list[str] | None) -> CasManifest:
         if self.blobs.has(cid):
@@ -258,7 +287,10 @@ class ContentStore:
         for b in bodies:
             self._known_maddrs[b.peer_id] = b.maddrs
         live = await self._live_peers() if bodies else set()
-        return rank_providers([b.peer_id for b in bodies], good=self._good, live=live, limit=self.max_providers)
+        now = time.monotonic()
+        failed = {p for p, t in self._failed.items() if now - t < FAILED_FOR_S}
+        return rank_providers([b.peer_id for b in bodies], good=self._good, live=live, limit=self.max_providers,
+                              failed=failed)
 
     async def _live_peers(self) -> set[str]:
         """Peers that are real running processes as far as we can tell: connected to our p2p daemon now, or

@@ -273,12 +273,14 @@ class LocalWriteError(ParisError):
 
 async def fetch_chunks(store: ChunkSink, chunks: dict[str, int], providers: list[str], open_stream: OpenStream,
                        *, streams_per_peer: int = 2, failure_budget: int = 3, timeout: float = 60.0,
-                       max_size: int = MAX_CHUNK_SIZE, batch_size: int = 4) -> FetchStats:
+                       max_size: int = MAX_CHUNK_SIZE, batch_size: int = 4, answer_timeout: float = 10.0
+                       ) -> FetchStats:
     """Fetch every chunk in `chunks` (CID → size) that the store lacks, in parallel from `providers`.
 
     Each chunk is verified before it is stored. A peer that serves bytes that do not match is banned at once;
     a peer that times out or drops the stream is retried until it has used `failure_budget` failures, and one
-    whose stream does not open (down, or cut off) is dropped for this fetch; a peer that lacks a chunk is not
+    whose stream does not open, or does not answer within `answer_timeout` on a new stream (down, or cut off
+    behind a connection that still looks open), is dropped for this fetch; a peer that lacks a chunk is not
     asked for it again. Raises FetchError if some chunk cannot be had from anyone;
     the chunks stored so far stay, so calling again resumes.
     """
@@ -304,6 +306,7 @@ async def fetch_chunks(store: ChunkSink, chunks: dict[str, int], providers: list
     async def worker(peer: str) -> None:
         st = stats.peers[peer]
         streams: Streams | None = None
+        answered = False  # whether the current stream has answered anything yet
         feeder = _Feeder(asyncio.get_running_loop())
         inflight: list[list[str]] = []  # batches requested on this stream, oldest first ("" once answered)
         commits: list[tuple[str, asyncio.Future]] = []  # chunks received, being verified in the feeder thread
@@ -349,7 +352,7 @@ async def fetch_chunks(store: ChunkSink, chunks: dict[str, int], providers: list
                     while len(inflight) < 2:  # keep the next batch requested while this one arrives
                         if streams is None:  # before taking work: an unreachable peer must not hold any
                             try:
-                                streams = await asyncio.wait_for(open_stream(peer), timeout)
+                                streams, answered = await asyncio.wait_for(open_stream(peer), timeout), False
                             except Exception:  # cannot reach it now (down, cut off): drop it for this fetch
                                 st.failures = failure_budget - 1
                                 raise
@@ -362,7 +365,17 @@ async def fetch_chunks(store: ChunkSink, chunks: dict[str, int], providers: list
                         continue
                     batch = inflight[0]
                     for i, cid in enumerate(batch):
-                        length = await asyncio.wait_for(read_header(streams[0], min(max_size, todo[cid])), timeout)
+                        if not answered:  # a stream can open over a connection whose peer is gone (cut off):
+                            try:  # its first answer must come soon, or the peer is dropped for this fetch
+                                length = await asyncio.wait_for(read_header(streams[0], min(max_size, todo[cid])),
+                                                                min(timeout, answer_timeout))
+                            except asyncio.TimeoutError:
+                                st.failures = failure_budget - 1
+                                raise
+                            answered = True
+                        else:
+                            length = await asyncio.wait_for(read_header(streams[0], min(max_size, todo[cid])),
+                                                            timeout)
                         if length is None:
                             st.missing.add(cid)
                             pending.put_nowait(cid)

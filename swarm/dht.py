@@ -49,7 +49,13 @@ class _DetachedDHT(hivemind.DHT):
     daemon, which can still publish its final checkpoint over the DHT and p2pd before shutting them down.
     Being detached, it watches its parent and takes its group (itself and its p2pd) down if the parent dies."""
 
+    def __init__(self, *args, static_relays: bool = False, **kwargs) -> None:
+        self.static_relays = static_relays
+        super().__init__(*args, **kwargs)
+
     def run(self) -> None:
+        if self.static_relays:
+            _use_static_relays()
         parent = os.getppid()
         with contextlib.suppress(OSError):
             os.setpgid(0, 0)
@@ -61,6 +67,25 @@ class _DetachedDHT(hivemind.DHT):
 
         threading.Thread(target=watch_parent, daemon=True, name="parent-watch").start()
         super().run()
+
+
+def _use_static_relays() -> None:
+    """In the DHT process: start p2pd with relay discovery off, so that auto-relay takes the trusted relays (our
+    initial peers) as they are instead of waiting out its 3-minute boot delay for four candidates. hivemind's
+    P2P.create has no argument for it; this adds the p2pd flag to the command line it builds."""
+    from hivemind.p2p import P2P
+
+    build = getattr(P2P, "_make_process_args", None)
+    if build is None:
+        log.warning("this hivemind builds p2pd's arguments differently: a relay slot takes ~3 minutes to reserve")
+        return
+
+    def with_static_relays(*args, **kwargs):
+        if kwargs.get("trustedRelays"):
+            kwargs["relayDiscovery"] = False
+        return build(*args, **kwargs)
+
+    P2P._make_process_args = staticmethod(with_static_relays)
 
 
 class ProtocolMismatchError(ParisError):
@@ -88,8 +113,9 @@ class NetworkConfig(BaseModel):
             # never start: say it. Circuit addresses through the initial peers are announced explicitly, as
             # libp2p builds them only from a relay's public addresses.
             extra["force_reachability"] = "private"
-            relays = [m for m in self.initial_peers if "/p2p/" in m and "/p2p-circuit" not in m]
-            announce = [*announce, *(f"{m}/p2p-circuit" for m in relays[:4])]
+            relays = [m for m in self.initial_peers if "/p2p/" in m and "/p2p-circuit" not in m][:4]
+            announce = [*announce, *(f"{m}/p2p-circuit" for m in relays)]
+            extra["trusted_relays"] = relays  # with relay discovery off (_use_static_relays): no boot delay
             if not self.announce_maddrs:
                 announce += [m for m in self.host_maddrs if "/0.0.0.0/" not in m and "/::/" not in m]
         return dict(
@@ -181,7 +207,7 @@ class SwarmNode:
         self.owner_subkey = b"[owner:" + identity.public_key_bytes + b"]"
         try:
             self.dht = _DetachedDHT(
-                start=True,
+                start=True, static_relays=self.network.behind_nat,
                 identity_path=str(identity.identity_path),
                 record_validators=make_validators(identity.private_key),
                 **self.network.dht_kwargs(),
@@ -227,7 +253,10 @@ class SwarmNode:
         value = encode_envelope(key, body, sign=self.identity.private_key.sign)
         subkey = self.owner_subkey + subkey_suffix(body).encode()
         try:
-            fut = self.dht.store(key, value, expiration_time, subkey=subkey, return_future=True)
+            # done at the first replica that stored it; the others continue in the background, so a dead peer
+            # among the nearest (a partition, a crash) does not stall every write for the whole timeout
+            fut = self.dht.store(key, value, expiration_time, subkey=subkey, return_future=True,
+                                 await_all_replicas=False)
             return bool(await asyncio.wait_for(fut, self.network.request_timeout))
         except asyncio.TimeoutError:
             log.warning("DHT store of %s timed out", key)

@@ -9,9 +9,8 @@
 2. `doctor` on a LAN host finds its announced address reachable; behind a masquerading NAT router it finds
    that peers see another address and says so.
 3. a node behind the NAT joins with `--behind-nat` (the LAN nodes run `--relay`): it fetches the run and a
-   checkpoint through the NAT, and once libp2p's auto-relay has reserved a slot on the creator (its boot
-   delay is 3 minutes, spent while the partition runs), a fresh peer on the LAN connects to it through the
-   relay, while its private address stays unreachable.
+   checkpoint through the NAT, and a fresh peer on the LAN connects to it through the creator's relay, while
+   its private address stays unreachable.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 PERIOD = 1.0
 LEASE = 3 * PERIOD  # ClaimManager: a lease lasts three periods
-EVERY = 10
+EVERY = 25  # a checkpoint every ~6 s on these machines: one verifier keeps up with it
 PORT = 31337
 
 
@@ -118,7 +117,7 @@ def test_partition_heals_to_one_owner_doctor_and_nat(lan, tmp_path):
     nodes = {"a": a, "b": start("b", *_args(ips["b"], "--role", "expert", "--relay", "--initial-peers-file",
                                             str(peers))),
              "c": start("c", *_args(ips["c"], "--role", "expert", "--relay", "--initial-peers-file", str(peers)))}
-    # the NATed node joins now: auto-relay's 3-minute boot delay passes while the partition runs
+    # the NATed node joins now and stays through the partition (checked at the end)
     d = start("d", *_args(None, "--host", "0.0.0.0", "--port", str(PORT), "--role", "seeder", "--behind-nat",
                           "--initial-peers-file", str(peers)))
     d_started = time.monotonic()
@@ -175,19 +174,20 @@ def test_partition_heals_to_one_owner_doctor_and_nat(lan, tmp_path):
     # nothing lost: the accepted head passes the newest step of the split, and every checkpoint both sides
     # published during it is judged, none rejected
     split_cids = {e["cid"]: e["step"] for n in split for e in split[n]}
+
+    def verdicts() -> dict[str, tuple[int, str]]:
+        return {e["cid"]: (e["step"], e["verdict"]) for e in a.events()
+                if e.get("msg") == "attested expert-0 checkpoint"}
+
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        attested = {e["cid"] for e in a.events() if e.get("msg") == "attested expert-0 checkpoint"}
-        st = _status(net, "a", peers)
-        if (_slot(st)["checkpoint_step"] or 0) > max(progress.values()) and split_cids.keys() <= attested:
-            break
-        time.sleep(3)
-    else:
-        raise AssertionError(f"split checkpoints not all judged: {sorted(split_cids.items())} vs attested "
-                             f"{sorted(attested)}; status {json.dumps(_slot(st))}")
+    while not (split_cids.keys() <= verdicts().keys()
+               and any(step > max(progress.values()) for step, _ in verdicts().values())):
+        assert time.monotonic() < deadline, f"split checkpoints not all judged: {split_cids} vs {verdicts()}"
+        time.sleep(1)
+    assert {verdicts()[c][1] for c in split_cids} == {"accept"}, verdicts()
+    st = _status(net, "a", peers)
+    assert (_slot(st)["checkpoint_step"] or 0) > max(progress.values()), _slot(st)  # the accepted head moved on
     assert not _slot(st)["rejected"], _slot(st)["rejected"]
-    verdicts = {e["cid"]: e["verdict"] for e in a.events() if e.get("msg") == "attested expert-0 checkpoint"}
-    assert {verdicts[c] for c in split_cids} == {"accept"}, verdicts
 
     # doctor on the LAN: peers dial the announced address back; behind the NAT: they see the router's address
     # (the node learns it is behind NAT and what to do)
@@ -203,20 +203,15 @@ def test_partition_heals_to_one_owner_doctor_and_nat(lan, tmp_path):
     assert checks["peers"]["verdict"] == "pass"  # dialing out through the NAT works
     assert checks["reachable"]["verdict"] == "fail" and "behind NAT" in checks["reachable"]["detail"]
     assert gw in checks["reachable"]["detail"] and "--behind-nat" in checks["reachable"]["fix"]
-    lied = _in(net, "d", "doctor", "--home", str(tmp_path / "doc-d"), "--initial-peers-file", str(peers),
-               "--host", "0.0.0.0", "--port", "31400", "--announce-host", gw, "--json")
-    checks = {c["name"]: c for c in json.loads(lied.stdout)["checks"]}
-    assert checks["reachable"]["verdict"] == "fail" and "cannot open a connection" in checks["reachable"]["detail"]
 
-    # the NATed node: it fetched the run and a checkpoint through the NAT (outbound), and, after auto-relay's
-    # boot delay, a fresh LAN peer reaches it through the creator's relay, never at its private address
+    # the NATed node: it fetched the run and a checkpoint through the NAT (outbound), and a fresh LAN peer
+    # reaches it through the creator's relay, never at its private address
     d.wait_for(lambda e: e.get("msg") == "replicated expert-0 checkpoint", 240, "the NATed node fetches a checkpoint")
     d_id = json.loads((tmp_path / "d" / "node.json").read_text())["peer_id"]
-    time.sleep(max(0.0, d_started + 200 - time.monotonic()))
     circuit = f"/ip4/{ips['a']}/tcp/{PORT}/p2p/{info['peer_id']}/p2p-circuit"
     r = subprocess.run([*net.argv("b"), *CLI[:1], "-c", DIAL, d_id, f"/ip4/{private}/tcp/{PORT}", circuit],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith(("OK", "FAIL"))]
-    print("behind NAT:", lines)
+    print(f"behind NAT, {time.monotonic() - d_started:.0f} s after it started:", lines)
     assert len(lines) == 2 and lines[0].startswith("FAIL"), r.stdout + r.stderr[-2000:]  # not at its private IP
     assert lines[1].startswith("OK"), f"not reachable through the relay: {lines[1]}"

@@ -241,6 +241,7 @@ def test_network_flags():
                         use_relay=False, behind_nat=True).dht_kwargs()
     assert kw["use_relay"] and kw["use_auto_relay"] and kw["force_reachability"] == "private"
     assert kw["announce_maddrs"] == [relay + "/p2p-circuit"]  # not 0.0.0.0, which nobody can dial
+    assert kw["trusted_relays"] == [relay]
     assert kw["nat_port_map"] is False  # no UPnP unless --nat
     public = network_config(initial_peers=[relay], host="0.0.0.0", port=31337, announce_host="203.0.113.5",
                             nat_traversal=False, use_relay=True).dht_kwargs()

@@ -426,3 +426,48 @@ def test_providers_are_ranked_by_what_we_saw_not_by_what_they_claim():
     other = rank_providers(announced, good={}, live=set(), limit=2000, rng=random.Random(1))
     assert sorted(other) == sorted(set(announced))
     assert rank_providers([], good={"x": 1.0}, live={"x"}, limit=4) == []
+    # a peer a recent fetch dropped as unreachable is passed over while anyone else remains
+    assert rank_providers(["gone", "b"], good={"gone": 9.0}, live={"b"}, limit=4, failed={"gone"}) == ["b"]
+    assert rank_providers(["gone"], good={}, live=set(), limit=4, failed={"gone"}) == ["gone"]
+
+
+def test_a_peer_behind_a_dead_connection_is_dropped_and_its_chunks_go_to_the_others(tmp_path, source):
+    """A partitioned provider: its stream opens (over a connection that still looks alive) but nothing ever
+    answers. The fetch drops it after `answer_timeout`, not the long request timeout, and, with unreachable
+    ones, never gives them a chunk to hold."""
+    src, manifest = source
+
+    async def run():
+        peers = Peers()
+        await peers.add("good", src)
+
+        async def hang(reader, writer):
+            await asyncio.sleep(3600)
+
+        silent = await asyncio.start_server(hang, "127.0.0.1", 0)
+        port = silent.sockets[0].getsockname()[1]
+
+        async def open_stream(name):
+            if name == "cut-off":
+                return await asyncio.open_connection("127.0.0.1", port)
+            if name == "unreachable":
+                await asyncio.sleep(2.0)  # a dial that hangs, then fails
+                raise ConnectionRefusedError(name)
+            return await peers.open(name)
+
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        try:
+            stats = await fetch_chunks(BlobStore(tmp_path / "dst"), manifest.unique_chunks(),
+                                       ["cut-off", "unreachable", "good"], open_stream, timeout=60.0,
+                                       answer_timeout=1.0, batch_size=2)
+        finally:
+            silent.close()
+            await peers.close()
+        return stats, loop.time() - began
+
+    stats, seconds = asyncio.run(asyncio.wait_for(run(), 50))
+    assert stats.peers["good"].chunks == len(manifest.unique_chunks())
+    assert stats.peers["cut-off"].banned and stats.peers["cut-off"].chunks == 0
+    assert stats.peers["unreachable"].chunks == 0
+    assert seconds < 30  # the 60 s request timeout never ran out

@@ -39,6 +39,7 @@ def test_put_get_over_p2p_streams(tmp_path):
             total = (3 << 20) + len('{"k": 4}')
             assert seen[-1] == (total, total) and all(t == total and 0 <= d <= t for d, t in seen)
             assert [d for d, _ in seen] == sorted(d for d, _ in seen)  # progress only moves forward
+            await stores[1].flush()  # b announces itself as a provider in the background
             assert set(await stores[1].find_providers(cid)) == {a.peer_id, b.peer_id}  # b provides now
             out_c = await stores[2].get(cid, tmp_path / "out-c")
             used = {p for p, s in stores[2].last_fetch.peers.items() if s.chunks}

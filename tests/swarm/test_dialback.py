@@ -85,6 +85,10 @@ def test_real_daemons_dial_back_open_closed_and_foreign_addresses():
             open_ = await request_dialback(client, hid, lid, [f"/ip4/127.0.0.1/tcp/{port}"])
             assert open_.reachable is True and open_.dialed == (f"/ip4/127.0.0.1/tcp/{port}",), open_
             assert open_.observed_ip == "127.0.0.1"
+            for _ in range(50):  # the helper hangs up after its dial; wait until that has happened
+                if all(p.peer_id != listener.peer_id for p in await helper.list_peers()):
+                    break
+                await asyncio.sleep(0.1)
             again = await request_dialback(client, hid, lid, [f"/ip4/127.0.0.1/tcp/{port}"])
             assert again.reachable is True  # the helper disconnected after the first dial: a new one each time
             foreign = await request_dialback(client, hid, lid, [f"/ip4/192.0.2.1/tcp/{port}"])
