@@ -280,7 +280,8 @@ class Daemon:
             log.warning("gossip is off for this session: %s", e)
             return
         self.gossip = client
-        await join_gossip(self.node, client, role=self.opts.role, ttl=max(180.0, 6 * self.opts.period))
+        await join_gossip(self.node, client, role=self.opts.role, ttl=max(180.0, 6 * self.opts.period),
+                          served_bytes=self.store.served_bytes if self.store else 0)
 
     def _on_gossip(self, msg: GossipMessage) -> None:
         ev = msg.event
@@ -345,6 +346,7 @@ class Daemon:
                     self._write_node_file()
                 elif self.gossip is not None:
                     await join_gossip(self.node, self.gossip, role=self.opts.role,
+                                      served_bytes=self.store.served_bytes if self.store else 0,
                                       ttl=max(180.0, 6 * self.opts.period))
                 if self.created_run:
                     await publish_spec_pointer(self.node, self.run_info.spec.run_id, self.run_info.bundle_cid,

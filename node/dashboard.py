@@ -69,6 +69,8 @@ def render(status: SwarmStatus) -> Group:
     for p in status.peers:
         trained = "" if p.samples_trained is None else (
             f"{_count(p.samples_trained)} samples in {p.checkpoints_accepted} accepted checkpoint(s)")
+        if p.served_bytes:
+            trained += f"{', ' if trained else ''}says it served {_count(p.served_bytes)}B"
         peers.add_row(_short(p.peer_id, 16), p.role, p.software, f"seen {_age(p.age_s)} ago", trained,
                       Text(p.clock_note or "", style="yellow"))
     feed = Table.grid(padding=(0, 2))

@@ -50,6 +50,7 @@ class PeerRow(BaseModel):
     clock_note: str | None = None  # its record is dated in our future: its clock (or ours) is off
     samples_trained: int | None = None  # by its accepted checkpoints (None: the run's rules are unknown here)
     checkpoints_accepted: int = 0
+    served_bytes: int = 0  # what its member record says it sent to peers: its own claim, not checked
 
 
 class EventRow(BaseModel):
@@ -111,7 +112,7 @@ async def gather_status(node: SwarmNode, run_id: str, *, spec=None, schedule=Non
                      clock_note=f"clock {m.ts - now:.0f} s ahead of this one" if m.ts - now > CLOCK_NOTE_S else None,
                      samples_trained=None if per_step is None or view.rules is None
                      else credit.get(m.peer_id, (0, 0))[0] * per_step,
-                     checkpoints_accepted=credit.get(m.peer_id, (0, 0))[1])
+                     checkpoints_accepted=credit.get(m.peer_id, (0, 0))[1], served_bytes=m.served_bytes)
              for m in view.members.values() if isinstance(m, MemberBody)]
     return SwarmStatus(
         run_id=run_id, name=spec.name if spec is not None else None, num_clusters=view.num_clusters,

@@ -70,6 +70,7 @@ class MemberBody(Frozen):
     maddrs: tuple[Maddr, ...] = Field(default=(), max_length=16)
     gossip_maddrs: tuple[Maddr, ...] = Field(default=(), max_length=16)
     role: Literal["auto", "expert", "router", "seeder", "verifier", "observer"] = "auto"
+    served_bytes: int = Field(default=0, ge=0, le=2**60)  # content it says it sent to peers (a claim)
     ts: Timestamp
 
 

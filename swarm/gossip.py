@@ -178,12 +178,13 @@ class GossipClient:
 
 
 async def join_gossip(node: SwarmNode, client: GossipClient, role: str = "auto", ttl: float = 120.0,
-                      software: str = "paris-node") -> ConnectedReply:
+                      software: str = "paris-node", served_bytes: int = 0) -> ConnectedReply:
     """Publish our member record (with gossip addresses) in the DHT and connect to every member's gossip
     addresses. Call it again periodically (before `ttl` runs out) to refresh and to meet newcomers."""
     now = get_dht_time()
     body = MemberBody(protocol=PROTOCOL_VERSION, software=software, peer_id=node.peer_id,
-                      maddrs=tuple(node.visible_maddrs()[:16]), gossip_maddrs=client.maddrs[:16], role=role, ts=now)
+                      maddrs=tuple(node.visible_maddrs()[:16]), gossip_maddrs=client.maddrs[:16], role=role,
+                      served_bytes=min(max(served_bytes, 0), 2**60), ts=now)
     await node.announce_member(client.run_id, body, ttl)
     found = await node.get(run_key(client.run_id, "members"))
     targets = [m for r in found.records if isinstance(r.body, MemberBody) and r.body.peer_id != node.peer_id

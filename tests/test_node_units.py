@@ -340,12 +340,13 @@ def test_dashboard_peer_totals():
 
     peers = [PeerRow(peer_id=PEER_A, role="auto", software="paris-node 0.1", age_s=3.0, samples_trained=1_234_000,
                      checkpoints_accepted=12),
-             PeerRow(peer_id=PEER_B, role="verifier", software="paris-node 0.1", age_s=9.0, samples_trained=0)]
+             PeerRow(peer_id=PEER_B, role="verifier", software="paris-node 0.1", age_s=9.0, samples_trained=0,
+                     served_bytes=52_000_000)]
     st = SwarmStatus(run_id="r", num_clusters=1, progress=0.5, peers=peers, at=0.0, slots=[])
     buf = io.StringIO()
     Console(file=buf, width=200, color_system=None).print(render(st))
     assert "1.2M samples in 12 accepted checkpoint(s)" in buf.getvalue()
-    assert "0 samples in 0 accepted" in buf.getvalue()
+    assert "0 samples in 0 accepted checkpoint(s), says it served 52.0MB" in buf.getvalue()
 
 
 def test_a_trainer_keeps_what_verifiers_have_not_reached():
