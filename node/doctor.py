@@ -178,7 +178,8 @@ async def reachability(node, peers: list[str], *, host: str, port: int, announce
     listen = tcp_maddr(host, port)
     announced = tcp_maddr(announce_host, port) if announce_host and port else None
     try:
-        listener = await P2P.create(host_maddrs=[listen], announce_maddrs=[announced] if announced else None)
+        listener = await P2P.create(host_maddrs=[listen], announce_maddrs=[announced] if announced else None,
+                                    nat_port_map=False, auto_nat=False, use_relay=False)  # no UPnP unasked
     except Exception as e:
         return Check(name="reachable", verdict="fail", detail=f"cannot listen on {listen}: {e}",
                      fix="check --host / --port")

@@ -91,9 +91,10 @@ class Publisher:
                     self._unannounced.append(body)
                 elif self.keeper is not None:
                     self.keeper.add(run_key(self.run_id, "checkpoints"), body)
-                self.published[slot] = (cid, meta.step)
-                self.backlog.setdefault(slot, []).append((cid, meta.step))
-                self.replace_pin(slot, cid, meta.step)
+                self.backlog[slot] = sorted({*self.backlog.get(slot, []), (cid, meta.step)}, key=lambda e: e[1])
+                if meta.step >= self.published.get(slot, ("", -1))[1]:  # stores may finish out of order
+                    self.published[slot] = (cid, meta.step)
+                    self.replace_pin(slot, cid, meta.step)
                 self._trim(slot, set())
                 if self.metrics is not None:
                     self.metrics.observe_publish(slot, time.monotonic() - started, size, meta.val_loss)

@@ -74,12 +74,13 @@ def test_real_daemons_dial_back_open_closed_and_foreign_addresses():
     from swarm.dialback import request_dialback, serve_dialback
 
     async def scenario() -> None:
-        local = ["/ip4/127.0.0.1/tcp/0"]
-        helper = await P2P.create(host_maddrs=local)
-        client = await P2P.create(host_maddrs=local, initial_peers=[str(m) for m in await helper.get_visible_maddrs()])
+        local = {"host_maddrs": ["/ip4/127.0.0.1/tcp/0"], "nat_port_map": False, "auto_nat": False}
+        helper = await P2P.create(**local)
+        client = await P2P.create(**local, initial_peers=[str(m) for m in await helper.get_visible_maddrs()])
         async def fresh_listener() -> tuple[P2P, int]:
             port = _free_port()
-            return await P2P.create(host_maddrs=[f"/ip4/127.0.0.1/tcp/{port}"]), port
+            return await P2P.create(host_maddrs=[f"/ip4/127.0.0.1/tcp/{port}"], nat_port_map=False,
+                                    auto_nat=False), port
 
         listener, port = await fresh_listener()
         second, port2 = await fresh_listener()
