@@ -43,7 +43,10 @@ def test_put_get_over_p2p_streams(tmp_path):
             assert set(await stores[1].find_providers(cid)) == {a.peer_id, b.peer_id}  # b provides now
             out_c = await stores[2].get(cid, tmp_path / "out-c")
             used = {p for p, s in stores[2].last_fetch.peers.items() if s.chunks}
-            assert used == {a.peer_id, b.peer_id}  # chunks came from both providers
+            # from the live providers; which of them served depends on whose stream opened first (work goes only
+            # to open streams, so that an unreachable provider never holds chunks: tests/swarm/test_cas.py)
+            assert used and used <= {a.peer_id, b.peer_id}
+            assert set(stores[2].last_fetch.peers) == {a.peer_id, b.peer_id}  # both were asked
             assert cid in stores[2].blobs.pins()
             # a node restarted on the same store serves its complete packs again (index rebuilt on start)
             again = ContentStore(b, tmp_path / "b-cas")
