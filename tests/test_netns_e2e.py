@@ -163,9 +163,10 @@ def test_partition_heals_to_one_owner_doctor_and_nat(lan, tmp_path):
     stopped = _since(nodes[loser], stop_msg, heal_at)[0]["ts"]
     met = [e["ts"] for n in nodes for e in _since(nodes[n], "reconnected to peers the DHT had lost", heal_at)]
     print(f"heal → loser stops: {stopped - heal_at:.1f} s; reconnect → stop: "
-          f"{stopped - min(met, default=heal_at):.1f} s; progress at heal {progress}")
-    assert met, "neither side re-dialed the other after the heal"
-    assert stopped - min(met) <= 2 * LEASE + 2 * PERIOD, (stopped - min(met), progress)
+          f"{stopped - min(met, default=heal_at):.1f} s ({len(met)} re-dial(s)); progress at heal {progress}")
+    # the sides meet again when a reconnect re-dials a lost peer, or at once if the routing tables kept them
+    met_at = min(met) if met else heal_at
+    assert stopped - met_at <= 2 * LEASE + 2 * PERIOD, (stopped - met_at, progress)
     nodes[winner].wait_for(lambda e: e.get("msg") == "published expert-0 checkpoint" and e["ts"] > stopped + LEASE
                            and e["step"] > max(progress.values()), 120, "the winner trains on past the split")
     assert not _since(nodes[winner], stop_msg, heal_at), "the winner must keep the cluster"
