@@ -378,6 +378,15 @@ def test_a_full_disk_fails_the_download_at_once(tmp_path, source):
     asyncio.run(asyncio.wait_for(run(), 30))
 
 
+async def _silent_server() -> tuple[asyncio.AbstractServer, int]:
+    """A TCP server on 127.0.0.1 that accepts and never answers (a tarpit, or a peer behind a dead link)."""
+    async def hang(reader, writer):
+        await asyncio.sleep(3600)
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
 def test_silent_and_fake_providers_cannot_stall_a_manifest_fetch(tmp_path, source):
     """A hundred providers that accept and never answer, or do not exist, ahead of the one real one: the
     manifest still arrives, asked of several at once with a bounded wait each."""
@@ -387,11 +396,7 @@ def test_silent_and_fake_providers_cannot_stall_a_manifest_fetch(tmp_path, sourc
         peers = Peers()
         await peers.add("good", src)
 
-        async def hang(reader, writer):
-            await asyncio.sleep(3600)
-
-        silent = await asyncio.start_server(hang, "127.0.0.1", 0)
-        port = silent.sockets[0].getsockname()[1]
+        silent, port = await _silent_server()
 
         async def open_stream(name):
             if name.startswith("silent"):
@@ -441,11 +446,7 @@ def test_a_peer_behind_a_dead_connection_is_dropped_and_its_chunks_go_to_the_oth
         peers = Peers()
         await peers.add("good", src)
 
-        async def hang(reader, writer):
-            await asyncio.sleep(3600)
-
-        silent = await asyncio.start_server(hang, "127.0.0.1", 0)
-        port = silent.sockets[0].getsockname()[1]
+        silent, port = await _silent_server()
 
         async def open_stream(name):
             if name == "cut-off":
