@@ -50,7 +50,7 @@ from expert.pipeline import ParisPipeline, assemble
 from expert.presets import get_preset
 from expert.run_init import init_run
 from expert.sampling import load_expert, sample_prompts
-from expert.synth_classifier import SynthJudge, train_judge
+from expert.synth_classifier import SynthJudge, cached_judge
 from expert.synth_dataset import write_synthetic
 from expert.train import ExpertTrainer, Trainer, resolve_device, router_trainer_for_run, run_clips, trainer_for_run
 from protocol.errors import ParisError
@@ -400,12 +400,8 @@ def main() -> None:
     spec = init_run(data, scale.clusters, preset=preset, seed=0, name=f"ddm-vs-monolith-{name}")
     sizes = np.bincount(np.asarray(spec.assignments), minlength=scale.clusters).tolist()
     log(f"clusters {sizes}")
-    if (args.judge / "judge.json").is_file():
-        judge = SynthJudge.load(args.judge)
-    else:
-        log("training the synthetic-data judge (once)")
-        judge = train_judge()
-        judge.save(args.judge)
+    judge = cached_judge(args.judge, on_step=lambda i, total: i == 1 and log("training the synthetic-data judge "
+                                                                              "(once)"))
     fvd_net, clip = load_feature_nets(args, device)
     budget = plan_budget(spec, scale)
     log(f"budget: monolith {budget.monolith_steps} steps; router {budget.router_steps} + {scale.clusters} × "

@@ -18,11 +18,10 @@ import torch
 from torch import nn
 
 from expert.metrics import frechet_distance_features
-from expert.synth import ATTRIBUTES
-from expert.synth_classifier import SynthJudge, generator_clips
+from expert.synth_classifier import SynthJudge, accuracy, generator_clips
 
 EVAL_SEED = 30_000
-# attributes of the first-described object that a prompt states (the object count is not asked for)
+# attributes a prompt states (the object count is not asked for); with two objects, either object's counts
 PROMPT_ATTRIBUTES = ("shape", "colour", "motion", "background")
 
 
@@ -51,13 +50,39 @@ def match_clips(real: np.ndarray, like: tuple[int, int, int]) -> np.ndarray:
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
 
 
+def prompts_of_cluster(spec, cluster: int, n: int, *, seed: int = EVAL_SEED,
+                       search: int = 4000) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The first `n` evaluation clips (judge size, attributes shown, captions) that the run's clustering puts
+    in `cluster`: prompts an expert was trained for, with real clips to compare against."""
+    from expert.run_init import assign_clips
+    from expert.synth import render_clip
+
+    d = spec.data
+    picked: list[int] = []
+    for start in range(0, search, 256):
+        idx = range(start, min(start + 256, search))
+        specs = [render_clip(seed, i, d.frames, d.height, d.width) for i in idx]
+        labels = assign_clips(spec, np.stack([v for v, _ in specs]), [s.caption for _, s in specs])
+        picked += [i for i, k in zip(idx, labels, strict=True) if k == cluster]
+        if len(picked) >= n:
+            break
+    if len(picked) < n:
+        raise ValueError(f"only {len(picked)} of {search} evaluation clips fall in cluster {cluster}")
+    parts = [generator_clips(seed, 1, start=i) for i in picked[:n]]
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            [p[2][0] for p in parts])
+
+
 def evaluate_synthetic(sample: Callable[[list[str], int], np.ndarray], judge: SynthJudge, *, n: int = 64,
                        batch: int = 8, seed: int = EVAL_SEED, on_batch: Callable[[int], None] | None = None,
-                       fvd_net: VideoFeatures | None = None, clip: TextVideoScore | None = None) -> dict:
+                       fvd_net: VideoFeatures | None = None, clip: TextVideoScore | None = None,
+                       prompts: tuple[np.ndarray, np.ndarray, list[str]] | None = None) -> dict:
     """`sample(prompts, seed) -> N×T×H×W×3 uint8`. Returns FVD-synth (generated vs real clips of the same
     prompts, judge features) and, per attribute, how often the generated clip shows what its prompt says;
-    with `fvd_net` also `fvd`, with `clip` also `clip_similarity` (mean over videos)."""
-    real, attrs, captions = generator_clips(seed, n)
+    with `fvd_net` also `fvd`, with `clip` also `clip_similarity` (mean over videos). `prompts`: the real
+    clips, attributes and captions to use (e.g. `prompts_of_cluster`) instead of the first `n` of `seed`."""
+    real, present, captions = prompts if prompts is not None else generator_clips(seed, n)
+    n = len(captions)
     generated = []
     for start in range(0, n, batch):
         generated.append(sample(captions[start : start + batch], seed + start))
@@ -65,16 +90,11 @@ def evaluate_synthetic(sample: Callable[[list[str], int], np.ndarray], judge: Sy
             on_batch(min(batch, n - start))
     fake = np.concatenate(generated)
     real = match_clips(real, fake.shape[1:4])
-    pred = judge.predict(fake)
-    names = list(ATTRIBUTES)
-    accuracy = {a: round(float((pred[:, names.index(a)] == attrs[:, names.index(a)]).mean()), 4)
-                for a in PROMPT_ATTRIBUTES}
-    real_pred = judge.predict(real)
-    ceiling = {a: round(float((real_pred[:, names.index(a)] == attrs[:, names.index(a)]).mean()), 4)
-               for a in PROMPT_ATTRIBUTES}
+    shown = {a: v for a, v in accuracy(judge.predict(fake), present).items() if a in PROMPT_ATTRIBUTES}
+    ceiling = {a: v for a, v in accuracy(judge.predict(real), present).items() if a in PROMPT_ATTRIBUTES}
     report = {"n": n, "fvd_synth": round(frechet_distance_features(judge.features(fake), judge.features(real)), 4),
-              "attribute_accuracy": accuracy, "attribute_accuracy_on_real_clips": ceiling,
-              "mean_attribute_accuracy": round(float(np.mean(list(accuracy.values()))), 4)}
+              "attribute_accuracy": shown, "attribute_accuracy_on_real_clips": ceiling,
+              "mean_attribute_accuracy": round(float(np.mean(list(shown.values()))), 4)}
     if fvd_net is not None:
         report["fvd"] = round(frechet_distance_features(fvd_net.features(fake), fvd_net.features(real)), 4)
     if clip is not None:

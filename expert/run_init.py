@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from expert.cluster import balance_report, cluster
+from expert.cluster import balance_report, cluster, nearest
 from expert.embed import SHAPES_V1, SHAPES_V1_GROUPS, embed_open_clip, embed_shapes_v1
 from expert.presets import get_preset
 from expert.shards import load_dataset
+from protocol.errors import ParisError
 from protocol.model import ExpertPreset
 from protocol.run import EmbeddingInfo, RunSpec, ValidationSpec, choose_holdout
 
@@ -45,3 +46,16 @@ def init_run(data_dir: Path, clusters: int, *, preset: ExpertPreset | None = Non
                                 two_stage_fine=result.fine, **info_kw),
         preset=preset, balance=report, seed=seed, creator=creator, data_hint=str(Path(data_dir).resolve()),
     )
+
+
+def assign_clips(spec: RunSpec, frames: np.ndarray, captions: list[str]) -> np.ndarray:
+    """The cluster of each new clip under a run's clustering: embedded as at `run init`, standardised with the
+    run's mean and scale, nearest centroid. Clips must have the run data's frames and size."""
+    if spec.embedding.method != SHAPES_V1:
+        raise ParisError(f"assigning new clips needs the {spec.embedding.method} embedding network; "
+                         f"only {SHAPES_V1} runs can be assigned here")
+    if tuple(frames.shape[1:4]) != (spec.data.frames, spec.data.height, spec.data.width):
+        raise ParisError(f"clips are {frames.shape[1:4]}, the run's data is "
+                         f"{(spec.data.frames, spec.data.height, spec.data.width)}")
+    x = (embed_shapes_v1(frames, captions) - np.asarray(spec.embedding.mean)) / np.asarray(spec.embedding.scale)
+    return nearest(x, np.asarray(spec.centroids))

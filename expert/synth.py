@@ -18,6 +18,13 @@ COLOUR_RGB = np.array(
 )
 MOTIONS = ("left", "right", "up", "down", "diagonal", "rotate", "grow")
 BACKGROUNDS = ("dark", "gradient", "striped")
+# Version 2 of the generator (data manifests say which): objects start at most 15° from upright, because a
+# square turned 45° is a diamond (and a diamond a square), so version 1's uniform 0–90° start angle made the
+# two shapes indistinguishable; and objects are drawn larger (radius 15–22 % of the frame, was 12–19 %) so
+# a shape survives 32×32 pixels. The random draws are the same, so captions, colours and paths are unchanged.
+GENERATOR_VERSION = 2
+MAX_TILT = np.pi / 12
+RADIUS = (0.15, 0.22)
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "shape": SHAPES,
     "colour": COLOURS,
@@ -61,6 +68,16 @@ class ClipSpec:
         o = self.objects[0]
         return (o.shape, o.colour, o.motion, self.background, len(self.objects) - 1)
 
+    def present(self) -> np.ndarray:
+        """A×V bool (ATTRIBUTES order, V the largest vocabulary): which values the clip shows. With two
+        objects a video cannot say which was described first, so either object's shape (colour, motion)
+        counts as the clip's."""
+        out = np.zeros((len(ATTRIBUTES), max(len(v) for v in ATTRIBUTES.values())), dtype=bool)
+        for o in self.objects:
+            out[0, o.shape] = out[1, o.colour] = out[2, o.motion] = True
+        out[3, self.background] = out[4, len(self.objects) - 1] = True
+        return out
+
 
 def _describe(o: ObjectSpec, rng: np.random.Generator) -> str:
     phrase = MOTION_PHRASES[MOTIONS[o.motion]][rng.integers(3)]
@@ -93,7 +110,7 @@ def _trajectory(motion: str, t: np.ndarray, r: float, rng: np.random.Generator):
     cx = np.full_like(t, a)
     cy = np.full_like(t, rng.uniform(lo, hi))
     scale = np.ones_like(t)
-    angle = np.full_like(t, rng.uniform(0, np.pi / 2))
+    angle = np.full_like(t, rng.uniform(-MAX_TILT, MAX_TILT))
     if motion == "left":
         cx = start + (end - start) * t
     elif motion == "right":
@@ -154,7 +171,7 @@ def render_clip(seed: int, index: int, frames: int = 16, height: int = 32,
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     xx, yy = (xx + 0.5) / size, (yy + 0.5) / size
     for o in spec.objects:
-        r = float(rng.uniform(0.12, 0.19))
+        r = float(rng.uniform(*RADIUS))
         cx, cy, scale, angle = _trajectory(MOTIONS[o.motion], t, r, rng)
         dx = xx[None] - cx[:, None, None] * (width / size)
         dy = yy[None] - cy[:, None, None] * (height / size)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from expert.shards import ClipBatch, ShardWriter, tokenize
-from expert.synth import ATTRIBUTES, render_clip
+from expert.synth import ATTRIBUTES, GENERATOR_VERSION, render_clip
 from protocol.data import AttributeSpec, DataManifest
 
 SYNTH_FPS = 8.0
@@ -37,5 +37,5 @@ def write_synthetic(out: Path, *, clips: int = 2000, seed: int = 0, frames: int 
     return writer.finish(
         source="synthetic", frames=frames, height=height, width=width, fps=SYNTH_FPS,
         attributes=tuple(AttributeSpec(name=k, values=v) for k, v in ATTRIBUTES.items()),
-        generator={"name": "moving-shapes", "version": 1, "seed": seed, "clips": clips},
+        generator={"name": "moving-shapes", "version": GENERATOR_VERSION, "seed": seed, "clips": clips},
     )

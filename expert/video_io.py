@@ -63,3 +63,28 @@ def _write_mp4(path: Path, video: np.ndarray, fps: float) -> None:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def frame_strip(videos: np.ndarray, frames: int = 4, pad: int = 1) -> np.ndarray:
+    """N×T×H×W×3 → one image: a row per video, `frames` evenly spaced frames from first to last."""
+    n, t, h, w, c = videos.shape
+    picks = np.linspace(0, t - 1, frames).round().astype(int)
+    out = np.zeros((n * (h + pad) + pad, frames * (w + pad) + pad, c), dtype=np.uint8)
+    for i in range(n):
+        for j, f in enumerate(picks):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            out[y : y + h, x : x + w] = videos[i, f]
+    return out
+
+
+def write_image(path: Path, image: np.ndarray, *, min_side: int = 256) -> Path:
+    """Write H×W×3 uint8 as a PNG, enlarged by an integer factor, atomically."""
+    from PIL import Image
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ParisError(f"cannot write {path.name}: the image must end in .png")
+    image = upscale(np.asarray(image, dtype=np.uint8)[None], min_side)[0]
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+    return path

@@ -343,7 +343,7 @@ def eval_cmd(
     text-video similarity when their weights are given (see README)."""
     from expert.evaluate import EVAL_SEED, evaluate_synthetic
     from expert.routing import parse_strategy
-    from expert.synth_classifier import SynthJudge, train_judge
+    from expert.synth_classifier import cached_judge
     from expert.train import resolve_device
 
     if (ensemble is None) == (checkpoint is None):
@@ -359,13 +359,10 @@ def eval_cmd(
         from expert.clip_score import ClipScorer
 
         clip = ClipScorer.from_pretrained(clip_model, clip_weights, device=device)
-    if (judge_dir / "judge.json").is_file():
-        judge = SynthJudge.load(judge_dir)
-    else:
-        with progress() as bar:
-            task = bar.add_task("training the synthetic-data judge (once)", total=600)
-            judge = train_judge(on_step=lambda i, total: bar.update(task, completed=i))
-        judge.save(judge_dir)
+    with progress() as bar:
+        task = bar.add_task("training the synthetic-data judge (once)", total=None, visible=False)
+        judge = cached_judge(judge_dir, on_step=lambda i, total: bar.update(task, completed=i, total=total,
+                                                                             visible=True))
     from expert.conditioning import conditioning_ratio
     from expert.synth_classifier import generator_clips
 

@@ -81,3 +81,25 @@ def test_run_id_commits_to_its_creator(tiny_run, tmp_path):
     a, b = (load_identity(tmp_path / n).public_key_bytes.decode() for n in ("a", "b"))
     ids = {RunSpec.model_validate({**spec.model_dump(), "creator": c}).run_id for c in (a, b, None)}
     assert len(ids) == 3 and all(len(i) == len("run-") + 32 for i in ids)
+
+
+def test_new_clips_are_assigned_as_run_init_assigned_the_data(tiny_run, synth_dir):
+    """`assign_clips` (embed, standardise with the run's statistics, nearest centroid) reproduces the run's
+    own assignments on its data, and `prompts_of_cluster` keeps only clips it puts in that cluster."""
+    from expert.evaluate import EVAL_SEED, prompts_of_cluster
+    from expert.run_init import assign_clips
+    from expert.synth import render_clip
+
+    spec, _ = tiny_run
+    _, clips = load_dataset(synth_dir)
+    labels = assign_clips(spec, clips.frames, clips.captions)
+    assert (labels == np.asarray(spec.assignments)).mean() > 0.98  # rounding of the stored centroids only
+    real, present, captions = prompts_of_cluster(spec, 1, 6, search=400)
+    assert len(real) == len(present) == len(captions) == 6
+    d = spec.data
+    own = [render_clip(EVAL_SEED, i, d.frames, d.height, d.width) for i in range(400)]
+    in_one = {s.caption for (v, s), k in zip(own, assign_clips(spec, np.stack([v for v, _ in own]),
+                                                               [s.caption for _, s in own]), strict=True) if k == 1}
+    assert set(captions) <= in_one
+    with pytest.raises(ParisError, match="the run's data is"):
+        assign_clips(spec, clips.frames[:, :4], clips.captions)
