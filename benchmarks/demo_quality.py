@@ -8,7 +8,7 @@ and writes a frame strip (`--strip`, for the README).
 Targets at the default budget (issue "prompts must steer the video"): colour ≥ 0.6, background ≥ 0.9,
 conditioning ratio ≥ 0.1 at t = 0.5.
 
-    python benchmarks/demo_quality.py [--steps 1000] [--n 48] [--work DIR] [--strip docs/demo_strip.png] [--json]
+    python benchmarks/demo_quality.py [--steps 3000] [--n 48] [--work DIR] [--strip docs/demo_strip.png] [--json]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from expert.synth_classifier import cached_judge
 from expert.synth_dataset import write_synthetic
 from expert.train import trainer_for_run
 from expert.video_io import frame_strip, write_image
+from node.cli import DEMO_STEPS
 from protocol.atomic import atomic_write_text
 from protocol.run import RunSpec
 
@@ -96,7 +97,7 @@ def measure(path: Path, judge, prompts, n_cond: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=1000, help="the demo's default budget (also measured at half)")
+    ap.add_argument("--steps", type=int, default=DEMO_STEPS, help="the demo's default budget (also measured at half)")
     ap.add_argument("--n", type=int, default=48, help="evaluation prompts of the expert's cluster")
     ap.add_argument("--work", type=Path, default=Path("demo-quality"), help="data, run and checkpoints (reused)")
     ap.add_argument("--judge", type=Path, default=Path.home() / ".paris" / "synth-judge")
@@ -145,7 +146,8 @@ def main() -> None:
     for name, r in reports.items():
         acc, ceil, plain = (r["attribute_accuracy"], r["attribute_accuracy_on_real_clips"],
                             r["attribute_accuracy_without_guidance"])
-        print(f"{name} budget, {r['step']} steps: FVD-synth {r['fvd_synth']:.2f}; text use "
+        print(f"{name} budget, {r['step']} steps: FVD-synth {r['fvd_synth']:.2f}; high-frequency energy "
+              f"{r['high_frequency_ratio']:.2f}× real; text use "
               + ", ".join(f"{t} {v:.3f}" for t, v in r["conditioning_ratio"].items()))
         for a in acc:
             print(f"  {a:10} {acc[a]:.3f}  without guidance {plain[a]:.3f}  (judge on real clips {ceil[a]:.3f})")

@@ -27,7 +27,36 @@ def build_backbone(cfg: BackboneConfig, text_dim: int, *, seed: int = 0,
         )
         if cfg.text_conditioning == "paris":
             condition_on_text(model)
+        if cfg.prediction == "x" and out_channels is None:  # a router's K outputs are logits, not samples
+            predict_clean_sample(model)
     return model
+
+
+X_MIN_T = 0.05  # the velocity of an x-prediction divides by t: bounded below, as in JiT (Li & He, 2025)
+
+
+def predict_clean_sample(model: WanTransformer3DModel) -> WanTransformer3DModel:
+    """Make the network predict the clean sample x_0 (in place): its output is read as x̂_0 and turned into
+    the velocity v = (x_t − x̂_0) / max(t, X_MIN_T) by a forward hook, so every caller still receives a
+    velocity (the training loss stays the velocity MSE, as in JiT).
+
+    Why (measured on the small preset, 1000 steps, issue "prompts must steer the video"): a pixel patch of
+    (2, 4, 4) × RGB is 96 values against a width of 128. A velocity is mostly the noise, which has no
+    structure to compress, so a v-prediction network cannot pass it through and every sample kept
+    per-pixel speckle: its mean absolute neighbour difference was 14.8 (guidance 1) against 7.6 for real
+    clips, although the same network denoised a real clip well in one step (x_0 error 0.013 at t = 0.5,
+    variance 0.082). A clean sample is smooth and predictable; with x-prediction the same budget gave 8.2."""
+    model.register_forward_hook(_velocity_from_clean_sample, with_kwargs=True)
+    return model
+
+
+def _velocity_from_clean_sample(module, args, kwargs, output):
+    x = args[0] if args else kwargs["hidden_states"]
+    ts = args[1] if len(args) > 1 else kwargs["timestep"]
+    clean = output[0] if isinstance(output, tuple) else output.sample
+    t = (ts.float() / 1000.0).clamp_min(X_MIN_T).view(-1, *([1] * (clean.dim() - 1)))
+    v = (x.float() - clean.float()) / t
+    return (v,) if isinstance(output, tuple) else type(output)(sample=v)
 
 
 def condition_on_text(model: WanTransformer3DModel) -> WanTransformer3DModel:

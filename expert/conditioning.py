@@ -15,7 +15,11 @@ from expert.flow import noisy, timestep
 from expert.sampling import encode_prompts
 from expert.text import TextEncoder
 
-T_LEVELS = (0.9, 0.5, 0.1)
+# 0.98 is where the caption is the only source of an object's colour: on the built-in data that colour can be
+# read off x_t at the object's pixels with accuracy 1.0 at t = 0.5 and 0.8, 0.985 at 0.9, 0.75 at 0.95 and
+# 0.38 at 0.98 (chance 0.17). Below ~0.9 an ideal model gains little from the caption, so its ratio there is
+# small whether or not it follows the prompt.
+T_LEVELS = (0.98, 0.9, 0.5, 0.1)
 
 
 @torch.no_grad()

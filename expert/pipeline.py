@@ -24,7 +24,7 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, WanTra
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
-from expert.backbone import PixelCodec, build_codec, condition_on_text
+from expert.backbone import PixelCodec, build_codec, condition_on_text, predict_clean_sample
 from expert.router import Router
 from expert.routing import Strategy, mix, parse_strategy, routing_weights
 from expert.sampling import encode_prompts, velocity
@@ -105,7 +105,7 @@ class ParisPipeline(DiffusionPipeline):
         if k < 1 or head.routed != k:
             raise IntegrityError(f"ensemble {directory}: the router has {head.routed} outputs for {k} experts")
         tc = preset.backbone.text_conditioning
-        experts = [_load_wan(directory / f"expert_{i}", tc).eval() for i in range(k)]
+        experts = [_load_wan(directory / f"expert_{i}", tc, preset.backbone.prediction).eval() for i in range(k)]
         text = TextEncoder(text_cfg)
         text.load_state_dict(load_file(directory / "text_encoder" / "model.safetensors"))
         router = Router.from_trunk(_load_wan(directory / "router", tc), head, text.width).eval()
@@ -168,15 +168,19 @@ def ensemble_velocity(experts, router, x: torch.Tensor, t: torch.Tensor, cond: t
     return mix(weights, velocities, x), probs, weights
 
 
-def _load_wan(directory: Path, text_conditioning: str = "paris") -> WanTransformer3DModel:
+def _load_wan(directory: Path, text_conditioning: str = "paris",
+              prediction: str | None = None) -> WanTransformer3DModel:
     """`config.json` + `diffusion_pytorch_model.safetensors` (what `save_pretrained` writes), built from the
-    config (with the preset's text conditioning, expert.backbone.condition_on_text) and filled strictly, so
-    that a file that does not fit is an error, not a silent partial load."""
+    config (with the preset's text conditioning and prediction, expert.backbone.condition_on_text and
+    predict_clean_sample) and filled strictly, so that a file that does not fit is an error, not a silent
+    partial load."""
     try:
         config = json.loads((directory / "config.json").read_text())
         model = WanTransformer3DModel.from_config(config)
         if text_conditioning == "paris":
             condition_on_text(model)
+        if prediction == "x":
+            predict_clean_sample(model)
         model.load_state_dict(load_file(directory / "diffusion_pytorch_model.safetensors"))
     except (OSError, ValueError, RuntimeError) as e:
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__

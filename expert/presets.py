@@ -16,19 +16,19 @@ def get_preset(name: str, *, vae_path: str | None = None, text_model: str | None
         return ExpertPreset(
             name="tiny",
             backbone=BackboneConfig(frames=8, height=32, width=32, patch_size=(2, 4, 4), num_layers=3,
-                                    num_heads=3, head_dim=32, ffn_dim=256, freq_dim=64),
+                                    num_heads=3, head_dim=32, ffn_dim=256, freq_dim=64, prediction="x"),
             text=TextEncoderConfig(width=64, layers=1, heads=2, context_length=32),
             train=TrainConfig(batch_size=8, lr=1e-3, warmup_steps=20, ema_decay=0.99, target_steps=400,
-                              checkpoint_every=100),
+                              checkpoint_every=100, logit_normal_mean=1.0),
         )
     if name == "small":
         return ExpertPreset(
             name="small",
             backbone=BackboneConfig(frames=16, height=32, width=32, patch_size=(2, 4, 4), num_layers=4,
-                                    num_heads=4, head_dim=32, ffn_dim=512, freq_dim=64),
+                                    num_heads=4, head_dim=32, ffn_dim=512, freq_dim=64, prediction="x"),
             text=TextEncoderConfig(width=96, layers=2, heads=2, context_length=32),
             train=TrainConfig(batch_size=8, lr=1e-3, warmup_steps=50, ema_decay=0.995, target_steps=1000,
-                              checkpoint_every=100),
+                              checkpoint_every=100, logit_normal_mean=1.0),
         )
     if name in ("base", "large"):
         if not vae_path:
@@ -45,6 +45,6 @@ def get_preset(name: str, *, vae_path: str | None = None, text_model: str | None
                                     ffn_dim=4096 if big else 3072, freq_dim=256),
             text=text,
             train=TrainConfig(batch_size=16 if big else 32, lr=1e-4, warmup_steps=1000, ema_decay=0.9999,
-                              target_steps=200_000 if big else 100_000, checkpoint_every=2000),
+                              target_steps=200_000 if big else 100_000, checkpoint_every=2000, logit_normal_mean=1.0),
         )
     raise ParisError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")

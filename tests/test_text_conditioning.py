@@ -60,3 +60,29 @@ def test_a_briefly_trained_expert_follows_the_caption_colour():
     mean = sample_prompts(expert, prompts, steps=10, guidance=3.0, seed=1).astype(float).mean(axis=(1, 2, 3))
     red, blue = mean[:4], mean[4:]
     assert (red[:, 0] > red[:, 2] + 50).all() and (blue[:, 2] > blue[:, 0] + 50).all(), mean.round(1)
+
+
+def test_x_prediction_returns_the_velocity_of_its_clean_sample():
+    """The pixel presets' networks predict x_0; callers receive v = (x_t − x̂_0) / max(t, 0.05), also from the
+    EMA copy, while a router trunk of the same config keeps its logits."""
+    import copy
+
+    from expert.backbone import X_MIN_T
+    from expert.router import Router
+    from protocol.model import RouterHead
+
+    p = get_preset("tiny")
+    assert p.backbone.prediction == "x"
+    text = TextEncoder(p.text)
+    x, _, states = _inputs(p, text)
+    ts = torch.tensor([500.0, 10.0])
+    ours = build_backbone(p.backbone, text.width).eval()
+    plain = build_backbone(p.backbone.model_copy(update={"prediction": None}), text.width).eval()
+    plain.load_state_dict(ours.state_dict())
+    with torch.no_grad():
+        clean = plain(x, ts, states, return_dict=False)[0]
+        want = (x - clean) / torch.tensor([0.5, X_MIN_T]).view(-1, 1, 1, 1, 1)
+        torch.testing.assert_close(ours(x, ts, states, return_dict=False)[0], want)
+        torch.testing.assert_close(copy.deepcopy(ours)(x, ts, states).sample, want)
+        router = Router(p.backbone, RouterHead(num_experts=3), text.width)
+        assert router(x, ts).shape == (2, 3) and not router.trunk._forward_hooks
