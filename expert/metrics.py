@@ -1,9 +1,10 @@
 """Distribution metrics: the Fréchet distance between two feature sets (FID / FVD / FVD-synth).
 
-FD = |μ₁ − μ₂|² + Tr(Σ₁ + Σ₂ − 2 (Σ₁ Σ₂)^½), computed in float64 with scipy's matrix square root; when the
-product is near-singular (few samples, rank-deficient features) a small multiple of the identity is added
-to both covariances first, as in the reference FID code, and the imaginary round-off is dropped only
-when it is negligible.
+FD = |μ₁ − μ₂|² + Tr(Σ₁ + Σ₂ − 2 (Σ₁ Σ₂)^½), in float64. Tr((Σ₁ Σ₂)^½) is computed as the sum of the square
+roots of the eigenvalues of the symmetric matrix Σ₁^½ Σ₂ Σ₁^½ (the same eigenvalues as Σ₁ Σ₂), with round-off
+negatives clipped to zero. Unlike a general matrix square root of Σ₁ Σ₂ (the reference FID code), this
+stays real and stable when the covariances are singular, which they are whenever there are fewer videos
+than feature dimensions (40 videos, 128 judge features): scipy's `sqrtm` then returned large imaginary parts.
 """
 
 from __future__ import annotations
@@ -21,23 +22,21 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(0), np.cov(f, rowvar=False)
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     eps: float = 1e-6) -> float:
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ParisError("the two feature sets have different dimensions")
     diff = mu1 - mu2
-    covmean = linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ParisError(f"Fréchet distance: matrix square root has a large imaginary part "
-                             f"({np.abs(covmean.imag).max():.3g})")
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    root1 = _psd_sqrt(sigma1)
+    inner = root1 @ sigma2 @ root1
+    tr_covmean = float(np.sqrt(np.clip(linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum())
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
+
+
+def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+    w, v = linalg.eigh((sigma + sigma.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
 def frechet_distance_features(a: np.ndarray, b: np.ndarray) -> float:
