@@ -1,10 +1,11 @@
 """An offline judge for the synthetic data: a small video classifier trained on the generator's own clips.
 
-It predicts every attribute the generator knows (shape, colour, motion, background, object count) of the
-first-described object. Two metrics follow, documented for what they are — proxies that work without any
+It predicts every attribute the generator knows (shape, colour, motion, background, object count); in a
+two-object clip a prediction is right when either object shows it (a video cannot say which object a
+caption named first). Two metrics follow, documented for what they are — proxies that work without any
 downloaded network, not replacements for FVD with I3D or CLIP similarity:
 - **FVD-synth**: the Fréchet distance between its penultimate features on generated and on real clips;
-- **prompt-attribute accuracy**: how often a generated clip's predicted attributes match its prompt's.
+- **prompt-attribute accuracy**: how often a generated clip's predicted attributes are among its prompt's.
 """
 
 from __future__ import annotations
