@@ -144,7 +144,9 @@ def test_three_daemons_train_take_over_seed_and_fetch(swarm):
     victim = {e["cid"] for e in w1.events() if e.get("msg") == f"published {slot} checkpoint"}
     newest_copy = max(step for cid, step in copies.items() if cid in victim)
     assert took["step"] >= newest_copy - EVERY  # the newest copy, or the one before if it was still arriving
-    assert took["step"] >= last - 2 * EVERY, f"resumed at {took['step']}, last published was {last}"
+    # not asserted against `last`: how far the copies lag behind what the victim published is the machine's
+    # speed (CI once killed it at 60 with copies to 30); what a live peer held is the bound that matters
+    assert took["step"] >= min(last, 2 * EVERY) - EVERY, f"resumed at {took['step']}, last published was {last}"
     st = _wait_status(root / "boot", lambda s: all(_slots(s)[f"expert-{k}"]["state"] == "done" for k in range(2))
                       and (_slots(s)["router"]["checkpoint_step"] or 0) >= ROUTER, 600, "experts and router done")
     for k in range(2):
