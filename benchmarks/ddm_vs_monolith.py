@@ -9,15 +9,19 @@ FLOPs in all: the router first takes `router_share` of the budget, and the rest 
 experts (each expert gets the same number of steps, whatever its cluster's size, as in Paris).
 
 Each configuration is evaluated on the same prompts and the same initial noise: the monolith, and the
-ensemble with top1, top2 and full routing (by Paris' router, which sees only x_t and t, and, with
-`--text-router`, the same experts routed by DDM's router, which also reads the caption: the `+text` rows; it
-takes the same share of the budget), by FVD-synth and prompt-attribute accuracy (`expert.evaluate`,
+ensemble with top1 and top2 routing by Paris' router (the experts' own backbone, seeing only x_t and t: the
+`paris-xt` rows) and, with `--light-router`, by the router a run trains (`expert.train.run_router_preset`:
+light, caption-reading, with a caption prior), in each of its modes `xt`, `joint` (DDM), `caption` and
+`combined` (rows named so; it takes the same share of the budget, in steps of its own cost, so each
+configuration's compute, router training included, matches the monolith's), by FVD-synth and
+prompt-attribute accuracy (`expert.evaluate`,
 the offline judge trained on the generator's own clips; see its docstring for what these are). With
 `--i3d` / `--clip-weights` (pretrained files on local disk) FVD and CLIP similarity are added. The data and
 its clustering are fixed; each seed retrains every network from a different initialisation and batch
 order. Numbers are mean ± sample std over seeds, plus the per-seed paired difference to the monolith.
 
-    python benchmarks/ddm_vs_monolith.py --quick                    # tiny preset, 2-core CPU, ~15 min idle
+    python benchmarks/ddm_vs_monolith.py --quick                    # tiny preset, 2-core CPU, ~20 min idle
+    python benchmarks/ddm_vs_monolith.py --quick --clustering background-colour --results docs/RESULTS-bg-colour.md
     python benchmarks/ddm_vs_monolith.py --scale small              # the CPU demo preset (hours on a CPU)
     python benchmarks/ddm_vs_monolith.py --scale base --vae DIR --gpu 0 [--i3d FILE] [--clip-weights FILE]
 
@@ -43,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from expert.evaluate import evaluate_synthetic
 from expert.pipeline import ParisPipeline, assemble
@@ -52,13 +56,26 @@ from expert.run_init import init_run
 from expert.sampling import load_expert, sample_prompts
 from expert.synth_classifier import SynthJudge, cached_judge
 from expert.synth_dataset import write_synthetic
-from expert.train import ExpertTrainer, Trainer, resolve_device, router_trainer_for_run, run_clips, trainer_for_run
+from expert.train import (
+    ExpertTrainer,
+    Trainer,
+    resolve_device,
+    router_preset,
+    router_trainer_for_run,
+    run_clips,
+    run_router_preset,
+    trainer_for_run,
+)
+from expert.validation import router_report
 from protocol.errors import ParisError
 from protocol.model import ExpertPreset
-from protocol.run import RunSpec
+from protocol.run import RunSpec, ValidationSpec, choose_holdout
 
-STRATEGIES = ("top1", "top2", "full")
-TEXT = "+text"  # suffix of the configurations routed by the caption-reading router
+STRATEGIES = ("top1", "top2")
+PARIS = "paris-xt"  # the configurations routed by Paris' full-size x_t router
+LIGHT_MODES = ("xt", "joint", "caption", "combined")  # the run's (light) router, in each of its modes
+CLUSTERINGS = {"embedding": ("background",), "background-colour": ("background", "colour")}
+WARM = ("red", "yellow", "magenta")  # background-colour clustering: 3 backgrounds × warm / cool colour
 NOTES = "## Notes"
 
 
@@ -77,17 +94,26 @@ class Scale(BaseModel):
     sample_steps: int = Field(ge=1)
     guidance: float = 4.0
     eval_batch: int = Field(ge=1)
-    text_router: bool = Field(default=False, description="also train DDM's caption-reading router (same share)")
+    light_router: bool = Field(default=True, description="also train the run's light router (same share) and "
+                                                          "evaluate each of its routing modes")
+    clustering: str = Field(default="embedding", description="embedding (run init's) or background-colour "
+                                                             "(6 clusters: background × warm/cool colour)")
+
+    @model_validator(mode="after")
+    def _check_clustering(self) -> Scale:
+        if self.clustering not in CLUSTERINGS:
+            raise ValueError(f"clustering must be one of {', '.join(CLUSTERINGS)}")
+        return self
 
 
 SCALES: dict[str, Scale] = {
     "quick": Scale(preset="tiny", clips=1200, clusters=3, budget_steps=480, router_share=0.15, seeds=3, n=40,
-                   sample_steps=16, eval_batch=20, text_router=True),
+                   sample_steps=16, eval_batch=20),
     "small": Scale(preset="small", clips=3000, clusters=3, budget_steps=4000, router_share=0.1, seeds=3, n=128,
-                   sample_steps=30, eval_batch=16, text_router=True),
+                   sample_steps=30, eval_batch=16),
     # base: 2000 clips of 33×256×256 are 13 GB of uint8 in memory; not run on this project's CPU machines
     "base": Scale(preset="base", clips=2000, clusters=4, budget_steps=10_000, router_share=0.1, seeds=3, n=256,
-                  sample_steps=30, eval_batch=16, text_router=True),
+                  sample_steps=30, eval_batch=16),
 }
 
 
@@ -103,9 +129,15 @@ class Budget(BaseModel):
     clusters: int
     monolith_flops: float
     ddm_flops: float
-    flops_per_sample_text_router: float | None = None
-    text_router_steps: int | None = None
-    ddm_text_flops: float | None = None
+    flops_per_sample_light_router: float | None = None
+    light_router_steps: int | None = None
+    ddm_light_flops: float | None = None
+
+
+def paris_router(spec: RunSpec) -> ExpertPreset:
+    """Paris' router: the experts' backbone, x_t and t only, the experts' t distribution."""
+    return router_preset(spec.preset, spec.num_clusters, use_text=False, light=False, caption_prior=False,
+                         uniform_t=False)
 
 
 def flops_per_sample(trainer: Trainer) -> float:
@@ -121,7 +153,7 @@ def flops_per_sample(trainer: Trainer) -> float:
 def plan_budget(spec: RunSpec, scale: Scale) -> Budget:
     expert = ExpertTrainer(spec.preset, run_clips(spec).select(range(min(64, len(spec.assignments)))))
     f_e = flops_per_sample(expert)
-    router = router_trainer_for_run(spec, cap=32)
+    router = router_trainer_for_run(spec, cap=32, preset=paris_router(spec))
     f_r = flops_per_sample(router)
     batch = spec.preset.train.batch_size * spec.preset.train.grad_accum
     total = scale.budget_steps * batch * f_e
@@ -133,13 +165,37 @@ def plan_budget(spec: RunSpec, scale: Scale) -> Budget:
     budget = Budget(batch=batch, flops_per_sample_expert=f_e, flops_per_sample_router=f_r,
                     monolith_steps=scale.budget_steps, router_steps=router_steps, expert_steps=expert_steps,
                     clusters=scale.clusters, monolith_flops=total, ddm_flops=ddm)
-    if scale.text_router:  # the same share of the budget, in steps of its own (slightly larger) cost
-        f_t = flops_per_sample(router_trainer_for_run(spec, cap=32, use_text=True))
+    if scale.light_router:  # the same share of the budget, in steps of its own (much smaller) cost
+        f_t = flops_per_sample(router_trainer_for_run(spec, cap=32))
         steps = max(1, round(scale.router_share * total / (batch * f_t)))
-        budget = budget.model_copy(update={"flops_per_sample_text_router": f_t, "text_router_steps": steps,
-                                           "ddm_text_flops": steps * batch * f_t
+        budget = budget.model_copy(update={"flops_per_sample_light_router": f_t, "light_router_steps": steps,
+                                           "ddm_light_flops": steps * batch * f_t
                                            + scale.clusters * expert_steps * batch * f_e})
     return budget
+
+
+def cluster_by_background_and_colour(spec: RunSpec, data: Path) -> RunSpec:
+    """The run re-clustered into 6 by the generator's labels: background × (warm or cool colour of the first
+    object), so that routing must read two words of the caption, or two properties of the video. Centroids
+    are the clusters' means in the run's standardised embedding (they are not used to assign new clips here)."""
+    from expert.embed import embed_shapes_v1
+    from expert.shards import load_dataset
+    from expert.synth import BACKGROUNDS, COLOURS
+
+    manifest, clips = load_dataset(data)
+    names = [a.name for a in manifest.attributes]
+    bg, colour = clips.attributes[:, names.index("background")], clips.attributes[:, names.index("colour")]
+    warm = np.isin(colour, [COLOURS.index(c) for c in WARM])
+    labels = (bg * 2 + warm).astype(np.int64)
+    k = 2 * len(BACKGROUNDS)
+    emb = (embed_shapes_v1(clips.frames, clips.captions) - np.asarray(spec.embedding.mean)) \
+        / np.asarray(spec.embedding.scale)
+    centroids = tuple(tuple(round(float(v), 6) for v in emb[labels == c].mean(0)) for c in range(k))
+    assignments = tuple(int(v) for v in labels)
+    validation = ValidationSpec(holdout=choose_holdout(assignments, k, seed=spec.seed), noise_seed=spec.seed)
+    return RunSpec.model_validate({**spec.model_dump(), "num_clusters": k, "assignments": assignments,
+                                   "centroids": centroids, "validation": validation.model_dump(),
+                                   "name": f"{spec.name}-background-colour"})
 
 
 def log(msg: str) -> None:
@@ -160,34 +216,37 @@ def run_seed(spec: RunSpec, budget: Budget, scale: Scale, seed: int, work: Path,
     for k in range(spec.num_clusters):
         trainer_for_run(spec, k, device=device, seed=seed).train(
             budget.expert_steps, checkpoint_dir=work / f"expert_{k}", checkpoint_every=never)
-    routers = {"": (False, budget.router_steps)}
-    if budget.text_router_steps:
-        routers[TEXT] = (True, budget.text_router_steps)
+    routers = {PARIS: (paris_router(spec), budget.router_steps)}
+    if budget.light_router_steps:
+        routers["light"] = (run_router_preset(spec), budget.light_router_steps)
     router_eval, pipes = {}, {}
-    for suffix, (use_text, steps) in routers.items():
-        rt = router_trainer_for_run(spec, device=device, seed=seed, use_text=use_text)
-        rt.train(steps, checkpoint_dir=work / f"router{suffix}", checkpoint_every=never)
-        router_eval[suffix or "x_t"] = rt.evaluate()
-        assemble([work / f"expert_{k}" for k in range(spec.num_clusters)], work / f"router{suffix}",
-                 work / f"ensemble{suffix}")
-        pipes[suffix] = ParisPipeline.from_pretrained(work / f"ensemble{suffix}").to(device)
+    for name, (preset, steps) in routers.items():
+        rt = router_trainer_for_run(spec, device=device, seed=seed, preset=preset)
+        rt.train(steps, checkpoint_dir=work / f"router-{name}", checkpoint_every=never)
+        router_eval[name] = router_report(rt.ema, rt.held, device=device)
+        assemble([work / f"expert_{k}" for k in range(spec.num_clusters)], work / f"router-{name}",
+                 work / f"ensemble-{name}")
+        pipes[name] = ParisPipeline.from_pretrained(work / f"ensemble-{name}").to(device)
     timings["train_ddm_s"] = time.perf_counter() - t0
     log(f"seed {seed}: {spec.num_clusters} experts × {budget.expert_steps} steps + routers "
-        + ", ".join(f"{k} {steps} steps (accuracy {router_eval[k or 'x_t']['accuracy']:.3f})"
-                    for k, (_, steps) in routers.items()) + f" in {timings['train_ddm_s']:.0f} s")
+        + ", ".join(f"{k} {steps} steps" for k, (_, steps) in routers.items())
+        + f" in {timings['train_ddm_s']:.0f} s")
+    rows = {f"{s} {PARIS}": (PARIS, "xt", s) for s in STRATEGIES}
+    if "light" in routers:
+        rows.update({f"{s} {m}": ("light", m, s) for m in LIGHT_MODES for s in STRATEGIES})
     single = load_expert(work / "monolith", device)
     results: dict[str, dict] = {}
-    for name in ["monolith"] + [f"{s}{suffix}" for suffix in routers for s in STRATEGIES]:
+    for name in ["monolith", *rows]:
         if name == "monolith":
             def sample(prompts: list[str], s: int) -> np.ndarray:
                 return sample_prompts(single, prompts, steps=scale.sample_steps, guidance=scale.guidance, seed=s,
                                       device=device)
         else:
-            def sample(prompts: list[str], s: int, config: str = name) -> np.ndarray:
-                strategy, _, text = config.partition("+")
-                return pipes[f"+{text}" if text else ""](prompts, strategy=strategy,
-                                                         num_inference_steps=scale.sample_steps,
-                                                         guidance_scale=scale.guidance, seed=s)[0]
+            def sample(prompts: list[str], s: int, config: tuple = rows[name]) -> np.ndarray:
+                router, mode, strategy = config
+                return pipes[router](prompts, strategy=strategy, router_mode=mode,
+                                     num_inference_steps=scale.sample_steps, guidance_scale=scale.guidance,
+                                     seed=s)[0]
         t0 = time.perf_counter()
         results[name] = evaluate_synthetic(sample, judge, n=scale.n, batch=scale.eval_batch, fvd_net=fvd_net,
                                            clip=clip)
@@ -227,15 +286,36 @@ def summarise(seeds: list[dict]) -> dict:
     return out
 
 
-def verdicts(summary: dict, seeds: int) -> list[str]:
+def router_table(report: dict) -> list[str]:
+    """Accuracy and expected calibration error of every router mode per noise level, mean over seeds."""
+    levels = report["seeds"][0]["router"][PARIS]["levels"]
+    lines = ["| router, mode | " + " | ".join(f"t={t:g}" for t in levels) + " | ECE at t=0.5 / 1 |",
+             "|---|" + "---|" * (len(levels) + 1)]
+    for router in report["seeds"][0]["router"]:
+        for mode in report["seeds"][0]["router"][router]["modes"]:
+            def mean(t: float, key: str, r: str = router, m: str = mode) -> float:
+                return float(np.mean([s["router"][r]["modes"][m][f"t={t:g}"][key] for s in report["seeds"]]))
+
+            lines.append(f"| {router}, {mode} | " + " | ".join(f"{mean(t, 'accuracy'):.2f}" for t in levels)
+                         + f" | {mean(0.5, 'ece'):.3f} / {mean(1.0, 'ece'):.3f} |")
+    return lines
+
+
+def verdicts(summary: dict, seeds: int, clustered: tuple[str, ...] | list[str] = ()) -> list[str]:
     """Plain statements of what the numbers show. A paired difference (same seed) counts only when a two-sided
-    paired t-test over seeds rejects "no difference" at 5 %; with one seed nothing is claimed."""
+    paired t-test over seeds rejects "no difference" at 5 %; with one seed nothing is claimed. `clustered`:
+    the attributes the clustering splits by, each judged on its own (routing must get those right)."""
     from scipy import stats
 
     lines = []
-    better_low = {"fvd_synth": True, "fvd": True, "mean_attribute_accuracy": False, "clip_similarity": False}
+    better_low = {"fvd_synth": True, "fvd": True, "mean_attribute_accuracy": False, "clip_similarity": False,
+                  **{f"attr:{a}": False for a in clustered}}
     label = {"fvd_synth": "FVD-synth", "fvd": "FVD (I3D)", "mean_attribute_accuracy": "attribute accuracy",
-             "clip_similarity": "CLIP similarity"}
+             "clip_similarity": "CLIP similarity", **{f"attr:{a}": f"{a} accuracy" for a in clustered}}
+    mono_fvd = summary["monolith"]["fvd_synth"]["mean"]
+    for name in list(summary)[1:]:
+        lines.append(f"- FVD-synth ratio {name} / monolith: {summary[name]['fvd_synth']['mean'] / mono_fvd:.2f} "
+                     "(target for the best configuration ≤ 0.6; Paris 2.0 reports 0.50).")
     crit = float(stats.t.ppf(0.975, seeds - 1)) if seeds > 1 else math.inf
     for metric, low in better_low.items():
         if metric not in summary["monolith"]:
@@ -299,20 +379,23 @@ def write_results(path: Path, report: dict) -> None:
              f"- DDM: router {budget['router_steps']} steps ({scale['router_share']:.0%} of the budget) + "
              f"{budget['clusters']} experts × {budget['expert_steps']} steps, each on its own cluster only = "
              f"{budget['ddm_flops'] / 1e12:.3f} TFLOP ({budget['ddm_flops'] / budget['monolith_flops']:.3f} × the "
-             "monolith's). The router is Paris' (it sees x_t and t only)."
-             + ("" if not budget["text_router_steps"] else
-                f" The `{TEXT}` rows use the same experts with DDM's router instead, which also reads the caption: "
-                f"{budget['flops_per_sample_text_router'] / 1e6:.1f} MFLOP per sample, "
-                f"{budget['text_router_steps']} steps, {budget['ddm_text_flops'] / 1e12:.3f} TFLOP in all "
-                f"({budget['ddm_text_flops'] / budget['monolith_flops']:.3f} × the monolith's)."),
+             f"monolith's). The `{PARIS}` rows use Paris' router (the experts' backbone; it sees x_t and t only)."
+             + ("" if not budget["light_router_steps"] else
+                " The other rows use the same experts with the run's light router instead (caption-reading "
+                "trunk with caption dropout 0.5 and a caption prior, t uniform in training), in the routing mode "
+                f"the row names: {budget['flops_per_sample_light_router'] / 1e6:.1f} MFLOP per sample, "
+                f"{budget['light_router_steps']} steps, {budget['ddm_light_flops'] / 1e12:.3f} TFLOP in all "
+                f"({budget['ddm_light_flops'] / budget['monolith_flops']:.3f} × the monolith's)."),
              f"- Evaluation: {scale['n']} prompts of unseen generator clips, {scale['sample_steps']} sampling steps, "
              f"guidance {scale['guidance']}; the same prompts and initial noise for every configuration; "
              f"{len(report['seeds'])} seeds (each retrains every network).",
              "- Judge (the offline classifier behind FVD-synth and attribute accuracy): held-out accuracy "
              + ", ".join(f"{k} {v:.2f}" for k, v in report["judge_heldout_accuracy"].items()) + ".",
-             "- Router accuracy on its clips (all noise levels, per seed): "
-             + "; ".join(f"{kind} " + ", ".join(f"{r['router'][kind]['accuracy']:.3f}" for r in report["seeds"])
-                         for kind in report["seeds"][0]["router"]) + ".", "",
+             f"- Clustering: {scale['clustering']} ({scale['clusters']} clusters, sizes "
+             f"{report['cluster_sizes']}); the attribute{'s' if len(report['clustered']) > 1 else ''} it splits "
+             f"by: {', '.join(report['clustered'])}.", "",
+             "## Routers (held-out clips, mean over seeds)", "",
+             *router_table(report), "",
              "## Results (mean ± std over seeds)", "",
              "| configuration | " + " | ".join(heads[m][0] for m in metrics) + " | "
              + " | ".join(attrs) + " |",
@@ -331,7 +414,8 @@ def write_results(path: Path, report: dict) -> None:
         lines.append(f"| {name} − monolith | " + " | ".join(
             f"{summary[name][m]['diff_mean']:+.{heads[m][1]}f} ± {summary[name][m]['diff_std']:.{heads[m][1]}f}"
             for m in metrics) + " |")
-    lines += ["", "## What the numbers show", "", *verdicts(summary, len(report["seeds"])), ""]
+    lines += ["", "## What the numbers show", "",
+              *verdicts(summary, len(report["seeds"]), clustered=report["clustered"]), ""]
     kept = ""
     if path.is_file():
         old = path.read_text()
@@ -398,6 +482,9 @@ def main() -> None:
         log(f"writing {scale.clips} synthetic clips to {data}")
         write_synthetic(data, clips=scale.clips, seed=0, frames=frames, height=b.height, width=b.width)
     spec = init_run(data, scale.clusters, preset=preset, seed=0, name=f"ddm-vs-monolith-{name}")
+    if scale.clustering == "background-colour":
+        spec = cluster_by_background_and_colour(spec, data)
+        scale = scale.model_copy(update={"clusters": spec.num_clusters})
     sizes = np.bincount(np.asarray(spec.assignments), minlength=scale.clusters).tolist()
     log(f"clusters {sizes}")
     judge = cached_judge(args.judge, on_step=lambda i, total: i == 1 and log("training the synthetic-data judge "
@@ -407,7 +494,7 @@ def main() -> None:
     log(f"budget: monolith {budget.monolith_steps} steps; router {budget.router_steps} + {scale.clusters} × "
         f"{budget.expert_steps} expert steps (DDM/monolith FLOPs {budget.ddm_flops / budget.monolith_flops:.3f})")
     tag = (f"{spec.run_id[:12]}-{budget.monolith_steps}-{budget.expert_steps}-{budget.router_steps}-"
-           f"{budget.text_router_steps or 0}-{scale.n}-{scale.sample_steps}")
+           f"{budget.light_router_steps or 0}-{scale.n}-{scale.sample_steps}-v2")
     seeds = []
     for seed in range(scale.seeds):
         done = work / f"seed-{seed}-{tag}.json"
@@ -424,7 +511,8 @@ def main() -> None:
     report = {"command": shlex.join(["python", "benchmarks/ddm_vs_monolith.py", *sys.argv[1:]]),
               "date": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC", "machine": machine(),
               "wall_min": (time.perf_counter() - started) / 60, "scale_name": name, "scale": scale.model_dump(),
-              "cluster_sizes": sizes, "budget": budget.model_dump(), "judge_heldout_accuracy": judge.heldout_accuracy,
+              "cluster_sizes": sizes, "clustered": CLUSTERINGS[scale.clustering], "budget": budget.model_dump(),
+              "judge_heldout_accuracy": judge.heldout_accuracy,
               "seeds": seeds, "summary": summarise(seeds)}
     if not args.no_results:
         write_results(args.results, report)
@@ -432,7 +520,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(report))
     else:
-        print("\n".join(verdicts(report["summary"], len(seeds))))
+        print("\n".join(verdicts(report["summary"], len(seeds), clustered=report["clustered"])))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 

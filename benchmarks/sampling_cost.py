@@ -1,9 +1,11 @@
 """Cost of one ensemble sampling step per strategy, relative to one expert, measured in one run.
 
-K random-init experts of a preset plus a router (weights do not change the cost), a batch of videos, and
-classifier-free guidance: we time `ensemble_velocity` for top1, top2 and full, against one expert's guided
-velocity alone and the router alone, interleaved over several rounds (median). Targets: top1 ≤ 1.1 × (one
-expert + router); full ≈ K × one expert.
+K random-init experts of a preset plus the run's router (the light one, routing in its default `combined`
+mode; weights do not change the cost), a batch of videos, and classifier-free guidance: we time
+`ensemble_velocity` for top1, top2 and full, against one expert's guided velocity alone and the router
+alone, interleaved over several rounds (median); `top1 full-size router` is the same with Paris' router,
+which is the experts' own backbone. FLOPs per step (torch's flop counter) are printed beside the times.
+Targets: top1 ≤ 1.15 × one expert; full ≈ K × one expert.
 
 Peak device memory with and without offload: measured with torch.cuda.max_memory_allocated on a GPU; on a
 CPU (where "device" and "host" are the same memory) the script reports the expert weights that would be
@@ -55,8 +57,10 @@ def main() -> None:
     text_dim = 64
     experts = [build_backbone(preset.backbone, text_dim, seed=i).eval().requires_grad_(False).to(device)
                for i in range(k)]
-    rp = router_preset(preset, k)
+    rp = router_preset(preset, k, data_sizes=[1] * k)
     router = Router(rp.backbone, rp.router, text_dim).eval().requires_grad_(False).to(device)
+    fp = router_preset(preset, k, use_text=False, light=False, caption_prior=False, uniform_t=False)
+    full_router = Router(fp.backbone, fp.router, text_dim).eval().requires_grad_(False).to(device)
     shape = build_codec(preset.backbone).latent_shape()
     x = torch.randn(args.videos, *shape, device=device)
     cond = torch.randn(args.videos, 32, text_dim, device=device)
@@ -65,10 +69,20 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     cases = {
         "one expert": lambda: velocity(experts[0], x, t, cond, null, 4.0),
-        "router": lambda: router(x, t.expand(x.shape[0]), cond),
+        "router": lambda: router.posterior(x, t.expand(x.shape[0]), cond, null),
         **{s: (lambda s=s: ensemble_velocity(experts, router, x, t, cond, null, parse_strategy(s),
                                              guidance=4.0, generator=g)) for s in ("top1", "top2", "full")},
+        "top1 full-size router": lambda: ensemble_velocity(experts, full_router, x, t, cond, null,
+                                                           parse_strategy("top1"), guidance=4.0, generator=g),
     }
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flops = {}
+    with torch.no_grad():
+        for name, fn in cases.items():
+            with FlopCounterMode(display=False) as counter:
+                fn()
+            flops[name] = counter.get_total_flops()
     times: dict[str, list[float]] = {name: [] for name in cases}
     with torch.no_grad():
         for fn in cases.values():
@@ -78,7 +92,8 @@ def main() -> None:
                 times[name].append(_time(fn, args.reps))
     med = {name: statistics.median(v) for name, v in times.items()}
     one = med["one expert"]
-    rows = {name: {"seconds_per_step": round(v, 5), "x_one_expert": round(v / one, 3)} for name, v in med.items()}
+    rows = {name: {"seconds_per_step": round(v, 5), "x_one_expert": round(v / one, 3),
+                   "flops_x_one_expert": round(flops[name] / flops["one expert"], 4)} for name, v in med.items()}
     rows["top1"]["x_one_expert_plus_router"] = round(med["top1"] / (one + med["router"]), 3)
     rows["full"]["x_k_experts"] = round(med["full"] / (k * one), 3)
 
@@ -105,7 +120,8 @@ def main() -> None:
         memory["weights_on_device_mib_resident"] = round((k * expert_bytes + router_bytes) / 2**20, 2)
         memory["weights_on_device_mib_offload_top1"] = round((selected * expert_bytes + router_bytes) / 2**20, 2)
         memory["measured"] = "CPU run: weight bytes resident on the execution device, by accounting"
-    result = {"preset": args.preset, "experts": k, "videos": args.videos, "device": str(device),
+    result = {"preset": args.preset, "experts": k, "router": rp.name, "router_mode": rp.router.default_mode,
+              "videos": args.videos, "device": str(device),
               "threads": torch.get_num_threads(), "steps": rows, "memory": memory}
     if args.json:
         print(json.dumps(result))
@@ -113,7 +129,7 @@ def main() -> None:
     print(f"{args.preset}, K={k}, {args.videos} video(s), guidance on, device {device}")
     for name, r in rows.items():
         extra = {kk: vv for kk, vv in r.items() if kk not in ("seconds_per_step", "x_one_expert")}
-        print(f"  {name:11} {r['seconds_per_step'] * 1000:9.1f} ms/step  {r['x_one_expert']:6.2f}× one expert  {extra}")
+        print(f"  {name:21} {r['seconds_per_step'] * 1000:9.1f} ms/step  {r['x_one_expert']:6.2f}× one expert  {extra}")
     print(f"  memory: {memory}")
 
 

@@ -7,6 +7,11 @@ Folder layout (like Paris 1.0's release): `model_index.json`, `expert_0/ … exp
 and `vae/` for latent-space presets. Every file is listed with its SHA-256 in `model_index.json` and
 verified on load.
 
+Routing modes (protocol.model.RouterHead): `xt` (Paris: p(k | x_t)), `joint` (DDM: the trunk also reads
+the caption), `caption` (p(k | c) alone) and `combined` (p(k | x_t) · p(k | c) / p(k)). The folder's
+`router/router_config.json` records the mode it was assembled with; `ParisPipeline(..., router_mode=…)`,
+`from_pretrained(..., router_mode=…)` and each call's `router_mode` override it.
+
 Sampling: at each step the router's posterior → strategy weights → only the selected experts run, each
 once on all the batch rows that selected it, with classifier-free guidance applied per expert before
 mixing. With `offload=True` idle experts stay on the CPU, so device memory follows the selected experts.
@@ -25,7 +30,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from expert.backbone import PixelCodec, build_codec, condition_on_text, predict_clean_sample
-from expert.router import Router
+from expert.router import CaptionPrior, Router
 from expert.routing import Strategy, mix, parse_strategy, routing_weights
 from expert.sampling import encode_prompts, velocity
 from expert.text import TextEncoder
@@ -34,13 +39,16 @@ from protocol.errors import IntegrityError, ParisError
 from protocol.model import ExpertPreset, RouterHead, TextEncoderConfig
 
 MODEL_INDEX = "model_index.json"
+PRIOR_FILE = "caption_prior.safetensors"
 
 
 class ParisPipeline(DiffusionPipeline):
     def __init__(self, experts: list[WanTransformer3DModel], router: Router, text_encoder: TextEncoder,
-                 scheduler: FlowMatchEulerDiscreteScheduler, codec: PixelCodec, preset: ExpertPreset) -> None:
+                 scheduler: FlowMatchEulerDiscreteScheduler, codec: PixelCodec, preset: ExpertPreset,
+                 router_mode: str | None = None) -> None:
         super().__init__()
         self.register_modules(router=router, text_encoder=text_encoder, scheduler=scheduler)
+        self.router_mode = _check_mode(router.head, router_mode)
         self.experts = list(experts)
         self.codec = codec
         self.preset = preset
@@ -69,7 +77,11 @@ class ParisPipeline(DiffusionPipeline):
         for k, e in enumerate(self.experts):
             e.save_pretrained(tmp / f"expert_{k}", safe_serialization=True)
         self.router.trunk.save_pretrained(tmp / "router", safe_serialization=True)
-        (tmp / "router" / "router_config.json").write_text(self.router.head.model_dump_json())
+        head = self.router.head.model_copy(update={"mode": self.router_mode})
+        (tmp / "router" / "router_config.json").write_text(head.model_dump_json())
+        if self.router.prior is not None:
+            save_file({k: v.contiguous() for k, v in self.router.prior.state_dict().items()},
+                      tmp / "router" / PRIOR_FILE)
         (tmp / "text_encoder").mkdir()
         (tmp / "text_encoder" / "config.json").write_text(self.text_encoder.config.model_dump_json())
         save_file({k: v.contiguous() for k, v in self.text_encoder.state_dict().items()},
@@ -91,8 +103,10 @@ class ParisPipeline(DiffusionPipeline):
         tmp.rename(directory)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, **_) -> ParisPipeline:  # type: ignore[override]
-        """Load and verify an ensemble folder (every file's SHA-256 against `model_index.json`)."""
+    def from_pretrained(cls, directory: str | Path, *, router_mode: str | None = None,  # type: ignore[override]
+                        **_) -> ParisPipeline:
+        """Load and verify an ensemble folder (every file's SHA-256 against `model_index.json`); `router_mode`
+        overrides the mode the folder records."""
         directory = Path(directory)
         index = _read_index(directory)
         try:
@@ -108,7 +122,16 @@ class ParisPipeline(DiffusionPipeline):
         experts = [_load_wan(directory / f"expert_{i}", tc, preset.backbone.prediction).eval() for i in range(k)]
         text = TextEncoder(text_cfg)
         text.load_state_dict(load_file(directory / "text_encoder" / "model.safetensors"))
-        router = Router.from_trunk(_load_wan(directory / "router", tc), head, text.width).eval()
+        prior = None
+        if head.caption_prior:
+            prior = CaptionPrior(text.width, head.num_experts)
+            try:
+                prior.load_state_dict(load_file(directory / "router" / PRIOR_FILE))
+            except (OSError, RuntimeError) as e:
+                detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise IntegrityError(f"ensemble {directory}: the router's caption prior does not load: {detail}") \
+                    from None
+        router = Router.from_trunk(_load_wan(directory / "router", tc), head, text.width, prior).eval()
         if preset.backbone.space == "latent":
             preset = preset.model_copy(update={"backbone": preset.backbone.model_copy(
                 update={"vae_path": str(directory / "vae")})})
@@ -116,15 +139,17 @@ class ParisPipeline(DiffusionPipeline):
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(directory / "scheduler")
         for m in (*experts, router, text):
             m.requires_grad_(False)
-        return cls(experts, router, text, scheduler, codec, preset)
+        return cls(experts, router, text, scheduler, codec, preset, router_mode or head.mode)
 
     # --- sampling -------------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], *, strategy: str | Strategy = "top1", num_inference_steps: int = 30,
                  guidance_scale: float = 4.0, seed: int = 0, num_videos: int = 1, offload: bool = False,
-                 record_routing: bool = False, on_step=None) -> tuple[np.ndarray, list[dict]]:
+                 record_routing: bool = False, router_mode: str | None = None,
+                 on_step=None) -> tuple[np.ndarray, list[dict]]:
         """Videos (N×T×H×W×3 uint8) and, when `record_routing`, the per-step routing weights."""
         strat = parse_strategy(strategy) if isinstance(strategy, str) else strategy
+        mode = _check_mode(self.router.head, router_mode) if router_mode else self.router_mode
         prompts = [prompt] * num_videos if isinstance(prompt, str) else list(prompt)
         dev = self.execution_device
         cond, null = (s.to(dev) for s in encode_prompts(self.text_encoder, prompts))
@@ -134,11 +159,11 @@ class ParisPipeline(DiffusionPipeline):
         record: list[dict] = []
         for i, t in enumerate(self.scheduler.timesteps):
             v, probs, weights = ensemble_velocity(self.experts, self.router, x, t, cond, null, strat,
-                                                  guidance=guidance_scale, generator=g,
+                                                  guidance=guidance_scale, generator=g, router_mode=mode,
                                                   offload_to=torch.device("cpu") if offload else None)
             x = self.scheduler.step(v, t, x, return_dict=False)[0]
             if record_routing:
-                record.append({"step": i, "t": round(float(t) / 1000, 5),
+                record.append({"step": i, "t": round(float(t) / 1000, 5), "router_mode": mode,
                                "posterior": probs.cpu().numpy().round(5).tolist(),
                                "weights": weights.cpu().numpy().round(5).tolist()})
             if on_step:
@@ -147,12 +172,13 @@ class ParisPipeline(DiffusionPipeline):
 
 def ensemble_velocity(experts, router, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
                       strategy: Strategy, *, guidance: float = 1.0, generator: torch.Generator | None = None,
-                      offload_to: torch.device | None = None):
+                      offload_to: torch.device | None = None, router_mode: str | None = None):
     """One step of the ensemble: (mixed velocity, posterior, weights). Runs only the experts that some row
-    selects, each once on all of its rows; with `offload_to`, an expert visits x's device only while it runs."""
+    selects, each once on all of its rows; with `offload_to`, an expert visits x's device only while it runs.
+    `router_mode`: how the router's posterior is formed (default: its head's, expert.router.Router.posterior)."""
     ts = t.expand(x.shape[0]).to(x)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
-        probs = router(x, ts, cond).float().softmax(-1)
+        probs = router.posterior(x, ts, cond, null, router_mode)
     weights = routing_weights(probs, strategy, generator)
     velocities: dict[int, torch.Tensor] = {}
     for k in torch.nonzero(weights.sum(0) > 0).flatten().tolist():
@@ -188,6 +214,15 @@ def _load_wan(directory: Path, text_conditioning: str = "paris",
     return model
 
 
+def _check_mode(head: RouterHead, mode: str | None) -> str:
+    """`mode` (default: the head's) if this router can serve it, else a one-line error naming what it can."""
+    mode = mode or head.default_mode
+    if mode not in head.modes:
+        raise ParisError(f"router mode {mode!r} is not available for this ensemble: its router offers "
+                         f"{', '.join(head.modes)}")
+    return mode
+
+
 def _diffusers_version() -> str:
     import diffusers
 
@@ -214,7 +249,7 @@ def _read_index(directory: Path) -> dict:
 
 
 def assemble(expert_checkpoints: list[Path], router_checkpoint: Path, out: Path, *, extra: dict | None = None,
-             clusters: list[int] | None = None) -> Path:
+             clusters: list[int] | None = None, router_mode: str | None = None) -> Path:
     """Build the ensemble folder from local checkpoints (EMA weights), verifying each and that they agree.
     `clusters`: which of the router's outputs the experts are, for a partial ensemble (default: all, in order)."""
     from expert.checkpoint import read_group, read_meta, resolve_checkpoint
@@ -256,8 +291,9 @@ def assemble(expert_checkpoints: list[Path], router_checkpoint: Path, out: Path,
     router = Router(rmeta.preset.backbone, head, loaded[0].text.width)
     router.load_state_dict(read_group(rpath, rmeta, "ema"))
     pipe = ParisPipeline([e.model for e in loaded], router, loaded[0].text,
-                         FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0), loaded[0].codec, base)
+                         FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0), loaded[0].codec, base,
+                         router_mode)
     info = {"experts": [{"cluster": e.meta.cluster, "step": e.meta.step, "run_id": e.meta.run_id} for e in loaded],
-            "router": {"step": rmeta.step, "run_id": rmeta.run_id}, **(extra or {})}
+            "router": {"step": rmeta.step, "run_id": rmeta.run_id, "mode": pipe.router_mode}, **(extra or {})}
     pipe.save_pretrained(out, extra=info)
     return Path(out)

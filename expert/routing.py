@@ -65,6 +65,20 @@ def routing_weights(probs: torch.Tensor, strategy: Strategy, generator: torch.Ge
     return w / w.sum(1, keepdim=True)
 
 
+def combine_posteriors(p_xt: torch.Tensor, p_c: torch.Tensor, p_k: torch.Tensor) -> torch.Tensor:
+    """p(k | x_t, c) ∝ p(k | x_t) · p(k | c) / p(k), row-normalised (B×K, B×K, K → B×K).
+
+    Exact when x_t and the caption are independent given the cluster (p(x_t | k, c) = p(x_t | k)): Bayes'
+    rule on both and dividing out the prior counted twice. At pure noise p(k | x_t) = p(k) and the caption
+    decides; near clean data p(k | x_t) is sharp and the image does. The assumption is wrong where the caption
+    says more about x_t than the cluster does (its colour or shape words describe the same pixels the x_t
+    router reads); then the evidence is counted twice and the posterior is over-confident. How wrong it is on a
+    run is measured by the router's calibration report (expert.validation.router_report)."""
+    logp = p_xt.float().clamp_min(1e-30).log() + p_c.float().clamp_min(1e-30).log() \
+        - p_k.float().clamp_min(1e-30).log()
+    return logp.softmax(-1)
+
+
 def mix(weights: torch.Tensor, velocities: dict[int, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     """Σ_k w_k · v_k over the experts that were run; `velocities[k]` holds rows for every batch item."""
     out = torch.zeros_like(like, dtype=torch.float32)

@@ -31,13 +31,13 @@ from expert.checkpoint import (
     step_dir,
     write_checkpoint,
 )
-from expert.flow import noisy, sample_t, timestep
+from expert.flow import noisy, sample_train_t, timestep
 from expert.shards import ClipBatch, tokenize
 from expert.text import TextEncoder
 from expert.validation import HeldOut, expert_validation_loss, prepare_holdout, router_validation
 from protocol.checkpoint import CheckpointMeta
 from protocol.errors import ConfigMismatchError, ParisError
-from protocol.model import ExpertPreset
+from protocol.model import BackboneConfig, ExpertPreset
 from protocol.run import ValidationSpec
 from protocol.swarm_cas import path_cid
 
@@ -126,7 +126,8 @@ class Trainer:
         with torch.no_grad():
             x0 = self.codec.encode(self.frames[idx].to(self.device))
         noise = torch.randn(x0.shape, generator=g).to(self.device)
-        t = sample_t(len(idx), g, mean=tc.logit_normal_mean, std=tc.logit_normal_std).to(self.device)
+        t = sample_train_t(len(idx), g, mean=tc.logit_normal_mean, std=tc.logit_normal_std,
+                           uniform=tc.t_uniform).to(self.device)
         return x0, noise, t
 
     # --- one step -------------------------------------------------------------------------------------
@@ -373,20 +374,30 @@ class RouterTrainer(Trainer):
         return None if report is None else float(report["loss"])
 
     def _logits(self, model: nn.Module, g: torch.Generator, idx: torch.Tensor, *, dropout: bool):
+        """(trunk logits, t, the caption states it was given) for clips `idx`; with `dropout` a share
+        `cond_dropout` of the captions is replaced by the null caption."""
         x0, noise, t = self._noisy_batch(g, idx)
         xt, _ = noisy(x0, noise, t)
         text = self.text_states.get(idx)
         if dropout:
             drop = (torch.rand(len(idx), generator=g) < self.preset.train.cond_dropout).view(-1, 1, 1)
             text = torch.where(drop, self.text_states.null.unsqueeze(0), text)
+        text = text.to(self.device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            return model(xt, timestep(t), text.to(self.device)), t
+            return model(xt, timestep(t), text), t, text
 
     def _micro_loss(self) -> torch.Tensor:
+        """The trunk's cross-entropy, plus the caption prior's on the same (dropped-out) captions: a dropped
+        caption teaches the prior that the null caption means p(k), so `combined` on it is p(k | x_t)."""
         g = self.generator
         idx = torch.randint(len(self.frames), (self.preset.train.batch_size,), generator=g)
-        logits, _ = self._logits(self.model, g, idx, dropout=True)
-        return nn.functional.cross_entropy(logits.float(), self.labels[idx].to(self.device), weight=self.class_weight)
+        logits, _, text = self._logits(self.model, g, idx, dropout=True)
+        labels = self.labels[idx].to(self.device)
+        loss = nn.functional.cross_entropy(logits.float(), labels, weight=self.class_weight)
+        if self.model.prior is not None:
+            prior = self.model.caption_logits(text).float()
+            loss = loss + nn.functional.cross_entropy(prior, labels, weight=self.class_weight)
+        return loss
 
     @torch.no_grad()
     def evaluate(self, samples: int = 256, seed: int = 1234, *, bins: int = 5, ema: bool = True) -> dict:
@@ -398,7 +409,7 @@ class RouterTrainer(Trainer):
         for start in range(0, samples, self.preset.train.batch_size):
             n = min(self.preset.train.batch_size, samples - start)
             idx = torch.randint(len(self.frames), (n,), generator=g)
-            logits, t = self._logits(model, g, idx, dropout=False)
+            logits, t, _ = self._logits(model, g, idx, dropout=False)
             correct.append((logits.argmax(1).cpu() == self.labels[idx]).float())
             ts.append(t.cpu())
         c, t = torch.cat(correct), torch.cat(ts)
@@ -421,12 +432,58 @@ def stratified_sample(assignments: np.ndarray, cap: int, seed: int = 0) -> np.nd
     return np.sort(np.concatenate(chosen))
 
 
-def router_preset(expert: ExpertPreset, num_experts: int, *, use_text: bool = False) -> ExpertPreset:
-    """The run's router: the experts' backbone and schedule with a K-way pooled head."""
+def light_backbone(cfg: BackboneConfig) -> BackboneConfig:
+    """The light router's trunk: the experts' backbone with patches twice as large in height and width
+    (a quarter of the tokens: pooled, since the router needs the video's gist, not its detail), half the
+    heads and feed-forward width, and at most two blocks. Counted by torch's flop counter, that is 4.2 % (tiny)
+    and 4.5 % (small) of one expert forward, half that of a guided sampling step (benchmarks/sampling_cost.py
+    prints the ratio; tests/test_router_modes.py holds it under 10 %)."""
+    pt, ph, pw = cfg.patch_size
+    # a patch that does not tile the frame drops the last row of pixels (Wan patches with a strided conv);
+    # the router pools over the video, so that only matters for pixel frames, which tile exactly here
+    ph2 = ph if cfg.space == "pixel" and cfg.height % (2 * ph) else 2 * ph
+    pw2 = pw if cfg.space == "pixel" and cfg.width % (2 * pw) else 2 * pw
+    return cfg.model_copy(update={"patch_size": (pt, ph2, pw2), "num_layers": min(2, cfg.num_layers),
+                                  "num_heads": max(1, cfg.num_heads // 2), "ffn_dim": max(8, cfg.ffn_dim // 2)})
+
+
+ROUTER_CAPTION_DROPOUT = 0.5  # a caption-reading trunk learns p(k | x_t) on the null caption half the time
+
+
+def router_preset(expert: ExpertPreset, num_experts: int, *, use_text: bool = True, light: bool = True,
+                  caption_prior: bool = True, data_sizes=None, uniform_t: bool = True) -> ExpertPreset:
+    """The run's router: the experts' backbone (or its light form) and text tower with a K-way pooled head.
+
+    The defaults are what a run trains: a light, caption-reading trunk with caption dropout 0.5 (it serves
+    the `xt` and `joint` modes), a caption prior beside it with the clusters' shares of the data (`caption`
+    and `combined`), and t drawn uniformly (TrainConfig.t_uniform). `use_text=False, light=False,
+    caption_prior=False, uniform_t=False` is the full-size x_t router of Paris, as it was trained before."""
     from protocol.model import RouterHead
 
-    return expert.model_copy(update={"name": f"{expert.name}-router",
-                                     "router": RouterHead(num_experts=num_experts, use_text=use_text)})
+    shares = None
+    if data_sizes is not None and caption_prior:
+        sizes = np.maximum(np.asarray(data_sizes, dtype=np.float64), 0)
+        shares = tuple(round(max(float(v), 1e-6), 6) for v in sizes / max(sizes.sum(), 1))
+    train = expert.train
+    updates = {}
+    if use_text:
+        updates["cond_dropout"] = ROUTER_CAPTION_DROPOUT
+    if uniform_t:
+        updates["t_uniform"] = 1.0
+    head = RouterHead(num_experts=num_experts, use_text=use_text, caption_prior=caption_prior or None,
+                      cluster_prior=shares)
+    return expert.model_copy(update={
+        "name": f"{expert.name}-router" + ("-light" if light else ""),
+        "backbone": light_backbone(expert.backbone) if light else expert.backbone,
+        "train": train.model_copy(update=updates) if updates else train,
+        "router": head})
+
+
+def run_router_preset(spec) -> ExpertPreset:
+    """The router preset of run `spec` (a protocol.run.RunSpec): what its router role trains, its verifiers
+    rebuild and its store's size bound is computed from."""
+    return router_preset(spec.preset, spec.num_clusters,
+                         data_sizes=np.bincount(np.asarray(spec.assignments), minlength=spec.num_clusters))
 
 
 def router_holdout(spec) -> list[int]:
@@ -434,19 +491,22 @@ def router_holdout(spec) -> list[int]:
     return [i for k in range(spec.num_clusters) for i in spec.holdout_clips(k)]
 
 
-def router_trainer_for_run(spec, *, data_dir: Path | None = None, cap: int = 2000, use_text: bool = False,
+def router_trainer_for_run(spec, *, data_dir: Path | None = None, cap: int = 2000, preset: ExpertPreset | None = None,
                            device: torch.device | str = "cpu", seed: int | None = None) -> RouterTrainer:
+    """A router trainer on the run's local data; `preset` (default: the run's, `run_router_preset`) lets an
+    experiment train another router (expert.train.router_preset's options)."""
     clips = run_clips(spec, data_dir)
     held = set(router_holdout(spec))
     train = [i for i in range(len(spec.assignments)) if i not in held]
     labels = np.asarray(spec.assignments)
     holdout = router_holdout(spec)
-    return router_trainer_from_clips(spec, clips.select(train), labels[train], cap=cap, use_text=use_text,
+    return router_trainer_from_clips(spec, clips.select(train), labels[train], cap=cap, preset=preset,
                                      device=device, seed=seed, holdout=clips.select(holdout),
                                      holdout_labels=labels[holdout])
 
 
-def router_trainer_from_clips(spec, clips: ClipBatch, labels: np.ndarray, *, cap: int = 2000, use_text: bool = False,
+def router_trainer_from_clips(spec, clips: ClipBatch, labels: np.ndarray, *, cap: int = 2000,
+                              preset: ExpertPreset | None = None,
                               device: torch.device | str = "cpu", seed: int | None = None,
                               holdout: ClipBatch | None = None, holdout_labels: np.ndarray | None = None
                               ) -> RouterTrainer:
@@ -455,7 +515,7 @@ def router_trainer_from_clips(spec, clips: ClipBatch, labels: np.ndarray, *, cap
     (every cluster's held-out clips, labelled) gives the validation loss that verifiers recompute."""
     seed = spec.seed if seed is None else seed
     idx = stratified_sample(labels, cap, seed)
-    preset = router_preset(spec.preset, spec.num_clusters, use_text=use_text)
+    preset = preset or run_router_preset(spec)
     return RouterTrainer(preset, clips.select(idx), labels[idx],
                          data_sizes=np.bincount(np.asarray(spec.assignments), minlength=spec.num_clusters),
                          device=device, seed=seed, run_id=spec.run_id, holdout=holdout,

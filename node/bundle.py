@@ -38,10 +38,10 @@ MAX_BUNDLE_BYTES = 256 << 20  # run.json (assignments, centroids) + swarm.json +
 def checkpoint_limit(run: LocalRun, slot: str) -> int:
     """The most bytes a checkpoint of `slot` of this run can hold (from its preset, not from any record)."""
     from expert.sizes import checkpoint_bytes_bound
-    from expert.train import router_preset
+    from expert.train import run_router_preset
 
     spec = run.spec
-    preset = router_preset(spec.preset, spec.num_clusters) if slot == "router" else spec.preset
+    preset = run_router_preset(spec) if slot == "router" else spec.preset
     return checkpoint_bytes_bound(preset)
 
 

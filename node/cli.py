@@ -30,6 +30,20 @@ app.add_typer(ensemble_app, name="ensemble")
 GpuOpt = Annotated[str, typer.Option("--gpu", help="CUDA device index, or 'cpu'.")]
 
 
+def _router_mode(value: str | None) -> str | None:
+    from protocol.model import ROUTER_MODES
+
+    if value is not None and value not in ROUTER_MODES:
+        raise typer.BadParameter(f"{value!r}: choose one of {', '.join(ROUTER_MODES)}")
+    return value
+
+
+RouterModeOpt = Annotated[str | None, typer.Option(
+    "--router-mode", callback=_router_mode,
+    help="How the router picks experts: xt (Paris: the noisy video), joint (DDM: video and caption), caption "
+         "(the caption alone) or combined (p(k|x_t)·p(k|c)/p(k)); default: what the ensemble folder records.")]
+
+
 def _size(value: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in value.lower().split("x"))
@@ -224,29 +238,43 @@ def train_router(
     resume: Annotated[Path | None, typer.Option(help="Resume from this checkpoint or training folder.")] = None,
     data: Annotated[Path | None, typer.Option(help="Data folder, if not where `run init` saw it.")] = None,
     cap: Annotated[int, typer.Option(min=1, help="At most this many clips per cluster (stratified).")] = 2000,
-    use_text: Annotated[bool, typer.Option("--use-text", help="Let the router read the caption (DDM).")] = False,
+    text: Annotated[bool, typer.Option("--text/--no-text", help="The trunk reads the caption (DDM's joint "
+                                       "router; with caption dropout it also serves x_t routing).")] = True,
+    light: Annotated[bool, typer.Option("--light/--full-size", help="The light trunk (a few % of an expert's "
+                                        "FLOPs) or the experts' own backbone.")] = True,
+    caption_prior: Annotated[bool, typer.Option("--caption-prior/--no-caption-prior",
+                                                help="Train p(k | caption) beside the trunk.")] = True,
     gpu: GpuOpt = "cpu",
     checkpoint_every: Annotated[int | None, typer.Option(min=1, help="Steps between checkpoints.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the final accuracy report as JSON.")] = False,
 ) -> None:
-    """Train the run's router r(x_t, t) → K logits with no swarm; reports accuracy per noise level."""
-    from expert.train import resolve_device, router_trainer_for_run
+    """Train the run's router with no swarm; reports held-out accuracy per routing mode and noise level.
+    The defaults are the router a swarm trains for this run (`--full-size --no-text --no-caption-prior` is
+    Paris' x_t router)."""
+    import numpy as np
+
+    from expert.train import resolve_device, router_preset, router_trainer_for_run
+    from expert.validation import router_report
     from protocol.run import RunSpec
 
     spec = RunSpec.load(run)
     device = resolve_device(gpu)
+    preset = router_preset(spec.preset, spec.num_clusters, use_text=text, light=light, caption_prior=caption_prior,
+                           data_sizes=np.bincount(np.asarray(spec.assignments), minlength=spec.num_clusters))
     with console.status(f"loading run {spec.run_id} for the router"):
-        trainer = router_trainer_for_run(spec, data_dir=data, cap=cap, use_text=use_text, device=device)
+        trainer = router_trainer_for_run(spec, data_dir=data, cap=cap, preset=preset, device=device)
         if resume:
             console.print(f"resumed from step {trainer.load(resume).step}")
     _run_training(trainer, steps, out_dir, checkpoint_every, label="router")
-    report = {"step": trainer.step, "loss": trainer.loss_ema, **trainer.evaluate()}
+    report = {"step": trainer.step, "loss": trainer.loss_ema, "validation": trainer.validation(),
+              **router_report(trainer.ema, trainer.held, device=device)}
     if json_out:
         out.print_json(json.dumps(report))
         return
-    levels = ", ".join(f"t∈{k}: {v:.2f}" for k, v in report["per_noise_level"].items())
-    out.print(f"router at step {trainer.step}: accuracy {report['accuracy']:.3f} ({levels}); checkpoint in {out_dir}",
-              highlight=False)
+    out.print(f"router at step {trainer.step}; checkpoint in {out_dir}; held-out accuracy "
+              f"({report['samples']} clips):", highlight=False)
+    for mode, levels in report["modes"].items():
+        out.print(f"  {mode:9} " + "  ".join(f"{t} {v['accuracy']:.2f}" for t, v in levels.items()), highlight=False)
 
 
 @ensemble_app.command("assemble")
@@ -254,12 +282,13 @@ def ensemble_assemble(
     experts: Annotated[list[Path], typer.Option("--expert", help="Expert checkpoint folders, in cluster order.")],
     router: Annotated[Path, typer.Option(help="The router's checkpoint folder.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Ensemble folder to write.")],
+    router_mode: RouterModeOpt = None,
 ) -> None:
     """Assemble local checkpoints into the diffusers-style ensemble folder that `sample --ensemble` loads."""
     from expert.pipeline import assemble
 
     with console.status("verifying checkpoints and writing the ensemble"):
-        assemble(experts, router, out_dir)
+        assemble(experts, router, out_dir, router_mode=router_mode)
     out.print(f"wrote the ensemble of {len(experts)} experts to {out_dir}")
 
 
@@ -276,6 +305,7 @@ def sample_cmd(
     num_videos: Annotated[int, typer.Option(min=1, help="Several videos are tiled into a grid.")] = 1,
     routing_out: Annotated[Path | None, typer.Option(help="Write per-step routing weights (JSON).")] = None,
     offload: Annotated[bool, typer.Option(help="Keep idle experts on the CPU (saves device memory).")] = False,
+    router_mode: RouterModeOpt = None,
     gpu: GpuOpt = "cpu",
 ) -> None:
     """Generate a video from an ensemble (router + experts) or from one expert checkpoint."""
@@ -290,6 +320,8 @@ def sample_cmd(
         fail(f"--out must end in .mp4 or .gif, not {out_file.name!r}")
     if routing_out is not None and ensemble is None:
         fail("--routing-out needs --ensemble (a single expert has no routing)")
+    if router_mode is not None and ensemble is None:
+        fail("--router-mode needs --ensemble (a single expert has no routing)")
     strat = parse_strategy(strategy)
     device = resolve_device(gpu)
     record: list[dict] = []
@@ -302,7 +334,7 @@ def sample_cmd(
         if ensemble is not None:
             from expert.pipeline import ParisPipeline
 
-            pipe = ParisPipeline.from_pretrained(ensemble).to(device, offload=offload)
+            pipe = ParisPipeline.from_pretrained(ensemble, router_mode=router_mode).to(device, offload=offload)
             videos, record = pipe(prompt, strategy=strat, num_inference_steps=steps, guidance_scale=guidance,
                                   seed=seed, num_videos=num_videos, offload=offload,
                                   record_routing=routing_out is not None, on_step=on_step)
@@ -315,7 +347,8 @@ def sample_cmd(
     video = grid(videos) if num_videos > 1 else videos[0]
     write_video(out_file, video)
     if routing_out is not None:
-        atomic_write_text(routing_out, json.dumps({"prompt": prompt, "strategy": str(strat), "steps": record}))
+        atomic_write_text(routing_out, json.dumps({"prompt": prompt, "strategy": str(strat),
+                                                   "router_mode": pipe.router_mode, "steps": record}))
     out.print(f"wrote {out_file} ({video.shape[0]} frames, {video.shape[2]}x{video.shape[1]} before upscaling)")
 
 
@@ -324,6 +357,7 @@ def eval_cmd(
     ensemble: Annotated[Path | None, typer.Option(help="An ensemble folder to evaluate.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Or one expert checkpoint / training folder.")] = None,
     strategy: Annotated[str, typer.Option(help="Routing strategy for --ensemble.")] = "top1",
+    router_mode: RouterModeOpt = None,
     n: Annotated[int, typer.Option("--n", min=2, help="Number of prompts / generated videos.")] = 64,
     steps: Annotated[int, typer.Option(min=1, help="Sampling steps.")] = 30,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 4.0,
@@ -369,7 +403,7 @@ def eval_cmd(
     if ensemble is not None:
         from expert.pipeline import ParisPipeline
 
-        pipe = ParisPipeline.from_pretrained(ensemble).to(device)
+        pipe = ParisPipeline.from_pretrained(ensemble, router_mode=router_mode).to(device)
         networks = {f"expert_{k}": e for k, e in enumerate(pipe.experts)}
         text_encoder, codec = pipe.text_encoder, pipe.codec
 
@@ -397,6 +431,7 @@ def eval_cmd(
                                                              device=device)
                                     for name, net in networks.items()}
     report.update({"what": str(ensemble or checkpoint), "strategy": str(strat) if ensemble else None,
+                   "router_mode": pipe.router_mode if ensemble else None,
                    "steps": steps, "guidance": guidance, "judge_heldout_accuracy": judge.heldout_accuracy})
     if json_out:
         out.print_json(json.dumps(report))

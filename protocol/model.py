@@ -92,30 +92,70 @@ class TrainConfig(Frozen):
     # its caption; mean 1 gives 5.6 %. Measured on the demo expert at 1000 steps: colour accuracy 0.27 → 0.54.
     logit_normal_mean: float = 0.0
     logit_normal_std: float = Field(default=1.0, gt=0)
+    # The share of each batch whose t is drawn uniformly from (0, 1) instead (None: none). Routers use 1: the
+    # sampler asks them at evenly spaced t from 1 down to 0, and the decision that matters most, which expert
+    # (and so which background) a video starts with, is made near t = 1, which logit-normal t almost never
+    # visits (mean 1: 2.6 % of samples above 0.95).
+    t_uniform: float | None = Field(default=None, ge=0, le=1)
     target_steps: int = Field(ge=1)
     checkpoint_every: int = Field(default=200, ge=1)
 
 
+RouterMode = Literal["xt", "joint", "combined", "caption"]
+ROUTER_MODES: tuple[str, ...] = ("xt", "joint", "combined", "caption")
+
+
 class RouterHead(Frozen):
     """Turns the backbone into a router r(x_t, t [, text]) → K logits: the transformer's per-patch outputs
-    have K channels and are mean-pooled. `use_text=False` is Paris' router, `True` is DDM's."""
+    have K channels and are mean-pooled. `use_text=False` is Paris' router, `True` is DDM's.
+
+    `caption_prior`: a small classifier p(k | c) on the frozen text states sits beside the trunk, trained
+    with it (expert.router.CaptionPrior). `cluster_prior`: p(k), each cluster's share of the run's data,
+    which the `combined` mode divides by. `mode`: how an ensemble routes unless told otherwise
+    (expert.router.Router.posterior): `xt` p(k | x_t), `joint` p(k | x_t, c) from the caption-reading trunk,
+    `caption` p(k | c), `combined` p(k | x_t) · p(k | c) / p(k)."""
 
     num_experts: int = Field(ge=1, le=1024)
     use_text: bool = False
     # a partial ensemble keeps only these outputs (the clusters whose experts it holds), in this order
     keep: tuple[int, ...] | None = None
+    caption_prior: bool | None = None
+    cluster_prior: tuple[float, ...] | None = None
+    mode: RouterMode | None = None
 
     @model_validator(mode="after")
     def _check_keep(self) -> RouterHead:
         if self.keep is not None and (not self.keep or len(set(self.keep)) != len(self.keep)
                                       or any(not 0 <= k < self.num_experts for k in self.keep)):
             raise ValueError("keep must list distinct router outputs 0..num_experts-1")
+        if self.cluster_prior is not None and (
+                len(self.cluster_prior) != self.num_experts or any(not 0 < p <= 1 for p in self.cluster_prior)
+                or abs(sum(self.cluster_prior) - 1) > 1e-3):
+            raise ValueError("cluster_prior must give every cluster a share in (0, 1], summing to 1")
+        if self.mode is not None and self.mode not in self.modes:
+            raise ValueError(f"router mode {self.mode!r} needs what this router lacks (it offers "
+                             f"{', '.join(self.modes)})")
         return self
 
     @property
     def routed(self) -> int:
         """How many experts the router's (kept) outputs route between."""
         return len(self.keep) if self.keep is not None else self.num_experts
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The routing modes this router can serve."""
+        out = ["xt"] + (["joint"] if self.use_text else [])
+        if self.caption_prior:
+            out += ["caption"] + (["combined"] if self.cluster_prior is not None else [])
+        return tuple(m for m in ROUTER_MODES if m in out)
+
+    @property
+    def default_mode(self) -> str:
+        """`mode` when set; else the best this router offers: combined, joint, then xt."""
+        if self.mode is not None:
+            return self.mode
+        return next(m for m in ("combined", "joint", "xt") if m in self.modes)
 
 
 class ExpertPreset(Frozen):

@@ -73,6 +73,9 @@ class AnalyticRouter(nn.Module):
     def forward(self, x, timestep, text=None):
         return self.m.log_components(x.view(-1, D), timestep.double() / 1000)
 
+    def posterior(self, x, timestep, cond, null, mode=None):  # the x_t routing posterior (expert.router.Router)
+        return self(x, timestep).float().softmax(-1)
+
 
 def _points(n: int, t_value: float | None = None, seed: int = 1):
     m = Mixture()
