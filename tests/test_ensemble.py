@@ -1,6 +1,7 @@
 """Two tiny experts and a router trained on synthetic clusters → an ensemble folder → ParisPipeline."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,6 +113,18 @@ def test_cli_samples_an_ensemble_grid_with_routing_record(ensemble_dir, tmp_path
                           "--strategy", "best", "--out", str(out)], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], timeout=300)
     assert bad.returncode != 0 and "unknown strategy 'best'" in bad.stderr and "Traceback" not in bad.stderr
+    caption = subprocess.run([sys.executable, "-m", "node.cli", "sample", "--ensemble", str(ensemble_dir),
+                              "a green cross rising", "--steps", "2", "--router-mode", "caption", "--out", str(out),
+                              "--routing-out", str(routing)], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert caption.returncode == 0, caption.stderr
+    rec = json.loads(routing.read_text())
+    assert rec["router_mode"] == "caption" and rec["steps"][0]["posterior"] == rec["steps"][1]["posterior"]
+    wrong = subprocess.run([sys.executable, "-m", "node.cli", "sample", "--ensemble", str(ensemble_dir), "x",
+                            "--out", str(out), "--router-mode", "best"], capture_output=True, text=True,
+                           cwd=Path(__file__).resolve().parents[1], timeout=300,
+                           env={**os.environ, "COLUMNS": "300"})  # no wrapping inside the error box
+    assert wrong.returncode == 2 and "choose one of xt, joint, combined, caption" in wrong.stderr, wrong.stderr
 
 
 def test_partial_ensemble_routes_only_between_present_experts(ensemble_dir, tmp_path):
