@@ -25,7 +25,7 @@ from protocol.model import BackboneConfig, RouterHead
 class CaptionPrior(nn.Module):
     """p(k | c) from the frozen text states: the mean and the max of the real (non-padding) tokens' states,
     through a two-layer MLP. The max lets one decisive word (a background's name) show through however long
-    the caption; about 40k parameters at width 96, nothing beside a transformer step."""
+    the caption; about 25k parameters at text width 96, nothing beside a transformer step."""
 
     def __init__(self, text_dim: int, num_experts: int, *, hidden: int = 128, seed: int = 0) -> None:
         super().__init__()
