@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from node.bundle import LocalRun, fetch_run, publish_run, resolve_run_id
 from node.checker import CheckpointChecker
 from node.driver import Cadence, TrainingDriver
-from node.keeper import OwnRecords
+from node.keeper import OwnRecords, RunPointer
 from node.logs import event
 from node.metrics import NodeMetrics
 from node.nodefile import NodeInfo, remove_node_info, write_node_info
@@ -48,7 +48,7 @@ from swarm.cas import ContentStore
 from swarm.claims import ClaimManager
 from swarm.dht import RECORD_TTL, NetworkConfig, SwarmNode, tcp_maddr
 from swarm.dialback import serve_dialback
-from swarm.state import RunRules, VerifiedState, publish_progress, publish_spec_pointer, read_run, verified_state
+from swarm.state import RunRules, VerifiedState, publish_progress, read_run, verified_state
 
 log = logging.getLogger("node.daemon")
 
@@ -329,7 +329,7 @@ class Daemon:
     # ---- background loops ----------------------------------------------------------------------------------
 
     async def _member_loop(self) -> None:
-        """Refresh our member record and meet newcomers' gossip processes; re-announce the run pointer."""
+        """Refresh our member record and meet newcomers' gossip processes."""
         from swarm.gossip import join_gossip
 
         assert self.node is not None and self.run_info is not None
@@ -348,9 +348,6 @@ class Daemon:
                     await join_gossip(self.node, self.gossip, role=self.opts.role,
                                       served_bytes=self.store.served_bytes if self.store else 0,
                                       ttl=max(180.0, 6 * self.opts.period))
-                if self.created_run:
-                    await publish_spec_pointer(self.node, self.run_info.spec.run_id, self.run_info.bundle_cid,
-                                               self.run_info.spec.num_clusters)
             except Exception:
                 log.exception("member refresh failed; retrying next period")
 
@@ -372,13 +369,18 @@ class Daemon:
                 log.debug("reconnect round failed", exc_info=True)
 
     async def _keep_loop(self) -> None:
-        """Re-announce our own checkpoint records and attestations (node.keeper), and the archived copies of
-        the run's outcome this node keeps (node.role_seeder.keep_archive), before their TTL runs out."""
-        assert self.node is not None
+        """Re-announce our own checkpoint records and attestations (node.keeper), the run pointer if we created
+        the run, and the archived copies of the run's outcome this node keeps (node.role_seeder.keep_archive),
+        before their TTL runs out (a third of it before: a put that fails is retried twice in time)."""
+        assert self.node is not None and self.run_info is not None
+        spec = self.run_info.spec
+        pointer = RunPointer(self.node, spec.run_id, self.run_info.bundle_cid, spec.num_clusters)
         while True:
             await asyncio.sleep(min(max(self.node.record_ttl / 6, 1.0), 300.0))
             try:
                 await self.own_records.refresh()
+                if self.created_run:
+                    await pointer.refresh()
                 await keep_archive(self)
             except Exception:
                 log.exception("re-announcing our records or the archive failed; retrying")
@@ -561,7 +563,8 @@ class Daemon:
         if self.role != role:
             self.set_role(role)
         spec = self.run_info.spec
-        try:
+
+        async def round_() -> None:
             await seed_data(self)
             view = await read_run(self.node, spec.run_id, spec.num_clusters, rules=self.rules,
                                   local=self.checker.verdicts)
@@ -573,6 +576,9 @@ class Daemon:
             self.publisher.settle(view)
             await replicate_accepted(self, view)
             await archive_facts(self, view)
+
+        try:  # a stop cancels the round: DHT reads and fetches from peers that died can take many timeouts
+            await self.unless_stopped(round_())
         except (ParisError, OSError) as e:
             log.warning("%s round incomplete: %s", role, e)
         except Exception:  # what a peer serves must never end the node: log it and go on next period

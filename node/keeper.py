@@ -15,6 +15,7 @@ from hivemind.utils.timed_storage import get_dht_time
 
 from protocol.swarm_records import Body, subkey_suffix
 from swarm.dht import SwarmNode
+from swarm.state import publish_spec_pointer
 
 log = logging.getLogger("node.keeper")
 
@@ -54,3 +55,24 @@ class OwnRecords:
         if due:
             log.debug("re-announced %d of %d own record(s)", stored, len(due))
         return stored
+
+
+class RunPointer:
+    """The pointer to a run this node created (under the run's key and in the swarm's list of runs): announced
+    again, with a new timestamp, once a third of the TTL has passed since the last announcement a peer stored.
+    The first call announces it (the one at publication may have found no peer to store it)."""
+
+    def __init__(self, node: SwarmNode, run_id: str, spec_cid: str, num_clusters: int) -> None:
+        self.node, self.run_id, self.spec_cid, self.num_clusters = node, run_id, spec_cid, num_clusters
+        self.stored_at = float("-inf")
+
+    async def refresh(self) -> bool:
+        """Announce the pointer if it is due. Returns whether it was stored now."""
+        now = get_dht_time()
+        if now - self.stored_at < self.node.record_ttl / 3:
+            return False
+        if not await publish_spec_pointer(self.node, self.run_id, self.spec_cid, self.num_clusters):
+            log.debug("the run pointer of %s was not stored by every peer asked; retrying", self.run_id)
+            return False
+        self.stored_at = now
+        return True

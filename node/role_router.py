@@ -58,7 +58,10 @@ async def maybe_run_router(d: Daemon, *, wait: bool) -> bool:
         await resume(d, trainer, "router", holds=lambda: lease.cluster is not None)
         if lease.cluster is None:
             return True
-        target = max(schedule.router_target_steps, trainer.step + 1)
+        # while experts train, at least a step more; once they are done, nothing past the target (this lease may
+        # only have been taken because the view had not caught up with our own last checkpoint yet)
+        target = schedule.router_target_steps if all_done(view.states) else max(schedule.router_target_steps,
+                                                                               trainer.step + 1)
         while (await d.train(trainer, "router", target, holds=lambda: lease.cluster is not None)
                and not d.stopping.is_set() and lease.cluster is not None):
             report = await asyncio.to_thread(trainer.validation)

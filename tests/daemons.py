@@ -47,6 +47,14 @@ class Daemon:
         tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-25:])
         raise AssertionError(f"{what}: not seen in {timeout}s (exit {self.proc.poll()}); log ends:\n{tail}")
 
+    def wait_exit(self, timeout: float) -> int:
+        """The exit code, once the process ends within `timeout` s; else an AssertionError with its log's tail."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
+            raise AssertionError(f"{self.home.name} still runs {timeout}s after the stop; log ends:\n{tail}") from None
+
     def published(self, slot: str) -> list[int]:
         return [e["step"] for e in self.events() if e.get("msg") == f"published {slot} checkpoint"]
 

@@ -169,7 +169,7 @@ def test_three_daemons_train_take_over_seed_and_fetch(swarm):
     # the last trainer leaves; once every original record's TTL has passed three times, only the seeder's
     # archived copies are left, and they are enough: the run is fetchable and a newcomer does not retrain it
     w2.proc.send_signal(signal.SIGTERM)
-    assert w2.proc.wait(30) == 0
+    assert w2.wait_exit(30) == 0
     time.sleep(3 * RECORD_TTL + 2)
     want = 2 * TARGET // EVERY  # the checkpoints of both experts' accepted lineages, and their attestations
 
@@ -213,7 +213,7 @@ def test_three_daemons_train_take_over_seed_and_fetch(swarm):
     for d in (boot, w3):
         d.proc.send_signal(signal.SIGTERM)
     for d in (boot, w3):
-        assert d.proc.wait(30) == 0
+        assert d.wait_exit(30) == 0
     assert not (root / "boot" / "node.json").exists()
 
 
@@ -250,7 +250,7 @@ def test_metrics_then_sighup_mid_training_publishes_a_final_checkpoint_and_relea
     assert len(training) == 1
     t0 = time.monotonic()
     solo.proc.send_signal(signal.SIGHUP)
-    assert solo.proc.wait(30) == 0
+    assert solo.wait_exit(30) == 0
     assert time.monotonic() - t0 < 30
     events = solo.events()
     stop_at = next(i for i, e in enumerate(events) if e.get("msg", "").startswith("stopping"))

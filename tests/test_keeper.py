@@ -40,3 +40,26 @@ def test_own_records_are_re_announced_unchanged_before_their_ttl():
     assert asyncio.run(keeper.refresh()) == 0  # just stored
     keeper.add(run_key("r", "checkpoints"), ck.model_copy(update={"cid": CID2}))
     assert len(keeper) == 2  # the oldest entry went
+
+
+def test_a_created_runs_pointer_is_announced_at_once_then_a_third_of_the_ttl_after_each_store():
+    """The pointer must outlive a TTL shorter than the member loop's period (it once lapsed for 10 s in 30)."""
+    from node.keeper import RunPointer
+    from protocol.swarm_records import RUNS_KEY
+
+    node = FakeNode()
+    pointer = RunPointer(node, "r", CID, 2)
+    assert asyncio.run(pointer.refresh())  # the first call announces it
+    assert {key for key, _, _ in node.puts} == {run_key("r", "spec"), RUNS_KEY}
+    assert node.puts[0][1].spec_cid == CID and node.puts[0][2] >= get_dht_time() + 29
+    assert not asyncio.run(pointer.refresh()) and len(node.puts) == 2  # stored just now: not due
+    pointer.stored_at -= node.record_ttl / 3
+    assert asyncio.run(pointer.refresh()) and len(node.puts) == 4
+
+    class Refusing(FakeNode):
+        async def put(self, key, body, expiration):
+            return False
+
+    refused = RunPointer(Refusing(), "r", CID, 2)
+    assert not asyncio.run(refused.refresh())
+    assert refused.stored_at == float("-inf")  # retried at the next tick, not a third of the TTL later
