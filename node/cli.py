@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from node.cli_options import RouterModeOpt
 from node.console import console, fail, out, progress
 from protocol.errors import ParisError
 
@@ -28,20 +29,6 @@ app.add_typer(run_app, name="run")
 app.add_typer(ensemble_app, name="ensemble")
 
 GpuOpt = Annotated[str, typer.Option("--gpu", help="CUDA device index, or 'cpu'.")]
-
-
-def _router_mode(value: str | None) -> str | None:
-    from protocol.model import ROUTER_MODES
-
-    if value is not None and value not in ROUTER_MODES:
-        raise typer.BadParameter(f"{value!r}: choose one of {', '.join(ROUTER_MODES)}")
-    return value
-
-
-RouterModeOpt = Annotated[str | None, typer.Option(
-    "--router-mode", callback=_router_mode,
-    help="How the router picks experts: xt (Paris: the noisy video), joint (DDM: video and caption), caption "
-         "(the caption alone) or combined (p(k|x_t)·p(k|c)/p(k)); default: what the ensemble folder records.")]
 
 
 def _size(value: str) -> tuple[int, int]:

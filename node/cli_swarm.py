@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from node.cli_options import RouterModeOpt
 from node.console import console, fail, out, progress
 
 PeersOpt = Annotated[list[str] | None, typer.Option(
@@ -250,12 +251,13 @@ def register(app: typer.Typer) -> None:
         run: RunOpt = None,
         allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Assemble the experts that exist.")]
         = False,
+        router_mode: RouterModeOpt = None,
         json_out: Annotated[bool, typer.Option("--json", help="Print the swarm manifest as JSON.")] = False,
     ) -> None:
         """Download, verify and assemble the newest ensemble (every expert + the router) as a diffusers folder."""
         peers = _peers(initial_peers, initial_peers_file)
         with tempfile.TemporaryDirectory(prefix="paris-fetch-") as tmp:
-            manifest = asyncio.run(_fetch(peers, Path(tmp), run, out_dir, allow_partial))
+            manifest = asyncio.run(_fetch(peers, Path(tmp), run, out_dir, allow_partial, router_mode))
         if json_out:
             out.print_json(json.dumps(manifest))
             return
@@ -338,7 +340,8 @@ async def _watch_gossip(node, run_id: str, events: list):
     return client
 
 
-async def _fetch(peers: list[str], home: Path, run: str | None, out_dir: Path, allow_partial: bool) -> dict:
+async def _fetch(peers: list[str], home: Path, run: str | None, out_dir: Path, allow_partial: bool,
+                 router_mode: str | None = None) -> dict:
     from rich.progress import DownloadColumn
 
     from node.bundle import fetch_run, resolve_run_id
@@ -362,7 +365,7 @@ async def _fetch(peers: list[str], home: Path, run: str | None, out_dir: Path, a
 
             t0 = time.monotonic()
             manifest = await fetch_ensemble(node, store, local, out_dir, allow_partial=allow_partial,
-                                            on_progress=on_progress)
+                                            on_progress=on_progress, router_mode=router_mode)
         console.print(f"fetched and verified in {time.monotonic() - t0:.1f}s", highlight=False)
         return manifest
     finally:

@@ -583,6 +583,8 @@ class Daemon:
             log.warning("%s round incomplete: %s", role, e)
         except Exception:  # what a peer serves must never end the node: log it and go on next period
             log.exception("%s round failed; retrying next period", role)
+        if self.stopping.is_set():
+            return
         self._wake.clear()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wake.wait(), self.opts.period)

@@ -54,9 +54,11 @@ def _why(view: RunView, slot: str) -> str:
 
 async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, out: Path, *,
                          allow_partial: bool = False, device="cpu",
-                         on_progress: Callable[[str, CheckpointBody, int, int], None] | None = None) -> dict:
+                         on_progress: Callable[[str, CheckpointBody, int, int], None] | None = None,
+                         router_mode: str | None = None) -> dict:
     """Fetch, verify, assemble into `out`; returns the swarm manifest written beside the weights.
-    `on_progress(slot, body, done_bytes, total_bytes)` follows each download (for progress bars)."""
+    `on_progress(slot, body, done_bytes, total_bytes)` follows each download (for progress bars);
+    `router_mode` is recorded as the folder's default (None: the router's own default)."""
     import asyncio
 
     from expert.pipeline import assemble
@@ -103,7 +105,7 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, ou
         "router": _provenance(view, "router", router, checked["router"]),
     }
     await asyncio.to_thread(assemble, [paths[f"expert-{k}"] for k in clusters], paths["router"], out,
-                            extra={"swarm": manifest}, clusters=clusters)
+                            extra={"swarm": manifest}, clusters=clusters, router_mode=router_mode)
     atomic_write_bytes(Path(out) / SWARM_MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
     return manifest
 

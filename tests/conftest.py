@@ -1,7 +1,9 @@
-"""Shared fixtures: a small synthetic data set and a tiny run, built once per test session."""
+"""Shared fixtures: a small synthetic data set and a tiny run, built once per test session; and the split of
+the suite between two pytest-xdist workers (`-n 2 --dist loadgroup`, the README's test command)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,29 @@ import pytest
 from expert.presets import get_preset
 from expert.run_init import init_run
 from expert.synth_dataset import write_synthetic
+
+# Tests that start daemons, DHT nodes or attackers as real processes and bound how long the swarm takes to do
+# something: one xdist worker runs them one after another, so no two of them share the two cores; the other
+# worker runs everything else (in-process training and evaluation, unit tests) with one torch thread.
+SERIAL_SWARM_MODULES = frozenset({
+    "test_cli.py", "test_daemon_e2e.py", "test_doctor.py", "test_hostile_e2e.py", "test_netns_e2e.py",
+    "test_new_run_e2e.py", "test_cas_integration.py", "test_claims_integration.py", "test_dht_integration.py",
+    "test_dialback.py", "test_gossip_integration.py",
+})
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.path.name in SERIAL_SWARM_MODULES:
+            item.add_marker(pytest.mark.xdist_group("swarm"))
+
+
+def pytest_configure(config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker shares the machine with the swarm worker's daemons
+        import torch
+
+        torch.set_num_threads(1)
+
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,21 @@
+"""Typer options that both command modules (node.cli and node.cli_swarm) take."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def _router_mode(value: str | None) -> str | None:
+    from protocol.model import ROUTER_MODES
+
+    if value is not None and value not in ROUTER_MODES:
+        raise typer.BadParameter(f"{value!r}: choose one of {', '.join(ROUTER_MODES)}")
+    return value
+
+
+RouterModeOpt = Annotated[str | None, typer.Option(
+    "--router-mode", callback=_router_mode,
+    help="How the router picks experts: xt (Paris: the noisy video), joint (DDM: video and caption), caption "
+         "(the caption alone) or combined (p(k|x_t)·p(k|c)/p(k)); default: what the ensemble folder records.")]
