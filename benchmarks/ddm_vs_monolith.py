@@ -370,7 +370,10 @@ def write_results(path: Path, report: dict) -> None:
              + (f", GPU {report['machine']['gpu']}" if "gpu" in report["machine"] else "") + ".", "",
              "## Setup", "",
              f"- Data: {scale['clips']} built-in synthetic clips (`data synth`, seed 0), clustered into "
-             f"{scale['clusters']} with the run's default embedding (`run init`); preset `{scale['preset']}`.",
+             f"{scale['clusters']} "
+             + ("with the run's default embedding (`run init`)" if scale.get("clustering", "embedding") == "embedding"
+                else "by the generator's labels: background × warm or cool colour")
+             + f"; preset `{scale['preset']}`.",
              f"- Compute: FLOPs per training sample (torch flop counter, one real step): expert "
              f"{budget['flops_per_sample_expert'] / 1e6:.1f} MFLOP, router "
              f"{budget['flops_per_sample_router'] / 1e6:.1f} MFLOP; batch {budget['batch']}.",

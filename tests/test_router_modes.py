@@ -66,7 +66,7 @@ def test_router_head_modes_and_their_requirements():
     ddm = RouterHead(num_experts=3, use_text=True)
     assert ddm.modes == ("xt", "joint") and ddm.default_mode == "joint"
     full = RouterHead(num_experts=3, use_text=True, caption_prior=True, cluster_prior=(0.5, 0.3, 0.2))
-    assert full.modes == ("xt", "joint", "combined", "caption") and full.default_mode == "combined"
+    assert full.modes == ("xt", "joint", "combined", "caption") and full.default_mode == "joint"
     assert RouterHead(num_experts=3, caption_prior=True).modes == ("xt", "caption")  # no p(k): no combined
     with pytest.raises(ValueError, match="needs what this router lacks"):
         RouterHead(num_experts=3, mode="joint")
@@ -103,7 +103,7 @@ def test_each_mode_reads_what_it_says():
     expected = combine_posteriors(post(x1, t, c1, null, "xt"), post(x1, t, c1, null, "caption"),
                                   torch.tensor([0.5, 0.3, 0.2]))
     assert torch.allclose(post(x1, t, c1, null, "combined"), expected, atol=1e-6)
-    assert torch.allclose(post(x1, t, c1, null), expected, atol=1e-6)  # the head's default
+    assert torch.allclose(post(x1, t, c1, null), post(x1, t, c1, null, "joint"))  # the head's default
     for mode in ("xt", "joint", "caption", "combined"):
         p = post(x1, t, c1, null, mode)
         assert p.shape == (2, 3) and torch.allclose(p.sum(1), torch.ones(2))
