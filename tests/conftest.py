@@ -1,8 +1,9 @@
 """Shared fixtures: a small synthetic data set and a tiny run, built once per test session; and the split of
-the suite between two pytest-xdist workers (`-n 2 --dist loadgroup`, the README's test command)."""
+the suite between two pytest-xdist workers (`-n 2`, the README's test command)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -22,10 +23,22 @@ SERIAL_SWARM_MODULES = frozenset({
 })
 
 
-def pytest_collection_modifyitems(config, items) -> None:
-    for item in items:
-        if item.path.name in SERIAL_SWARM_MODULES:
-            item.add_marker(pytest.mark.xdist_group("swarm"))
+def _work_unit(nodeid: str) -> str:
+    """The swarm tests are one unit of work (one worker, in order); every other test is a unit of its own."""
+    return "swarm" if Path(nodeid.split("::", 1)[0]).name in SERIAL_SWARM_MODULES else nodeid
+
+
+if importlib.util.find_spec("xdist") is not None:
+    # xdist_group marks do not reach the scheduler under pytest 9.2 (xdist 3.8 rewrites `_nodeid`, which
+    # pytest no longer reads), so the split is a scheduler of our own over xdist's scope scheduling
+    def pytest_xdist_make_scheduler(config, log):
+        from xdist.scheduler import LoadScopeScheduling
+
+        class SerialSwarmScheduling(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                return _work_unit(nodeid)
+
+        return SerialSwarmScheduling(config, log)
 
 
 def pytest_configure(config) -> None:
@@ -33,7 +46,6 @@ def pytest_configure(config) -> None:
         import torch
 
         torch.set_num_threads(1)
-
 
 
 @pytest.fixture(scope="session")
