@@ -194,7 +194,7 @@ def test_three_daemons_train_take_over_seed_and_fetch(swarm):
 
     # fetch assembles the diffusers-style folder, and it samples
     out = root / "ensemble"
-    r = _cli("fetch", "--initial-peers-file", peers_file, "--out", str(out), "--router-mode", "joint", "--json",
+    r = _cli("fetch", "--initial-peers-file", peers_file, "--out", str(out), "--router-mode", "caption", "--json",
              timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     manifest = json.loads(r.stdout)
@@ -207,7 +207,7 @@ def test_three_daemons_train_take_over_seed_and_fetch(swarm):
     from expert.pipeline import ParisPipeline
 
     pipe = ParisPipeline.from_pretrained(out)
-    assert pipe.router_mode == "joint"  # fetch --router-mode: the folder's default (the run's router offers it)
+    assert pipe.router_mode == "caption"  # fetch --router-mode: the folder's default instead of the router's joint
     videos, _ = pipe("a red square moving left", strategy="top1", num_inference_steps=2)
     assert videos.shape[0] == 1 and videos.dtype.name == "uint8"
 

@@ -42,8 +42,9 @@ def test_preprocess_resizes_to_224_scales_to_unit_range_and_stretches_short_clip
     videos[:, 4:] = 0
     x = preprocess(videos)
     assert x.shape == (2, 3, 16, 224, 224)
-    assert x[:, 0, :8].min() == 1.0 and x[:, 1].max() == -1.0  # red channel of the first half is +1, green −1
-    assert (x[:, 0, 8:] == -1.0).all()  # frame i of 16 comes from frame i // 2 of 8
+    # red channel of the first half is +1, green −1 (to float rounding: resampling's sums depend on threads)
+    assert x[:, 0, :8].min() == pytest.approx(1.0, abs=1e-6) and x[:, 1].max() == pytest.approx(-1.0, abs=1e-6)
+    assert torch.allclose(x[:, 0, 8:], torch.tensor(-1.0), atol=1e-6)  # frame i of 16 is frame i // 2 of 8
 
 
 @pytest.mark.slow  # two forward passes of I3D at 16×224×224

@@ -101,16 +101,17 @@ def test_kill9_owner_is_replaced_by_waiting_node(swarm8):
 def test_restarted_node_takes_its_cluster_back(swarm8):
     procs, root, maddrs, spawn = swarm8
     run, period = "restart", 5.0  # a 15 s lease: long enough to restart a process within it
-    p = procs[5]
+    i = next(i for i in range(5, len(procs)) if procs[i].proc.poll() is None)  # an earlier test killed one
+    p = procs[i]
     p.send({"op": "claim", "run": run, "clusters": 4, "period": period})
     cluster = p.recv(60, lambda m: m.get("op") == "claim")["cluster"]
     assert cluster is not None
     p.send({"op": "owned"})
     old_peer_id = p.recv(30, lambda m: m.get("op") == "owned")["peer_id"]
     p.kill9()
-    home = root / "n5"
-    again = spawn(NODE, root / "n5b.log", "--home", str(home), "--initial-peers", *maddrs)
-    procs[5] = again
+    home = root / f"n{i}"
+    again = spawn(NODE, root / f"n{i}b.log", "--home", str(home), "--initial-peers", *maddrs)
+    procs[i] = again
     assert again.recv(120)["peer_id"] == old_peer_id
     again.send({"op": "claim", "run": run, "clusters": 4, "period": period})
     assert again.recv(60, lambda m: m.get("op") == "claim")["cluster"] == cluster
