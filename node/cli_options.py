@@ -18,4 +18,5 @@ def _router_mode(value: str | None) -> str | None:
 RouterModeOpt = Annotated[str | None, typer.Option(
     "--router-mode", callback=_router_mode,
     help="How the router picks experts: xt (Paris: the noisy video), joint (DDM: video and caption), caption "
-         "(the caption alone) or combined (p(k|x_t)·p(k|c)/p(k)); default: what the ensemble folder records.")]
+         "(the caption alone) or combined (p(k|x_t)·p(k|c)/p(k)); default: the mode the ensemble folder records "
+         "(fetch and assemble record the router's own: joint for a run's router).")]
