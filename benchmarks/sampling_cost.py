@@ -1,7 +1,7 @@
 """Cost of one ensemble sampling step per strategy, relative to one expert, measured in one run.
 
-K random-init experts of a preset plus the run's router (the light one, routing in its default `combined`
-mode; weights do not change the cost), a batch of videos, and classifier-free guidance: we time
+K random-init experts of a preset plus the run's router (the light one, routing in its default mode,
+printed as `router_mode`; weights do not change the cost), a batch of videos, and classifier-free guidance: we time
 `ensemble_velocity` for top1, top2 and full, against one expert's guided velocity alone and the router
 alone, interleaved over several rounds (median); `top1 full-size router` is the same with Paris' router,
 which is the experts' own backbone. FLOPs per step (torch's flop counter) are printed beside the times.

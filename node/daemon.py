@@ -162,6 +162,8 @@ class Daemon:
             if self.metrics is not None and self.gossip is not None:
                 self._tasks.append(asyncio.create_task(self._gossip_stats_loop()))
             if self.created_run:
+                self._tasks.append(asyncio.create_task(self._pointer_loop()))
+            if self.created_run:
                 self._announce_bootstrap()
             await self._role_loop()
         finally:
@@ -369,21 +371,30 @@ class Daemon:
                 log.debug("reconnect round failed", exc_info=True)
 
     async def _keep_loop(self) -> None:
-        """Re-announce our own checkpoint records and attestations (node.keeper), the run pointer if we created
-        the run, and the archived copies of the run's outcome this node keeps (node.role_seeder.keep_archive),
-        before their TTL runs out (a third of it before: a put that fails is retried twice in time)."""
-        assert self.node is not None and self.run_info is not None
-        spec = self.run_info.spec
-        pointer = RunPointer(self.node, spec.run_id, self.run_info.bundle_cid, spec.num_clusters)
+        """Re-announce our own checkpoint records and attestations (node.keeper), and the archived copies of
+        the run's outcome this node keeps (node.role_seeder.keep_archive), before their TTL runs out."""
+        assert self.node is not None
         while True:
             await asyncio.sleep(min(max(self.node.record_ttl / 6, 1.0), 300.0))
             try:
                 await self.own_records.refresh()
-                if self.created_run:
-                    await pointer.refresh()
                 await keep_archive(self)
             except Exception:
                 log.exception("re-announcing our records or the archive failed; retrying")
+
+    async def _pointer_loop(self) -> None:
+        """Keep the pointer to the run we created in the DHT (node.keeper.RunPointer): every 3 periods (at least
+        30 s), or a third of the record TTL if that is sooner."""
+        assert self.node is not None and self.run_info is not None
+        spec = self.run_info.spec
+        pointer = RunPointer(self.node, spec.run_id, self.run_info.bundle_cid, spec.num_clusters,
+                             every=max(30.0, 3 * self.opts.period))
+        while True:
+            try:
+                await pointer.refresh()
+            except Exception:
+                log.exception("re-announcing the run pointer failed; retrying")
+            await asyncio.sleep(max(1.0, min(pointer.interval / 2, 30.0)))
 
     async def _gossip_stats_loop(self) -> None:
         """Keep the gossip worker's counters fresh for the metrics endpoint."""
@@ -577,7 +588,9 @@ class Daemon:
             await replicate_accepted(self, view)
             await archive_facts(self, view)
 
-        try:  # a stop cancels the round: DHT reads and fetches from peers that died can take many timeouts
+        # a stop cancels the round: DHT reads and fetches from peers that died can take many timeouts. A check
+        # already running in a worker thread (validation loss, a replay) is not interrupted: the exit waits for it
+        try:
             await self.unless_stopped(round_())
         except (ParisError, OSError) as e:
             log.warning("%s round incomplete: %s", role, e)

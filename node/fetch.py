@@ -64,6 +64,13 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, ou
     from expert.pipeline import assemble
 
     run_id, num_clusters = run.spec.run_id, run.spec.num_clusters
+    if router_mode is not None:  # before any download: the run says which router its swarm trains
+        from expert.train import run_router_preset
+
+        modes = run_router_preset(run.spec).router.modes
+        if router_mode not in modes:
+            raise ParisError(f"router mode {router_mode!r} is not available for this run: its router offers "
+                             f"{', '.join(modes)}")
     checker = CheckpointChecker(store, run, device)
     view = await read_run(node, run_id, num_clusters, rules=run.rules)
     todo = plan(view, num_clusters, allow_partial=allow_partial)

@@ -59,20 +59,26 @@ class OwnRecords:
 
 class RunPointer:
     """The pointer to a run this node created (under the run's key and in the swarm's list of runs): announced
-    again, with a new timestamp, once a third of the TTL has passed since the last announcement a peer stored.
-    The first call announces it (the one at publication may have found no peer to store it)."""
+    again, with a new timestamp, `every` seconds after the last announcement a peer stored, or a third of the
+    TTL if that is sooner. Not only against expiry: the peers that hold it may leave, and joiners without a
+    run id find the run by it. The first call announces it (publication may have found no peer to store it)."""
 
-    def __init__(self, node: SwarmNode, run_id: str, spec_cid: str, num_clusters: int) -> None:
+    def __init__(self, node: SwarmNode, run_id: str, spec_cid: str, num_clusters: int, every: float) -> None:
         self.node, self.run_id, self.spec_cid, self.num_clusters = node, run_id, spec_cid, num_clusters
+        self.every = every
         self.stored_at = float("-inf")
+
+    @property
+    def interval(self) -> float:
+        return min(self.every, self.node.record_ttl / 3)
 
     async def refresh(self) -> bool:
         """Announce the pointer if it is due. Returns whether it was stored now."""
         now = get_dht_time()
-        if now - self.stored_at < self.node.record_ttl / 3:
+        if now - self.stored_at < self.interval:
             return False
         if not await publish_spec_pointer(self.node, self.run_id, self.spec_cid, self.num_clusters):
-            log.debug("the run pointer of %s was not stored by every peer asked; retrying", self.run_id)
+            log.debug("the run pointer of %s was not stored by any peer asked; retrying", self.run_id)
             return False
         self.stored_at = now
         return True

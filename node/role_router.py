@@ -58,8 +58,11 @@ async def maybe_run_router(d: Daemon, *, wait: bool) -> bool:
         await resume(d, trainer, "router", holds=lambda: lease.cluster is not None)
         if lease.cluster is None:
             return True
-        # while experts train, at least a step more; once they are done, nothing past the target (this lease may
-        # only have been taken because the view had not caught up with our own last checkpoint yet)
+        if all_done(view.states) and trainer.step >= schedule.router_target_steps:
+            # our own newest checkpoint is at the target, only not accepted yet (the view lags it): nothing to
+            # train; False sends the role loop to a seed round, which verifies and waits a period
+            return False
+        # while experts train, at least a step more; once they are done, nothing past the target
         target = schedule.router_target_steps if all_done(view.states) else max(schedule.router_target_steps,
                                                                                trainer.step + 1)
         while (await d.train(trainer, "router", target, holds=lambda: lease.cluster is not None)

@@ -48,7 +48,7 @@ def test_a_created_runs_pointer_is_announced_at_once_then_a_third_of_the_ttl_aft
     from protocol.swarm_records import RUNS_KEY
 
     node = FakeNode()
-    pointer = RunPointer(node, "r", CID, 2)
+    pointer = RunPointer(node, "r", CID, 2, every=1000.0)
     assert asyncio.run(pointer.refresh())  # the first call announces it
     assert {key for key, _, _ in node.puts} == {run_key("r", "spec"), RUNS_KEY}
     assert node.puts[0][1].spec_cid == CID and node.puts[0][2] >= get_dht_time() + 29
@@ -60,6 +60,10 @@ def test_a_created_runs_pointer_is_announced_at_once_then_a_third_of_the_ttl_aft
         async def put(self, key, body, expiration):
             return False
 
-    refused = RunPointer(Refusing(), "r", CID, 2)
+    refused = RunPointer(Refusing(), "r", CID, 2, every=1000.0)
     assert not asyncio.run(refused.refresh())
     assert refused.stored_at == float("-inf")  # retried at the next tick, not a third of the TTL later
+    # with a long TTL, `every` decides: the holders of the pointer may leave long before it expires
+    assert RunPointer(node, "r", CID, 2, every=30.0).interval == 10.0
+    node.record_ttl = 14 * 86400.0
+    assert RunPointer(node, "r", CID, 2, every=30.0).interval == 30.0

@@ -205,3 +205,15 @@ def test_ensemble_folder_records_and_serves_the_router_mode(tiny_run, synth_dir,
     assert caption_only[0]["posterior"] == caption_only[1]["posterior"]  # the caption alone: same every step
     with pytest.raises(ParisError, match="not available"):
         ParisPipeline.from_pretrained(assemble(experts, tmp_path / "r", tmp_path / "ens2"), router_mode="nope")
+
+
+def test_fetch_refuses_a_router_mode_the_run_does_not_offer_before_any_download(tiny_run, tmp_path):
+    import asyncio
+    from types import SimpleNamespace
+
+    from node.fetch import fetch_ensemble
+
+    spec, _ = tiny_run
+    with pytest.raises(ParisError, match="its router offers xt, joint, combined, caption"):  # no node, no store
+        asyncio.run(fetch_ensemble(None, None, SimpleNamespace(spec=spec), tmp_path / "out", router_mode="bogus"))
+    assert not (tmp_path / "out").exists()
