@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from expert.device import resolve_device
 from expert.evaluate import evaluate_synthetic
 from expert.pipeline import ParisPipeline, assemble
 from expert.presets import get_preset
@@ -59,7 +60,6 @@ from expert.synth_dataset import write_synthetic
 from expert.train import (
     ExpertTrainer,
     Trainer,
-    resolve_device,
     router_preset,
     router_trainer_for_run,
     run_clips,

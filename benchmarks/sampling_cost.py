@@ -24,12 +24,13 @@ import time
 import torch
 
 from expert.backbone import build_backbone, build_codec
+from expert.device import resolve_device
 from expert.pipeline import ensemble_velocity
 from expert.presets import get_preset
 from expert.router import Router
 from expert.routing import parse_strategy
 from expert.sampling import velocity
-from expert.train import resolve_device, router_preset
+from expert.train import router_preset
 
 
 def _time(fn, reps: int) -> float:

@@ -52,18 +52,6 @@ class Progress:
     skipped_total: int
 
 
-def resolve_device(gpu: str | int | None) -> torch.device:
-    """`--gpu N|cpu` → a torch device, with a clear error when CUDA is asked for but absent."""
-    if gpu is None or str(gpu).lower() == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ParisError(f"--gpu {gpu} was asked for but no CUDA device is available (use --gpu cpu)")
-    index = int(gpu)
-    if index >= torch.cuda.device_count():
-        raise ParisError(f"--gpu {index}: only {torch.cuda.device_count()} CUDA device(s) present")
-    return torch.device("cuda", index)
-
-
 class TextStates:
     """Frozen text-encoder states for every clip, computed once per distinct caption."""
 

@@ -115,6 +115,9 @@ def run_init(
     = Path("~/.paris"),
 ) -> None:
     """Cluster the data and write a run spec owned by this home's identity; prints its run id."""
+    from protocol.data import DataManifest
+
+    DataManifest.load(data)  # not a data set: said before the model stack is imported
     from expert.presets import get_preset
     from expert.run_init import init_run
     from protocol.run import RunSpec
@@ -201,11 +204,15 @@ def train_local(
     checkpoint_every: Annotated[int | None, typer.Option(min=1, help="Steps between checkpoints.")] = None,
 ) -> bool:
     """Train one expert on its cluster with no swarm (the daemon drives the same code)."""
-    from expert.train import resolve_device, trainer_for_run
     from protocol.run import RunSpec
 
-    spec = RunSpec.load(run)
+    spec = RunSpec.load(run)  # a wrong path, cluster or device is answered before the model stack is imported
+    spec.cluster_clips(cluster)
+    from expert.device import resolve_device
+
     device = resolve_device(gpu)
+    from expert.train import trainer_for_run
+
     with console.status(f"loading run {spec.run_id}, cluster {cluster}"):
         trainer = trainer_for_run(spec, cluster, data_dir=data, device=device)
         if resume:
@@ -240,7 +247,8 @@ def train_router(
     Paris' x_t router)."""
     import numpy as np
 
-    from expert.train import resolve_device, router_preset, router_trainer_for_run
+    from expert.device import resolve_device
+    from expert.train import router_preset, router_trainer_for_run
     from expert.validation import router_report
     from protocol.run import RunSpec
 
@@ -296,11 +304,9 @@ def sample_cmd(
     gpu: GpuOpt = "cpu",
 ) -> None:
     """Generate a video from an ensemble (router + experts) or from one expert checkpoint."""
-    from expert.routing import parse_strategy
-    from expert.train import resolve_device
-    from expert.video_io import grid, write_video
     from protocol.atomic import atomic_write_text
 
+    # the user's mistakes first, before the model stack is imported (that takes seconds)
     if (ensemble is None) == (checkpoint is None):
         fail("give exactly one of --ensemble DIR or --checkpoint DIR")
     if out_file.suffix.lower() not in (".mp4", ".gif"):
@@ -309,7 +315,15 @@ def sample_cmd(
         fail("--routing-out needs --ensemble (a single expert has no routing)")
     if router_mode is not None and ensemble is None:
         fail("--router-mode needs --ensemble (a single expert has no routing)")
+    for what, path in (("--ensemble", ensemble), ("--checkpoint", checkpoint)):
+        if path is not None and not path.is_dir():
+            fail(f"{what} {path} holds no checkpoint: it is not a folder")
+    from expert.routing import parse_strategy
+
     strat = parse_strategy(strategy)
+    from expert.device import resolve_device
+    from expert.video_io import grid, write_video
+
     device = resolve_device(gpu)
     record: list[dict] = []
     with progress() as bar:
@@ -362,10 +376,10 @@ def eval_cmd(
 ) -> None:
     """Metrics on the built-in data: FVD-synth and prompt-attribute accuracy, plus FVD (I3D) and CLIP
     text-video similarity when their weights are given (see README)."""
+    from expert.device import resolve_device
     from expert.evaluate import EVAL_SEED, evaluate_synthetic
     from expert.routing import parse_strategy
     from expert.synth_classifier import cached_judge
-    from expert.train import resolve_device
 
     if (ensemble is None) == (checkpoint is None):
         fail("give exactly one of --ensemble DIR or --checkpoint DIR")

@@ -127,7 +127,6 @@ def register(app: typer.Typer) -> None:
         as a comma-separated list, …) or from HOME/config.toml (a [join] table: port = 31337); a flag beats
         the environment, which beats the file."""
         from node import config
-        from node.daemon import Daemon, DaemonOptions, DemoOptions, network_config
         from node.logs import LOG_FORMATS, LOG_LEVELS, setup_logging
         from protocol.swarm_run import Schedule
 
@@ -176,6 +175,9 @@ def register(app: typer.Typer) -> None:
         peers = _peers(initial_peers, initial_peers_file)
         if v["behind_nat"] and not peers:
             fail("--behind-nat needs --initial-peers (or --initial-peers-file): their relays carry the connections")
+        # after the checks above: the daemon imports the whole model stack (about ten seconds on a CPU)
+        from node.daemon import Daemon, DaemonOptions, DemoOptions, network_config
+
         opts = DaemonOptions(
             home=home.expanduser(), gpu=gpu, role=role, run=run, data=data,
             network=network_config(initial_peers=peers, host=host, port=port, announce_host=announce_host,

@@ -134,7 +134,7 @@ class Daemon:
         self.node = await asyncio.to_thread(SwarmNode.start, self.home, network, self.opts.record_ttl)
         self._install_signals()  # after the fork: a child must not inherit the loop's signal wake-up fd
         try:
-            from expert.train import resolve_device
+            from expert.device import resolve_device
 
             self.device = resolve_device(self.opts.gpu)
             if self.opts.cpu_threads:
