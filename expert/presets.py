@@ -7,6 +7,7 @@ from protocol.errors import ParisError
 from protocol.model import BackboneConfig, ExpertPreset, TextEncoderConfig, TrainConfig
 
 PRESETS = ("tiny", "small", "base", "large")
+LATENT_PRESETS = ("base", "large")  # through a video VAE (a local folder)
 
 
 def get_preset(name: str, *, vae_path: str | None = None, text_model: str | None = None,
@@ -30,7 +31,7 @@ def get_preset(name: str, *, vae_path: str | None = None, text_model: str | None
             train=TrainConfig(batch_size=8, lr=1e-3, warmup_steps=50, ema_decay=0.995, target_steps=1000,
                               checkpoint_every=100, logit_normal_mean=1.0),
         )
-    if name in ("base", "large"):
+    if name in LATENT_PRESETS:
         if not vae_path:
             raise ParisError(f"preset {name!r} trains in latent space: "
                              "pass --vae PATH (a local AutoencoderKLWan folder)")

@@ -10,6 +10,7 @@ checkpoints and a stop request honoured between steps. Every random draw comes f
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,15 @@ from expert.checkpoint import (
     step_dir,
     write_checkpoint,
 )
+from expert.efficiency import (
+    Efficiency,
+    adamw,
+    checkpointing_on,
+    enable_checkpointing,
+    is_out_of_memory,
+    prepare_device,
+    retry_with_checkpointing,
+)
 from expert.flow import noisy, sample_train_t, timestep
 from expert.shards import ClipBatch, tokenize
 from expert.text import TextEncoder
@@ -43,6 +53,16 @@ from protocol.swarm_cas import path_cid
 
 
 @dataclass(frozen=True)
+class StateSnapshot:
+    """What a checkpoint holds, taken at one step boundary: tensors by file stem, and the metadata fields
+    (all but the lineage and validation loss, which are filled in when it is written)."""
+
+    step: int
+    groups: dict[str, dict[str, torch.Tensor]]
+    fields: dict
+
+
+@dataclass(frozen=True)
 class Progress:
     step: int
     loss: float | None  # None when the step was skipped
@@ -50,6 +70,8 @@ class Progress:
     samples_per_s: float
     lr: float
     skipped_total: int
+
+log = logging.getLogger(__name__)
 
 
 class TextStates:
@@ -76,17 +98,23 @@ class Trainer:
     def __init__(self, preset: ExpertPreset, clips: ClipBatch, *, device: torch.device | str = "cpu",
                  seed: int = 0, run_id: str | None = None, cluster: int | None = None,
                  holdout: ClipBatch | None = None, holdout_labels: np.ndarray | None = None,
-                 validation: ValidationSpec | None = None) -> None:
+                 validation: ValidationSpec | None = None, efficiency: Efficiency | None = None) -> None:
         if len(clips) == 0:
             raise ParisError("no clips to train on")
         self.preset, self.run_id, self.cluster = preset, run_id, cluster
         self.device = torch.device(device)
+        self.efficiency = efficiency or Efficiency()
+        prepare_device(self.device)
         tc = preset.train
         self.text = TextEncoder(preset.text)
         self.codec = build_codec(preset.backbone).to(self.device)
         self.model = self._build_model(seed).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+        self.opt = adamw(self.model.parameters(), tc, self.device)
+        if self.efficiency.grad_checkpointing == "on" and not enable_checkpointing(self.model):
+            raise ParisError(f"gradient checkpointing is not available for the {self.kind} model")
+        if self.efficiency.compile:
+            self.model.compile()  # in place: parameter names and checkpoints are unchanged
         self.frames = torch.from_numpy(np.ascontiguousarray(clips.frames))
         self.text_states = TextStates(self.text, clips.tokens)
         self.generator = torch.Generator().manual_seed(seed * 1_000_003 + (cluster or 0))
@@ -98,8 +126,9 @@ class Trainer:
             labels = holdout_labels if holdout_labels is not None else np.full(len(holdout), cluster or 0)
             self.held = prepare_holdout(holdout, labels, validation, self.codec, self.text)
 
-    def validation_loss(self) -> float | None:
-        """The run's deterministic validation loss of the EMA weights (None without a held-out split)."""
+    def validation_loss(self, model: nn.Module | None = None) -> float | None:
+        """The run's deterministic validation loss of the EMA weights, or of `model` (a model of the same
+        architecture); None without a held-out split."""
         raise NotImplementedError
 
     def _build_model(self, seed: int) -> nn.Module:
@@ -125,7 +154,30 @@ class Trainer:
 
     def train_step(self) -> float | None:
         """One optimizer step (over `grad_accum` micro-batches). Returns the loss, or None when the step
-        was skipped because the loss or the gradient was not finite (weights are left untouched)."""
+        was skipped because the loss or the gradient was not finite (weights are left untouched). A step that
+        runs out of device memory is retried once with gradient checkpointing on (`auto`), on the same batch."""
+        rng, step, seen, skipped = self.generator.get_state(), self.step, self.samples_seen, self.skipped
+        try:
+            return self._train_step()
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not retry_with_checkpointing(self.efficiency.grad_checkpointing, checkpointing_on(self.model), e):
+                if is_out_of_memory(e):
+                    raise ParisError(f"out of device memory at batch {self.preset.train.batch_size} "
+                                     "(with --grad-checkpointing off or already on): use a device with more "
+                                     "memory") from None
+                raise
+            if not enable_checkpointing(self.model):
+                raise
+        self.opt.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.generator.set_state(rng)
+        self.step, self.samples_seen, self.skipped = step, seen, skipped
+        log.warning("out of device memory at batch %d: gradient checkpointing is on from now, retrying the step",
+                    self.preset.train.batch_size)
+        return self._train_step()
+
+    def _train_step(self) -> float | None:
         tc = self.preset.train
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
@@ -203,18 +255,36 @@ class Trainer:
             "rng": {"generator": self.generator.get_state()},
         }
 
-    def save(self, path: Path) -> CheckpointMeta:
-        """Atomically write the full training state (with its lineage and validation loss); refuses a state
-        holding NaN or Inf. The written checkpoint becomes the parent of the next one."""
-        val = self.validation_loss()
-        meta = write_checkpoint(Path(path), self.state_groups(), {
+    def snapshot(self, *, copy: bool = True) -> StateSnapshot:
+        """The training state as a checkpoint holds it, taken at a step boundary. With `copy` the tensors are
+        copied into host memory, so that training can go on while the copy is written."""
+        groups = self.state_groups()
+        if copy:
+            groups = {g: {k: v.detach().to("cpu", copy=True) for k, v in ts.items()} for g, ts in groups.items()}
+        return StateSnapshot(step=self.step, groups=groups, fields={
             "kind": self.kind, "run_id": self.run_id, "cluster": self.cluster, "step": self.step,
             "samples_seen": self.samples_seen, "loss_ema": self.loss_ema, "skipped_steps": self.skipped,
-            "preset": self.preset, "parent": self.parent,
-            "val_loss": val if val is not None and np.isfinite(val) else None,
-        })
+            "preset": self.preset})
+
+    def write_snapshot(self, path: Path, snap: StateSnapshot, *, validator: nn.Module | None = None
+                       ) -> CheckpointMeta:
+        """Atomically write `snap` (with its lineage and validation loss); refuses a state holding NaN or Inf.
+        The validation loss is of the snapshot's EMA weights: computed on `validator` (a spare copy of the
+        EMA model, loaded with them) when given, else on the EMA model itself (it must not have moved on).
+        The written checkpoint becomes the parent of the next one."""
+        model = self.ema
+        if validator is not None and self.held is not None:
+            validator.load_state_dict(snap.groups["ema"])
+            model = validator
+        val = self.validation_loss(model) if self.held is not None else None
+        meta = write_checkpoint(Path(path), snap.groups, {
+            **snap.fields, "parent": self.parent, "val_loss": val if val is not None and np.isfinite(val) else None})
         self.parent = path_cid(Path(path))
         return meta
+
+    def save(self, path: Path) -> CheckpointMeta:
+        """Atomically write the full training state now, in this thread (see write_snapshot)."""
+        return self.write_snapshot(path, self.snapshot(copy=False))
 
     def load(self, path: Path) -> CheckpointMeta:
         """Resume from a checkpoint (or a training folder's LATEST), after verifying it fits this run: same
@@ -261,10 +331,11 @@ class ExpertTrainer(Trainer):
     def _build_model(self, seed: int) -> nn.Module:
         return build_backbone(self.preset.backbone, self.text.width, seed=seed)
 
-    def validation_loss(self) -> float | None:
+    def validation_loss(self, model: nn.Module | None = None) -> float | None:
         if self.held is None:
             return None
-        return expert_validation_loss(self.ema, self.held, batch=self.preset.train.batch_size, device=self.device)
+        return expert_validation_loss(self.ema if model is None else model, self.held,
+                                      batch=self.preset.train.batch_size, device=self.device)
 
     def _micro_batch(self) -> tuple[torch.Tensor, ...]:
         tc, g = self.preset.train, self.generator
@@ -316,12 +387,13 @@ def run_clips(spec, data_dir: Path | None = None) -> ClipBatch:
 
 
 def trainer_for_run(spec, cluster: int, *, data_dir: Path | None = None, device: torch.device | str = "cpu",
-                    seed: int | None = None) -> ExpertTrainer:
+                    seed: int | None = None, efficiency: Efficiency | None = None) -> ExpertTrainer:
     """A trainer for cluster `cluster` of run `spec` (a protocol.run.RunSpec), on verified local data."""
     clips = run_clips(spec, data_dir)
     return ExpertTrainer(spec.preset, clips.select(spec.train_clips(cluster)), device=device,
                          seed=spec.seed if seed is None else seed, run_id=spec.run_id, cluster=cluster,
-                         holdout=clips.select(spec.holdout_clips(cluster)), validation=spec.validation)
+                         holdout=clips.select(spec.holdout_clips(cluster)), validation=spec.validation,
+                         efficiency=efficiency)
 
 
 class RouterTrainer(Trainer):
@@ -351,14 +423,16 @@ class RouterTrainer(Trainer):
 
         return Router(self.preset.backbone, self.preset.router, self.text.width, seed=seed)
 
-    def validation(self) -> dict | None:
-        """Held-out cross-entropy and accuracy per noise level of the EMA router (None without a split)."""
+    def validation(self, model: nn.Module | None = None) -> dict | None:
+        """Held-out cross-entropy and accuracy per noise level of the EMA router, or of `model` (None without a
+        split)."""
         if self.held is None:
             return None
-        return router_validation(self.ema, self.held, batch=self.preset.train.batch_size, device=self.device)
+        return router_validation(self.ema if model is None else model, self.held,
+                                 batch=self.preset.train.batch_size, device=self.device)
 
-    def validation_loss(self) -> float | None:
-        report = self.validation()
+    def validation_loss(self, model: nn.Module | None = None) -> float | None:
+        report = self.validation(model)
         return None if report is None else float(report["loss"])
 
     def _logits(self, model: nn.Module, g: torch.Generator, idx: torch.Tensor, *, dropout: bool):
@@ -480,7 +554,8 @@ def router_holdout(spec) -> list[int]:
 
 
 def router_trainer_for_run(spec, *, data_dir: Path | None = None, cap: int = 2000, preset: ExpertPreset | None = None,
-                           device: torch.device | str = "cpu", seed: int | None = None) -> RouterTrainer:
+                           device: torch.device | str = "cpu", seed: int | None = None,
+                           efficiency: Efficiency | None = None) -> RouterTrainer:
     """A router trainer on the run's local data; `preset` (default: the run's, `run_router_preset`) lets an
     experiment train another router (expert.train.router_preset's options)."""
     clips = run_clips(spec, data_dir)
@@ -490,14 +565,14 @@ def router_trainer_for_run(spec, *, data_dir: Path | None = None, cap: int = 200
     holdout = router_holdout(spec)
     return router_trainer_from_clips(spec, clips.select(train), labels[train], cap=cap, preset=preset,
                                      device=device, seed=seed, holdout=clips.select(holdout),
-                                     holdout_labels=labels[holdout])
+                                     holdout_labels=labels[holdout], efficiency=efficiency)
 
 
 def router_trainer_from_clips(spec, clips: ClipBatch, labels: np.ndarray, *, cap: int = 2000,
                               preset: ExpertPreset | None = None,
                               device: torch.device | str = "cpu", seed: int | None = None,
-                              holdout: ClipBatch | None = None, holdout_labels: np.ndarray | None = None
-                              ) -> RouterTrainer:
+                              holdout: ClipBatch | None = None, holdout_labels: np.ndarray | None = None,
+                              efficiency: Efficiency | None = None) -> RouterTrainer:
     """A router trainer on a stratified sample (≤ `cap` per cluster) of `clips` labelled by cluster; the loss
     is reweighted to the cluster sizes of the whole run, which may hold more clips than `clips`. `holdout`
     (every cluster's held-out clips, labelled) gives the validation loss that verifiers recompute."""
@@ -507,4 +582,5 @@ def router_trainer_from_clips(spec, clips: ClipBatch, labels: np.ndarray, *, cap
     return RouterTrainer(preset, clips.select(idx), labels[idx],
                          data_sizes=np.bincount(np.asarray(spec.assignments), minlength=spec.num_clusters),
                          device=device, seed=seed, run_id=spec.run_id, holdout=holdout,
-                         holdout_labels=holdout_labels, validation=spec.validation if holdout is not None else None)
+                         holdout_labels=holdout_labels, validation=spec.validation if holdout is not None else None,
+                         efficiency=efficiency)

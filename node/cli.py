@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from node.cli_options import RouterModeOpt
+from node.cli_options import CheckpointingOpt, CompileOpt, RouterModeOpt
 from node.console import console, fail, out, progress
 from protocol.errors import ParisError
 
@@ -202,6 +202,8 @@ def train_local(
     data: Annotated[Path | None, typer.Option(help="Data folder, if not where `run init` saw it.")] = None,
     gpu: GpuOpt = "cpu",
     checkpoint_every: Annotated[int | None, typer.Option(min=1, help="Steps between checkpoints.")] = None,
+    compile_model: CompileOpt = False,
+    grad_checkpointing: CheckpointingOpt = "auto",
 ) -> bool:
     """Train one expert on its cluster with no swarm (the daemon drives the same code)."""
     from protocol.run import RunSpec
@@ -211,10 +213,12 @@ def train_local(
     from expert.device import resolve_device
 
     device = resolve_device(gpu)
+    from expert.efficiency import Efficiency
     from expert.train import trainer_for_run
 
     with console.status(f"loading run {spec.run_id}, cluster {cluster}"):
-        trainer = trainer_for_run(spec, cluster, data_dir=data, device=device)
+        trainer = trainer_for_run(spec, cluster, data_dir=data, device=device, efficiency=Efficiency(
+            compile=compile_model, grad_checkpointing=grad_checkpointing))
         if resume:
             meta = trainer.load(resume)
             console.print(f"resumed from step {meta.step}")
@@ -241,6 +245,8 @@ def train_router(
     gpu: GpuOpt = "cpu",
     checkpoint_every: Annotated[int | None, typer.Option(min=1, help="Steps between checkpoints.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the final accuracy report as JSON.")] = False,
+    compile_model: CompileOpt = False,
+    grad_checkpointing: CheckpointingOpt = "auto",
 ) -> None:
     """Train the run's router with no swarm; reports held-out accuracy per routing mode and noise level.
     The defaults are the router a swarm trains for this run (`--full-size --no-text --no-caption-prior` is
@@ -248,6 +254,7 @@ def train_router(
     import numpy as np
 
     from expert.device import resolve_device
+    from expert.efficiency import Efficiency
     from expert.train import router_preset, router_trainer_for_run
     from expert.validation import router_report
     from protocol.run import RunSpec
@@ -257,7 +264,9 @@ def train_router(
     preset = router_preset(spec.preset, spec.num_clusters, use_text=text, light=light, caption_prior=caption_prior,
                            data_sizes=np.bincount(np.asarray(spec.assignments), minlength=spec.num_clusters))
     with console.status(f"loading run {spec.run_id} for the router"):
-        trainer = router_trainer_for_run(spec, data_dir=data, cap=cap, preset=preset, device=device)
+        trainer = router_trainer_for_run(spec, data_dir=data, cap=cap, preset=preset, device=device,
+                                         efficiency=Efficiency(compile=compile_model,
+                                                               grad_checkpointing=grad_checkpointing))
         if resume:
             console.print(f"resumed from step {trainer.load(resume).step}")
     _run_training(trainer, steps, out_dir, checkpoint_every, label="router")

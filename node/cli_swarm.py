@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from node.cli_options import RouterModeOpt
+from node.cli_options import CheckpointingOpt, CompileOpt, RouterModeOpt
 from node.console import console, fail, out, progress
 
 PeersOpt = Annotated[list[str] | None, typer.Option(
@@ -112,6 +112,8 @@ def register(app: typer.Typer) -> None:
             "--stop-when-done", help="Exit once every expert and the router reached their targets.")] = False,
         cpu_threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for training (default: all).")]
         = None,
+        compile_model: CompileOpt = False,
+        grad_checkpointing: CheckpointingOpt = "auto",
         metrics_port: Annotated[int | None, typer.Option(min=0, max=65535, help=(
             "Serve Prometheus metrics on this port (0: any free port, written to node.json)."))] = None,
         metrics_host: Annotated[str, typer.Option(help="Address the metrics endpoint listens on.")] = "127.0.0.1",
@@ -176,6 +178,7 @@ def register(app: typer.Typer) -> None:
         if v["behind_nat"] and not peers:
             fail("--behind-nat needs --initial-peers (or --initial-peers-file): their relays carry the connections")
         # after the checks above: the daemon imports the whole model stack (about ten seconds on a CPU)
+        from expert.efficiency import Efficiency
         from node.daemon import Daemon, DaemonOptions, DemoOptions, network_config
 
         opts = DaemonOptions(
@@ -191,6 +194,7 @@ def register(app: typer.Typer) -> None:
             gossip_port=gossip_port, gossip_announce=announce_host,
             cache_bytes=int(cache_gb * 2**30),
             stop_when_done=stop_when_done, cpu_threads=cpu_threads, metrics_port=metrics_port,
+            efficiency=Efficiency(compile=v["compile_model"], grad_checkpointing=v["grad_checkpointing"]),
             metrics_host=metrics_host,
             trainers=tuple(allow_trainer) if allow_trainer else None)
         raise SystemExit(asyncio.run(Daemon(opts).run()))

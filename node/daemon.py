@@ -28,6 +28,7 @@ import numpy as np
 from hivemind.utils.timed_storage import get_dht_time
 from pydantic import BaseModel, ConfigDict, Field
 
+from expert.efficiency import Efficiency
 from node.bundle import LocalRun, fetch_run, publish_run, resolve_run_id
 from node.checker import CheckpointChecker
 from node.driver import Cadence, TrainingDriver
@@ -84,6 +85,7 @@ class DaemonOptions(BaseModel):
     cache_bytes: int = Field(default=50 * 2**30, ge=0)
     stop_when_done: bool = False
     cpu_threads: int | None = Field(default=None, ge=1)  # torch intra-op threads (CPU training)
+    efficiency: Efficiency = Efficiency()  # torch.compile, gradient checkpointing (this node's own choice)
     trainers: tuple[str, ...] | None = None  # new swarm: a permissioned run's trainer allowlist (peer ids)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)  # Prometheus endpoint (None: off, 0: any)
     metrics_host: str = "127.0.0.1"
@@ -546,9 +548,13 @@ class Daemon:
         try:
             reached = await asyncio.to_thread(driver.run)
             sps = driver.mean_samples_per_s
+            w = driver.writer
             event(log, f"{slot} {'reached its target' if reached else 'stopped'}", step=trainer.step,
                   steps_run=driver.steps_done, seconds=round(driver.train_seconds, 3),
-                  mean_samples_per_s=None if sps is None else round(sps, 3))
+                  mean_samples_per_s=None if sps is None else round(sps, 3),
+                  checkpoints=w.written if w else 0,
+                  checkpoint_copy_seconds=round(w.snapshot_seconds, 3) if w else 0.0,
+                  checkpoint_wait_seconds=round(w.waited_seconds, 3) if w else 0.0)
         finally:
             for fut in pending:
                 with contextlib.suppress(Exception):

@@ -1,5 +1,6 @@
 """Drives a Trainer toward a target in a worker thread, checkpointing every N steps or M minutes, so that
-the daemon's event loop (lease renewals, serving chunks, gossip) keeps running during long steps."""
+the daemon's event loop (lease renewals, serving chunks, gossip) keeps running during long steps.
+Checkpoints are written in the background (expert.checkpoint_writer): training stops only for the copy."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from expert.checkpoint_writer import BackgroundCheckpointer
 from expert.train import Progress, Trainer
 from protocol.checkpoint import CheckpointMeta
 
@@ -21,8 +23,9 @@ class Cadence:
 
 class TrainingDriver:
     """`run()` (blocking; call it in a thread) trains until `target` steps or until `stop` is set, and always
-    ends with a checkpoint of the last step taken. `on_checkpoint(path, meta)` is called in the worker thread
-    right after each checkpoint is on disk; it must not block for long (hand the work to the event loop)."""
+    ends with a checkpoint of the last step taken, on disk when it returns. `on_checkpoint(path, meta)` is
+    called in the checkpoint writer's thread right after each checkpoint is on disk; it must not block for long
+    (hand the work to the event loop)."""
 
     def __init__(self, trainer: Trainer, target: int, checkpoint_root: Path, cadence: Cadence, *,
                  on_checkpoint: Callable[[Path, CheckpointMeta], None] | None = None) -> None:
@@ -33,6 +36,7 @@ class TrainingDriver:
         self.started = time.time()
         self.steps_done = 0
         self.train_seconds = 0.0  # wall time inside run(), checkpoints included
+        self.writer: BackgroundCheckpointer | None = None  # of the current or last run()
 
     @property
     def mean_samples_per_s(self) -> float | None:
@@ -52,14 +56,19 @@ class TrainingDriver:
 
     def _run(self) -> bool:
         t = self.trainer
+        writer = BackgroundCheckpointer(t, self.root, self.on_checkpoint)
+        self.writer = writer
         last_time, last_step = time.monotonic(), t.step
-        while t.step < self.target and not self.stop.is_set():
-            self.steps_done += t.train(1, on_progress=self._on_progress)
-            due = (t.step - last_step >= self.cadence.every_steps
-                   or time.monotonic() - last_time >= self.cadence.every_seconds or t.step >= self.target)
-            if due:
-                t.checkpoint(self.root, self.on_checkpoint)
-                last_time, last_step = time.monotonic(), t.step
-        if t.step != last_step:  # stopped between checkpoints: keep every step taken
-            t.checkpoint(self.root, self.on_checkpoint)
+        try:
+            while t.step < self.target and not self.stop.is_set():
+                self.steps_done += t.train(1, on_progress=self._on_progress)
+                due = (t.step - last_step >= self.cadence.every_steps
+                       or time.monotonic() - last_time >= self.cadence.every_seconds or t.step >= self.target)
+                if due:
+                    writer.submit()  # a copy of the state; it is validated and written while training goes on
+                    last_time, last_step = time.monotonic(), t.step
+            if t.step != last_step:  # stopped between checkpoints: keep every step taken
+                writer.submit()
+        finally:
+            writer.close()  # returns once the last checkpoint is on disk and reported
         return t.step >= self.target

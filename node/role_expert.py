@@ -40,7 +40,7 @@ async def run_expert(d: Daemon, manager: ClaimManager, cluster: int) -> None:
             return  # the lease was lost while fetching: neither train nor publish
         trainer = await asyncio.to_thread(ExpertTrainer, spec.preset, clips, device=d.device, seed=spec.seed,
                                           run_id=spec.run_id, cluster=cluster, holdout=held,
-                                          validation=spec.validation)
+                                          validation=spec.validation, efficiency=d.opts.efficiency)
         await resume(d, trainer, slot, holds=lambda: manager.cluster == cluster)
         if manager.cluster != cluster:
             return

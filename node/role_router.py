@@ -54,7 +54,7 @@ async def maybe_run_router(d: Daemon, *, wait: bool) -> bool:
         held_labels = np.concatenate([np.full(len(p), k, dtype=np.int64) for k, p in enumerate(held)])
         trainer = await asyncio.to_thread(router_trainer_from_clips, spec, ClipBatch.concat(parts), labels,
                                           cap=schedule.router_cap, device=d.device, holdout=ClipBatch.concat(held),
-                                          holdout_labels=held_labels)
+                                          holdout_labels=held_labels, efficiency=d.opts.efficiency)
         await resume(d, trainer, "router", holds=lambda: lease.cluster is not None)
         if lease.cluster is None:
             return True

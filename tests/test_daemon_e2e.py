@@ -30,7 +30,7 @@ from tests.daemons import CLI, ENV, ROOT, Daemon
 
 pytestmark = pytest.mark.slow
 
-TARGET, ROUTER, EVERY = 120, 20, 10
+TARGET, ROUTER, EVERY = 80, 20, 10
 RECORD_TTL = 20.0  # seconds: pointer, DONE, checkpoint and attestation records of every node in this module
 
 

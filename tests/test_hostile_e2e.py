@@ -90,12 +90,15 @@ def test_a_hostile_peer_cannot_poison_the_ensemble_or_stop_a_cluster(swarm):
     boot.wait_for(lambda e: e.get("msg", "").startswith("new swarm started"), 240, "bootstrap ready")
     peers_file = root / "boot" / "node.json"
     evil = start("evil", peers_file)
-    deadline_acts = ("hijack", "random0", "amplify", "done1", "lease")
+    # the honest joiners come once the run is hijacked; the attacker's other lies land while they train
+    _wait(lambda: evil.act("hijack") or evil.proc.poll() is not None, 300,
+          lambda: f"the attacker's hijack ({evil.acts}); its log: {(root / 'evil' / 'evil.log').read_text()[-3000:]}")
+    w1 = start("daemon", "w1", *common(), "--initial-peers-file", str(peers_file))
+    w2 = start("daemon", "w2", *common(), "--initial-peers-file", str(peers_file))
+    deadline_acts = ("random0", "amplify", "done1", "lease")
     _wait(lambda: all(evil.act(a) for a in deadline_acts) or evil.proc.poll() is not None, 300,
           lambda: f"the attacker's first acts ({evil.acts}); its log: "
                   f"{(root / 'evil' / 'evil.log').read_text()[-3000:]}")
-    w1 = start("daemon", "w1", *common(), "--initial-peers-file", str(peers_file))
-    w2 = start("daemon", "w2", *common(), "--initial-peers-file", str(peers_file))
     _wait(lambda: evil.act("sybil") is not None or evil.proc.poll() is not None, 400,
           lambda: f"the attacker's Sybil attestations ({evil.acts}); its log: "
                   f"{(root / 'evil' / 'evil.log').read_text()[-3000:]}")
