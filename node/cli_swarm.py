@@ -87,7 +87,9 @@ def register(app: typer.Typer) -> None:
         target_steps: Annotated[int, typer.Option(min=1, help="Demo run: steps per expert.")] = 1000,
         clips: Annotated[int, typer.Option(min=8, help="Demo run: synthetic clips.")] = 2000,
         router_steps: Annotated[int, typer.Option(min=1, help="New swarm: the router's target steps.")] = 500,
-        checkpoint_every: Annotated[int, typer.Option(min=1, help="New swarm: publish every N steps…")] = 100,
+        checkpoint_every: Annotated[int | None, typer.Option(min=1, help=(
+            "New swarm: publish every N steps (default: the preset's, 100 for tiny/small, 2000 for "
+            "base/large)…"))] = None,
         checkpoint_minutes: Annotated[float, typer.Option(min=0.05, help="…or every M minutes.")] = 10.0,
         attestations: Annotated[int, typer.Option(min=0, max=64, help=(
             "New swarm: verifiers (other than its trainer) that must accept a checkpoint before it counts; "
@@ -186,7 +188,9 @@ def register(app: typer.Typer) -> None:
             network=network_config(initial_peers=peers, host=host, port=port, announce_host=announce_host,
                                    nat_traversal=nat, use_relay=relay, behind_nat=v["behind_nat"]),
             demo=DemoOptions(clusters=clusters, preset=preset, target_steps=target_steps, clips=clips),
-            schedule=Schedule(checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
+            checkpoint_every_from_preset=checkpoint_every is None,
+            schedule=Schedule(checkpoint_every=checkpoint_every or Schedule().checkpoint_every,
+                              checkpoint_minutes=checkpoint_minutes,
                               router_target_steps=router_steps, attestations=attestations,
                               replay_every=replay_every, loss_tolerance=loss_tolerance,
                               progress_intervals=progress_intervals),

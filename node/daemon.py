@@ -76,6 +76,7 @@ class DaemonOptions(BaseModel):
     data: Path | None = None  # where the run spec's data is, if not where `run init` saw it
     demo: DemoOptions = DemoOptions()
     schedule: Schedule = Schedule()
+    checkpoint_every_from_preset: bool = False  # new swarm: the run preset's checkpoint_every, not schedule's
     period: float = Field(default=10.0, gt=0)  # lease renewal and progress publication interval
     record_ttl: float = Field(default=RECORD_TTL, gt=0, le=MAX_RECORD_TTL)  # long-lived records' DHT lifetime
     gossip: bool = True
@@ -223,8 +224,11 @@ class Daemon:
         else:
             spec, data_dir = await asyncio.to_thread(self._local_spec)
             event(log, "publishing the run into the content store", run=spec.run_id, clusters=spec.num_clusters)
+            schedule = self.opts.schedule
+            if self.opts.checkpoint_every_from_preset:
+                schedule = schedule.with_preset_cadence(spec.preset.train)
             local = await publish_run(self.node, self.store, spec, data_dir, self.home / "runs" / spec.run_id,
-                                      self.opts.schedule, self.opts.trainers)
+                                      schedule, self.opts.trainers)
         spec = local.spec
         event(log, "run ready", run=spec.run_id, clusters=spec.num_clusters, preset=spec.preset.name,
               target_steps=spec.preset.train.target_steps, bundle=local.bundle_cid)

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from protocol.data import Frozen
+from protocol.model import TrainConfig
 from protocol.records_io import read_model
 from protocol.swarm_records import Cid, PeerIdStr, RunId, Timestamp
 
@@ -63,6 +64,11 @@ class Schedule(Frozen):
     # a lease is earned by progress: an owner that publishes no checkpoint the rule does not reject within
     # this many checkpoint intervals (`checkpoint_minutes` each) loses its claim to the next joiner
     progress_intervals: int = Field(default=3, ge=1)
+
+    def with_preset_cadence(self, train: TrainConfig) -> Schedule:
+        """This schedule publishing every `train.checkpoint_every` steps (the preset's: larger models write
+        bigger checkpoints, less often); `checkpoint_minutes` still bounds the interval by the clock."""
+        return self.model_copy(update={"checkpoint_every": train.checkpoint_every})
 
 
 class SwarmRunManifest(Frozen):

@@ -366,3 +366,14 @@ def test_a_trainer_keeps_what_verifiers_have_not_reached():
     assert [c for c, _ in stay] == ["c4", "c5"] and [c for c, _ in gone] == ["c1", "c2", "c3"]
     stay, gone = backlog_after(backlog, set(), keep=3)  # over the bound: the oldest and the newest stay
     assert [c for c, _ in stay] == ["c1", "c2", "c5"] and {c for c, _ in gone} == {"c3", "c4"}
+
+
+def test_a_new_swarm_publishes_at_its_presets_cadence_unless_told_otherwise():
+    from expert.presets import get_preset
+    from protocol.swarm_run import Schedule
+
+    told = Schedule(checkpoint_every=50, checkpoint_minutes=5.0)
+    base = told.with_preset_cadence(get_preset("base", vae_path="/models/vae").train)
+    assert base.checkpoint_every == 2000 and base.checkpoint_minutes == 5.0  # the clock still bounds it
+    assert told.with_preset_cadence(get_preset("tiny").train).checkpoint_every == 100
+    assert told.checkpoint_every == 50  # --checkpoint-every N: the schedule as given
