@@ -4,11 +4,12 @@ it runs on; written for a GPU (`base`, `large`), runs unchanged on a CPU (`tiny`
 Per preset, measured interleaved in one run (noise hits both alike):
   bare:    zero_grad, bf16-autocast forward, MSE, backward, AdamW step (fused on CUDA) over the model and one
            fixed batch of latents: the step a trainer reading cached latents runs.
-  trainer: `ExpertTrainer.train`, the loop the daemon's driver runs (batch sampling, text states, VAE encode
-           of the batch for latent presets, EMA, finite checks).
+  trainer: `ExpertTrainer.train`, the loop the daemon's driver runs (batch sampling, text states, EMA,
+           finite checks; latent presets read the latents the trainer encoded once when it was built).
 Reported: samples/s of both and their ratio, peak device memory of each, FLOPs per step (counted by
 torch.utils.flop_counter on one bare step: matmuls and attention, forward + backward), achieved TFLOP/s and
-MFU against the device's dense bf16 peak (a table of common GPUs, or --peak-tflops).
+MFU against the device's dense bf16 peak (a table of common GPUs, or --peak-tflops), and for latent presets
+the VAE's seconds per clip (what building a trainer costs per clip of its cluster).
 
 Latent presets need a VAE: `--vae DIR` (a local AutoencoderKLWan folder), else a random-init
 AutoencoderKLWan with diffusers' default (Wan 2.1) architecture is written to a temporary folder: the same
@@ -40,7 +41,7 @@ from expert.flow import noisy, timestep
 from expert.presets import LATENT_PRESETS, get_preset
 from expert.shards import ClipBatch
 from expert.synth_dataset import synth_batch
-from expert.train import ExpertTrainer
+from expert.train import ExpertTrainer, encode_clips
 from protocol.model import ExpertPreset
 
 # dense bf16 tensor-core peak, TFLOP/s (vendor data sheets; SXM parts where there are several)
@@ -123,8 +124,16 @@ def measure(name: str, device: torch.device, args, vae_dir: Path) -> dict:
     preset = preset_for(name, vae, args.batch)
     bs = preset.train.batch_size * preset.train.grad_accum
     efficiency = Efficiency(compile=args.compile, grad_checkpointing=args.grad_checkpointing)
-    trainer = ExpertTrainer(preset, random_clips(preset, max(2 * preset.train.batch_size, 8)), device=device,
-                            efficiency=efficiency)
+    clips = random_clips(preset, max(2 * preset.train.batch_size, 8))
+    trainer = ExpertTrainer(preset, clips, device=device, efficiency=efficiency)
+    encode_s = None
+    if trainer.latents is not None:  # once more, timed: the VAE's cost per clip
+        frames = torch.from_numpy(clips.frames[:8])
+        _sync(device)
+        t0 = time.perf_counter()
+        encode_clips(trainer.codec, frames, device)
+        _sync(device)
+        encode_s = round((time.perf_counter() - t0) / len(frames), 4)
     with torch.no_grad():
         batch = tuple(v.to(device) for v in trainer._micro_batch())  # latents, encoded once
 
@@ -162,7 +171,7 @@ def measure(name: str, device: torch.device, args, vae_dir: Path) -> dict:
         "tflop_per_step": round(flops / 1e12, 4), "achieved_tflops": round(achieved, 3),
         "mfu": round(achieved / peak, 4) if peak else None, "peak_tflops": peak,
         "grad_checkpointing": checkpointing_on(trainer.model), "compiled": args.compile,
-        "seconds_per_1k_steps": round(1000 * ours_t, 1),
+        "seconds_per_1k_steps": round(1000 * ours_t, 1), "vae_encode_s_per_clip": encode_s,
     }
 
 
@@ -198,7 +207,7 @@ def main() -> None:
     print(f"machine: {machine}")
     cols = ("preset", "params", "batch", "tokens", "bare_samples_per_s", "trainer_samples_per_s", "trainer_over_bare",
             "bare_peak_gib", "trainer_peak_gib", "tflop_per_step", "achieved_tflops", "mfu", "grad_checkpointing",
-            "seconds_per_1k_steps")
+            "seconds_per_1k_steps", "vae_encode_s_per_clip")
     for r in results:
         print("  ".join(f"{c}={r[c]}" for c in cols))
 

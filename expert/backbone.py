@@ -135,6 +135,8 @@ def count_parameters(model: nn.Module) -> int:
 class PixelCodec(nn.Module):
     """uint8 B×T×H×W×3 ↔ float B×3×T×H×W in [-1, 1], resampled to the preset's frames and size."""
 
+    caches_latents = False  # encoding is a rescale: trainers encode each batch as they draw it
+
     def __init__(self, cfg: BackboneConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -162,6 +164,8 @@ class PixelCodec(nn.Module):
 class WanVaeCodec(PixelCodec):
     """Latent space through a diffusers `AutoencoderKLWan` loaded from a local folder (frozen),
     normalised with the VAE's own latents_mean / latents_std."""
+
+    caches_latents = True  # a VAE forward per clip: trainers encode every clip once and train on the latents
 
     def __init__(self, cfg: BackboneConfig) -> None:
         super().__init__(cfg)

@@ -74,6 +74,17 @@ class Progress:
 log = logging.getLogger(__name__)
 
 
+@torch.no_grad()
+def encode_clips(codec: nn.Module, frames: torch.Tensor, device: torch.device, *, batch: int = 8) -> torch.Tensor:
+    """Every clip's latents (float32, host memory), `batch` clips at a time through the codec on `device`."""
+    t0 = time.perf_counter()
+    out = torch.cat([codec.encode(frames[i:i + batch].to(device)).float().cpu()
+                     for i in range(0, len(frames), batch)])
+    log.info("encoded %d clips into latents %s in %.1f s", len(frames), tuple(out.shape[1:]),
+             time.perf_counter() - t0)
+    return out
+
+
 class TextStates:
     """Frozen text-encoder states for every clip, computed once per distinct caption."""
 
@@ -115,7 +126,14 @@ class Trainer:
             raise ParisError(f"gradient checkpointing is not available for the {self.kind} model")
         if self.efficiency.compile:
             self.model.compile()  # in place: parameter names and checkpoints are unchanged
-        self.frames = torch.from_numpy(np.ascontiguousarray(clips.frames))
+        self.num_clips = len(clips)
+        self.frames: torch.Tensor | None = torch.from_numpy(np.ascontiguousarray(clips.frames))
+        # latent presets: every clip goes through the VAE once, here, and steps read the latents (a fraction of
+        # the frames' size: the frames are let go); pixel presets encode a batch by rescaling it
+        self.latents: torch.Tensor | None = None
+        if self.codec.caches_latents:
+            self.latents = encode_clips(self.codec, self.frames, self.device)
+            self.frames = None
         self.text_states = TextStates(self.text, clips.tokens)
         self.generator = torch.Generator().manual_seed(seed * 1_000_003 + (cluster or 0))
         self.step, self.samples_seen, self.skipped = 0, 0, 0
@@ -141,7 +159,11 @@ class Trainer:
         """(x0, noise, t) for clips `idx`, with the experts' noise schedule (logit-normal t)."""
         tc = self.preset.train
         with torch.no_grad():
-            x0 = self.codec.encode(self.frames[idx].to(self.device))
+            if self.latents is not None:
+                x0 = self.latents[idx].to(self.device)
+            else:
+                assert self.frames is not None
+                x0 = self.codec.encode(self.frames[idx].to(self.device))
         noise = torch.randn(x0.shape, generator=g).to(self.device)
         t = sample_train_t(len(idx), g, mean=tc.logit_normal_mean, std=tc.logit_normal_std,
                            uniform=tc.t_uniform).to(self.device)
@@ -339,7 +361,7 @@ class ExpertTrainer(Trainer):
 
     def _micro_batch(self) -> tuple[torch.Tensor, ...]:
         tc, g = self.preset.train, self.generator
-        idx = torch.randint(len(self.frames), (tc.batch_size,), generator=g)
+        idx = torch.randint(self.num_clips, (tc.batch_size,), generator=g)
         x0, noise, t = self._noisy_batch(g, idx)
         drop = (torch.rand(tc.batch_size, generator=g) < tc.cond_dropout).view(-1, 1, 1)
         text = torch.where(drop, self.text_states.null.unsqueeze(0), self.text_states.get(idx)).to(self.device)
@@ -363,7 +385,7 @@ class ExpertTrainer(Trainer):
         model = self.ema if ema else self.model
         losses = []
         for _ in range(batches):
-            idx = torch.randint(len(self.frames), (tc.batch_size,), generator=g)
+            idx = torch.randint(self.num_clips, (tc.batch_size,), generator=g)
             x0, noise, t = self._noisy_batch(g, idx)
             xt, target = noisy(x0, noise, t)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
@@ -452,7 +474,7 @@ class RouterTrainer(Trainer):
         """The trunk's cross-entropy, plus the caption prior's on the same (dropped-out) captions: a dropped
         caption teaches the prior that the null caption means p(k), so `combined` on it is p(k | x_t)."""
         g = self.generator
-        idx = torch.randint(len(self.frames), (self.preset.train.batch_size,), generator=g)
+        idx = torch.randint(self.num_clips, (self.preset.train.batch_size,), generator=g)
         logits, _, text = self._logits(self.model, g, idx, dropout=True)
         labels = self.labels[idx].to(self.device)
         loss = nn.functional.cross_entropy(logits.float(), labels, weight=self.class_weight)
@@ -470,7 +492,7 @@ class RouterTrainer(Trainer):
         correct, ts = [], []
         for start in range(0, samples, self.preset.train.batch_size):
             n = min(self.preset.train.batch_size, samples - start)
-            idx = torch.randint(len(self.frames), (n,), generator=g)
+            idx = torch.randint(self.num_clips, (n,), generator=g)
             logits, t, _ = self._logits(model, g, idx, dropout=False)
             correct.append((logits.argmax(1).cpu() == self.labels[idx]).float())
             ts.append(t.cpu())

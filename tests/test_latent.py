@@ -25,13 +25,16 @@ def vae_dir(tmp_path_factory):
     return path
 
 
+def _tiny_latent(vae_dir):
+    return get_preset("tiny").model_copy(update={"name": "tiny-latent", "backbone": BackboneConfig(
+        space="latent", vae_path=str(vae_dir), in_channels=4, frames=9, height=32, width=32, patch_size=(1, 2, 2),
+        num_layers=1, num_heads=2, head_dim=16, ffn_dim=64, freq_dim=32)})
+
+
 def test_latent_expert_trains_and_samples(vae_dir, synth_dir, tmp_path):
     from expert.shards import load_dataset
 
-    tiny = get_preset("tiny")
-    preset = tiny.model_copy(update={"name": "tiny-latent", "backbone": BackboneConfig(
-        space="latent", vae_path=str(vae_dir), in_channels=4, frames=9, height=32, width=32, patch_size=(1, 2, 2),
-        num_layers=1, num_heads=2, head_dim=16, ffn_dim=64, freq_dim=32)})
+    preset = _tiny_latent(vae_dir)
     _, clips = load_dataset(synth_dir)
     trainer = ExpertTrainer(preset, clips.select(range(16)))
     assert isinstance(trainer.codec, WanVaeCodec)
@@ -48,3 +51,21 @@ def test_latent_preset_needs_a_vae():
     with pytest.raises(ParisError, match="cannot load the video VAE"):
         WanVaeCodec(BackboneConfig(space="latent", vae_path="/nonexistent/vae", in_channels=16, frames=9,
                                    height=32, width=32, num_layers=1, num_heads=1, head_dim=16, ffn_dim=32))
+
+
+def test_a_latent_trainer_encodes_each_clip_once_and_steps_without_the_vae(vae_dir, synth_dir, monkeypatch):
+    from expert.shards import load_dataset
+
+    _, clips = load_dataset(synth_dir)
+    some = clips.select(range(12))
+    trainer = ExpertTrainer(_tiny_latent(vae_dir), some)
+    assert trainer.frames is None and tuple(trainer.latents.shape) == (12, 4, 5, 16, 16)  # frames let go
+    one = trainer.codec.encode(torch.from_numpy(some.frames[5:6]))
+    assert torch.allclose(trainer.latents[5:6], one, atol=1e-5)  # what encoding that clip alone gives
+
+    def no_vae(*args, **kwargs):
+        raise AssertionError("a VAE forward in a training step")
+
+    monkeypatch.setattr(trainer.codec.vae, "encode", no_vae)
+    trainer.train(2)
+    assert trainer.step == 2 and trainer.loss_ema is not None
