@@ -124,9 +124,9 @@ def test_stop_request_is_honoured_between_steps(trainer, tmp_path):
 @pytest.mark.slow
 def test_tiny_expert_learns(trainer, tmp_path):
     before = trainer.evaluate(batches=6)
-    trainer.train(300)
+    trainer.train(100)  # measured on another seed: 0.15 x the initial loss at 50 steps, 0.11 x at 100
     after = trainer.evaluate(batches=6)
-    assert after < 0.6 * before, (before, after)
+    assert after < 0.3 * before, (before, after)
     trainer.save(tmp_path / "ck")
     expert = load_expert(tmp_path / "ck")
     videos = sample(expert, "a red square moving left on a dark background", steps=8, num_videos=2, seed=3)
