@@ -114,7 +114,7 @@ def register(app: typer.Typer) -> None:
             "--stop-when-done", help="Exit once every expert and the router reached their targets.")] = False,
         cpu_threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for training (default: all).")]
         = None,
-        compile_model: CompileOpt = False,
+        compile: CompileOpt = False,  # named so: the option, PARIS_COMPILE and config.toml's `compile`
         grad_checkpointing: CheckpointingOpt = "auto",
         metrics_port: Annotated[int | None, typer.Option(min=0, max=65535, help=(
             "Serve Prometheus metrics on this port (0: any free port, written to node.json)."))] = None,
@@ -198,7 +198,7 @@ def register(app: typer.Typer) -> None:
             gossip_port=gossip_port, gossip_announce=announce_host,
             cache_bytes=int(cache_gb * 2**30),
             stop_when_done=stop_when_done, cpu_threads=cpu_threads, metrics_port=metrics_port,
-            efficiency=Efficiency(compile=v["compile_model"], grad_checkpointing=v["grad_checkpointing"]),
+            efficiency=Efficiency(compile=v["compile"], grad_checkpointing=v["grad_checkpointing"]),
             metrics_host=metrics_host,
             trainers=tuple(allow_trainer) if allow_trainer else None)
         raise SystemExit(asyncio.run(Daemon(opts).run()))
