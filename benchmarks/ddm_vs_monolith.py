@@ -472,7 +472,10 @@ def main() -> None:
     scale = Scale.model_validate(scale.model_dump())
     try:
         device = resolve_device(args.gpu)
-        preset: ExpertPreset = get_preset(scale.preset, vae_path=args.vae, text_weights=args.text_weights)
+        from expert.assets import asset_of
+
+        preset: ExpertPreset = get_preset(scale.preset, vae=asset_of(args.vae) if args.vae else None,
+                                          text_weights=asset_of(args.text_weights) if args.text_weights else None)
     except ParisError as e:
         raise SystemExit(f"error: {e}") from None
     started = time.perf_counter()

@@ -69,7 +69,9 @@ def random_vae(folder: Path) -> str:
 
 
 def preset_for(name: str, vae: str | None, batch: int | None) -> ExpertPreset:
-    preset = get_preset(name, vae_path=vae)
+    from expert.assets import asset_of
+
+    preset = get_preset(name, vae=asset_of(vae) if vae else None)
     if batch:
         preset = preset.model_copy(update={"train": preset.train.model_copy(update={"batch_size": batch})})
     return preset

@@ -8,6 +8,7 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor, WanT
 from einops import rearrange
 from torch import nn
 
+from expert.assets import asset_path
 from protocol.errors import ParisError
 from protocol.model import BackboneConfig
 
@@ -162,8 +163,8 @@ class PixelCodec(nn.Module):
 
 
 class WanVaeCodec(PixelCodec):
-    """Latent space through a diffusers `AutoencoderKLWan` loaded from a local folder (frozen),
-    normalised with the VAE's own latents_mean / latents_std."""
+    """Latent space through a diffusers `AutoencoderKLWan` (frozen), the preset's `vae` asset as this
+    machine holds it (expert.assets), normalised with the VAE's own latents_mean / latents_std."""
 
     caches_latents = True  # a VAE forward per clip: trainers encode every clip once and train on the latents
 
@@ -171,10 +172,12 @@ class WanVaeCodec(PixelCodec):
         super().__init__(cfg)
         from diffusers import AutoencoderKLWan
 
+        assert cfg.vae is not None  # a latent backbone names its VAE (BackboneConfig's check)
+        self.vae_dir = asset_path(cfg.vae, "video VAE")
         try:
-            self.vae = AutoencoderKLWan.from_pretrained(cfg.vae_path)
+            self.vae = AutoencoderKLWan.from_pretrained(self.vae_dir)
         except (OSError, ValueError) as e:
-            raise ParisError(f"cannot load the video VAE from {cfg.vae_path}: {e}") from None
+            raise ParisError(f"cannot load the video VAE from {self.vae_dir}: {e}") from None
         self.vae.requires_grad_(False).eval()
         c = self.vae.config
         if c.z_dim != cfg.in_channels:

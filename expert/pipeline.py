@@ -3,9 +3,10 @@ diffusers pipeline, loaded from the diffusers-style folder that `fetch` / `ensem
 
 Folder layout (like Paris 1.0's release): `model_index.json`, `expert_0/ … expert_{K-1}/` and `router/`
 (each `config.json` + `diffusion_pytorch_model.safetensors`; the router adds `router_config.json`),
-`text_encoder/` (`config.json` + `model.safetensors`), `scheduler/`, `paris_config.json` (the preset),
-and `vae/` for latent-space presets. Every file is listed with its SHA-256 in `model_index.json` and
-verified on load.
+`text_encoder/` (`config.json` + `model.safetensors`), `tokenizer/` (the BPE vocabulary captions are
+tokenized with), `scheduler/`, `paris_config.json` (the preset), and `vae/` for latent-space presets (the
+run's VAE asset, byte for byte: its CID in the preset still names it). Every file is listed with its
+SHA-256 in `model_index.json` and verified on load.
 
 Routing modes (protocol.model.RouterHead): `xt` (Paris: p(k | x_t)), `joint` (DDM: the trunk also reads
 the caption), `caption` (p(k | c) alone) and `combined` (p(k | x_t) · p(k | c) / p(k)). The folder's
@@ -29,11 +30,12 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, WanTra
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
-from expert.backbone import PixelCodec, build_codec, condition_on_text, predict_clean_sample
+from expert.assets import register_asset
+from expert.backbone import PixelCodec, WanVaeCodec, build_codec, condition_on_text, predict_clean_sample
 from expert.router import CaptionPrior, Router
 from expert.routing import Strategy, mix, parse_strategy, routing_weights
 from expert.sampling import encode_prompts, velocity
-from expert.text import TextEncoder
+from expert.text import TextEncoder, write_tokenizer
 from protocol.canonical import file_sha256
 from protocol.errors import IntegrityError, ParisError
 from protocol.model import ExpertPreset, RouterHead, TextEncoderConfig
@@ -88,8 +90,9 @@ class ParisPipeline(DiffusionPipeline):
                   tmp / "text_encoder" / "model.safetensors")
         self.scheduler.save_pretrained(tmp / "scheduler")
         (tmp / "paris_config.json").write_text(self.preset.model_dump_json())
-        if hasattr(self.codec, "vae"):
-            self.codec.vae.save_pretrained(tmp / "vae", safe_serialization=True)
+        if isinstance(self.codec, WanVaeCodec):  # the asset's own bytes: its CID still names them
+            shutil.copytree(self.codec.vae_dir, tmp / "vae")
+        write_tokenizer(tmp / "tokenizer", self.text_encoder.config.context_length)
         files = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         index = {"_class_name": "ParisPipeline", "_diffusers_version": _diffusers_version(),
                  "num_experts": len(self.experts), "router": ["paris_node", "Router"],
@@ -120,7 +123,7 @@ class ParisPipeline(DiffusionPipeline):
             raise IntegrityError(f"ensemble {directory}: the router has {head.routed} outputs for {k} experts")
         tc = preset.backbone.text_conditioning
         experts = [_load_wan(directory / f"expert_{i}", tc, preset.backbone.prediction).eval() for i in range(k)]
-        text = TextEncoder(text_cfg)
+        text = TextEncoder(text_cfg, load_weights=False)  # its weights are the folder's
         text.load_state_dict(load_file(directory / "text_encoder" / "model.safetensors"))
         prior = None
         if head.caption_prior:
@@ -132,9 +135,8 @@ class ParisPipeline(DiffusionPipeline):
                 raise IntegrityError(f"ensemble {directory}: the router's caption prior does not load: {detail}") \
                     from None
         router = Router.from_trunk(_load_wan(directory / "router", tc), head, text.width, prior).eval()
-        if preset.backbone.space == "latent":
-            preset = preset.model_copy(update={"backbone": preset.backbone.model_copy(
-                update={"vae_path": str(directory / "vae")})})
+        if preset.backbone.vae is not None:  # the folder's vae/ (its files' hashes were checked above)
+            register_asset(preset.backbone.vae, directory / "vae")
         codec = build_codec(preset.backbone)
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(directory / "scheduler")
         for m in (*experts, router, text):

@@ -6,28 +6,34 @@ from pathlib import Path
 
 import numpy as np
 
+from expert.assets import asset_path
 from expert.cluster import balance_report, cluster, nearest
 from expert.embed import SHAPES_V1, SHAPES_V1_GROUPS, embed_open_clip, embed_shapes_v1
 from expert.presets import get_preset
 from expert.shards import load_dataset
 from protocol.errors import ParisError
-from protocol.model import ExpertPreset
+from protocol.model import Asset, ExpertPreset
 from protocol.run import EmbeddingInfo, RunSpec, ValidationSpec, choose_holdout
 
 
 def init_run(data_dir: Path, clusters: int, *, preset: ExpertPreset | None = None, preset_name: str = "small",
              seed: int = 0, name: str = "run", clip_model: str | None = None,
-             clip_weights: str | None = None, target_steps: int | None = None, creator: str | None = None) -> RunSpec:
+             clip_weights: Asset | None = None, target_steps: int | None = None,
+             creator: str | None = None) -> RunSpec:
     """Cluster the data set in `data_dir` into `clusters` and return the run spec (not yet saved). `creator`:
-    the OpenSSH public key of the identity that will own (publish and sign) the run."""
+    the OpenSSH public key of the identity that will own (publish and sign) the run. `clip_weights`: an
+    open_clip image tower to embed clips with (an asset: the spec records its CID)."""
     manifest, clips = load_dataset(data_dir)
+    frames = clips.pixels(str(data_dir))
     if clip_weights:
         model_name = clip_model or "ViT-B-32"
-        emb = embed_open_clip(clips.frames, model_name=model_name, pretrained=clip_weights)
-        info_kw = {"method": "open_clip-image", "detail": f"{model_name}, mean of 3 frames, L2-normalised"}
+        emb = embed_open_clip(frames, model_name=model_name,
+                              pretrained=str(asset_path(clip_weights, "clip-embedding weights")))
+        info_kw = {"method": "open_clip-image", "detail": f"{model_name}, mean of 3 frames, L2-normalised",
+                   "weights": clip_weights}
         groups: tuple[tuple[int, int], ...] = ()
     else:
-        emb = embed_shapes_v1(clips.frames, clips.captions)
+        emb = embed_shapes_v1(frames, clips.captions)
         info_kw = {"method": SHAPES_V1, "detail": "hue histogram | mask motion | background | caption words"}
         groups = SHAPES_V1_GROUPS
     result = cluster(emb, clusters, seed=seed, groups=groups)

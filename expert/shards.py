@@ -19,7 +19,7 @@ from safetensors.numpy import save as st_save
 
 from protocol.atomic import atomic_write_bytes
 from protocol.canonical import sha256_hex
-from protocol.data import MANIFEST_NAME, AttributeSpec, DataManifest, ShardInfo
+from protocol.data import MANIFEST_NAME, AttributeSpec, DataManifest, LatentInfo, ShardInfo
 from protocol.errors import IntegrityError
 
 TOKENIZER_NAME = "open_clip:ViT-B-32-bpe"
@@ -28,39 +28,51 @@ CONTEXT_LENGTH = 77
 
 @dataclass
 class ClipBatch:
-    """In-memory clips: frames uint8 N×T×H×W×3, tokens int32 N×L, attributes int64 N×A (or None)."""
+    """In-memory clips: frames uint8 N×T×H×W×3 (None in a latent data set), tokens int32 N×L, attributes
+    int64 N×A (or None), and for latent data sets `latents` float16 N×C×T×H×W (the VAE's, encoded once)."""
 
-    frames: np.ndarray
+    frames: np.ndarray | None
     tokens: np.ndarray
     captions: list[str]
     attributes: np.ndarray | None = None
     names: list[str] = field(default_factory=list)
+    latents: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return int(self.frames.shape[0])
+        return int(self.tokens.shape[0])
 
     @classmethod
     def concat(cls, parts: list[ClipBatch]) -> ClipBatch:
         if not parts:
             raise ValueError("nothing to concatenate")
+        if len({p.frames is None for p in parts}) > 1 or len({p.latents is None for p in parts}) > 1:
+            raise ValueError("cannot concatenate frames with latents")
         return cls(
-            frames=np.concatenate([p.frames for p in parts]),
+            frames=None if parts[0].frames is None else np.concatenate([p.frames for p in parts]),
             tokens=np.concatenate([p.tokens for p in parts]),
             captions=[c for p in parts for c in p.captions],
             attributes=None if any(p.attributes is None for p in parts)
             else np.concatenate([p.attributes for p in parts]),
             names=[n for p in parts for n in p.names],
+            latents=None if parts[0].latents is None else np.concatenate([p.latents for p in parts]),
         )
 
     def select(self, indices: Iterable[int]) -> ClipBatch:
         idx = np.asarray(list(indices), dtype=np.int64)
         return ClipBatch(
-            frames=self.frames[idx],
+            frames=None if self.frames is None else self.frames[idx],
             tokens=self.tokens[idx],
             captions=[self.captions[i] for i in idx],
             attributes=None if self.attributes is None else self.attributes[idx],
             names=[self.names[i] for i in idx] if self.names else [],
+            latents=None if self.latents is None else self.latents[idx],
         )
+
+    def pixels(self, what: str = "this") -> np.ndarray:
+        """The frames; a one-line error for a latent data set (which keeps none)."""
+        if self.frames is None:
+            raise IntegrityError(f"{what} data set holds latents, not frames")
+        return self.frames
 
 
 @functools.cache
@@ -76,8 +88,11 @@ def tokenize(captions: list[str], context_length: int = CONTEXT_LENGTH) -> np.nd
 
 
 def encode_shard(batch: ClipBatch) -> bytes:
-    tensors = {"frames": np.ascontiguousarray(batch.frames, dtype=np.uint8),
-               "tokens": np.ascontiguousarray(batch.tokens, dtype=np.int32)}
+    tensors = {"tokens": np.ascontiguousarray(batch.tokens, dtype=np.int32)}
+    if batch.frames is not None:
+        tensors["frames"] = np.ascontiguousarray(batch.frames, dtype=np.uint8)
+    if batch.latents is not None:
+        tensors["latents"] = np.ascontiguousarray(batch.latents, dtype=np.float16)
     if batch.attributes is not None:
         tensors["attributes"] = np.ascontiguousarray(batch.attributes, dtype=np.int64)
     meta = {"captions": json.dumps(batch.captions, ensure_ascii=False)}
@@ -93,12 +108,20 @@ def decode_shard(data: bytes, *, label: str) -> ClipBatch:
         meta = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
         captions = json.loads(meta["captions"])
         names = json.loads(meta["names"]) if "names" in meta else []
-        frames, tokens = tensors["frames"], tensors["tokens"]
+        tokens = tensors["tokens"]
+        frames, latents = tensors.get("frames"), tensors.get("latents")
     except (SafetensorError, KeyError, ValueError, json.JSONDecodeError) as e:
         raise IntegrityError(f"shard {label} cannot be parsed: {e}") from None
-    if frames.ndim != 5 or frames.shape[-1] != 3 or tokens.shape[0] != frames.shape[0] != len(captions):
+    if (frames is None) == (latents is None):
+        raise IntegrityError(f"shard {label} must hold either frames or latents")
+    if frames is not None and (frames.ndim != 5 or frames.shape[-1] != 3 or frames.dtype != np.uint8):
         raise IntegrityError(f"shard {label} has inconsistent shapes")
-    return ClipBatch(frames, tokens, captions, tensors.get("attributes"), names)
+    if latents is not None and (latents.ndim != 5 or latents.dtype != np.float16):
+        raise IntegrityError(f"shard {label} has malformed latents")
+    body = frames if frames is not None else latents
+    if not tokens.shape[0] == body.shape[0] == len(captions):
+        raise IntegrityError(f"shard {label} has inconsistent shapes")
+    return ClipBatch(frames, tokens, captions, tensors.get("attributes"), names, latents)
 
 
 class ShardWriter:
@@ -120,13 +143,14 @@ class ShardWriter:
         return info
 
     def finish(self, *, source: str, frames: int, height: int, width: int, fps: float,
-               attributes: tuple[AttributeSpec, ...] = (), generator: dict | None = None) -> DataManifest:
+               attributes: tuple[AttributeSpec, ...] = (), generator: dict | None = None,
+               latents: LatentInfo | None = None) -> DataManifest:
         if not self.shards:
             raise IntegrityError("no clips were written: the data set would be empty")
         manifest = DataManifest(
             source=source, frames=frames, height=height, width=width, fps=fps, tokenizer=TOKENIZER_NAME,
             context_length=CONTEXT_LENGTH, attributes=attributes, generator=generator or {},
-            shards=tuple(self.shards), total_clips=sum(s.clips for s in self.shards),
+            shards=tuple(self.shards), total_clips=sum(s.clips for s in self.shards), latents=latents,
         )
         keep = {s.file for s in self.shards}
         for stale in self.out.glob("shard-*.safetensors"):
@@ -150,6 +174,11 @@ def iter_shards(directory: Path, manifest: DataManifest | None = None) -> Iterat
         batch = decode_shard(data, label=info.file)
         if len(batch) != info.clips:
             raise IntegrityError(f"shard {info.file} holds {len(batch)} clips, the manifest says {info.clips}")
+        expected = None if manifest.latents is None else manifest.latents.shape
+        got = None if batch.latents is None else tuple(batch.latents.shape[1:])
+        if got != expected:
+            raise IntegrityError(f"shard {info.file} holds {'latents ' + str(got) if got else 'frames'}, the "
+                                 f"manifest says {'latents ' + str(expected) if expected else 'frames'}")
         yield info, batch
 
 

@@ -1,6 +1,6 @@
 """The frozen text encoder: an open_clip text tower that turns caption tokens into per-token states.
 
-With `pretrained` (a local weights file) the named open_clip model's text tower is loaded; otherwise a
+With `weights` (an asset: a weights file, by CID) the named open_clip model's text tower is loaded; otherwise a
 tower is built with random init from a fixed seed — random but frozen and identical on every peer, so
 the experts learn to read it through cross-attention. The tokenizer is always the real BPE one.
 
@@ -10,9 +10,14 @@ and `expert.backbone.condition_on_text` (measured in the commit that added them)
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import torch
 from torch import nn
 
+from expert.assets import asset_path
 from protocol.errors import ParisError
 from protocol.model import TextEncoderConfig
 
@@ -20,21 +25,24 @@ from protocol.model import TextEncoderConfig
 class TextEncoder(nn.Module):
     """tokens (B×L int) → states (B×L'×width float32), L' = config.context_length."""
 
-    def __init__(self, config: TextEncoderConfig) -> None:
+    def __init__(self, config: TextEncoderConfig, *, load_weights: bool = True) -> None:
+        """`load_weights=False`: the architecture only (the caller loads a state dict, as an ensemble does)."""
         super().__init__()
         import open_clip
         from open_clip.model import CLIPTextCfg, _build_text_tower
 
         self.config = config
         if config.model_name:
+            weights = str(asset_path(config.weights, "text-encoder weights")) if config.weights and load_weights \
+                else None
             try:
-                clip = open_clip.create_model(config.model_name, pretrained=config.pretrained or None, device="cpu")
+                clip = open_clip.create_model(config.model_name, pretrained=weights, device="cpu")
             except (RuntimeError, FileNotFoundError, ValueError) as e:
                 raise ParisError(f"cannot load open_clip model {config.model_name!r}: {e}") from None
             self.tower = _TowerOfClip(clip)
             self.width = clip.transformer.width
         else:
-            if config.pretrained:
+            if config.weights:
                 raise ParisError("pretrained text weights need a model_name (an open_clip architecture)")
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed)
@@ -72,3 +80,16 @@ class _TowerOfClip(nn.Module):
         x = c.token_embedding(tokens) + c.positional_embedding[:n]
         x = c.transformer(x, attn_mask=c.attn_mask[:n, :n])
         return c.ln_final(x)
+
+
+def write_tokenizer(folder: Path, context_length: int) -> None:
+    """A `tokenizer/` folder: the BPE vocabulary (open_clip's, which ships with the package) and how captions
+    are tokenized with it, so that an ensemble folder says everything a sampler needs to read a prompt."""
+    from open_clip.tokenizer import default_bpe
+
+    vocab = Path(default_bpe())
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(vocab, folder / vocab.name)
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "open_clip.tokenizer.SimpleTokenizer", "vocab_file": vocab.name,
+        "context_length": context_length, "pad_token_id": 0, "lowercase": True}, indent=2))

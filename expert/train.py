@@ -10,6 +10,7 @@ checkpoints and a stop request honoured between steps. Every random draw comes f
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import threading
 import time
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from expert.backbone import build_backbone, build_codec
+from expert.backbone import PixelCodec, build_backbone, build_codec
 from expert.checkpoint import (
     check_preset,
     check_slot,
@@ -118,7 +119,6 @@ class Trainer:
         prepare_device(self.device)
         tc = preset.train
         self.text = TextEncoder(preset.text)
-        self.codec = build_codec(preset.backbone).to(self.device)
         self.model = self._build_model(seed).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.opt = adamw(self.model.parameters(), tc, self.device)
@@ -127,13 +127,18 @@ class Trainer:
         if self.efficiency.compile:
             self.model.compile()  # in place: parameter names and checkpoints are unchanged
         self.num_clips = len(clips)
-        self.frames: torch.Tensor | None = torch.from_numpy(np.ascontiguousarray(clips.frames))
-        # latent presets: every clip goes through the VAE once, here, and steps read the latents (a fraction of
-        # the frames' size: the frames are let go); pixel presets encode a batch by rescaling it
+        # latent presets train on latents: a latent data set's (encoded once, when the run was made: no VAE
+        # here at all), or every clip through the VAE once, here (the frames are then let go); pixel presets
+        # encode a batch by rescaling it
+        self.frames: torch.Tensor | None = None
         self.latents: torch.Tensor | None = None
-        if self.codec.caches_latents:
-            self.latents = encode_clips(self.codec, self.frames, self.device)
-            self.frames = None
+        if clips.latents is not None:
+            self.latents = self._checked_latents(clips.latents)
+        elif preset.backbone.space == "latent":
+            self.latents = encode_clips(self.codec, torch.from_numpy(np.ascontiguousarray(clips.pixels())),
+                                        self.device)
+        else:
+            self.frames = torch.from_numpy(np.ascontiguousarray(clips.pixels()))
         self.text_states = TextStates(self.text, clips.tokens)
         self.generator = torch.Generator().manual_seed(seed * 1_000_003 + (cluster or 0))
         self.step, self.samples_seen, self.skipped = 0, 0, 0
@@ -142,7 +147,21 @@ class Trainer:
         self.held: HeldOut | None = None
         if holdout is not None and validation is not None and len(holdout):
             labels = holdout_labels if holdout_labels is not None else np.full(len(holdout), cluster or 0)
-            self.held = prepare_holdout(holdout, labels, validation, self.codec, self.text)
+            self.held = prepare_holdout(holdout, labels, validation, self.codec if holdout.latents is None else None,
+                                        self.text)
+
+    @functools.cached_property
+    def codec(self) -> PixelCodec:
+        """Frames ↔ the space the model denoises: built when first needed (a trainer fed latents never is)."""
+        return build_codec(self.preset.backbone).to(self.device)
+
+    def _checked_latents(self, latents: np.ndarray) -> torch.Tensor:
+        """A latent data set's latents, if they have the shape this preset's model denoises."""
+        b = self.preset.backbone
+        if b.space != "latent" or latents.shape[1] != b.in_channels:
+            raise ParisError(f"the data holds latents of shape {tuple(latents.shape[1:])}, which preset "
+                             f"{self.preset.name!r} does not denoise")
+        return torch.from_numpy(np.ascontiguousarray(latents))
 
     def validation_loss(self, model: nn.Module | None = None) -> float | None:
         """The run's deterministic validation loss of the EMA weights, or of `model` (a model of the same
@@ -160,7 +179,7 @@ class Trainer:
         tc = self.preset.train
         with torch.no_grad():
             if self.latents is not None:
-                x0 = self.latents[idx].to(self.device)
+                x0 = self.latents[idx].to(self.device).float()
             else:
                 assert self.frames is not None
                 x0 = self.codec.encode(self.frames[idx].to(self.device))
@@ -402,6 +421,12 @@ def run_clips(spec, data_dir: Path | None = None) -> ClipBatch:
     if not str(directory) or not directory.exists():
         raise ParisError("the run's data folder is unknown or missing here: pass --data DIR")
     manifest, clips = load_dataset(directory)
+    if manifest.latents is not None:  # the run's clips encoded once (`run init`'s latent cache)
+        from expert.latent_data import matches
+
+        if not matches(manifest, spec.preset, spec.data.data_id):
+            raise ConfigMismatchError(f"the latents in {directory} are not this run's data encoded by its VAE")
+        return clips
     if manifest != spec.data:
         raise ConfigMismatchError(f"the data in {directory} ({manifest.data_id}) is not this run's data "
                                   f"({spec.data.data_id})")

@@ -45,15 +45,22 @@ def _noise_seed(spec_seed: int, cluster: int, position: int) -> int:
 
 
 @torch.no_grad()
-def prepare_holdout(clips: ClipBatch, labels: list[int] | np.ndarray, spec: ValidationSpec, codec: PixelCodec,
+def prepare_holdout(clips: ClipBatch, labels: list[int] | np.ndarray, spec: ValidationSpec, codec: PixelCodec | None,
                     text: TextEncoder) -> HeldOut:
-    """Encode the held-out clips and draw their fixed noise. `labels[i]` is clip i's cluster; a clip's noise
-    depends only on (noise seed, its cluster, its position among that cluster's held-out clips)."""
+    """Encode the held-out clips (or take a latent data set's latents as they are: `codec` None) and draw
+    their fixed noise. `labels[i]` is clip i's cluster; a clip's noise depends only on (noise seed, its
+    cluster, its position among that cluster's held-out clips). Latents encoded once by the run's creator
+    make every verifier's loss start from the same bytes, whatever VAE kernels its device has."""
     if len(clips) == 0:
         raise ParisError("no held-out clips: this run has no validation split for the cluster")
     labels = np.asarray(labels, dtype=np.int64)
-    frames = torch.from_numpy(np.ascontiguousarray(clips.frames))
-    x0 = torch.cat([codec.encode(frames[i:i + 16]).float().cpu() for i in range(0, len(frames), 16)])
+    if codec is None:
+        if clips.latents is None:
+            raise ParisError("held-out clips without latents need the model's codec to encode them")
+        x0 = torch.from_numpy(np.ascontiguousarray(clips.latents)).float()
+    else:
+        frames = torch.from_numpy(np.ascontiguousarray(clips.pixels("the held-out")))
+        x0 = torch.cat([codec.encode(frames[i:i + 16]).float().cpu() for i in range(0, len(frames), 16)])
     states = torch.cat([text(torch.from_numpy(clips.tokens[i:i + 256])) for i in range(0, len(clips), 256)])
     grid = torch.tensor(spec.t_grid, dtype=torch.float32)
     noise = torch.empty((len(x0), len(grid), *x0.shape[1:]), dtype=torch.float32)

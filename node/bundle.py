@@ -8,6 +8,7 @@ for, and fetches cluster data by the CIDs the bundle lists (the store verifies e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 from hivemind.utils.timed_storage import get_dht_time
 
 from expert.shards import ClipBatch, ShardWriter, load_dataset
+from node.assets import fetch_assets, spec_assets
 from protocol.atomic import atomic_write_bytes
 from protocol.canonical import canonical_json
 from protocol.data import DataManifest
@@ -57,12 +59,38 @@ class LocalRun:
         return RunRules.of(self.spec, self.manifest.schedule, self.manifest.trainers)
 
 
-def split_by_cluster(spec: RunSpec, data_dir: Path, out: Path) -> list[tuple[Path, Path]]:
-    """Write two data sets per cluster: `out/cluster-k` (its training clips, in run order) and
-    `out/holdout-k` (its held-out clips, the validation split that verifiers fetch alone)."""
-    manifest, clips = load_dataset(data_dir)
-    if manifest.data_id != spec.data.data_id:
+def latent_cache(work: Path) -> Path:
+    """Where a latent run's clips, encoded once, are kept beside the run's other files (`run init` writes them
+    there; publishing reuses them)."""
+    return Path(work) / "latents"
+
+
+def ensure_latents(spec: RunSpec, data_dir: Path, work: Path, **progress) -> Path:
+    """The run's data as latents: the cache if it holds this data encoded by this run's VAE, else encoded now
+    (the VAE asset must be on this machine)."""
+    from expert.latent_data import encode_dataset, matches
+
+    cache = latent_cache(work)
+    with contextlib.suppress(IntegrityError, OSError):
+        if matches(DataManifest.load(cache), spec.preset, spec.data.data_id):
+            return cache
+    source = DataManifest.load(data_dir)
+    if source.data_id != spec.data.data_id:
         raise IntegrityError(f"data in {data_dir} is not the data of run {spec.run_id}")
+    encode_dataset(data_dir, spec.preset, cache, **progress)
+    return cache
+
+
+def split_by_cluster(spec: RunSpec, data_dir: Path, out: Path, work: Path | None = None) -> list[tuple[Path, Path]]:
+    """Write two data sets per cluster: `out/cluster-k` (its training clips, in run order) and
+    `out/holdout-k` (its held-out clips, the validation split that verifiers fetch alone). A latent run's
+    clusters hold latents (encoded once, kept in `work`'s latent cache), not frames."""
+    if spec.preset.backbone.space == "latent":
+        manifest, clips = load_dataset(ensure_latents(spec, data_dir, work or out.parent))
+    else:
+        manifest, clips = load_dataset(data_dir)
+        if manifest.data_id != spec.data.data_id:
+            raise IntegrityError(f"data in {data_dir} is not the data of run {spec.run_id}")
     dirs = []
     for k in range(spec.num_clusters):
         dirs.append((_write_subset(clips.select(spec.train_clips(k)), manifest, out / f"cluster-{k}"),
@@ -75,7 +103,7 @@ def _write_subset(clips: ClipBatch, like: DataManifest, out: Path, per_shard: in
     for start in range(0, len(clips), per_shard):
         writer.write(clips.select(range(start, min(start + per_shard, len(clips)))))
     writer.finish(source=like.source, frames=like.frames, height=like.height, width=like.width, fps=like.fps,
-                  attributes=like.attributes, generator=like.generator)
+                  attributes=like.attributes, generator=like.generator, latents=like.latents)
     return out
 
 
@@ -103,7 +131,8 @@ async def publish_run(node: SwarmNode, store: ContentStore, spec: RunSpec, data_
         raise ParisError(f"run {spec.run_id} belongs to another creator: only the identity that created it "
                          "(whose key its run id commits to) can publish it")
     work = Path(work)
-    cluster_dirs = await asyncio.to_thread(split_by_cluster, spec, data_dir, work / "clusters")
+    await fetch_assets(store, spec_assets(spec))  # ours (imported by `run init`): checked, and located
+    cluster_dirs = await asyncio.to_thread(split_by_cluster, spec, data_dir, work / "clusters", work)
     clusters = []
     for k, (train, held) in enumerate(cluster_dirs):
         cid, held_cid = await store.put(train), await store.put(held)

@@ -102,33 +102,53 @@ def run_init(
     data: Annotated[Path, typer.Option(help="A data set folder (from `data synth` or `data prepare`).")],
     clusters: Annotated[int, typer.Option(min=1, help="Number of clusters K (= experts).")],
     out_file: Annotated[Path, typer.Option("--out", help="Where to write the run spec (JSON).")],
-    preset: Annotated[str, typer.Option(help="Expert preset: tiny, small, base, large.")] = "small",
+    preset: Annotated[str, typer.Option(help="Expert preset: tiny, small, tiny-latent, base, large.")] = "small",
     seed: Annotated[int, typer.Option(help="Seed for clustering and training.")] = 0,
     name: Annotated[str, typer.Option(help="A human name for the run.")] = "run",
     target_steps: Annotated[int | None, typer.Option(min=1, help="Training steps per expert.")] = None,
-    vae: Annotated[str | None, typer.Option(help="Local AutoencoderKLWan folder (base/large presets).")] = None,
-    text_weights: Annotated[str | None, typer.Option(help="Local open_clip weights for the text tower.")] = None,
+    vae: Annotated[Path | None, typer.Option(help="AutoencoderKLWan folder (latent presets): put into the "
+                                             "home's content store, named by CID in the run.")] = None,
+    text_weights: Annotated[Path | None, typer.Option(help="open_clip weights file for the text tower "
+                                                      "(base/large): stored and named the same way.")] = None,
     clip_model: Annotated[str | None, typer.Option(help="open_clip architecture for embedding clips.")] = None,
-    clip_weights: Annotated[str | None, typer.Option(help="Local open_clip weights to embed clips with.")] = None,
+    clip_weights: Annotated[Path | None, typer.Option(help="open_clip weights to embed clips with "
+                                                      "(stored and named the same way).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
     home: Annotated[Path, typer.Option(help="The identity that will own the run (the daemon's home).")]
     = Path("~/.paris"),
 ) -> None:
-    """Cluster the data and write a run spec owned by this home's identity; prints its run id."""
+    """Cluster the data and write a run spec owned by this home's identity; prints its run id. Model assets
+    go into the home's content store (the daemon provides them); a latent preset's clips are encoded once."""
     from protocol.data import DataManifest
 
-    DataManifest.load(data)  # not a data set: said before the model stack is imported
-    from expert.presets import get_preset
+    source = DataManifest.load(data)  # not a data set: said before the model stack is imported
+    if source.latents is not None:
+        fail(f"--data {data} holds latents: give the pixel data set (run init embeds frames to cluster them)")
+    from expert.presets import LATENT_PRESETS, get_preset
     from expert.run_init import init_run
+    from node.assets import import_asset
     from protocol.run import RunSpec
     from swarm.identity import load_identity
 
-    chosen = get_preset(preset, vae_path=vae, text_weights=text_weights)
+    if vae is not None and preset not in LATENT_PRESETS:
+        fail(f"--vae is for the latent presets ({', '.join(LATENT_PRESETS)}); {preset!r} trains on pixels")
+    home = home.expanduser()
+    creator = load_identity(home).public_key_bytes.decode()
+    with console.status("putting the model assets into the content store"):
+        assets = {k: import_asset(home, v) for k, v in
+                  (("vae", vae), ("text", text_weights), ("clip", clip_weights)) if v is not None}
+    chosen = get_preset(preset, vae=assets.get("vae"), text_weights=assets.get("text"))
     with console.status("embedding and clustering clips"):
         spec = init_run(data, clusters, preset=chosen, seed=seed, name=name, clip_model=clip_model,
-                        clip_weights=clip_weights, target_steps=target_steps)
-    creator = load_identity(home.expanduser()).public_key_bytes.decode()  # after the data proved usable
+                        clip_weights=assets.get("clip"), target_steps=target_steps)
     spec = RunSpec.model_validate({**spec.model_dump(), "creator": creator})
+    if spec.preset.backbone.space == "latent":
+        from node.bundle import ensure_latents
+
+        with progress() as bar:
+            task = bar.add_task("encoding clips into latents (once)", total=None)
+            ensure_latents(spec, data, home / "runs" / spec.run_id, on_total=lambda n: bar.update(task, total=n),
+                           on_progress=lambda n: bar.advance(task, n))
     spec.save(out_file)
     b = spec.balance
     if json_out:
@@ -192,6 +212,26 @@ def _run_training(trainer, steps: int, out_dir: Path, checkpoint_every: int | No
     return stop.is_set()
 
 
+HomeAssetsOpt = Annotated[Path, typer.Option(
+    help="Home whose content store holds the run's model assets and latents (`run init --home`).")]
+
+
+def _local_assets(spec, home: Path, data: Path | None) -> Path | None:
+    """Register the run's model assets that `home`'s store holds; for a latent run with no --data, its clips
+    encoded once by `run init` (home/runs/<run>/latents) when they are there."""
+    from node.assets import locate_assets, spec_assets
+
+    home = home.expanduser()
+    locate_assets(home, spec_assets(spec))
+    if data is None and spec.preset.backbone.space == "latent":
+        from node.bundle import latent_cache
+
+        cache = latent_cache(home / "runs" / spec.run_id)
+        if (cache / "manifest.json").is_file():
+            return cache
+    return data
+
+
 @app.command("train-local")
 def train_local(
     run: Annotated[Path, typer.Option(help="Run spec from `run init`.")],
@@ -204,6 +244,7 @@ def train_local(
     checkpoint_every: Annotated[int | None, typer.Option(min=1, help="Steps between checkpoints.")] = None,
     compile_model: CompileOpt = False,
     grad_checkpointing: CheckpointingOpt = "auto",
+    home: HomeAssetsOpt = Path("~/.paris"),
 ) -> bool:
     """Train one expert on its cluster with no swarm (the daemon drives the same code)."""
     from protocol.run import RunSpec
@@ -216,6 +257,7 @@ def train_local(
     from expert.efficiency import Efficiency
     from expert.train import trainer_for_run
 
+    data = _local_assets(spec, home, data)
     with console.status(f"loading run {spec.run_id}, cluster {cluster}"):
         trainer = trainer_for_run(spec, cluster, data_dir=data, device=device, efficiency=Efficiency(
             compile=compile_model, grad_checkpointing=grad_checkpointing))
@@ -247,6 +289,7 @@ def train_router(
     json_out: Annotated[bool, typer.Option("--json", help="Print the final accuracy report as JSON.")] = False,
     compile_model: CompileOpt = False,
     grad_checkpointing: CheckpointingOpt = "auto",
+    home: HomeAssetsOpt = Path("~/.paris"),
 ) -> None:
     """Train the run's router with no swarm; reports held-out accuracy per routing mode and noise level.
     The defaults are the router a swarm trains for this run (`--full-size --no-text --no-caption-prior` is
@@ -261,6 +304,7 @@ def train_router(
 
     spec = RunSpec.load(run)
     device = resolve_device(gpu)
+    data = _local_assets(spec, home, data)
     preset = router_preset(spec.preset, spec.num_clusters, use_text=text, light=light, caption_prior=caption_prior,
                            data_sizes=np.bincount(np.asarray(spec.assignments), minlength=spec.num_clusters))
     with console.status(f"loading run {spec.run_id} for the router"):

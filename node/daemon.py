@@ -29,6 +29,7 @@ from hivemind.utils.timed_storage import get_dht_time
 from pydantic import BaseModel, ConfigDict, Field
 
 from expert.efficiency import Efficiency
+from node.assets import fetch_assets, spec_assets
 from node.bundle import LocalRun, fetch_run, publish_run, resolve_run_id
 from node.checker import CheckpointChecker
 from node.driver import Cadence, TrainingDriver
@@ -230,6 +231,9 @@ class Daemon:
             local = await publish_run(self.node, self.store, spec, data_dir, self.home / "runs" / spec.run_id,
                                       schedule, self.opts.trainers)
         spec = local.spec
+        if assets := spec_assets(spec, sampling=False):  # the text weights: every trainer and verifier needs them
+            event(log, "fetching the run's model assets", assets=", ".join(a.name for a in assets.values()))
+            await fetch_assets(self.store, assets)
         event(log, "run ready", run=spec.run_id, clusters=spec.num_clusters, preset=spec.preset.name,
               target_steps=spec.preset.train.target_steps, bundle=local.bundle_cid)
         return local

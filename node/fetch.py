@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from node.assets import fetch_assets, spec_assets
 from node.bundle import LocalRun, checkpoint_limit
 from node.checker import CheckpointChecker
 from protocol.atomic import atomic_write_bytes
@@ -56,7 +57,9 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, ou
                          allow_partial: bool = False, device="cpu",
                          on_progress: Callable[[str, CheckpointBody, int, int], None] | None = None,
                          router_mode: str | None = None) -> dict:
-    """Fetch, verify, assemble into `out`; returns the swarm manifest written beside the weights.
+    """Fetch, verify, assemble into `out`; returns the swarm manifest written beside the weights, with what the
+    download took: `downloaded_bytes` (every chunk byte received from peers), `checkpoint_bytes` (the
+    checkpoints' records' sizes) and `asset_bytes` (the model assets').
     `on_progress(slot, body, done_bytes, total_bytes)` follows each download (for progress bars);
     `router_mode` is recorded as the folder's default (None: the router's own default)."""
     import asyncio
@@ -99,6 +102,9 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, ou
             break
         else:
             raise ParisError(f"no accepted checkpoint of {slot} could be fetched and verified: {'; '.join(errors)}")
+    # the VAE and text weights the run names by CID (a sampler needs them; trainers did not)
+    assets = spec_assets(run.spec)
+    await fetch_assets(store, assets)
     experts = {int(s.split("-")[1]): b for s, b in got.items() if s != "router"}
     router = got["router"]
     clusters = sorted(experts)
@@ -114,7 +120,9 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, ou
     await asyncio.to_thread(assemble, [paths[f"expert-{k}"] for k in clusters], paths["router"], out,
                             extra={"swarm": manifest}, clusters=clusters, router_mode=router_mode)
     atomic_write_bytes(Path(out) / SWARM_MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
-    return manifest
+    return {**manifest, "downloaded_bytes": store.fetched_bytes,
+            "checkpoint_bytes": sum(b.bytes for b in got.values()),
+            "asset_bytes": sum(a.bytes for a in assets.values())}
 
 
 def _provenance(view: RunView, slot: str, body: CheckpointBody, val_loss: float | None) -> dict:

@@ -35,9 +35,21 @@ class AttributeSpec(Frozen):
     values: tuple[str, ...]
 
 
+class LatentInfo(Frozen):
+    """What a latent data set's shards hold instead of frames: each clip's VAE latents (normalised with the
+    VAE's latents_mean/std), C×T×H×W float16, encoded once by the VAE whose asset CID is `vae`."""
+
+    vae: str = Field(pattern=r"^b[a-z2-7]{20,120}$")
+    source: str = Field(pattern=r"^data-[0-9a-f]{16}$")  # the data id of the pixel data set encoded
+    shape: tuple[int, int, int, int]
+    dtype: Literal["float16"] = "float16"
+
+
 class DataManifest(Frozen):
-    """Describes a data set on disk. Shards hold `frames` (uint8 N×T×H×W×3), `tokens` (int32 N×L),
-    optionally `attributes` (int64 N×A), and the captions as JSON in the safetensors metadata."""
+    """Describes a data set on disk. Shards hold `frames` (uint8 N×T×H×W×3) — or, in a latent data set
+    (`latents` set), `latents` (float16 N×C×T×H×W) — `tokens` (int32 N×L), optionally `attributes`
+    (int64 N×A), and the captions as JSON in the safetensors metadata. `frames/height/width` stay the
+    source clips' size either way."""
 
     format_version: Literal[1] = DATA_FORMAT_VERSION
     source: Literal["synthetic", "real"]
@@ -51,6 +63,7 @@ class DataManifest(Frozen):
     generator: dict[str, str | int | float] = Field(default_factory=dict)
     shards: tuple[ShardInfo, ...]
     total_clips: int = Field(ge=1)
+    latents: LatentInfo | None = None
 
     @property
     def data_id(self) -> str:

@@ -11,12 +11,23 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from protocol.data import Frozen
+from protocol.swarm_records import Cid
+
+
+class Asset(Frozen):
+    """A model file or folder (a VAE, text-encoder weights) in the content store: named by the CID of its
+    chunk manifest, so that the run id commits to its bytes and every peer fetches and verifies the same ones.
+    `bytes` bounds the download (the run id commits to it too); `name` is the file or folder name it had."""
+
+    cid: Cid
+    bytes: int = Field(ge=1)
+    name: str = Field(pattern=r"^[A-Za-z0-9_.+-]{1,128}$")
 
 
 class TextEncoderConfig(Frozen):
-    """An open_clip text tower. `model_name` names an open_clip architecture (pretrained weights read from
-    `pretrained` — a local file — when given); with no `model_name` a small custom tower is built from
-    `width/layers/heads` with random init from `seed`. The BPE tokenizer is the real one either way.
+    """An open_clip text tower. `model_name` names an open_clip architecture (pretrained weights from the
+    `weights` asset when given); with no `model_name` a small custom tower is built from `width/layers/heads`
+    with random init from `seed`. The BPE tokenizer is the real one either way.
 
     `layer_scale`: the random tower's LayerScale init (open_clip's `ls_init_value`; None: none, the default).
     Without it the random blocks' outputs are ~30× the token embeddings and blur which word sits where (a
@@ -28,7 +39,7 @@ class TextEncoderConfig(Frozen):
     ignore it."""
 
     model_name: str | None = None
-    pretrained: str | None = None
+    weights: Asset | None = None
     width: int = Field(default=64, ge=8)
     layers: int = Field(default=2, ge=1)
     heads: int = Field(default=2, ge=1)
@@ -38,16 +49,17 @@ class TextEncoderConfig(Frozen):
 
     @property
     def init(self) -> str:
-        return "pretrained" if self.pretrained else f"random(seed={self.seed})"
+        return "pretrained" if self.weights else f"random(seed={self.seed})"
 
 
 class BackboneConfig(Frozen):
-    """A diffusers `WanTransformer3DModel` shape. `space="latent"` encodes frames with a video VAE loaded
-    from `vae_path` (a local diffusers folder); `space="pixel"` trains on frames scaled to [-1, 1]."""
+    """A diffusers `WanTransformer3DModel` shape. `space="latent"` denoises the latents of a video VAE, the
+    `vae` asset (a diffusers `AutoencoderKLWan` folder, by CID: never a path, so that a joiner on another
+    machine builds the same model); `space="pixel"` trains on frames scaled to [-1, 1]."""
 
     arch: Literal["wan"] = "wan"
     space: Literal["pixel", "latent"] = "pixel"
-    vae_path: str | None = None
+    vae: Asset | None = None
     frames: int = Field(ge=1)
     height: int = Field(ge=1)
     width: int = Field(ge=1)
@@ -71,8 +83,8 @@ class BackboneConfig(Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> BackboneConfig:
-        if self.space == "latent" and not self.vae_path:
-            raise ValueError("a latent-space backbone needs vae_path (a local diffusers VAE folder)")
+        if self.space == "latent" and self.vae is None:
+            raise ValueError("a latent-space backbone needs its vae asset (a diffusers VAE folder, by CID)")
         return self
 
 

@@ -11,7 +11,7 @@ from protocol.atomic import atomic_write_bytes
 from protocol.canonical import canonical_json, content_id
 from protocol.data import DataManifest, Frozen
 from protocol.errors import IntegrityError
-from protocol.model import ExpertPreset
+from protocol.model import Asset, ExpertPreset
 from protocol.records_io import read_model
 
 RUN_FORMAT_VERSION = 2  # 2: a held-out validation split per cluster
@@ -27,6 +27,7 @@ class EmbeddingInfo(Frozen):
     mean: tuple[float, ...]
     scale: tuple[float, ...]
     two_stage_fine: int | None = None
+    weights: Asset | None = None  # the open_clip image tower's weights (open_clip-image), part of the bundle
 
 
 class ClusterStats(Frozen):

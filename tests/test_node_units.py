@@ -368,12 +368,15 @@ def test_a_trainer_keeps_what_verifiers_have_not_reached():
     assert [c for c, _ in stay] == ["c1", "c2", "c5"] and {c for c, _ in gone} == {"c3", "c4"}
 
 
-def test_a_new_swarm_publishes_at_its_presets_cadence_unless_told_otherwise():
+def test_a_new_swarm_publishes_at_its_presets_cadence_unless_told_otherwise(tmp_path):
+    from expert.assets import asset_of
     from expert.presets import get_preset
     from protocol.swarm_run import Schedule
 
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text("{}")
     told = Schedule(checkpoint_every=50, checkpoint_minutes=5.0)
-    base = told.with_preset_cadence(get_preset("base", vae_path="/models/vae").train)
+    base = told.with_preset_cadence(get_preset("base", vae=asset_of(tmp_path / "vae")).train)
     assert base.checkpoint_every == 2000 and base.checkpoint_minutes == 5.0  # the clock still bounds it
     assert told.with_preset_cadence(get_preset("tiny").train).checkpoint_every == 100
     assert told.checkpoint_every == 50  # --checkpoint-every N: the schedule as given
