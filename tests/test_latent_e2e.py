@@ -1,0 +1,87 @@
+"""The latent path across machines, end to end on 127.0.0.1: `run init --vae DIR` puts a small random-init
+AutoencoderKLWan into the creator's content store and encodes every clip once; the VAE folder is then
+deleted; the creator's daemon publishes the run (latents as the cluster data), two joiners with their own
+homes train both experts and the router from those latents without ever holding the VAE; `fetch` gets the
+VAE by the CID the run names, writes `vae/`, `text_encoder/` and `tokenizer/`, and the folder samples."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from tests.daemons import CLI, ENV, ROOT, Daemon
+from tests.test_daemon_e2e import _slots, _wait_status
+
+pytestmark = pytest.mark.slow
+
+TARGET, ROUTER, EVERY = 20, 10, 10
+
+
+def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def _save_tiny_vae(path):
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, attn_scales=[],
+                     temperal_downsample=[True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4).save_pretrained(path)
+
+
+def test_a_latent_run_trains_from_cached_latents_and_fetch_writes_the_vae(synth_dir, tmp_path):
+    from protocol.run import RunSpec
+
+    vae = tmp_path / "models" / "vae"
+    _save_tiny_vae(vae)
+    creator_home, spec_file = tmp_path / "creator", tmp_path / "latent-run.json"
+    r = _cli("run", "init", "--data", str(synth_dir), "--clusters", "2", "--preset", "tiny-latent", "--vae", str(vae),
+             "--target-steps", str(TARGET), "--out", str(spec_file), "--home", str(creator_home), "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    spec = RunSpec.load(spec_file)
+    asset = spec.preset.backbone.vae
+    assert asset is not None and asset.name == "vae" and str(vae) not in spec_file.read_text()  # a CID, no path
+    shutil.rmtree(vae)  # from here on the VAE exists only in the creator's content store
+
+    args = ["--period", "1", "--cpu-threads", "1", "--log-format", "json", "--checkpoint-every", str(EVERY),
+            "--router-steps", str(ROUTER)]
+    daemons: list[Daemon] = []
+    try:
+        creator = Daemon(creator_home, *args, "--run", str(spec_file), "--role", "verifier")
+        daemons.append(creator)
+        creator.wait_for(lambda e: e.get("msg") == "run ready" and e.get("run") == spec.run_id, 240, "published")
+        assert not [e for e in creator.events() if "encoded" in e.get("msg", "")]  # run init's latents reused
+        peers = str(creator_home / "node.json")
+        joiners = [Daemon(tmp_path / f"joiner-{i}", *args, "--initial-peers-file", peers) for i in range(2)]
+        daemons += joiners
+        _wait_status(creator_home, lambda s: all(_slots(s)[f"expert-{k}"]["state"] == "done" for k in range(2))
+                     and (_slots(s)["router"]["checkpoint_step"] or 0) >= ROUTER, 600, "experts and router done")
+        for j in joiners:  # they trained from latents: the VAE never reached their stores
+            assert not (j.home / "store" / "packs" / asset.cid).exists()
+            assert not [e for e in j.events() if "cannot" in e.get("msg", "")]
+        trained = {e.get("msg") for j in joiners for e in j.events()}
+        assert {"published expert-0 checkpoint", "published expert-1 checkpoint"} <= trained
+
+        out = tmp_path / "ensemble"
+        r = _cli("fetch", "--initial-peers-file", peers, "--out", str(out), "--json")
+        assert r.returncode == 0, r.stderr[-3000:]
+        fetched = json.loads(r.stdout)
+    finally:
+        for d in daemons:
+            d.stop()
+    assert fetched["clusters"] == [0, 1] and fetched["asset_bytes"] == asset.bytes
+    assert fetched["downloaded_bytes"] >= fetched["checkpoint_bytes"] + asset.bytes
+    for rel in ("vae/config.json", "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json",
+                "tokenizer/tokenizer_config.json", "expert_0/config.json", "router/config.json"):
+        assert (out / rel).is_file(), rel
+    from expert.assets import asset_of
+    from expert.pipeline import ParisPipeline
+
+    assert asset_of(out / "vae").cid == asset.cid  # the VAE's own bytes, as the run named them
+    pipe = ParisPipeline.from_pretrained(out)
+    videos, _ = pipe("a red circle moving right", strategy="top1", num_inference_steps=2)
+    assert videos.shape == (1, 9, 32, 32, 3) and videos.dtype.name == "uint8"
