@@ -347,6 +347,21 @@ class Trainer:
         self.parent = path_cid(path)
         return meta
 
+    def load_sampling_weights(self, path: Path) -> CheckpointMeta:
+        """Load only a checkpoint's EMA weights (what sampling and the validation loss use), after the same
+        checks as `load`: enough to verify a checkpoint fetched without its training state (SAMPLING_FILES).
+        The trainer's own step, optimizer and RNG are left as they were: it cannot resume from this."""
+        path = resolve_checkpoint(Path(path))
+        meta = read_meta(path)
+        if meta.kind == self.kind:
+            check_preset(meta, self.preset, path)
+        check_slot(meta, path, kind=self.kind, run_id=self.run_id, cluster=self.cluster)
+        try:
+            self.ema.load_state_dict(read_group(path, meta, "ema"))
+        except RuntimeError as e:
+            raise ConfigMismatchError(f"checkpoint {path} does not fit the model: {str(e).splitlines()[0]}") from None
+        return meta
+
     def _load_optimizer(self, flat: dict[str, torch.Tensor], path: Path) -> None:
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in flat.items():

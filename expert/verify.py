@@ -46,14 +46,15 @@ def _finite(tensors: dict[str, torch.Tensor]) -> bool:
 
 
 def check_content(trainer: Trainer, path: Path, *, step: int, parent: str | None, claimed_loss: float | None,
-                  rtol: float) -> ContentReport:
+                  rtol: float, sampling_only: bool = False) -> ContentReport:
     """Load `path` into `trainer` (verifying it fits the slot), then check that it holds what was claimed:
-    the step and parent of its record, finite weights, and a validation loss that matches the claim."""
+    the step and parent of its record, finite weights, and a validation loss that matches the claim.
+    `sampling_only`: `path` holds only the sampling weights (SAMPLING_FILES); those are what is checked."""
     try:
-        meta = trainer.load(path)
+        meta = trainer.load_sampling_weights(path) if sampling_only else trainer.load(path)
     except (ParisError, OSError, ValueError) as e:
         return ContentReport(False, f"unusable: {e}")
-    if not (_finite(trainer.model.state_dict()) and _finite(trainer.ema.state_dict())):
+    if not ((sampling_only or _finite(trainer.model.state_dict())) and _finite(trainer.ema.state_dict())):
         return ContentReport(False, "weights hold NaN or Inf", meta=meta)
     loss = trainer.validation_loss()
     if loss is None:

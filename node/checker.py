@@ -14,6 +14,7 @@ import numpy as np
 
 from expert.shards import ClipBatch
 from node.bundle import LocalRun, checkpoint_limit, fetch_cluster_clips
+from protocol.checkpoint import SAMPLING_FILES
 from protocol.errors import IntegrityError, ParisError
 from protocol.swarm_records import CheckpointBody
 from swarm.acceptance import Vote, lineage_problem
@@ -102,25 +103,32 @@ class CheckpointChecker:
         facts = (mine.step, mine.val_loss) if mine is not None and mine.accept else parents.get(meta.parent)
         return "" if facts is None else lineage_problem(meta.step, facts[0], val_loss, facts[1], policy)
 
-    async def check(self, body: CheckpointBody, parents: dict[str, tuple[int, float | None]] | None = None
-                    ) -> CheckResult:
+    async def check(self, body: CheckpointBody, parents: dict[str, tuple[int, float | None]] | None = None, *,
+                    sampling_only: bool = False) -> CheckResult:
         """Fetch `body.cid` and check that it holds what the record claims (see expert.verify.check_content),
-        and that its own step and loss can follow its own parent (`parents`: accepted CIDs → step, loss)."""
+        and that its own step and loss can follow its own parent (`parents`: accepted CIDs → step, loss).
+        `sampling_only` (fetch): only the sampling weights are downloaded and checked, and the verdict is not
+        kept (a takeover must check the training state too)."""
         from expert.verify import check_content
 
         try:  # bounded by what a checkpoint of this slot can be, whatever the record announces
             path = await self.store.get(body.cid, pin=False, provide=False,
-                                        max_bytes=checkpoint_limit(self.run, body.slot))
+                                        max_bytes=checkpoint_limit(self.run, body.slot),
+                                        **({"files": SAMPLING_FILES, "expected_bytes": body.bytes}
+                                           if sampling_only else {}))
         except IntegrityError as e:  # too large to be a checkpoint of this slot, or a malformed manifest
-            self.verdicts[body.cid] = Vote("local", body.cid, body.step, body.parent, None, False, str(e))
+            if not sampling_only:
+                self.verdicts[body.cid] = Vote("local", body.cid, body.step, body.parent, None, False, str(e))
             return CheckResult(False, f"refused: {e}")
         except (ParisError, OSError) as e:
             return CheckResult(False, f"not fetchable: {e}")  # not a verdict: nobody may serve it yet
-        size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+        # the whole's size (a part was fetched only if the whole's manifest had the record's size)
+        size = body.bytes if sampling_only else sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
         async with self._lock:
             trainer = await self._checking_trainer(body.slot)
             report = await asyncio.to_thread(check_content, trainer, path, step=body.step, parent=body.parent,
-                                             claimed_loss=body.val_loss, rtol=self.run.spec.validation.rtol)
+                                             claimed_loss=body.val_loss, rtol=self.run.spec.validation.rtol,
+                                             sampling_only=sampling_only)
         meta = report.meta
         if report.content_ok and meta is not None and report.val_loss is not None:
             why = await self._lineage(body.slot, meta, report.val_loss, parents or {})
@@ -131,9 +139,10 @@ class CheckpointChecker:
                                                       f"holds {size}")
         result = CheckResult(report.ok, report.reason, report.val_loss, meta.step if meta else None,
                              meta.parent if meta else None, content_ok=report.content_ok)
-        self.verdicts[body.cid] = Vote(
-            "local", body.cid, meta.step if meta else body.step, meta.parent if meta else body.parent,
-            report.val_loss, report.content_ok, "" if report.content_ok else report.reason)
+        if not sampling_only:
+            self.verdicts[body.cid] = Vote(
+                "local", body.cid, meta.step if meta else body.step, meta.parent if meta else body.parent,
+                report.val_loss, report.content_ok, "" if report.content_ok else report.reason)
         if not report.ok:
             log.warning("checkpoint %s of %s (step %d) refused: %s", body.cid, body.slot, body.step, report.reason)
         return result

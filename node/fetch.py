@@ -14,6 +14,7 @@ from node.assets import fetch_assets, spec_assets
 from node.bundle import LocalRun, checkpoint_limit
 from node.checker import CheckpointChecker
 from protocol.atomic import atomic_write_bytes
+from protocol.checkpoint import SAMPLING_FILES
 from protocol.errors import ParisError
 from protocol.swarm_records import CheckpointBody
 from swarm.acceptance import known_facts
@@ -58,8 +59,9 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, ou
                          on_progress: Callable[[str, CheckpointBody, int, int], None] | None = None,
                          router_mode: str | None = None) -> dict:
     """Fetch, verify, assemble into `out`; returns the swarm manifest written beside the weights, with what the
-    download took: `downloaded_bytes` (every chunk byte received from peers), `checkpoint_bytes` (the
-    checkpoints' records' sizes) and `asset_bytes` (the model assets').
+    download took: `downloaded_bytes` (checkpoint bytes received from peers: each checkpoint's sampling
+    weights, not its training state), `checkpoint_bytes` (the whole checkpoints' sizes, as their records say),
+    `asset_bytes` / `asset_downloaded_bytes` (the model assets the run names: their size, what was received).
     `on_progress(slot, body, done_bytes, total_bytes)` follows each download (for progress bars);
     `router_mode` is recorded as the folder's default (None: the router's own default)."""
     import asyncio
@@ -80,19 +82,21 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, ou
     paths: dict[str, Path] = {}
     got: dict[str, CheckpointBody] = {}
     checked: dict[str, float | None] = {}
+    before = store.fetched_bytes
     for slot, cands in todo.items():
         errors = []
         for body in cands:
             report = None if on_progress is None else (
                 lambda done, total, slot=slot, body=body: on_progress(slot, body, done, total))
-            try:
+            try:  # the sampling weights only: the training state (model, optimizer, RNG) stays where it is
                 paths[slot] = await store.get(body.cid, pin=False, provide=False, on_progress=report,
-                                              expected_bytes=body.bytes, max_bytes=checkpoint_limit(run, slot))
+                                              expected_bytes=body.bytes, max_bytes=checkpoint_limit(run, slot),
+                                              files=SAMPLING_FILES)
             except (ParisError, OSError) as e:
                 errors.append(f"step {body.step}: {e}")
                 log.warning("could not fetch %s step %d (%s); trying an older one", slot, body.step, e)
                 continue
-            result = await checker.check(body, known_facts(view.judged(slot)))
+            result = await checker.check(body, known_facts(view.judged(slot)), sampling_only=True)
             if not result.ok:
                 errors.append(f"step {body.step}: {result.reason}")
                 log.warning("refused %s step %d (%s): %s; trying an older one", slot, body.step, body.cid,
@@ -103,6 +107,7 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, ou
         else:
             raise ParisError(f"no accepted checkpoint of {slot} could be fetched and verified: {'; '.join(errors)}")
     # the VAE and text weights the run names by CID (a sampler needs them; trainers did not)
+    downloaded = store.fetched_bytes - before
     assets = spec_assets(run.spec)
     await fetch_assets(store, assets)
     experts = {int(s.split("-")[1]): b for s, b in got.items() if s != "router"}
@@ -120,9 +125,9 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, ou
     await asyncio.to_thread(assemble, [paths[f"expert-{k}"] for k in clusters], paths["router"], out,
                             extra={"swarm": manifest}, clusters=clusters, router_mode=router_mode)
     atomic_write_bytes(Path(out) / SWARM_MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
-    return {**manifest, "downloaded_bytes": store.fetched_bytes,
-            "checkpoint_bytes": sum(b.bytes for b in got.values()),
-            "asset_bytes": sum(a.bytes for a in assets.values())}
+    return {**manifest, "downloaded_bytes": downloaded, "checkpoint_bytes": sum(b.bytes for b in got.values()),
+            "asset_bytes": sum(a.bytes for a in assets.values()),
+            "asset_downloaded_bytes": store.fetched_bytes - before - downloaded}
 
 
 def _provenance(view: RunView, slot: str, body: CheckpointBody, val_loss: float | None) -> dict:

@@ -11,6 +11,9 @@ from protocol.model import ExpertPreset
 
 CHECKPOINT_FORMAT_VERSION = 1
 CHECKPOINT_META = "checkpoint.json"
+# what sampling needs of a checkpoint: its metadata and the EMA weights (a quarter of it with AdamW's state);
+# `fetch` downloads only these (swarm.cas ContentStore.get(files=...)), a takeover the whole folder
+SAMPLING_FILES = (CHECKPOINT_META, "ema.safetensors")
 
 
 class CheckpointFile(Frozen):

@@ -112,6 +112,20 @@ class CasManifest(Frozen):
     def cid(self) -> str:
         return manifest_cid(self.to_bytes())
 
+    def part(self, files: tuple[str, ...] | list[str]) -> CasManifest:
+        """The manifest of some files of this directory: a CID of its own (anyone derives it from this one),
+        whose chunks are this one's, so that whoever serves the whole serves the part. Lets a sampler fetch a
+        checkpoint's sampling weights without its training state."""
+        if self.kind != "dir":
+            raise IntegrityError(f"{self.name} is a file: it has no parts")
+        have = {e.path: e for e in self.entries}
+        missing = [f for f in files if f not in have]
+        if missing:
+            raise IntegrityError(f"{self.cid} holds no {', '.join(missing)}")
+        entries = tuple(have[f] for f in sorted(set(files)))
+        return CasManifest(kind="dir", name=self.name, chunk_size=self.chunk_size,
+                           total_bytes=sum(e.size for e in entries), entries=entries)
+
     def unique_chunks(self) -> dict[str, int]:
         """chunk CID → size, each once (identical chunks are stored and fetched once)."""
         out: dict[str, int] = {}

@@ -159,13 +159,16 @@ class ContentStore:
 
     async def get(self, cid: str, out_dir: Path | str | None = None, *, providers: list[str] | None = None,
                   pin: bool = True, provide: bool = True, expected_bytes: int | None = None,
-                  max_bytes: int | None = None, on_progress: Callable[[int, int], None] | None = None) -> Path:
+                  max_bytes: int | None = None, on_progress: Callable[[int, int], None] | None = None,
+                  files: tuple[str, ...] | None = None) -> Path:
         """Fetch `cid` (from `providers`, or those the DHT lists), verifying every chunk, and return the path
         of its file or directory: inside the store (read-only by convention), or a copy in `out_dir`.
         Before the first chunk is written, the manifest's size must equal `expected_bytes` and stay within
         `max_bytes` (what the caller knows to expect, not what a peer says), and fit on the disk and under
         the store's limit. An interrupted download resumes from the chunks already written.
-        `on_progress(done, total)` reports verified bytes about twice a second while chunks arrive."""
+        `on_progress(done, total)` reports verified bytes about twice a second while chunks arrive.
+        `files`: only these files of a directory (CasManifest.part), from the whole's providers; the sizes
+        above are still the whole's. The part is kept under its own CID, which we do not announce."""
         keep = {cid}  # protected from garbage collection while the download runs
         self._in_flight |= keep
         try:
@@ -177,9 +180,18 @@ class ContentStore:
                 raise IntegrityError(f"{cid} holds {size} bytes, {expected_bytes} were announced")
             if max_bytes is not None and size > max_bytes:
                 raise IntegrityError(f"{cid} would write {size} bytes, more than the {max_bytes} it can be")
+            root, whole = cid, manifest
+            if files is not None and not self.packs.complete(cid):
+                manifest = manifest.part(files)
+                cid = manifest.cid
+                keep.add(cid)
+                self._in_flight |= keep
+                self.blobs.write(cid, manifest.to_bytes())  # so that the part is indexed like any pack
+            elif files is not None:
+                manifest.part(files)  # the whole is here: it holds the files asked for, or this says not
             if not self.packs.complete(cid):
-                self._make_room(cid, size)
-                await self._fetch_pack(cid, manifest, providers, on_progress)
+                self._make_room(cid, manifest.total_bytes)
+                await self._fetch_pack(cid, manifest, providers, on_progress, root=root)
             if on_progress:
                 unique = sum(manifest.unique_chunks().values())
                 on_progress(unique, unique)
@@ -190,8 +202,8 @@ class ContentStore:
                 path = await asyncio.to_thread(copy_out, path, Path(out_dir))
         finally:
             self._in_flight -= keep
-        if provide:  # in the background: the caller has its bytes, and a slow DHT write must not hold it up
-            self._spawn(self.provide(cid, manifest.total_bytes))
+        if provide and cid == root:  # in the background: the caller has its bytes, and a slow DHT write must not
+            self._spawn(self.provide(cid, whole.total_bytes))  # hold it up
         return path
 
     def _spawn(self, coro) -> None:
@@ -214,12 +226,13 @@ class ContentStore:
                              f"{free} are free in {self.root}")
 
     async def _fetch_pack(self, cid: str, manifest: CasManifest, providers: list[str] | None,
-                          on_progress: Callable[[int, int], None] | None = None) -> None:
+                          on_progress: Callable[[int, int], None] | None = None, *, root: str | None = None) -> None:
+        """Download `manifest`'s chunks into the pack `cid`; providers are those of `root` (a part's whole)."""
         writer = await asyncio.to_thread(PackWriter, self.packs, cid, manifest)
         chunks = manifest.unique_chunks()
         reporter = asyncio.create_task(_report(writer, chunks, on_progress)) if on_progress else None
         try:
-            await self._fill_pack(writer, cid, chunks, providers)
+            await self._fill_pack(writer, root or cid, chunks, providers)
         finally:
             if reporter is not None:
                 reporter.cancel()

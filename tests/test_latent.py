@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from expert.assets import asset_of
 from expert.backbone import WanVaeCodec
 from expert.presets import get_preset
 from expert.sampling import load_expert, sample
 from expert.train import ExpertTrainer
-from expert.assets import asset_of
 from protocol.errors import ParisError
 from protocol.model import Asset, BackboneConfig
 from protocol.run import ValidationSpec

@@ -2,7 +2,8 @@
 AutoencoderKLWan into the creator's content store and encodes every clip once; the VAE folder is then
 deleted; the creator's daemon publishes the run (latents as the cluster data), two joiners with their own
 homes train both experts and the router from those latents without ever holding the VAE; `fetch` gets the
-VAE by the CID the run names, writes `vae/`, `text_encoder/` and `tokenizer/`, and the folder samples."""
+VAE by the CID the run names and only the sampling weights of each checkpoint (≤ 0.4 × their bytes), writes
+`vae/`, `text_encoder/` and `tokenizer/`, and the folder samples."""
 
 from __future__ import annotations
 
@@ -74,7 +75,12 @@ def test_a_latent_run_trains_from_cached_latents_and_fetch_writes_the_vae(synth_
         for d in daemons:
             d.stop()
     assert fetched["clusters"] == [0, 1] and fetched["asset_bytes"] == asset.bytes
-    assert fetched["downloaded_bytes"] >= fetched["checkpoint_bytes"] + asset.bytes
+    assert fetched["asset_downloaded_bytes"] == asset.bytes  # the VAE came from the creator's store, by CID
+    # only each checkpoint's sampling weights came down, not its training state (model, optimizer, RNG)
+    ratio = fetched["downloaded_bytes"] / fetched["checkpoint_bytes"]
+    print(f"fetch downloaded {fetched['downloaded_bytes']} of {fetched['checkpoint_bytes']} checkpoint bytes "
+          f"({ratio:.3f}) and {fetched['asset_downloaded_bytes']} asset bytes")
+    assert 0 < ratio <= 0.4, fetched
     for rel in ("vae/config.json", "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json",
                 "tokenizer/tokenizer_config.json", "expert_0/config.json", "router/config.json"):
         assert (out / rel).is_file(), rel

@@ -176,3 +176,46 @@ def test_a_flood_of_fake_providers_does_not_stall_a_fetch(tmp_path):
                 n.shutdown()
 
     asyncio.run(asyncio.wait_for(run(), 400))
+
+
+def test_a_part_of_a_folder_is_fetched_alone_from_the_wholes_providers(tmp_path):
+    """`get(files=...)`: a checkpoint's sampling weights without its training state, every chunk verified
+    against the whole's manifest, from whoever serves the whole; asking for a file it lacks is refused."""
+    from protocol.errors import IntegrityError
+
+    src = tmp_path / "step-00000100"
+    src.mkdir()
+    (src / "checkpoint.json").write_text('{"step": 100}')
+    (src / "ema.safetensors").write_bytes(os.urandom(1 << 20))
+    (src / "optimizer.safetensors").write_bytes(os.urandom(2 << 20))
+    (src / "model.safetensors").write_bytes(os.urandom(1 << 20))
+
+    async def run():
+        a = SwarmNode.start(tmp_path / "a")
+        b = SwarmNode.start(tmp_path / "b", NetworkConfig(initial_peers=tuple(a.visible_maddrs())))
+        sa, sb = ContentStore(a, tmp_path / "a-cas", chunk_size=256 * 1024), ContentStore(b, tmp_path / "b-cas")
+        try:
+            await sa.start()
+            await sb.start()
+            cid = await sa.put(src)
+            whole = (4 << 20) + len('{"step": 100}')
+            part = await sb.get(cid, files=("checkpoint.json", "ema.safetensors"), expected_bytes=whole)
+            assert sorted(p.name for p in part.iterdir()) == ["checkpoint.json", "ema.safetensors"]
+            assert sb.fetched_bytes == (1 << 20) + len('{"step": 100}')  # not a byte of the training state
+            assert (part / "ema.safetensors").read_bytes() == (src / "ema.safetensors").read_bytes()
+            assert not sb.packs.complete(cid)  # the whole is not here, and we do not announce it
+            await sb.flush()
+            assert await sb.find_providers(cid) == [a.peer_id]
+            again = await sb.get(cid, files=("ema.safetensors", "checkpoint.json"))  # the same part: no download
+            assert again == part and sb.fetched_bytes == (1 << 20) + len('{"step": 100}')
+            with pytest.raises(IntegrityError, match=r"holds no rng\.safetensors"):
+                await sb.get(cid, files=("rng.safetensors",))
+            with pytest.raises(IntegrityError, match="announced"):  # the whole's size is still checked
+                await sb.get(cid, files=("checkpoint.json",), expected_bytes=whole - 1)
+        finally:
+            for s in (sa, sb):
+                await s.close()
+            for n in (a, b):
+                n.shutdown()
+
+    asyncio.run(asyncio.wait_for(run(), 120))
