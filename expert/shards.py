@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,9 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from expert.shard_rows import LazyRows, tensor_location
 from protocol.atomic import atomic_write_bytes
-from protocol.canonical import sha256_hex
+from protocol.canonical import file_sha256, sha256_hex
 from protocol.data import MANIFEST_NAME, AttributeSpec, DataManifest, LatentInfo, ShardInfo
 from protocol.errors import IntegrityError
 
@@ -48,31 +50,46 @@ class ClipBatch:
         if len({p.frames is None for p in parts}) > 1 or len({p.latents is None for p in parts}) > 1:
             raise ValueError("cannot concatenate frames with latents")
         return cls(
-            frames=None if parts[0].frames is None else np.concatenate([p.frames for p in parts]),
+            frames=None if parts[0].frames is None else _cat([p.frames for p in parts]),
             tokens=np.concatenate([p.tokens for p in parts]),
             captions=[c for p in parts for c in p.captions],
             attributes=None if any(p.attributes is None for p in parts)
             else np.concatenate([p.attributes for p in parts]),
             names=[n for p in parts for n in p.names],
-            latents=None if parts[0].latents is None else np.concatenate([p.latents for p in parts]),
+            latents=None if parts[0].latents is None else _cat([p.latents for p in parts]),
         )
 
     def select(self, indices: Iterable[int]) -> ClipBatch:
         idx = np.asarray(list(indices), dtype=np.int64)
         return ClipBatch(
-            frames=None if self.frames is None else self.frames[idx],
+            frames=None if self.frames is None else _take(self.frames, idx),
             tokens=self.tokens[idx],
             captions=[self.captions[i] for i in idx],
             attributes=None if self.attributes is None else self.attributes[idx],
             names=[self.names[i] for i in idx] if self.names else [],
-            latents=None if self.latents is None else self.latents[idx],
+            latents=None if self.latents is None else _take(self.latents, idx),
         )
+
+    @property
+    def lazy(self) -> bool:
+        """Whether the frames / latents stay on disk until a batch reads them (`open_dataset`)."""
+        return isinstance(self.frames, LazyRows) or isinstance(self.latents, LazyRows)
 
     def pixels(self, what: str = "this") -> np.ndarray:
         """The frames; a one-line error for a latent data set (which keeps none)."""
         if self.frames is None:
             raise IntegrityError(f"{what} data set holds latents, not frames")
         return self.frames
+
+
+def _take(rows, idx: np.ndarray):
+    return rows.select(idx) if isinstance(rows, LazyRows) else rows[idx]
+
+
+def _cat(parts: list):
+    if all(isinstance(p, LazyRows) for p in parts):
+        return LazyRows.concat(parts)
+    return np.concatenate([np.asarray(p) for p in parts])
 
 
 @functools.cache
@@ -180,6 +197,79 @@ def iter_shards(directory: Path, manifest: DataManifest | None = None) -> Iterat
             raise IntegrityError(f"shard {info.file} holds {'latents ' + str(got) if got else 'frames'}, the "
                                  f"manifest says {'latents ' + str(expected) if expected else 'frames'}")
         yield info, batch
+
+
+def shards_holding(manifest: DataManifest, indices) -> list[int]:
+    """Which shards (positions in `manifest.shards`) hold the clips `indices` (positions in the data set)."""
+    starts = np.cumsum([0] + [s.clips for s in manifest.shards])
+    idx = np.asarray(indices, dtype=np.int64)
+    if len(idx) and (idx.min() < 0 or idx.max() >= starts[-1]):
+        raise IntegrityError(f"clip {int(idx.max())} is not in a data set of {int(starts[-1])} clips")
+    return sorted({int(s) for s in np.searchsorted(starts, idx, side="right") - 1})
+
+
+def open_dataset(directory: Path, only=None) -> tuple[DataManifest, ClipBatch]:
+    """A verified data set whose frames (or latents) stay on disk: every shard's SHA-256 is checked against
+    the manifest (streamed), captions, tokens and attributes are read, and the frames / latents become
+    `LazyRows` that a trainer reads a batch at a time. Memory holds one clip's tokens, not its frames.
+    `only`: just these clips (positions in the data set, in this order); only the shards holding them are
+    read, so the others may be absent (a router fetches only the shards its sample needs)."""
+    directory = Path(directory)
+    manifest = DataManifest.load(directory)
+    key = "frames" if manifest.latents is None else "latents"
+    wanted = range(len(manifest.shards)) if only is None else shards_holding(manifest, only)
+    files, parts = [], []
+    for info in (manifest.shards[i] for i in wanted):
+        path = directory / info.file
+        if not path.is_file():
+            raise IntegrityError(f"shard {info.file} is missing from {directory}")
+        if path.stat().st_size != info.bytes or file_sha256(path) != info.sha256:
+            raise IntegrityError(f"shard {info.file} is corrupt: its hash does not match the manifest")
+        parts.append(_small_parts(path, info))
+        files.append(path)
+    rows = LazyRows.open(files, key)
+    expected = (manifest.frames, manifest.height, manifest.width, 3) if manifest.latents is None \
+        else manifest.latents.shape
+    if rows.row_shape != tuple(expected):
+        raise IntegrityError(f"{directory}: shards hold {key} of {rows.row_shape}, the manifest says {expected}")
+    batch = ClipBatch.concat(parts)
+    if len(rows) != len(batch):
+        raise IntegrityError(f"{directory}: shards hold {len(rows)} {key} for {len(batch)} captions")
+    batch = ClipBatch(rows if key == "frames" else None, batch.tokens, batch.captions, batch.attributes,
+                      batch.names, rows if key == "latents" else None)
+    if only is not None:  # data-set positions → positions among the shards read
+        starts = np.cumsum([0] + [s.clips for s in manifest.shards])
+        base = {s: b for s, b in zip(wanted, np.cumsum([0] + [manifest.shards[s].clips for s in wanted]),
+                                     strict=False)}
+        idx = np.asarray(only, dtype=np.int64)
+        shard_of = np.searchsorted(starts, idx, side="right") - 1
+        batch = batch.select([base[int(s)] + int(i - starts[s]) for s, i in zip(shard_of, idx, strict=True)])
+    return manifest, batch
+
+
+def _small_parts(path: Path, info: ShardInfo) -> ClipBatch:
+    """A shard's captions, names, tokens and attributes (its frames or latents left on disk)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n)) if 0 < n <= 100 << 20 else {}
+        meta = header.get("__metadata__", {})
+        captions = json.loads(meta["captions"])
+        names = json.loads(meta["names"]) if "names" in meta else []
+        tokens = _read_tensor(path, "tokens")
+        attributes = _read_tensor(path, "attributes") if "attributes" in header else None
+    except (KeyError, ValueError, json.JSONDecodeError) as e:
+        raise IntegrityError(f"shard {info.file} cannot be parsed: {e}") from None
+    if len(captions) != info.clips or tokens.ndim != 2 or len(tokens) != info.clips:
+        raise IntegrityError(f"shard {info.file} holds {len(tokens)} clips, the manifest says {info.clips}")
+    return ClipBatch(None, tokens, captions, attributes, names)
+
+
+def _read_tensor(path: Path, key: str) -> np.ndarray:
+    offset, shape, dtype = tensor_location(path, key)
+    with open(path, "rb") as f:
+        data = os.pread(f.fileno(), int(np.prod(shape)) * dtype.itemsize, offset)
+    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
 
 
 def load_dataset(directory: Path) -> tuple[DataManifest, ClipBatch]:

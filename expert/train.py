@@ -43,6 +43,7 @@ from expert.efficiency import (
     retry_with_checkpointing,
 )
 from expert.flow import noisy, sample_train_t, timestep
+from expert.shard_rows import LazyRows
 from expert.shards import ClipBatch, tokenize
 from expert.text import TextEncoder
 from expert.validation import HeldOut, expert_validation_loss, prepare_holdout, router_validation
@@ -76,11 +77,16 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def encode_clips(codec: nn.Module, frames: torch.Tensor, device: torch.device, *, batch: int = 8) -> torch.Tensor:
-    """Every clip's latents (float32, host memory), `batch` clips at a time through the codec on `device`."""
+def encode_clips(codec: nn.Module, frames, device: torch.device, *, batch: int = 8) -> torch.Tensor:
+    """Every clip's latents (float32, host memory), `batch` clips at a time through the codec on `device`
+    (`frames`: a tensor, an array or LazyRows: only a batch of them is in memory at once)."""
     t0 = time.perf_counter()
-    out = torch.cat([codec.encode(frames[i:i + batch].to(device)).float().cpu()
-                     for i in range(0, len(frames), batch)])
+
+    def part(i: int) -> torch.Tensor:
+        rows = frames[i:i + batch]
+        return torch.as_tensor(np.ascontiguousarray(rows)) if not isinstance(rows, torch.Tensor) else rows
+
+    out = torch.cat([codec.encode(part(i).to(device)).float().cpu() for i in range(0, len(frames), batch)])
     log.info("encoded %d clips into latents %s in %.1f s", len(frames), tuple(out.shape[1:]),
              time.perf_counter() - t0)
     return out
@@ -130,15 +136,16 @@ class Trainer:
         # latent presets train on latents: a latent data set's (encoded once, when the run was made: no VAE
         # here at all), or every clip through the VAE once, here (the frames are then let go); pixel presets
         # encode a batch by rescaling it
-        self.frames: torch.Tensor | None = None
-        self.latents: torch.Tensor | None = None
+        # Either may be a LazyRows (expert.shard_rows: `open_dataset`'s data, left on disk; a batch reads its rows)
+        self.frames: torch.Tensor | LazyRows | None = None
+        self.latents: torch.Tensor | LazyRows | None = None
         if clips.latents is not None:
             self.latents = self._checked_latents(clips.latents)
         elif preset.backbone.space == "latent":
-            self.latents = encode_clips(self.codec, torch.from_numpy(np.ascontiguousarray(clips.pixels())),
-                                        self.device)
+            self.latents = encode_clips(self.codec, clips.pixels(), self.device)
         else:
-            self.frames = torch.from_numpy(np.ascontiguousarray(clips.pixels()))
+            frames = clips.pixels()
+            self.frames = frames if isinstance(frames, LazyRows) else torch.from_numpy(np.ascontiguousarray(frames))
         self.text_states = TextStates(self.text, clips.tokens)
         self.generator = torch.Generator().manual_seed(seed * 1_000_003 + (cluster or 0))
         self.step, self.samples_seen, self.skipped = 0, 0, 0
@@ -155,13 +162,19 @@ class Trainer:
         """Frames ↔ the space the model denoises: built when first needed (a trainer fed latents never is)."""
         return build_codec(self.preset.backbone).to(self.device)
 
-    def _checked_latents(self, latents: np.ndarray) -> torch.Tensor:
+    def _checked_latents(self, latents: np.ndarray | LazyRows) -> torch.Tensor | LazyRows:
         """A latent data set's latents, if they have the shape this preset's model denoises."""
         b = self.preset.backbone
         if b.space != "latent" or latents.shape[1] != b.in_channels:
             raise ParisError(f"the data holds latents of shape {tuple(latents.shape[1:])}, which preset "
                              f"{self.preset.name!r} does not denoise")
-        return torch.from_numpy(np.ascontiguousarray(latents))
+        return latents if isinstance(latents, LazyRows) else torch.from_numpy(np.ascontiguousarray(latents))
+
+    def _rows(self, rows: torch.Tensor | LazyRows, idx: torch.Tensor) -> torch.Tensor:
+        """Rows `idx` of the frames or latents, read from disk when they are kept there."""
+        if isinstance(rows, LazyRows):
+            return torch.from_numpy(rows[idx.numpy()])
+        return rows[idx]
 
     def validation_loss(self, model: nn.Module | None = None) -> float | None:
         """The run's deterministic validation loss of the EMA weights, or of `model` (a model of the same
@@ -179,10 +192,10 @@ class Trainer:
         tc = self.preset.train
         with torch.no_grad():
             if self.latents is not None:
-                x0 = self.latents[idx].to(self.device).float()
+                x0 = self._rows(self.latents, idx).to(self.device).float()
             else:
                 assert self.frames is not None
-                x0 = self.codec.encode(self.frames[idx].to(self.device))
+                x0 = self.codec.encode(self._rows(self.frames, idx).to(self.device))
         noise = torch.randn(x0.shape, generator=g).to(self.device)
         t = sample_train_t(len(idx), g, mean=tc.logit_normal_mean, std=tc.logit_normal_std,
                            uniform=tc.t_uniform).to(self.device)

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from hivemind.utils.timed_storage import get_dht_time
 
-from expert.shards import ClipBatch, ShardWriter, load_dataset
+from expert.shards import ClipBatch, ShardWriter, load_dataset, open_dataset, shards_holding
 from node.assets import fetch_assets, spec_assets
 from protocol.atomic import atomic_write_bytes
 from protocol.canonical import canonical_json
-from protocol.data import DataManifest
+from protocol.data import MANIFEST_NAME, DataManifest
 from protocol.errors import IntegrityError, ParisError
 from protocol.run import RunSpec
 from protocol.swarm_records import RUN_ID_PATTERN, RunPointerBody, run_key
@@ -251,7 +251,22 @@ async def fetch_cluster_clips(store: ContentStore, run: LocalRun, cluster: int, 
     cid, expected = (entry.holdout_cid, entry.holdout_clips) if holdout else (entry.cid, entry.clips)
     size = entry.holdout_bytes if holdout else entry.bytes
     path = await store.get(cid, expected_bytes=size)  # the signed bundle says how large it is
-    _, clips = await asyncio.to_thread(load_dataset, path)
+    _, clips = await asyncio.to_thread(open_dataset, path)  # frames / latents stay on disk until a batch reads them
     if len(clips) != expected:
         raise IntegrityError(f"cluster {cluster} data ({cid}) holds {len(clips)} clips, expected {expected}")
+    return clips
+
+
+async def fetch_cluster_sample(store: ContentStore, run: LocalRun, cluster: int, indices) -> ClipBatch:
+    """Clips `indices` (positions among the cluster's training clips) of one cluster, fetching only its
+    manifest and the shards that hold them (parts of the cluster's CID: swarm.cas ContentStore.get(files=))."""
+    entry = run.manifest.clusters[cluster]
+    head = await store.get(entry.cid, expected_bytes=entry.bytes, files=(MANIFEST_NAME,), pin=False, provide=False)
+    manifest = await asyncio.to_thread(DataManifest.load, head)
+    if manifest.total_clips != entry.clips:
+        raise IntegrityError(f"cluster {cluster} data ({entry.cid}) holds {manifest.total_clips} clips, expected "
+                             f"{entry.clips}")
+    files = (MANIFEST_NAME, *(manifest.shards[i].file for i in shards_holding(manifest, indices)))
+    path = await store.get(entry.cid, expected_bytes=entry.bytes, files=files)
+    _, clips = await asyncio.to_thread(open_dataset, path, indices)
     return clips

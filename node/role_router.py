@@ -29,8 +29,8 @@ async def maybe_run_router(d: Daemon, *, wait: bool) -> bool:
     """Train the router if nobody else holds its lease and it is behind its target, or experts are still
     training (it keeps improving with idle capacity until they are done). True if we trained."""
     from expert.shards import ClipBatch
-    from expert.train import router_trainer_from_clips
-    from node.bundle import fetch_cluster_clips
+    from expert.train import router_trainer_from_clips, stratified_sample
+    from node.bundle import fetch_cluster_clips, fetch_cluster_sample
     from node.role_expert import resume
 
     assert d.node is not None and d.store is not None and d.run_info is not None
@@ -46,7 +46,14 @@ async def maybe_run_router(d: Daemon, *, wait: bool) -> bool:
         return False
     d.set_role("router")
     try:
-        parts = [await fetch_cluster_clips(d.store, d.run_info, k) for k in range(spec.num_clusters)]
+        # only the clips of the stratified sample, so only the shards that hold them (every cluster's held-out
+        # clips in full: they are the router's validation split)
+        counts = [c.clips for c in d.run_info.manifest.clusters]
+        sample = stratified_sample(np.repeat(np.arange(spec.num_clusters), counts), schedule.router_cap, spec.seed)
+        starts = np.cumsum([0, *counts])
+        parts = [await fetch_cluster_sample(d.store, d.run_info, k, sample[(sample >= starts[k])
+                                                                          & (sample < starts[k + 1])] - starts[k])
+                 for k in range(spec.num_clusters)]
         held = [await fetch_cluster_clips(d.store, d.run_info, k, holdout=True) for k in range(spec.num_clusters)]
         if lease.cluster is None:
             return True  # lost the lease while fetching
