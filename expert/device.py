@@ -18,3 +18,20 @@ def resolve_device(gpu: str | int | None) -> torch.device:
     if index >= torch.cuda.device_count():
         raise ParisError(f"--gpu {index}: only {torch.cuda.device_count()} CUDA device(s) present")
     return torch.device("cuda", index)
+
+
+def resolve_devices(gpu: str) -> list[torch.device]:
+    """`--gpu 0,1|all|cpu,cpu` (several devices: DDP) → torch devices; `all` is every CUDA device. A device
+    named twice is allowed for CPUs only (tests and CPU boxes run several ranks on one CPU)."""
+    text = str(gpu).strip().lower()
+    if text == "all":
+        if not torch.cuda.is_available():
+            raise ParisError("--gpu all: no CUDA device is available (use --gpu cpu,cpu for CPU processes)")
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    devices = [resolve_device(part.strip()) for part in text.split(",") if part.strip()]
+    cuda = [d for d in devices if d.type == "cuda"]
+    if len(set(cuda)) != len(cuda):
+        raise ParisError(f"--gpu {gpu}: a GPU is named twice")
+    if cuda and len(cuda) != len(devices):
+        raise ParisError(f"--gpu {gpu}: mix of CPU and GPU devices (DDP needs one kind)")
+    return devices

@@ -149,6 +149,8 @@ class Trainer:
         self.text_states = TextStates(self.text, clips.tokens)
         self.generator = torch.Generator().manual_seed(seed * 1_000_003 + (cluster or 0))
         self.step, self.samples_seen, self.skipped = 0, 0, 0
+        self.shard: tuple[int, int] = (0, 1)  # (rank, world): expert.ddp sets it
+        self.forward_model: nn.Module = self.model  # what the loss runs (a DistributedDataParallel of it, in DDP)
         self.loss_ema: float | None = None
         self.parent: str | None = None  # CID of the checkpoint this state descends from (None: the initialisation)
         self.held: HeldOut | None = None
@@ -187,19 +189,33 @@ class Trainer:
     def _micro_loss(self) -> torch.Tensor:
         raise NotImplementedError
 
-    def _noisy_batch(self, g: torch.Generator, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x0, noise, t) for clips `idx`, with the experts' noise schedule (logit-normal t)."""
+    def _noisy_batch(self, g: torch.Generator, idx: torch.Tensor, keep: slice = slice(None)
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x0, noise, t) for clips `idx`, with the experts' noise schedule (logit-normal t); noise and t are
+        drawn for all of `idx`, then only rows `keep` are returned (and read)."""
         tc = self.preset.train
         with torch.no_grad():
             if self.latents is not None:
-                x0 = self._rows(self.latents, idx).to(self.device).float()
+                x0 = self._rows(self.latents, idx[keep]).to(self.device).float()
             else:
                 assert self.frames is not None
-                x0 = self.codec.encode(self._rows(self.frames, idx).to(self.device))
-        noise = torch.randn(x0.shape, generator=g).to(self.device)
+                x0 = self.codec.encode(self._rows(self.frames, idx[keep]).to(self.device))
+        noise = torch.randn((len(idx), *x0.shape[1:]), generator=g)[keep].to(self.device)
         t = sample_train_t(len(idx), g, mean=tc.logit_normal_mean, std=tc.logit_normal_std,
-                           uniform=tc.t_uniform).to(self.device)
+                           uniform=tc.t_uniform)[keep].to(self.device)
         return x0, noise, t
+
+    def shard_rows(self, batch: int) -> slice:
+        """This rank's rows of a batch of `batch` (all of them without DDP)."""
+        rank, world = self.shard
+        if batch % world:
+            raise ParisError(f"a batch of {batch} does not split evenly over {world} DDP processes")
+        return slice(rank * batch // world, (rank + 1) * batch // world)
+
+    def all_reduce(self, loss: float, finite: bool) -> tuple[float, bool]:
+        """The step's loss averaged over DDP ranks, and whether it was finite on every one (so that all
+        ranks skip the same steps); as it is without DDP."""
+        return loss, finite
 
     # --- one step -------------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -242,9 +258,11 @@ class Trainer:
             loss = self._micro_loss()
             if not torch.isfinite(loss):
                 finite = False
-                break
+                if self.shard[1] == 1:
+                    break  # under DDP every rank must still run its backward (its all-reduce): NaN then skips all
             (loss / tc.grad_accum).backward()
             total += loss.detach().item() / tc.grad_accum
+        total, finite = self.all_reduce(total, finite)
         if finite:
             norm = nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
             finite = bool(torch.isfinite(norm))
@@ -407,17 +425,22 @@ class ExpertTrainer(Trainer):
                                       batch=self.preset.train.batch_size, device=self.device)
 
     def _micro_batch(self) -> tuple[torch.Tensor, ...]:
+        """The preset's batch, drawn in full on every rank (so all ranks consume the RNG alike) and cut to this
+        rank's share (`shard`): with DDP over R ranks, rank r trains rows r·B/R … (r+1)·B/R of the very batch one
+        process would have trained."""
         tc, g = self.preset.train, self.generator
         idx = torch.randint(self.num_clips, (tc.batch_size,), generator=g)
-        x0, noise, t = self._noisy_batch(g, idx)
-        drop = (torch.rand(tc.batch_size, generator=g) < tc.cond_dropout).view(-1, 1, 1)
+        keep = self.shard_rows(tc.batch_size)
+        x0, noise, t = self._noisy_batch(g, idx, keep)
+        drop = (torch.rand(tc.batch_size, generator=g) < tc.cond_dropout).view(-1, 1, 1)[keep]
+        idx = idx[keep]
         text = torch.where(drop, self.text_states.null.unsqueeze(0), self.text_states.get(idx)).to(self.device)
         return x0, noise, t, text
 
     def _loss(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         xt, target = noisy(x0, noise, t)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            pred = self.model(xt, timestep(t), text, return_dict=False)[0]
+            pred = self.forward_model(xt, timestep(t), text, return_dict=False)[0]
         return nn.functional.mse_loss(pred.float(), target)
 
     def _micro_loss(self) -> torch.Tensor:

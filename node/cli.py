@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import threading
@@ -245,14 +246,33 @@ def train_local(
     compile_model: CompileOpt = False,
     grad_checkpointing: CheckpointingOpt = "auto",
     home: HomeAssetsOpt = Path("~/.paris"),
+    ddp: Annotated[bool, typer.Option("--ddp", help="Train on every device of --gpu (then a list: 0,1 / all / cpu,cpu) "
+                                      "with DistributedDataParallel: one process per device, the batch split.")]
+    = False,
 ) -> bool:
     """Train one expert on its cluster with no swarm (the daemon drives the same code)."""
     from protocol.run import RunSpec
 
     spec = RunSpec.load(run)  # a wrong path, cluster or device is answered before the model stack is imported
     spec.cluster_clips(cluster)
-    from expert.device import resolve_device
+    from expert.device import resolve_device, resolve_devices
 
+    if ddp:
+        devices = resolve_devices(gpu)
+        if len(devices) < 2:
+            fail(f"--ddp needs two or more devices in --gpu (got {gpu!r}: e.g. --gpu 0,1, all or cpu,cpu)")
+        world = len(devices)
+        if spec.preset.train.batch_size % world:
+            fail(f"--ddp: the preset's batch of {spec.preset.train.batch_size} does not split over {world} devices")
+        from expert.ddp import run_ddp
+
+        efficiency = {"compile": compile_model, "grad_checkpointing": grad_checkpointing}
+        make = functools.partial(_ddp_trainer, run, cluster, data, home, efficiency, resume)
+        lead = functools.partial(_ddp_lead, steps, out_dir, checkpoint_every, f"expert {cluster} (DDP ×{world})")
+        step, loss = run_ddp([str(d) for d in devices], make, lead)
+        out.print(f"expert {cluster} at step {step}, loss {'n/a' if loss is None else f'{loss:.4f}'}, trained on "
+                  f"{world} devices; checkpoint in {out_dir}")
+        return False
     device = resolve_device(gpu)
     from expert.efficiency import Efficiency
     from expert.train import trainer_for_run
@@ -268,6 +288,27 @@ def train_local(
     loss = "n/a" if trainer.loss_ema is None else f"{trainer.loss_ema:.4f}"
     out.print(f"expert {cluster} at step {trainer.step}, loss {loss}; checkpoint in {out_dir}")
     return stopped
+
+
+def _ddp_trainer(run: Path, cluster: int, data: Path | None, home: Path, efficiency: dict, resume: Path | None,
+                 device):
+    """One DDP rank's trainer (in its own process: assets are located again there)."""
+    from expert.efficiency import Efficiency
+    from expert.train import trainer_for_run
+    from protocol.run import RunSpec
+
+    spec = RunSpec.load(run)
+    trainer = trainer_for_run(spec, cluster, data_dir=_local_assets(spec, home, data), device=device,
+                              efficiency=Efficiency(**efficiency))
+    if resume:
+        trainer.load(resume)
+    return trainer
+
+
+def _ddp_lead(steps: int, out_dir: Path, checkpoint_every: int | None, label: str, trainer):
+    """Rank 0: the progress bar, checkpoints and Ctrl-C of `train-local`; returns (step, loss)."""
+    _run_training(trainer, steps, out_dir, checkpoint_every, label=label)
+    return trainer.step, trainer.loss_ema
 
 
 @app.command("train-router")
