@@ -159,10 +159,13 @@ def register(app: typer.Typer) -> None:
             fail(f"--role {role!r}: expected auto, expert, router, verifier or seeder")
         if log_format not in LOG_FORMATS:
             fail(f"--log-format {log_format!r}: expected text or json")
-        from expert.presets import PRESETS
+        from expert.presets import LATENT_PRESETS, PRESETS
 
         if preset not in PRESETS:
             fail(f"--preset {preset!r}: expected one of {', '.join(PRESETS)}")
+        if preset in LATENT_PRESETS:
+            fail(f"--preset {preset!r} trains through a VAE, which the demo run lacks: use `run init --vae DIR`, "
+                 "then `join --run FILE`")
         import re
 
         from protocol.swarm_records import _PEER_ID

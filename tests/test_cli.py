@@ -67,9 +67,15 @@ def test_train_resume_and_sample(workdir):
     (["run", "init", "--data", "/nonexistent", "--clusters", 2, "--out", "r.json"], "not a paris-node data set"),
     (["train-local", "--run", "{run}", "--cluster", 7, "--steps", 1, "--out", "x"], "cluster 7 does not exist"),
     (["train-local", "--run", "{run}", "--cluster", 0, "--steps", 1, "--out", "x", "--gpu", "0"], "no CUDA"),
+    (["run", "init", "--data", "{data}", "--clusters", 2, "--out", "r.json", "--preset", "base"], "--vae DIR"),
+    (["run", "init", "--data", "{data}", "--clusters", 2, "--out", "r.json", "--vae", "{data}"],
+     "--vae is for the latent presets"),
+    (["run", "init", "--data", "{data}", "--clusters", 2, "--out", "r.json", "--preset", "tiny-latent", "--vae",
+      "/nonexistent/vae"], "no such file or folder"),
+    (["join", "--preset", "tiny-latent"], "trains through a VAE"),
 ])
 def test_user_mistakes_get_one_line(workdir, args, message):
-    args = [str(a).replace("{run}", str(workdir / "run.json")) for a in args]
+    args = [str(a).replace("{run}", str(workdir / "run.json")).replace("{data}", str(workdir / "data")) for a in args]
     proc = run(*args, check=False, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode != 0
     assert message in proc.stderr
