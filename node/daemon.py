@@ -32,14 +32,14 @@ from expert.efficiency import Efficiency
 from node.assets import fetch_assets, spec_assets
 from node.bundle import LocalRun, fetch_run, publish_run, resolve_run_id
 from node.checker import CheckpointChecker
-from node.driver import Cadence, TrainingDriver
+from node.driver import TrainingDriver
 from node.keeper import OwnRecords, RunPointer
+from node.lane import Lane
 from node.logs import event
 from node.metrics import NodeMetrics
 from node.nodefile import NodeInfo, remove_node_info, write_node_info
 from node.publisher import Publisher
-from node.role_expert import run_expert
-from node.role_router import all_done, maybe_run_router
+from node.role_router import all_done
 from node.role_seeder import archive_facts, keep_archive, replicate_accepted, seed_data
 from node.role_verifier import verify_round
 from protocol.errors import ParisError
@@ -47,7 +47,6 @@ from protocol.swarm_gossip import CheckpointEvent, DoneEvent, GossipMessage, Lea
 from protocol.swarm_records import MAX_RECORD_TTL, AttestationBody, MemberBody, ProgressBody
 from protocol.swarm_run import Schedule
 from swarm.cas import ContentStore
-from swarm.claims import ClaimManager
 from swarm.dht import RECORD_TTL, NetworkConfig, SwarmNode, tcp_maddr
 from swarm.dialback import serve_dialback
 from swarm.state import RunRules, VerifiedState, publish_progress, read_run, verified_state
@@ -103,11 +102,8 @@ class Daemon:
         self.store: ContentStore | None = None
         self.gossip = None
         self.run_info: LocalRun | None = None
-        self.driver: TrainingDriver | None = None
-        self.role: str = "starting"
-        self.cluster: int | None = None
+        self.lanes: list[Lane] = []  # one per device (`--gpu 0,1,…`); lane 0 also seeds and verifies
         self.started_at = time.time()
-        self._slot: str | None = None
         self.publisher: Publisher | None = None  # type: ignore[assignment]
         self.checker: CheckpointChecker | None = None  # type: ignore[assignment]
         self.attested: dict[str, AttestationBody] = {}  # CID → our attestation (the verifier role)
@@ -115,7 +111,6 @@ class Daemon:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._join_command: str | None = None
-        self.device = None
         self._all_clusters_done_cached = False
         self._metrics_url: str | None = None
         self.own_records: OwnRecords | None = None  # type: ignore[assignment]
@@ -138,9 +133,14 @@ class Daemon:
         self.node = await asyncio.to_thread(SwarmNode.start, self.home, network, self.opts.record_ttl)
         self._install_signals()  # after the fork: a child must not inherit the loop's signal wake-up fd
         try:
-            from expert.device import resolve_device
+            from expert.device import resolve_device, resolve_devices
 
-            self.device = resolve_device(self.opts.gpu)
+            gpu = self.opts.gpu
+            devices = resolve_devices(gpu) if "," in gpu or gpu.strip().lower() == "all" else [resolve_device(gpu)]
+            self.lanes = [Lane(self, i, dev) for i, dev in enumerate(devices)]
+            if self.multi_lane:
+                event(log, "one lane per device: a lease and a training loop each",
+                      devices=", ".join(map(str, devices)))
             if self.opts.cpu_threads:
                 import torch
 
@@ -160,7 +160,7 @@ class Daemon:
                                        metrics=self.metrics, keeper=self.own_records)
             self.checker = CheckpointChecker(self.store, self.run_info, self.device)
             await self._start_gossip()
-            self._write_node_file()
+            self.write_node_file()
             self._tasks += [asyncio.create_task(self._progress_loop()), asyncio.create_task(self._member_loop()),
                             asyncio.create_task(self._keep_loop()), asyncio.create_task(self._reconnect_loop())]
             if self.metrics is not None and self.gossip is not None:
@@ -186,8 +186,9 @@ class Daemon:
                         "(interrupt again to exit at once)")
             self.stopping.set()
             self._wake.set()
-            if self.driver is not None:
-                self.driver.stop.set()
+            for lane in self.lanes:
+                if lane.driver is not None:
+                    lane.driver.stop.set()
 
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal was closed
             loop.add_signal_handler(sig, on_signal, sig)
@@ -306,19 +307,20 @@ class Daemon:
         maddrs = self.node.visible_maddrs()
         peers = " ".join(f"--initial-peers {m}" for m in maddrs[:2])
         self._join_command = f"paris-node join {peers} --run {self.run_info.spec.run_id}"
-        self._write_node_file()
+        self.write_node_file()
         what = "new run published into the swarm" if self.opts.network.initial_peers else "new swarm started"
         event(log, f"{what}; others join it with:\n\n    {self._join_command}\n")
         if all("/127.0.0.1/" in m or "/::1/" in m for m in maddrs):
             log.info("listening on loopback only: pass --host 0.0.0.0 (and --announce-host PUBLIC_IP) to let "
                      "other machines join")
 
-    def _write_node_file(self) -> None:
+    def write_node_file(self) -> None:
         assert self.node is not None
+        role = ",".join(lane.role for lane in self.lanes) if self.multi_lane else self.role
         write_node_info(self.home, NodeInfo(
             peer_id=self.node.peer_id, maddrs=tuple(self.node.visible_maddrs()),
             gossip_maddrs=tuple(self.gossip.maddrs) if self.gossip else (),
-            run_id=self.run_info.spec.run_id if self.run_info else None, role=self.role, cluster=self.cluster,
+            run_id=self.run_info.spec.run_id if self.run_info else None, role=role, cluster=self.cluster,
             pid=os.getpid(), started_at=self.started_at, join_command=self._join_command,
             metrics=self._metrics_url))
 
@@ -333,10 +335,35 @@ class Daemon:
             for peer in sorted(self.member_addrs, key=lambda p: self.member_addrs[p][0])[:-64]:
                 del self.member_addrs[peer]
 
+    # ---- lanes: what the node does on its first device (one device: the node's role, cluster, training) ----
+
+    @property
+    def multi_lane(self) -> bool:
+        return len(self.lanes) > 1
+
+    @property
+    def device(self):
+        return self.lanes[0].device if self.lanes else None
+
+    @property
+    def driver(self) -> TrainingDriver | None:
+        return self.lanes[0].driver if self.lanes else None
+
+    @property
+    def role(self) -> str:
+        return self.lanes[0].role if self.lanes else "starting"
+
+    @property
+    def cluster(self) -> int | None:
+        return self.lanes[0].cluster if self.lanes else None
+
+    @property
+    def current_slot(self) -> str | None:
+        """The slot the first lane's training driver works on now (None when it trains nothing)."""
+        return self.lanes[0].current_slot if self.lanes else None
+
     def set_role(self, role: str, cluster: int | None = None) -> None:
-        self.role, self.cluster = role, cluster
-        self._write_node_file()
-        event(log, f"role: {role}", cluster=cluster)
+        self.lanes[0].set_role(role, cluster)
 
     # ---- background loops ----------------------------------------------------------------------------------
 
@@ -355,7 +382,7 @@ class Daemon:
                             await self.gossip.close()
                         self.gossip = None
                     await self._start_gossip()
-                    self._write_node_file()
+                    self.write_node_file()
                 elif self.gossip is not None:
                     await join_gossip(self.node, self.gossip, role=self.opts.role,
                                       served_bytes=self.store.served_bytes if self.store else 0,
@@ -413,11 +440,6 @@ class Daemon:
                 self.metrics.gossip = (await self.gossip.stats()).model_dump()
             await asyncio.sleep(max(5.0, self.opts.period))
 
-    @property
-    def current_slot(self) -> str | None:
-        """The slot this node's training driver works on now (None when it trains nothing)."""
-        return self._slot
-
     async def _progress_loop(self) -> None:
         """While training: our progress record in the DHT and a gossip event, every period."""
         assert self.node is not None and self.run_info is not None
@@ -425,27 +447,34 @@ class Daemon:
         last_log = 0.0
         while True:
             await asyncio.sleep(self.opts.period)
-            driver, slot = self.driver, self._slot
-            if driver is None or driver.latest is None or slot is None:
-                continue
-            p = driver.latest
-            cluster = None if slot == "router" else int(slot.split("-")[1])
-            cid = self.publisher.published.get(slot, (None, 0))[0]
-            loss = None if p.loss_ema is None or not np.isfinite(p.loss_ema) else float(p.loss_ema)
-            sps = float(p.samples_per_s) if np.isfinite(p.samples_per_s) else None
-            body = ProgressBody(cluster=cluster, step=p.step, target=driver.target, loss=loss, samples_per_s=sps,
-                                checkpoint_cid=cid, started_at=driver.started, ts=get_dht_time())
-            try:
-                await publish_progress(self.node, run_id, body, ttl=max(120.0, 4 * self.opts.period))
-                if self.gossip is not None:
-                    await self.gossip.publish(ProgressEvent(run_id=run_id, cluster=cluster, step=p.step,
-                                                            target=driver.target, loss=loss, samples_per_s=sps))
-            except Exception:
-                log.exception("progress publication failed; retrying next period")
-            if time.monotonic() - last_log >= 30:
+            say = time.monotonic() - last_log >= 30
+            for lane in self.lanes:
+                driver, slot = lane.driver, lane.current_slot
+                if driver is None or driver.latest is None or slot is None:
+                    continue
+                await self._publish_progress(run_id, lane, driver, slot, say)
+            if say:
                 last_log = time.monotonic()
-                event(log, f"{slot} step {p.step}/{driver.target}", loss=None if loss is None else round(loss, 4),
-                      samples_per_s=None if sps is None else round(sps, 1))
+
+    async def _publish_progress(self, run_id: str, lane: Lane, driver: TrainingDriver, slot: str, say: bool) -> None:
+        p = driver.latest
+        assert p is not None
+        cluster = None if slot == "router" else int(slot.split("-")[1])
+        cid = self.publisher.published.get(slot, (None, 0))[0]
+        loss = None if p.loss_ema is None or not np.isfinite(p.loss_ema) else float(p.loss_ema)
+        sps = float(p.samples_per_s) if np.isfinite(p.samples_per_s) else None
+        body = ProgressBody(cluster=cluster, step=p.step, target=driver.target, loss=loss, samples_per_s=sps,
+                            checkpoint_cid=cid, started_at=driver.started, ts=get_dht_time(), lane=lane.index or None)
+        try:
+            await publish_progress(self.node, run_id, body, ttl=max(120.0, 4 * self.opts.period))
+            if self.gossip is not None:
+                await self.gossip.publish(ProgressEvent(run_id=run_id, cluster=cluster, step=p.step,
+                                                        target=driver.target, loss=loss, samples_per_s=sps))
+        except Exception:
+            log.exception("progress publication failed; retrying next period")
+        if say:
+            event(log, f"{slot} step {p.step}/{driver.target}", loss=None if loss is None else round(loss, 4),
+                  samples_per_s=None if sps is None else round(sps, 1))
 
     # ---- roles ------------------------------------------------------------------------------------------------
 
@@ -458,33 +487,7 @@ class Daemon:
             if role == "auto":
                 event(log, "this run is permissioned and this node is not on its trainer allowlist: verifying")
                 role = "verifier"
-        while not self.stopping.is_set():
-            if role in ("auto", "expert"):
-                manager = self._claims()
-                wait = role == "expert" and not self._all_clusters_done_cached
-                cluster = await self.unless_stopped(manager.claim(wait=wait, timeout=None if wait else 30.0))
-                if self.stopping.is_set():
-                    await manager.release()
-                    break
-                if cluster is not None and await self._survive(run_expert(self, manager, cluster)):
-                    continue
-            if role in ("auto", "router") and await self._survive(maybe_run_router(self, wait=role == "router")):
-                continue
-            if self.opts.stop_when_done and await self._run_finished():
-                event(log, "every expert and the router reached their targets; --stop-when-done: exiting")
-                break
-            await self._seed_round(verify=role in ("auto", "verifier"))
-
-    async def _survive(self, coro) -> bool:
-        """Run a role; a failure it can name (data nobody serves, a corrupt download) is logged and the node
-        goes on (the claim was released) instead of exiting. Returns the role's result, False on failure."""
-        try:
-            result = await coro
-        except ParisError as e:
-            log.error("role failed: %s; choosing again after a period", e)
-            await asyncio.sleep(self.opts.period)
-            return False
-        return result is None or bool(result)
+        await asyncio.gather(*(lane.role_loop(role) for lane in self.lanes))
 
     async def unless_stopped(self, coro):
         """Await `coro`, or cancel it and return None as soon as a stop is requested."""
@@ -506,7 +509,7 @@ class Daemon:
         assert self.run_info is not None
         return self.run_info.rules
 
-    async def _reach(self) -> VerifiedState:
+    async def reach(self) -> VerifiedState:
         """Which clusters reached their target by the acceptance rule (with this node's own verdicts), and who
         is making progress on which: what the claim manager's snapshots are judged with."""
         assert self.node is not None and self.run_info is not None
@@ -517,58 +520,9 @@ class Daemon:
         self.publisher.settle(view)
         return verified_state(view, self.checker.verdicts)
 
-    def _claims(self) -> ClaimManager:
-        assert self.node is not None and self.run_info is not None
-        spec = self.run_info.spec
-        return ClaimManager(self.node, spec.run_id, spec.num_clusters, period=self.opts.period, on_lost=self.on_lost,
-                            done_oracle=self._reach)
-
-    def on_lost(self, cluster: int) -> None:
-        log.warning("another node owns cluster %d now (a partition healed?); stopping this expert", cluster)
-        if self.driver is not None:
-            self.driver.stop.set()
-
     def checkpoint_root(self, slot: str) -> Path:
         assert self.run_info is not None
         return self.home / "checkpoints" / self.run_info.spec.run_id / slot
-
-    async def train(self, trainer, slot: str, target: int, holds=lambda: True) -> bool:
-        """Drive `trainer` to `target` in a worker thread; every checkpoint is published on the event loop while
-        `holds()` says we still own the slot's lease (after losing it we keep our work locally, silently)."""
-        assert self.run_info is not None
-        schedule = self.run_info.manifest.schedule
-        loop = asyncio.get_running_loop()
-        pending: list = []
-
-        def on_checkpoint(path: Path, meta) -> None:  # worker thread: hand the publication to the event loop
-            if not holds():
-                log.warning("not publishing %s step %d: this node no longer holds the slot's lease", slot, meta.step)
-                return
-            pending.append(asyncio.run_coroutine_threadsafe(self.publisher.publish(slot, path, meta), loop))
-
-        driver = TrainingDriver(trainer, target, self.checkpoint_root(slot),
-                                Cadence(schedule.checkpoint_every, schedule.checkpoint_minutes * 60),
-                                on_checkpoint=on_checkpoint)
-        self.driver, self._slot = driver, slot
-        if self.stopping.is_set():
-            driver.stop.set()
-        event(log, f"training {slot}", step=trainer.step, target=target, device=str(self.device))
-        try:
-            reached = await asyncio.to_thread(driver.run)
-            sps = driver.mean_samples_per_s
-            w = driver.writer
-            event(log, f"{slot} {'reached its target' if reached else 'stopped'}", step=trainer.step,
-                  steps_run=driver.steps_done, seconds=round(driver.train_seconds, 3),
-                  mean_samples_per_s=None if sps is None else round(sps, 3),
-                  checkpoints=w.written if w else 0,
-                  checkpoint_copy_seconds=round(w.snapshot_seconds, 3) if w else 0.0,
-                  checkpoint_wait_seconds=round(w.waited_seconds, 3) if w else 0.0)
-        finally:
-            for fut in pending:
-                with contextlib.suppress(Exception):
-                    await asyncio.wrap_future(fut)
-            self.driver, self._slot = None, None
-        return reached
 
     async def gossip_event(self, ev) -> None:
         if self.gossip is None:
@@ -580,7 +534,7 @@ class Daemon:
 
     # ---- seeding and verifying -------------------------------------------------------------------------------
 
-    async def _seed_round(self, *, verify: bool) -> None:
+    async def seed_round(self, *, verify: bool) -> None:
         """Hold the run's data and every slot's newest accepted checkpoint (and, verifying, attest what is new),
         then wait a period (or a gossip nudge)."""
         assert self.node is not None and self.run_info is not None
@@ -616,7 +570,7 @@ class Daemon:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wake.wait(), self.opts.period)
 
-    async def _run_finished(self) -> bool:
+    async def run_finished(self) -> bool:
         assert self.node is not None and self.run_info is not None
         spec = self.run_info.spec
         view = await read_run(self.node, spec.run_id, spec.num_clusters, rules=self.rules,

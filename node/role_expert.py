@@ -17,12 +17,12 @@ from swarm.claims import ClaimManager
 from swarm.state import read_run
 
 if TYPE_CHECKING:
-    from node.daemon import Daemon
+    from node.lane import Lane
 
 log = logging.getLogger("node.expert")
 
 
-async def run_expert(d: Daemon, manager: ClaimManager, cluster: int) -> None:
+async def run_expert(d: Lane, manager: ClaimManager, cluster: int) -> None:
     from expert.train import ExpertTrainer
     from node.bundle import fetch_cluster_clips
 
@@ -57,7 +57,7 @@ async def run_expert(d: Daemon, manager: ClaimManager, cluster: int) -> None:
         d.set_role("seeder")
 
 
-async def resume(d: Daemon, trainer, slot: str, holds=lambda: True) -> None:
+async def resume(d: Lane, trainer, slot: str, holds=lambda: True) -> None:
     """Start from the most advanced of: the swarm's newest *accepted* checkpoint of `slot` that passes our own
     check (validation loss recomputed here), our own last one. A refused candidate is reported and the next
     one tried; what we took over is pinned and provided."""

@@ -16,7 +16,7 @@ from swarm.claims import ClaimManager
 from swarm.state import read_run
 
 if TYPE_CHECKING:
-    from node.daemon import Daemon
+    from node.lane import Lane
 
 log = logging.getLogger("node.router")
 
@@ -25,7 +25,7 @@ def all_done(states) -> bool:
     return all(s == ClusterState.DONE for s in states)
 
 
-async def maybe_run_router(d: Daemon, *, wait: bool) -> bool:
+async def maybe_run_router(d: Lane, *, wait: bool) -> bool:
     """Train the router if nobody else holds its lease and it is behind its target, or experts are still
     training (it keeps improving with idle capacity until they are done). True if we trained."""
     from expert.shards import ClipBatch
@@ -39,7 +39,8 @@ async def maybe_run_router(d: Daemon, *, wait: bool) -> bool:
     newest = view.latest_checkpoint("router")
     if newest is not None and newest.step >= schedule.router_target_steps and all_done(view.states):
         return False
-    lease = ClaimManager(d.node, router_lease_id(spec.run_id), 1, period=d.opts.period, on_lost=d.on_lost)
+    lease = ClaimManager(d.node, router_lease_id(spec.run_id), 1, period=d.opts.period, on_lost=d.on_lost,
+                         lane=d.index)
     got = await d.unless_stopped(lease.claim(wait=wait, timeout=None if wait else 30.0))
     if got is None or d.stopping.is_set():
         await lease.release()

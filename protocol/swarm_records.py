@@ -84,8 +84,23 @@ class RunPointerBody(Frozen):
     ts: Timestamp
 
 
+MAX_LANES = 16  # devices one identity may train on at once (`join --gpu 0,1,…`): lanes 0..15
+Lane = Annotated[int, Field(ge=1, lt=MAX_LANES)]
+
+
+def claimant(peer_id: str, lane: int | None) -> str:
+    """Who holds a lease: the peer, or `peer/lane` for a node's second and further devices."""
+    return f"{peer_id}/{lane}" if lane else peer_id
+
+
+def claimant_peer(claimant_id: str) -> str:
+    """The peer id of a claimant (`claimant`'s inverse, without the lane)."""
+    return claimant_id.split("/", 1)[0]
+
+
 class ClaimBody(Frozen):
-    """`paris/{run}/claims`: one lease per owner (the subkey), so no node can hold two clusters at once."""
+    """`paris/{run}/claims`: one lease per owner and lane (the subkey: `owner` for lane 0, `owner#lane{n}` for a
+    node's further devices), so a node holds at most one cluster per device, and at most MAX_LANES."""
 
     kind: Literal["claim"] = "claim"
     cluster: Cluster
@@ -93,6 +108,7 @@ class ClaimBody(Frozen):
     peer_id: PeerIdStr
     since: Timestamp
     ts: Timestamp
+    lane: Lane | None = None
 
 
 class DoneBody(Frozen):
@@ -117,6 +133,7 @@ class ProgressBody(Frozen):
     checkpoint_cid: Cid | None = None
     started_at: Timestamp
     ts: Timestamp
+    lane: Lane | None = None  # which of the owner's devices (None: its first)
 
 
 Slot = Annotated[str, Field(pattern=r"^(expert-[0-9]{1,4}|router)$")]
@@ -282,6 +299,8 @@ def subkey_suffix(body: Body) -> str:
     """The part after the owner in the subkey: records that one owner may hold several of get a slot."""
     if isinstance(body, DoneBody):
         return f"#{body.cluster}"
+    if isinstance(body, ClaimBody | ProgressBody) and body.lane:
+        return f"#lane{body.lane}"
     if isinstance(body, CheckpointBody):
         return f"#{body.slot}" if body.replica else f"#{body.cid}"
     if isinstance(body, AttestationBody):

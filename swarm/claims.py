@@ -1,8 +1,8 @@
 """`ClaimManager`: the thin I/O loop around `claim_logic`: read, announce, settle, re-read, renew, release.
 
-A lease is the owner's single `claims` subkey with a DHT expiration of `lease_periods` renewal periods; a
-node that dies simply stops renewing and its cluster becomes claimable once the record expires. A node has
-one subkey, so it can never hold two clusters.
+A lease is the owner's `claims` subkey of one lane (one of its devices) with a DHT expiration of
+`lease_periods` renewal periods; a node that dies simply stops renewing and its cluster becomes claimable once
+the record expires. A node has one subkey per lane, so it can hold one cluster per device, never two on one.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from hivemind.utils.timed_storage import get_dht_time
 
-from protocol.swarm_records import ClaimBody, ClaimState, ClusterState, DoneBody, run_key
+from protocol.swarm_records import ClaimBody, ClaimState, ClusterState, DoneBody, claimant, claimant_peer, run_key
 from swarm.claim_logic import ClaimView, Snapshot, choose_cluster, cluster_states, winner
 from swarm.clock import clock_offset, clock_problem
 from swarm.dht import SwarmNode
@@ -40,8 +40,9 @@ class ClaimManager:
                  lease_periods: float = 3.0, settle: float = 2.0, max_delay: float = 1.0,
                  on_lost: Callable[[int], None] | None = None, rng: random.Random | None = None,
                  done_oracle: Callable[[], Awaitable[object]] | None = None,
-                 clock: Callable[[], float] = get_dht_time, max_skew: float | None = None):
+                 clock: Callable[[], float] = get_dht_time, max_skew: float | None = None, lane: int | None = None):
         self.node, self.run_id, self.num_clusters = node, run_id, num_clusters
+        self.lane = lane or None  # which of this node's devices holds the lease (None: its first)
         self.period, self.lease = period, period * lease_periods
         self.settle, self.max_delay = settle, max_delay
         self.on_lost = on_lost
@@ -62,7 +63,8 @@ class ClaimManager:
 
     @property
     def me(self) -> str:
-        return self.node.peer_id
+        """This lease's claimant: our peer id, or `peer/lane` for a further device (protocol.swarm_records)."""
+        return claimant(self.node.peer_id, self.lane)
 
     async def snapshot(self) -> Snapshot:
         if self.done_oracle is not None:
@@ -77,14 +79,15 @@ class ClaimManager:
         return Snapshot(self.num_clusters, views, done_set)
 
     def _leases(self, claims) -> list[ClaimView]:
-        return [ClaimView(r.body.peer_id, r.body.cluster, r.body.state, r.body.since, ts=r.body.ts)
+        return [ClaimView(claimant(r.body.peer_id, r.body.lane), r.body.cluster, r.body.state, r.body.since,
+                          ts=r.body.ts)
                 for r in claims.records if isinstance(r.body, ClaimBody) and r.body.cluster < self.num_clusters]
 
     def check_clock(self, snap: Snapshot) -> str:
         """Estimate our clock offset from the other owners' leases (renewed every period) and say whether it is
         too large to hold a lease ("" if fine or unknown)."""
         samples = [(c.ts, self.period) for c in snap.claims  # TRAINING leases are renewed every period
-                   if c.peer_id != self.me and c.ts > 0 and c.state == ClaimState.TRAINING]
+                   if claimant_peer(c.peer_id) != self.node.peer_id and c.ts > 0 and c.state == ClaimState.TRAINING]
         problem = clock_problem(clock_offset(self.clock(), samples), self.max_skew)
         if problem and problem != self.clock_problem:
             log.warning(problem)
@@ -165,7 +168,8 @@ class ClaimManager:
         now = self.clock()
         # a DHT write wins only with a strictly later expiration than the record it replaces
         expiration = max(now + (self.lease if ttl is None else ttl), self._last_expiration + 1e-3)
-        body = ClaimBody(cluster=cluster, state=state, peer_id=self.me, since=self._since or now, ts=now)
+        body = ClaimBody(cluster=cluster, state=state, peer_id=self.node.peer_id, since=self._since or now, ts=now,
+                         lane=self.lane)
         self._last_expiration = expiration  # before the await: a cancelled put may still land
         ok = await self.node.put(self._key, body, expiration)
         self._last_cluster, self.state = cluster, state

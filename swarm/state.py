@@ -21,6 +21,8 @@ from protocol.swarm_records import (
     MemberBody,
     ProgressBody,
     RunPointerBody,
+    claimant,
+    claimant_peer,
     run_key,
 )
 from protocol.swarm_run import Schedule
@@ -222,10 +224,11 @@ async def read_run(node: SwarmNode, run_id: str, num_clusters: int | None = None
         num_clusters = max((s.num_clusters for s in specs), default=0)
 
     def by_peer(kind: type) -> dict[str, object]:
+        """Records by their owner's peer id; leases and progress by claimant (`peer/lane` for further devices)."""
         out = {}
         for rec in sets[{MemberBody: "members", ClaimBody: "claims", ProgressBody: "progress"}[kind]].records:
             if isinstance(rec.body, kind):
-                out[_peer_of(rec)] = rec.body
+                out[claimant(_peer_of(rec), getattr(rec.body, "lane", None))] = rec.body
         return out
 
     claims = by_peer(ClaimBody)
@@ -239,7 +242,7 @@ async def read_run(node: SwarmNode, run_id: str, num_clusters: int | None = None
         foreign=sets["members"].foreign, claims=claims, progress=by_peer(ProgressBody), checkpoints=checkpoints,
         done=done, states=(), owners={}, attestations=attestations, rules=rules,
         local=tuple(sorted((local or {}).items(), key=lambda kv: kv[0])))
-    leases = [ClaimView(c.peer_id, c.cluster, c.state, c.since) for c in claims.values()
+    leases = [ClaimView(claimant(c.peer_id, c.lane), c.cluster, c.state, c.since) for c in claims.values()
               if c.cluster < num_clusters and (rules is None or rules.may_train(c.peer_id))]
     if rules is None:
         snap = Snapshot(num_clusters, tuple(leases), frozenset(d.cluster for _, d in done if d.cluster < num_clusters))
@@ -260,11 +263,12 @@ def verified_snapshot(num_clusters: int, leases: list[ClaimView], state: Verifie
     awaiting = frozenset(k for k, r in state.reach.items() if r == Status.PENDING)
     fixed = []
     for c in leases:
-        if state.trainers is not None and c.peer_id not in state.trainers:
+        peer = claimant_peer(c.peer_id)  # a device of that peer: its checkpoints are the peer's
+        if state.trainers is not None and peer not in state.trainers:
             continue
         if c.state == ClaimState.DONE and c.cluster not in done:
             c = replace(c, state=ClaimState.TRAINING)
-        step, ts = state.activity.get((c.peer_id, c.cluster), (0, 0.0))
+        step, ts = state.activity.get((peer, c.cluster), (0, 0.0))
         stale = (state.grace is not None and c.state == ClaimState.TRAINING
                  and state.now - max(c.since, ts) > state.grace)
         fixed.append(replace(c, progress=max(step, 0), stale=stale))
