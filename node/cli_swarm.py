@@ -61,7 +61,8 @@ def register(app: typer.Typer) -> None:
     @app.command("join")
     def join(
         ctx: typer.Context,
-        gpu: Annotated[str, typer.Option("--gpu", help="CUDA device index, or 'cpu'.")] = "cpu",
+        gpu: Annotated[str, typer.Option("--gpu", help="CUDA device index, or 'cpu'; several (0,1 / all / cpu,cpu): "
+                                         "one lease and one expert per device.")] = "cpu",
         initial_peers: PeersOpt = None,
         initial_peers_file: PeersFileOpt = None,
         run: Annotated[str | None, typer.Option(
@@ -182,6 +183,13 @@ def register(app: typer.Typer) -> None:
         peers = _peers(initial_peers, initial_peers_file)
         if v["behind_nat"] and not peers:
             fail("--behind-nat needs --initial-peers (or --initial-peers-file): their relays carry the connections")
+        from expert.device import resolve_device, resolve_devices  # torch alone: a bad --gpu is said at once
+        from protocol.swarm_records import MAX_LANES
+
+        several = "," in gpu or gpu.strip().lower() == "all"
+        devices = resolve_devices(gpu) if several else [resolve_device(gpu)]
+        if len(devices) > MAX_LANES:
+            fail(f"--gpu {gpu}: {len(devices)} devices, a node trains on at most {MAX_LANES} at once")
         # after the checks above: the daemon imports the whole model stack (about ten seconds on a CPU)
         from expert.efficiency import Efficiency
         from node.daemon import Daemon, DaemonOptions, DemoOptions, network_config

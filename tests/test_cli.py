@@ -73,6 +73,7 @@ def test_train_resume_and_sample(workdir):
     (["run", "init", "--data", "{data}", "--clusters", 2, "--out", "r.json", "--preset", "tiny-latent", "--vae",
       "/nonexistent/vae"], "no such file or folder"),
     (["join", "--preset", "tiny-latent"], "trains through a VAE"),
+    (["join", "--gpu", "cpu,1"], "no CUDA"),
 ])
 def test_user_mistakes_get_one_line(workdir, args, message):
     args = [str(a).replace("{run}", str(workdir / "run.json")).replace("{data}", str(workdir / "data")) for a in args]
