@@ -29,6 +29,18 @@ def register_asset(asset: Asset, path: Path | str) -> None:
         _paths[asset.cid] = path
 
 
+def registered() -> dict[str, Path]:
+    """Every asset this process knows the path of, by CID (what a DDP rank is told: expert.ddp)."""
+    with _lock:
+        return dict(_paths)
+
+
+def register_paths(paths: dict[str, Path]) -> None:
+    """Take over another process's `registered()` (paths it verified on this same machine)."""
+    with _lock:
+        _paths.update({cid: Path(p) for cid, p in paths.items()})
+
+
 def asset_path(asset: Asset, what: str) -> Path:
     """The local path of `asset`; `what` names it in the error (e.g. "video VAE")."""
     with _lock:

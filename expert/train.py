@@ -120,6 +120,7 @@ class Trainer:
         if len(clips) == 0:
             raise ParisError("no clips to train on")
         self.preset, self.run_id, self.cluster = preset, run_id, cluster
+        self.clips, self.seed = clips, seed  # what built it (expert.ddp rebuilds the same trainer in each rank)
         self.device = torch.device(device)
         self.efficiency = efficiency or Efficiency()
         prepare_device(self.device)
@@ -153,6 +154,7 @@ class Trainer:
         self.forward_model: nn.Module = self.model  # what the loss runs (a DistributedDataParallel of it, in DDP)
         self.loss_ema: float | None = None
         self.parent: str | None = None  # CID of the checkpoint this state descends from (None: the initialisation)
+        self.loaded_from: Path | None = None  # the checkpoint folder `load` resumed from
         self.held: HeldOut | None = None
         if holdout is not None and validation is not None and len(holdout):
             labels = holdout_labels if holdout_labels is not None else np.full(len(holdout), cluster or 0)
@@ -375,7 +377,7 @@ class Trainer:
         self.generator.set_state(read_group(path, meta, "rng")["generator"])
         self.step, self.samples_seen, self.skipped = meta.step, meta.samples_seen, meta.skipped_steps
         self.loss_ema = meta.loss_ema
-        self.parent = path_cid(path)
+        self.parent, self.loaded_from = path_cid(path), path
         return meta
 
     def load_sampling_weights(self, path: Path) -> CheckpointMeta:

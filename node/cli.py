@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import json
 import signal
 import threading
@@ -257,58 +257,36 @@ def train_local(
     spec.cluster_clips(cluster)
     from expert.device import resolve_device, resolve_devices
 
+    devices = resolve_devices(gpu) if ddp else [resolve_device(gpu)]
     if ddp:
-        devices = resolve_devices(gpu)
-        if len(devices) < 2:
-            fail(f"--ddp needs two or more devices in --gpu (got {gpu!r}: e.g. --gpu 0,1, all or cpu,cpu)")
-        world = len(devices)
-        if spec.preset.train.batch_size % world:
-            fail(f"--ddp: the preset's batch of {spec.preset.train.batch_size} does not split over {world} devices")
-        from expert.ddp import run_ddp
+        from expert.ddp import check_world
 
-        efficiency = {"compile": compile_model, "grad_checkpointing": grad_checkpointing}
-        make = functools.partial(_ddp_trainer, run, cluster, data, home, efficiency, resume)
-        lead = functools.partial(_ddp_lead, steps, out_dir, checkpoint_every, f"expert {cluster} (DDP ×{world})")
-        step, loss = run_ddp([str(d) for d in devices], make, lead)
-        out.print(f"expert {cluster} at step {step}, loss {'n/a' if loss is None else f'{loss:.4f}'}, trained on "
-                  f"{world} devices; checkpoint in {out_dir}")
-        return False
-    device = resolve_device(gpu)
+        try:
+            check_world(spec.preset.train.batch_size, len(devices))
+        except ParisError as e:
+            fail(str(e))
     from expert.efficiency import Efficiency
     from expert.train import trainer_for_run
 
     data = _local_assets(spec, home, data)
     with console.status(f"loading run {spec.run_id}, cluster {cluster}"):
-        trainer = trainer_for_run(spec, cluster, data_dir=data, device=device, efficiency=Efficiency(
+        trainer = trainer_for_run(spec, cluster, data_dir=data, device=devices[0], efficiency=Efficiency(
             compile=compile_model, grad_checkpointing=grad_checkpointing))
         if resume:
             meta = trainer.load(resume)
             console.print(f"resumed from step {meta.step}")
-    stopped = _run_training(trainer, steps, out_dir, checkpoint_every, label=f"expert {cluster}")
+    label = f"expert {cluster}" + (f" (DDP ×{len(devices)})" if ddp else "")
+    with contextlib.ExitStack() as stack:
+        if ddp:  # this process is rank 0; the others are spawned, build the same trainer and follow its steps
+            from expert.ddp import DdpGroup, ExpertRecipe
+
+            with console.status(f"starting {len(devices) - 1} more rank(s) on {', '.join(map(str, devices[1:]))}"):
+                stack.enter_context(DdpGroup(trainer, [str(d) for d in devices], ExpertRecipe.of(trainer)))
+        stopped = _run_training(trainer, steps, out_dir, checkpoint_every, label=label)
     loss = "n/a" if trainer.loss_ema is None else f"{trainer.loss_ema:.4f}"
-    out.print(f"expert {cluster} at step {trainer.step}, loss {loss}; checkpoint in {out_dir}")
+    where = f", trained on {len(devices)} devices" if ddp else ""
+    out.print(f"expert {cluster} at step {trainer.step}, loss {loss}{where}; checkpoint in {out_dir}")
     return stopped
-
-
-def _ddp_trainer(run: Path, cluster: int, data: Path | None, home: Path, efficiency: dict, resume: Path | None,
-                 device):
-    """One DDP rank's trainer (in its own process: assets are located again there)."""
-    from expert.efficiency import Efficiency
-    from expert.train import trainer_for_run
-    from protocol.run import RunSpec
-
-    spec = RunSpec.load(run)
-    trainer = trainer_for_run(spec, cluster, data_dir=_local_assets(spec, home, data), device=device,
-                              efficiency=Efficiency(**efficiency))
-    if resume:
-        trainer.load(resume)
-    return trainer
-
-
-def _ddp_lead(steps: int, out_dir: Path, checkpoint_every: int | None, label: str, trainer):
-    """Rank 0: the progress bar, checkpoints and Ctrl-C of `train-local`; returns (step, loss)."""
-    _run_training(trainer, steps, out_dir, checkpoint_every, label=label)
-    return trainer.step, trainer.loss_ema
 
 
 @app.command("train-router")

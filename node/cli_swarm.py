@@ -63,6 +63,9 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         gpu: Annotated[str, typer.Option("--gpu", help="CUDA device index, or 'cpu'; several (0,1 / all / cpu,cpu): "
                                          "one lease and one expert per device.")] = "cpu",
+        ddp: Annotated[bool, typer.Option("--ddp", help=(
+            "Instead of one expert per device: one expert on all the --gpu devices at once "
+            "(DistributedDataParallel, one process per device, the batch split)."))] = False,
         initial_peers: PeersOpt = None,
         initial_peers_file: PeersFileOpt = None,
         run: Annotated[str | None, typer.Option(
@@ -188,14 +191,17 @@ def register(app: typer.Typer) -> None:
 
         several = "," in gpu or gpu.strip().lower() == "all"
         devices = resolve_devices(gpu) if several else [resolve_device(gpu)]
-        if len(devices) > MAX_LANES:
+        if v["ddp"]:
+            if len(devices) < 2:
+                fail(f"--ddp needs two or more devices in --gpu (got {gpu!r}: e.g. --gpu 0,1, all or cpu,cpu)")
+        elif len(devices) > MAX_LANES:
             fail(f"--gpu {gpu}: {len(devices)} devices, a node trains on at most {MAX_LANES} at once")
         # after the checks above: the daemon imports the whole model stack (about ten seconds on a CPU)
         from expert.efficiency import Efficiency
         from node.daemon import Daemon, DaemonOptions, DemoOptions, network_config
 
         opts = DaemonOptions(
-            home=home.expanduser(), gpu=gpu, role=role, run=run, data=data,
+            home=home.expanduser(), gpu=gpu, ddp=v["ddp"], role=role, run=run, data=data,
             network=network_config(initial_peers=peers, host=host, port=port, announce_host=announce_host,
                                    nat_traversal=nat, use_relay=relay, behind_nat=v["behind_nat"]),
             demo=DemoOptions(clusters=clusters, preset=preset, target_steps=target_steps, clips=clips),

@@ -70,6 +70,7 @@ class DaemonOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     home: Path
     gpu: str = "cpu"
+    ddp: bool = False  # one expert over all of `gpu`'s devices (DistributedDataParallel), not one per device
     role: Role = "auto"
     network: NetworkConfig = NetworkConfig()
     run: str | None = None  # a run id to join, or (starting a swarm) a run spec file
@@ -137,7 +138,11 @@ class Daemon:
 
             gpu = self.opts.gpu
             devices = resolve_devices(gpu) if "," in gpu or gpu.strip().lower() == "all" else [resolve_device(gpu)]
-            self.lanes = [Lane(self, i, dev) for i, dev in enumerate(devices)]
+            if self.opts.ddp:
+                self.lanes = [Lane(self, 0, devices[0], ddp_devices=devices)]
+                event(log, "DDP: one expert at a time over every device", devices=", ".join(map(str, devices)))
+            else:
+                self.lanes = [Lane(self, i, dev) for i, dev in enumerate(devices)]
             if self.multi_lane:
                 event(log, "one lane per device: a lease and a training loop each",
                       devices=", ".join(map(str, devices)))
@@ -155,6 +160,10 @@ class Daemon:
             self.run_info = await self._open_run()
             if self.stopping.is_set():
                 return 0
+            if self.opts.ddp:
+                from expert.ddp import check_world
+
+                check_world(self.run_info.spec.preset.train.batch_size, len(self.lanes[0].ddp_devices))
             self.own_records = OwnRecords(self.node)
             self.publisher = Publisher(self.node, self.store, self.run_info.spec.run_id, self.gossip_event,
                                        metrics=self.metrics, keeper=self.own_records)

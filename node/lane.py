@@ -31,8 +31,9 @@ log = logging.getLogger("node.daemon")
 
 
 class Lane:
-    def __init__(self, daemon: Daemon, index: int, device) -> None:
+    def __init__(self, daemon: Daemon, index: int, device, *, ddp_devices: list | None = None) -> None:
         self.daemon, self.index, self.device = daemon, index, device
+        self.ddp_devices = list(ddp_devices or [])  # `join --ddp`: an expert trains over all of these (device first)
         self.driver: TrainingDriver | None = None
         self.role: str = "starting"
         self.cluster: int | None = None
@@ -128,7 +129,7 @@ class Lane:
             driver.stop.set()
         event(log, f"training {slot}", step=trainer.step, target=target, device=str(self.device))
         try:
-            reached = await asyncio.to_thread(driver.run)
+            reached = await asyncio.to_thread(self._drive, driver)
             sps = driver.mean_samples_per_s
             w = driver.writer
             event(log, f"{slot} {'reached its target' if reached else 'stopped'}", step=trainer.step,
@@ -143,3 +144,18 @@ class Lane:
                     await asyncio.wrap_future(fut)
             self.driver, self._slot = None, None
         return reached
+
+    def _drive(self, driver: TrainingDriver) -> bool:
+        """The training thread: `driver.run()`, as rank 0 of a DDP group over the lane's devices under
+        `join --ddp` (experts only: the router trains on the first device)."""
+        from expert.train import ExpertTrainer
+
+        trainer = driver.trainer
+        if len(self.ddp_devices) < 2 or not isinstance(trainer, ExpertTrainer):
+            return driver.run()
+        from expert.ddp import DdpGroup, ExpertRecipe
+
+        with DdpGroup(trainer, [str(d) for d in self.ddp_devices], ExpertRecipe.of(trainer)) as group:
+            event(log, "DDP ranks up", slot=self.current_slot, world=len(self.ddp_devices),
+                  devices=", ".join(map(str, self.ddp_devices)), follower_pids=group.pids)
+            return driver.run()

@@ -74,6 +74,7 @@ def test_train_resume_and_sample(workdir):
       "/nonexistent/vae"], "no such file or folder"),
     (["join", "--preset", "tiny-latent"], "trains through a VAE"),
     (["join", "--gpu", "cpu,1"], "no CUDA"),
+    (["join", "--gpu", "cpu", "--ddp"], "--ddp needs two or more devices"),
 ])
 def test_user_mistakes_get_one_line(workdir, args, message):
     args = [str(a).replace("{run}", str(workdir / "run.json")).replace("{data}", str(workdir / "data")) for a in args]

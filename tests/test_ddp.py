@@ -4,7 +4,13 @@ one process would draw and DDP averages the gradients."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +57,59 @@ def test_ddp_refuses_what_it_cannot_do(tiny_run, tmp_path):
     assert r.returncode != 0 and "--ddp needs two or more devices" in r.stderr
     r = _train(run_file, tmp_path / "x", "--gpu", "cpu,cpu,cpu", "--ddp")
     assert r.returncode != 0 and "does not split over 3 devices" in r.stderr
+
+
+def test_ctrl_c_in_the_terminal_stops_every_rank_at_a_step_boundary(tiny_run, tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group: the followers ignore it, rank 0 stops at the next
+    step, writes that step's checkpoint and tells them to stop; everything exits 0."""
+    _, run_file = tiny_run
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen([*CLI, "train-local", "--run", str(run_file), "--cluster", "1", "--steps", "100000",
+                             "--out", str(out), "--checkpoint-every", "2", "--gpu", "cpu,cpu", "--ddp"],
+                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "LATEST").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr[-3000:]
+    step = read_meta(resolve_checkpoint(out)).step
+    assert f"at step {step}," in stdout and "trained on 2 devices" in stdout
+    assert "Traceback" not in stderr and "SIGABRT" not in stderr
+
+
+def test_a_follower_whose_rank_0_is_killed_exits(tmp_path):
+    """The parent watch of a spawned rank: kill -9 its parent and it exits on its own (NCCL would otherwise
+    wait out the collective's timeout)."""
+    script = ("import os, subprocess, sys, time\n"
+              "p = subprocess.Popen([sys.executable, '-c', 'from expert.ddp import _watch_parent; "
+              "_watch_parent(%d)' % os.getpid()])\n"
+              "print(p.pid, flush=True)\n"
+              "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        time.sleep(5)  # the child has imported torch and is watching
+        assert Path(f"/proc/{child}").exists()
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{child}").exists() and _state(child) != "Z":
+            assert time.monotonic() < deadline, "the follower outlived its rank 0"
+            time.sleep(0.2)
+    finally:
+        parent.kill()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
