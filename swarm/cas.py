@@ -64,9 +64,15 @@ class _Served:
 
     def read(self, cid: str, verify_bytes: bool = False) -> bytes:
         data = self.store.read(cid, verify_bytes=verify_bytes)
-        with self._lock:
-            self.store.served_bytes += len(data)
+        self.count(len(data))
         return data
+
+    def locate(self, cid: str) -> tuple[Path, int, int] | None:
+        return self.store.locate(cid)
+
+    def count(self, n: int) -> None:
+        with self._lock:
+            self.store.served_bytes += n
 
 
 class ContentStore:
@@ -342,6 +348,14 @@ class ContentStore:
 
     def unpin(self, cid: str) -> None:
         self.blobs.unpin(cid)
+
+    def locate(self, cid: str) -> tuple[Path, int, int] | None:
+        """Where the bytes of a chunk or manifest we can serve lie: (file, offset, size), or None. What the
+        chunk server sends from the page cache (sendfile) without reading it into Python."""
+        path = self.blobs.path(cid)
+        with contextlib.suppress(OSError):
+            return path, 0, path.stat().st_size
+        return self.packs.locate(cid)
 
     def read(self, cid: str, verify_bytes: bool = False) -> bytes:
         """A chunk or manifest we can serve, from the blob store or a complete pack; KeyError if neither."""

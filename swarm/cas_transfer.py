@@ -8,9 +8,11 @@ Frames (streams are reused): request = u32 length + ChunkRequest JSON naming up 
 for each CID in order, u8 status + u64 length + bytes. Batches avoid a round trip per chunk, and the next
 batch is requested before the current one is read, so a stream never waits on a round trip.
 
-Received bytes are never assembled into whole chunks: each piece read from the stream goes to a thread of its
-stream that hashes it and writes it in place (hashlib and pwrite release the GIL), so hashing and disk work
-overlap the network. A chunk counts as had only when its whole sha-256 matches its CID (`commit`).
+Received chunk bytes bypass asyncio's StreamReader: each download stream gets a thread (`_DirectReader`) that
+reads them straight from the stream's socket into one reusable buffer, hashes that piece and writes it in place
+(recv_into, hashlib and pwrite all release the GIL), so the bytes are copied once in user space instead of three
+times, the event loop stays free for the other streams, and no MiB-sized object is allocated per piece. A chunk
+counts as had only when its whole sha-256 matches its CID (`commit`).
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
+import os
+import socket
 import struct
-import threading
+import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -45,6 +49,7 @@ PROTOCOL_NAME = "paris-cas/1"
 _REQ_HEADER = struct.Struct(">I")
 _RESP_HEADER = struct.Struct(">BQ")
 _SEND_SLICE = 1 << 20
+_PIECE = 1 << 20  # how much of a chunk the receiving thread gathers before hashing and writing it
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 OpenStream = Callable[[str], Awaitable[Streams]]
@@ -70,7 +75,7 @@ class ChunkReceiver(Protocol):
     """One chunk arriving piece by piece (swarm.packs.PackChunk): `feed` each piece in order, then `commit`
     (verify the whole against the CID, raise IntegrityError if it does not match, else record it) or `abort`."""
 
-    def feed(self, data: bytes) -> None: ...
+    def feed(self, data: bytes | memoryview) -> None: ...  # valid during the call only (a reused buffer)
 
     def commit(self) -> None: ...
 
@@ -84,8 +89,8 @@ class _Buffered:
         self.sink, self.cid, self.size = sink, cid, size
         self.pieces: list[bytes] = []
 
-    def feed(self, data: bytes) -> None:
-        self.pieces.append(data)
+    def feed(self, data: bytes | memoryview) -> None:
+        self.pieces.append(bytes(data))  # `data` is the reader's buffer, reused for the next piece
 
     def commit(self) -> None:
         data, self.pieces = b"".join(self.pieces), []
@@ -100,65 +105,106 @@ def _begin(sink: ChunkSink, cid: str, size: int) -> ChunkReceiver:
     return begin(cid, size) if begin is not None else _Buffered(sink, cid, size)
 
 
-class _Feeder:
-    """A thread per stream that runs, in order, the `feed`/`commit`/`abort` calls of the chunks it receives.
-    Feed errors are kept and raised by the chunk's commit (or abort), whose result comes back as a future."""
+class _DirectReader:
+    """The reading side of one download stream, taken over from its StreamReader: the transport stops reading
+    the socket, and a thread of ours reads a duplicate of its descriptor (the event loop's selector never sees
+    it) with a deadline. The StreamReader's leftovers (anything it had buffered) are read first. Writes (the
+    requests) still go through the stream's StreamWriter. `close` stops the thread and closes the duplicate."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.errors: dict[int, BaseException] = {}
-        self.thread = threading.Thread(target=self._run, name="cas-receive", daemon=True)
-        self.thread.start()
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        sock = writer.get_extra_info("socket")
+        if sock is None:
+            raise ConnectionError("this stream has no socket to read chunks from")
+        writer.transport.pause_reading()
+        self.pending = bytearray(getattr(reader, "_buffer", b""))  # what the StreamReader had already read
+        if self.pending:
+            reader._buffer.clear()  # type: ignore[attr-defined]
+        self.sock = socket.socket(fileno=os.dup(sock.fileno()))  # shares the connection, not the selector entry
+        self.buffer = memoryview(bytearray(_PIECE))
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cas-receive")
+        self.last: Future | None = None  # the thread's current job (kept even if its awaiter is cancelled)
 
-    def _run(self) -> None:
-        while True:  # ends at the sentinel that close() always queues
-            op, chunk, arg = self.queue.get()
-            if op == "stop":
-                self._resolve(arg, None)
-                return
-            if op == "feed":
-                if id(chunk) not in self.errors:
-                    try:
-                        chunk.feed(arg)
-                    except BaseException as e:
-                        self.errors[id(chunk)] = e
-                continue
-            error = self.errors.pop(id(chunk), None)
-            try:
-                if error is not None or op == "abort":
-                    chunk.abort()
-                else:
-                    chunk.commit()
-            except BaseException as e:
-                error = error or e
-            self._resolve(arg, error)
+    def _run(self, fn, *args) -> asyncio.Future:
+        self.last = self.pool.submit(fn, *args)
+        return asyncio.wrap_future(self.last)
 
-    def _resolve(self, fut: asyncio.Future, error: BaseException | None) -> None:
-        def done() -> None:
-            if fut.done():
-                return
-            if error is None:
-                fut.set_result(None)
-            else:
-                fut.set_exception(error)
+    def _recv_into(self, view: memoryview, deadline: float) -> int:
+        """Some bytes into `view` (at least one), before `deadline` (time.monotonic)."""
+        if self.pending:
+            n = min(len(view), len(self.pending))
+            view[:n] = self.pending[:n]
+            del self.pending[:n]
+            return n
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the peer sent nothing in time")
+        self.sock.settimeout(left)  # a timeout keeps the (shared) descriptor non-blocking, as the loop needs it
+        n = self.sock.recv_into(view)
+        if not n:
+            raise asyncio.IncompleteReadError(b"", len(view))
+        return n
 
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits for the result
-            self.loop.call_soon_threadsafe(done)
+    def _exactly(self, n: int, deadline: float) -> bytes:
+        view, got = self.buffer[:n], 0
+        while got < n:
+            got += self._recv_into(view[got:], deadline)
+        return bytes(view)
 
-    def feed(self, chunk: ChunkReceiver, data: bytes) -> None:
-        self.queue.put(("feed", chunk, data))
+    async def read_header(self, max_size: int, timeout: float) -> int | None:
+        """A response frame's length, or None if the peer lacks the chunk (as `read_header`)."""
+        raw = await self._run(self._exactly, _RESP_HEADER.size, time.monotonic() + timeout)
+        status, length = _RESP_HEADER.unpack(raw)
+        if status == STATUS_MISSING:
+            return None
+        if status != STATUS_OK:
+            raise ConnectionError(f"peer refused the request (status {status})")
+        if length > max_size:
+            raise IntegrityError(f"peer announced {length} bytes for a chunk of at most {max_size}")
+        return length
 
-    def finish(self, chunk: ChunkReceiver, op: str) -> asyncio.Future:
-        """Queue `commit` or `abort` after the chunk's pieces; the future says how it went."""
-        fut = self.loop.create_future()
-        self.queue.put((op, chunk, fut))
+    def _receive(self, length: int, chunk: ChunkReceiver, deadline: float) -> BaseException | None:
+        """Read `length` bytes into `chunk` (stream errors raise: the stream is out of step), then commit it;
+        what the chunk itself refused (a mismatch, our disk) is returned, the stream being still in step."""
+        left, failed = length, None
+        while left > 0:
+            n, got = min(left, _PIECE), 0
+            while got < n:  # a whole piece first: one hash update and one write per piece, not per read
+                got += self._recv_into(self.buffer[got:n], deadline)
+            if failed is None:
+                try:
+                    chunk.feed(self.buffer[:n])
+                except BaseException as e:  # keep reading: the rest of the chunk must leave the stream
+                    failed = e
+            left -= n
+        if failed is not None:
+            chunk.abort()
+            return failed
+        try:
+            chunk.commit()
+        except BaseException as e:
+            return e
+        return None
+
+    async def receive(self, length: int, chunk: ChunkReceiver, timeout: float) -> asyncio.Future:
+        """Receive and commit one chunk; returns a done future holding the commit's outcome (for `settle`)."""
+        error = await self._run(self._receive, length, chunk, time.monotonic() + timeout)
+        fut = asyncio.get_running_loop().create_future()
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(error)
+        fut.add_done_callback(lambda f: f.exception())  # a refused chunk is handled by settle, not "never retrieved"
         return fut
 
-    def close(self) -> asyncio.Future:
-        fut = self.loop.create_future()
-        self.queue.put(("stop", None, fut))
-        return fut
+    async def close(self) -> None:
+        """Wake the thread if it waits on the socket, let it finish (no write of ours outlives the fetch), close."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        if self.last is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.wrap_future(self.last), 30)
+        self.pool.shutdown(wait=False)
+        self.sock.close()
 
 
 class FetchError(ParisError):
@@ -181,8 +227,11 @@ async def serve_chunks(store: ChunkSource, reader: asyncio.StreamReader, writer:
             except ValidationError:
                 writer.write(_RESP_HEADER.pack(STATUS_BAD_REQUEST, 0))
                 return
-            # not re-hashed here: the requester verifies every chunk and drops us if it does not match. The next
-            # chunk is read from disk while this one is sent.
+            # not re-hashed here: the requester verifies every chunk and drops us if it does not match
+            if getattr(store, "locate", None) is not None:
+                await _send_files(store, req.cids, writer)
+                continue
+            # a source that only reads: the next chunk is read from disk while this one is sent
             reads = [asyncio.ensure_future(asyncio.to_thread(store.read, req.cids[0], verify_bytes=False))]
             try:
                 for i in range(len(req.cids)):
@@ -212,6 +261,45 @@ async def serve_chunks(store: ChunkSource, reader: asyncio.StreamReader, writer:
             writer.close()
 
 
+def _open_located(store: ChunkSource, cid: str):
+    """(open file, offset, size) of `cid` in `store`; KeyError if it has no such bytes (anymore)."""
+    loc = store.locate(cid)  # type: ignore[attr-defined]
+    if loc is None:
+        raise KeyError(cid)
+    path, offset, size = loc
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (closed by the caller once sent)
+    except OSError:
+        raise KeyError(cid) from None
+    if os.fstat(f.fileno()).st_size < offset + size:  # shorter than the index says: never send a short chunk
+        f.close()
+        raise KeyError(cid)
+    return f, offset, size
+
+
+async def _send_files(store: ChunkSource, cids, writer: asyncio.StreamWriter) -> None:
+    """Answer one request from files: each chunk goes from the page cache to the socket (sendfile), never
+    through Python; a source with `count(n)` is told what was sent."""
+    loop = asyncio.get_running_loop()
+    count = getattr(store, "count", None)
+    for cid in cids:
+        try:
+            f, offset, size = await asyncio.to_thread(_open_located, store, cid)
+        except KeyError:
+            writer.write(_RESP_HEADER.pack(STATUS_MISSING, 0))
+            continue
+        try:
+            writer.write(_RESP_HEADER.pack(STATUS_OK, size))
+            try:
+                await loop.sendfile(writer.transport, f, offset, size)
+            except RuntimeError as e:  # "Transport is closing": the requester hung up (it has what it wanted)
+                raise ConnectionError(str(e)) from None
+        finally:
+            f.close()
+        if count is not None:
+            count(size)
+
+
 async def send_request(writer: asyncio.StreamWriter, cids: list[str]) -> None:
     body = ChunkRequest(cids=tuple(cids)).model_dump_json().encode()
     writer.write(_REQ_HEADER.pack(len(body)) + body)
@@ -234,20 +322,6 @@ async def read_response(reader: asyncio.StreamReader, max_size: int) -> bytes | 
     """One response frame: the bytes (unverified), or None if the peer lacks the chunk."""
     length = await read_header(reader, max_size)
     return None if length is None else await reader.readexactly(length)
-
-
-_PIECE = 1 << 20
-
-
-async def _receive(reader: asyncio.StreamReader, length: int, feeder: _Feeder, chunk: ChunkReceiver) -> None:
-    """Hand `length` bytes of the stream to `chunk` in pieces of `_PIECE` (the stream's reads come in 64 KiB:
-    one thread hand-off per MiB instead of per read keeps the event loop and the hashing thread off each
-    other's GIL)."""
-    left = length
-    while left > 0:
-        n = min(left, _PIECE)
-        feeder.feed(chunk, await reader.readexactly(n))
-        left -= n
 
 
 @dataclass
@@ -306,12 +380,23 @@ async def fetch_chunks(store: ChunkSink, chunks: dict[str, int], providers: list
     async def worker(peer: str) -> None:
         st = stats.peers[peer]
         streams: Streams | None = None
+        direct: _DirectReader | None = None  # reads the current stream's answers
         answered = False  # whether the current stream has answered anything yet
-        feeder = _Feeder(asyncio.get_running_loop())
         inflight: list[list[str]] = []  # batches requested on this stream, oldest first ("" once answered)
-        commits: list[tuple[str, asyncio.Future]] = []  # chunks received, being verified in the feeder thread
+        commits: list[tuple[str, asyncio.Future]] = []  # chunks received: their commit's outcome
         chunk: ChunkReceiver | None = None
         chunk_id = ""
+
+        async def drop_stream() -> None:
+            nonlocal streams, direct, chunk
+            if direct is not None:
+                await direct.close()  # its thread has let go of the chunk once this returns
+            direct, streams = None, _close(streams)
+            if chunk is not None:  # its pieces are written before anyone else may fetch it
+                with contextlib.suppress(Exception):
+                    chunk.abort()
+                chunk = None
+                pending.put_nowait(chunk_id)
 
         async def settle(block: bool) -> None:
             while commits and (block or commits[0][1].done()):
@@ -354,6 +439,7 @@ async def fetch_chunks(store: ChunkSink, chunks: dict[str, int], providers: list
                         if streams is None:  # before taking work: an unreachable peer must not hold any
                             try:
                                 streams, answered = await asyncio.wait_for(open_stream(peer), timeout), False
+                                direct = _DirectReader(*streams)
                             except Exception:  # cannot reach it now (down, cut off): drop it for this fetch
                                 st.failures = failure_budget - 1
                                 raise
@@ -365,37 +451,31 @@ async def fetch_chunks(store: ChunkSink, chunks: dict[str, int], providers: list
                     if not inflight:
                         continue
                     batch = inflight[0]
+                    assert direct is not None
                     for i, cid in enumerate(batch):
                         if not answered:  # a stream can open over a connection whose peer is gone (cut off):
                             try:  # its first answer must come soon, or the peer is dropped for this fetch
-                                length = await asyncio.wait_for(read_header(streams[0], min(max_size, todo[cid])),
-                                                                min(timeout, answer_timeout))
-                            except asyncio.TimeoutError:
+                                length = await direct.read_header(min(max_size, todo[cid]),
+                                                                  min(timeout, answer_timeout))
+                            except (asyncio.TimeoutError, TimeoutError):  # (distinct classes before 3.11)
                                 st.failures = failure_budget - 1
                                 raise
                             answered = True
                         else:
-                            length = await asyncio.wait_for(read_header(streams[0], min(max_size, todo[cid])),
-                                                            timeout)
+                            length = await direct.read_header(min(max_size, todo[cid]), timeout)
                         if length is None:
                             st.missing.add(cid)
                             pending.put_nowait(cid)
-                        else:  # hashed and written in the feeder thread while the rest arrives
+                        else:  # read, hashed and written in place by the stream's thread, then committed
                             chunk, chunk_id = _begin(store, cid, length), cid
                             batch[i] = ""
-                            await asyncio.wait_for(_receive(streams[0], length, feeder, chunk), timeout)
-                            commits.append((cid, feeder.finish(chunk, "commit")))
+                            commits.append((cid, await direct.receive(length, chunk, timeout)))
                             chunk = None
                         batch[i] = ""
                     inflight.pop(0)
                 except Exception as e:  # timeouts, resets, refusals, oversize: all count against the budget (an
                     # unreachable peer and one that sent bad bytes use it up at once)
-                    streams = _close(streams)
-                    if chunk is not None:  # its pieces are written before anyone else may fetch it
-                        with contextlib.suppress(Exception):
-                            await feeder.finish(chunk, "abort")
-                        chunk = None
-                        pending.put_nowait(chunk_id)
+                    await drop_stream()
                     requeue_inflight()
                     if isinstance(e, IntegrityError):
                         st.failures = failure_budget
@@ -405,13 +485,9 @@ async def fetch_chunks(store: ChunkSink, chunks: dict[str, int], providers: list
                         log.warning("dropping provider %s: %s", peer, st.reason)
             await settle(block=True)
         finally:
-            _close(streams)
-            requeue_inflight()  # e.g. requested from a peer that was just banned
-            if chunk is not None:
-                feeder.finish(chunk, "abort")
-            closed = feeder.close()
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(closed), 30)  # no write of ours outlives the fetch
+                await asyncio.shield(drop_stream())  # no write of ours outlives the fetch
+            requeue_inflight()  # e.g. requested from a peer that was just banned
             if all(s.banned for s in stats.peers.values()):
                 done.set()
 

@@ -121,7 +121,7 @@ class PackChunk:
             self.abort()
             raise
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         n = len(data)
         if self.pos + n > self.size:
             raise IntegrityError(f"peer sent more than the {self.size} bytes of {self.cid}")
@@ -180,6 +180,11 @@ class PackStore:
                 for c in entry.chunks:
                     self._index.setdefault(c.cid, (f, offset, c.size))
                     offset += c.size
+
+    def locate(self, cid: str) -> tuple[Path, int, int] | None:
+        """Where a complete pack holds chunk `cid`: (file, offset, size), or None."""
+        with self._lock:
+            return self._index.get(cid)
 
     def read(self, cid: str) -> bytes:
         """A chunk's bytes from a complete pack (unverified: requesters verify); KeyError if none has it."""

@@ -111,6 +111,9 @@ class Peers:
 
     async def add(self, name: str, store: BlobStore, behaviour: str = "ok", die_after: int = 10**9):
         async def handle(reader, writer):
+            if behaviour in ("files", "short-files"):  # served with sendfile, as the ContentStore is
+                await serve_chunks(_LocatedStore(store, short=behaviour == "short-files"), reader, writer)
+                return
             if behaviour == "flaky":
                 writer.close()
                 return
@@ -141,6 +144,30 @@ class _CorruptingStore:
         data = bytearray(self.store.read(cid))
         data[0] ^= 1
         return bytes(data)
+
+
+class _LocatedStore:
+    """A source that says where its chunks lie on disk, so that serve_chunks sends them from the files; with
+    `short`, every file is cut to half its length behind the index's back (a damaged pack)."""
+
+    def __init__(self, store, short=False):
+        self.store, self.short, self.sent = store, short, 0
+
+    def locate(self, cid):
+        path = self.store.path(cid)
+        if not path.exists():
+            return None
+        size = path.stat().st_size
+        if self.short and size > 1:
+            with open(path, "r+b") as f:
+                f.truncate(size // 2)
+        return path, 0, size
+
+    def count(self, n):
+        self.sent += n
+
+    def read(self, cid, verify_bytes=True):
+        raise AssertionError("a source that locates its chunks is served from its files")
 
 
 class _CountingStore:
@@ -185,6 +212,31 @@ def test_fetch_from_several_peers_drops_liars_and_flaky(tmp_path, source):
     assert stats.peers["flaky"].banned
     assert stats.peers["good1"].chunks > 0 and stats.peers["good2"].chunks > 0  # spread over providers
     assert all(dst.has(c) for c in manifest.unique_chunks())
+    out = export_path(dst, manifest, tmp_path / "out")
+    assert out.read_bytes() == (tmp_path / "payload.bin").read_bytes()
+
+
+def test_chunks_are_sent_from_files_and_a_damaged_file_is_missing_not_short(tmp_path, source):
+    """The server sends what a source locates straight from its files (sendfile); a file shorter than the
+    index says is answered as missing (the requester asks someone else), never as a short chunk that would
+    put the stream out of step."""
+    src, manifest = source
+    damaged = BlobStore(tmp_path / "damaged")
+    for cid in manifest.unique_chunks():
+        damaged.write(cid, src.read(cid))
+
+    async def run():
+        peers = Peers()
+        await peers.add("files", src, "files")
+        await peers.add("short", damaged, "short-files")
+        dst = BlobStore(tmp_path / "dst")
+        stats = await fetch_chunks(dst, manifest.unique_chunks(), ["short", "files"], peers.open, batch_size=3)
+        await peers.close()
+        return dst, stats
+
+    dst, stats = asyncio.run(asyncio.wait_for(run(), 60))
+    assert not stats.peers["short"].banned and stats.peers["short"].missing and stats.peers["short"].chunks == 0
+    assert stats.peers["files"].chunks == len(manifest.unique_chunks())
     out = export_path(dst, manifest, tmp_path / "out")
     assert out.read_bytes() == (tmp_path / "payload.bin").read_bytes()
 
