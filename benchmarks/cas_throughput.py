@@ -1,14 +1,19 @@
-"""Content-store throughput on loopback: fetch a 256 MiB file by CID (chunked, every chunk verified, written
-in place into the store's copy of the file) and compare it, in the same run, with the same bytes sent over a raw
-hivemind binary stream between the same two daemons, and over raw asyncio TCP. Target: CAS/raw-hivemind ≥ 0.9.
-Then one download of the same CID from `--providers` providers at once (default 3): the bytes each served
-and the aggregate rate, to show that a download draws on all of them.
+"""Content-store throughput: fetch a 256 MiB file by CID (chunked, every chunk verified, written in place into
+the store's copy of the file) and compare it, in the same run, with the same bytes sent over a raw hivemind
+binary stream between the same two daemons (as they are, and written to a file as a download must), and over
+raw asyncio TCP. Target: CAS/raw-hivemind >= 0.9. Then one download of the same CID from `--providers`
+providers at once (default 3): the bytes each served and the aggregate rate, to show that a download draws on
+all of them. Each transfer also reports how many cores the machine kept busy meanwhile.
 
     python benchmarks/cas_throughput.py [--mib 256] [--repeat 5] [--providers 3] [--json]
+        [--link-mbit 1000 [--link-delay-ms 20]]
 
-One process fetches; children started with --serve hold the data (the same bytes, so the same CID). 127.0.0.1
-only. On a 2-core machine the providers share the cores with the fetcher: the aggregate rate says whether
-several providers cost anything, not what several machines would give.
+One process fetches; children started with --serve hold the data (the same bytes, so the same CID). By default
+all on 127.0.0.1, where the cores, not a link, set the pace: on a 2-core machine the providers, their daemons
+and the fetcher share them, so the aggregate rate says whether several providers cost anything, not what
+several machines would give. `--link-mbit` (root) puts the providers and the fetcher in two network namespaces
+joined by a veth pair shaped to that rate (tc tbf; `--link-delay-ms` adds netem delay where the kernel has it),
+created and removed by the benchmark: a transfer across a link like a real one.
 """
 
 from __future__ import annotations
@@ -206,8 +211,8 @@ class Link:
     def _ip(self, *args: str) -> None:
         r = subprocess.run(["ip", *args], capture_output=True, text=True)
         if r.returncode:
-            raise SystemExit(f"--link-mbit needs root and iproute2 (network namespaces): ip {' '.join(args)}: "
-                             f"{r.stderr.strip()}")
+            raise SystemExit(f"setting up the shaped link failed (it needs root, iproute2 and, for a delay, the "
+                             f"netem qdisc): ip {' '.join(args)}: {r.stderr.strip()}")
 
     def __enter__(self) -> Link:
         try:
