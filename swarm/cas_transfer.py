@@ -49,7 +49,7 @@ PROTOCOL_NAME = "paris-cas/1"
 _REQ_HEADER = struct.Struct(">I")
 _RESP_HEADER = struct.Struct(">BQ")
 _SEND_SLICE = 1 << 20
-_PIECE = 1 << 20  # how much of a chunk the receiving thread gathers before hashing and writing it
+_PIECE = 1 << 18  # how much of a chunk the receiving thread gathers before hashing and writing it (see _receive)
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 OpenStream = Callable[[str], Awaitable[Streams]]
@@ -165,6 +165,10 @@ class _DirectReader:
     def _receive(self, length: int, chunk: ChunkReceiver, deadline: float) -> BaseException | None:
         """Read `length` bytes into `chunk` (stream errors raise: the stream is out of step), then commit it;
         what the chunk itself refused (a mismatch, our disk) is returned, the stream being still in step."""
+        # Pieces of 256 KiB, not larger: the kernel allocates page-cache folios the size of a write, and big
+        # ones come from the free blocks a VM reports to its host (Linux free page reporting), which it must
+        # then fault in again: 1 MiB writes cost 0.5 s of CPU more per 256 MiB every other download on this
+        # project's machines (benchmarks/cas_throughput.py), 256 KiB ones never did.
         left, failed = length, None
         while left > 0:
             n, got = min(left, _PIECE), 0
