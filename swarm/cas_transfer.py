@@ -267,7 +267,10 @@ async def serve_chunks(store: ChunkSource, reader: asyncio.StreamReader, writer:
 
 def _open_located(store: ChunkSource, cid: str):
     """(open file, offset, size) of `cid` in `store`; KeyError if it has no such bytes (anymore)."""
-    loc = store.locate(cid)  # type: ignore[attr-defined]
+    try:
+        loc = store.locate(cid)  # type: ignore[attr-defined]
+    except IntegrityError:  # shaped like a CID, yet not one we could hold
+        raise KeyError(cid) from None
     if loc is None:
         raise KeyError(cid)
     path, offset, size = loc
