@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from expert.assets import register_paths, registered
+from expert.checkpoint import read_meta
 from expert.efficiency import Efficiency
 from expert.shards import ClipBatch
 from expert.train import ExpertTrainer
@@ -239,9 +240,10 @@ class ExpertRecipe:
 
     @classmethod
     def of(cls, trainer: ExpertTrainer) -> ExpertRecipe:
-        if trainer.step and trainer.loaded_from is None:
-            raise ParisError("DDP starts from a checkpoint on disk or from the initialisation, not from a trainer "
-                             "that has already taken steps in memory")
+        at = 0 if trainer.loaded_from is None else read_meta(trainer.loaded_from).step
+        if trainer.step != at:  # the others could not rebuild what only this process's memory holds
+            raise ParisError(f"DDP starts from a checkpoint on disk or from the initialisation: this trainer is at "
+                             f"step {trainer.step}, its last checkpoint loaded at step {at}")
         return cls(trainer.preset, trainer.clips, trainer.seed, trainer.run_id, trainer.cluster, trainer.efficiency,
                    trainer.loaded_from, registered())
 

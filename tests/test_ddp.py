@@ -113,3 +113,25 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return "gone"
+
+
+def test_a_recipe_rebuilds_only_what_is_on_disk(tiny_run, tmp_path):
+    """A follower rebuilds rank 0's trainer from its clips, seed and the checkpoint it loaded: a trainer that
+    has taken steps since (held only in memory) is refused, one that resumed is rebuilt at the same step."""
+    from expert.ddp import ExpertRecipe
+    from expert.train import trainer_for_run
+    from protocol.errors import ParisError
+    from protocol.run import RunSpec
+
+    spec = RunSpec.load(tiny_run[1])
+    t = trainer_for_run(spec, 1)
+    assert ExpertRecipe.of(t).state is None
+    t.train(2, checkpoint_dir=tmp_path / "ck", checkpoint_every=2)
+    with pytest.raises(ParisError, match="at step 2"):
+        ExpertRecipe.of(t)
+    resumed = trainer_for_run(spec, 1)
+    resumed.load(tmp_path / "ck")
+    again = ExpertRecipe.of(resumed)(resumed.device)
+    mine, theirs = resumed.model.state_dict(), again.model.state_dict()
+    assert again.step == 2 and mine.keys() == theirs.keys()
+    assert all(bool((mine[k] == theirs[k]).all()) for k in mine)
