@@ -152,15 +152,7 @@ class _DirectReader:
 
     async def read_header(self, max_size: int, timeout: float) -> int | None:
         """A response frame's length, or None if the peer lacks the chunk (as `read_header`)."""
-        raw = await self._run(self._exactly, _RESP_HEADER.size, time.monotonic() + timeout)
-        status, length = _RESP_HEADER.unpack(raw)
-        if status == STATUS_MISSING:
-            return None
-        if status != STATUS_OK:
-            raise ConnectionError(f"peer refused the request (status {status})")
-        if length > max_size:
-            raise IntegrityError(f"peer announced {length} bytes for a chunk of at most {max_size}")
-        return length
+        return parse_header(await self._run(self._exactly, _RESP_HEADER.size, time.monotonic() + timeout), max_size)
 
     def _receive(self, length: int, chunk: ChunkReceiver, deadline: float) -> BaseException | None:
         """Read `length` bytes into `chunk` (stream errors raise: the stream is out of step), then commit it;
@@ -315,7 +307,13 @@ async def send_request(writer: asyncio.StreamWriter, cids: list[str]) -> None:
 
 async def read_header(reader: asyncio.StreamReader, max_size: int) -> int | None:
     """A response frame's length, or None if the peer lacks the chunk; its bytes follow on the stream."""
-    status, length = _RESP_HEADER.unpack(await reader.readexactly(_RESP_HEADER.size))
+    return parse_header(await reader.readexactly(_RESP_HEADER.size), max_size)
+
+
+def parse_header(raw: bytes, max_size: int) -> int | None:
+    """Decode a response frame's header: its length, None for a missing chunk; a refusal or a length over
+    `max_size` (what we expect, not what the peer says) raises."""
+    status, length = _RESP_HEADER.unpack(raw)
     if status == STATUS_MISSING:
         return None
     if status != STATUS_OK:
