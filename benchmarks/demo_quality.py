@@ -2,8 +2,9 @@
 clustering, preset and seeds) to its default budget, and at half and full budget reports, on evaluation
 prompts of its own cluster: the synthetic-data judge's colour, shape, motion and background accuracy beside
 the judge's ceiling on the real clips of those prompts, FVD-synth against those real clips, and the
-conditioning ratio ‖v_c − v_u‖ / ‖v_u‖ per noise level. Also samples the demo's own prompt as the demo does
-and writes a frame strip (`--strip`, for the README).
+conditioning ratio ‖v_c − v_u‖ / ‖v_u‖ per noise level, and the judge's accuracy on the one-step x̂₀ with and
+without the caption per level (where the caption is needed, and whether it is used there). Also samples
+the demo's own prompt as the demo does and writes a frame strip (`--strip`, for the README).
 
 Targets at the default budget (issue "prompts must steer the video"): colour ≥ 0.6, background ≥ 0.9,
 conditioning ratio ≥ 0.1 at t = 0.5.
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from expert.checkpoint import read_meta, resolve_checkpoint
-from expert.conditioning import conditioning_ratio
+from expert.conditioning import conditioning_ratio, denoised_accuracy
 from expert.evaluate import evaluate_synthetic, prompts_of_cluster
 from expert.run_init import init_run
 from expert.sampling import load_expert, sample, sample_prompts
@@ -86,10 +87,12 @@ def measure(path: Path, judge, prompts, n_cond: int) -> dict:
     start = time.perf_counter()
     report = evaluate_synthetic(gen, judge, prompts=prompts)
     plain = evaluate_synthetic(lambda c, s: gen(c, s, 1.0), judge, prompts=prompts)
-    real, _, captions = prompts
+    real, present, captions = prompts
     report["attribute_accuracy_without_guidance"] = plain["attribute_accuracy"]
     report["conditioning_ratio"] = conditioning_ratio(expert.model, expert.text, expert.codec, real[:n_cond],
                                                       captions[:n_cond])
+    report["denoised_accuracy"] = denoised_accuracy(expert.model, expert.text, expert.codec, judge, real, present,
+                                                    captions)
     report["eval_seconds"] = round(time.perf_counter() - start, 1)
     report["step"] = read_meta(path).step
     return report
@@ -151,6 +154,9 @@ def main() -> None:
               + ", ".join(f"{t} {v:.3f}" for t, v in r["conditioning_ratio"].items()))
         for a in acc:
             print(f"  {a:10} {acc[a]:.3f}  without guidance {plain[a]:.3f}  (judge on real clips {ceil[a]:.3f})")
+        for t, d in r.get("denoised_accuracy", {}).items():
+            print(f"  one-step x̂₀ at {t}, with / without the caption: "
+                  + ", ".join(f"{a} {d['with_caption'][a]:.2f} / {d['without_caption'][a]:.2f}" for a in acc))
     print("targets at the default budget: "
           + ", ".join(f"{k} {checks[k]:.3f} {'≥' if ok else '<'} {TARGETS[k]}" for k, ok in result["met"].items()))
     print(f"demo prompt: {prompt!r}" + (f"; frame strip: {args.strip}" if args.strip else ""))

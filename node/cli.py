@@ -470,7 +470,7 @@ def eval_cmd(
         task = bar.add_task("training the synthetic-data judge (once)", total=None, visible=False)
         judge = cached_judge(judge_dir, on_step=lambda i, total: bar.update(task, completed=i, total=total,
                                                                              visible=True))
-    from expert.conditioning import conditioning_ratio
+    from expert.conditioning import conditioning_ratio, denoised_accuracy
     from expert.synth_classifier import generator_clips
 
     if ensemble is not None:
@@ -499,10 +499,13 @@ def eval_cmd(
             plain = evaluate_synthetic(lambda p, s: sample(p, s, 1.0), judge, n=n,
                                        on_batch=lambda k: bar.advance(task, k))
             report["attribute_accuracy_without_guidance"] = plain["attribute_accuracy"]
-    clips, _, captions = generator_clips(EVAL_SEED, min(n, 16))
+    clips, present, captions = generator_clips(EVAL_SEED, min(n, 16))
     report["conditioning_ratio"] = {name: conditioning_ratio(net, text_encoder, codec, clips, captions,
                                                              device=device)
                                     for name, net in networks.items()}
+    report["denoised_accuracy"] = {name: denoised_accuracy(net, text_encoder, codec, judge, clips, present,
+                                                           captions, device=device)
+                                   for name, net in networks.items()}
     report.update({"what": str(ensemble or checkpoint), "strategy": str(strat) if ensemble else None,
                    "router_mode": pipe.router_mode if ensemble else None,
                    "steps": steps, "guidance": guidance, "judge_heldout_accuracy": judge.heldout_accuracy})
@@ -522,6 +525,10 @@ def eval_cmd(
         out.print(f"text use ‖v_c − v_u‖/‖v_u‖ of {name}: "
                   + ", ".join(f"{t} {r:.4f}" for t, r in ratios.items())
                   + ("  (near 0: the caption is ignored)" if max(ratios.values()) < 0.02 else ""), highlight=False)
+        means = {t: [sum(acc.values()) / len(acc) for acc in (a["with_caption"], a["without_caption"])]
+                 for t, a in report["denoised_accuracy"][name].items()}
+        out.print(f"one-step x̂₀ of {name}, mean attribute accuracy with / without the caption: "
+                  + ", ".join(f"{t} {w:.2f} / {wo:.2f}" for t, (w, wo) in means.items()), highlight=False)
     if "fvd" in report:
         out.print(f"FVD (I3D) {report['fvd']:.2f}", highlight=False)
     if "clip_similarity" in report:

@@ -51,6 +51,13 @@ def test_eval_command_on_an_expert_checkpoint(judge_dir, tiny_run, tmp_path):
     report = json.loads(proc.stdout)
     assert report["n"] == 4 and np.isfinite(report["fvd_synth"])
     assert set(report["attribute_accuracy"]) == {"shape", "colour", "motion", "background"}
+    denoised = report["denoised_accuracy"]["expert"]
+    assert set(denoised) == set(report["conditioning_ratio"]["expert"]) == {"t=0.98", "t=0.9", "t=0.5", "t=0.1"}
+    assert all(set(level) == {"with_caption", "without_caption"} for level in denoised.values())
+    text = subprocess.run([sys.executable, "-m", "node.cli", "eval", "--checkpoint", str(tmp_path / "ck"),
+                           "--n", "4", "--steps", "2", "--judge", str(judge_dir[1])],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=600)
+    assert text.returncode == 0 and "one-step x̂₀ of expert" in text.stdout, text.stderr
 
 
 def test_real_clips_are_matched_to_the_generated_frames_and_size(judge_dir):
