@@ -33,7 +33,7 @@ from expert.synth_classifier import cached_judge
 from expert.synth_dataset import write_synthetic
 from expert.train import trainer_for_run
 from expert.video_io import frame_strip, write_image
-from node.cli import DEMO_STEPS
+from node.cli_options import DEMO_STEPS
 from protocol.atomic import atomic_write_text
 from protocol.run import RunSpec
 

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from node.cli_options import CheckpointingOpt, CompileOpt, RouterModeOpt
+from node.cli_options import DEMO_STEPS, CheckpointingOpt, CompileOpt, RouterModeOpt
 from node.console import console, fail, out, progress
 from protocol.errors import ParisError
 
@@ -534,10 +534,6 @@ def eval_cmd(
     if "clip_similarity" in report:
         out.print(f"CLIP similarity {report['clip_similarity']:.4f} (real clips of the same prompts: "
                   f"{report['clip_similarity_on_real_clips']:.4f})", highlight=False)
-
-
-# the demo's default budget: about 18 minutes on a 2-core CPU; measured by benchmarks/demo_quality.py
-DEMO_STEPS = 3000
 
 
 @app.command("demo")

@@ -6,6 +6,10 @@ from typing import Annotated
 
 import typer
 
+# Steps per expert of the built-in demo (`paris-node demo`, and the run `join` starts with no peers): the budget
+# at which benchmarks/demo_quality.py measures that the demo's videos show their prompt's colour and background.
+DEMO_STEPS = 3000
+
 
 def _router_mode(value: str | None) -> str | None:
     from protocol.model import ROUTER_MODES

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from node.cli_options import CheckpointingOpt, CompileOpt, RouterModeOpt
+from node.cli_options import DEMO_STEPS, CheckpointingOpt, CompileOpt, RouterModeOpt
 from node.console import console, fail, out, progress
 
 PeersOpt = Annotated[list[str] | None, typer.Option(
@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
         data: Annotated[Path | None, typer.Option(help="With --run FILE: where its data is.")] = None,
         clusters: Annotated[int, typer.Option(min=1, max=64, help="Demo run: clusters K.")] = 3,
         preset: Annotated[str, typer.Option(help="Demo run: model preset.")] = "small",
-        target_steps: Annotated[int, typer.Option(min=1, help="Demo run: steps per expert.")] = 1000,
+        target_steps: Annotated[int, typer.Option(min=1, help="Demo run: steps per expert.")] = DEMO_STEPS,
         clips: Annotated[int, typer.Option(min=8, help="Demo run: synthetic clips.")] = 2000,
         router_steps: Annotated[int, typer.Option(min=1, help="New swarm: the router's target steps.")] = 500,
         checkpoint_every: Annotated[int | None, typer.Option(min=1, help=(

@@ -32,6 +32,7 @@ from expert.efficiency import Efficiency
 from node.assets import fetch_assets, spec_assets
 from node.bundle import LocalRun, fetch_run, publish_run, resolve_run_id
 from node.checker import CheckpointChecker
+from node.cli_options import DEMO_STEPS
 from node.driver import TrainingDriver
 from node.keeper import OwnRecords, RunPointer
 from node.lane import Lane
@@ -60,7 +61,7 @@ class DemoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     clusters: int = Field(default=3, ge=1, le=64)
     preset: str = "small"
-    target_steps: int = Field(default=1000, ge=1)
+    target_steps: int = Field(default=DEMO_STEPS, ge=1)
     clips: int = Field(default=2000, ge=8)
 
 
