@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -50,7 +49,7 @@ from expert.text import TextEncoder
 from expert.validation import HeldOut, expert_validation_loss, prepare_holdout, router_validation
 from protocol.checkpoint import CheckpointMeta
 from protocol.errors import ConfigMismatchError, ParisError
-from protocol.model import BackboneConfig, ExpertPreset, TrainConfig
+from protocol.model import BackboneConfig, ExpertPreset
 from protocol.run import ValidationSpec
 from protocol.swarm_cas import path_cid
 
@@ -222,7 +221,8 @@ class Trainer:
 
     # --- one step -------------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        return learning_rate(self.preset.train, step)
+        tc = self.preset.train
+        return tc.lr * min(1.0, (step + 1) / max(tc.warmup_steps, 1))
 
     def train_step(self) -> float | None:
         """One optimizer step (over `grad_accum` micro-batches). Returns the loss, or None when the step
@@ -464,16 +464,6 @@ class ExpertTrainer(Trainer):
                 pred = model(xt, timestep(t), self.text_states.get(idx).to(self.device), return_dict=False)[0]
             losses.append(nn.functional.mse_loss(pred.float(), target).item())
         return float(np.mean(losses))
-
-
-def learning_rate(tc: TrainConfig, step: int) -> float:
-    """The rate of optimizer step `step` (0-based): linear warm-up, then constant or cosine to the target."""
-    rate = tc.lr * min(1.0, (step + 1) / max(tc.warmup_steps, 1))
-    if tc.lr_schedule != "cosine" or step < tc.warmup_steps:
-        return rate
-    final = 0.1 if tc.lr_final is None else tc.lr_final
-    done = min(1.0, (step - tc.warmup_steps) / max(tc.target_steps - tc.warmup_steps, 1))
-    return tc.lr * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * done)))
 
 
 def run_clips(spec, data_dir: Path | None = None) -> ClipBatch:

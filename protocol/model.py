@@ -95,12 +95,6 @@ class TrainConfig(Frozen):
     weight_decay: float = Field(default=0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = Field(default=50, ge=0)
-    # After warm-up: "constant", or "cosine" from lr down to lr·lr_final (default 0.1) at target_steps, and
-    # lr·lr_final past it. A run knows its target, so the rate is a pure function of the step: resuming or
-    # taking over a cluster continues the same schedule. None keeps the ids of runs made before the fields
-    # existed (constant).
-    lr_schedule: Literal["constant", "cosine"] | None = None
-    lr_final: float | None = Field(default=None, ge=0, le=1)
     grad_clip: float = Field(default=1.0, gt=0)
     ema_decay: float = Field(default=0.999, ge=0, lt=1)
     cond_dropout: float = Field(default=0.1, ge=0, le=1)

@@ -133,18 +133,3 @@ def test_tiny_expert_learns(trainer, tmp_path):
     assert videos.shape == (2, 8, 32, 32, 3) and videos.dtype.name == "uint8"
     again = sample(expert, "a red square moving left on a dark background", steps=8, num_videos=2, seed=3)
     assert (videos == again).all()
-
-
-def test_learning_rate_warms_up_then_follows_its_schedule_to_the_target():
-    from expert.presets import get_preset
-    from expert.train import learning_rate
-
-    base = get_preset("small").train.model_copy(update={"target_steps": 1000, "warmup_steps": 100, "lr": 1e-3})
-    assert [learning_rate(base, s) for s in (0, 99, 500, 5000)] == pytest.approx([1e-5, 1e-3, 1e-3, 1e-3])
-    cosine = base.model_copy(update={"lr_schedule": "cosine"})
-    rates = [learning_rate(cosine, s) for s in range(1200)]
-    assert rates[:100] == [learning_rate(base, s) for s in range(100)]  # the same warm-up
-    assert all(a >= b for a, b in zip(rates[100:], rates[101:], strict=False))  # then only down
-    assert rates[550] == pytest.approx(0.55e-3) and rates[1000] == rates[1199] == pytest.approx(1e-4)
-    floor = cosine.model_copy(update={"lr_final": 0.0})
-    assert learning_rate(floor, 1000) == 0.0
