@@ -86,3 +86,25 @@ def test_x_prediction_returns_the_velocity_of_its_clean_sample():
         torch.testing.assert_close(copy.deepcopy(ours)(x, ts, states).sample, want)
         router = Router(p.backbone, RouterHead(num_experts=3), text.width)
         assert router(x, ts).shape == (2, 3) and not router.trunk._forward_hooks
+
+
+@pytest.mark.parametrize("name", ["tiny", "small"])
+def test_the_frozen_text_states_tell_every_attribute_apart(name):
+    """The random frozen tower carries each caption word to the backbone distinguishably: a linear probe on
+    the pooled states of 900 generator captions reads shape, colour and background (3-fold; measured: `small`
+    0.97, 0.99, 0.92; `tiny` 0.95, 0.97, 0.86). So an expert that ignores its shape word (issue "prompts must
+    steer the video") has the word in its input; what it lacks is having learned to draw it."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    from expert.synth import clip_spec
+
+    specs = [clip_spec(0, i)[0] for i in range(900)]
+    text = TextEncoder(get_preset(name).text)
+    states = text(torch.from_numpy(tokenize([s.caption for s in specs])))
+    keep = (states.abs().amax(-1) > 0).float().unsqueeze(-1)
+    pooled = ((states * keep).sum(1) / keep.sum(1)).numpy()
+    attributes = np.array([s.attributes for s in specs])
+    for column, floor in ((0, 0.85), (1, 0.85), (3, 0.8)):  # shape, colour, background
+        score = cross_val_score(LogisticRegression(max_iter=2000), pooled, attributes[:, column], cv=3).mean()
+        assert score >= floor, (column, score)
