@@ -33,7 +33,7 @@ from expert.video_io import frame_strip, write_image
 from protocol.data import AttributeSpec
 from protocol.run import RunSpec
 
-SEARCH = 200_000  # generator clips to look through for the wanted ones (a fifth of clips per shape are single)
+SEARCH = 200_000  # generator clips to look through (14 % of them are single objects of any one shape)
 
 
 def log(msg: str) -> None:
