@@ -98,18 +98,25 @@ def measure(path: Path, judge, prompts, n_cond: int) -> dict:
     return report
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=DEMO_STEPS, help="the demo's default budget (also measured at half)")
-    ap.add_argument("--n", type=int, default=48, help="evaluation prompts of the expert's cluster")
-    ap.add_argument("--work", type=Path, default=Path("demo-quality"), help="data, run and checkpoints (reused)")
+def parse_with_work_options(ap: argparse.ArgumentParser, *, work: Path, strip: str) -> argparse.Namespace:
+    """Add the options every expert-training benchmark shares (work folder, judge, strip, threads, --json),
+    parse, and set torch's CPU threads."""
+    ap.add_argument("--work", type=Path, default=work, help="data, run and checkpoints (reused)")
     ap.add_argument("--judge", type=Path, default=Path.home() / ".paris" / "synth-judge")
-    ap.add_argument("--strip", type=Path, help="write a PNG frame strip of the demo's sample here")
+    ap.add_argument("--strip", type=Path, help=f"write {strip} here")
     ap.add_argument("--threads", type=int, help="torch CPU threads")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    return args
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=DEMO_STEPS, help="the demo's default budget (also measured at half)")
+    ap.add_argument("--n", type=int, default=48, help="evaluation prompts of the expert's cluster")
+    args = parse_with_work_options(ap, work=Path("demo-quality"), strip="a PNG frame strip of the demo's sample")
     work = args.work
     spec = prepare(work, args.steps)
     judge = cached_judge(args.judge, on_step=lambda i, total: i == 1 and log("training the judge (once)"))

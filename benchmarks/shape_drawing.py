@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from demo_quality import DEMO, train_to
+from demo_quality import DEMO, parse_with_work_options, train_to
 
 from expert.evaluate import EVAL_SEED
 from expert.presets import get_preset
@@ -87,14 +87,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=8, help="the expert's frames (8: half the cost of the demo's 16)")
     ap.add_argument("--clips", type=int, default=2000)
     ap.add_argument("--n", type=int, default=16, help="samples per shape")
-    ap.add_argument("--work", type=Path, default=Path("shape-drawing"), help="data, run and checkpoints (reused)")
-    ap.add_argument("--judge", type=Path, default=Path.home() / ".paris" / "synth-judge")
-    ap.add_argument("--strip", type=Path, help="write a PNG frame strip (4 samples per shape) here")
-    ap.add_argument("--threads", type=int, help="torch CPU threads")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_with_work_options(ap, work=Path("shape-drawing"), strip="a PNG frame strip (4 samples per shape)")
     try:
         shapes = tuple(SHAPES.index(s.strip()) for s in args.shapes.split(","))
     except ValueError:
