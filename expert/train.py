@@ -373,8 +373,11 @@ class Trainer:
             self.ema.load_state_dict(read_group(path, meta, "ema"))
         except RuntimeError as e:
             raise ConfigMismatchError(f"checkpoint {path} does not fit the model: {str(e).splitlines()[0]}") from None
-        self._load_optimizer(read_group(path, meta, "optimizer"), path)
-        self.generator.set_state(read_group(path, meta, "rng")["generator"])
+        self._load_optimizer(read_group(path, meta, "optimizer"), path, updates=meta.step - meta.skipped_steps)
+        try:
+            self.generator.set_state(read_group(path, meta, "rng")["generator"])
+        except (KeyError, RuntimeError, TypeError) as e:
+            raise ConfigMismatchError(f"checkpoint {path}: its RNG state is not a generator state ({e})") from None
         self.step, self.samples_seen, self.skipped = meta.step, meta.samples_seen, meta.skipped_steps
         self.loss_ema = meta.loss_ema
         self.parent, self.loaded_from = path_cid(path), path
@@ -395,7 +398,7 @@ class Trainer:
             raise ConfigMismatchError(f"checkpoint {path} does not fit the model: {str(e).splitlines()[0]}") from None
         return meta
 
-    def _load_optimizer(self, flat: dict[str, torch.Tensor], path: Path) -> None:
+    def _load_optimizer(self, flat: dict[str, torch.Tensor], path: Path, *, updates: int) -> None:
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in flat.items():
             i, _, name = key.partition(".")
@@ -403,13 +406,47 @@ class Trainer:
                 raise ConfigMismatchError(f"checkpoint {path}: unexpected optimizer entry {key!r}")
             state.setdefault(int(i), {})[name] = value
         groups = self.opt.state_dict()["param_groups"]
-        n_params = sum(len(g["params"]) for g in groups)
-        if any(i >= n_params for i in state):
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        if any(i >= len(params) for i in state):
             raise ConfigMismatchError(f"checkpoint {path}: optimizer state does not fit the model")
+        if why := optimizer_state_problem(state, params, self.preset.train.grad_clip, updates):
+            raise ConfigMismatchError(f"checkpoint {path}: {why}")
         self.opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 
+
+
+def optimizer_state_problem(state: dict[int, dict[str, torch.Tensor]], params: list[torch.Tensor], grad_clip: float,
+                            updates: int) -> str:
+    """Why an AdamW state cannot have come from training with gradients clipped to `grad_clip` ("" if it can):
+    every moment fits its parameter and is finite; the first moment's norm and the second moment's sum are at
+    most `grad_clip`² (averages of clipped gradients and of their squares); the second moment is not negative;
+    each step counter equals the number of optimizer updates (`updates`: steps less skipped ones). A state that
+    passes resumes training as its own trainer would; one that fails (a moment of 1e30 freezes the weights)
+    is refused before anyone trains from it."""
+    first = second = 0.0
+    for i, entry in state.items():
+        for name, t in entry.items():
+            if name == "step":
+                if t.numel() != 1 or float(t) != float(updates):
+                    return f"optimizer step counter {t.flatten()[:1].tolist()} is not its {updates} updates"
+                continue
+            if name not in ("exp_avg", "exp_avg_sq"):
+                return f"unexpected optimizer moment {name!r}"
+            if t.shape != params[i].shape or not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+                return f"optimizer moment {i}.{name} does not fit its parameter or is not finite"
+            if name == "exp_avg":
+                first += float((t.double() ** 2).sum())
+            elif bool((t < 0).any()):
+                return f"optimizer moment {i}.exp_avg_sq is negative"
+            else:
+                second += float(t.double().sum())
+    bound = grad_clip**2 * (1 + 1e-3) + 1e-12
+    if first > bound or second > bound:
+        return (f"optimizer moments (|m|² = {first:.3g}, Σv = {second:.3g}) exceed what gradients clipped to "
+                f"{grad_clip:g} can leave ({grad_clip**2:g})")
+    return ""
 
 
 class ExpertTrainer(Trainer):

@@ -74,34 +74,60 @@ def check_content(trainer: Trainer, path: Path, *, step: int, parent: str | None
     return ContentReport(True, "", loss, meta, content_ok=True)
 
 
-def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone().cpu() for k, v in trainer.model.state_dict().items()}
+REPLAYED_GROUPS = ("model", "ema", "optimizer", "rng")  # everything a consumer uses: sampling and resuming
+
+
+def _state(trainer: Trainer) -> dict[str, dict[str, torch.Tensor]]:
+    return {g: {k: v.detach().clone().cpu() for k, v in tensors.items()}
+            for g, tensors in trainer.state_groups().items() if g in REPLAYED_GROUPS}
 
 
 def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    return float(torch.sqrt(sum(((a[k].double() - b[k].double()) ** 2).sum() for k in a)))
+    return float(torch.sqrt(sum(((a[k].double() - b[k].double()) ** 2).sum() for k in a if a[k].is_floating_point())
+                            or torch.zeros(())))
+
+
+def _norm(a: dict[str, torch.Tensor]) -> float:
+    return float(torch.sqrt(sum((v.double() ** 2).sum() for v in a.values() if v.is_floating_point())
+                            or torch.zeros(())))
 
 
 def replay(make_trainer: Callable[[], Trainer], parent: Path | None, child: Path, child_meta: CheckpointMeta, *,
            tolerance: float) -> ReplayReport:
-    """Re-train the interval from `parent` (None: the initialisation) to `child` with the same seeds and
-    compare the weights. On CPU with the same torch our resume is exact, so an honest interval replays bit for
-    bit; elsewhere it must land within `tolerance` of the published weights, relative to the update's size."""
+    """Re-train the interval from `parent` (None: the initialisation) to `child` with the same seeds and compare
+    the whole state a consumer uses: the model, the EMA (what is sampled and validated), the optimizer and the
+    RNG, and the counters. On CPU with the same torch our resume is exact, so an honest interval replays bit
+    for bit; elsewhere the model and the EMA must land within `tolerance` of the published ones relative to
+    their update's size, the optimizer's moments within `tolerance` of their size, and the RNG exactly."""
     trainer = make_trainer()
     if parent is not None:
         trainer.load(parent)
-    start = _weights(trainer)
+    start = _state(trainer)
     steps = child_meta.step - trainer.step
     if steps <= 0:
         return ReplayReport(False, False, float("inf"), steps, "the child is not after its parent")
     trainer.train(steps)
-    mine = _weights(trainer)
-    theirs = read_group(child, child_meta, "model")
-    if set(theirs) != set(mine):
-        return ReplayReport(False, False, float("inf"), steps, "the checkpoint's weights do not fit the model")
-    exact = all(torch.equal(mine[k], theirs[k]) for k in mine)
-    update = _distance(theirs, start)
-    rel = 0.0 if exact else _distance(mine, theirs) / max(update, 1e-12)
-    ok = exact or rel <= tolerance
-    return ReplayReport(ok, exact, rel, steps, "" if ok else f"replay differs by {rel:.3g} of the update "
-                                                             f"(tolerance {tolerance:g})")
+    mine = _state(trainer)
+    theirs = {g: read_group(child, child_meta, g) for g in mine}
+
+    def fail(reason: str) -> ReplayReport:
+        return ReplayReport(False, False, float("inf"), steps, reason)
+
+    for g in mine:
+        if set(theirs[g]) != set(mine[g]) or any(theirs[g][k].shape != mine[g][k].shape for k in mine[g]):
+            return fail(f"the checkpoint's {g} state does not fit the model")
+    if (trainer.samples_seen, trainer.skipped) != (child_meta.samples_seen, child_meta.skipped_steps):
+        return fail(f"the checkpoint's counters (samples {child_meta.samples_seen}, skipped "
+                    f"{child_meta.skipped_steps}) differ from the replay's ({trainer.samples_seen}, {trainer.skipped})")
+    differs = [g for g in mine if not all(torch.equal(mine[g][k], theirs[g][k]) for k in mine[g])]
+    if not differs:
+        return ReplayReport(True, True, 0.0, steps)
+    if "rng" in differs:
+        return fail("replay differs: the checkpoint's RNG state is not the one its interval leaves")
+    rel = 0.0
+    for g in differs:
+        scale = _distance(theirs[g], start[g]) if g in ("model", "ema") else _norm(theirs[g])
+        rel = max(rel, _distance(mine[g], theirs[g]) / max(scale, 1e-12))
+    ok = rel <= tolerance
+    return ReplayReport(ok, False, rel, steps, "" if ok else f"replay differs by {rel:.3g} of the update in "
+                                                             f"{', '.join(differs)} (tolerance {tolerance:g})")

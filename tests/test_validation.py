@@ -174,3 +174,63 @@ def test_replay_is_bit_exact_for_honest_work_and_catches_a_forged_interval(tiny_
     forged, fmeta = forger.checkpoint(tmp_path / "f")
     caught = replay(make, parent, forged, fmeta, tolerance=0.01)
     assert not caught.ok and not caught.exact and caught.rel_error > 0.01
+
+
+def _rewritten(child, meta, out, **change):
+    """A copy of checkpoint `child` whose groups were changed by `change` (group → function of its tensors)."""
+    from expert.checkpoint import read_group, write_checkpoint
+
+    groups = {f.file.removesuffix(".safetensors"): read_group(child, meta, f.file.removesuffix(".safetensors"))
+              for f in meta.files}
+    for g, fn in change.items():
+        groups[g] = fn(groups[g])
+    fields = meta.model_dump(exclude={"files", "created_at", "format_version"})
+    fields["preset"] = meta.preset
+    return out, write_checkpoint(out, groups, fields)
+
+
+def test_replay_covers_the_whole_state_a_consumer_uses(tiny_run, synth_dir, tmp_path):
+    """Honest model weights with the attacker's EMA (what is sampled), a poisoned optimizer or a bent RNG state:
+    each fails the replay, though the model group alone would replay bit for bit."""
+    from expert.verify import replay
+
+    spec, _ = tiny_run
+    trainer = trainer_for_run(spec, 0, data_dir=synth_dir)
+    trainer.train(2)
+    parent, _ = trainer.checkpoint(tmp_path / "t")
+    trainer.train(2)
+    child, meta = trainer.checkpoint(tmp_path / "t")
+
+    def make():
+        return trainer_for_run(spec, 0, data_dir=synth_dir)
+
+    assert replay(make, parent, child, meta, tolerance=0.01).exact
+    noise = {"ema": lambda ts: {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
+                                for k, v in ts.items()},
+             "optimizer": lambda ts: {k: torch.full_like(v, 1e30) if k.endswith("exp_avg_sq") else v
+                                      for k, v in ts.items()},
+             "rng": lambda ts: {"generator": torch.roll(ts["generator"], 1)}}
+    for group, fn in noise.items():
+        path, m = _rewritten(child, meta, tmp_path / f"bad-{group}", **{group: fn})
+        report = replay(make, parent, path, m, tolerance=0.01)
+        assert not report.ok and not report.exact, group
+        assert group in report.reason or (group == "rng" and "RNG" in report.reason), report.reason
+
+
+def test_a_takeover_refuses_an_optimizer_state_or_rng_that_training_cannot_leave(tiny_run, synth_dir, tmp_path):
+    """Loading (takeover, replay, a verifier's check) refuses moments of 1e30, a wrong step counter and a
+    malformed RNG state with a one-line error, and loads the honest state."""
+    spec, _ = tiny_run
+    trainer = trainer_for_run(spec, 0, data_dir=synth_dir)
+    trainer.train(3)
+    child, meta = trainer.checkpoint(tmp_path / "t")
+    trainer_for_run(spec, 0, data_dir=synth_dir).load(child)  # the honest state loads
+    bad = {"huge": {"optimizer": lambda ts: {k: torch.full_like(v, 1e30) if k.endswith("exp_avg_sq") else v
+                                             for k, v in ts.items()}},
+           "counter": {"optimizer": lambda ts: {k: v + 5 if k.endswith(".step") else v for k, v in ts.items()}},
+           "rng": {"rng": lambda ts: {"generator": ts["generator"][:7]}}}
+    for name, change in bad.items():
+        path, _ = _rewritten(child, meta, tmp_path / name, **change)
+        with pytest.raises(ConfigMismatchError) as e:
+            trainer_for_run(spec, 0, data_dir=synth_dir).load(path)
+        assert ("RNG" if name == "rng" else "optimizer") in str(e.value) and "\n" not in str(e.value)
