@@ -109,7 +109,7 @@ class CheckpointChecker:
         and that its own step and loss can follow its own parent (`parents`: accepted CIDs → step, loss).
         `sampling_only` (fetch): only the sampling weights are downloaded and checked, and the verdict is not
         kept (a takeover must check the training state too)."""
-        from expert.verify import check_content
+        from expert.verify import ContentReport, check_content
 
         try:  # bounded by what a checkpoint of this slot can be, whatever the record announces
             path = await self.store.get(body.cid, pin=False, provide=False,
@@ -126,9 +126,13 @@ class CheckpointChecker:
         size = body.bytes if sampling_only else sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
         async with self._lock:
             trainer = await self._checking_trainer(body.slot)
-            report = await asyncio.to_thread(check_content, trainer, path, step=body.step, parent=body.parent,
-                                             claimed_loss=body.val_loss, rtol=self.run.spec.validation.rtol,
-                                             sampling_only=sampling_only)
+            try:
+                report = await asyncio.to_thread(check_content, trainer, path, step=body.step, parent=body.parent,
+                                                 claimed_loss=body.val_loss, rtol=self.run.spec.validation.rtol,
+                                                 sampling_only=sampling_only)
+            except Exception as e:  # whatever a peer's bytes make the loading code raise is a verdict on them
+                report = ContentReport(False, f"unusable: {type(e).__name__}: {str(e)[:200]}")
+                self._trainers.pop(body.slot, None)  # it may be half loaded: the next check builds a fresh one
         meta = report.meta
         if report.content_ok and meta is not None and report.val_loss is not None:
             why = await self._lineage(body.slot, meta, report.val_loss, parents or {})
@@ -154,10 +158,15 @@ class CheckpointChecker:
 
         spec, schedule = self.run.spec, self.run.manifest.schedule
         limit = checkpoint_limit(self.run, body.slot)
-        child = resolve_checkpoint(await self.store.get(body.cid, pin=False, provide=False, max_bytes=limit))
-        meta = read_meta(child)  # replay from the parent the checkpoint names, whatever its record said
-        parent = None if meta.parent is None else await self.store.get(meta.parent, pin=False, provide=False,
-                                                                        max_bytes=limit)
+        try:
+            child = resolve_checkpoint(await self.store.get(body.cid, pin=False, provide=False, max_bytes=limit))
+            meta = read_meta(child)  # replay from the parent the checkpoint names, whatever its record said
+            parent = None if meta.parent is None else await self.store.get(meta.parent, pin=False, provide=False,
+                                                                            max_bytes=limit)
+        except IntegrityError as e:
+            return self._replay_failed(body, f"refused: {e}")
+        except (ParisError, OSError) as e:
+            return CheckResult(False, f"not fetchable: {e}")  # not a verdict: nobody may serve it (or its parent)
         cluster = slot_cluster(body.slot)
 
         def make():
@@ -166,8 +175,15 @@ class CheckpointChecker:
             return ExpertTrainer(spec.preset, train, device=self.device, seed=spec.seed, run_id=spec.run_id,
                                  cluster=cluster)
 
-        report = await asyncio.to_thread(replay, make, parent, child, meta, tolerance=schedule.replay_tolerance)
+        try:
+            report = await asyncio.to_thread(replay, make, parent, child, meta, tolerance=schedule.replay_tolerance)
+        except Exception as e:  # the child (or the parent it names) does not load: a verdict on the child
+            return self._replay_failed(body, f"replay impossible: {type(e).__name__}: {str(e)[:200]}")
         if not report.ok:
-            self.verdicts[body.cid] = Vote("local", body.cid, body.step, body.parent, None, False, report.reason)
-            log.warning("replay of %s step %d failed: %s", body.slot, body.step, report.reason)
-        return CheckResult(report.ok, report.reason, replayed=True, replay_exact=report.exact)
+            return self._replay_failed(body, report.reason)
+        return CheckResult(True, "", replayed=True, replay_exact=report.exact)
+
+    def _replay_failed(self, body: CheckpointBody, reason: str) -> CheckResult:
+        self.verdicts[body.cid] = Vote("local", body.cid, body.step, body.parent, None, False, reason, replayed=True)
+        log.warning("replay of %s step %d failed: %s", body.slot, body.step, reason)
+        return CheckResult(False, reason, replayed=True, replay_exact=False)

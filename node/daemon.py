@@ -42,15 +42,16 @@ from node.nodefile import NodeInfo, remove_node_info, write_node_info
 from node.publisher import Publisher
 from node.role_router import all_done
 from node.role_seeder import archive_facts, keep_archive, replicate_accepted, seed_data
-from node.role_verifier import verify_round
+from node.role_verifier import MARGIN, Verifier
 from protocol.errors import ParisError
 from protocol.swarm_gossip import CheckpointEvent, DoneEvent, GossipMessage, LeavingEvent, ProgressEvent
-from protocol.swarm_records import MAX_RECORD_TTL, AttestationBody, MemberBody, ProgressBody
+from protocol.swarm_records import MAX_RECORD_TTL, MemberBody, ProgressBody
 from protocol.swarm_run import Schedule
 from swarm.cas import ContentStore
 from swarm.dht import RECORD_TTL, NetworkConfig, SwarmNode, tcp_maddr
 from swarm.dialback import serve_dialback
 from swarm.state import RunRules, VerifiedState, publish_progress, read_run, verified_state
+from swarm.verify_plan import VerifyPlan, verifier_secret
 
 log = logging.getLogger("node.daemon")
 
@@ -108,9 +109,10 @@ class Daemon:
         self.started_at = time.time()
         self.publisher: Publisher | None = None  # type: ignore[assignment]
         self.checker: CheckpointChecker | None = None  # type: ignore[assignment]
-        self.attested: dict[str, AttestationBody] = {}  # CID → our attestation (the verifier role)
+        self.verifier: Verifier | None = None  # checks checkpoints beside any role but `seeder`
         self.created_run = False  # we published the run (a new swarm, or `--run FILE` into an existing one)
         self._wake = asyncio.Event()
+        self._verify_wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._join_command: str | None = None
         self._all_clusters_done_cached = False
@@ -118,7 +120,6 @@ class Daemon:
         self.own_records: OwnRecords | None = None  # type: ignore[assignment]
         self.archive_ledger = None  # swarm.archive.Ledger of the run, once this node keeps any of its records
         self.peers_seen = 0  # members of the run in the newest full read of its records
-        self.unfetchable: set[str] = set()  # CIDs a verifier could not fetch yet (logged once each)
         self.member_addrs: dict[str, tuple[float, tuple[str, ...]]] = {}  # peer → (ts, maddrs), kept after expiry
         self.metrics: NodeMetrics | None = None
         if opts.metrics_port is not None:
@@ -169,6 +170,8 @@ class Daemon:
             self.publisher = Publisher(self.node, self.store, self.run_info.spec.run_id, self.gossip_event,
                                        metrics=self.metrics, keeper=self.own_records)
             self.checker = CheckpointChecker(self.store, self.run_info, self.device)
+            if self.opts.role != "seeder":
+                self.verifier = self._make_verifier()
             await self._start_gossip()
             self.write_node_file()
             self._tasks += [asyncio.create_task(self._progress_loop()), asyncio.create_task(self._member_loop()),
@@ -177,6 +180,8 @@ class Daemon:
                 self._tasks.append(asyncio.create_task(self._gossip_stats_loop()))
             if self.created_run:
                 self._tasks.append(asyncio.create_task(self._pointer_loop()))
+            if self.verifier is not None:
+                self._tasks.append(asyncio.create_task(self._verify_loop()))
             if self.created_run:
                 self._announce_bootstrap()
             await self._role_loop()
@@ -310,6 +315,7 @@ class Daemon:
         ev = msg.event
         if isinstance(ev, CheckpointEvent | DoneEvent | LeavingEvent):
             self._wake.set()  # a seeder replicates (or a waiting node claims) without waiting out its period
+            self._verify_wake.set()  # a verifier checks a new checkpoint at once
         log.debug("gossip from %s: %s", msg.sender, ev.type)
 
     def _announce_bootstrap(self) -> None:
@@ -450,6 +456,37 @@ class Daemon:
                 self.metrics.gossip = (await self.gossip.stats()).model_dump()
             await asyncio.sleep(max(5.0, self.opts.period))
 
+    def _make_verifier(self) -> Verifier:
+        from node.bundle import fetch_cluster_clips
+
+        assert self.node is not None and self.run_info is not None and self.checker is not None
+        spec, schedule = self.run_info.spec, self.run_info.manifest.schedule
+        plan = VerifyPlan(verifier_secret(self.node.identity.private_key_der()),
+                          wanted=max(schedule.attestations, 1) + MARGIN, replay_every=schedule.replay_every,
+                          patience=3 * self.opts.period)
+        return Verifier(self.node, self.checker, schedule, spec.run_id, spec.num_clusters, plan, self.own_records,
+                        period=self.opts.period, stopping=self.stopping,
+                        training_clips=lambda k: fetch_cluster_clips(self.store, self.run_info, k))
+
+    async def _verify_loop(self) -> None:
+        """Check the checkpoints assigned to this node every period (or as soon as gossip announces one),
+        beside whatever the lanes do: no role keeps a node from verifying (two `auto` nodes that both train
+        still check each other, and a node training the router still checks the experts it waits for)."""
+        assert self.node is not None and self.run_info is not None and self.verifier is not None
+        spec = self.run_info.spec
+        while not self.stopping.is_set():
+            self._verify_wake.clear()
+            try:
+                view = await read_run(self.node, spec.run_id, spec.num_clusters, rules=self.rules,
+                                      local=self.checker.verdicts)
+                await self.unless_stopped(self.verifier.round(view))
+            except (ParisError, OSError) as e:
+                log.warning("verification round incomplete: %s", e)
+            except Exception:  # what a peer serves must never end the node: log it and go on next period
+                log.exception("verification round failed; retrying next period")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._verify_wake.wait(), self.opts.period)
+
     async def _progress_loop(self) -> None:
         """While training: our progress record in the DHT and a gossip event, every period."""
         assert self.node is not None and self.run_info is not None
@@ -545,8 +582,8 @@ class Daemon:
     # ---- seeding and verifying -------------------------------------------------------------------------------
 
     async def seed_round(self, *, verify: bool) -> None:
-        """Hold the run's data and every slot's newest accepted checkpoint (and, verifying, attest what is new),
-        then wait a period (or a gossip nudge)."""
+        """Hold the run's data and every slot's newest accepted checkpoint, then wait a period (or a gossip
+        nudge). Verifying happens in its own loop (`_verify_loop`), whatever the role; `verify` names the role."""
         assert self.node is not None and self.run_info is not None
         role = "verifier" if verify else "seeder"
         if self.role != role:
@@ -557,9 +594,6 @@ class Daemon:
             await seed_data(self)
             view = await read_run(self.node, spec.run_id, spec.num_clusters, rules=self.rules,
                                   local=self.checker.verdicts)
-            if verify and not self.stopping.is_set() and await verify_round(self, view):
-                view = await read_run(self.node, spec.run_id, spec.num_clusters, rules=self.rules,
-                                      local=self.checker.verdicts)
             self._all_clusters_done_cached = all_done(view.states)
             self.note_members(view.members)
             self.publisher.settle(view)

@@ -120,7 +120,8 @@ class DaemonCollector(Collector):
 
         verdicts = CounterMetricFamily("paris_verifications", "Checkpoints this node attested, by verdict",
                                        labels=["verdict"])
-        tally = Tally(a.verdict for a in list(d.attested.values()))
+        attested = list(d.verifier.attested.values()) if d.verifier is not None else []
+        tally = Tally(a.verdict for a in attested)
         for verdict in ("accept", "reject"):
             verdicts.add_metric([verdict], tally.get(verdict, 0))
         yield verdicts

@@ -1,39 +1,46 @@
-"""The verifier role: the swarm's surplus volunteers check newly announced checkpoints and publish signed
-attestations. A check fetches the checkpoint (bounded by what the slot can hold), loads it into a trainer of
-its slot (hashes, run, cluster, kind, preset), checks finiteness, recomputes the run's validation loss on the
-held-out clips and checks that the step and loss can follow the checkpoint's own parent (or the
-initialisation). The attestation judges that content and states what was found inside (step, parent, loss),
-so the acceptance rule can contradict a record that misstates it. One interval in `replay_every` (chosen by
-the CID's hash, so every verifier replays the same ones) is also re-trained from its parent and compared
-weight for weight."""
+"""The verifier: checks newly announced checkpoints and publishes signed attestations, in its own loop beside
+whatever else the node does (training an expert or the router, seeding), so that no role ever keeps a node
+from verifying what only it can verify (two `auto` nodes check each other while both train).
+
+A check fetches the checkpoint (bounded by what the slot can hold), loads it into a trainer of its slot
+(hashes, run, cluster, kind, preset, optimizer and RNG state), checks finiteness, recomputes the run's
+validation loss on the held-out clips and checks that the step and loss can follow the checkpoint's own parent
+(or the initialisation). Any failure to load what a peer served is a reject, never an exception that skips
+the verdict. The attestation states what was found inside (step, parent, loss), so the acceptance rule can
+contradict a record that misstates it.
+
+Which checkpoints this node checks, and which intervals it replays (re-trains from the parent and compares the
+whole state bit for bit), are its own keyed draws (swarm.verify_plan): a trainer cannot foresee or grind them.
+Checkpoints that cannot be fetched are backed off per CID and never block the queue; the slot's current
+leaseholder's lineage is checked first.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import logging
-from dataclasses import replace
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 
 from hivemind.utils.timed_storage import get_dht_time
 
-from node.checker import slot_cluster
+from node.checker import CheckpointChecker, slot_cluster
+from node.keeper import OwnRecords
 from node.logs import event
 from node.role_seeder import slots
-from protocol.swarm_records import AttestationBody, CheckpointBody, run_key
+from protocol.swarm_records import AttestationBody, CheckpointBody, claimant_peer, run_key
+from protocol.swarm_run import Schedule
 from swarm.acceptance import known_facts
+from swarm.dht import SwarmNode
 from swarm.state import RunView, publish_attestation
-
-if TYPE_CHECKING:
-    from node.daemon import Daemon
+from swarm.verify_plan import VerifyPlan
 
 log = logging.getLogger("node.verifier")
 
 PER_SLOT_PER_ROUND = 8  # a flood of announcements cannot keep a verifier from its other slots
-
-
-def should_replay(cid: str, replay_every: int) -> bool:
-    """Whether this interval is one of the `1/replay_every` that verifiers replay (the same on every node)."""
-    return replay_every > 0 and int.from_bytes(hashlib.sha256(cid.encode()).digest()[:8], "big") % replay_every == 0
+MARGIN = 2  # checkers per checkpoint beyond the quorum (some leave, some are slow)
+VERIFYING_ROLES = frozenset({"auto", "verifier"})  # member roles that check checkpoints
 
 
 def to_verify(view: RunView, me: str, slot: str, done: set[str] | frozenset[str] = frozenset()
@@ -55,66 +62,128 @@ def to_verify(view: RunView, me: str, slot: str, done: set[str] | frozenset[str]
             seen.add(c.cid)
             out.append(c)
             known.add(c.cid)  # its children may follow in the same round, after it
-    return out[:PER_SLOT_PER_ROUND]
+    return out
 
 
-async def _attest(d: Daemon, slot: str, body: CheckpointBody, schedule, parents) -> AttestationBody | None:
-    """Check one checkpoint (and replay it when its turn comes); None when it could not be fetched yet."""
-    result = await d.checker.check(body, parents)
-    if result.reason.startswith("not fetchable"):
-        if body.cid not in d.unfetchable:  # said once per CID: a verifier that waits says what it waits for
-            d.unfetchable.add(body.cid)
-            log.info("cannot check %s step %d (%s) yet: %s; retrying next round", slot, body.step, body.cid,
-                     result.reason)
-        return None  # not a verdict: try again next round
-    replayed, exact = False, None
-    cluster = slot_cluster(slot)
-    if result.content_ok and cluster is not None and should_replay(body.cid, schedule.replay_every):
-        from node.bundle import fetch_cluster_clips
-
-        clips = await fetch_cluster_clips(d.store, d.run_info, cluster)
-        replay = await d.checker.replay(body, clips)
-        replayed, exact = True, replay.replay_exact
-        if not replay.ok:
-            result = replace(replay, step=result.step, parent=result.parent, val_loss=result.val_loss)
-    # the verdict is about the checkpoint itself, with what was found inside: a record that misstates an honest
-    # checkpoint (another step, parent or loss) is contradicted by these facts under the acceptance rule,
-    # without a reject that would also count against the honest record of the same CID
-    found = result.step is not None
-    good = result.content_ok  # a failed replay clears it
-    return AttestationBody(slot=slot, cid=body.cid, step=result.step if found else body.step,
-                           parent=result.parent if found else body.parent, val_loss=result.val_loss,
-                           verdict="accept" if good else "reject", reason="" if good else result.reason[:300],
-                           replayed=replayed, replay_exact=exact, ts=get_dht_time())
+def eligible_verifiers(view: RunView, trainer: str, me: str) -> int:
+    """How many members could check a checkpoint of `trainer`: those that verify (by their member record),
+    other than the trainer; this node counts whatever its record says (it is asking)."""
+    peers = {p for p, m in view.members.items() if getattr(m, "role", None) in VERIFYING_ROLES}
+    return len((peers | {me}) - {trainer})
 
 
-async def verify_round(d: Daemon, view: RunView) -> int:
-    """Check what is new in every slot and publish one attestation per checkpoint. Returns how many."""
-    assert d.node is not None and d.run_info is not None
-    schedule = d.run_info.manifest.schedule
-    done = 0
-    run_id = d.run_info.spec.run_id
-    visible = {a.cid for peer, a in view.attestations if peer == d.node.peer_id}
-    for cid, att in list(d.attested.items())[-64:]:  # a write that no peer stored is retried, not redone
-        if cid not in visible:
-            await publish_attestation(d.node, run_id, att.model_copy(update={"ts": get_dht_time()}))
-    for slot in slots(d.run_info.spec.num_clusters):
-        parents = known_facts(view.judged(slot))
-        for body in to_verify(view, d.node.peer_id, slot, set(d.attested)):
-            if d.stopping.is_set():
-                return done
-            try:
-                att = await _attest(d, slot, body, schedule, parents)
-            except Exception:  # a hostile checkpoint must never stop a verifier: log, skip, retry next round
-                log.exception("checking %s step %d (%s) failed", slot, body.step, body.cid)
-                continue
-            if att is None:
-                continue
-            d.attested[body.cid] = att
-            if await publish_attestation(d.node, run_id, att):
-                d.own_records.add(run_key(run_id, "attestations"), att)
-            done += 1
-            event(log, f"attested {slot} checkpoint", step=body.step, cid=body.cid, verdict=att.verdict,
-                  val_loss=None if att.val_loss is None else round(att.val_loss, 6), replayed=att.replayed,
-                  replay_exact=att.replay_exact, reason=att.reason or None)
-    return done
+@dataclass
+class Backoff:
+    """CIDs that could not be fetched: retried after a delay that doubles with each failure (capped), so a
+    record nobody serves costs one attempt per window instead of a place in every round's queue."""
+
+    base: float
+    cap: float
+    _until: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    def waiting(self, cid: str, now: float) -> bool:
+        return cid in self._until and now < self._until[cid][1]
+
+    def failed(self, cid: str, now: float) -> int:
+        n = self._until.get(cid, (0, 0.0))[0] + 1
+        self._until[cid] = (n, now + min(self.cap, self.base * 2 ** (n - 1)))
+        return n
+
+    def forget(self, cid: str) -> None:
+        self._until.pop(cid, None)
+
+
+def choose(candidates: list[CheckpointBody], trainers: dict[str, str], *, plan: VerifyPlan, view: RunView, me: str,
+           owner: str | None, first_seen: dict[str, float], backoff: Backoff, now: float,
+           limit: int = PER_SLOT_PER_ROUND) -> list[CheckpointBody]:
+    """Of one slot's frontier (`candidates`, oldest first; `trainers`: CID → its trainer's peer id), what this
+    node checks this round: the CIDs it is assigned (its keyed draw, with how long it has seen the CID wait),
+    not backed off, the slot's leaseholder (`owner`) first, at most `limit`. Records when each CID was first
+    seen (`first_seen`, updated in place)."""
+    picked = []
+    for c in candidates:
+        seen = first_seen.setdefault(c.cid, now)
+        if backoff.waiting(c.cid, now):
+            continue
+        if plan.assigned(c.cid, eligible_verifiers(view, trainers[c.cid], me), now - seen):
+            picked.append(c)
+    picked.sort(key=lambda c: (trainers[c.cid] != owner, c.step, c.ts))
+    return picked[:limit]
+
+
+class Verifier:
+    """The verifier's state (what it attested, what it could not fetch, when it first saw each CID) and its
+    rounds. Receives what it uses: the DHT node, the checker, the run, the record keeper, its keyed plan."""
+
+    def __init__(self, node: SwarmNode, checker: CheckpointChecker, schedule: Schedule, run_id: str,
+                 num_clusters: int, plan: VerifyPlan, keeper: OwnRecords, *, period: float,
+                 training_clips: Callable[[int], Awaitable[object]], stopping: asyncio.Event) -> None:
+        self.node, self.checker, self.schedule = node, checker, schedule
+        self.run_id, self.num_clusters, self.plan, self.keeper = run_id, num_clusters, plan, keeper
+        self.training_clips, self.stopping = training_clips, stopping
+        self.attested: dict[str, AttestationBody] = {}  # CID → our attestation
+        self.first_seen: dict[str, float] = {}
+        self.backoff = Backoff(base=max(period, 1.0), cap=max(period, 1.0) * 32)
+        self._said: set[str] = set()  # CIDs whose fetch failure was logged (once each)
+
+    async def round(self, view: RunView) -> int:
+        """Check what is new and assigned to us in every slot; one attestation per checkpoint. Returns how many."""
+        me = self.node.peer_id
+        visible = {a.cid for peer, a in view.attestations if peer == me}
+        for cid, att in list(self.attested.items())[-64:]:  # a write that no peer stored is retried, not redone
+            if cid not in visible:
+                await publish_attestation(self.node, self.run_id, att.model_copy(update={"ts": get_dht_time()}))
+        done = 0
+        for slot in slots(self.num_clusters):
+            trainers = {c.cid: peer for peer, c in view.checkpoints if c.slot == slot and not c.replica}
+            cluster = slot_cluster(slot)
+            owner = view.owners.get(cluster) if cluster is not None else None
+            todo = choose(to_verify(view, me, slot, set(self.attested)), trainers, plan=self.plan, view=view, me=me,
+                          owner=None if owner is None else claimant_peer(owner), first_seen=self.first_seen,
+                          backoff=self.backoff, now=time.monotonic())
+            parents = known_facts(view.judged(slot)) if todo else {}
+            for body in todo:
+                if self.stopping.is_set():
+                    return done
+                att = await self._attest(slot, body, parents)
+                if att is None:
+                    continue
+                self.attested[body.cid] = att
+                if await publish_attestation(self.node, self.run_id, att):
+                    self.keeper.add(run_key(self.run_id, "attestations"), att)
+                done += 1
+                event(log, f"attested {slot} checkpoint", step=body.step, cid=body.cid, verdict=att.verdict,
+                      val_loss=None if att.val_loss is None else round(att.val_loss, 6), replayed=att.replayed,
+                      replay_exact=att.replay_exact, reason=att.reason or None)
+        return done
+
+    async def _attest(self, slot: str, body: CheckpointBody, parents) -> AttestationBody | None:
+        """Check one checkpoint (and replay it when our draw says so); None when it could not be fetched."""
+        result = await self.checker.check(body, parents)
+        if result.reason.startswith("not fetchable"):
+            n = self.backoff.failed(body.cid, time.monotonic())
+            if body.cid not in self._said:  # said once per CID: a verifier that waits says what it waits for
+                self._said.add(body.cid)
+                log.info("cannot check %s step %d (%s) yet: %s; backing off (attempt %d)", slot, body.step,
+                         body.cid, result.reason, n)
+            return None  # not a verdict: try again after the back-off
+        self.backoff.forget(body.cid)
+        replayed, exact = False, None
+        cluster = slot_cluster(slot)
+        if result.content_ok and cluster is not None and self.plan.replays(body.cid):
+            replay = await self.checker.replay(body, await self.training_clips(cluster))
+            if replay.reason.startswith("not fetchable"):  # the parent: not a verdict either
+                self.backoff.failed(body.cid, time.monotonic())
+                return None
+            replayed, exact = True, replay.replay_exact
+            if not replay.ok:
+                result = replace(replay, step=result.step, parent=result.parent, val_loss=result.val_loss)
+        # the verdict is about the checkpoint itself, with what was found inside: a record that misstates an honest
+        # checkpoint (another step, parent or loss) is contradicted by these facts under the acceptance rule,
+        # without a reject that would also count against the honest record of the same CID
+        found = result.step is not None
+        good = result.content_ok  # a failed replay clears it
+        return AttestationBody(slot=slot, cid=body.cid, step=result.step if found else body.step,
+                               parent=result.parent if found else body.parent, val_loss=result.val_loss,
+                               verdict="accept" if good else "reject", reason="" if good else result.reason[:300],
+                               replayed=replayed, replay_exact=exact, ts=get_dht_time())

@@ -35,6 +35,11 @@ class Identity:
     def public_key_bytes(self) -> bytes:
         return self.private_key.get_public_key().to_bytes()
 
+    def private_key_der(self) -> bytes:
+        """The private key's DER bytes: what this node's own secrets derive from (never published)."""
+        return self.private_key._private_key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
 
 def load_identity(home: Path | str | None = None) -> Identity:
     """Load the identity from `home` (default ~/.paris), creating the directory and a new key on first use."""

@@ -20,8 +20,9 @@ def _daemon(**kw):
         node=SimpleNamespace(peer_id="QmPeer"), run_info=SimpleNamespace(spec=SimpleNamespace(run_id="run-x")),
         role="expert", cluster=2, driver=SimpleNamespace(latest=latest, target=100), current_slot="expert-2",
         store=SimpleNamespace(served_bytes=1000, fetched_bytes=2000, total_bytes=lambda: 5000), peers_seen=3,
-        attested={"a": SimpleNamespace(verdict="accept"), "b": SimpleNamespace(verdict="accept"),
-                  "c": SimpleNamespace(verdict="reject")})
+        verifier=SimpleNamespace(attested={"a": SimpleNamespace(verdict="accept"),
+                                           "b": SimpleNamespace(verdict="accept"),
+                                           "c": SimpleNamespace(verdict="reject")}))
     base.update(kw)
     return SimpleNamespace(**base)
 

@@ -1,0 +1,138 @@
+"""Who checks what and which intervals are replayed (swarm.verify_plan, node.role_verifier.choose): keyed
+draws a trainer cannot foresee, about `wanted` checkers per checkpoint whatever the number of verifiers, a
+detection rate that follows its formula, a queue that unfetchable records cannot block."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from math import comb
+
+import pytest
+
+from protocol.swarm_records import CheckpointBody, ClusterState, MemberBody
+from swarm.acceptance import Policy
+from swarm.state import RunRules, RunView
+from swarm.verify_plan import VerifyPlan, detection_probability, draw, share, verifier_secret
+
+PEERS = ["QmS68mngh9LRAR6ooCHVELGZL6p67DtHRrxsBtDfV4f7GX", "QmWX2GnKGWdZWgjeAkzzZyF6MVrJtgGKoBZxNZsxP2jDTZ",
+         "QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN"]
+
+
+def _cid(i: int) -> str:
+    return "bagaaiera" + hashlib.sha256(str(i).encode()).hexdigest()[:52].translate(str.maketrans("01890", "abcde"))
+
+
+def _secret(i: int) -> bytes:
+    return verifier_secret(f"key-{i}".encode())
+
+
+def test_draws_are_uniform_and_keyed():
+    xs = [draw(_secret(0), "replay", _cid(i)) for i in range(4000)]
+    assert all(0 <= x < 1 for x in xs) and abs(sum(xs) / len(xs) - 0.5) < 0.02
+    assert sum(x < 0.1 for x in xs) == pytest.approx(400, abs=60)
+    # another verifier's draws on the same CIDs are independent of ours
+    ys = [draw(_secret(1), "replay", _cid(i)) for i in range(4000)]
+    both = sum(x < 0.1 and y < 0.1 for x, y in zip(xs, ys, strict=True))
+    assert both == pytest.approx(40, abs=20)
+    assert draw(_secret(0), "check", _cid(1)) != draw(_secret(0), "replay", _cid(1))
+
+
+def test_a_trainer_that_grinds_its_cid_is_replayed_at_the_stated_rate():
+    """The old rule hashed the CID, so re-rolling it until 'no replay' took ~1.1 tries. With keyed draws the
+    trainer's best strategy (any rule over the CID it can compute) leaves the rate where the formula says."""
+    plan = VerifyPlan(_secret(7), wanted=3, replay_every=4, patience=30.0)
+    rng = random.Random(0)
+    # the grinder keeps the CIDs that an unkeyed hash says are not replayed (what worked against the old rule)
+    kept = [c for c in (_cid(rng.randrange(10**9)) for _ in range(20000))
+            if int.from_bytes(hashlib.sha256(c.encode()).digest()[:8], "big") % 4 != 0][:3000]
+    rate = sum(plan.replays(c) for c in kept) / len(kept)
+    assert rate == pytest.approx(0.25, abs=0.03)
+
+
+@pytest.mark.parametrize("checkers", [1, 2, 3, 5])
+def test_detection_probability_per_interval_matches_its_formula(checkers):
+    """A forged interval checked by `checkers` independent verifiers is replayed by at least one of them with
+    probability 1 − (1 − 1/replay_every)^n: measured over 3,000 intervals."""
+    plans = [VerifyPlan(_secret(100 + v), wanted=3, replay_every=5, patience=30.0) for v in range(checkers)]
+    caught = sum(any(p.replays(_cid(i)) for p in plans) for i in range(3000)) / 3000
+    assert caught == pytest.approx(detection_probability(5, checkers), abs=0.03)
+    assert detection_probability(5, checkers) == pytest.approx(1 - 0.8**checkers)
+    assert detection_probability(0, checkers) == 0.0
+
+
+@pytest.mark.parametrize("verifiers", [3, 10, 100, 1000])
+def test_about_wanted_verifiers_check_each_checkpoint_whatever_v_is(verifiers):
+    wanted = 3
+    plans = [VerifyPlan(_secret(v), wanted=wanted, replay_every=10, patience=30.0) for v in range(verifiers)]
+    counts = [sum(p.assigned(_cid(i), verifiers, waited=0.0) for p in plans) for i in range(200)]
+    mean = sum(counts) / len(counts)
+    assert mean == pytest.approx(min(wanted, verifiers), rel=0.2)
+    assert max(counts) <= 4 * wanted  # a Poisson(3) tail: 12 or more is about 1 in 10,000 per checkpoint
+    # the chance that nobody is drawn is the binomial's zero term; waiting doubles the share until all check
+    p0 = (1 - wanted / verifiers) ** verifiers if verifiers > wanted else 0.0
+    assert sum(c == 0 for c in counts) / len(counts) <= p0 + 0.05
+    assert share(wanted, verifiers, waited=30.0 * 20, patience=30.0) == 1.0
+    assert all(p.assigned(_cid(1), verifiers, waited=30.0 * 20) for p in plans)
+
+
+def test_share_formula():
+    assert share(3, 2, 0.0, 10.0) == 1.0  # fewer verifiers than wanted: all of them
+    assert share(3, 30, 0.0, 10.0) == pytest.approx(0.1)
+    assert share(3, 30, 10.0, 10.0) == pytest.approx(0.2)
+    assert share(3, 30, 35.0, 10.0) == 1.0
+    assert comb(3, 0) == 1
+
+
+# ---- node.role_verifier.choose: the queue ----
+
+
+def _ck(step: int, cid: str, parent: str | None = None, ts: float = 100.0) -> CheckpointBody:
+    return CheckpointBody(slot="expert-0", step=step, cid=cid, bytes=10, ts=ts, parent=parent, val_loss=0.5)
+
+
+def _view(checkpoints, members=()) -> RunView:
+    rules = RunRules(Policy(attestations=1, max_interval=100), expert_target=100, router_target=100)
+    return RunView(run_id="run-x", num_clusters=1, specs=(), foreign=(), claims={}, progress={},
+                   members={p: MemberBody(protocol=1, software="t", peer_id=p, role="auto", ts=1.0) for p in members},
+                   checkpoints=tuple(checkpoints), done=(), states=(ClusterState.TRAINING,), owners={},
+                   attestations=(), rules=rules)
+
+
+def test_unfetchable_records_are_backed_off_and_the_leaseholder_comes_first():
+    """Eight step-1 records nobody serves, from an attacker, ahead of the leaseholder's checkpoint: the first
+    round tries the leaseholder first; once the eight failed they wait out their back-off, and every later
+    round reaches the honest record at once."""
+    from node.role_verifier import Backoff, choose, to_verify
+
+    attacker, owner, me = PEERS
+    junk = [(attacker, _ck(1, _cid(i))) for i in range(8)]
+    honest = (owner, _ck(10, _cid(100)))
+    view = _view([*junk, honest], members=PEERS)
+    plan = VerifyPlan(_secret(0), wanted=3, replay_every=10, patience=30.0)
+    trainers = {c.cid: p for p, c in view.checkpoints}
+    backoff, seen = Backoff(base=10.0, cap=320.0), {}
+    cands = to_verify(view, me, "expert-0")
+    first = choose(cands, trainers, plan=plan, view=view, me=me, owner=owner, first_seen=seen, backoff=backoff,
+                   now=0.0)
+    assert first[0].cid == _cid(100) and len(first) == 8  # the leaseholder's first; the cap holds the rest
+    for c in first[1:]:
+        backoff.failed(c.cid, 0.0)
+    later = choose(cands, trainers, plan=plan, view=view, me=me, owner=None, first_seen=seen, backoff=backoff,
+                   now=5.0)
+    assert [c.cid for c in later] == [_cid(7), _cid(100)]  # only the one not tried yet, beside the honest record
+    assert backoff.failed(_cid(0), 0.0) == 2 and backoff.waiting(_cid(0), 19.0) and not backoff.waiting(_cid(0), 21.0)
+
+
+def test_a_verifier_checks_only_what_it_is_assigned_in_a_large_swarm():
+    from node.role_verifier import Backoff, choose, eligible_verifiers, to_verify
+
+    members = ["Qm" + f"{i:044d}".translate(str.maketrans("0", "z")) for i in range(60)]
+    trainer, me = members[0], members[1]
+    view = _view([(trainer, _ck(10 * (i + 1), _cid(i))) for i in range(200)], members=members)
+    assert eligible_verifiers(view, trainer, me) == 59
+    plan = VerifyPlan(_secret(3), wanted=3, replay_every=10, patience=30.0)
+    trainers = {c.cid: p for p, c in view.checkpoints}
+    picked = choose(to_verify(view, me, "expert-0"), trainers, plan=plan, view=view, me=me, owner=None,
+                    first_seen={}, backoff=Backoff(10.0, 320.0), now=0.0, limit=1000)
+    assert 0 < len(picked) <= 200 * 3 / 59 * 2.5  # about 3/59 of them
