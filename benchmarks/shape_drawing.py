@@ -4,7 +4,7 @@ and asks the synthetic-data judge which shape it sees, beside the judge on real 
 
 With one shape there is nothing for the caption to choose: a miss is the drawing, not the conditioning.
 With two (say cross and circle) the caption has to pick the outline. This separates the two causes of the
-missing shape in the demo's videos (README, "Why the shape is missing").
+missing shape in the demo's videos (docs/research-demo-quality.md, "Why the shape is missing").
 
     python benchmarks/shape_drawing.py [--shapes cross] [--steps 3000] [--frames 8] [--work DIR] [--strip PNG] [--json]
 """

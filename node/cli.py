@@ -447,7 +447,7 @@ def eval_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
     """Metrics on the built-in data: FVD-synth and prompt-attribute accuracy, plus FVD (I3D) and CLIP
-    text-video similarity when their weights are given (see README)."""
+    text-video similarity when their weights are given (see docs/cli.md)."""
     from expert.device import resolve_device
     from expert.evaluate import EVAL_SEED, evaluate_synthetic
     from expert.routing import parse_strategy

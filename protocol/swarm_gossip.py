@@ -3,7 +3,7 @@
 A gossip message carries a typed event, the sender's peer id and RSA public key, a sequence number and an
 RSA-PSS signature by the node's own key (the same key as its DHT records and hivemind peer id), so a receiver
 checks who sent it without asking the DHT. This module must not import hivemind or libp2p: both the daemon
-(hivemind) and the gossip worker (libp2p) import it, and the two cannot share a process (DESIGN.md §6).
+(hivemind) and the gossip worker (libp2p) import it, and the two cannot share a process (docs/design.md §6).
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def message_id(data: bytes) -> bytes:
 
 
 class GossipSettings(Frozen):
-    """Gossipsub tuned for our traffic (DESIGN.md §6: the defaults silently drop it)."""
+    """Gossipsub tuned for our traffic (docs/design.md §6: the defaults silently drop it)."""
 
     degree: int = Field(default=6, ge=1, le=32)
     degree_low: int = Field(default=4, ge=1, le=32)

@@ -1,7 +1,7 @@
 """`ContentStore`: put files and directories under a root CID, get them back from any providers, serve what
 we hold to peers, and announce ourselves as a provider in the DHT.
 
-Bulk bytes move over hivemind P2P streams (DESIGN.md §4: bitswap is too slow for checkpoints). Providers are
+Bulk bytes move over hivemind P2P streams (docs/design.md §4: bitswap is too slow for checkpoints). Providers are
 DHT records (`paris/cas/<cid>`, one per owner, with expiry) that we re-announce while the CID stays pinned.
 """
 

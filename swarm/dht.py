@@ -93,7 +93,7 @@ class ProtocolMismatchError(ParisError):
 
 
 class NetworkConfig(BaseModel):
-    """How the node is reachable. Defaults are loopback-only (DESIGN.md §7): opening a node is a choice."""
+    """How the node is reachable. Defaults are loopback-only (docs/design.md §7): opening a node is a choice."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     initial_peers: tuple[str, ...] = ()

@@ -1,5 +1,5 @@
 """The gossip worker: py-libp2p gossipsub in a process of its own (libp2p and hivemind cannot share a
-process, DESIGN.md §6), driven by the daemon over JSON lines on stdin/stdout (protocol.swarm_gossip frames).
+process, docs/design.md §6), driven by the daemon over JSON lines on stdin/stdout (protocol.swarm_gossip frames).
 
 It receives messages that are already signed by the daemon and publishes them; it checks every message it
 receives (size, schema, signature, sender key, freshness), drops duplicates and senders over their rate, and

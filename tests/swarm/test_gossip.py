@@ -93,7 +93,7 @@ def test_frames():
 
 
 def test_worker_module_is_not_imported_here():
-    assert "libp2p" not in sys.modules  # hivemind and libp2p cannot share a process (DESIGN.md §6)
+    assert "libp2p" not in sys.modules  # hivemind and libp2p cannot share a process (docs/design.md §6)
 
 
 @settings(max_examples=300, deadline=None)
