@@ -9,6 +9,7 @@ The modules:
 - `claim_logic` — `choose_cluster`/`winner`: which cluster to train, pure functions over a DHT snapshot.
 - `claims` — `ClaimManager`: the thin I/O loop around claim_logic (read, announce, settle, renew, release).
 - `acceptance` — which published checkpoints count: one pure function over checkpoint and attestation records.
+- `verify_plan` — which checkpoints a verifier checks and which intervals it replays: keyed draws nobody foresees.
 - `state` — `read_run`/`publish_progress`/`publish_checkpoint`/`publish_spec_pointer`: run records as one view.
 - `archive` — records that outlive their TTL: what a seeder keeps alive, and its local ledger.
 - `cas` — `ContentStore`: put files under a root CID, get them from any providers, serve and announce them.
