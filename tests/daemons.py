@@ -67,3 +67,38 @@ class Daemon:
         if self.proc.poll() is None:
             self.kill9()
         self._fh.close()
+
+
+def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """One `paris-node` command, run to its end."""
+    return subprocess.run([*CLI, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def status(peers_file: Path) -> dict:
+    """`paris-node status --json` against the swarm that `peers_file` (a node.json) names."""
+    r = cli("status", "--initial-peers-file", str(peers_file), "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)
+
+
+def wait_status(peers_file: Path, pred, timeout: float, what: str, *, watch: tuple[Daemon, ...] = ()) -> dict:
+    """Poll `status --json` until `pred(status)`; fails with the last status (and a dead daemon's log tail)."""
+    deadline = time.monotonic() + timeout
+    st: dict = {}
+    while time.monotonic() < deadline:
+        for d in watch:
+            if d.proc.poll() is not None:
+                tail = "\n".join(d.log.read_text(errors="replace").splitlines()[-25:])
+                raise AssertionError(f"{d.home.name} exited ({d.proc.returncode}) while waiting for {what}:\n{tail}")
+        st = status(peers_file)
+        if pred(st):
+            return st
+        time.sleep(2)
+    raise AssertionError(f"{what}: status never showed it in {timeout}s; last: {json.dumps(st)[:3000]}")
+
+
+def run_finished(st: dict) -> bool:
+    """Every expert and the router have an accepted checkpoint at their targets (the acceptance rule's view)."""
+    return bool(st.get("slots")) and all(
+        s["verified_step"] is not None and s["target"] is not None and s["verified_step"] >= s["target"]
+        for s in st["slots"])
