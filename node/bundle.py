@@ -27,7 +27,7 @@ from protocol.run import RunSpec
 from protocol.swarm_records import RUN_ID_PATTERN, RunPointerBody, run_key
 from protocol.swarm_run import SIGNATURE_FILE, SPEC_FILE, SWARM_FILE, ClusterData, Schedule, SwarmRunManifest
 from swarm.cas import ContentStore
-from swarm.dht import SwarmNode
+from swarm.dht import DHTReadError, RecordSet, SwarmNode
 from swarm.identity import peer_id_of_public_key, sign, verify_signature
 from swarm.state import RunRules, list_runs, publish_spec_pointer
 
@@ -176,7 +176,11 @@ async def fetch_run(node: SwarmNode, store: ContentStore, run_id: str, *, timeou
     errors: list[str] = []
     tried: set[tuple[bytes, str | None]] = set()  # (owner, CID) tried; (owner, None): already logged
     while True:
-        found = await node.get(run_key(run_id, "spec"))
+        try:
+            found = await node.get(run_key(run_id, "spec"))
+        except DHTReadError as e:  # retried until the deadline, like a pointer that is not visible yet
+            errors.append(str(e))
+            found = RecordSet(())
         pointers = sorted(((r.owner, r.body) for r in found.records if isinstance(r.body, RunPointerBody)
                            and r.body.run_id == run_id), key=lambda ob: ob[1].ts, reverse=True)
         for owner, pointer in pointers:

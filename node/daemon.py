@@ -561,8 +561,8 @@ class Daemon:
         is making progress on which: what the claim manager's snapshots are judged with."""
         assert self.node is not None and self.run_info is not None
         spec = self.run_info.spec
-        view = await read_run(self.node, spec.run_id, spec.num_clusters, rules=self.rules,
-                              local=self.checker.verdicts)
+        view = (await read_run(self.node, spec.run_id, spec.num_clusters, rules=self.rules,
+                               local=self.checker.verdicts)).decidable()
         self.note_members(view.members)
         self.publisher.settle(view)
         return verified_state(view, self.checker.verdicts)
@@ -620,7 +620,7 @@ class Daemon:
         view = await read_run(self.node, spec.run_id, spec.num_clusters, rules=self.rules,
                               local=self.checker.verdicts)
         router = view.latest_checkpoint("router")
-        return (all_done(view.states) and router is not None
+        return (not view.failed and all_done(view.states) and router is not None
                 and router.step >= self.run_info.manifest.schedule.router_target_steps)
 
 

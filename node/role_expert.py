@@ -71,8 +71,8 @@ async def resume(d: Lane, trainer, slot: str, holds=lambda: True) -> None:
     if (own_root / LATEST).is_file():
         with contextlib.suppress(ParisError, OSError):
             own_step = read_meta(resolve_checkpoint(own_root)).step
-    view = await read_run(d.node, d.run_info.spec.run_id, d.run_info.spec.num_clusters, rules=d.rules,
-                          local=d.checker.verdicts)
+    view = (await read_run(d.node, d.run_info.spec.run_id, d.run_info.spec.num_clusters, rules=d.rules,
+                           local=d.checker.verdicts)).decidable()  # never resume from our own over a failed read
     for cand in view.accepted_checkpoints(slot):  # newest first; its only holder may be gone
         if cand.step <= own_step:
             break

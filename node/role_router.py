@@ -35,7 +35,8 @@ async def maybe_run_router(d: Lane, *, wait: bool) -> bool:
 
     assert d.node is not None and d.store is not None and d.run_info is not None
     spec, schedule = d.run_info.spec, d.run_info.manifest.schedule
-    view = await read_run(d.node, spec.run_id, spec.num_clusters, rules=d.rules, local=d.checker.verdicts)
+    view = (await read_run(d.node, spec.run_id, spec.num_clusters, rules=d.rules,
+                           local=d.checker.verdicts)).decidable()
     newest = view.latest_checkpoint("router")
     if newest is not None and newest.step >= schedule.router_target_steps and all_done(view.states):
         return False
@@ -78,8 +79,10 @@ async def maybe_run_router(d: Lane, *, wait: bool) -> bool:
             report = await asyncio.to_thread(trainer.validation)
             event(log, "router validated on the held-out split", step=trainer.step, loss=round(report["loss"], 5),
                   accuracy=report["accuracy"], per_noise_level=report["per_noise_level"])
-            states = (await read_run(d.node, spec.run_id, spec.num_clusters, rules=d.rules,
-                                     local=d.checker.verdicts)).states
+            after = await read_run(d.node, spec.run_id, spec.num_clusters, rules=d.rules, local=d.checker.verdicts)
+            states = after.states
+            if after.failed:
+                continue  # a partial view decides nothing: train another interval and read again
             if all_done(states):
                 break
             if d.opts.role == "auto" and any(s in (ClusterState.FREE, ClusterState.OFFLINE) for s in states):

@@ -192,6 +192,15 @@ def merge_archived(records: list[Signed]) -> tuple[Signed, ...]:
 class RecordSet:
     records: tuple[Signed, ...]
     foreign: tuple[ForeignMember, ...] = ()
+    failed: str = ""  # the read failed and these are the records this node last saw, still live: why it failed
+
+
+class DHTReadError(ParisError):
+    """A DHT read failed (it timed out, or it came back empty though records this node saw are still live: a
+    dropped or oversize reply) and this node knows nothing of the key to fall back on. Never an empty result."""
+
+
+KNOWN_KEYS = 4096  # keys whose live records a node remembers (the least recently read are forgotten first)
 
 
 class SwarmNode:
@@ -204,6 +213,10 @@ class SwarmNode:
         self.network = network or NetworkConfig()
         self.record_ttl = record_ttl
         self._crowded: set[str] = set()
+        # key → the live records this node last read there: a read can only add to them until they expire, so a
+        # dropped, partial or oversize reply never looks like records that vanished (hivemind answers those with
+        # nothing at all)
+        self._known: dict[str, dict[tuple[bytes, str], Signed]] = {}
         self.owner_subkey = b"[owner:" + identity.public_key_bytes + b"]"
         try:
             self.dht = _DetachedDHT(
@@ -263,21 +276,46 @@ class SwarmNode:
             return False
 
     async def get(self, key: str, *, latest: bool = True) -> RecordSet:
-        """All valid, unexpired records under `key`. Invalid ones are skipped (and logged at debug level)."""
+        """All valid, unexpired records under `key`, together with those this node read there before and that
+        are still live (a DHT record cannot vanish before it expires). Invalid ones are skipped (and logged at
+        debug level). A read that fails returns what this node knows with `failed` saying why, or raises
+        DHTReadError when it knows nothing: never an empty result that looks like an empty key."""
+        now = get_dht_time()
+        known = {k: r for k, r in self._known.pop(key, {}).items() if r.expiration_time >= now}
+        if known:
+            self._known[key] = known  # read most recently: forgotten last
         try:
             fut = self.dht.get(key, latest=latest, return_future=True)
             found = await asyncio.wait_for(fut, self.network.request_timeout)
         except asyncio.TimeoutError:
-            log.warning("DHT get of %s timed out", key)
-            return RecordSet(())
+            return self._failed(key, known, f"the DHT read of {key} timed out after "
+                                            f"{self.network.request_timeout:.0f} s")
         if found is None or not isinstance(found.value, dict):
+            if known:  # records that cannot have expired came back as nothing: a dropped or oversize reply
+                return self._failed(key, known, f"the DHT read of {key} came back empty though {len(known)} of its "
+                                                "records are still live (a dropped or oversize reply)")
             return RecordSet(())
+        got = self._parse(key, found)
+        merged = merge_archived([*known.values(), *got.records])
+        self._known[key] = {(r.owner, subkey_suffix(r.body)): r for r in merged}
+        while len(self._known) > KNOWN_KEYS:
+            del self._known[next(iter(self._known))]
+        return RecordSet(merged, got.foreign)
+
+    def _failed(self, key: str, known: dict[tuple[bytes, str], Signed], why: str) -> RecordSet:
+        if not known:
+            raise DHTReadError(why)
+        log.warning("%s; using the %d live record(s) this node read there before", why, len(known))
+        return RecordSet(tuple(known.values()), failed=why)
+
+    def _parse(self, key: str, found) -> RecordSet:
         if len(found.value) > CROWDED_KEY and key not in self._crowded:
             self._crowded.add(key)  # once per key: a flood of records from throwaway keys, or a very large run
             log.warning("DHT key %s holds %d records (a hivemind response is at most 4 MiB, which bounds a read)",
                         key, len(found.value))
         now = get_dht_time()
-        records, foreign = [], []
+        records: list[Signed] = []
+        foreign: list[ForeignMember] = []
         key_id = DHTID.generate(source=key).to_bytes()
         for subkey, item in found.value.items():
             if item.expiration_time < now:

@@ -28,7 +28,7 @@ from protocol.swarm_records import (
 from protocol.swarm_run import Schedule
 from swarm.acceptance import Claim, Judgement, Policy, Status, Vote, accepted, judge, reached
 from swarm.claim_logic import ClaimView, Snapshot, cluster_states, owners
-from swarm.dht import Signed, SwarmNode
+from swarm.dht import DHTReadError, Signed, SwarmNode
 from swarm.identity import peer_id_of_public_key
 
 PROGRESS_TTL = 120.0
@@ -119,6 +119,14 @@ class RunView:
     rules: RunRules | None = None
     local: tuple[tuple[str, Vote], ...] = ()  # this node's own checks (CID → what it found), see acceptance
     leases: tuple[ClaimView, ...] = ()  # the live leases as judged (progress, staleness)
+    failed: tuple[str, ...] = ()  # reads that failed: those keys hold what this node last saw there, still live
+
+    def decidable(self) -> RunView:
+        """This view, if every read behind it succeeded; else DHTReadError: nothing (DONE, leases, a takeover)
+        is decided on a view that failed, though it may still be shown, with the reason."""
+        if self.failed:
+            raise DHTReadError(f"not deciding on a partial view of run {self.run_id}: {self.failed[0]}")
+        return self
 
     def slot_claims(self, slot: str) -> list[Claim]:
         """The trainers' checkpoint records of `slot` as acceptance claims (seeders' replicas left out)."""
@@ -241,7 +249,8 @@ async def read_run(node: SwarmNode, run_id: str, num_clusters: int | None = None
         run_id=run_id, num_clusters=num_clusters, specs=specs, members=by_peer(MemberBody),
         foreign=sets["members"].foreign, claims=claims, progress=by_peer(ProgressBody), checkpoints=checkpoints,
         done=done, states=(), owners={}, attestations=attestations, rules=rules,
-        local=tuple(sorted((local or {}).items(), key=lambda kv: kv[0])))
+        local=tuple(sorted((local or {}).items(), key=lambda kv: kv[0])),
+        failed=tuple(got.failed for got in sets.values() if got.failed))
     leases = [ClaimView(claimant(c.peer_id, c.lane), c.cluster, c.state, c.since) for c in claims.values()
               if c.cluster < num_clusters and (rules is None or rules.may_train(c.peer_id))]
     if rules is None:

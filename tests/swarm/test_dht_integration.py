@@ -134,3 +134,44 @@ def test_archived_records_outlive_their_writer_and_their_ttl(tmp_path):
                 node.shutdown()
 
     asyncio.run(asyncio.wait_for(run(), 120))
+
+
+async def _forget_hivemind_cache(_dht, node) -> None:
+    node.protocol.cache.clear()
+
+
+def test_a_failed_read_never_turns_into_an_empty_view(tmp_path):
+    """A reader (client mode: it stores nothing itself) reads a run's checkpoint records; then every node that
+    held them leaves. hivemind answers the next read with nothing, as it does for a dropped or oversize reply:
+    the reader keeps the records it knows are still live, says the read failed, and refuses to decide on it."""
+    from protocol.swarm_records import CheckpointBody
+    from swarm.dht import DHTReadError
+    from swarm.state import publish_checkpoint, read_run
+
+    cids = [f"bafkrei{c * 52}" for c in "abc"]
+
+    async def run():
+        a = SwarmNode.start(tmp_path / "a")
+        b = SwarmNode.start(tmp_path / "b", NetworkConfig(initial_peers=tuple(a.visible_maddrs())))
+        c = SwarmNode.start(tmp_path / "c", NetworkConfig(initial_peers=tuple(a.visible_maddrs()), client_mode=True,
+                                                           request_timeout=3.0))
+        try:
+            now = get_dht_time()
+            for i, cid in enumerate(cids):
+                assert await publish_checkpoint(b, "r", CheckpointBody(slot="expert-0", step=10 * (i + 1), cid=cid,
+                                                                       bytes=10, ts=now, val_loss=1.0))
+            first = await read_run(c, "r", 1)
+            assert len(first.checkpoints) == 3 and not first.failed
+            assert first.decidable() is first
+            a.shutdown()
+            b.shutdown()
+            await c.dht.run_coroutine(_forget_hivemind_cache, return_future=True)  # as when its cache has evicted the key
+            again = await read_run(c, "r", 1)
+            assert sorted(ck.cid for _, ck in again.checkpoints) == sorted(cids)  # not an empty run
+            assert any("still live" in why or "timed out" in why for why in again.failed), again.failed
+            with pytest.raises(DHTReadError, match="not deciding"):
+                again.decidable()
+        finally:
+            c.shutdown()
+
+    asyncio.run(asyncio.wait_for(run(), 120))
