@@ -165,7 +165,7 @@ def test_a_failed_read_never_turns_into_an_empty_view(tmp_path):
             assert first.decidable() is first
             a.shutdown()
             b.shutdown()
-            await c.dht.run_coroutine(_forget_hivemind_cache, return_future=True)  # as when its cache has evicted the key
+            await c.dht.run_coroutine(_forget_hivemind_cache, return_future=True)  # its cache evicted the key
             again = await read_run(c, "r", 1)
             assert sorted(ck.cid for _, ck in again.checkpoints) == sorted(cids)  # not an empty run
             assert any("still live" in why or "timed out" in why for why in again.failed), again.failed
