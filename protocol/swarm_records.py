@@ -23,6 +23,7 @@ from protocol.errors import IntegrityError
 
 PROTOCOL_VERSION = 2  # 2: archivable records carry their writer's statement signature (`Envelope.sig`)
 MAX_RECORD_BYTES = 4 * 1024
+MAX_FUTURE_S = 300.0  # a record dated further ahead of the reader's clock is refused (a lie, or a clock far off)
 MAX_ARCHIVE_BYTES = 12 * 1024  # an archive embeds one record (≤ MAX_RECORD_BYTES) and its writer's key
 MAX_RECORD_TTL = 30 * 24 * 3600.0
 

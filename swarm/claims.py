@@ -86,8 +86,12 @@ class ClaimManager:
     def check_clock(self, snap: Snapshot) -> str:
         """Estimate our clock offset from the other owners' leases (renewed every period) and say whether it is
         too large to hold a lease ("" if fine or unknown)."""
-        samples = [(c.ts, self.period) for c in snap.claims  # TRAINING leases are renewed every period
-                   if claimant_peer(c.peer_id) != self.node.peer_id and c.ts > 0 and c.state == ClaimState.TRAINING]
+        freshest: dict[str, float] = {}  # one sample per peer, however many leases (lanes) it writes
+        for c in snap.claims:  # TRAINING leases are renewed every period
+            peer = claimant_peer(c.peer_id)
+            if peer != self.node.peer_id and c.ts > 0 and c.state == ClaimState.TRAINING:
+                freshest[peer] = max(freshest.get(peer, 0.0), c.ts)
+        samples = [(ts, self.period) for ts in freshest.values()]
         problem = clock_problem(clock_offset(self.clock(), samples), self.max_skew)
         if problem and problem != self.clock_problem:
             log.warning(problem)

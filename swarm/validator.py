@@ -15,6 +15,7 @@ from hivemind.utils.timed_storage import get_dht_time
 from protocol.errors import IntegrityError
 from protocol.swarm_records import (
     ARCHIVABLE_KINDS,
+    MAX_FUTURE_S,
     MAX_RECORD_TTL,
     ArchivedBody,
     ClaimBody,
@@ -59,6 +60,9 @@ def check_record(key_id: bytes, subkey: object, value: object, expiration_time: 
     now = get_dht_time() if now is None else now
     if expiration_time > now + MAX_RECORD_TTL:
         raise IntegrityError("record expires too far in the future")
+    dated = max(getattr(env.body, "ts", 0.0), getattr(env.body, "since", 0.0) or 0.0)
+    if dated > now + MAX_FUTURE_S:  # it would count as progress, or hold a lease, long before its time
+        raise IntegrityError(f"record is dated {dated - now:.0f} s in the future (at most {MAX_FUTURE_S:.0f} s)")
     if isinstance(env.body, MemberBody | ClaimBody | ProviderBody):
         try:
             owner_peer = peer_id_of_public_key(owner)

@@ -192,3 +192,26 @@ def test_clock_offset_from_peers_lease_timestamps():
     assert clock_offset(1000.0, fresh[:1]) is None  # one peer is not a swarm
     assert clock_problem(clock_offset(1000.0, fresh), 6.0) == ""
     assert "behind its peers" in clock_problem(-120.0, 6.0) and "ahead of" in clock_problem(30.0, 6.0)
+
+
+def test_one_identity_with_many_lanes_is_one_clock_sample():
+    """16 leases of one identity (lanes `peer/1` …), dated 10,000 s back, against two honest peers: the clock
+    estimate takes one sample per peer, so the median stays with the honest ones and no lease is refused."""
+    from types import SimpleNamespace
+
+    from protocol.swarm_records import claimant
+    from swarm.claim_logic import ClaimView, Snapshot
+    from swarm.claims import ClaimManager
+
+    now = 1_000_000.0
+    me, honest, liar = "QmMe", "QmHonest1", "QmLiar"
+    manager = ClaimManager(SimpleNamespace(peer_id=me), "run-x", 20, period=2.0, clock=lambda: now)
+    leases = [ClaimView(honest, 0, ClaimState.TRAINING, ts=now - 1.0), ClaimView("QmHonest2", 1, ClaimState.TRAINING,
+                                                                               ts=now - 0.5)]
+    leases += [ClaimView(claimant(liar, lane or None), 2 + lane, ClaimState.TRAINING, ts=now - 10_000.0)
+               for lane in range(16)]
+    assert manager.check_clock(Snapshot(20, tuple(leases))) == ""
+    # one sample per lease (the old estimate) gave the liar 16 of 18 samples: the median was the lie
+    from swarm.clock import clock_offset, clock_problem
+
+    assert "ahead of" in clock_problem(clock_offset(now, [(c.ts, 2.0) for c in leases]), manager.max_skew)

@@ -198,3 +198,21 @@ def test_network_defaults_are_loopback_only():
                            nat_traversal=True, use_relay=True).dht_kwargs()
     assert opened["nat_port_map"] and opened["auto_nat"] and opened["use_relay"] and opened["use_auto_relay"]
     assert opened["announce_maddrs"] == ["/ip4/1.2.3.4/tcp/31337"]
+
+
+def test_records_dated_in_the_future_are_refused(ids):
+    """A checkpoint record dated a year ahead would count as progress (and keep a lease) until then, and a lease
+    whose `since` lies ahead would outrank honest ones: every node's validator refuses both; a clock a minute
+    off is still fine."""
+    from protocol.swarm_records import MAX_FUTURE_S, CheckpointBody
+
+    a, b = ids
+    validator = CompositeValidator(make_validators(b.private_key))
+    now = get_dht_time()
+    key = run_key("r", "checkpoints")
+    cid = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+    for ts, ok in ((now, True), (now + 60, True), (now + MAX_FUTURE_S + 5, False), (now + 365 * 86400, False)):
+        ck = CheckpointBody(slot="expert-0", step=10**6, cid=cid, bytes=10, ts=ts, val_loss=1.0)
+        assert validator.validate(_record(a, key, ck)) is ok, ts - now
+    lease = ClaimBody(cluster=0, state=ClaimState.TRAINING, peer_id=a.peer_id, since=now + 10**5, ts=now)
+    assert not validator.validate(_record(a, run_key("r", "claims"), lease))
