@@ -99,8 +99,8 @@ class CheckpointChecker:
         policy = self.rules.for_slot(slot)
         if meta.parent is None:
             return lineage_problem(meta.step, 0, val_loss, await self.init_loss(slot), policy)
-        mine = self.verdicts.get(meta.parent)
-        facts = (mine.step, mine.val_loss) if mine is not None and mine.accept else parents.get(meta.parent)
+        mine = self.verdicts.get(meta.parent)  # an accepted parent's facts carry its lineage's best loss
+        facts = parents.get(meta.parent) or ((mine.step, mine.val_loss) if mine is not None and mine.accept else None)
         return "" if facts is None else lineage_problem(meta.step, facts[0], val_loss, facts[1], policy)
 
     async def check(self, body: CheckpointBody, parents: dict[str, tuple[int, float | None]] | None = None, *,
@@ -181,6 +181,8 @@ class CheckpointChecker:
             return self._replay_failed(body, f"replay impossible: {type(e).__name__}: {str(e)[:200]}")
         if not report.ok:
             return self._replay_failed(body, report.reason)
+        if (mine := self.verdicts.get(body.cid)) is not None and mine.accept:
+            self.verdicts[body.cid] = replace(mine, replayed=True)  # outweighs another's failed replay, here
         return CheckResult(True, "", replayed=True, replay_exact=report.exact)
 
     def _replay_failed(self, body: CheckpointBody, reason: str) -> CheckResult:

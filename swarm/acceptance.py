@@ -7,12 +7,16 @@ ACCEPTED when all of these hold:
 
 1. lineage: its parent is an ACCEPTED claim (or the step-0 initialisation, parent None), and its step is
    1..`max_interval` steps past the parent's (an honest trainer publishes at least every `max_interval`);
-2. its validation loss is finite and no worse than the parent's by more than `loss_tolerance` (relative)
-   plus `loss_slack` (absolute); for a first checkpoint, than the initialisation's loss when known;
-3. at least `attestations` verifiers other than its trainer accept it, agreeing with its step, parent and
+2. its validation loss is finite and no worse than the *best* of its accepted ancestors' (and of the
+   initialisation's, when known) by more than `loss_tolerance` (relative) plus `loss_slack` (absolute): a
+   chain of children each a little worse than its parent cannot compound;
+3. no verifier other than its trainer published a failed replay of it: a replay is deterministic, so its
+   failure is decisive whatever the number of accepts (a node that doubts it replays the interval itself,
+   and only its own *replay* overrides it, never its own loss check);
+4. at least `attestations` verifiers other than its trainer accept it, agreeing with its step, parent and
    loss; and no more verifiers reject it (or disagree with it) than accept it.
 
-A claim that fails 1–3 for good is REJECTED (and so is everything that descends from it); one that only
+A claim that fails 1–4 for good is REJECTED (and so is everything that descends from it); one that only
 lacks attestations, or whose parent does, is PENDING. A node's own check of a CID (`local`: what it found
 inside, as a vote) overrides the attestations for that node: a claim it confirmed needs no quorum, and a
 claim it contradicts (bad weights, another step or parent, another loss) is rejected.
@@ -81,6 +85,12 @@ class Judgement:
     rejects: int = 0
     replayed: int = 0
     awaiting: bool = False  # PENDING only for want of attestations (its lineage is complete and checked)
+    best_loss: float | None = None  # the lowest validation loss on its lineage, itself and init included
+
+    @property
+    def complete(self) -> bool:
+        """ACCEPTED, or PENDING only for want of attestations: a lineage that reaches the initialisation."""
+        return self.status == Status.ACCEPTED or (self.status == Status.PENDING and self.awaiting)
 
     @property
     def accepted(self) -> bool:
@@ -115,21 +125,35 @@ def _objection(claim: Claim, v: Vote, rtol: float) -> str:
     return ""
 
 
-def _tally(claim: Claim, votes: Iterable[Vote], rtol: float) -> tuple[int, int, int, str]:
-    """(accepts, rejects, replayed accepts, the first reject reason) among distinct verifiers other than the
-    trainer; a verifier that both supports and contradicts a claim counts once, against it."""
+@dataclass(frozen=True)
+class _Tally:
+    accepts: int
+    rejects: int
+    replayed: int  # accepts backed by a replay
+    reason: str  # the first reject's reason
+    replay_failed: str  # the reason of the first failed replay ("" if none)
+
+
+def _tally(claim: Claim, votes: Iterable[Vote], rtol: float) -> _Tally:
+    """Among distinct verifiers other than the trainer: accepts, rejects, replayed accepts, the first reject
+    reason and the first failed replay's; a verifier that both supports and contradicts a claim counts once,
+    against it."""
     verdicts: dict[str, tuple[str, bool]] = {}
+    failed: list[str] = []
     for v in sorted(votes, key=lambda v: (v.verifier, v.accept, v.step, v.parent or "", v.reason, v.replayed,
                                           v.val_loss if v.val_loss is not None else float("inf"))):
         if v.verifier == claim.trainer or v.cid != claim.cid:
             continue
         why = _objection(claim, v, rtol)
+        if v.replayed and not v.accept:
+            failed.append(why)
         if v.verifier not in verdicts or (why and not verdicts[v.verifier][0]):
             verdicts[v.verifier] = (why, v.replayed)
     accepts = sum(1 for why, _ in verdicts.values() if not why)
     replayed = sum(1 for why, r in verdicts.values() if not why and r)
     reasons = sorted(why for why, _ in verdicts.values() if why)
-    return accepts, len(verdicts) - accepts, replayed, reasons[0] if reasons else ""
+    return _Tally(accepts, len(verdicts) - accepts, replayed, reasons[0] if reasons else "",
+                  sorted(failed)[0] if failed else "")
 
 
 def _order(c: Claim) -> tuple:
@@ -175,10 +199,11 @@ def judge(claims: Iterable[Claim], votes: Iterable[Vote], policy: Policy,
         return memo[c]
 
     def _judge_one(c: Claim) -> Judgement:
-        accepts, rejects, replayed, vote_reason = _tally(c, votes_by_cid.get(c.cid, []), policy.val_rtol)
+        t = _tally(c, votes_by_cid.get(c.cid, []), policy.val_rtol)
+        best: float | None = None
 
         def out(status: Status, reason: str, awaiting: bool = False) -> Judgement:
-            return Judgement(c, status, reason, accepts, rejects, replayed, awaiting)
+            return Judgement(c, status, reason, t.accepts, t.rejects, t.replayed, awaiting, best)
 
         check = local.get(c.cid)
         if check is False:
@@ -192,26 +217,32 @@ def judge(claims: Iterable[Claim], votes: Iterable[Vote], policy: Policy,
         if missing:
             return out(Status.PENDING, missing)
         parent_step = 0 if parent is None else parent.claim.step
-        parent_loss = policy.init_loss if parent is None else parent.claim.val_loss
+        reference = policy.init_loss if parent is None else parent.best_loss  # the best on the lineage
+        best = c.val_loss if reference is None else min(c.val_loss, reference)
         if parent is not None and parent.status == Status.REJECTED:
             return out(Status.REJECTED, parent.reason if parent.claim is c else "descends from a rejected checkpoint")
-        if why := lineage_problem(c.step, parent_step, c.val_loss, parent_loss, policy):
-            return out(Status.REJECTED, why)
-        if not mine and rejects > accepts:
-            return out(Status.REJECTED, vote_reason)
+        if why := lineage_problem(c.step, parent_step, c.val_loss, reference, policy):
+            return out(Status.REJECTED, why.replace("its parent's", "its lineage's best"))
+        replayed_here = isinstance(check, Vote) and check.accept and check.replayed
+        if t.replay_failed and not replayed_here:  # decisive: only this node's own replay outweighs it
+            return out(Status.REJECTED, t.replay_failed)
+        if not mine and t.rejects > t.accepts:
+            return out(Status.REJECTED, t.reason)
         if parent is not None and parent.status == Status.PENDING:
             return out(Status.PENDING, "its parent is not accepted yet", parent.awaiting)
-        if mine or accepts >= policy.attestations:
-            return out(Status.ACCEPTED, "verified by this node" if mine else f"{accepts} attestation(s)")
-        return out(Status.PENDING, f"{accepts} of {policy.attestations} attestation(s)", True)
+        if mine or t.accepts >= policy.attestations:
+            return out(Status.ACCEPTED, "verified by this node" if mine else f"{t.accepts} attestation(s)")
+        return out(Status.PENDING, f"{t.accepts} of {policy.attestations} attestation(s)", True)
 
     judged = [j(c) for c in claims]  # ascending step: every parent is judged before its children (no recursion)
     return sorted(judged, key=lambda x: (x.claim.step, x.claim.ts), reverse=True)
 
 
 def known_facts(judgements: Iterable[Judgement]) -> dict[str, tuple[int, float | None]]:
-    """CID → (step, validation loss) of accepted checkpoints: what a local check compares a child with."""
-    return {j.claim.cid: (j.claim.step, j.claim.val_loss) for j in judgements if j.accepted}
+    """CID → (step, the best validation loss on its lineage) of accepted checkpoints: what a local check
+    compares a child with."""
+    return {j.claim.cid: (j.claim.step, j.best_loss if j.best_loss is not None else j.claim.val_loss)
+            for j in judgements if j.accepted}
 
 
 def credited_steps(judgements: Iterable[Judgement]) -> dict[str, tuple[int, int]]:

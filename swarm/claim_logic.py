@@ -19,9 +19,10 @@ _CONTENDING = (ClaimState.JOINING, ClaimState.TRAINING)
 @dataclass(frozen=True)
 class ClaimView:
     """One live lease as read from the DHT (expired leases are already gone from the DHT). `progress`: the
-    step of the newest checkpoint this peer published on this cluster that the acceptance rule has not
-    rejected; `stale`: an incumbent that published none within the run's grace window (its lease is no
-    longer earned: anyone may claim the cluster, and a joiner beats it)."""
+    step of the newest checkpoint this peer published on this cluster on a complete lineage (accepted, or
+    awaiting only attestations: a record naming a parent nobody announced earns nothing); `stale`: an
+    incumbent that published none within the run's grace window (its lease is no longer earned: anyone may
+    claim the cluster, and a joiner beats it)."""
 
     peer_id: str
     cluster: int

@@ -196,7 +196,8 @@ Activity = dict[tuple[str, int], tuple[int, float]]  # (trainer, cluster) → (s
 @dataclass(frozen=True)
 class VerifiedState:
     """What the acceptance rule says about every cluster, for a claim snapshot: which reached the target
-    (`reach`), and each trainer's newest unrejected checkpoint per cluster (`activity`), which earns leases."""
+    (`reach`), and each trainer's newest checkpoint per cluster on a complete lineage (accepted, or awaiting
+    only attestations: `activity`), which earns leases."""
 
     reach: dict[int, Status | None]
     activity: Activity
@@ -213,7 +214,7 @@ def verified_state(view: RunView, local: dict[str, Vote] | None = None) -> Verif
         judged = judge(view.slot_claims(slot), view.slot_votes(slot), view.rules.for_slot(slot), local)
         reach[k] = reached(judged, view.rules.target(slot))
         for j in judged:
-            if j.status != Status.REJECTED:
+            if j.complete:  # a lineage that reaches the initialisation: a dangling or rejected one earns nothing
                 key = (j.claim.trainer, k)
                 best = activity.get(key, (-1, 0.0))
                 activity[key] = max(best, (j.claim.step, j.claim.ts))
@@ -264,7 +265,7 @@ async def read_run(node: SwarmNode, run_id: str, num_clusters: int | None = None
 def verified_snapshot(num_clusters: int, leases: list[ClaimView], state: VerifiedState | dict) -> Snapshot:
     """A claim snapshot whose DONE comes from the acceptance rule (a lease that says DONE for a cluster without
     an accepted checkpoint at its target counts as an ordinary lease), and whose leases are earned by progress:
-    an owner whose newest unrejected checkpoint on its cluster (or, before any, its claim) is older than the
+    an owner whose newest checkpoint on a complete lineage on its cluster (or, before any, its claim) is older than the
     grace window is stale. `state` may be a bare reach dict (no progress rule)."""
     if not isinstance(state, VerifiedState):
         state = VerifiedState(dict(state), {})

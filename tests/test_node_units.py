@@ -380,3 +380,23 @@ def test_a_new_swarm_publishes_at_its_presets_cadence_unless_told_otherwise(tmp_
     assert base.checkpoint_every == 2000 and base.checkpoint_minutes == 5.0  # the clock still bounds it
     assert told.with_preset_cadence(get_preset("tiny").train).checkpoint_every == 100
     assert told.checkpoint_every == 50  # --checkpoint-every N: the schedule as given
+
+
+def test_a_record_with_a_dangling_lineage_earns_no_progress_and_no_lease():
+    """An attacker's checkpoint record at step 10^6 naming a parent nobody announced, with its own lease on the
+    cluster: it counts as no progress, so the honest owner that publishes checkpoints keeps the cluster."""
+    from dataclasses import replace
+
+    from swarm.claim_logic import ClaimView, winner
+    from swarm.state import verified_snapshot, verified_state
+
+    honest = [(PEER_A, _ck("expert-0", 10, _cid(0), ts=1000.0)),
+              (PEER_A, _ck("expert-0", 20, _cid(1), parent=_cid(0), ts=1010.0))]
+    forged = (PEER_B, _ck("expert-0", 10**6, _cid(2), parent=_cid(9), ts=1020.0))
+    view = _view([*honest, forged], q=1)
+    state = verified_state(view)
+    assert (PEER_B, 0) not in state.activity and state.activity[(PEER_A, 0)][0] == 20
+    leases = [ClaimView(PEER_A, 0, ClaimState.TRAINING, since=900.0), ClaimView(PEER_B, 0, ClaimState.TRAINING,
+                                                                                 since=900.0)]
+    snap = verified_snapshot(2, leases, replace(state, now=1030.0, grace=60.0))
+    assert winner(snap, 0) == PEER_A

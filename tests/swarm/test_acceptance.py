@@ -622,3 +622,56 @@ def test_credit_goes_to_accepted_work_only_and_both_branches_of_a_split_count():
     votes = [vote(c, "V") for c in (a10, a20, b30, c25)] + [vote(liar, "V", accept=False, reason="loss")]
     got = credited_steps(judge(claims, votes, Q1))
     assert got == {"A": (20, 2), "B": (10, 1), "C": (5, 1)}
+
+
+# --- issue 29: compounding, decisive replays ------------------------------------------------------------------
+
+
+def test_the_loss_bound_holds_against_the_best_ancestor_so_losses_cannot_compound():
+    """30 one-step children each 9 % worse than their parent were all accepted at 13x the root's loss when
+    each was compared with its parent only; against the lineage's best, the second already fails."""
+    pol = Policy(attestations=0, loss_tolerance=0.1)
+    chain = [claim("c0", 1, None, 1.0)]
+    for i in range(1, 30):
+        chain.append(claim(f"c{i}", i + 1, f"c{i - 1}", 1.0 * 1.09**i))
+    got = statuses(chain, [], pol)
+    assert got["c0"] == A and got["c1"] == A and all(got[f"c{i}"] == R for i in range(2, 30))
+    assert "lineage's best" in by_cid(judge(chain, [], pol))["c2"].reason
+    # a dip then a rise within the tolerance of the best passes; the best includes the initialisation
+    ok = [claim("d0", 1, None, 2.0), claim("d1", 2, "d0", 1.0), claim("d2", 3, "d1", 1.09)]
+    assert set(statuses(ok, [], pol).values()) == {A}
+    assert statuses([claim("e0", 1, None, 1.05)], [], replace(pol, init_loss=0.9))["e0"] == R
+
+
+def test_a_failed_replay_is_decisive_and_only_a_replay_here_outweighs_it():
+    """Two minted accepts beat two honest rejects under a vote count; a failed replay rejects the checkpoint and
+    its descendants whatever the accepts. This node's own loss check does not override it; its own replay does."""
+    c1 = claim("cid1", 10, None, 2.0)
+    c2 = claim("cid2", 20, "cid1", 1.9)
+    kid = claim("cid3", 30, "cid2", 1.8)
+    minted = [vote(c, f"sybil{i}") for c in (c1, c2, kid) for i in range(5)]
+    failed = vote(c2, "honest", False, reason="replay differs by 0.8 of the update", replayed=True)
+    got = statuses([c1, c2, kid], [*minted, failed], Q1)
+    assert got == {"cid1": A, "cid2": R, "cid3": R}
+    assert "replay differs" in by_cid(judge([c1, c2, kid], [*minted, failed], Q1))["cid2"].reason
+    loss_only = {"cid2": replace(vote(c2, "local"), replayed=False)}
+    assert statuses([c1, c2, kid], [*minted, failed], Q1, loss_only)["cid2"] == R
+    replayed_here = {"cid2": replace(vote(c2, "local"), replayed=True)}
+    assert statuses([c1, c2, kid], [*minted, failed], Q1, replayed_here) == {"cid1": A, "cid2": A, "cid3": A}
+    # the trainer's own "failed replay" of its work is no evidence either way
+    assert statuses([c1], [vote(c1, "peerA", False, replayed=True)], Q0) == {"cid1": A}
+
+
+@settings(max_examples=150, deadline=None)
+@given(lineages(unique=True, acyclic=True))
+def test_every_accepted_claim_is_within_tolerance_of_its_lineages_best(case):
+    claims, votes, policy, local = case
+    js = by_cid(judge(claims, votes, policy, local))
+    for j in js.values():
+        if j.status != A:
+            continue
+        best, cur = policy.init_loss, j.claim
+        while cur.parent is not None:
+            cur = js[cur.parent].claim
+            best = cur.val_loss if best is None else min(best, cur.val_loss)
+        assert best is None or j.claim.val_loss <= best * (1 + policy.loss_tolerance) + policy.loss_slack + 1e-9
