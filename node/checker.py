@@ -185,6 +185,10 @@ class CheckpointChecker:
             self.verdicts[body.cid] = replace(mine, replayed=True)  # outweighs another's failed replay, here
         return CheckResult(True, "", replayed=True, replay_exact=report.exact)
 
+    def refute(self, body: CheckpointBody, reason: str) -> None:
+        """Remember that this node rejects `body`'s CID for `reason` (found by a rule beyond its content)."""
+        self.verdicts[body.cid] = Vote("local", body.cid, body.step, body.parent, None, False, reason)
+
     def _replay_failed(self, body: CheckpointBody, reason: str) -> CheckResult:
         self.verdicts[body.cid] = Vote("local", body.cid, body.step, body.parent, None, False, reason, replayed=True)
         log.warning("replay of %s step %d failed: %s", body.slot, body.step, reason)

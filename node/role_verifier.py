@@ -72,6 +72,37 @@ def eligible_verifiers(view: RunView, trainer: str, me: str) -> int:
     return len((peers | {me}) - {trainer})
 
 
+def lease_verdict(seen: dict[str, float], watching_since: float | None, trainer: str, first_seen: float, now: float,
+                  *, window: float, defer: float) -> str:
+    """Whether `trainer` could write a checkpoint of a slot whose leaseholders this verifier watched since
+    `watching_since` (`seen`: peer → when it last saw that peer hold the lease): "ok" if it held the lease
+    within `window` seconds before this verifier first saw the record, or if the record was already there when
+    this verifier began to watch (it cannot judge what it did not see); "wait" while the record is younger
+    than `defer` (the lease may not have reached this node's reads yet); else "reject": copies and forks by
+    peers that never held the slot are ignored, whatever their step."""
+    if watching_since is None or first_seen <= watching_since:
+        return "ok"
+    if seen.get(trainer, float("-inf")) >= first_seen - window:
+        return "ok"
+    return "wait" if now - first_seen < defer else "reject"
+
+
+def disputed(view: RunView, me: str, slot: str, replayed: set[str] | frozenset[str]) -> list[CheckpointBody]:
+    """Checkpoints of `slot` that another peer (not their trainer) says failed a replay, and that this node has
+    not replayed itself: a failed replay is decisive in the rule, so a verifier re-runs it (it is deterministic)
+    rather than let a minted one stall honest work. Oldest first."""
+    trainers = {c.cid: peer for peer, c in view.checkpoints if c.slot == slot and not c.replica}
+    failed = {a.cid for peer, a in view.attestations if a.slot == slot and a.replayed and a.verdict == "reject"
+              and peer != me and trainers.get(a.cid) not in (None, peer)}
+    out, seen = [], set()
+    for peer, c in sorted(view.checkpoints, key=lambda pc: (pc[1].step, pc[1].ts)):
+        if (c.cid in failed and c.cid not in replayed and c.cid not in seen and c.slot == slot and not c.replica
+                and peer != me):
+            seen.add(c.cid)
+            out.append(c)
+    return out
+
+
 @dataclass
 class Backoff:
     """CIDs that could not be fetched: retried after a delay that doubles with each failure (capped), so a
@@ -116,13 +147,17 @@ class Verifier:
     rounds. Receives what it uses: the DHT node, the checker, the run, the record keeper, its keyed plan."""
 
     def __init__(self, node: SwarmNode, checker: CheckpointChecker, schedule: Schedule, run_id: str,
-                 num_clusters: int, plan: VerifyPlan, keeper: OwnRecords, *, period: float,
+                 num_clusters: int, plan: VerifyPlan, keeper: OwnRecords, *, period: float, lease_window: float,
                  training_clips: Callable[[int], Awaitable[object]], stopping: asyncio.Event) -> None:
         self.node, self.checker, self.schedule = node, checker, schedule
         self.run_id, self.num_clusters, self.plan, self.keeper = run_id, num_clusters, plan, keeper
         self.training_clips, self.stopping = training_clips, stopping
         self.attested: dict[str, AttestationBody] = {}  # CID → our attestation
+        self.replayed: set[str] = set()  # CIDs this node replayed (whatever the outcome)
         self.first_seen: dict[str, float] = {}
+        self.holders: dict[str, dict[str, float]] = {}  # slot → peer → when this node last saw it hold the lease
+        self.watching: dict[str, float] = {}  # slot → when this node first saw anyone hold its lease
+        self.lease_window, self.defer = lease_window, 3 * max(period, 1.0)
         self.backoff = Backoff(base=max(period, 1.0), cap=max(period, 1.0) * 32)
         self._said: set[str] = set()  # CIDs whose fetch failure was logged (once each)
 
@@ -134,18 +169,26 @@ class Verifier:
             if cid not in visible:
                 await publish_attestation(self.node, self.run_id, att.model_copy(update={"ts": get_dht_time()}))
         done = 0
+        now = time.monotonic()
+        for k, owner in view.owners.items():
+            self.holders.setdefault(f"expert-{k}", {})[claimant_peer(owner)] = now
+            self.watching.setdefault(f"expert-{k}", now)
+        for _, c in view.checkpoints:  # when each record first reached this node (the trainer's ts is its own)
+            self.first_seen.setdefault(c.cid, now)
         for slot in slots(self.num_clusters):
             trainers = {c.cid: peer for peer, c in view.checkpoints if c.slot == slot and not c.replica}
             cluster = slot_cluster(slot)
             owner = view.owners.get(cluster) if cluster is not None else None
             todo = choose(to_verify(view, me, slot, set(self.attested)), trainers, plan=self.plan, view=view, me=me,
                           owner=None if owner is None else claimant_peer(owner), first_seen=self.first_seen,
-                          backoff=self.backoff, now=time.monotonic())
+                          backoff=self.backoff, now=now)
+            again = [c for c in disputed(view, me, slot, self.replayed) if not self.backoff.waiting(c.cid, now)]
+            todo += again[:2]  # bounded: minted disputes cost each verifier at most two replays a round
             parents = known_facts(view.judged(slot)) if todo else {}
             for body in todo:
                 if self.stopping.is_set():
                     return done
-                att = await self._attest(slot, body, parents)
+                att = await self._attest(slot, body, parents, trainers[body.cid], force_replay=body in again)
                 if att is None:
                     continue
                 self.attested[body.cid] = att
@@ -157,11 +200,14 @@ class Verifier:
                       replay_exact=att.replay_exact, reason=att.reason or None)
         return done
 
-    async def _attest(self, slot: str, body: CheckpointBody, parents) -> AttestationBody | None:
-        """Check one checkpoint (and replay it when our draw says so); None when it could not be fetched."""
+    async def _attest(self, slot: str, body: CheckpointBody, parents, trainer: str, *,
+                      force_replay: bool = False) -> AttestationBody | None:
+        """Check one checkpoint (and replay it when our draw says so, or `force_replay`); None when it could not
+        be fetched, or when its trainer's lease has not reached this node's reads yet."""
+        now = time.monotonic()
         result = await self.checker.check(body, parents)
         if result.reason.startswith("not fetchable"):
-            n = self.backoff.failed(body.cid, time.monotonic())
+            n = self.backoff.failed(body.cid, now)
             if body.cid not in self._said:  # said once per CID: a verifier that waits says what it waits for
                 self._said.add(body.cid)
                 log.info("cannot check %s step %d (%s) yet: %s; backing off (attempt %d)", slot, body.step,
@@ -170,11 +216,22 @@ class Verifier:
         self.backoff.forget(body.cid)
         replayed, exact = False, None
         cluster = slot_cluster(slot)
-        if result.content_ok and cluster is not None and self.plan.replays(body.cid):
+        if result.content_ok and cluster is not None:
+            lease = lease_verdict(self.holders.get(slot, {}), self.watching.get(slot), trainer,
+                                  self.first_seen.get(body.cid, now), now, window=self.lease_window, defer=self.defer)
+            if lease == "wait":
+                self.backoff.failed(body.cid, now)
+                return None
+            if lease == "reject":
+                why = "published by a peer that did not hold the slot's lease (a copy or a fork by another)"
+                self.checker.refute(body, why)
+                result = replace(result, ok=False, content_ok=False, reason=why)
+        if result.content_ok and cluster is not None and (force_replay or self.plan.replays(body.cid)):
             replay = await self.checker.replay(body, await self.training_clips(cluster))
             if replay.reason.startswith("not fetchable"):  # the parent: not a verdict either
-                self.backoff.failed(body.cid, time.monotonic())
+                self.backoff.failed(body.cid, now)
                 return None
+            self.replayed.add(body.cid)
             replayed, exact = True, replay.replay_exact
             if not replay.ok:
                 result = replace(replay, step=result.step, parent=result.parent, val_loss=result.val_loss)

@@ -136,3 +136,38 @@ def test_a_verifier_checks_only_what_it_is_assigned_in_a_large_swarm():
     picked = choose(to_verify(view, me, "expert-0"), trainers, plan=plan, view=view, me=me, owner=None,
                     first_seen={}, backoff=Backoff(10.0, 320.0), now=0.0, limit=1000)
     assert 0 < len(picked) <= 200 * 3 / 59 * 2.5  # about 3/59 of them
+
+
+def test_lease_verdict_ignores_copies_by_peers_that_never_held_the_slot():
+    from node.role_verifier import lease_verdict
+
+    seen = {"owner": 100.0, "old-owner": 40.0}
+    kw = {"window": 30.0, "defer": 5.0}
+    assert lease_verdict(seen, 10.0, "owner", 90.0, 100.0, **kw) == "ok"
+    assert lease_verdict(seen, 10.0, "old-owner", 60.0, 100.0, **kw) == "ok"  # held it 20 s before the record
+    assert lease_verdict(seen, 10.0, "old-owner", 80.0, 100.0, **kw) == "reject"  # 40 s before: outside the window
+    assert lease_verdict(seen, 10.0, "copier", 98.0, 100.0, **kw) == "wait"  # its lease may not have reached us
+    assert lease_verdict(seen, 10.0, "copier", 90.0, 100.0, **kw) == "reject"
+    assert lease_verdict(seen, 90.0, "copier", 90.0, 100.0, **kw) == "ok"  # there before we watched: cannot judge
+    assert lease_verdict({}, None, "copier", 90.0, 100.0, **kw) == "ok"
+
+
+def test_a_verifier_replays_what_another_says_failed_a_replay_once():
+    from node.role_verifier import disputed
+    from protocol.swarm_records import AttestationBody
+
+    owner, minter, me = PEERS
+    honest = _ck(10, _cid(1))
+    view = _view([(owner, honest), (owner, _ck(20, _cid(2), parent=_cid(1)))], members=PEERS)
+
+    def att(cid, verdict, replayed):
+        return AttestationBody(slot="expert-0", cid=cid, step=10, parent=None, val_loss=0.5, verdict=verdict,
+                               reason="" if verdict == "accept" else "replay differs", replayed=replayed, ts=1.0)
+
+    from dataclasses import replace
+    with_claim = replace(view, attestations=((minter, att(_cid(1), "reject", True)),
+                                             (minter, att(_cid(2), "reject", False)),
+                                             (owner, att(_cid(2), "reject", True))))
+    assert [c.cid for c in disputed(with_claim, me, "expert-0", set())] == [_cid(1)]  # the trainer's own: no
+    assert disputed(with_claim, me, "expert-0", {_cid(1)}) == []  # replayed here once: not again
+    assert disputed(with_claim, minter, "expert-0", set()) == []  # nobody re-runs its own claim
