@@ -72,6 +72,19 @@ def winner(snapshot: Snapshot, cluster: int, salt: str = "") -> str | None:
     return min(contenders, key=lambda c: _rank(c, salt)).peer_id
 
 
+def displaced(snapshot: Snapshot, cluster: int, me: str, salt: str = "") -> bool:
+    """Whether `me`, holding `cluster`, must let it go: another wins it and `me` is no incumbent, or the winner
+    made strictly more progress. A tie among incumbents (a fresh lease that names no progress yet, against
+    an owner that has not published its first checkpoint) displaces nobody: the owner goes on until progress
+    decides, so a lease written by an identity that never trains cannot stop an honest trainer."""
+    w = winner(snapshot, cluster, salt)
+    if w in (me, None):
+        return False
+    mine = next((c for c in snapshot.on(cluster) if c.peer_id == me), None)
+    theirs = next(c for c in snapshot.on(cluster) if c.peer_id == w)
+    return mine is None or not mine.incumbent or theirs.progress > mine.progress
+
+
 def cluster_states(snapshot: Snapshot, salt: str = "") -> list[ClusterState]:
     """What a dashboard shows: DONE > VERIFYING > TRAINING > STALLED (an owner without progress: claimable) >
     JOINING > OFFLINE (recently released) > FREE."""

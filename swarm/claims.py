@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from hivemind.utils.timed_storage import get_dht_time
 
 from protocol.swarm_records import ClaimBody, ClaimState, ClusterState, DoneBody, claimant, claimant_peer, run_key
-from swarm.claim_logic import ClaimView, Snapshot, choose_cluster, cluster_states, winner
+from swarm.claim_logic import ClaimView, Snapshot, choose_cluster, cluster_states, displaced, winner
 from swarm.clock import clock_offset, clock_problem
 from swarm.dht import SwarmNode
 
@@ -195,7 +195,7 @@ class ClaimManager:
                         if self.on_lost is not None:
                             self.on_lost(cluster)
                         return
-                    if winner(snap, cluster, self.run_id) not in (self.me, None):
+                    if displaced(snap, cluster, self.me, self.run_id):
                         log.warning("lost cluster %d of run %s to another owner", cluster, self.run_id)
                         self.cluster = None
                         await self._write(cluster, ClaimState.OFFLINE, ttl=self.period)

@@ -187,3 +187,47 @@ def _wait(pred, timeout: float, what) -> None:
             return
         time.sleep(1)
     raise AssertionError(f"timed out waiting for {what()}")
+
+
+def test_a_patient_attacker_cannot_steer_the_ensemble_or_stall_two_auto_nodes(swarm):
+    """Two `auto` nodes (no dedicated verifier) train a K = 2 run while tests/swarm/patient_attacker.py aims
+    just inside the old rules: a record dated a year ahead, a record at step 10^6 on a dangling lineage with a
+    lease on every cluster, 16 leases of one identity dated 10,000 s back, eight unfetchable step-1 records per
+    slot, copies of expert-0's first accepted checkpoint at ten later steps by a peer that never held its lease
+    (each CID re-rolled against the old replay rule), and minted failed replays of honest checkpoints. The run
+    still finishes, no honest node exits, refuses leases for its clock, or lets a copy or a lie into `fetch`."""
+    from tests.daemons import run_finished, wait_status
+
+    root, start = swarm
+    args = ["--preset", "tiny", "--clips", "80", "--clusters", "2", "--target-steps", "40", "--router-steps", "10",
+            "--checkpoint-every", "10", "--checkpoint-minutes", "0.1", "--period", "1", "--cpu-threads", "1",
+            "--log-format", "json"]
+    a = start("daemon", "a", *args)
+    a.wait_for(lambda e: e.get("msg", "").startswith("new swarm started"), 240, "bootstrap ready")
+    peers_file = root / "a" / "node.json"
+    evil = start("evil", peers_file, "patient_attacker.py", "--interval", "10")
+    b = start("daemon", "b", *args, "--initial-peers-file", str(peers_file))
+    st = wait_status(peers_file, run_finished, 600, "every slot accepted at its target", watch=(a, b))
+    _wait(lambda: evil.act("minted") is not None or evil.proc.poll() is not None, 240,
+          lambda: f"the attacker's acts ({evil.acts}); log: {(root / 'evil' / 'evil.log').read_text()[-2000:]}")
+    assert evil.act("future")["stored"] is False  # every validator refused it, ours first
+    copies = evil.act("copies")["cids"]
+    assert len(copies) == 10
+    honest_events = [e for d in (a, b) for e in d.events()]
+    refused = [e for e in honest_events if e.get("msg") == "attested expert-0 checkpoint" and e.get("cid") in copies]
+    assert refused and all(e["verdict"] == "reject" for e in refused), refused
+    slots = {s["slot"]: s for s in st["slots"]}
+    assert slots["expert-0"]["verified_step"] < 40 + 10 * 10  # the copies' chain never counted
+    minted = evil.act("minted")["cids"]
+    assert minted and any(e.get("cid") in minted and e.get("replayed") for e in honest_events)  # replayed here
+    for d in (a, b):
+        text = d.log.read_text(errors="replace")
+        assert "clock is about" not in text and d.proc.poll() is None, d.home.name
+    out = root / "ensemble"
+    r = _cli("fetch", "--initial-peers-file", str(peers_file), "--out", str(out), "--json", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    manifest = (out / "swarm_manifest.json").read_text()
+    lies = {*copies, *evil.act("dangling")["cids"]}
+    assert not any(cid in manifest for cid in lies)
+    for who in ("squat", "copier", "minter"):
+        assert evil.act("ready")[who] not in manifest  # trained nothing that was assembled

@@ -215,3 +215,17 @@ def test_one_identity_with_many_lanes_is_one_clock_sample():
     from swarm.clock import clock_offset, clock_problem
 
     assert "ahead of" in clock_problem(clock_offset(now, [(c.ts, 2.0) for c in leases]), manager.max_skew)
+
+
+def test_a_lease_that_names_no_progress_displaces_no_owner():
+    """An identity that never trains writes a TRAINING lease on a cluster whose owner has not published yet: it
+    may rank first on a tie, but the owner is displaced only by strictly more progress (or once it is stale)."""
+    from swarm.claim_logic import displaced
+
+    owner, squatter = ClaimView("QmOwner", 0, ClaimState.TRAINING), ClaimView("QmSquat", 0, ClaimState.TRAINING)
+    snap = Snapshot(1, (owner, squatter))
+    assert not displaced(snap, 0, "QmOwner") and not displaced(snap, 0, "QmSquat")
+    ahead = Snapshot(1, (owner, ClaimView("QmSquat", 0, ClaimState.TRAINING, progress=10)))
+    assert displaced(ahead, 0, "QmOwner")  # a healed partition: the side with more progress keeps it
+    stale = Snapshot(1, (ClaimView("QmOwner", 0, ClaimState.TRAINING, stale=True), squatter))
+    assert displaced(stale, 0, "QmOwner")
