@@ -17,7 +17,7 @@ from hivemind.utils.timed_storage import get_dht_time
 
 from protocol.swarm_records import ClaimBody, ClaimState, ClusterState, DoneBody, claimant, claimant_peer, run_key
 from swarm.claim_logic import ClaimView, Snapshot, choose_cluster, cluster_states, displaced, winner
-from swarm.clock import clock_offset, clock_problem
+from swarm.clock import clock_verdict
 from swarm.dht import SwarmNode
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class ClaimManager:
             if peer != self.node.peer_id and c.ts > 0 and c.state == ClaimState.TRAINING:
                 freshest[peer] = max(freshest.get(peer, 0.0), c.ts)
         samples = [(ts, self.period) for ts in freshest.values()]
-        problem = clock_problem(clock_offset(self.clock(), samples), self.max_skew)
+        problem = clock_verdict(self.clock(), samples, self.max_skew)
         if problem and problem != self.clock_problem:
             log.warning(problem)
         self.clock_problem = problem

@@ -24,3 +24,17 @@ def clock_problem(offset: float | None, bound: float) -> str:
     side = "ahead of" if offset > 0 else "behind"
     return (f"this node's clock is about {abs(offset):.0f} s {side} its peers' (more than the {bound:.0f} s a lease "
             "tolerates): not holding leases until it is fixed (enable NTP time sync)")
+
+
+def clock_verdict(now: float, samples: list[tuple[float, float]], bound: float, *, min_peers: int = 2) -> str:
+    """A one-line reason to refuse leases, or "": only when more than half of the peers (one sample each, at
+    least `min_peers`) put this node's clock beyond `bound` on the same side. A median of two samples is their
+    mean, so one identity whose leases lie about their time could drag it anywhere; a majority of peers cannot
+    be minted out of one lease record each, and a node whose clock is really off disagrees with all of them."""
+    if len(samples) < min_peers:
+        return ""
+    offsets = [now - ts - refresh / 2 for ts, refresh in samples]
+    for side in ([o for o in offsets if o > bound], [o for o in offsets if o < -bound]):
+        if 2 * len(side) > len(offsets):
+            return clock_problem(median(side), bound)
+    return ""

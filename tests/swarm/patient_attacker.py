@@ -6,7 +6,7 @@ Identities: `squat` (leases and records that claim progress), `copier` (never ho
 attests). Acts, in order:
   future      a checkpoint record at step 10^6 dated a year ahead (every validator should refuse it)
   dangling    per expert: a record at step 10^6 naming a parent nobody announced, plus a lease on the cluster
-  lanes       16 leases of one identity (lanes 1-16) dated 10,000 s back, to drag honest clocks
+  lanes       15 leases of one identity (lanes 1-15) dated 10,000 s back, to drag honest clocks
   unfetchable per expert: 8 step-1 records whose CIDs nobody serves, ahead of every honest checkpoint
   copies      once expert-0's first checkpoint is accepted: copies of it (no training) at steps +10 … +100,
               each re-rolled until the old CID-hash replay rule said "no replay"
@@ -82,10 +82,10 @@ async def main(args) -> None:
     say(act="dangling", cids=lies[-k:])
 
     old = now - 10_000
-    for lane in range(1, 17):
+    for lane in range(1, 16):
         lease = ClaimBody(cluster=0, state=ClaimState.TRAINING, peer_id=copier.peer_id, since=old, ts=old, lane=lane)
         await copier.put(run_key(run_id, "claims"), lease, now + 900)
-    say(act="lanes", count=16)
+    say(act="lanes", count=15)
 
     for c in range(k):
         for _ in range(8):

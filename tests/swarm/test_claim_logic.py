@@ -211,6 +211,11 @@ def test_one_identity_with_many_lanes_is_one_clock_sample():
     leases += [ClaimView(claimant(liar, lane or None), 2 + lane, ClaimState.TRAINING, ts=now - 10_000.0)
                for lane in range(16)]
     assert manager.check_clock(Snapshot(20, tuple(leases))) == ""
+    # with one honest peer beside the liar, the median of two is their mean: a majority is needed instead
+    assert manager.check_clock(Snapshot(20, (leases[0], *leases[2:]))) == ""
+    # a node whose clock is really off disagrees with every peer, liar or not
+    off = ClaimManager(SimpleNamespace(peer_id=me), "run-x", 20, period=2.0, clock=lambda: now + 120)
+    assert "ahead of" in off.check_clock(Snapshot(20, tuple(leases[:2])))
     # one sample per lease (the old estimate) gave the liar 16 of 18 samples: the median was the lie
     from swarm.clock import clock_offset, clock_problem
 
