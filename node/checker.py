@@ -185,6 +185,11 @@ class CheckpointChecker:
             self.verdicts[body.cid] = replace(mine, replayed=True)  # outweighs another's failed replay, here
         return CheckResult(True, "", replayed=True, replay_exact=report.exact)
 
+    def vouch(self, body: CheckpointBody) -> None:
+        """This node trained `body` itself: in its own reading of the rule the checkpoint counts as replayed here
+        (minted failed replays of it cannot make this node drop its own cluster; nobody else counts this)."""
+        self.verdicts[body.cid] = Vote("local", body.cid, body.step, body.parent, body.val_loss, True, replayed=True)
+
     def refute(self, body: CheckpointBody, reason: str) -> None:
         """Remember that this node rejects `body`'s CID for `reason` (found by a rule beyond its content)."""
         self.verdicts[body.cid] = Vote("local", body.cid, body.step, body.parent, None, False, reason)

@@ -167,9 +167,9 @@ class Daemon:
 
                 check_world(self.run_info.spec.preset.train.batch_size, len(self.lanes[0].ddp_devices))
             self.own_records = OwnRecords(self.node)
-            self.publisher = Publisher(self.node, self.store, self.run_info.spec.run_id, self.gossip_event,
-                                       metrics=self.metrics, keeper=self.own_records)
             self.checker = CheckpointChecker(self.store, self.run_info, self.device)
+            self.publisher = Publisher(self.node, self.store, self.run_info.spec.run_id, self.gossip_event,
+                                       metrics=self.metrics, keeper=self.own_records, vouch=self.checker.vouch)
             if self.opts.role != "seeder":
                 self.verifier = self._make_verifier()
             await self._start_gossip()

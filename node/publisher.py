@@ -56,8 +56,9 @@ class Publisher:
     verifier fell behind, or after a partition during which nobody could check our work."""
 
     def __init__(self, node: SwarmNode, store: ContentStore, run_id: str, gossip, metrics=None,
-                 keeper: OwnRecords | None = None, keep_unverified: int = 32) -> None:
+                 keeper: OwnRecords | None = None, keep_unverified: int = 32, vouch=None) -> None:
         self.node, self.store, self.run_id, self._gossip = node, store, run_id, gossip
+        self.vouch = vouch  # called with each record we published: this node trained it, so it counts here
         self.keeper = keeper  # our own records, re-announced before their TTL while we run
         self.metrics = metrics  # node.metrics.NodeMetrics, or None
         self.pinned: dict[str, tuple[str, int]] = {}
@@ -91,6 +92,8 @@ class Publisher:
                     self._unannounced.append(body)
                 elif self.keeper is not None:
                     self.keeper.add(run_key(self.run_id, "checkpoints"), body)
+                if self.vouch is not None:
+                    self.vouch(body)
                 self.backlog[slot] = sorted({*self.backlog.get(slot, []), (cid, meta.step)}, key=lambda e: e[1])
                 if meta.step >= self.published.get(slot, ("", -1))[1]:  # stores may finish out of order
                     self.published[slot] = (cid, meta.step)

@@ -89,7 +89,9 @@ class ClaimManager:
         freshest: dict[str, float] = {}  # one sample per peer, however many leases (lanes) it writes
         for c in snap.claims:  # TRAINING leases are renewed every period
             peer = claimant_peer(c.peer_id)
-            if peer != self.node.peer_id and c.ts > 0 and c.state == ClaimState.TRAINING:
+            # with the run's rule, only owners that made accepted progress: a lease costs nothing to write
+            earned = self.done_oracle is None or c.progress > 0
+            if peer != self.node.peer_id and c.ts > 0 and c.state == ClaimState.TRAINING and earned:
                 freshest[peer] = max(freshest.get(peer, 0.0), c.ts)
         samples = [(ts, self.period) for ts in freshest.values()]
         problem = clock_verdict(self.clock(), samples, self.max_skew)

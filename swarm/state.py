@@ -190,14 +190,16 @@ def verified_done(rules: RunRules, claims: list[Claim], votes: list[Vote], slot:
     return reached(judge(claims, votes, rules.for_slot(slot), local), rules.target(slot))
 
 
-Activity = dict[tuple[str, int], tuple[int, float]]  # (trainer, cluster) → (step, ts) of its newest progress
+# (trainer, cluster) → (its newest accepted step, the ts of its newest checkpoint on a complete lineage)
+Activity = dict[tuple[str, int], tuple[int, float]]
 
 
 @dataclass(frozen=True)
 class VerifiedState:
     """What the acceptance rule says about every cluster, for a claim snapshot: which reached the target
-    (`reach`), and each trainer's newest checkpoint per cluster on a complete lineage (accepted, or awaiting
-    only attestations: `activity`), which earns leases."""
+    (`reach`), and per trainer and cluster (`activity`) its newest *accepted* step (progress: what ranks
+    owners) and the time of its newest checkpoint on a complete lineage (accepted, or awaiting only
+    attestations: what keeps its lease from going stale while verifiers catch up)."""
 
     reach: dict[int, Status | None]
     activity: Activity
@@ -216,8 +218,8 @@ def verified_state(view: RunView, local: dict[str, Vote] | None = None) -> Verif
         for j in judged:
             if j.complete:  # a lineage that reaches the initialisation: a dangling or rejected one earns nothing
                 key = (j.claim.trainer, k)
-                best = activity.get(key, (-1, 0.0))
-                activity[key] = max(best, (j.claim.step, j.claim.ts))
+                step, ts = activity.get(key, (0, 0.0))
+                activity[key] = (max(step, j.claim.step if j.accepted else 0), max(ts, j.claim.ts))
     return VerifiedState(reach, activity, view.rules.lease_grace, get_dht_time(), view.rules.trainers)
 
 

@@ -19,7 +19,7 @@ from node.nodefile import NodeInfo, peers_from_file, read_node_info, remove_node
 from node.swarm_view import LossHistory, SlotRow, SwarmStatus, _overall, eta_seconds, run_eta
 from protocol.canonical import canonical_json
 from protocol.errors import IntegrityError, ParisError
-from protocol.swarm_records import CheckpointBody, ClaimState, ClusterState
+from protocol.swarm_records import AttestationBody, CheckpointBody, ClaimState, ClusterState
 from protocol.swarm_run import SWARM_FILE, ClusterData, SwarmRunManifest
 from swarm.acceptance import Policy
 from swarm.state import RunRules, RunView
@@ -384,7 +384,8 @@ def test_a_new_swarm_publishes_at_its_presets_cadence_unless_told_otherwise(tmp_
 
 def test_a_record_with_a_dangling_lineage_earns_no_progress_and_no_lease():
     """An attacker's checkpoint record at step 10^6 naming a parent nobody announced, with its own lease on the
-    cluster: it counts as no progress, so the honest owner that publishes checkpoints keeps the cluster."""
+    cluster: it counts as no progress, so the honest owner that publishes accepted checkpoints keeps the
+    cluster; checkpoints only awaiting attestations keep a lease fresh but rank nobody."""
     from dataclasses import replace
 
     from swarm.claim_logic import ClaimView, winner
@@ -393,10 +394,22 @@ def test_a_record_with_a_dangling_lineage_earns_no_progress_and_no_lease():
     honest = [(PEER_A, _ck("expert-0", 10, _cid(0), ts=1000.0)),
               (PEER_A, _ck("expert-0", 20, _cid(1), parent=_cid(0), ts=1010.0))]
     forged = (PEER_B, _ck("expert-0", 10**6, _cid(2), parent=_cid(9), ts=1020.0))
-    view = _view([*honest, forged], q=1)
+    view = _view([*honest, forged], q=0)
     state = verified_state(view)
     assert (PEER_B, 0) not in state.activity and state.activity[(PEER_A, 0)][0] == 20
     leases = [ClaimView(PEER_A, 0, ClaimState.TRAINING, since=900.0), ClaimView(PEER_B, 0, ClaimState.TRAINING,
                                                                                  since=900.0)]
     snap = verified_snapshot(2, leases, replace(state, now=1030.0, grace=60.0))
     assert winner(snap, 0) == PEER_A
+
+
+def test_awaiting_checkpoints_keep_a_lease_fresh_but_only_accepted_ones_rank():
+    from swarm.state import verified_state
+
+    junk = [(PEER_B, _ck("expert-0", 1, _cid(i), ts=1000.0)) for i in range(3)]  # nobody serves them
+    honest = [(PEER_A, _ck("expert-0", 10, _cid(5), ts=990.0))]
+    state = verified_state(_view([*junk, *honest], q=1, attestations=[
+        ("QmVerifier" + "z" * 36, AttestationBody(slot="expert-0", cid=_cid(5), step=10, parent=None, val_loss=0.5,
+                                                  verdict="accept", ts=995.0))]))
+    assert state.activity[(PEER_A, 0)] == (10, 990.0)
+    assert state.activity[(PEER_B, 0)] == (0, 1000.0)  # fresh, but no progress: it ranks below the owner
