@@ -9,7 +9,8 @@ ACCEPTED when all of these hold:
    1..`max_interval` steps past the parent's (an honest trainer publishes at least every `max_interval`);
 2. its validation loss is finite and no worse than the *best* of its accepted ancestors' (and of the
    initialisation's, when known) by more than `loss_tolerance` (relative) plus `loss_slack` (absolute): a
-   chain of children each a little worse than its parent cannot compound;
+   chain of children each a little worse than its parent cannot compound (the router's policy bounds it by
+   its parent's only: an honest router keeps training while experts train, and its held-out loss drifts);
 3. no verifier other than its trainer published a failed replay of it: a replay is deterministic, so its
    failure is decisive whatever the number of accepts (a node that doubts it replays the interval itself,
    and only its own *replay* overrides it, never its own loss check);
@@ -48,6 +49,9 @@ class Policy:
     loss_slack: float = 0.0  # absolute allowance on top (the router's cross-entropy is noisy near zero)
     val_rtol: float = 1e-3
     init_loss: float | None = None  # the step-0 initialisation's validation loss, where the reader knows it
+    # the bound holds against the lineage's best loss (experts), or against the parent's only (the router,
+    # which an honest trainer keeps training while experts train, and whose held-out loss then drifts up)
+    bound_to_best: bool = True
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,8 @@ def lineage_problem(step: int, parent_step: int, val_loss: float, parent_loss: f
         return f"step {step} is not 1..{policy.max_interval} steps past its parent's step {parent_step}"
     if parent_loss is not None and val_loss > parent_loss * (1 + policy.loss_tolerance) + policy.loss_slack + 1e-9:
         slack = f" + {policy.loss_slack:.3g}" if policy.loss_slack else ""
-        return (f"validation loss {val_loss:.6g} is worse than its parent's {parent_loss:.6g} by more than "
+        ref = "the best on its lineage" if policy.bound_to_best else "its parent's"
+        return (f"validation loss {val_loss:.6g} is worse than {ref} ({parent_loss:.6g}) by more than "
                 f"{policy.loss_tolerance:.0%}{slack}")
     return ""
 
@@ -218,11 +223,11 @@ def judge(claims: Iterable[Claim], votes: Iterable[Vote], policy: Policy,
             return out(Status.PENDING, missing)
         parent_step = 0 if parent is None else parent.claim.step
         reference = policy.init_loss if parent is None else parent.best_loss  # the best on the lineage
-        best = c.val_loss if reference is None else min(c.val_loss, reference)
+        best = c.val_loss if reference is None or not policy.bound_to_best else min(c.val_loss, reference)
         if parent is not None and parent.status == Status.REJECTED:
             return out(Status.REJECTED, parent.reason if parent.claim is c else "descends from a rejected checkpoint")
         if why := lineage_problem(c.step, parent_step, c.val_loss, reference, policy):
-            return out(Status.REJECTED, why.replace("its parent's", "its lineage's best"))
+            return out(Status.REJECTED, why)
         replayed_here = isinstance(check, Vote) and check.accept and check.replayed
         if t.replay_failed and not replayed_here:  # decisive: only this node's own replay outweighs it
             return out(Status.REJECTED, t.replay_failed)

@@ -60,7 +60,8 @@ class RunRules:
                    router_slack=schedule.router_loss_slack * math.log(max(spec.num_clusters, 2)))
 
     def for_slot(self, slot: str) -> Policy:
-        policy = replace(self.policy, loss_slack=self.router_slack) if slot == "router" else self.policy
+        policy = (replace(self.policy, loss_slack=self.router_slack, bound_to_best=False) if slot == "router"
+                  else self.policy)
         init = dict(self.init_losses).get(slot)
         return policy if init is None else replace(policy, init_loss=init)
 

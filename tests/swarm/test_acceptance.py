@@ -636,7 +636,9 @@ def test_the_loss_bound_holds_against_the_best_ancestor_so_losses_cannot_compoun
         chain.append(claim(f"c{i}", i + 1, f"c{i - 1}", 1.0 * 1.09**i))
     got = statuses(chain, [], pol)
     assert got["c0"] == A and got["c1"] == A and all(got[f"c{i}"] == R for i in range(2, 30))
-    assert "lineage's best" in by_cid(judge(chain, [], pol))["c2"].reason
+    assert "the best on its lineage" in by_cid(judge(chain, [], pol))["c2"].reason
+    # the router's bound is its parent's (an honest router drifts up while it keeps training)
+    assert statuses(chain, [], replace(pol, bound_to_best=False)) == {c.cid: A for c in chain}
     # a dip then a rise within the tolerance of the best passes; the best includes the initialisation
     ok = [claim("d0", 1, None, 2.0), claim("d1", 2, "d0", 1.0), claim("d2", 3, "d1", 1.09)]
     assert set(statuses(ok, [], pol).values()) == {A}
