@@ -193,9 +193,10 @@ def test_a_patient_attacker_cannot_steer_the_ensemble_or_stall_two_auto_nodes(sw
     """Two `auto` nodes (no dedicated verifier) train a K = 2 run while tests/swarm/patient_attacker.py aims
     just inside the old rules: a record dated a year ahead, a record at step 10^6 on a dangling lineage with a
     lease on every cluster, 16 leases of one identity dated 10,000 s back, eight unfetchable step-1 records per
-    slot, copies of expert-0's first accepted checkpoint at ten later steps by a peer that never held its lease
-    (each CID re-rolled against the old replay rule), and minted failed replays of honest checkpoints. The run
-    still finishes, no honest node exits, refuses leases for its clock, or lets a copy or a lie into `fetch`."""
+    slot, and copies of expert-0's first accepted checkpoint at ten later steps (optimizer counters adjusted to
+    pass the load check) by a peer that never held its lease, each CID re-rolled against the old replay rule.
+    The run still finishes, no honest node exits, refuses leases for its clock, or lets a copy or a lie into
+    `fetch`."""
     from tests.daemons import run_finished, wait_status
 
     root, start = swarm
@@ -218,8 +219,6 @@ def test_a_patient_attacker_cannot_steer_the_ensemble_or_stall_two_auto_nodes(sw
     assert refused and all(e["verdict"] == "reject" for e in refused), refused
     slots = {s["slot"]: s for s in st["slots"]}
     assert slots["expert-0"]["verified_step"] < 40 + 10 * 10  # the copies' chain never counted
-    minted = evil.act("minted")["cids"]
-    assert minted and any(e.get("cid") in minted and e.get("replayed") for e in honest_events)  # replayed here
     for d in (a, b):
         text = d.log.read_text(errors="replace")
         assert "clock is about" not in text and d.proc.poll() is None, d.home.name

@@ -10,7 +10,7 @@ attests). Acts, in order:
   unfetchable per expert: 8 step-1 records whose CIDs nobody serves, ahead of every honest checkpoint
   copies      once expert-0's first checkpoint is accepted: copies of it (no training) at steps +10 … +100,
               each re-rolled until the old CID-hash replay rule said "no replay"
-  minted      replay-backed rejects of the first honest checkpoints of expert 1, from the minter
+  minted      with --mint-replays N: replay-backed rejects of the first N honest checkpoints of expert 1
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ async def main(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="patient-", dir=args.home))
     deadline = time.monotonic() + 400
     root, copies, minted = None, [], []
-    while time.monotonic() < deadline and (root is None or len(minted) < 3):
+    while time.monotonic() < deadline and (root is None or len(minted) < args.mint_replays):
         view = await read_run(copier, run_id, k, rules=run.rules)
         if root is None:
             first = [c for c in view.accepted_checkpoints("expert-0") if c.parent is None]
@@ -112,6 +112,9 @@ async def main(args) -> None:
                 for i in range(1, 11):
                     fields = meta.model_dump(exclude={"files", "created_at", "format_version"})
                     fields.update(preset=meta.preset, step=root.step + 10 * i, parent=parent)
+                    updates = float(fields["step"] - meta.skipped_steps)  # counters that pass the load check
+                    groups["optimizer"] = {n: t.clone().fill_(updates) if n.endswith(".step") else t
+                                           for n, t in groups["optimizer"].items()}
                     while True:  # re-roll the CID (created_at) until the old rule says "no replay"
                         out = work / f"copy-{i}-{tries}"
                         write_checkpoint(out, groups, fields)
@@ -128,7 +131,7 @@ async def main(args) -> None:
                 say(act="copies", cids=copies, tries=tries, root=root.cid)
         honest = sorted((c for peer, c in view.checkpoints if peer not in ours and c.slot == "expert-1"
                          and not c.replica and c.cid not in minted), key=lambda c: c.step)
-        for c in honest[: 3 - len(minted)]:
+        for c in honest[: args.mint_replays - len(minted)]:
             att = AttestationBody(slot=c.slot, cid=c.cid, step=c.step, parent=c.parent, val_loss=c.val_loss,
                                   verdict="reject", reason="replay differs by 0.9 of the update", replayed=True,
                                   replay_exact=False, ts=get_dht_time())
@@ -144,4 +147,4 @@ async def main(args) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parser(interval=10).parse_args()))
+    asyncio.run(main(parser(interval=10, mint_replays=0).parse_args()))
