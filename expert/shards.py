@@ -121,7 +121,22 @@ def encode_shard(batch: ClipBatch) -> bytes:
         meta["names"] = json.dumps(batch.names, ensure_ascii=False)
     if batch.spans:
         meta["spans"] = json.dumps([[float(a), float(b)] for a, b in batch.spans])
-    return st_save(tensors, metadata=meta)
+    data = st_save(tensors, metadata=meta)
+    return _sorted_metadata(data) if len(meta) > 1 else data
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """The same file with its metadata keys in sorted order. safetensors writes them from a Rust HashMap,
+    whose order changes from process to process, so two runs writing the same clips would get different
+    shard hashes (and data ids); the tensors' offsets are relative to the end of the header, so only the
+    header is rewritten."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps({"__metadata__": header.pop("__metadata__"), **header}, ensure_ascii=False,
+                      separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]
 
 
 def decode_shard(data: bytes, *, label: str) -> ClipBatch:

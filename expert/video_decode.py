@@ -109,7 +109,15 @@ def decode_task(task: ClipTask, spec: DecodeSpec) -> ClipResult:
 
 
 def peak_rss() -> int:
-    """This process's peak resident set in bytes (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """This process's peak resident set in bytes. On Linux VmHWM, not ru_maxrss: a spawned worker's ru_maxrss
+    starts at its parent's (kept across the fork + exec that starts it); elsewhere ru_maxrss (bytes on macOS)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
