@@ -2,6 +2,7 @@
 JSONL, Parquet), Hugging Face VideoFolder, webdataset tars; the report, workers, and resuming."""
 
 import csv
+import io
 import json
 import shutil
 import tarfile
@@ -121,8 +122,8 @@ def test_panda70m_timestamps_cut_several_clips_per_video(tmp_path, sources, suff
 def test_tsv_and_explicit_columns(tmp_path, sources):
     vids = _folder(sources, tmp_path / "v", {"a.mp4": "a.mp4"})
     caps = _csv(tmp_path / "caps.tsv", [{"clip_name": "a.mp4", "words": "a red square, moving"}], delimiter="\t")
-    with pytest.raises(ParisError, match="no video column; name it with --video-column. Columns found: clip_name, "
-                                         "words"):
+    with pytest.raises(ParisError, match=r"no video column; name it with --video-column\. Columns found: "
+                                         r"clip_name, words"):
         prepare_videos(vids, caps, tmp_path / "out", **SMALL)
     report = prepare_videos(vids, caps, tmp_path / "out", video_column="clip_name", caption_column="words", **SMALL)
     assert report.written == 1 and load_dataset(tmp_path / "out")[1].captions == ["a red square, moving"]
@@ -163,8 +164,6 @@ def _tar(path, members: dict[str, bytes]):
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
-            import io
-
             tf.addfile(info, io.BytesIO(data))
     return path
 
@@ -191,7 +190,7 @@ def test_webdataset_tar_shards_are_read_in_place(tmp_path, sources):
     one = prepare_videos(shards / "shard-000001.tar", None, tmp_path / "one", **SMALL)
     assert one.written == 1
     (shards / "x.tar.gz").write_bytes(b"")
-    with pytest.raises(ParisError, match="x.tar.gz is compressed"):
+    with pytest.raises(ParisError, match=r"x\.tar\.gz is compressed"):
         prepare_videos(shards, None, tmp_path / "gz", **SMALL)
 
 
