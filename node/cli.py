@@ -92,6 +92,8 @@ def data_prepare(
     crop: Annotated[str, typer.Option(help="centre: scale to cover and cut the middle; pad: scale to fit, "
                                       "black borders.")] = "centre",
     workers: Annotated[int, typer.Option(min=0, help="Decoding processes (0: decode in this one).")] = 2,
+    clips_per_shard: Annotated[int, typer.Option(min=1, help="Clips per shard file (an interrupted run "
+                                                 "continues from the last whole shard).")] = 256,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Real clips + captions → verified shards. Unreadable, too short or uncaptioned videos are skipped and
@@ -105,7 +107,8 @@ def data_prepare(
     with progress() as bar:
         task = bar.add_task("decoding videos", total=None)
         report = prepare_videos(videos, captions, out_dir, frames=frames, height=h, width=w, fps=fps,
-                                crop=crop, workers=workers, video_column=video_column,  # type: ignore[arg-type]
+                                crop=crop,  # type: ignore[arg-type]  (checked against CROPS above)
+                                workers=workers, clips_per_shard=clips_per_shard, video_column=video_column,
                                 caption_column=caption_column, on_total=lambda n: bar.update(task, total=n),
                                 on_progress=lambda n: bar.advance(task, n))
     if json_out:

@@ -231,3 +231,13 @@ def test_workers_and_resuming_give_the_same_data_set(tmp_path, sources):
     assert again == resumed
     changed = prepare_videos(vids, caps, tmp_path / "resumed", **{**args, "fps": 4.0})
     assert changed.resumed == 0 and changed.data_id != whole.data_id
+
+
+def test_run_init_refuses_the_synthetic_feature_on_real_videos(tmp_path, sources):
+    from expert.run_init import init_run
+
+    vids = _folder(sources, tmp_path / "v", {"a.mp4": "a.mp4", "b.avi": "b.avi"})
+    caps = _csv(tmp_path / "caps.csv", [{"video": "a.mp4", "caption": "x"}, {"video": "b.avi", "caption": "y"}])
+    prepare_videos(vids, caps, tmp_path / "data", **SMALL)
+    with pytest.raises(ParisError, match=r"holds real videos: the shapes-v1 feature .* pass --clip-weights FILE"):
+        init_run(tmp_path / "data", 2, preset_name="tiny")
