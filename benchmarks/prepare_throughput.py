@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import sys
 import tempfile
 import time
@@ -130,6 +131,7 @@ def streamed(work: Path, source: Path, seconds: float, clips: int, workers: int)
     out.rmdir()
     assert report.written == clips, report.skipped
     return {"workers": workers, "clips": clips, "seconds": round(dt, 2), "clips_per_s": round(clips / dt, 3),
+            "decode_cpu_s_per_clip": round(report.decode_cpu_s / clips, 3),
             "peak_rss_mb_per_worker": round(report.peak_worker_rss / 2**20, 1)}
 
 
@@ -144,6 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     width, height = (int(v) for v in args.source_size.lower().split("x"))
+    if args.seconds / args.clips < CLIP["frames"] / CLIP["fps"]:
+        ap.error(f"{args.clips} clips of {CLIP['frames'] / CLIP['fps']:g} s do not fit in {args.seconds:g} s")
     work = args.work or Path(tempfile.mkdtemp(prefix="prepare-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -164,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
         "source": {"seconds": args.seconds, "size": f"{width}x{height}", "fps": FPS, "codec": "h264",
                    "bytes": source.stat().st_size, "written_s": round(written_s, 1)},
         "clip": CLIP,
+        "cpus": os.cpu_count(), "load_avg_1min": round(os.getloadavg()[0], 2),
         "idle_worker_rss_mb": round(idle / 2**20, 1),
         "whole_video_decode": {"source_seconds": old_seconds, "seconds_per_clip": round(old_s, 2),
                                "clips_per_s": round(1 / old_s, 3), "peak_rss_mb": round(old_rss / 2**20, 1)},
@@ -180,8 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"whole-video decode ({old_seconds:g} s of it): {w['seconds_per_clip']} s/clip, "
               f"peak {w['peak_rss_mb']} MB")
         for r in runs:
-            print(f"streamed, {r['workers']} worker(s): {r['clips_per_s']} clips/s, peak "
-                  f"{r['peak_rss_mb_per_worker']} MB per worker")
+            print(f"streamed, {r['workers']} worker(s): {r['clips_per_s']} clips/s "
+                  f"({r['decode_cpu_s_per_clip']} CPU s per clip), peak {r['peak_rss_mb_per_worker']} MB per worker")
         if "speedup" in result:
             print(f"{runs[-1]['workers']} workers vs {runs[0]['workers']}: {result['speedup']}x")
     return result

@@ -45,6 +45,7 @@ class PrepareReport(BaseModel):
     fps: float = 8.0
     resumed: int = 0  # clips kept from an interrupted run's shards
     peak_worker_rss: int = 0  # bytes, the largest resident set a decoding process reached
+    decode_cpu_s: float = 0.0  # CPU seconds spent decoding, all processes together (this run only)
     key: str = ""  # the inputs and settings this report is for
 
 
@@ -100,7 +101,7 @@ def prepare_videos(videos: Path, captions_file: Path | None, out: Path, *, frame
     if on_progress and done:
         on_progress(done)
     pending: list[tuple[ClipTask, ClipResult]] = []
-    peak = 0
+    peak, cpu = 0, 0.0
 
     def flush(upto: int) -> None:
         if pending:
@@ -114,6 +115,7 @@ def prepare_videos(videos: Path, captions_file: Path | None, out: Path, *, frame
     todo = layout.tasks[done:]
     for i, (task, result) in enumerate(zip(todo, _results(todo, spec, workers), strict=True), start=done + 1):
         peak = max(peak, result.peak_rss)
+        cpu += result.cpu_s
         if result.error is not None or result.frames is None:
             skipped.append(Skipped(file=task.name, reason=result.error or "no frames"))
         else:
@@ -130,7 +132,8 @@ def prepare_videos(videos: Path, captions_file: Path | None, out: Path, *, frame
                              generator={"name": "prepare", "videos": len(layout.tasks), "layout": layout.kind,
                                         "crop": crop})
     report = PrepareReport(data_id=manifest.data_id, written=manifest.total_clips, skipped=all_skipped,
-                           layout=layout.kind, fps=fps, resumed=resumed, peak_worker_rss=peak, key=key)
+                           layout=layout.kind, fps=fps, resumed=resumed, peak_worker_rss=peak,
+                           decode_cpu_s=round(cpu, 3), key=key)
     atomic_write_text(out / REPORT_NAME, report.model_dump_json(indent=1))
     (out / STATE_NAME).unlink(missing_ok=True)
     return report

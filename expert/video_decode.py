@@ -14,6 +14,7 @@ import io
 import os
 import resource
 import sys
+import time
 from typing import Literal
 
 import numpy as np
@@ -56,6 +57,7 @@ class ClipResult(BaseModel):
     span: tuple[float, float] | None = None
     error: str | None = None
     peak_rss: int = 0
+    cpu_s: float = 0.0  # CPU time the decoding process spent on this clip
 
 
 class TarMember(io.RawIOBase):
@@ -94,18 +96,20 @@ class TarMember(io.RawIOBase):
 
 def decode_task(task: ClipTask, spec: DecodeSpec) -> ClipResult:
     """The worker's job: one clip, or the one-line reason it was skipped (never raises for a bad file)."""
+    cpu = time.process_time()
     try:
         if task.offset is not None and task.size is not None:
             with TarMember(task.source, task.offset, task.size) as f:
                 frames, span = decode_clip(f, spec, start=task.start, end=task.end)
         else:
             frames, span = decode_clip(task.source, spec, start=task.start, end=task.end)
-        return ClipResult(name=task.name, frames=frames, span=span, peak_rss=peak_rss())
+        result = ClipResult(name=task.name, frames=frames, span=span)
     except TooShort as e:
-        return ClipResult(name=task.name, error=f"too short: {e}", peak_rss=peak_rss())
+        result = ClipResult(name=task.name, error=f"too short: {e}")
     except Exception as e:  # PyAV raises many types for broken files; each becomes a skip, not an abort
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        return ClipResult(name=task.name, error=f"unreadable: {detail}", peak_rss=peak_rss())
+        result = ClipResult(name=task.name, error=f"unreadable: {detail}")
+    return result.model_copy(update={"peak_rss": peak_rss(), "cpu_s": time.process_time() - cpu})
 
 
 def peak_rss() -> int:
