@@ -10,6 +10,7 @@ Files that cannot be decoded, are too short, or have no caption are skipped and 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -143,7 +144,7 @@ def _key(layout: Layout, spec: DecodeSpec, clips_per_shard: int) -> str:
     """A digest of what decides the shards: the clips to cut, in order, and how they are cut."""
     h = hashlib.sha256(json.dumps([spec.model_dump(), clips_per_shard, layout.kind]).encode())
     for task in layout.tasks:
-        h.update(task.model_dump_json().encode())
+        h.update(json.dumps(dataclasses.astuple(task)).encode())
     return h.hexdigest()
 
 
