@@ -136,7 +136,7 @@ def decode_clip(source, spec: DecodeSpec, *, start: float | None = None,
         if not container.streams.video:
             raise ValueError("no video stream")
         stream = container.streams.video[0]
-        stream.thread_type = "SLICE"  # frame threading would hold a frame per thread
+        stream.thread_type, stream.thread_count = "SLICE", 1  # one core per worker: --workers is the parallelism
         rate = float(stream.average_rate or stream.guessed_rate or spec.fps)
         origin = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
         duration = _duration(container, stream)

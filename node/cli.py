@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import threading
 import time
@@ -91,7 +92,8 @@ def data_prepare(
     = "64x64",
     crop: Annotated[str, typer.Option(help="centre: scale to cover and cut the middle; pad: scale to fit, "
                                       "black borders.")] = "centre",
-    workers: Annotated[int, typer.Option(min=0, help="Decoding processes (0: decode in this one).")] = 2,
+    workers: Annotated[int | None, typer.Option(min=0, help="Decoding processes, one core each (0: decode in "
+                                                "this one). Default: one per CPU core.")] = None,
     clips_per_shard: Annotated[int, typer.Option(min=1, help="Clips per shard file (an interrupted run "
                                                  "continues from the last whole shard).")] = 256,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -104,11 +106,12 @@ def data_prepare(
     h, w = _size(size)
     if crop not in CROPS:
         raise typer.BadParameter(f"expected one of {', '.join(CROPS)}", param_hint="--crop")
+    procs = (os.cpu_count() or 1) if workers is None else workers
     with progress() as bar:
         task = bar.add_task("decoding videos", total=None)
         report = prepare_videos(videos, captions, out_dir, frames=frames, height=h, width=w, fps=fps,
                                 crop=crop,  # type: ignore[arg-type]  (checked against CROPS above)
-                                workers=workers, clips_per_shard=clips_per_shard, video_column=video_column,
+                                workers=procs, clips_per_shard=clips_per_shard, video_column=video_column,
                                 caption_column=caption_column, on_total=lambda n: bar.update(task, total=n),
                                 on_progress=lambda n: bar.advance(task, n))
     if json_out:
