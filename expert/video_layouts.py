@@ -315,6 +315,7 @@ def _table_tasks(path: Path, index: _FileIndex, base: Path, video_column: str | 
         for i, (start, end, caption) in enumerate(segments):
             name = rel if start is None else f"{rel}#{i}"
             if name in seen:
+                skipped.append(Skipped(file=name, reason="listed again (the first row was used)"))
                 continue
             seen.add(name)
             if not caption:

@@ -104,6 +104,7 @@ def data_prepare(
     from expert.video_decode import CROPS
 
     h, w = _size(size)
+    crop = "centre" if crop == "center" else crop
     if crop not in CROPS:
         raise typer.BadParameter(f"expected one of {', '.join(CROPS)}", param_hint="--crop")
     procs = (os.cpu_count() or 1) if workers is None else workers

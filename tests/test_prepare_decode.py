@@ -28,8 +28,10 @@ def test_each_codec_is_resampled_to_the_run_fps(tmp_path, name, codec, fps, heig
     assert all(abs(g - e) <= 0.5 + 1e-6 for g, e in zip(got, expected, strict=True)), (got, expected)
 
 
-def test_seeks_into_a_long_source_and_cuts_the_timestamped_segment(tmp_path):
-    path = write_video(tmp_path / "long.mp4", frames=480, fps=24, height=36, width=64, gop=48)
+@pytest.mark.parametrize(("name", "codec"), [("long.mp4", "libx264"), ("long.webm", "libvpx-vp9"),
+                                           ("long.avi", "mpeg4")])
+def test_seeks_into_a_long_source_and_cuts_the_timestamped_segment(tmp_path, name, codec):
+    path = write_video(tmp_path / name, frames=480, fps=24, height=36, width=64, gop=48, codec=codec)
     video, span = decode_clip(path, DecodeSpec(frames=8, fps=4, height=16, width=16), start=12.0, end=14.0)
     assert span == (12.0, 14.0)
     assert [frame_index(f) for f in video] == [288 + 6 * k for k in range(8)]

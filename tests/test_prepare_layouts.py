@@ -54,12 +54,13 @@ def test_openvid_csv_with_files_in_subfolders(tmp_path, sources):
         {"video": "b.avi", "caption": "a blue boat", "aesthetic score": 4.2, "motion score": 1.0},
         {"video": "c.webm", "caption": "a tall tower", "aesthetic score": 4.0, "motion score": 3.0},
         {"video": "broken.mp4", "caption": "broken", "aesthetic score": 1.0, "motion score": 1.0},
-        {"video": "gone.mp4", "caption": "not downloaded", "aesthetic score": 1.0, "motion score": 1.0}])
+        {"video": "gone.mp4", "caption": "not downloaded", "aesthetic score": 1.0, "motion score": 1.0},
+        {"video": "a.mp4", "caption": "a red car, again", "aesthetic score": 5.1, "motion score": 2.0}])
     report = prepare_videos(vids, caps, tmp_path / "out", **SMALL)
     assert report.written == 3 and report.layout == "table:csv"
     reasons = {s.file: s.reason for s in report.skipped}
     assert reasons["stray.mp4"] == "no caption" and reasons["broken.mp4"].startswith("unreadable")
-    assert reasons["gone.mp4"].startswith("no such video")
+    assert reasons["gone.mp4"].startswith("no such video") and reasons["a.mp4"].startswith("listed again")
     manifest, clips = load_dataset(tmp_path / "out")
     assert manifest.fps == 8.0 and manifest.generator["layout"] == "table:csv"
     assert clips.names == ["a.mp4", "sub/b.avi", "c.webm"]
