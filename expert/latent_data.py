@@ -63,7 +63,8 @@ def encode_dataset(data_dir: Path, preset: ExpertPreset, out: Path, *, device: t
         if not np.isfinite(latents).all():
             raise IntegrityError("the VAE produced non-finite latents (a float16 overflow or a broken VAE)")
         shape = tuple(int(v) for v in latents.shape[1:])  # type: ignore[assignment]
-        writer.write(ClipBatch(None, shard.tokens, shard.captions, shard.attributes, shard.names, latents))
+        writer.write(ClipBatch(None, shard.tokens, shard.captions, shard.attributes, shard.names, latents,
+                               shard.spans))
     assert shape is not None
     manifest = writer.finish(source=source.source, frames=source.frames, height=source.height, width=source.width,
                              fps=source.fps, attributes=source.attributes, generator=source.generator,

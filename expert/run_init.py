@@ -24,6 +24,10 @@ def init_run(data_dir: Path, clusters: int, *, preset: ExpertPreset | None = Non
     the OpenSSH public key of the identity that will own (publish and sign) the run. `clip_weights`: an
     open_clip image tower to embed clips with (an asset: the spec records its CID)."""
     manifest, clips = load_dataset(data_dir)
+    if manifest.source != "synthetic" and not clip_weights:
+        raise ParisError(f"{data_dir} holds real videos: the {SHAPES_V1} feature is made for the synthetic data "
+                         "and would cluster them by colour histograms; pass --clip-weights FILE (open_clip image "
+                         "weights, with --clip-model NAME if not ViT-B-32)")
     frames = clips.pixels(str(data_dir))
     if clip_weights:
         model_name = clip_model or "ViT-B-32"

@@ -31,7 +31,8 @@ CONTEXT_LENGTH = 77
 @dataclass
 class ClipBatch:
     """In-memory clips: frames uint8 N×T×H×W×3 (None in a latent data set), tokens int32 N×L, attributes
-    int64 N×A (or None), and for latent data sets `latents` float16 N×C×T×H×W (the VAE's, encoded once)."""
+    int64 N×A (or None), and for latent data sets `latents` float16 N×C×T×H×W (the VAE's, encoded once).
+    `spans`: for prepared real clips, the (start, end) seconds of its source each clip covers (empty else)."""
 
     frames: np.ndarray | None
     tokens: np.ndarray
@@ -39,6 +40,7 @@ class ClipBatch:
     attributes: np.ndarray | None = None
     names: list[str] = field(default_factory=list)
     latents: np.ndarray | None = None
+    spans: list[tuple[float, float]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -57,6 +59,7 @@ class ClipBatch:
             else np.concatenate([p.attributes for p in parts]),
             names=[n for p in parts for n in p.names],
             latents=None if parts[0].latents is None else _cat([p.latents for p in parts]),
+            spans=[s for p in parts for s in p.spans] if all(p.spans for p in parts) else [],
         )
 
     def select(self, indices: Iterable[int]) -> ClipBatch:
@@ -68,6 +71,7 @@ class ClipBatch:
             attributes=None if self.attributes is None else self.attributes[idx],
             names=[self.names[i] for i in idx] if self.names else [],
             latents=None if self.latents is None else _take(self.latents, idx),
+            spans=[self.spans[i] for i in idx] if self.spans else [],
         )
 
     @property
@@ -115,7 +119,24 @@ def encode_shard(batch: ClipBatch) -> bytes:
     meta = {"captions": json.dumps(batch.captions, ensure_ascii=False)}
     if batch.names:
         meta["names"] = json.dumps(batch.names, ensure_ascii=False)
-    return st_save(tensors, metadata=meta)
+    if batch.spans:
+        meta["spans"] = json.dumps([[float(a), float(b)] for a, b in batch.spans])
+    data = st_save(tensors, metadata=meta)
+    return _sorted_metadata(data) if len(meta) > 1 else data
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """The same file with its metadata keys in sorted order. safetensors writes them from a Rust HashMap,
+    whose order changes from process to process, so two runs writing the same clips would get different
+    shard hashes (and data ids); the tensors' offsets are relative to the end of the header, so only the
+    header is rewritten."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps({"__metadata__": header.pop("__metadata__"), **header}, ensure_ascii=False,
+                      separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]
 
 
 def decode_shard(data: bytes, *, label: str) -> ClipBatch:
@@ -125,9 +146,10 @@ def decode_shard(data: bytes, *, label: str) -> ClipBatch:
         meta = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
         captions = json.loads(meta["captions"])
         names = json.loads(meta["names"]) if "names" in meta else []
+        spans = _spans(meta)
         tokens = tensors["tokens"]
         frames, latents = tensors.get("frames"), tensors.get("latents")
-    except (SafetensorError, KeyError, ValueError, json.JSONDecodeError) as e:
+    except (SafetensorError, KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
         raise IntegrityError(f"shard {label} cannot be parsed: {e}") from None
     if (frames is None) == (latents is None):
         raise IntegrityError(f"shard {label} must hold either frames or latents")
@@ -138,18 +160,31 @@ def decode_shard(data: bytes, *, label: str) -> ClipBatch:
     body = frames if frames is not None else latents
     if not tokens.shape[0] == body.shape[0] == len(captions):
         raise IntegrityError(f"shard {label} has inconsistent shapes")
-    return ClipBatch(frames, tokens, captions, tensors.get("attributes"), names, latents)
+    if spans and len(spans) != len(captions):
+        raise IntegrityError(f"shard {label} has {len(spans)} time spans for {len(captions)} clips")
+    return ClipBatch(frames, tokens, captions, tensors.get("attributes"), names, latents, spans)
+
+
+def _spans(meta: dict) -> list[tuple[float, float]]:
+    return [(float(a), float(b)) for a, b in json.loads(meta["spans"])] if "spans" in meta else []
 
 
 class ShardWriter:
-    """Accumulates clips and writes fixed-size shards; `finish()` writes the manifest last."""
+    """Accumulates clips and writes fixed-size shards; `finish()` writes the manifest last. `resume`: shards
+    an interrupted writer already wrote here (each is checked against its hash; a mismatch is an error)."""
 
-    def __init__(self, out: Path, *, clips_per_shard: int = 256) -> None:
+    def __init__(self, out: Path, *, clips_per_shard: int = 256, resume: Iterable[ShardInfo] = ()) -> None:
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / MANIFEST_NAME).unlink(missing_ok=True)  # an unfinished rewrite must not look complete
         self.clips_per_shard = clips_per_shard
         self.shards: list[ShardInfo] = []
+        for info in resume:
+            path = self.out / info.file
+            if not path.is_file() or path.stat().st_size != info.bytes or file_sha256(path) != info.sha256:
+                raise IntegrityError(f"shard {info.file} in {self.out} does not match the record of the run "
+                                     "that wrote it")
+            self.shards.append(info)
 
     def write(self, batch: ClipBatch) -> ShardInfo:
         data = encode_shard(batch)
@@ -236,7 +271,7 @@ def open_dataset(directory: Path, only=None) -> tuple[DataManifest, ClipBatch]:
     if len(rows) != len(batch):
         raise IntegrityError(f"{directory}: shards hold {len(rows)} {key} for {len(batch)} captions")
     batch = ClipBatch(rows if key == "frames" else None, batch.tokens, batch.captions, batch.attributes,
-                      batch.names, rows if key == "latents" else None)
+                      batch.names, rows if key == "latents" else None, batch.spans)
     if only is not None:  # data-set positions → positions among the shards read
         starts = np.cumsum([0] + [s.clips for s in manifest.shards])
         base = {s: b for s, b in zip(wanted, np.cumsum([0] + [manifest.shards[s].clips for s in wanted]),
@@ -256,13 +291,16 @@ def _small_parts(path: Path, info: ShardInfo) -> ClipBatch:
         meta = header.get("__metadata__", {})
         captions = json.loads(meta["captions"])
         names = json.loads(meta["names"]) if "names" in meta else []
+        spans = _spans(meta)
         tokens = _read_tensor(path, "tokens")
         attributes = _read_tensor(path, "attributes") if "attributes" in header else None
-    except (KeyError, ValueError, json.JSONDecodeError) as e:
+    except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
         raise IntegrityError(f"shard {info.file} cannot be parsed: {e}") from None
+    if spans and len(spans) != info.clips:
+        raise IntegrityError(f"shard {info.file} has {len(spans)} time spans for {info.clips} clips")
     if len(captions) != info.clips or tokens.ndim != 2 or len(tokens) != info.clips:
         raise IntegrityError(f"shard {info.file} holds {len(tokens)} clips, the manifest says {info.clips}")
-    return ClipBatch(None, tokens, captions, attributes, names)
+    return ClipBatch(None, tokens, captions, attributes, names, spans=spans)
 
 
 def _read_tensor(path: Path, key: str) -> np.ndarray:

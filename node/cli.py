@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import threading
 import time
@@ -74,28 +75,56 @@ def data_synth(
 
 @data_app.command("prepare")
 def data_prepare(
-    videos: Annotated[Path, typer.Option(help="Folder of video files (searched recursively).")],
-    captions: Annotated[Path, typer.Option(help="Captions: JSONL with file+caption, or CSV with file,caption.")],
+    videos: Annotated[Path, typer.Option(help="Folder of videos (searched recursively; a Hugging Face VideoFolder "
+                                         "with metadata.jsonl; or webdataset .tar shards), or one .tar shard.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the shards and manifest into.")],
-    frames: Annotated[int, typer.Option(min=2, help="Frames sampled per clip.")] = 16,
-    size: Annotated[str, typer.Option(help="Output frame size HxW (resize + centre crop).")] = "64x64",
+    captions: Annotated[Path | None, typer.Option(help="Captions table: CSV, TSV, JSONL or Parquet (OpenVid, "
+                                                  "WebVid, Panda-70M columns are recognised). Not needed for a "
+                                                  "VideoFolder or webdataset shards.")] = None,
+    video_column: Annotated[str | None, typer.Option(help="The captions table's column naming the video file "
+                                                     "(detected from common names when left out).")] = None,
+    caption_column: Annotated[str | None, typer.Option(help="The column holding the caption (detected from "
+                                                       "common names when left out).")] = None,
+    frames: Annotated[int, typer.Option(min=2, help="Frames per clip.")] = 16,
+    fps: Annotated[float, typer.Option(min=0.1, help="Frames per second of the clips (resampled from each "
+                                       "source's own rate): a clip spans frames/fps seconds.")] = 8.0,
+    size: Annotated[str, typer.Option(help="Output frame size HxW (aspect-preserving resize, then --crop).")]
+    = "64x64",
+    crop: Annotated[str, typer.Option(help="centre: scale to cover and cut the middle; pad: scale to fit, "
+                                      "black borders.")] = "centre",
+    workers: Annotated[int | None, typer.Option(min=0, help="Decoding processes, one core each (0: decode in "
+                                                "this one). Default: one per CPU core.")] = None,
+    clips_per_shard: Annotated[int, typer.Option(min=1, help="Clips per shard file (an interrupted run "
+                                                 "continues from the last whole shard).")] = 256,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Real clips + captions → verified shards. Unreadable or uncaptioned files are skipped and reported."""
-    from expert.prepare import prepare_videos
+    """Real clips + captions → verified shards. Unreadable, too short or uncaptioned videos are skipped and
+    listed in OUT/prepare-report.json. Interrupted? Run the same command again: it continues."""
+    from expert.prepare import REPORT_NAME, prepare_videos
+    from expert.video_decode import CROPS
 
     h, w = _size(size)
+    crop = "centre" if crop == "center" else crop
+    if crop not in CROPS:
+        raise typer.BadParameter(f"expected one of {', '.join(CROPS)}", param_hint="--crop")
+    procs = (os.cpu_count() or 1) if workers is None else workers
     with progress() as bar:
         task = bar.add_task("decoding videos", total=None)
-        report = prepare_videos(videos, captions, out_dir, frames=frames, height=h, width=w,
-                                on_total=lambda n: bar.update(task, total=n),
-                                on_progress=lambda: bar.advance(task))
+        report = prepare_videos(videos, captions, out_dir, frames=frames, height=h, width=w, fps=fps,
+                                crop=crop,  # type: ignore[arg-type]  (checked against CROPS above)
+                                workers=procs, clips_per_shard=clips_per_shard, video_column=video_column,
+                                caption_column=caption_column, on_total=lambda n: bar.update(task, total=n),
+                                on_progress=lambda n: bar.advance(task, n))
     if json_out:
-        out.print_json(report.model_dump_json())
+        out.print_json(report.model_dump_json(exclude={"key"}))
         return
-    out.print(f"wrote {report.written} clips to {out_dir}, data id {report.data_id}")
-    for skip in report.skipped:
+    resumed = f" ({report.resumed} kept from an interrupted run)" if report.resumed else ""
+    out.print(f"wrote {report.written} clips{resumed} ({report.layout}) to {out_dir}, data id {report.data_id}")
+    for skip in report.skipped[:20]:
         console.print(f"[yellow]skipped[/] {skip.file}: {skip.reason}", highlight=False)
+    if report.skipped:
+        more = f"{len(report.skipped) - 20} more; " if len(report.skipped) > 20 else ""
+        console.print(f"{len(report.skipped)} skipped ({more}all listed in {out_dir / REPORT_NAME})", highlight=False)
 
 
 @run_app.command("init")

@@ -36,7 +36,7 @@ def test_prepare_skips_and_reports_bad_files(tmp_path):
     reasons = {s.file: s.reason for s in report.skipped}
     assert set(reasons) == {"short.mp4", "uncaptioned.mp4", "broken.mp4"}
     assert reasons["uncaptioned.mp4"] == "no caption"
-    assert reasons["short.mp4"].startswith("unreadable: only 4 frames")
+    assert reasons["short.mp4"].startswith("too short: the video lasts 0.50 s, 8 frames at 8 fps need 1.00 s")
     manifest, clips = load_dataset(tmp_path / "out")
     assert manifest.source == "real" and manifest.data_id == report.data_id
     assert clips.frames.shape == (3, 8, 32, 32, 3)

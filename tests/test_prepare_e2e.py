@@ -1,0 +1,101 @@
+"""A researcher's own videos, end to end as real processes: `data prepare` (a Hugging Face VideoFolder, two
+worker processes), `run init` (clustered with an open_clip image tower, random weights saved to a file; the
+synthetic feature refused), then a few `train-local` steps."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.videos import write_video
+
+pytestmark = pytest.mark.slow  # real processes, about a minute
+
+CLI = [sys.executable, "-m", "node.cli"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, check=True):
+    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_own_videos_prepare_init_and_train(tmp_path):
+    import torch
+
+    from expert.clip_score import ClipScorer
+
+    root = tmp_path / "my-videos"
+    rows = []
+    for i in range(12):  # two kinds of source, different rates and sizes
+        name = f"{'wide' if i % 2 else 'tall'}/{i:02d}.mp4"
+        h, w = (72, 128) if i % 2 else (96, 64)
+        fps = (12, 24, 30)[i % 3]
+        write_video(root / "train" / name, frames=round(fps * (1.2 + 0.1 * i)), fps=fps, height=h, width=w)
+        rows.append({"file_name": name, "text": f"{'a wide' if i % 2 else 'a tall'} view, take {i}"})
+    (root / "train" / "broken.mp4").write_bytes(b"nope" * 64)
+    rows.append({"file_name": "broken.mp4", "text": "broken"})
+    (root / "train" / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    prep = run("data", "prepare", "--videos", root, "--out", tmp_path / "data", "--frames", 8, "--fps", 8,
+               "--size", "24x32", "--workers", 2, "--json")
+    report = json.loads(prep.stdout)
+    assert report["written"] == 12 and report["layout"] == "videofolder", report["skipped"]
+    assert [s["file"] for s in report["skipped"]] == ["train/broken.mp4"]
+    assert 0 < report["peak_worker_rss"] < 300 << 20
+    again = run("data", "prepare", "--videos", root, "--out", tmp_path / "data", "--frames", 8, "--fps", 8,
+                "--size", "24x32", "--workers", 2)
+    said = " ".join((again.stdout + again.stderr).split())  # rich wraps long lines
+    assert f"data id {report['data_id']}" in said and "1 skipped (all listed in" in said
+
+    refused = run("run", "init", "--data", tmp_path / "data", "--clusters", 2, "--preset", "tiny", "--out",
+                  tmp_path / "run.json", "--home", tmp_path / "home", check=False)
+    assert refused.returncode != 0 and "pass --clip-weights FILE" in " ".join(refused.stderr.split())
+    assert "Traceback" not in refused.stderr
+
+    torch.manual_seed(0)
+    torch.save(ClipScorer.random_init("ViT-S-32").model.state_dict(), tmp_path / "clip.pt")
+    init = run("run", "init", "--data", tmp_path / "data", "--clusters", 2, "--preset", "tiny", "--out",
+               tmp_path / "run.json", "--home", tmp_path / "home", "--clip-weights", tmp_path / "clip.pt",
+               "--clip-model", "ViT-S-32", "--json")
+    info = json.loads(init.stdout)
+    assert sum(info["balance"]["sizes"]) == 12
+    spec = json.loads((tmp_path / "run.json").read_text())
+    assert spec["embedding"]["method"] == "open_clip-image" and spec["data"]["source"] == "real"
+    assert (spec["data"]["frames"], spec["data"]["height"], spec["data"]["width"]) == (8, 24, 32)
+    run("train-local", "--run", tmp_path / "run.json", "--cluster", 0, "--steps", 2, "--out", tmp_path / "ck")
+    assert any((tmp_path / "ck").iterdir())
+
+
+def test_ctrl_c_then_the_same_command_continues(tmp_path):
+    import os
+    import shutil
+    import signal
+    import time
+
+    root = tmp_path / "videos"
+    first = write_video(root / "v00.mp4", frames=240, fps=24, height=180, width=320)  # 10 s: each clip seeks
+    for i in range(1, 16):
+        shutil.copy(first, root / f"v{i:02d}.mp4")
+    (root / "caps.csv").write_text("video,caption\n" + "".join(f"v{i:02d}.mp4,take {i}\n" for i in range(16)))
+    args = ["data", "prepare", "--videos", root, "--captions", root / "caps.csv", "--frames", 8, "--size",
+            "16x16", "--workers", 1, "--clips-per-shard", 1, "--json"]
+    proc = subprocess.Popen([*CLI, *map(str, args), "--out", str(tmp_path / "data")], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    state = tmp_path / "data" / "prepare-state.json"
+    deadline = time.monotonic() + 120
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    said = "".join(proc.communicate(timeout=120))
+    assert proc.returncode == 130 and "Traceback" not in said, said
+    assert state.exists() and not (tmp_path / "data" / "manifest.json").exists()
+    resumed = json.loads(run(*args, "--out", tmp_path / "data").stdout)
+    whole = json.loads(run(*args, "--out", tmp_path / "whole").stdout)
+    assert 0 < resumed["resumed"] < 16 and resumed["written"] == 16 and whole["resumed"] == 0
+    assert resumed["data_id"] == whole["data_id"]
+    assert not state.exists() and os.path.isfile(tmp_path / "data" / "prepare-report.json")
