@@ -31,11 +31,12 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from expert.assets import register_asset
-from expert.backbone import PixelCodec, WanVaeCodec, build_codec, condition_on_text, predict_clean_sample
+from expert.backbone import PixelCodec, build_codec, condition_on_text, predict_clean_sample
 from expert.router import CaptionPrior, Router
 from expert.routing import Strategy, mix, parse_strategy, routing_weights
 from expert.sampling import encode_prompts, velocity
 from expert.text import TextEncoder, write_tokenizer
+from expert.vae import VaeCodec
 from protocol.canonical import file_sha256
 from protocol.errors import IntegrityError, ParisError
 from protocol.model import ExpertPreset, RouterHead, TextEncoderConfig
@@ -90,7 +91,7 @@ class ParisPipeline(DiffusionPipeline):
                   tmp / "text_encoder" / "model.safetensors")
         self.scheduler.save_pretrained(tmp / "scheduler")
         (tmp / "paris_config.json").write_text(self.preset.model_dump_json())
-        if isinstance(self.codec, WanVaeCodec):  # the asset's own bytes: its CID still names them
+        if isinstance(self.codec, VaeCodec):  # the asset's own bytes: its CID still names them
             shutil.copytree(self.codec.vae_dir, tmp / "vae")
         write_tokenizer(tmp / "tokenizer", self.text_encoder.config.context_length)
         files = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}

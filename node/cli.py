@@ -107,10 +107,15 @@ def run_init(
     seed: Annotated[int, typer.Option(help="Seed for clustering and training.")] = 0,
     name: Annotated[str, typer.Option(help="A human name for the run.")] = "run",
     target_steps: Annotated[int | None, typer.Option(min=1, help="Training steps per expert.")] = None,
-    vae: Annotated[Path | None, typer.Option(help="AutoencoderKLWan folder (latent presets): put into the "
-                                             "home's content store, named by CID in the run.")] = None,
-    text_weights: Annotated[Path | None, typer.Option(help="open_clip weights file for the text tower "
-                                                      "(base/large): stored and named the same way.")] = None,
+    vae: Annotated[Path | None, typer.Option(help="A diffusers VAE folder (latent presets; its class from its "
+                                             "config.json: Wan 2.1/2.2, LTX-Video, HunyuanVideo, CogVideoX, "
+                                             "Cosmos, or an image AutoencoderKL per frame): put into the home's "
+                                             "content store, named by CID in the run.")] = None,
+    text_model: Annotated[str | None, typer.Option(help="open_clip architecture of the text tower (e.g. "
+                                                   "ViT-L-14; random init from the run's seed without "
+                                                   "--text-weights).")] = None,
+    text_weights: Annotated[Path | None, typer.Option(help="open_clip weights file for the text tower (any "
+                                                      "preset): stored and named the same way.")] = None,
     clip_model: Annotated[str | None, typer.Option(help="open_clip architecture for embedding clips.")] = None,
     clip_weights: Annotated[Path | None, typer.Option(help="open_clip weights to embed clips with "
                                                       "(stored and named the same way).")] = None,
@@ -133,12 +138,19 @@ def run_init(
 
     if vae is not None and preset not in LATENT_PRESETS:
         fail(f"--vae is for the latent presets ({', '.join(LATENT_PRESETS)}); {preset!r} trains on pixels")
+    channels = None
+    if vae is not None:  # measured from its config alone (no weights read): a VAE that cannot fit fails here
+        from expert.presets import clip_shape
+        from expert.vae import probe_vae
+
+        channels = probe_vae(vae.expanduser(), *clip_shape(preset)).latent[0]
     home = home.expanduser()
     creator = load_identity(home).public_key_bytes.decode()
     with console.status("putting the model assets into the content store"):
         assets = {k: import_asset(home, v) for k, v in
                   (("vae", vae), ("text", text_weights), ("clip", clip_weights)) if v is not None}
-    chosen = get_preset(preset, vae=assets.get("vae"), text_weights=assets.get("text"))
+    chosen = get_preset(preset, vae=assets.get("vae"), vae_channels=channels, text_model=text_model,
+                        text_weights=assets.get("text"))
     with console.status("embedding and clustering clips"):
         spec = init_run(data, clusters, preset=chosen, seed=seed, name=name, clip_model=clip_model,
                         clip_weights=assets.get("clip"), target_steps=target_steps)
@@ -556,7 +568,8 @@ def demo(
         data_synth(out_dir=data, clips=clips, seed=0, frames=16, size="32x32", json_out=False)
     if not run_file.is_file():
         run_init(data=data, clusters=clusters, out_file=run_file, preset=preset, seed=0, name="demo",
-                 target_steps=steps, vae=None, text_weights=None, clip_model=None, clip_weights=None, json_out=False)
+                 target_steps=steps, vae=None, text_model=None, text_weights=None, clip_model=None, clip_weights=None,
+                 json_out=False)
     from protocol.run import RunSpec
 
     spec = RunSpec.load(run_file)
