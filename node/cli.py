@@ -229,6 +229,24 @@ HomeAssetsOpt = Annotated[Path, typer.Option(
     help="Home whose content store holds the run's model assets and latents (`run init --home`).")]
 
 
+VaeDirOpt = Annotated[Path | None, typer.Option(
+    "--vae", help="The run's VAE folder, if not in --home's content store (checked against the CID the run names).")]
+TextEncoderOpt = Annotated[Path | None, typer.Option(
+    "--text-encoder", help="The run's text-encoder weights, if not in --home's content store (checked the same way).")]
+
+
+def _model_assets(checkpoint: Path | None, home: Path, vae: Path | None, text_encoder: Path | None) -> None:
+    """Make the VAE and text encoder of `checkpoint`'s run buildable: the given paths (each checked against
+    the CID the run names) or the home's content store (where `run init` and `fetch` put them)."""
+    from expert.checkpoint import read_meta, resolve_checkpoint
+    from node.assets import provide_assets
+
+    if checkpoint is None:
+        return
+    preset = read_meta(resolve_checkpoint(checkpoint)).preset
+    provide_assets(preset, home, {"video VAE": vae, "text-encoder weights": text_encoder})
+
+
 def _local_assets(spec, home: Path, data: Path | None) -> Path | None:
     """Register the run's model assets that `home`'s store holds; for a latent run with no --data, its clips
     encoded once by `run init` (home/runs/<run>/latents) when they are there."""
@@ -362,10 +380,15 @@ def ensemble_assemble(
     router: Annotated[Path, typer.Option(help="The router's checkpoint folder.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Ensemble folder to write.")],
     router_mode: RouterModeOpt = None,
+    home: HomeAssetsOpt = Path("~/.paris"),
+    vae: VaeDirOpt = None,
+    text_encoder: TextEncoderOpt = None,
 ) -> None:
-    """Assemble local checkpoints into the diffusers-style ensemble folder that `sample --ensemble` loads."""
+    """Assemble local checkpoints into the diffusers-style ensemble folder that `sample --ensemble` loads
+    (a latent run's VAE and the text encoder come from --home's content store, or --vae / --text-encoder)."""
     from expert.pipeline import assemble
 
+    _model_assets(experts[0] if experts else None, home, vae, text_encoder)
     with console.status("verifying checkpoints and writing the ensemble"):
         assemble(experts, router, out_dir, router_mode=router_mode)
     out.print(f"wrote the ensemble of {len(experts)} experts to {out_dir}")
@@ -386,8 +409,12 @@ def sample_cmd(
     offload: Annotated[bool, typer.Option(help="Keep idle experts on the CPU (saves device memory).")] = False,
     router_mode: RouterModeOpt = None,
     gpu: GpuOpt = "cpu",
+    home: HomeAssetsOpt = Path("~/.paris"),
+    vae: VaeDirOpt = None,
+    text_encoder: TextEncoderOpt = None,
 ) -> None:
-    """Generate a video from an ensemble (router + experts) or from one expert checkpoint."""
+    """Generate a video from an ensemble (router + experts) or from one expert checkpoint (a latent run's VAE
+    and the text encoder from --home's content store, or --vae / --text-encoder)."""
     from protocol.atomic import atomic_write_text
 
     # the user's mistakes first, before the model stack is imported (that takes seconds)
@@ -409,6 +436,7 @@ def sample_cmd(
     from expert.video_io import grid, write_video
 
     device = resolve_device(gpu)
+    _model_assets(checkpoint, home, vae, text_encoder)  # an ensemble folder holds its own
     record: list[dict] = []
     with progress() as bar:
         task = bar.add_task("sampling", total=steps)
@@ -420,9 +448,10 @@ def sample_cmd(
             from expert.pipeline import ParisPipeline
 
             pipe = ParisPipeline.from_pretrained(ensemble, router_mode=router_mode).to(device, offload=offload)
-            videos, record = pipe(prompt, strategy=strat, num_inference_steps=steps, guidance_scale=guidance,
-                                  seed=seed, num_videos=num_videos, offload=offload,
-                                  record_routing=routing_out is not None, on_step=on_step)
+            result = pipe(prompt, strategy=strat, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
+                          num_videos_per_prompt=num_videos, offload=offload, output_type="uint8",
+                          record_routing=routing_out is not None, on_step=on_step)
+            videos, record = result.frames, result.routing or []
         else:
             from expert.sampling import load_expert, sample
 
@@ -457,6 +486,9 @@ def eval_cmd(
     clip_model: Annotated[str, typer.Option(help="open_clip architecture of --clip-weights.")] = "ViT-B-32",
     gpu: GpuOpt = "cpu",
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    home: HomeAssetsOpt = Path("~/.paris"),
+    vae: VaeDirOpt = None,
+    text_encoder: TextEncoderOpt = None,
 ) -> None:
     """Metrics on the built-in data: FVD-synth and prompt-attribute accuracy, plus FVD (I3D) and CLIP
     text-video similarity when their weights are given (see README)."""
@@ -469,6 +501,7 @@ def eval_cmd(
         fail("give exactly one of --ensemble DIR or --checkpoint DIR")
     strat = parse_strategy(strategy)
     device = resolve_device(gpu)
+    _model_assets(checkpoint, home, vae, text_encoder)  # an ensemble folder holds its own
     fvd_net = clip = None
     if i3d is not None:
         from expert.i3d import I3DFeatures
@@ -493,7 +526,8 @@ def eval_cmd(
         text_encoder, codec = pipe.text_encoder, pipe.codec
 
         def sample(prompts, seed, scale=guidance):
-            return pipe(prompts, strategy=strat, num_inference_steps=steps, guidance_scale=scale, seed=seed)[0]
+            return pipe(prompts, strategy=strat, num_inference_steps=steps, guidance_scale=scale, seed=seed,
+                        output_type="uint8").frames
     else:
         from expert.sampling import load_expert, sample_prompts
 
