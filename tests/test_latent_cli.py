@@ -82,3 +82,9 @@ def test_sample_and_assemble_find_the_vae_in_the_home_or_take_it(latent_run, tmp
     _ok("sample", "a red circle", "--ensemble", tmp_path / "ens-path", "--out", tmp_path / "ens.gif", "--steps", 1,
         "--home", empty)
     assert (tmp_path / "ens.gif").stat().st_size > 0
+
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "ens-path", trust_remote_code=True)  # its vae/ inside
+    out = pipe("a red circle", num_inference_steps=1, seed=0)
+    assert out.frames.shape == (1, 9, 32, 32, 3) and pipe.codec.latent_shape() == (4, 5, 16, 16)
