@@ -78,6 +78,7 @@ class ParisPipeline(DiffusionPipeline):
         self.codec = codec
         self.preset = preset
         self.execution_device = torch.device("cpu")
+        self.offload = False  # enable_model_cpu_offload: every call keeps idle experts on the CPU
 
     @property
     def device(self) -> torch.device:  # diffusers infers it from registered modules; ours are not all registered
@@ -110,6 +111,15 @@ class ParisPipeline(DiffusionPipeline):
             for e in self.experts:
                 e.to("cpu" if offload else self.execution_device)
         return self
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str = "cuda") -> None:
+        """diffusers' model offload, done the ensemble's way (no accelerate hooks): the router, text encoder and
+        VAE sit on the device; each expert visits it only while it runs (`offload` on every call)."""
+        device = torch.device(device)
+        if gpu_id is not None:
+            device = torch.device(device.type, gpu_id)
+        self.offload = True
+        self.to(device, offload=True)
 
     # --- folder I/O -----------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, *, extra: dict | None = None, **_) -> None:  # type: ignore[override]
@@ -228,7 +238,8 @@ class ParisPipeline(DiffusionPipeline):
         for i, t in enumerate(self.scheduler.timesteps):
             v, probs, weights = ensemble_velocity(self.experts, self.router, x, t, cond, null, strat,
                                                   guidance=guidance_scale, generator=g, router_mode=mode,
-                                                  offload_to=torch.device("cpu") if offload else None)
+                                                  offload_to=torch.device("cpu") if offload or self.offload
+                                                  else None)
             x = self.scheduler.step(v, t, x, return_dict=False)[0]
             if record_routing:
                 record.append({"step": i, "t": round(float(t) / 1000, 5), "router_mode": mode,

@@ -81,6 +81,21 @@ def test_call_takes_the_diffusers_arguments(ensemble):
         pipe(PROMPT, output_type="mp4", **kw)
 
 
+def test_model_cpu_offload_and_diffusers_video_export(ensemble, tmp_path):
+    import av
+    from diffusers.utils.export_utils import encode_video
+
+    pipe = ParisPipeline.from_pretrained(ensemble)
+    pipe.enable_model_cpu_offload(device="cpu")  # on a GPU: idle experts stay on the CPU
+    seen = []
+    pipe.experts[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].device))
+    out = pipe(PROMPT, num_inference_steps=2, strategy="full")
+    assert pipe.offload and seen and out.frames.shape == (1, 8, 32, 32, 3)
+    encode_video(out.frames[0], fps=8, output_path=str(tmp_path / "v.mp4"))  # diffusers' PyAV writer
+    with av.open(str(tmp_path / "v.mp4")) as f:
+        assert sum(1 for _ in f.decode(video=0)) == 8
+
+
 def test_torch_dtype_and_to(ensemble):
     from diffusers import DiffusionPipeline
 
