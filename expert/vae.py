@@ -88,7 +88,7 @@ def _probe(config_json: str, folder: str, frames: int, height: int, width: int) 
             x = torch.empty(frames, 3, height, width) if per_frame else torch.empty(1, 3, frames, height, width)
             try:
                 z = model.encode(x).latent_dist.mode()
-                y = model.decode(z).sample
+                y = decode(model, z)
             except Exception as e:  # a VAE rejects a shape in its own way
                 errors.append(_first_line(e))
                 continue
@@ -109,6 +109,14 @@ def _probe(config_json: str, folder: str, frames: int, height: int, width: int) 
     temporal = 1 if per_frame else ((frames - 1) // (t - 1) if t > 1 else frames)
     return VaeShape(class_name=cls.__name__, per_frame=per_frame, latent=latent, temporal=temporal,
                     spatial=height // h)
+
+
+def decode(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """The VAE's decoder output. A decoder conditioned on a timestep (its config's `timestep_conditioning`,
+    LTX-Video 0.9.1 on) is given t = 0, the clean latents, as its own pipeline does by default."""
+    if getattr(vae.config, "timestep_conditioning", False):
+        return vae.decode(z, temb=torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)).sample
+    return vae.decode(z).sample
 
 
 def check_vae(folder: Path, cfg: BackboneConfig) -> VaeShape:
@@ -193,9 +201,9 @@ class VaeCodec(PixelCodec):
         z = ((z.float() / self.scale + self.shift) * self.std + self.mean).to(self.vae.dtype)
         if self.shape.per_frame:
             b, t = z.shape[0], z.shape[2]
-            x = self.vae.decode(z.transpose(1, 2).flatten(0, 1)).sample.unflatten(0, (b, t)).transpose(1, 2)
+            x = decode(self.vae, z.transpose(1, 2).flatten(0, 1)).unflatten(0, (b, t)).transpose(1, 2)
         else:
-            x = self.vae.decode(z).sample
+            x = decode(self.vae, z)
         return super().decode(x)
 
 

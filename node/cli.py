@@ -382,13 +382,13 @@ def ensemble_assemble(
     router_mode: RouterModeOpt = None,
     home: HomeAssetsOpt = Path("~/.paris"),
     vae: VaeDirOpt = None,
-    text_encoder: TextEncoderOpt = None,
+    text_encoder_path: TextEncoderOpt = None,
 ) -> None:
     """Assemble local checkpoints into the diffusers-style ensemble folder that `sample --ensemble` loads
     (a latent run's VAE and the text encoder come from --home's content store, or --vae / --text-encoder)."""
     from expert.pipeline import assemble
 
-    _model_assets(experts[0] if experts else None, home, vae, text_encoder)
+    _model_assets(experts[0] if experts else None, home, vae, text_encoder_path)
     with console.status("verifying checkpoints and writing the ensemble"):
         assemble(experts, router, out_dir, router_mode=router_mode)
     out.print(f"wrote the ensemble of {len(experts)} experts to {out_dir}")
@@ -411,7 +411,7 @@ def sample_cmd(
     gpu: GpuOpt = "cpu",
     home: HomeAssetsOpt = Path("~/.paris"),
     vae: VaeDirOpt = None,
-    text_encoder: TextEncoderOpt = None,
+    text_encoder_path: TextEncoderOpt = None,
 ) -> None:
     """Generate a video from an ensemble (router + experts) or from one expert checkpoint (a latent run's VAE
     and the text encoder from --home's content store, or --vae / --text-encoder)."""
@@ -436,7 +436,7 @@ def sample_cmd(
     from expert.video_io import grid, write_video
 
     device = resolve_device(gpu)
-    _model_assets(checkpoint, home, vae, text_encoder)  # an ensemble folder holds its own
+    _model_assets(checkpoint, home, vae, text_encoder_path)  # an ensemble folder holds its own
     record: list[dict] = []
     with progress() as bar:
         task = bar.add_task("sampling", total=steps)
@@ -488,7 +488,7 @@ def eval_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     home: HomeAssetsOpt = Path("~/.paris"),
     vae: VaeDirOpt = None,
-    text_encoder: TextEncoderOpt = None,
+    text_encoder_path: TextEncoderOpt = None,
 ) -> None:
     """Metrics on the built-in data: FVD-synth and prompt-attribute accuracy, plus FVD (I3D) and CLIP
     text-video similarity when their weights are given (see README)."""
@@ -501,7 +501,7 @@ def eval_cmd(
         fail("give exactly one of --ensemble DIR or --checkpoint DIR")
     strat = parse_strategy(strategy)
     device = resolve_device(gpu)
-    _model_assets(checkpoint, home, vae, text_encoder)  # an ensemble folder holds its own
+    _model_assets(checkpoint, home, vae, text_encoder_path)  # an ensemble folder holds its own
     fvd_net = clip = None
     if i3d is not None:
         from expert.i3d import I3DFeatures

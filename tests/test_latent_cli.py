@@ -88,3 +88,21 @@ def test_sample_and_assemble_find_the_vae_in_the_home_or_take_it(latent_run, tmp
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "ens-path", trust_remote_code=True)  # its vae/ inside
     out = pipe("a red circle", num_inference_steps=1, seed=0)
     assert out.frames.shape == (1, 9, 32, 32, 3) and pipe.codec.latent_shape() == (4, 5, 16, 16)
+
+
+def test_run_init_takes_the_vae_channels_and_refuses_a_folder_that_is_no_vae(latent_run, tmp_path):
+    from protocol.run import RunSpec
+
+    d, _, _ = latent_run
+    ltx = tmp_path / "ltx"
+    save_vae(lambda: _ltx(8), ltx)
+    _ok("run", "init", "--data", d / "data", "--clusters", 2, "--preset", "tiny-latent", "--vae", ltx,
+        "--out", tmp_path / "run.json", "--home", tmp_path / "home", "--json")
+    spec = RunSpec.load(tmp_path / "run.json")
+    assert spec.preset.backbone.in_channels == 8  # measured from the VAE, not the preset's 4
+    other = tmp_path / "transformer"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"_class_name": "WanTransformer3DModel"}))
+    _refused("run", "init", "--data", d / "data", "--clusters", 2, "--preset", "tiny-latent", "--vae", other,
+             "--out", tmp_path / "no.json", "--home", tmp_path / "home2", match="holds a 'WanTransformer3DModel'")
+    assert not (tmp_path / "no.json").exists() and not (tmp_path / "home2" / "store").exists()

@@ -32,15 +32,27 @@ def _wan22():  # Wan 2.2's VAE: residual blocks and a 2×2 patch in front (the p
                             is_residual=True, in_channels=12, out_channels=12, patch_size=2)
 
 
-def _ltx():
+def _ltx(channels: int = 4):
     from diffusers import AutoencoderKLLTXVideo
 
-    return AutoencoderKLLTXVideo(latent_channels=4, block_out_channels=(8, 16), decoder_block_out_channels=(8, 16),
-                                 down_block_types=("LTXVideoDownBlock3D",) * 2, layers_per_block=(1, 1, 1),
+    return AutoencoderKLLTXVideo(latent_channels=channels, block_out_channels=(8, 16),
+                                 decoder_block_out_channels=(8, 16), down_block_types=("LTXVideoDownBlock3D",) * 2,
+                                 layers_per_block=(1, 1, 1),
                                  decoder_layers_per_block=(1, 1, 1), spatio_temporal_scaling=(True, False),
                                  decoder_spatio_temporal_scaling=(True, False), decoder_inject_noise=(False,) * 3,
                                  downsample_type=("conv", "conv"), upsample_residual=(False, False),
                                  upsample_factor=(1, 1), patch_size=2, scaling_factor=0.5)
+
+
+def _ltx_091():  # LTX-Video 0.9.1 on: the decoder is conditioned on a timestep and injects noise
+    from diffusers import AutoencoderKLLTXVideo
+
+    return AutoencoderKLLTXVideo(latent_channels=4, block_out_channels=(8, 16),
+                                 down_block_types=("LTXVideoDownBlock3D",) * 2, layers_per_block=(1, 1, 1),
+                                 spatio_temporal_scaling=(True, False), downsample_type=("conv", "conv"), patch_size=2,
+                                 decoder_block_out_channels=(16,), decoder_layers_per_block=(1, 1),
+                                 decoder_spatio_temporal_scaling=(True,), decoder_inject_noise=(True, False),
+                                 upsample_residual=(True,), upsample_factor=(2,), timestep_conditioning=True)
 
 
 def _hunyuan():  # HunyuanVideo's VAE builds only with temporal compression 4 and spatial 8 (four blocks)
@@ -80,6 +92,7 @@ CASES = {
     "AutoencoderKLWan": (_wan21, (4, 5, 16, 16), 2, 2, False),
     "AutoencoderKLWan-2.2": (_wan22, (4, 5, 8, 8), 2, 4, False),
     "AutoencoderKLLTXVideo": (_ltx, (4, 5, 8, 8), 2, 4, False),
+    "AutoencoderKLLTXVideo-0.9.1": (_ltx_091, (4, 5, 8, 8), 2, 4, False),
     "AutoencoderKLHunyuanVideo": (_hunyuan, (4, 3, 4, 4), 4, 8, False),
     "AutoencoderKLCogVideoX": (_cogvideox, (4, 5, 16, 16), 2, 2, False),
     "AutoencoderKLCosmos": (_cosmos, (4, 5, 16, 16), 2, 2, False),
