@@ -278,15 +278,19 @@ class EnsembleFolder(ModelMixin):
 
 class DiffusersEntry(DiffusionPipeline):
     """The class `DiffusionPipeline.from_pretrained(folder)` builds from the folder's module: its one
-    component is the loaded ParisPipeline, which it returns as itself."""
+    component is the loaded ParisPipeline, which it returns as itself (with `router_mode`, if given to
+    `from_pretrained`, applied)."""
 
-    def __new__(cls, ensemble: ParisPipeline | None = None, **_) -> ParisPipeline:  # type: ignore[misc]
+    def __new__(cls, ensemble: ParisPipeline | None = None, router_mode: str | None = None,  # type: ignore[misc]
+                **_) -> ParisPipeline:
         if not isinstance(ensemble, ParisPipeline):
             raise ParisError("a Paris ensemble is loaded with DiffusionPipeline.from_pretrained(folder) or "
                              "ParisPipeline.from_pretrained(folder)")
+        if router_mode is not None:
+            ensemble.router_mode = _check_mode(ensemble.router.head, router_mode)
         return ensemble
 
-    def __init__(self, ensemble: ParisPipeline) -> None:  # never runs: __new__ returns another class's object
+    def __init__(self, ensemble: ParisPipeline, router_mode: str | None = None) -> None:  # never runs (__new__)
         super().__init__()
 
 

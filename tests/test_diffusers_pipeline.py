@@ -45,6 +45,8 @@ def test_diffusion_pipeline_from_pretrained_loads_the_folder(ensemble):
     assert out.frames.min() >= 0.0 and out.frames.max() <= 1.0
     same = ours(PROMPT, num_inference_steps=2, generator=torch.Generator().manual_seed(3), output_type="uint8")
     assert np.array_equal((out.frames * 255).round().astype(np.uint8), same.frames)
+    assert pipe.router_mode == "joint"  # what the folder records; from_pretrained's router_mode overrides it
+    assert DiffusionPipeline.from_pretrained(ensemble, trust_remote_code=True, router_mode="xt").router_mode == "xt"
 
 
 def test_the_folder_module_is_checked_like_every_file(ensemble, tmp_path):
