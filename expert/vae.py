@@ -37,7 +37,11 @@ class VaeShape(BaseModel):
 
 
 def read_config(folder: Path) -> dict:
-    path = Path(folder) / "config.json"
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ParisError(f"{folder}: no such file or folder" if not folder.exists() else
+                         f"{folder} is a file: a diffusers VAE is a folder (config.json and its weights)")
+    path = folder / "config.json"
     try:
         config = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:

@@ -159,6 +159,8 @@ def test_a_vae_that_does_not_fit_is_refused_in_one_line_before_loading(tmp_path)
     (other / "config.json").write_text(json.dumps({"_class_name": "WanTransformer3DModel"}))
     with pytest.raises(ParisError, match=r"holds a 'WanTransformer3DModel', not a diffusers VAE"):
         VaeCodec(backbone(other))
+    with pytest.raises(ParisError, match="no such file or folder"):
+        probe_vae(tmp_path / "nowhere", FRAMES, SIZE, SIZE)
     (other / "config.json").write_text(json.dumps({"_class_name": "os.system"}))
     with pytest.raises(ParisError, match=r"holds a 'os.system', not a diffusers VAE"):
         probe_vae(other, FRAMES, SIZE, SIZE)
