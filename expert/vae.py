@@ -82,29 +82,25 @@ def _probe(config_json: str, folder: str, frames: int, height: int, width: int) 
 
     config = json.loads(config_json)
     cls = vae_class(config, Path(folder))
-    errors = []
     with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
         try:
             model = cls.from_config(config)
         except Exception as e:  # any failure to build from the config is the folder's fault
             raise ParisError(f"{folder}: the {cls.__name__} config does not build: {_first_line(e)}") from None
-        for per_frame in (False, True):  # a video VAE takes the clip; an image VAE takes its frames
-            x = torch.empty(frames, 3, height, width) if per_frame else torch.empty(1, 3, frames, height, width)
-            try:
-                z = model.encode(x).latent_dist.mode()
-                y = decode(model, z)
-            except Exception as e:  # a VAE rejects a shape in its own way
-                errors.append(_first_line(e))
-                continue
-            if per_frame:
-                c, h, w = z.shape[1:]
-                latent, decoded = (int(c), frames, int(h), int(w)), (int(y.shape[1]), frames, *y.shape[2:])
-            else:
-                latent, decoded = tuple(int(v) for v in z.shape[1:]), tuple(int(v) for v in y.shape[1:])
-            break
-        else:
+        # a video VAE convolves in time and takes the clip; an image VAE takes its frames one by one
+        per_frame = not any(isinstance(m, torch.nn.Conv3d) for m in model.modules())
+        x = torch.empty(frames, 3, height, width) if per_frame else torch.empty(1, 3, frames, height, width)
+        try:
+            z = model.encode(x).latent_dist.mode()
+            y = decode(model, z)
+        except Exception as e:  # a VAE rejects a shape in its own way
             raise ParisError(f"{folder}: the {cls.__name__} cannot encode {frames}×{height}×{width} clips: "
-                             f"{errors[-1]}")
+                             f"{_first_line(e)}") from None
+    if per_frame:
+        c, h, w = z.shape[1:]
+        latent, decoded = (int(c), frames, int(h), int(w)), (int(y.shape[1]), frames, *map(int, y.shape[2:]))
+    else:
+        latent, decoded = tuple(int(v) for v in z.shape[1:]), tuple(int(v) for v in y.shape[1:])
     _, t, h, w = latent
     if decoded != (3, frames, height, width):
         raise ParisError(f"{folder}: the {cls.__name__} turns {frames}×{height}×{width} clips into latents "
