@@ -246,7 +246,7 @@ def run_seed(spec: RunSpec, budget: Budget, scale: Scale, seed: int, work: Path,
                 router, mode, strategy = config
                 return pipes[router](prompts, strategy=strategy, router_mode=mode,
                                      num_inference_steps=scale.sample_steps, guidance_scale=scale.guidance,
-                                     seed=s)[0]
+                                     seed=s, output_type="uint8").frames
         t0 = time.perf_counter()
         results[name] = evaluate_synthetic(sample, judge, n=scale.n, batch=scale.eval_batch, fvd_net=fvd_net,
                                            clip=clip)

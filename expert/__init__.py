@@ -37,6 +37,7 @@ Sampling and evaluation:
 - `sampling` — sampling one expert with classifier-free guidance; `velocity` for the ensemble.
 - `routing` — routing strategies: from the router's posterior to the weights that mix the experts.
 - `pipeline` — `ParisPipeline`: the assembled ensemble as one diffusers pipeline.
+- `vae` — any diffusers VAE from its own folder: class from its config, compression and channels measured.
 - `video_decode` — streamed decoding of one clip: seek, only the frames it needs, at the run's fps, resized.
 - `video_layouts` — the common dataset layouts (captions tables, Panda-70M, VideoFolder, webdataset tars).
 - `video_io` — writing generated videos: GIF through Pillow, MP4 (H.264) through PyAV.

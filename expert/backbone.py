@@ -8,8 +8,6 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor, WanT
 from einops import rearrange
 from torch import nn
 
-from expert.assets import asset_path
-from protocol.errors import ParisError
 from protocol.model import BackboneConfig
 
 
@@ -162,46 +160,10 @@ class PixelCodec(nn.Module):
         return x.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-class WanVaeCodec(PixelCodec):
-    """Latent space through a diffusers `AutoencoderKLWan` (frozen), the preset's `vae` asset as this
-    machine holds it (expert.assets), normalised with the VAE's own latents_mean / latents_std."""
-
-    caches_latents = True  # a VAE forward per clip: trainers encode every clip once and train on the latents
-
-    def __init__(self, cfg: BackboneConfig) -> None:
-        super().__init__(cfg)
-        from diffusers import AutoencoderKLWan
-
-        assert cfg.vae is not None  # a latent backbone names its VAE (BackboneConfig's check)
-        self.vae_dir = asset_path(cfg.vae, "video VAE")
-        try:
-            self.vae = AutoencoderKLWan.from_pretrained(self.vae_dir)
-        except (OSError, ValueError) as e:
-            raise ParisError(f"cannot load the video VAE from {self.vae_dir}: {e}") from None
-        self.vae.requires_grad_(False).eval()
-        c = self.vae.config
-        if c.z_dim != cfg.in_channels:
-            raise ParisError(f"the VAE has {c.z_dim} latent channels, the preset expects {cfg.in_channels}")
-        self.register_buffer("mean", torch.tensor(c.latents_mean).view(1, -1, 1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(c.latents_std).view(1, -1, 1, 1, 1), persistent=False)
-        self.t_down = 2 ** sum(c.temperal_downsample)
-        self.s_down = 2 ** len(c.temperal_downsample)
-
-    def latent_shape(self) -> tuple[int, int, int, int]:
-        return (self.cfg.in_channels, (self.cfg.frames - 1) // self.t_down + 1,
-                self.cfg.height // self.s_down, self.cfg.width // self.s_down)
-
-    @torch.no_grad()
-    def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        x = self.to_model_frames(frames)
-        z = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mode()
-        return (z.float() - self.mean) / self.std
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.vae.decode((z * self.std + self.mean).to(self.vae.dtype)).sample
-        return super().decode(x)
-
-
 def build_codec(cfg: BackboneConfig) -> PixelCodec:
-    return WanVaeCodec(cfg) if cfg.space == "latent" else PixelCodec(cfg)
+    """Frames as they are (pixel presets) or the latent space of the run's VAE (expert.vae)."""
+    if cfg.space == "latent":
+        from expert.vae import VaeCodec
+
+        return VaeCodec(cfg)
+    return PixelCodec(cfg)

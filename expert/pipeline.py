@@ -22,26 +22,49 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
-from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ModelMixin, WanTransformer3DModel
+from diffusers.utils import BaseOutput
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from expert.assets import register_asset
-from expert.backbone import PixelCodec, WanVaeCodec, build_codec, condition_on_text, predict_clean_sample
+from expert.backbone import PixelCodec, build_codec, condition_on_text, predict_clean_sample
 from expert.router import CaptionPrior, Router
 from expert.routing import Strategy, mix, parse_strategy, routing_weights
-from expert.sampling import encode_prompts, velocity
+from expert.sampling import encode_prompts, precision, velocity
 from expert.text import TextEncoder, write_tokenizer
+from expert.vae import VaeCodec, probe_vae
 from protocol.canonical import file_sha256
 from protocol.errors import IntegrityError, ParisError
 from protocol.model import ExpertPreset, RouterHead, TextEncoderConfig
 
 MODEL_INDEX = "model_index.json"
 PRIOR_FILE = "caption_prior.safetensors"
+OUTPUT_TYPES = ("np", "pt", "pil", "latent", "uint8")
+# The folder's own pipeline module, so that `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`
+# finds the class (diffusers' custom pipelines: model_index.json's `_class_name` is [module, class]).
+ENTRY_MODULE = "paris_pipeline"
+ENTRY_FILE = """\"\"\"A paris-node ensemble (pip install paris-node): `DiffusionPipeline.from_pretrained(this_folder,
+trust_remote_code=True)` loads it with paris-node's ParisPipeline, every file checked against model_index.json.\"\"\"
+
+from expert.pipeline import DiffusersEntry as ParisPipeline
+
+__all__ = ["ParisPipeline"]
+"""
+
+
+@dataclass
+class ParisPipelineOutput(BaseOutput):
+    """What a call returns, as diffusers pipelines do: `frames` (per `output_type`) and, when
+    `record_routing`, the per-step routing weights (else None)."""
+
+    frames: Any
+    routing: list[dict] | None = None
 
 
 class ParisPipeline(DiffusionPipeline):
@@ -55,19 +78,48 @@ class ParisPipeline(DiffusionPipeline):
         self.codec = codec
         self.preset = preset
         self.execution_device = torch.device("cpu")
+        self.offload = False  # enable_model_cpu_offload: every call keeps idle experts on the CPU
 
     @property
     def device(self) -> torch.device:  # diffusers infers it from registered modules; ours are not all registered
         return self.execution_device
 
-    def to(self, device: torch.device | str, *, offload: bool = False) -> ParisPipeline:  # type: ignore[override]
-        """Move the router, text encoder and codec to `device`; the experts too unless `offload`."""
-        self.execution_device = torch.device(device)
-        for m in (self.router, self.text_encoder, self.codec):
-            m.to(self.execution_device)
-        for e in self.experts:
-            e.to("cpu" if offload else self.execution_device)
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.experts[0].parameters()).dtype
+
+    def to(self, *args, offload: bool = False, **kwargs) -> ParisPipeline:  # type: ignore[override]
+        """As diffusers' `to`: `to(device)`, `to(dtype)`, `to(device, dtype)` or `to(torch_device=…,
+        torch_dtype=…)`. The router, text encoder and codec go to the device; the experts too unless
+        `offload`. A dtype applies to the experts and the router (the text encoder and VAE stay float32)."""
+        device = kwargs.pop("device", kwargs.pop("torch_device", None))
+        dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
+        for a in args:
+            if isinstance(a, torch.dtype):
+                dtype = a
+            elif a is not None:
+                device = a
+        if kwargs:
+            raise TypeError(f"unexpected arguments to ParisPipeline.to: {', '.join(kwargs)}")
+        if dtype is not None:
+            for m in (*self.experts, self.router):
+                m.to(dtype)
+        if device is not None:
+            self.execution_device = torch.device(device)
+            for m in (self.router, self.text_encoder, self.codec):
+                m.to(self.execution_device)
+            for e in self.experts:
+                e.to("cpu" if offload else self.execution_device)
         return self
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str = "cuda") -> None:
+        """diffusers' model offload, done the ensemble's way (no accelerate hooks): the router, text encoder and
+        VAE sit on the device; each expert visits it only while it runs (`offload` on every call)."""
+        device = torch.device(device)
+        if gpu_id is not None:
+            device = torch.device(device.type, gpu_id)
+        self.offload = True
+        self.to(device, offload=True)
 
     # --- folder I/O -----------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, *, extra: dict | None = None, **_) -> None:  # type: ignore[override]
@@ -90,11 +142,13 @@ class ParisPipeline(DiffusionPipeline):
                   tmp / "text_encoder" / "model.safetensors")
         self.scheduler.save_pretrained(tmp / "scheduler")
         (tmp / "paris_config.json").write_text(self.preset.model_dump_json())
-        if isinstance(self.codec, WanVaeCodec):  # the asset's own bytes: its CID still names them
+        if isinstance(self.codec, VaeCodec):  # the asset's own bytes: its CID still names them
             shutil.copytree(self.codec.vae_dir, tmp / "vae")
         write_tokenizer(tmp / "tokenizer", self.text_encoder.config.context_length)
+        (tmp / f"{ENTRY_MODULE}.py").write_text(ENTRY_FILE)
         files = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        index = {"_class_name": "ParisPipeline", "_diffusers_version": _diffusers_version(),
+        index = {"_class_name": [ENTRY_MODULE, "ParisPipeline"], "_diffusers_version": _diffusers_version(),
+                 "ensemble": ["expert.pipeline", "EnsembleFolder"],
                  "num_experts": len(self.experts), "router": ["paris_node", "Router"],
                  "text_encoder": ["paris_node", "TextEncoder"],
                  "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
@@ -107,9 +161,11 @@ class ParisPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, router_mode: str | None = None,  # type: ignore[override]
+                        torch_dtype: torch.dtype | None = None, dtype: torch.dtype | None = None,
                         **_) -> ParisPipeline:
         """Load and verify an ensemble folder (every file's SHA-256 against `model_index.json`); `router_mode`
-        overrides the mode the folder records."""
+        overrides the mode the folder records; `dtype` (or `torch_dtype`) is the experts' and router's. Also what
+        `DiffusionPipeline.from_pretrained(directory, trust_remote_code=True)` calls (ENTRY_FILE)."""
         directory = Path(directory)
         index = _read_index(directory)
         try:
@@ -141,28 +197,49 @@ class ParisPipeline(DiffusionPipeline):
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(directory / "scheduler")
         for m in (*experts, router, text):
             m.requires_grad_(False)
-        return cls(experts, router, text, scheduler, codec, preset, router_mode or head.mode)
+        pipe = cls(experts, router, text, scheduler, codec, preset, router_mode or head.mode)
+        dtype = dtype or torch_dtype
+        return pipe.to(dtype) if isinstance(dtype, torch.dtype) else pipe
 
     # --- sampling -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, prompt: str | list[str], *, strategy: str | Strategy = "top1", num_inference_steps: int = 30,
-                 guidance_scale: float = 4.0, seed: int = 0, num_videos: int = 1, offload: bool = False,
-                 record_routing: bool = False, router_mode: str | None = None,
-                 on_step=None) -> tuple[np.ndarray, list[dict]]:
-        """Videos (N×T×H×W×3 uint8) and, when `record_routing`, the per-step routing weights."""
+    def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
+                 height: int | None = None, width: int | None = None, num_frames: int | None = None,
+                 num_inference_steps: int = 30, guidance_scale: float = 4.0, num_videos_per_prompt: int = 1,
+                 generator: torch.Generator | None = None, output_type: str = "np", return_dict: bool = True, *,
+                 strategy: str | Strategy = "top1", seed: int = 0, offload: bool = False, record_routing: bool = False,
+                 router_mode: str | None = None, on_step=None) -> ParisPipelineOutput | tuple:
+        """Videos for `prompt` (each `num_videos_per_prompt` times), as diffusers' video pipelines take and
+        return them: `output_type` "np" (N×T×H×W×3 float in [0, 1], the default), "pt" (N×T×3×H×W), "pil"
+        (lists of PIL images), "latent", or "uint8" (N×T×H×W×3, what files are written from). `height`,
+        `width`, `num_frames` default to the size the experts were trained at. `negative_prompt` replaces the
+        empty caption of classifier-free guidance. Noise comes from `generator`, else from `seed`. Paris'
+        own: `strategy` (how the router's posterior picks experts), `router_mode`, `offload` (idle experts
+        stay on the CPU), `record_routing` (the per-step weights in the output's `routing`)."""
+        if output_type not in OUTPUT_TYPES:
+            raise ParisError(f"output_type {output_type!r}: choose one of {', '.join(OUTPUT_TYPES)}")
         strat = parse_strategy(strategy) if isinstance(strategy, str) else strategy
         mode = _check_mode(self.router.head, router_mode) if router_mode else self.router_mode
-        prompts = [prompt] * num_videos if isinstance(prompt, str) else list(prompt)
+        prompts = [p for p in ([prompt] if isinstance(prompt, str) else list(prompt))
+                   for _ in range(num_videos_per_prompt)]
         dev = self.execution_device
         cond, null = (s.to(dev) for s in encode_prompts(self.text_encoder, prompts))
-        g = torch.Generator().manual_seed(seed)
-        x = torch.randn((len(prompts), *self.codec.latent_shape()), generator=g).to(dev)
+        if negative_prompt is not None:
+            negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else \
+                [n for n in negative_prompt for _ in range(num_videos_per_prompt)]
+            if len(negatives) != len(prompts):
+                raise ParisError(f"{len(negatives)} negative prompts for {len(prompts)} videos")
+            null = encode_prompts(self.text_encoder, negatives)[0].to(dev)
+        shape = self._latent_shape(num_frames, height, width)
+        g = generator if generator is not None else torch.Generator().manual_seed(seed)
+        x = torch.randn((len(prompts), *shape), generator=g, device=g.device).to(dev)
         self.scheduler.set_timesteps(num_inference_steps, device=dev)
         record: list[dict] = []
         for i, t in enumerate(self.scheduler.timesteps):
             v, probs, weights = ensemble_velocity(self.experts, self.router, x, t, cond, null, strat,
                                                   guidance=guidance_scale, generator=g, router_mode=mode,
-                                                  offload_to=torch.device("cpu") if offload else None)
+                                                  offload_to=torch.device("cpu") if offload or self.offload
+                                                  else None)
             x = self.scheduler.step(v, t, x, return_dict=False)[0]
             if record_routing:
                 record.append({"step": i, "t": round(float(t) / 1000, 5), "router_mode": mode,
@@ -170,7 +247,52 @@ class ParisPipeline(DiffusionPipeline):
                                "weights": weights.cpu().numpy().round(5).tolist()})
             if on_step:
                 on_step(i + 1, num_inference_steps)
-        return self.codec.decode(x).cpu().numpy(), record
+        frames = x if output_type == "latent" else _as_output(self.codec.decode(x).cpu(), output_type)
+        out = ParisPipelineOutput(frames=frames, routing=record if record_routing else None)
+        return out if return_dict else (out.frames, out.routing)
+
+    def _latent_shape(self, frames: int | None, height: int | None, width: int | None) -> tuple[int, ...]:
+        """The noise shape for a video of this size (default: the experts' own), or a one-line error."""
+        b = self.preset.backbone
+        size = (frames or b.frames, height or b.height, width or b.width)
+        if size == (b.frames, b.height, b.width):
+            return tuple(self.codec.latent_shape())
+        if isinstance(self.codec, VaeCodec):
+            shape = probe_vae(self.codec.vae_dir, *size).latent
+        else:
+            shape = (b.in_channels, *size)
+        if any(n % p for n, p in zip(shape[1:], b.patch_size, strict=True)):
+            raise ParisError(f"a {size[0]}×{size[1]}×{size[2]} video is {shape[1:]} in the experts' space, "
+                             f"which their patches {tuple(b.patch_size)} do not divide")
+        return tuple(shape)
+
+class EnsembleFolder(ModelMixin):
+    """How diffusers' generic loader reaches `ParisPipeline.from_pretrained`: the folder's `ensemble`
+    component (model_index.json) names this class, which has no subfolder, so diffusers hands it the whole
+    folder, with the `torch_dtype` it was given (it passes one only to model classes)."""
+
+    @classmethod
+    def from_pretrained(cls, folder, torch_dtype: torch.dtype | None = None, **_) -> ParisPipeline:  # type: ignore[override]
+        return ParisPipeline.from_pretrained(folder, torch_dtype=torch_dtype)
+
+
+class DiffusersEntry(DiffusionPipeline):
+    """The class `DiffusionPipeline.from_pretrained(folder)` builds from the folder's module: its one
+    component is the loaded ParisPipeline, which it returns as itself (with `router_mode`, if given to
+    `from_pretrained`, applied)."""
+
+    def __new__(cls, ensemble: ParisPipeline | None = None, router_mode: str | None = None,  # type: ignore[misc]
+                **_) -> ParisPipeline:
+        if not isinstance(ensemble, ParisPipeline):
+            raise ParisError("a Paris ensemble is loaded with DiffusionPipeline.from_pretrained(folder) or "
+                             "ParisPipeline.from_pretrained(folder)")
+        if router_mode is not None:
+            ensemble.router_mode = _check_mode(ensemble.router.head, router_mode)
+        return ensemble
+
+    def __init__(self, ensemble: ParisPipeline, router_mode: str | None = None) -> None:  # never runs (__new__)
+        super().__init__()
+
 
 def ensemble_velocity(experts, router, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
                       strategy: Strategy, *, guidance: float = 1.0, generator: torch.Generator | None = None,
@@ -179,7 +301,7 @@ def ensemble_velocity(experts, router, x: torch.Tensor, t: torch.Tensor, cond: t
     selects, each once on all of its rows; with `offload_to`, an expert visits x's device only while it runs.
     `router_mode`: how the router's posterior is formed (default: its head's, expert.router.Router.posterior)."""
     ts = t.expand(x.shape[0]).to(x)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+    with precision(router, x.device):
         probs = router.posterior(x, ts, cond, null, router_mode)
     weights = routing_weights(probs, strategy, generator)
     velocities: dict[int, torch.Tensor] = {}
@@ -194,6 +316,18 @@ def ensemble_velocity(experts, router, x: torch.Tensor, t: torch.Tensor, cond: t
         if offload_to is not None:
             expert.to(offload_to)
     return mix(weights, velocities, x), probs, weights
+
+
+def _as_output(videos: torch.Tensor, output_type: str):
+    """N×T×H×W×3 uint8 videos in the form diffusers' video pipelines return for `output_type`."""
+    if output_type == "uint8":
+        return videos.numpy()
+    if output_type == "pil":
+        from PIL import Image
+
+        return [[Image.fromarray(f) for f in video] for video in videos.numpy()]
+    unit = videos.float() / 255.0
+    return unit.permute(0, 1, 4, 2, 3).contiguous() if output_type == "pt" else unit.numpy()
 
 
 def _load_wan(directory: Path, text_conditioning: str = "paris",
@@ -239,7 +373,7 @@ def _read_index(directory: Path) -> dict:
         index = json.loads(path.read_text())
     except json.JSONDecodeError:
         raise IntegrityError(f"{path} is not valid JSON") from None
-    if index.get("_class_name") != "ParisPipeline":
+    if index.get("_class_name") not in ("ParisPipeline", [ENTRY_MODULE, "ParisPipeline"]):
         raise IntegrityError(f"{directory} holds a {index.get('_class_name')!r}, not a ParisPipeline")
     for rel, digest in index.get("files", {}).items():
         f = directory / rel

@@ -1,6 +1,7 @@
 """Named expert presets. `tiny` is for CPU tests, `small` for the CPU demo, `base`/`large` for GPUs (latent
 space through a video VAE), `tiny-latent` the latent path at test size (CPU, a small random-init VAE). The
-VAE and pretrained text weights are assets named by CID (protocol.model.Asset), never paths."""
+VAE (any diffusers VAE: expert.vae) and pretrained text weights are assets named by CID (protocol.model.Asset),
+never paths."""
 
 from __future__ import annotations
 
@@ -11,19 +12,54 @@ PRESETS = ("tiny", "small", "tiny-latent", "base", "large")
 LATENT_PRESETS = ("tiny-latent", "base", "large")  # through a video VAE (an asset)
 
 
-def get_preset(name: str, *, vae: Asset | None = None, text_model: str | None = None,
-               text_weights: Asset | None = None) -> ExpertPreset:
-    """The preset `name`; latent presets need the `vae` asset, and base/large take pretrained text weights."""
+def get_preset(name: str, *, vae: Asset | None = None, vae_channels: int | None = None,
+               text_model: str | None = None, text_weights: Asset | None = None) -> ExpertPreset:
+    """The preset `name`. Latent presets need the `vae` asset (`vae_channels`: its latent channels, measured
+    by expert.vae, else the preset's default). Any preset takes an open_clip `text_model` (an architecture
+    name) and pretrained `text_weights` for it (default architecture ViT-B-32)."""
     if name in LATENT_PRESETS and vae is None:
-        raise ParisError(f"preset {name!r} trains in latent space: pass --vae DIR (an AutoencoderKLWan folder)")
-    if text_weights is not None and name not in ("base", "large"):
-        raise ParisError(f"preset {name!r} uses a small random text tower: --text-weights is for base and large")
+        raise ParisError(f"preset {name!r} trains in latent space: pass --vae DIR (a diffusers VAE folder)")
+    if vae_channels is not None and name not in LATENT_PRESETS:
+        raise ParisError(f"preset {name!r} trains on pixels: it has no VAE")
+    preset = _preset(name, vae, text_model, text_weights)
+    if vae_channels is not None and vae_channels != preset.backbone.in_channels:
+        backbone = preset.backbone.model_copy(update={"in_channels": vae_channels})
+        preset = preset.model_copy(update={"backbone": backbone})
+    return preset
+
+
+def clip_shape(name: str) -> tuple[int, int, int]:
+    """(frames, height, width) of a preset's clips: what its VAE must fit, asked before the VAE is an asset."""
+    unnamed = Asset(cid="bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy", bytes=1, name="vae")
+    b = _preset(name, unnamed, None, None).backbone
+    return b.frames, b.height, b.width
+
+
+def open_clip_text(model: str, weights: Asset | None, context_length: int) -> TextEncoderConfig:
+    """An open_clip architecture's text tower (its width, layers and heads from open_clip's own config)."""
+    import open_clip
+
+    config = open_clip.get_model_config(model)
+    text = (config or {}).get("text_cfg") or {}
+    if "width" not in text:
+        raise ParisError(f"{model!r} is not an open_clip architecture with a text tower "
+                         "(e.g. ViT-B-32, ViT-L-14: open_clip.list_models())")
+    return TextEncoderConfig(model_name=model, weights=weights, context_length=min(context_length, 77),
+                             width=text["width"], layers=text.get("layers", 12), heads=text.get("heads", 8))
+
+
+def _preset(name: str, vae: Asset | None, text_model: str | None, text_weights: Asset | None) -> ExpertPreset:
+    def text(**small) -> TextEncoderConfig:  # the preset's own small random tower unless a model is named
+        if text_model is None and text_weights is None:
+            return TextEncoderConfig(**small)
+        return open_clip_text(text_model or "ViT-B-32", text_weights, small["context_length"])
+
     if name == "tiny":
         return ExpertPreset(
             name="tiny",
             backbone=BackboneConfig(frames=8, height=32, width=32, patch_size=(2, 4, 4), num_layers=3,
                                     num_heads=3, head_dim=32, ffn_dim=256, freq_dim=64, prediction="x"),
-            text=TextEncoderConfig(width=64, layers=1, heads=2, context_length=32),
+            text=text(width=64, layers=1, heads=2, context_length=32),
             train=TrainConfig(batch_size=8, lr=1e-3, warmup_steps=20, ema_decay=0.99, target_steps=400,
                               checkpoint_every=100, logit_normal_mean=1.0),
         )
@@ -32,7 +68,7 @@ def get_preset(name: str, *, vae: Asset | None = None, text_model: str | None = 
             name="small",
             backbone=BackboneConfig(frames=16, height=32, width=32, patch_size=(2, 4, 4), num_layers=4,
                                     num_heads=4, head_dim=32, ffn_dim=512, freq_dim=64, prediction="x"),
-            text=TextEncoderConfig(width=96, layers=2, heads=2, context_length=32),
+            text=text(width=96, layers=2, heads=2, context_length=32),
             train=TrainConfig(batch_size=8, lr=1e-3, warmup_steps=50, ema_decay=0.995, target_steps=1000,
                               checkpoint_every=100, logit_normal_mean=1.0),
         )
@@ -42,21 +78,20 @@ def get_preset(name: str, *, vae: Asset | None = None, text_model: str | None = 
             backbone=BackboneConfig(space="latent", vae=vae, in_channels=4, frames=9, height=32, width=32,
                                     patch_size=(1, 2, 2), num_layers=2, num_heads=2, head_dim=16, ffn_dim=128,
                                     freq_dim=32, prediction="x"),
-            text=TextEncoderConfig(width=64, layers=1, heads=2, context_length=32),
+            text=text(width=64, layers=1, heads=2, context_length=32),
             train=TrainConfig(batch_size=8, lr=1e-3, warmup_steps=20, ema_decay=0.99, target_steps=400,
                               checkpoint_every=100, logit_normal_mean=1.0),
         )
     if name in LATENT_PRESETS:
         big = name == "large"
-        text = TextEncoderConfig(model_name=text_model or "ViT-B-32", weights=text_weights, context_length=77,
-                                 width=512, layers=12, heads=8)
+        text_cfg = open_clip_text(text_model or "ViT-B-32", text_weights, 77)
         return ExpertPreset(
             name=name,
             backbone=BackboneConfig(space="latent", vae=vae, in_channels=16,
                                     frames=49 if big else 33, height=256, width=256, patch_size=(1, 2, 2),
                                     num_layers=24 if big else 12, num_heads=16 if big else 12, head_dim=64,
                                     ffn_dim=4096 if big else 3072, freq_dim=256),
-            text=text,
+            text=text_cfg,
             train=TrainConfig(batch_size=16 if big else 32, lr=1e-4, warmup_steps=1000, ema_decay=0.9999,
                               target_steps=200_000 if big else 100_000, checkpoint_every=2000, logit_normal_mean=1.0),
         )

@@ -48,11 +48,20 @@ def encode_prompts(text: TextEncoder, prompts: list[str]) -> tuple[torch.Tensor,
     return cond, null
 
 
+def precision(model: torch.nn.Module, device: torch.device) -> torch.autocast:
+    """How a network runs: bf16 autocast on CUDA (or its own reduced dtype), and on the CPU in its own dtype
+    (float32 unless the user loaded it in another, e.g. `from_pretrained(..., torch_dtype=torch.bfloat16)`)."""
+    dtype = next(model.parameters()).dtype
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16 if dtype == torch.float32 else dtype)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
 def velocity(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
              guidance: float) -> torch.Tensor:
     """Guided velocity of one expert; conditional and unconditional passes share one batch."""
     ts = t.expand(x.shape[0]).to(x)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+    with precision(model, x.device):
         if guidance == 1.0:
             return model(x, ts, cond, return_dict=False)[0].float()
         both = model(torch.cat([x, x]), torch.cat([ts, ts]), torch.cat([cond, null]), return_dict=False)[0].float()

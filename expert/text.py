@@ -1,8 +1,9 @@
 """The frozen text encoder: an open_clip text tower that turns caption tokens into per-token states.
 
 With `weights` (an asset: a weights file, by CID) the named open_clip model's text tower is loaded; otherwise a
-tower is built with random init from a fixed seed — random but frozen and identical on every peer, so
-the experts learn to read it through cross-attention. The tokenizer is always the real BPE one.
+tower (the named architecture, or a small custom one) is built with random init from the config's seed —
+random but frozen and identical on every peer and in every process, so the experts learn to read it through
+cross-attention and a verifier conditions on the same states as the trainer. The tokenizer is always the real BPE one.
 
 Why the random tower is built with LayerScale and why padding is zeroed: see `TextEncoderConfig.layer_scale`
 and `expert.backbone.condition_on_text` (measured in the commit that added them).
@@ -35,8 +36,10 @@ class TextEncoder(nn.Module):
         if config.model_name:
             weights = str(asset_path(config.weights, "text-encoder weights")) if config.weights and load_weights \
                 else None
-            try:
-                clip = open_clip.create_model(config.model_name, pretrained=weights, device="cpu")
+            try:  # open_clip's random init draws from the global RNG: from the config's seed, every peer's
+                with torch.random.fork_rng(devices=[]):  # tower is the same (and the caller's RNG untouched)
+                    torch.manual_seed(config.seed)
+                    clip = open_clip.create_model(config.model_name, pretrained=weights, device="cpu")
             except (RuntimeError, FileNotFoundError, ValueError) as e:
                 raise ParisError(f"cannot load open_clip model {config.model_name!r}: {e}") from None
             self.tower = _TowerOfClip(clip)

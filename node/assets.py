@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from expert.assets import register_asset
+from expert.assets import asset_of, asset_path, register_asset
 from protocol.errors import ParisError
-from protocol.model import Asset
+from protocol.model import Asset, ExpertPreset
 from protocol.run import RunSpec
 from swarm.blobstore import BlobStore
 from swarm.cas import ContentStore
@@ -63,18 +63,50 @@ def locate_assets(home: Path, assets: dict[str, Asset]) -> list[str]:
     return missing
 
 
-def spec_assets(spec: RunSpec, *, sampling: bool = True) -> dict[str, Asset]:
-    """The assets a run names, by what they are. Without `sampling`, only what training and verifying need:
-    the text weights (a latent run's trainers read latents, so they never need its VAE)."""
+def preset_assets(preset: ExpertPreset, *, sampling: bool = True) -> dict[str, Asset]:
+    """The assets a model preset names, by what they are: its text weights and (for `sampling`) its VAE."""
     out: dict[str, Asset] = {}
-    preset = spec.preset
     if preset.text.weights is not None:
         out["text-encoder weights"] = preset.text.weights
     if sampling and preset.backbone.vae is not None:
         out["video VAE"] = preset.backbone.vae
+    return out
+
+
+def spec_assets(spec: RunSpec, *, sampling: bool = True) -> dict[str, Asset]:
+    """The assets a run names, by what they are. Without `sampling`, only what training and verifying need:
+    the text weights (a latent run's trainers read latents, so they never need its VAE)."""
+    out = preset_assets(spec.preset, sampling=sampling)
     if sampling and spec.embedding.weights is not None:
         out["clip-embedding weights"] = spec.embedding.weights
     return out
+
+
+def provide_assets(preset: ExpertPreset, home: Path, given: dict[str, Path | None]) -> None:
+    """Make a preset's assets buildable here: each one `given` as a local path (by what it is: "video VAE",
+    "text-encoder weights"), checked against the CID the preset names; the rest from `home`'s content store.
+    One found nowhere is a one-line error naming it and how to give it."""
+    wanted = preset_assets(preset)
+    for what, path in given.items():
+        if path is None:
+            continue
+        if what not in wanted:
+            raise ParisError(f"this model has no {what}: it was trained without one")
+        found = asset_of(path)
+        if found.cid != wanted[what].cid:
+            raise ParisError(f"{path} is not this model's {what}: its CID is {found.cid}, the run names "
+                             f"{wanted[what].name} ({wanted[what].cid})")
+    rest = {w: a for w, a in wanted.items() if given.get(w) is None}
+    home = Path(home).expanduser()
+    if rest and store_root(home).is_dir():  # a home with no store holds nothing (and is not created here)
+        rest = {w: rest[w] for w in locate_assets(home, rest)}
+    for what, asset in rest.items():
+        try:
+            asset_path(asset, what)  # registered earlier in this process
+        except ParisError:
+            flag = "--vae DIR" if what == "video VAE" else "--text-encoder FILE"
+            raise ParisError(f"the {what} {asset.name} ({asset.cid}) is not in {home}'s content store: give "
+                             f"--home (the home that ran `run init` or `fetch`) or {flag}") from None
 
 
 async def fetch_assets(store: ContentStore, assets: dict[str, Asset]) -> dict[str, Path]:

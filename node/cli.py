@@ -136,10 +136,15 @@ def run_init(
     seed: Annotated[int, typer.Option(help="Seed for clustering and training.")] = 0,
     name: Annotated[str, typer.Option(help="A human name for the run.")] = "run",
     target_steps: Annotated[int | None, typer.Option(min=1, help="Training steps per expert.")] = None,
-    vae: Annotated[Path | None, typer.Option(help="AutoencoderKLWan folder (latent presets): put into the "
-                                             "home's content store, named by CID in the run.")] = None,
-    text_weights: Annotated[Path | None, typer.Option(help="open_clip weights file for the text tower "
-                                                      "(base/large): stored and named the same way.")] = None,
+    vae: Annotated[Path | None, typer.Option(help="A diffusers VAE folder (latent presets; its class from its "
+                                             "config.json: Wan 2.1/2.2, LTX-Video, HunyuanVideo, CogVideoX, "
+                                             "Cosmos, or an image AutoencoderKL per frame): put into the home's "
+                                             "content store, named by CID in the run.")] = None,
+    text_model: Annotated[str | None, typer.Option(help="open_clip architecture of the text tower (e.g. "
+                                                   "ViT-L-14; random init from the run's seed without "
+                                                   "--text-weights).")] = None,
+    text_weights: Annotated[Path | None, typer.Option(help="open_clip weights file for the text tower (any "
+                                                      "preset): stored and named the same way.")] = None,
     clip_model: Annotated[str | None, typer.Option(help="open_clip architecture for embedding clips.")] = None,
     clip_weights: Annotated[Path | None, typer.Option(help="open_clip weights to embed clips with "
                                                       "(stored and named the same way).")] = None,
@@ -162,12 +167,19 @@ def run_init(
 
     if vae is not None and preset not in LATENT_PRESETS:
         fail(f"--vae is for the latent presets ({', '.join(LATENT_PRESETS)}); {preset!r} trains on pixels")
+    channels = None
+    if vae is not None:  # measured from its config alone (no weights read): a VAE that cannot fit fails here
+        from expert.presets import clip_shape
+        from expert.vae import probe_vae
+
+        channels = probe_vae(vae.expanduser(), *clip_shape(preset)).latent[0]
     home = home.expanduser()
     creator = load_identity(home).public_key_bytes.decode()
     with console.status("putting the model assets into the content store"):
         assets = {k: import_asset(home, v) for k, v in
                   (("vae", vae), ("text", text_weights), ("clip", clip_weights)) if v is not None}
-    chosen = get_preset(preset, vae=assets.get("vae"), text_weights=assets.get("text"))
+    chosen = get_preset(preset, vae=assets.get("vae"), vae_channels=channels, text_model=text_model,
+                        text_weights=assets.get("text"))
     with console.status("embedding and clustering clips"):
         spec = init_run(data, clusters, preset=chosen, seed=seed, name=name, clip_model=clip_model,
                         clip_weights=assets.get("clip"), target_steps=target_steps)
@@ -244,6 +256,24 @@ def _run_training(trainer, steps: int, out_dir: Path, checkpoint_every: int | No
 
 HomeAssetsOpt = Annotated[Path, typer.Option(
     help="Home whose content store holds the run's model assets and latents (`run init --home`).")]
+
+
+VaeDirOpt = Annotated[Path | None, typer.Option(
+    "--vae", help="The run's VAE folder, if not in --home's content store (checked against the CID the run names).")]
+TextEncoderOpt = Annotated[Path | None, typer.Option(
+    "--text-encoder", help="The run's text-encoder weights, if not in --home's content store (checked the same way).")]
+
+
+def _model_assets(checkpoint: Path | None, home: Path, vae: Path | None, text_encoder: Path | None) -> None:
+    """Make the VAE and text encoder of `checkpoint`'s run buildable: the given paths (each checked against
+    the CID the run names) or the home's content store (where `run init` and `fetch` put them)."""
+    from expert.checkpoint import read_meta, resolve_checkpoint
+    from node.assets import provide_assets
+
+    if checkpoint is None:
+        return
+    preset = read_meta(resolve_checkpoint(checkpoint)).preset
+    provide_assets(preset, home, {"video VAE": vae, "text-encoder weights": text_encoder})
 
 
 def _local_assets(spec, home: Path, data: Path | None) -> Path | None:
@@ -379,10 +409,15 @@ def ensemble_assemble(
     router: Annotated[Path, typer.Option(help="The router's checkpoint folder.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Ensemble folder to write.")],
     router_mode: RouterModeOpt = None,
+    home: HomeAssetsOpt = Path("~/.paris"),
+    vae: VaeDirOpt = None,
+    text_encoder_path: TextEncoderOpt = None,
 ) -> None:
-    """Assemble local checkpoints into the diffusers-style ensemble folder that `sample --ensemble` loads."""
+    """Assemble local checkpoints into the diffusers-style ensemble folder that `sample --ensemble` loads
+    (a latent run's VAE and the text encoder come from --home's content store, or --vae / --text-encoder)."""
     from expert.pipeline import assemble
 
+    _model_assets(experts[0] if experts else None, home, vae, text_encoder_path)
     with console.status("verifying checkpoints and writing the ensemble"):
         assemble(experts, router, out_dir, router_mode=router_mode)
     out.print(f"wrote the ensemble of {len(experts)} experts to {out_dir}")
@@ -403,8 +438,12 @@ def sample_cmd(
     offload: Annotated[bool, typer.Option(help="Keep idle experts on the CPU (saves device memory).")] = False,
     router_mode: RouterModeOpt = None,
     gpu: GpuOpt = "cpu",
+    home: HomeAssetsOpt = Path("~/.paris"),
+    vae: VaeDirOpt = None,
+    text_encoder_path: TextEncoderOpt = None,
 ) -> None:
-    """Generate a video from an ensemble (router + experts) or from one expert checkpoint."""
+    """Generate a video from an ensemble (router + experts) or from one expert checkpoint (a latent run's VAE
+    and the text encoder from --home's content store, or --vae / --text-encoder)."""
     from protocol.atomic import atomic_write_text
 
     # the user's mistakes first, before the model stack is imported (that takes seconds)
@@ -426,6 +465,7 @@ def sample_cmd(
     from expert.video_io import grid, write_video
 
     device = resolve_device(gpu)
+    _model_assets(checkpoint, home, vae, text_encoder_path)  # an ensemble folder holds its own
     record: list[dict] = []
     with progress() as bar:
         task = bar.add_task("sampling", total=steps)
@@ -437,9 +477,10 @@ def sample_cmd(
             from expert.pipeline import ParisPipeline
 
             pipe = ParisPipeline.from_pretrained(ensemble, router_mode=router_mode).to(device, offload=offload)
-            videos, record = pipe(prompt, strategy=strat, num_inference_steps=steps, guidance_scale=guidance,
-                                  seed=seed, num_videos=num_videos, offload=offload,
-                                  record_routing=routing_out is not None, on_step=on_step)
+            result = pipe(prompt, strategy=strat, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
+                          num_videos_per_prompt=num_videos, offload=offload, output_type="uint8",
+                          record_routing=routing_out is not None, on_step=on_step)
+            videos, record = result.frames, result.routing or []
         else:
             from expert.sampling import load_expert, sample
 
@@ -474,6 +515,9 @@ def eval_cmd(
     clip_model: Annotated[str, typer.Option(help="open_clip architecture of --clip-weights.")] = "ViT-B-32",
     gpu: GpuOpt = "cpu",
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    home: HomeAssetsOpt = Path("~/.paris"),
+    vae: VaeDirOpt = None,
+    text_encoder_path: TextEncoderOpt = None,
 ) -> None:
     """Metrics on the built-in data: FVD-synth and prompt-attribute accuracy, plus FVD (I3D) and CLIP
     text-video similarity when their weights are given (see docs/cli.md)."""
@@ -486,6 +530,7 @@ def eval_cmd(
         fail("give exactly one of --ensemble DIR or --checkpoint DIR")
     strat = parse_strategy(strategy)
     device = resolve_device(gpu)
+    _model_assets(checkpoint, home, vae, text_encoder_path)  # an ensemble folder holds its own
     fvd_net = clip = None
     if i3d is not None:
         from expert.i3d import I3DFeatures
@@ -510,7 +555,8 @@ def eval_cmd(
         text_encoder, codec = pipe.text_encoder, pipe.codec
 
         def sample(prompts, seed, scale=guidance):
-            return pipe(prompts, strategy=strat, num_inference_steps=steps, guidance_scale=scale, seed=seed)[0]
+            return pipe(prompts, strategy=strat, num_inference_steps=steps, guidance_scale=scale, seed=seed,
+                        output_type="uint8").frames
     else:
         from expert.sampling import load_expert, sample_prompts
 
@@ -585,7 +631,8 @@ def demo(
         data_synth(out_dir=data, clips=clips, seed=0, frames=16, size="32x32", json_out=False)
     if not run_file.is_file():
         run_init(data=data, clusters=clusters, out_file=run_file, preset=preset, seed=0, name="demo",
-                 target_steps=steps, vae=None, text_weights=None, clip_model=None, clip_weights=None, json_out=False)
+                 target_steps=steps, vae=None, text_model=None, text_weights=None, clip_model=None, clip_weights=None,
+                 json_out=False)
     from protocol.run import RunSpec
 
     spec = RunSpec.load(run_file)

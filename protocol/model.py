@@ -26,8 +26,8 @@ class Asset(Frozen):
 
 class TextEncoderConfig(Frozen):
     """An open_clip text tower. `model_name` names an open_clip architecture (pretrained weights from the
-    `weights` asset when given); with no `model_name` a small custom tower is built from `width/layers/heads`
-    with random init from `seed`. The BPE tokenizer is the real one either way.
+    `weights` asset when given, else random init from `seed`); with no `model_name` a small custom tower is
+    built from `width/layers/heads` with random init from `seed`. The BPE tokenizer is the real one either way.
 
     `layer_scale`: the random tower's LayerScale init (open_clip's `ls_init_value`; None: none, the default).
     Without it the random blocks' outputs are ~30× the token embeddings and blur which word sits where (a
@@ -54,8 +54,9 @@ class TextEncoderConfig(Frozen):
 
 class BackboneConfig(Frozen):
     """A diffusers `WanTransformer3DModel` shape. `space="latent"` denoises the latents of a video VAE, the
-    `vae` asset (a diffusers `AutoencoderKLWan` folder, by CID: never a path, so that a joiner on another
-    machine builds the same model); `space="pixel"` trains on frames scaled to [-1, 1]."""
+    `vae` asset (a diffusers VAE folder, any class its config.json names: expert.vae; by CID, never a path,
+    so that a joiner on another machine builds the same model); `in_channels` are its latent channels.
+    `space="pixel"` trains on frames scaled to [-1, 1]."""
 
     arch: Literal["wan"] = "wan"
     space: Literal["pixel", "latent"] = "pixel"

@@ -208,7 +208,7 @@ def test_three_daemons_train_take_over_seed_and_fetch(swarm):
 
     pipe = ParisPipeline.from_pretrained(out)
     assert pipe.router_mode == "caption"  # fetch --router-mode: the folder's default instead of the router's joint
-    videos, _ = pipe("a red square moving left", strategy="top1", num_inference_steps=2)
+    videos = pipe("a red square moving left", strategy="top1", num_inference_steps=2, output_type="uint8").frames
     assert videos.shape[0] == 1 and videos.dtype.name == "uint8"
 
     # SIGTERM: a clean exit within 30 s that releases what it holds and removes node.json

@@ -36,7 +36,7 @@ def test_folder_layout(ensemble_dir):
         assert (ensemble_dir / d / "config.json").is_file()
         assert (ensemble_dir / d / "diffusion_pytorch_model.safetensors").is_file()
     index = json.loads((ensemble_dir / "model_index.json").read_text())
-    assert index["_class_name"] == "ParisPipeline" and index["num_experts"] == 2
+    assert index["_class_name"] == ["paris_pipeline", "ParisPipeline"] and index["num_experts"] == 2
     assert index["paris"]["experts"][1]["cluster"] == 1
 
 
@@ -46,8 +46,9 @@ def test_every_strategy_gives_a_video_and_runs_only_selected_experts(ensemble_di
     calls = {0: [], 1: []}
     for k, e in enumerate(pipe.experts):
         e.register_forward_pre_hook(lambda m, args, k=k: calls[k].append(args[0].shape[0]))
-    videos, record = pipe("a red circle moving left", strategy=strategy, num_inference_steps=3, num_videos=3,
-                          record_routing=True, guidance_scale=3.0)
+    videos, record = pipe("a red circle moving left", strategy=strategy, num_inference_steps=3,
+                          num_videos_per_prompt=3, record_routing=True, guidance_scale=3.0, output_type="uint8",
+                          return_dict=False)
     assert videos.shape == (3, 8, 32, 32, 3) and videos.dtype.name == "uint8"
     assert len(record) == 3
     for step in record:
@@ -62,7 +63,7 @@ def test_every_strategy_gives_a_video_and_runs_only_selected_experts(ensemble_di
 
 def test_offload_keeps_idle_experts_on_cpu(ensemble_dir):
     pipe = ParisPipeline.from_pretrained(ensemble_dir).to("cpu", offload=True)
-    videos, _ = pipe("a blue square", strategy="top1", num_inference_steps=2, offload=True)
+    videos = pipe("a blue square", strategy="top1", num_inference_steps=2, offload=True).frames
     assert videos.shape[0] == 1
 
 
@@ -139,7 +140,8 @@ def test_partial_ensemble_routes_only_between_present_experts(ensemble_dir, tmp_
     x, t = torch.randn(2, *full.codec.latent_shape()), torch.full((2,), 500.0)
     text = torch.zeros(2, 1, full.router.text_dim)
     assert torch.allclose(pipe.router(x, t, text), full.router(x, t, text)[:, [1]])
-    videos, record = pipe("a red square moving left", strategy="full", num_inference_steps=2, record_routing=True)
+    videos, record = pipe("a red square moving left", strategy="full", num_inference_steps=2, record_routing=True,
+                          return_dict=False)
     assert videos.shape[0] == 1 and all(r["weights"] == [[1.0]] for r in record)
     with pytest.raises(ParisError, match="keep must list"):
         assemble([root / "expert1"], root / "router", tmp_path / "bad", clusters=[5])

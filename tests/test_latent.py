@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from expert.assets import asset_of
-from expert.backbone import WanVaeCodec
 from expert.presets import get_preset
 from expert.sampling import load_expert, sample
 from expert.train import ExpertTrainer
+from expert.vae import VaeCodec
 from protocol.errors import ParisError
 from protocol.model import Asset, BackboneConfig
 from protocol.run import ValidationSpec
@@ -38,7 +38,7 @@ def test_latent_expert_trains_and_samples(vae_dir, synth_dir, tmp_path):
     preset = _tiny_latent(vae_dir)
     _, clips = load_dataset(synth_dir)
     trainer = ExpertTrainer(preset, clips.select(range(16)))
-    assert isinstance(trainer.codec, WanVaeCodec)
+    assert isinstance(trainer.codec, VaeCodec)
     assert trainer.codec.latent_shape() == (4, 5, 16, 16)
     trainer.train(2, checkpoint_dir=tmp_path)
     expert = load_expert(tmp_path)
@@ -53,13 +53,13 @@ def test_latent_preset_needs_a_vae(tmp_path):
         get_preset("tiny-latent")
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "config.json").write_text("{}")
-    with pytest.raises(ParisError, match="cannot load the video VAE"):  # an asset that is not a VAE
-        WanVaeCodec(BackboneConfig(space="latent", vae=asset_of(tmp_path / "vae"), in_channels=16, frames=9,
+    with pytest.raises(ParisError, match="holds a None, not a diffusers VAE"):  # an asset that is not a VAE
+        VaeCodec(BackboneConfig(space="latent", vae=asset_of(tmp_path / "vae"), in_channels=16, frames=9,
                                    height=32, width=32, num_layers=1, num_heads=1, head_dim=16, ffn_dim=32))
     # an asset named by CID that this machine does not hold: a one-line error naming it
     unknown = Asset(cid="bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy", bytes=10, name="vae")
     with pytest.raises(ParisError, match=r"the video VAE vae \(bafkrei.*\) is not on this machine"):
-        WanVaeCodec(BackboneConfig(space="latent", vae=unknown, in_channels=4, frames=9, height=32, width=32,
+        VaeCodec(BackboneConfig(space="latent", vae=unknown, in_channels=4, frames=9, height=32, width=32,
                                    num_layers=1, num_heads=1, head_dim=16, ffn_dim=32))
 
 
@@ -76,9 +76,9 @@ def test_the_preset_names_the_vae_by_cid_never_by_path(vae_dir, tmp_path):
 
 
 def test_a_latent_data_set_is_encoded_once_and_trains_without_the_vae(vae_dir, synth_dir, tmp_path, monkeypatch):
-    from expert.backbone import WanVaeCodec
     from expert.latent_data import encode_dataset, matches
     from expert.shards import load_dataset
+    from expert.vae import VaeCodec
     from protocol.data import DataManifest
 
     preset = _tiny_latent(vae_dir)
@@ -88,13 +88,13 @@ def test_a_latent_data_set_is_encoded_once_and_trains_without_the_vae(vae_dir, s
     assert matches(DataManifest.load(tmp_path / "latents"), preset, source.data_id)
     _, lat = load_dataset(tmp_path / "latents")
     assert lat.frames is None and lat.latents.dtype == np.float16 and lat.captions == clips.captions
-    one = WanVaeCodec(preset.backbone).encode(torch.from_numpy(clips.frames[3:4]))
+    one = VaeCodec(preset.backbone).encode(torch.from_numpy(clips.frames[3:4]))
     assert torch.allclose(torch.from_numpy(lat.latents[3:4]).float(), one, atol=2e-2)  # float16 of the same
 
     def no_vae(*args, **kwargs):
         raise AssertionError("a trainer fed latents built the VAE")
 
-    monkeypatch.setattr("expert.backbone.WanVaeCodec.__init__", no_vae)
+    monkeypatch.setattr("expert.vae.VaeCodec.__init__", no_vae)
     trainer = ExpertTrainer(preset, lat.select(range(16)), holdout=lat.select(range(16, 24)),
                             validation=ValidationSpec(holdout=((),)))
     trainer.train(2)

@@ -89,5 +89,5 @@ def test_a_latent_run_trains_from_cached_latents_and_fetch_writes_the_vae(synth_
 
     assert asset_of(out / "vae").cid == asset.cid  # the VAE's own bytes, as the run named them
     pipe = ParisPipeline.from_pretrained(out)
-    videos, _ = pipe("a red circle moving right", strategy="top1", num_inference_steps=2)
+    videos = pipe("a red circle moving right", strategy="top1", num_inference_steps=2, output_type="uint8").frames
     assert videos.shape == (1, 9, 32, 32, 3) and videos.dtype.name == "uint8"

@@ -198,10 +198,10 @@ def test_ensemble_folder_records_and_serves_the_router_mode(tiny_run, synth_dir,
         for name, p in r.ema.prior.state_dict().items():
             assert torch.equal(pipe.router.prior.state_dict()[name], p)
     videos, record = pipe("a red circle moving left on a blue background", num_inference_steps=2,
-                          record_routing=True, router_mode="combined")
+                          record_routing=True, router_mode="combined", return_dict=False)
     assert videos.shape[0] == 1 and {s["router_mode"] for s in record} == {"combined"}
     caption_only = pipe("a red circle moving left on a blue background", num_inference_steps=2,
-                        record_routing=True)[1]
+                        record_routing=True).routing
     assert caption_only[0]["posterior"] == caption_only[1]["posterior"]  # the caption alone: same every step
     with pytest.raises(ParisError, match="not available"):
         ParisPipeline.from_pretrained(assemble(experts, tmp_path / "r", tmp_path / "ens2"), router_mode="nope")
