@@ -465,7 +465,7 @@ class Daemon:
                           wanted=max(schedule.attestations, 1) + MARGIN, replay_every=schedule.replay_every,
                           patience=3 * self.opts.period)
         return Verifier(self.node, self.checker, schedule, spec.run_id, spec.num_clusters, plan, self.own_records,
-                        period=self.opts.period, lease_window=max(self.rules.lease_grace or 0.0, 6 * self.opts.period),
+                        period=self.opts.period, lease_window=max(60.0, 6 * self.opts.period),
                         stopping=self.stopping,
                         training_clips=lambda k: fetch_cluster_clips(self.store, self.run_info, k))
 

@@ -170,9 +170,10 @@ class Verifier:
                 await publish_attestation(self.node, self.run_id, att.model_copy(update={"ts": get_dht_time()}))
         done = 0
         now = time.monotonic()
-        for k, owner in view.owners.items():
-            self.holders.setdefault(f"expert-{k}", {})[claimant_peer(owner)] = now
-            self.watching.setdefault(f"expert-{k}", now)
+        for lease in view.leases:  # earned leases only: a stale or back-dated one can win a cluster nobody
+            if lease.incumbent and view.owners.get(lease.cluster) == lease.peer_id:  # holds, yet earns nothing
+                self.holders.setdefault(f"expert-{lease.cluster}", {})[claimant_peer(lease.peer_id)] = now
+                self.watching.setdefault(f"expert-{lease.cluster}", now)
         for _, c in view.checkpoints:  # when each record first reached this node (the trainer's ts is its own)
             self.first_seen.setdefault(c.cid, now)
         for slot in slots(self.num_clusters):
