@@ -342,13 +342,13 @@ class Daemon:
 
     def note_members(self, members: dict) -> None:
         """Remember where the run's members listen, beyond their records' TTL: what `_reconnect_loop` dials
-        once a partition heals (at most the 64 newest)."""
+        once a partition heals (a random 64 of them each period; the 1,024 newest are kept)."""
         self.peers_seen = len(members)
         for peer, m in members.items():
             if isinstance(m, MemberBody) and m.maddrs:
                 self.member_addrs[peer] = (m.ts, m.maddrs)
-        if len(self.member_addrs) > 64:
-            for peer in sorted(self.member_addrs, key=lambda p: self.member_addrs[p][0])[:-64]:
+        if len(self.member_addrs) > 1024:
+            for peer in sorted(self.member_addrs, key=lambda p: self.member_addrs[p][0])[:-1024]:
                 del self.member_addrs[peer]
 
     # ---- lanes: what the node does on its first device (one device: the node's role, cluster, training) ----
@@ -465,7 +465,7 @@ class Daemon:
                           wanted=max(schedule.attestations, 1) + MARGIN, replay_every=schedule.replay_every,
                           patience=3 * self.opts.period)
         return Verifier(self.node, self.checker, schedule, spec.run_id, spec.num_clusters, plan, self.own_records,
-                        period=self.opts.period, lease_window=max(self.rules.lease_grace or 0.0, 6 * self.opts.period),
+                        period=self.opts.period, lease_window=max(60.0, 6 * self.opts.period),
                         stopping=self.stopping,
                         training_clips=lambda k: fetch_cluster_clips(self.store, self.run_info, k))
 
@@ -566,6 +566,8 @@ class Daemon:
                                local=self.checker.verdicts)).decidable()
         self.note_members(view.members)
         self.publisher.settle(view)
+        if self.verifier is not None:
+            self.verifier.observe(view)
         return verified_state(view, self.checker.verdicts)
 
     def checkpoint_root(self, slot: str) -> Path:
@@ -596,6 +598,8 @@ class Daemon:
             view = await read_run(self.node, spec.run_id, spec.num_clusters, rules=self.rules,
                                   local=self.checker.verdicts)
             self._all_clusters_done_cached = all_done(view.states)
+            if self.verifier is not None:
+                self.verifier.observe(view)
             self.note_members(view.members)
             self.publisher.settle(view)
             await replicate_accepted(self, view)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 from rich.console import Group
 from rich.panel import Panel
@@ -66,13 +67,18 @@ def render(status: SwarmStatus) -> Group:
             _age(r.checkpoint_age_s), str(r.providers),
         )
     peers = Table.grid(padding=(0, 2))
-    for p in status.peers:
+    shown, rest = top_peers(status.peers)
+    for p in shown:
         trained = "" if p.samples_trained is None else (
             f"{_count(p.samples_trained)} samples in {p.checkpoints_accepted} accepted checkpoint(s)")
         if p.served_bytes:
             trained += f"{', ' if trained else ''}says it served {_count(p.served_bytes)}B"
         peers.add_row(_short(p.peer_id, 16), p.role, p.software, f"seen {_age(p.age_s)} ago", trained,
                       Text(p.clock_note or "", style="yellow"))
+    if rest:
+        roles = Counter(p.role for p in rest)
+        peers.add_row(f"… {len(rest)} more", ", ".join(f"{n} {r}" for r, n in roles.most_common()), "", "",
+                      f"{_count(sum(p.samples_trained or 0 for p in rest))} samples", "")
     feed = Table.grid(padding=(0, 2))
     for e in status.events[-8:]:
         feed.add_row(time.strftime("%H:%M:%S", time.localtime(e.ts)), _short(e.sender), e.type, e.detail)
@@ -88,6 +94,15 @@ def render(status: SwarmStatus) -> Group:
     for f in status.foreign:
         parts.append(Text(f"incompatible peer: {f}", style="yellow"))
     return Group(*parts)
+
+
+PEER_ROWS = 20  # a dashboard draws a screen, not a swarm: the rest are counted
+
+
+def top_peers(peers: list, rows: int = PEER_ROWS) -> tuple[list, list]:
+    """The peers worth a row (most samples trained, then most recently seen) and the rest, to be counted."""
+    ranked = sorted(peers, key=lambda p: (-(p.samples_trained or 0), p.age_s, p.peer_id))
+    return ranked[:rows], ranked[rows:]
 
 
 def sparkline(values: list[float], width: int = 16) -> str:

@@ -161,6 +161,18 @@ class Verifier:
         self.backoff = Backoff(base=max(period, 1.0), cap=max(period, 1.0) * 32)
         self._said: set[str] = set()  # CIDs whose fetch failure was logged (once each)
 
+    def observe(self, view: RunView) -> None:
+        """Note who holds each slot's lease now, and when each checkpoint record first reached this node. Fed
+        by every read of the run the node makes (its lease renewals, seed rounds, these rounds), so a long
+        round of checks does not leave gaps in what the leaseholder check knows."""
+        now = time.monotonic()
+        for lease in view.leases:  # earned leases only: a stale or back-dated one can win a cluster nobody
+            if lease.incumbent and view.owners.get(lease.cluster) == lease.peer_id:  # holds, yet earns nothing
+                self.holders.setdefault(f"expert-{lease.cluster}", {})[claimant_peer(lease.peer_id)] = now
+                self.watching.setdefault(f"expert-{lease.cluster}", now)
+        for _, c in view.checkpoints:  # when each record first reached this node (the trainer's ts is its own)
+            self.first_seen.setdefault(c.cid, now)
+
     async def round(self, view: RunView) -> int:
         """Check what is new and assigned to us in every slot; one attestation per checkpoint. Returns how many."""
         me = self.node.peer_id
@@ -169,12 +181,8 @@ class Verifier:
             if cid not in visible:
                 await publish_attestation(self.node, self.run_id, att.model_copy(update={"ts": get_dht_time()}))
         done = 0
+        self.observe(view)
         now = time.monotonic()
-        for k, owner in view.owners.items():
-            self.holders.setdefault(f"expert-{k}", {})[claimant_peer(owner)] = now
-            self.watching.setdefault(f"expert-{k}", now)
-        for _, c in view.checkpoints:  # when each record first reached this node (the trainer's ts is its own)
-            self.first_seen.setdefault(c.cid, now)
         for slot in slots(self.num_clusters):
             trainers = {c.cid: peer for peer, c in view.checkpoints if c.slot == slot and not c.replica}
             cluster = slot_cluster(slot)

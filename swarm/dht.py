@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import signal
 import threading
 import time
@@ -252,7 +253,9 @@ class SwarmNode:
         """Ping the peers (peer id → addresses) that our routing table lost, e.g. across a healed partition, so
         that the DHT spans both sides again. hivemind drops peers that stop answering and does not bootstrap
         again by itself. Returns the peers that answered."""
-        todo = [(p, tuple(m)[:4]) for p, m in peers.items() if p != self.peer_id][:64]
+        todo = [(p, tuple(m)[:4]) for p, m in peers.items() if p != self.peer_id]
+        if len(todo) > 64:  # a random 64, not the same first ones on every node
+            todo = random.sample(todo, 64)
         if not todo:
             return []
         return list(await self.dht.run_coroutine(partial(_reconnect, peers=todo, timeout=timeout),

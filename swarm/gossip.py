@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -187,8 +188,19 @@ async def join_gossip(node: SwarmNode, client: GossipClient, role: str = "auto",
                       served_bytes=min(max(served_bytes, 0), 2**60), ts=now)
     await node.announce_member(client.run_id, body, ttl)
     found = await node.get(run_key(client.run_id, "members"))
-    targets = [m for r in found.records if isinstance(r.body, MemberBody) and r.body.peer_id != node.peer_id
-               for m in r.body.gossip_maddrs]
+    members = [r.body for r in found.records if isinstance(r.body, MemberBody) and r.body.peer_id != node.peer_id
+               and r.body.gossip_maddrs]
+    # a random sample of members, not the first in DHT order: every node dialling the same 64 made hot spots
+    targets = [m for b in fanout(members, MAX_DIALS) for m in b.gossip_maddrs[:2]]
     if not targets:
         return ConnectedReply(ok=(), failed=())
     return await client.connect(targets)
+
+
+MAX_DIALS = 32  # members a node dials per refresh (two addresses each: the worker takes at most 64)
+
+
+def fanout(items: list, k: int, rng: random.Random | None = None) -> list:
+    """At most `k` of `items`, drawn uniformly at random (all of them when there are no more): spreads
+    every node's dials and pings over the swarm instead of the same first few."""
+    return list(items) if len(items) <= k else (rng or random).sample(list(items), k)

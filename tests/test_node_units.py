@@ -413,3 +413,34 @@ def test_awaiting_checkpoints_keep_a_lease_fresh_but_only_accepted_ones_rank():
                                                   verdict="accept", ts=995.0))]))
     assert state.activity[(PEER_A, 0)] == (10, 990.0)
     assert state.activity[(PEER_B, 0)] == (0, 1000.0)  # fresh, but no progress: it ranks below the owner
+
+
+def test_the_dashboard_draws_a_screen_not_the_swarm():
+    """1,000 peers: the 20 that trained most get a row, the rest one line that counts them by role."""
+    from node.dashboard import PEER_ROWS
+    from node.swarm_view import PeerRow
+
+    peers = [PeerRow(peer_id=f"Qm{i:044d}", role="verifier" if i % 4 else "auto", software="paris-node 0.1",
+                     age_s=float(i % 7), samples_trained=i * 10) for i in range(1000)]
+    st = SwarmStatus(run_id="r", num_clusters=1, progress=0.5, peers=peers, at=0.0, slots=[])
+    buf = io.StringIO()
+    Console(file=buf, width=200, color_system=None).print(render(st))
+    text = buf.getvalue()
+    assert text.count("seen ") == PEER_ROWS
+    from node.dashboard import top_peers
+
+    shown, rest = top_peers(peers)
+    assert [p.samples_trained for p in shown] == [i * 10 for i in range(999, 979, -1)] and len(rest) == 980
+    assert "… 980 more" in text and "735 verifier, 245 auto" in text
+
+
+def test_gossip_dials_and_reconnects_spread_over_the_swarm():
+    import random
+
+    from swarm.gossip import fanout
+
+    members = list(range(1000))
+    picks = [fanout(members, 32, random.Random(seed)) for seed in range(50)]
+    assert all(len(p) == 32 == len(set(p)) for p in picks)
+    assert len({m for p in picks for m in p}) > 600  # not the same first 32 on every node
+    assert fanout(members[:5], 32) == members[:5]
