@@ -134,6 +134,18 @@ def _provenance(view: RunView, slot: str, body: CheckpointBody, val_loss: float 
     """What the swarm manifest says about one fetched checkpoint: where it came from and who vouched for it."""
     votes = [a for _, a in view.attestations if a.cid == body.cid]
     return {"cid": body.cid, "step": body.step, "loss": body.loss, "parent": body.parent,
-            "val_loss": val_loss, "val_loss_claimed": body.val_loss, "trained_by": view.trainers(slot),
+            "val_loss": val_loss, "val_loss_claimed": body.val_loss, "trained_by": lineage_trainers(view, slot, body),
             "attestations": [{"verdict": a.verdict, "val_loss": a.val_loss, "replayed": a.replayed}
                              for a in votes]}
+
+
+def lineage_trainers(view: RunView, slot: str, body: CheckpointBody) -> list[str]:
+    """Who trained the fetched checkpoint: the trainers of its accepted lineage, down to the initialisation
+    (not everyone who announced a checkpoint of the slot: copies, forks and junk count for nobody)."""
+    accepted = {j.claim.cid: j.claim for j in view.judged(slot) if j.accepted}
+    out, cid, seen = set(), body.cid, set()
+    while cid is not None and cid in accepted and cid not in seen:
+        seen.add(cid)
+        out.add(accepted[cid].trainer)
+        cid = accepted[cid].parent
+    return sorted(out)

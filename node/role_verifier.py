@@ -103,6 +103,18 @@ def disputed(view: RunView, me: str, slot: str, replayed: set[str] | frozenset[s
     return out
 
 
+def stale_takeover(view: RunView | None, slot: str, body: CheckpointBody, trainer: str) -> bool:
+    """Whether `body` starts a new segment (its parent is another trainer's) from a checkpoint that an accepted
+    checkpoint already follows: a takeover starts from the slot's newest accepted checkpoint, so a fork from an
+    older one (copies of an early checkpoint by whoever holds the slot later) is no takeover."""
+    if view is None or body.parent is None:
+        return False
+    parent_trainers = {peer for peer, c in view.checkpoints if c.cid == body.parent and not c.replica}
+    if not parent_trainers or trainer in parent_trainers:
+        return False
+    return any(c.parent == body.parent and c.cid != body.cid for c in view.accepted_checkpoints(slot))
+
+
 @dataclass
 class Backoff:
     """CIDs that could not be fetched: retried after a delay that doubles with each failure (capped), so a
@@ -158,16 +170,20 @@ class Verifier:
         self.holders: dict[str, dict[str, float]] = {}  # slot → peer → when this node last saw it hold the lease
         self.watching: dict[str, float] = {}  # slot → when this node first saw anyone hold its lease
         self.lease_window, self.defer = lease_window, 3 * max(period, 1.0)
+        self.renewed_within = max(6 * period, 30.0)  # a lease renewed this recently is one its owner keeps
         self.backoff = Backoff(base=max(period, 1.0), cap=max(period, 1.0) * 32)
         self._said: set[str] = set()  # CIDs whose fetch failure was logged (once each)
+        self._last_view: RunView | None = None
 
     def observe(self, view: RunView) -> None:
         """Note who holds each slot's lease now, and when each checkpoint record first reached this node. Fed
         by every read of the run the node makes (its lease renewals, seed rounds, these rounds), so a long
         round of checks does not leave gaps in what the leaseholder check knows."""
-        now = time.monotonic()
-        for lease in view.leases:  # earned leases only: a stale or back-dated one can win a cluster nobody
-            if lease.incumbent and view.owners.get(lease.cluster) == lease.peer_id:  # holds, yet earns nothing
+        now, dht_now = time.monotonic(), get_dht_time()
+        for lease in view.leases:  # earned, renewed leases only: one written once and back-dated, or stale, can
+            # still win a cluster nobody else holds; it must not make its writer a leaseholder
+            if (lease.incumbent and view.owners.get(lease.cluster) == lease.peer_id
+                    and dht_now - lease.ts <= self.renewed_within):
                 self.holders.setdefault(f"expert-{lease.cluster}", {})[claimant_peer(lease.peer_id)] = now
                 self.watching.setdefault(f"expert-{lease.cluster}", now)
         for _, c in view.checkpoints:  # when each record first reached this node (the trainer's ts is its own)
@@ -182,6 +198,7 @@ class Verifier:
                 await publish_attestation(self.node, self.run_id, att.model_copy(update={"ts": get_dht_time()}))
         done = 0
         self.observe(view)
+        self._last_view = view
         now = time.monotonic()
         for slot in slots(self.num_clusters):
             trainers = {c.cid: peer for peer, c in view.checkpoints if c.slot == slot and not c.replica}
@@ -230,8 +247,12 @@ class Verifier:
             if lease == "wait":
                 self.backoff.failed(body.cid, now)
                 return None
+            why = ""
             if lease == "reject":
                 why = "published by a peer that did not hold the slot's lease (a copy or a fork by another)"
+            elif stale_takeover(self._last_view, slot, body, trainer):
+                why = "takes over from a checkpoint the slot had already moved past (a fork)"
+            if why:
                 self.checker.refute(body, why)
                 result = replace(result, ok=False, content_ok=False, reason=why)
         if result.content_ok and cluster is not None and (force_replay or self.plan.replays(body.cid)):

@@ -255,7 +255,7 @@ async def read_run(node: SwarmNode, run_id: str, num_clusters: int | None = None
         done=done, states=(), owners={}, attestations=attestations, rules=rules,
         local=tuple(sorted((local or {}).items(), key=lambda kv: kv[0])),
         failed=tuple(got.failed for got in sets.values() if got.failed))
-    leases = [ClaimView(claimant(c.peer_id, c.lane), c.cluster, c.state, c.since) for c in claims.values()
+    leases = [ClaimView(claimant(c.peer_id, c.lane), c.cluster, c.state, c.since, ts=c.ts) for c in claims.values()
               if c.cluster < num_clusters and (rules is None or rules.may_train(c.peer_id))]
     if rules is None:
         snap = Snapshot(num_clusters, tuple(leases), frozenset(d.cluster for _, d in done if d.cluster < num_clusters))

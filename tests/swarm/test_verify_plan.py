@@ -171,3 +171,17 @@ def test_a_verifier_replays_what_another_says_failed_a_replay_once():
     assert [c.cid for c in disputed(with_claim, me, "expert-0", set())] == [_cid(1)]  # the trainer's own: no
     assert disputed(with_claim, me, "expert-0", {_cid(1)}) == []  # replayed here once: not again
     assert disputed(with_claim, minter, "expert-0", set()) == []  # nobody re-runs its own claim
+
+
+def test_a_takeover_from_a_superseded_checkpoint_is_a_fork():
+    from node.role_verifier import stale_takeover
+
+    owner, copier, taker = PEERS
+    c10, c20 = _ck(10, _cid(1)), _ck(20, _cid(2), parent=_cid(1))
+    view = _view([(owner, c10), (owner, c20)], members=PEERS)
+    view = view.__class__(**{**view.__dict__, "rules": RunRules(Policy(attestations=0, max_interval=100), 100, 100)})
+    fork = _ck(30, _cid(3), parent=_cid(1))  # from step 10, which step 20 already follows
+    takeover = _ck(30, _cid(4), parent=_cid(2))  # from the newest accepted checkpoint
+    assert stale_takeover(view, "expert-0", fork, copier)
+    assert not stale_takeover(view, "expert-0", takeover, taker)
+    assert not stale_takeover(view, "expert-0", _ck(30, _cid(5), parent=_cid(1)), owner)  # its own lineage
