@@ -151,8 +151,9 @@ class CheckpointChecker:
             log.warning("checkpoint %s of %s (step %d) refused: %s", body.cid, body.slot, body.step, report.reason)
         return result
 
-    async def replay(self, body: CheckpointBody, train: ClipBatch) -> CheckResult:
-        """Re-train the interval from the record's parent and compare (experts; `train`: the cluster's clips)."""
+    async def replay(self, body: CheckpointBody, train: ClipBatch, labels: np.ndarray | None = None) -> CheckResult:
+        """Re-train the interval from the record's parent and compare the whole state (`train`: the cluster's
+        clips for an expert; the router's stratified sample and its `labels` for the router)."""
         from expert.checkpoint import read_meta, resolve_checkpoint
         from expert.verify import replay
 
@@ -169,9 +170,18 @@ class CheckpointChecker:
             return CheckResult(False, f"not fetchable: {e}")  # not a verdict: nobody may serve it (or its parent)
         cluster = slot_cluster(body.slot)
 
-        def make():
-            from expert.train import ExpertTrainer
+        held = None
+        if cluster is None:  # the router, built exactly as its trainer built it (role_router)
+            parts = [await self._holdout(k) for k in range(spec.num_clusters)]
+            held = (ClipBatch.concat(parts),
+                    np.concatenate([np.full(len(p), k, dtype=np.int64) for k, p in enumerate(parts)]))
 
+        def make():
+            from expert.train import ExpertTrainer, router_trainer_from_clips
+
+            if held is not None:
+                return router_trainer_from_clips(spec, train, labels, cap=schedule.router_cap, device=self.device,
+                                                 holdout=held[0], holdout_labels=held[1])
             return ExpertTrainer(spec.preset, train, device=self.device, seed=spec.seed, run_id=spec.run_id,
                                  cluster=cluster)
 

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from expert.efficiency import Efficiency
 from node.assets import fetch_assets, spec_assets
 from node.bundle import LocalRun, fetch_run, publish_run, resolve_run_id
-from node.checker import CheckpointChecker
+from node.checker import CheckpointChecker, slot_cluster
 from node.cli_options import DEMO_STEPS
 from node.driver import TrainingDriver
 from node.keeper import OwnRecords, RunPointer
@@ -457,8 +457,6 @@ class Daemon:
             await asyncio.sleep(max(5.0, self.opts.period))
 
     def _make_verifier(self) -> Verifier:
-        from node.bundle import fetch_cluster_clips
-
         assert self.node is not None and self.run_info is not None and self.checker is not None
         spec, schedule = self.run_info.spec, self.run_info.manifest.schedule
         plan = VerifyPlan(verifier_secret(self.node.identity.private_key_der()),
@@ -467,7 +465,16 @@ class Daemon:
         return Verifier(self.node, self.checker, schedule, spec.run_id, spec.num_clusters, plan, self.own_records,
                         period=self.opts.period, lease_window=max(60.0, 6 * self.opts.period),
                         stopping=self.stopping,
-                        training_clips=lambda k: fetch_cluster_clips(self.store, self.run_info, k))
+                        training_data=self._training_data)
+
+    async def _training_data(self, slot: str) -> tuple:
+        """What a replay of `slot` trains on: the cluster's clips (no labels), or the router's sample."""
+        from node.bundle import fetch_cluster_clips
+        from node.role_router import router_training_data
+
+        if slot == "router":
+            return await router_training_data(self.store, self.run_info)
+        return await fetch_cluster_clips(self.store, self.run_info, slot_cluster(slot)), None
 
     async def _verify_loop(self) -> None:
         """Check the checkpoints assigned to this node every period (or as soon as gossip announces one),

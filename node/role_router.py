@@ -25,12 +25,30 @@ def all_done(states) -> bool:
     return all(s == ClusterState.DONE for s in states)
 
 
+async def router_training_data(store, run):
+    """The router's training data: a stratified sample of every cluster's training clips (the run seed picks
+    it, so its trainer and every verifier that replays it fetch the same clips, and only the shards that hold
+    them), with each clip's cluster as its label."""
+    from expert.shards import ClipBatch
+    from expert.train import stratified_sample
+    from node.bundle import fetch_cluster_sample
+
+    spec, schedule = run.spec, run.manifest.schedule
+    counts = [c.clips for c in run.manifest.clusters]
+    sample = stratified_sample(np.repeat(np.arange(spec.num_clusters), counts), schedule.router_cap, spec.seed)
+    starts = np.cumsum([0, *counts])
+    parts = [await fetch_cluster_sample(store, run, k, sample[(sample >= starts[k]) & (sample < starts[k + 1])]
+                                        - starts[k]) for k in range(spec.num_clusters)]
+    labels = np.concatenate([np.full(len(p), k, dtype=np.int64) for k, p in enumerate(parts)])
+    return ClipBatch.concat(parts), labels
+
+
 async def maybe_run_router(d: Lane, *, wait: bool) -> bool:
     """Train the router if nobody else holds its lease and it is behind its target, or experts are still
     training (it keeps improving with idle capacity until they are done). True if we trained."""
     from expert.shards import ClipBatch
-    from expert.train import router_trainer_from_clips, stratified_sample
-    from node.bundle import fetch_cluster_clips, fetch_cluster_sample
+    from expert.train import router_trainer_from_clips
+    from node.bundle import fetch_cluster_clips
     from node.role_expert import resume
 
     assert d.node is not None and d.store is not None and d.run_info is not None
@@ -48,20 +66,12 @@ async def maybe_run_router(d: Lane, *, wait: bool) -> bool:
         return False
     d.set_role("router")
     try:
-        # only the clips of the stratified sample, so only the shards that hold them (every cluster's held-out
-        # clips in full: they are the router's validation split)
-        counts = [c.clips for c in d.run_info.manifest.clusters]
-        sample = stratified_sample(np.repeat(np.arange(spec.num_clusters), counts), schedule.router_cap, spec.seed)
-        starts = np.cumsum([0, *counts])
-        parts = [await fetch_cluster_sample(d.store, d.run_info, k, sample[(sample >= starts[k])
-                                                                          & (sample < starts[k + 1])] - starts[k])
-                 for k in range(spec.num_clusters)]
+        clips, labels = await router_training_data(d.store, d.run_info)
         held = [await fetch_cluster_clips(d.store, d.run_info, k, holdout=True) for k in range(spec.num_clusters)]
         if lease.cluster is None:
             return True  # lost the lease while fetching
-        labels = np.concatenate([np.full(len(p), k, dtype=np.int64) for k, p in enumerate(parts)])
         held_labels = np.concatenate([np.full(len(p), k, dtype=np.int64) for k, p in enumerate(held)])
-        trainer = await asyncio.to_thread(router_trainer_from_clips, spec, ClipBatch.concat(parts), labels,
+        trainer = await asyncio.to_thread(router_trainer_from_clips, spec, clips, labels,
                                           cap=schedule.router_cap, device=d.device, holdout=ClipBatch.concat(held),
                                           holdout_labels=held_labels, efficiency=d.opts.efficiency)
         await resume(d, trainer, "router", holds=lambda: lease.cluster is not None)

@@ -160,10 +160,10 @@ class Verifier:
 
     def __init__(self, node: SwarmNode, checker: CheckpointChecker, schedule: Schedule, run_id: str,
                  num_clusters: int, plan: VerifyPlan, keeper: OwnRecords, *, period: float, lease_window: float,
-                 training_clips: Callable[[int], Awaitable[object]], stopping: asyncio.Event) -> None:
+                 training_data: Callable[[str], Awaitable[tuple]], stopping: asyncio.Event) -> None:
         self.node, self.checker, self.schedule = node, checker, schedule
         self.run_id, self.num_clusters, self.plan, self.keeper = run_id, num_clusters, plan, keeper
-        self.training_clips, self.stopping = training_clips, stopping
+        self.training_data, self.stopping = training_data, stopping
         self.attested: dict[str, AttestationBody] = {}  # CID → our attestation
         self.replayed: set[str] = set()  # CIDs this node replayed (whatever the outcome)
         self.first_seen: dict[str, float] = {}
@@ -255,8 +255,8 @@ class Verifier:
             if why:
                 self.checker.refute(body, why)
                 result = replace(result, ok=False, content_ok=False, reason=why)
-        if result.content_ok and cluster is not None and (force_replay or self.plan.replays(body.cid)):
-            replay = await self.checker.replay(body, await self.training_clips(cluster))
+        if result.content_ok and (force_replay or self.plan.replays(body.cid)):
+            replay = await self.checker.replay(body, *await self.training_data(slot))
             if replay.reason.startswith("not fetchable"):  # the parent: not a verdict either
                 self.backoff.failed(body.cid, now)
                 return None

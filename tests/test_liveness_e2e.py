@@ -73,8 +73,13 @@ def test_a_seeder_with_two_workers_finishes_a_two_cluster_run(start):
     assert not any(e.get("msg", "").startswith("attested ") for e in seeder.events())  # a seeder does not verify
 
 
-def test_one_verifier_and_one_worker_finish_a_two_cluster_run(start):
-    verifier, peers = _boot(start, 2, "--role", "verifier")
+def test_one_verifier_and_one_worker_finish_a_two_cluster_run_replaying_every_interval(start):
+    """With --replay-every 1 the verifier re-trains every interval it checks, the router's too (from the
+    router's stratified sample): honest work replays bit for bit, so the run still finishes."""
+    verifier, peers = _boot(start, 2, "--role", "verifier", "--replay-every", "1")
     worker = start("worker", *common(2), "--initial-peers-file", str(peers))
     wait_status(peers, run_finished, 600, "every slot accepted at its target", watch=(verifier, worker))
     assert any(e.get("msg") == "training router" for e in worker.events())
+    replayed = {e["msg"] for e in verifier.events() if e.get("msg", "").startswith("attested ") and e.get("replayed")}
+    assert {"attested expert-0 checkpoint", "attested router checkpoint"} <= replayed
+    assert all(e.get("verdict") == "accept" for e in verifier.events() if e.get("msg", "").startswith("attested "))

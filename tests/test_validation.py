@@ -234,3 +234,25 @@ def test_a_takeover_refuses_an_optimizer_state_or_rng_that_training_cannot_leave
         with pytest.raises(ConfigMismatchError) as e:
             trainer_for_run(spec, 0, data_dir=synth_dir).load(path)
         assert ("RNG" if name == "rng" else "optimizer") in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_router_interval_replays_bit_for_bit_and_a_forged_one_does_not(tiny_run, synth_dir, tmp_path):
+    """The router is verified like an expert: its interval re-trained from the parent on the same stratified
+    sample matches bit for bit (model, EMA, optimizer, RNG); a router whose EMA was bent does not."""
+    from expert.verify import replay
+
+    spec, _ = tiny_run
+    router = router_trainer_for_run(spec, data_dir=synth_dir, cap=32)
+    router.train(2)
+    parent, _ = router.checkpoint(tmp_path / "r")
+    router.train(3)
+    child, meta = router.checkpoint(tmp_path / "r")
+
+    def make():
+        return router_trainer_for_run(spec, data_dir=synth_dir, cap=32)
+
+    honest = replay(make, parent, child, meta, tolerance=0.01)
+    assert honest.ok and honest.exact and honest.steps == 3
+    bent, bmeta = _rewritten(child, meta, tmp_path / "bent", ema=lambda ts: {
+        k: v + 0.05 if v.is_floating_point() else v for k, v in ts.items()})
+    assert not replay(make, parent, bent, bmeta, tolerance=0.01).ok
