@@ -7,14 +7,23 @@ expert on the built-in data (the run's default cadence), then
 - replay: re-train the interval from its parent with the same seeds, several times, and count bit-exact
   matches with the published weights (target on CPU: every time), with replay seconds ÷ training seconds.
 
+- the swarm's verification cost per interval at the run's rates: `checkers` verifiers (the quorum plus a
+  margin; swarm.verify_plan assigns about that many whatever the number of verifiers) each check it, and
+  together they replay it with probability about 1/`replay-every`: (checkers × verify + replay / replay-every)
+  ÷ training. Target ≤ 0.15.
+- the detection probability per forged interval: measured with the real keyed draws over many CIDs (each of
+  the checkers with its own secret), beside the formula 1 − (1 − 1/(replay_every · c))^c.
+
 Measured in one run, so machine noise hits both sides alike.
 
-    python benchmarks/verify_cost.py [--presets tiny small] [--interval 100] [--replays 2] [--clips 400] [--json]
+    python benchmarks/verify_cost.py [--presets tiny small] [--interval 100] [--replays 2] [--clips 400]
+                                     [--replay-every 10] [--checkers 3] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import statistics
@@ -29,6 +38,17 @@ from expert.run_init import init_run
 from expert.synth_dataset import write_synthetic
 from expert.train import trainer_for_run
 from expert.verify import check_content, replay
+from swarm.verify_plan import VerifyPlan, detection_probability, verifier_secret
+
+
+def detection(replay_every: int, checkers: int, intervals: int = 20000) -> dict:
+    """The keyed replay draws of `checkers` verifiers over `intervals` CIDs: how often at least one replays."""
+    plans = [VerifyPlan(verifier_secret(f"bench-{v}".encode()), wanted=checkers, replay_every=replay_every,
+                        patience=30.0) for v in range(checkers)]
+    cids = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(intervals)]
+    caught = sum(any(p.replays(c, eligible=checkers) for p in plans) for c in cids) / intervals
+    return {"checkers": checkers, "measured": round(caught, 4),
+            "formula": round(detection_probability(replay_every, checkers), 4)}
 
 
 def measure(preset_name: str, data: Path, work: Path, interval: int, replays: int, clusters: int) -> dict:
@@ -80,6 +100,8 @@ def main() -> None:
     ap.add_argument("--replays", type=int, default=2)
     ap.add_argument("--clips", type=int, default=400)
     ap.add_argument("--clusters", type=int, default=2)
+    ap.add_argument("--replay-every", type=int, default=10, help="the run's rate (Schedule default)")
+    ap.add_argument("--checkers", type=int, default=3, help="verifiers per checkpoint: quorum 1 + margin 2")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,10 +112,14 @@ def main() -> None:
             d = data / p
             write_synthetic(d, clips=args.clips, seed=0, frames=b.frames, height=b.height, width=b.width)
             results.append(measure(p, d, Path(tmp), args.interval, args.replays, args.clusters))
+    for r in results:
+        r["swarm_ratio"] = round(args.checkers * r["verify_ratio"] + (r["replay_ratio"] or 0) / args.replay_every, 4)
+    detect = [detection(args.replay_every, c) for c in range(1, args.checkers + 1)]
     machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                "torch": torch.__version__}
     if args.json:
-        print(json.dumps({"machine": machine, "results": results}))
+        print(json.dumps({"machine": machine, "replay_every": args.replay_every, "checkers": args.checkers,
+                          "results": results, "detection": detect}))
         return
     print(f"machine: {machine}")
     print(f"{'preset':7} {'steps':>5} {'train s':>8} {'verify s':>9} {'ratio':>7} {'replay exact':>12} "
@@ -101,6 +127,10 @@ def main() -> None:
     for r in results:
         print(f"{r['preset']:7} {r['interval_steps']:>5} {r['train_s']:>8} {r['verify_s']:>9} {r['verify_ratio']:>7} "
               f"{r['replay_exact']:>6}/{r['replays']:<5} {r['replay_ratio']:>12}")
+    print(f"swarm verification ÷ training ({args.checkers} checkers, replay-every {args.replay_every}): "
+          + ", ".join(f"{r['preset']} {r['swarm_ratio']}" for r in results) + "  (target ≤ 0.15)")
+    print("detection per forged interval: " + ", ".join(
+        f"{d['checkers']} checker(s) {d['measured']} (formula {d['formula']})" for d in detect))
 
 
 if __name__ == "__main__":

@@ -255,7 +255,8 @@ class Verifier:
             if why:
                 self.checker.refute(body, why)
                 result = replace(result, ok=False, content_ok=False, reason=why)
-        if result.content_ok and (force_replay or self.plan.replays(body.cid)):
+        eligible = eligible_verifiers(self._last_view, trainer, self.node.peer_id) if self._last_view else 0
+        if result.content_ok and (force_replay or self.plan.replays(body.cid, eligible)):
             replay = await self.checker.replay(body, *await self.training_data(slot))
             if replay.reason.startswith("not fetchable"):  # the parent: not a verdict either
                 self.backoff.failed(body.cid, now)

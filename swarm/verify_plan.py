@@ -11,11 +11,14 @@ derived from its private key, so a restarted node draws the same again):
   timestamp, which its trainer writes). About `wanted` verifiers check each checkpoint whatever V is, and one
   whose drawn checkers are gone, busy, or Sybils that never attest is checked by every verifier in the end;
 - **replay** (`replays`): of the intervals it checks, it replays those whose second draw is under
-  `1 / replay_every`. Re-rolling a CID changes draws that the trainer cannot compute, so grinding gains
-  nothing; different verifiers replay different intervals, and the cover grows with their number.
+  `1 / (replay_every · c)`, where c = min(wanted, eligible) is how many verifiers check each interval: the
+  swarm replays about one interval in `replay_every` in all, so replays cost about 1/`replay_every` of the
+  training compute whatever the number of verifiers. Re-rolling a CID changes draws that the trainer cannot
+  compute, so grinding gains nothing; different verifiers replay different intervals.
 
-An interval checked by n verifiers that do not collude with its trainer is replayed by at least one of them
-with probability `detection_probability(replay_every, n)` = 1 − (1 − 1/replay_every)^n.
+An interval checked by c verifiers that do not collude with its trainer is replayed by at least one of them
+with probability `detection_probability(replay_every, c)` = 1 − (1 − 1/(replay_every · c))^c, which is
+1/replay_every for one checker and a little less for more (about 0.096 for c = 3 at replay_every = 10).
 """
 
 from __future__ import annotations
@@ -47,13 +50,14 @@ def share(wanted: int, eligible: int, waited: float, patience: float) -> float:
     return min(1.0, wanted / eligible * boost)
 
 
-def replay_rate(replay_every: int) -> float:
-    return 0.0 if replay_every <= 0 else 1.0 / replay_every
+def replay_rate(replay_every: int, checkers: int = 1) -> float:
+    """One verifier's chance of replaying an interval it checks, when `checkers` verifiers check each."""
+    return 0.0 if replay_every <= 0 else 1.0 / (replay_every * max(checkers, 1))
 
 
 def detection_probability(replay_every: int, checkers: int) -> float:
     """The chance that at least one of `checkers` independent verifiers replays a given interval."""
-    return 1.0 - (1.0 - replay_rate(replay_every)) ** max(checkers, 0)
+    return 1.0 - (1.0 - replay_rate(replay_every, checkers)) ** max(checkers, 0)
 
 
 @dataclass(frozen=True)
@@ -69,5 +73,9 @@ class VerifyPlan:
     def assigned(self, cid: str, eligible: int, waited: float) -> bool:
         return draw(self.secret, "check", cid) < share(self.wanted, eligible, waited, self.patience)
 
-    def replays(self, cid: str) -> bool:
-        return draw(self.secret, "replay", cid) < replay_rate(self.replay_every)
+    def checkers(self, eligible: int) -> int:
+        """How many verifiers check each checkpoint, about: `wanted`, or every eligible one if fewer."""
+        return max(1, min(self.wanted, eligible))
+
+    def replays(self, cid: str, eligible: int) -> bool:
+        return draw(self.secret, "replay", cid) < replay_rate(self.replay_every, self.checkers(eligible))

@@ -13,7 +13,7 @@ import pytest
 from protocol.swarm_records import CheckpointBody, ClusterState, MemberBody
 from swarm.acceptance import Policy
 from swarm.state import RunRules, RunView
-from swarm.verify_plan import VerifyPlan, detection_probability, draw, share, verifier_secret
+from swarm.verify_plan import VerifyPlan, detection_probability, draw, replay_rate, share, verifier_secret
 
 PEERS = ["QmS68mngh9LRAR6ooCHVELGZL6p67DtHRrxsBtDfV4f7GX", "QmWX2GnKGWdZWgjeAkzzZyF6MVrJtgGKoBZxNZsxP2jDTZ",
          "QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN"]
@@ -46,18 +46,24 @@ def test_a_trainer_that_grinds_its_cid_is_replayed_at_the_stated_rate():
     # the grinder keeps the CIDs that an unkeyed hash says are not replayed (what worked against the old rule)
     kept = [c for c in (_cid(rng.randrange(10**9)) for _ in range(20000))
             if int.from_bytes(hashlib.sha256(c.encode()).digest()[:8], "big") % 4 != 0][:3000]
-    rate = sum(plan.replays(c) for c in kept) / len(kept)
+    rate = sum(plan.replays(c, eligible=1) for c in kept) / len(kept)
     assert rate == pytest.approx(0.25, abs=0.03)
 
 
 @pytest.mark.parametrize("checkers", [1, 2, 3, 5])
 def test_detection_probability_per_interval_matches_its_formula(checkers):
     """A forged interval checked by `checkers` independent verifiers is replayed by at least one of them with
-    probability 1 − (1 − 1/replay_every)^n: measured over 3,000 intervals."""
+    probability 1 − (1 − 1/(replay_every · c))^c, c = min(wanted, checkers): measured over 4,000 intervals;
+    and the replays the swarm runs per interval stay about 1/replay_every whatever the number of checkers."""
     plans = [VerifyPlan(_secret(100 + v), wanted=3, replay_every=5, patience=30.0) for v in range(checkers)]
-    caught = sum(any(p.replays(_cid(i)) for p in plans) for i in range(3000)) / 3000
-    assert caught == pytest.approx(detection_probability(5, checkers), abs=0.03)
-    assert detection_probability(5, checkers) == pytest.approx(1 - 0.8**checkers)
+    c = min(3, checkers)
+    draws = [[p.replays(_cid(i), eligible=checkers) for p in plans] for i in range(4000)]
+    caught = sum(any(d) for d in draws) / 4000
+    # every one of the `checkers` here checks; the plan assumed `c` would (its assignment's share)
+    assert caught == pytest.approx(1 - (1 - replay_rate(5, c)) ** checkers, abs=0.03)
+    assert detection_probability(5, c) == pytest.approx(1 - (1 - 1 / (5 * c)) ** c)
+    replays_per_interval = sum(map(sum, draws)) / 4000
+    assert replays_per_interval == pytest.approx(checkers / (5 * c), abs=0.04)  # 1/5 when c = checkers
     assert detection_probability(0, checkers) == 0.0
 
 
