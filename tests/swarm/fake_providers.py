@@ -23,7 +23,7 @@ from hivemind.utils.crypto import RSAPrivateKey
 from hivemind.utils.serializer import MSGPackSerializer
 from hivemind.utils.timed_storage import get_dht_time
 
-from protocol.swarm_records import ProviderBody, encode_envelope, provider_key
+from protocol.swarm_records import MAX_FUTURE_S, ProviderBody, encode_envelope, provider_key
 from swarm.dht import NetworkConfig
 from swarm.identity import peer_id_of_public_key
 from swarm.validator import make_validators
@@ -49,7 +49,8 @@ async def _flood(cid: str, count: int, port: int, nbytes: int, _dht, node) -> di
         k = throwaway_key()
         public = k.get_public_key().to_bytes()
         body = ProviderBody(cid=cid, peer_id=peer_id_of_public_key(public), bytes=nbytes,
-                            maddrs=(f"/ip4/127.0.0.1/tcp/{port}",), ts=9e10)  # "newer" than any honest record
+                            # "newer" than any honest record, as far ahead as validators still accept
+                            maddrs=(f"/ip4/127.0.0.1/tcp/{port}",), ts=get_dht_time() + MAX_FUTURE_S - 30)
         subkey = b"[owner:" + public + b"]"
         rec = DHTRecord(key_id.to_bytes(), MSGPackSerializer.dumps(subkey),
                         MSGPackSerializer.dumps(encode_envelope(key, body)), expiration)
