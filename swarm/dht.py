@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import random
 import signal
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -201,6 +203,7 @@ class DHTReadError(ParisError):
     dropped or oversize reply) and this node knows nothing of the key to fall back on. Never an empty result."""
 
 
+VALID_RECORDS = 65536  # validated record versions remembered (the least recently read forgotten first)
 KNOWN_KEYS = 4096  # keys whose live records a node remembers (the least recently read are forgotten first)
 
 
@@ -218,6 +221,9 @@ class SwarmNode:
         # dropped, partial or oversize reply never looks like records that vanished (hivemind answers those with
         # nothing at all)
         self._known: dict[str, dict[tuple[bytes, str], Signed]] = {}
+        # record versions already validated (by the hash of key, subkey, value and expiration): a read checks
+        # only what is new, so its cost follows what changed rather than the key's whole history
+        self._valid: OrderedDict[bytes, Signed | ForeignMember] = OrderedDict()
         self.owner_subkey = b"[owner:" + identity.public_key_bytes + b"]"
         try:
             self.dht = _DetachedDHT(
@@ -323,20 +329,33 @@ class SwarmNode:
         for subkey, item in found.value.items():
             if item.expiration_time < now:
                 continue
-            try:
-                env = check_record(key_id, subkey, item.value, item.expiration_time, now)
-                owner, _ = split_subkey(subkey)
-                archived = open_archive(env) if isinstance(env, Envelope) and env.body.kind == "archived" else None
-            except IntegrityError as e:
-                log.debug("skipped record under %s: %s", key, e)
-                continue
-            if isinstance(env, ForeignMember):
-                foreign.append(env)
-            elif archived is not None:
-                records.append(Signed(archived[0], archived[1], item.expiration_time, archived_by=owner))
+            seen = hashlib.sha256(b"%s|%r|%r|%r" % (key_id, subkey, item.value, item.expiration_time)).digest()
+            parsed = self._valid.get(seen)
+            if parsed is None:
+                try:
+                    parsed = self._check(key_id, subkey, item, now)
+                except IntegrityError as e:  # not remembered: a record dated ahead may be valid later
+                    log.debug("skipped record under %s: %s", key, e)
+                    continue
+                self._valid[seen] = parsed
+                while len(self._valid) > VALID_RECORDS:
+                    self._valid.popitem(last=False)
             else:
-                records.append(Signed(owner=owner, envelope=env, expiration_time=item.expiration_time))
+                self._valid.move_to_end(seen)
+            (foreign if isinstance(parsed, ForeignMember) else records).append(parsed)
         return RecordSet(merge_archived(records), tuple(foreign))
+
+    @staticmethod
+    def _check(key_id: bytes, subkey, item, now: float) -> Signed | ForeignMember:
+        """The whole validation of one record (signatures, schema, owner, time): done once per record version."""
+        env = check_record(key_id, subkey, item.value, item.expiration_time, now)
+        if isinstance(env, ForeignMember):
+            return env
+        owner, _ = split_subkey(subkey)
+        if isinstance(env, Envelope) and env.body.kind == "archived":
+            archived = open_archive(env)
+            return Signed(archived[0], archived[1], item.expiration_time, archived_by=owner)
+        return Signed(owner=owner, envelope=env, expiration_time=item.expiration_time)
 
     async def announce_member(self, run_id: str, body: MemberBody, ttl: float) -> bool:
         return await self.put(run_key(run_id, "members"), body, get_dht_time() + ttl)

@@ -163,6 +163,19 @@ def test_a_failed_read_never_turns_into_an_empty_view(tmp_path):
             first = await read_run(c, "r", 1)
             assert len(first.checkpoints) == 3 and not first.failed
             assert first.decidable() is first
+            # a record version is validated once: the next read checks only what is new
+            checked = []
+            original = SwarmNode._check
+            SwarmNode._check = staticmethod(lambda *a: checked.append(a) or original(*a))
+            try:
+                assert len((await read_run(c, "r", 1)).checkpoints) == 3 and checked == []
+                assert await publish_checkpoint(b, "r", CheckpointBody(slot="expert-0", step=40, cid=cids[0],
+                                                                       bytes=11, ts=now + 1, val_loss=1.0))
+                await c.dht.run_coroutine(_forget_hivemind_cache, return_future=True)
+                await read_run(c, "r", 1)
+                assert len(checked) == 1  # only the new version
+            finally:
+                SwarmNode._check = staticmethod(original)
             a.shutdown()
             b.shutdown()
             await c.dht.run_coroutine(_forget_hivemind_cache, return_future=True)  # its cache evicted the key
