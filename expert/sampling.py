@@ -51,7 +51,7 @@ def encode_prompts(text: TextEncoder, prompts: list[str]) -> tuple[torch.Tensor,
 def precision(model: torch.nn.Module, device: torch.device) -> torch.autocast:
     """How a network runs: bf16 autocast on CUDA (or its own reduced dtype), and on the CPU in its own dtype
     (float32 unless the user loaded it in another, e.g. `from_pretrained(..., torch_dtype=torch.bfloat16)`)."""
-    dtype = next(model.parameters()).dtype
+    dtype = next(model.parameters(), torch.empty(())).dtype  # a network without weights runs in float32
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16 if dtype == torch.float32 else dtype)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
