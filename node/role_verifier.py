@@ -29,6 +29,7 @@ from node.checker import CheckpointChecker, slot_cluster
 from node.keeper import OwnRecords
 from node.logs import event
 from node.role_seeder import slots
+from protocol.errors import ParisError
 from protocol.swarm_records import AttestationBody, CheckpointBody, claimant_peer, run_key
 from protocol.swarm_run import Schedule
 from swarm.acceptance import known_facts
@@ -40,7 +41,7 @@ log = logging.getLogger("node.verifier")
 
 PER_SLOT_PER_ROUND = 8  # a flood of announcements cannot keep a verifier from its other slots
 MARGIN = 2  # checkers per checkpoint beyond the quorum (some leave, some are slow)
-VERIFYING_ROLES = frozenset({"auto", "verifier"})  # member roles that check checkpoints
+VERIFYING_ROLES = frozenset({"auto", "expert", "router", "verifier"})  # every role but `seeder` verifies
 
 
 def to_verify(view: RunView, me: str, slot: str, done: set[str] | frozenset[str] = frozenset()
@@ -213,7 +214,14 @@ class Verifier:
             for body in todo:
                 if self.stopping.is_set():
                     return done
-                att = await self._attest(slot, body, parents, trainers[body.cid], force_replay=body in again)
+                try:
+                    att = await self._attest(slot, body, parents, trainers[body.cid], force_replay=body in again)
+                except Exception as e:  # our own side failed (the clips to replay on, say): not a verdict on the
+                    # checkpoint, and never a stop: backed off like a fetch, so the queue moves on
+                    n = self.backoff.failed(body.cid, time.monotonic())
+                    log.warning("checking %s step %d (%s) failed (attempt %d; backing off): %s", slot, body.step,
+                                body.cid, n, e, exc_info=not isinstance(e, ParisError | OSError))
+                    continue
                 if att is None:
                     continue
                 self.attested[body.cid] = att

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 from math import comb
 
 import pytest
@@ -191,3 +192,38 @@ def test_a_takeover_from_a_superseded_checkpoint_is_a_fork():
     assert stale_takeover(view, "expert-0", fork, copier)
     assert not stale_takeover(view, "expert-0", takeover, taker)
     assert not stale_takeover(view, "expert-0", _ck(30, _cid(5), parent=_cid(1)), owner)  # its own lineage
+
+
+def test_a_check_that_raises_is_backed_off_and_the_round_goes_on():
+    """The verifier role against a fake context: one checkpoint's check raises on our side (not a verdict), the
+    next is still attested in the same round, and the failed one waits out its back-off."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from node.checker import CheckResult
+    from node.role_verifier import Verifier
+    from protocol.swarm_run import Schedule
+
+    owner, _, me = PEERS
+    bad, good = _ck(10, _cid(1)), _ck(10, _cid(2), ts=101.0)
+    view = _view([(owner, bad), (owner, good)], members=PEERS)
+
+    class Checker:
+        async def check(self, body, parents=None):
+            if body.cid == bad.cid:
+                raise RuntimeError("the held-out clips could not be read")
+            return CheckResult(True, "", 0.5, body.step, body.parent, content_ok=True)
+
+    stored = []
+
+    async def put(key, body, expiration):
+        stored.append(body)
+        return True
+
+    node = SimpleNamespace(peer_id=me, put=put, record_ttl=3600.0)
+    verifier = Verifier(node, Checker(), Schedule(), "run-x", 1, VerifyPlan(_secret(0), 3, 0, 30.0),
+                        SimpleNamespace(add=lambda *a: None), period=1.0, lease_window=60.0,
+                        training_data=None, stopping=asyncio.Event())
+    assert asyncio.run(verifier.round(view)) == 1
+    assert [a.cid for a in stored] == [good.cid] and set(verifier.attested) == {good.cid}
+    assert verifier.backoff.waiting(bad.cid, time.monotonic())
