@@ -187,8 +187,10 @@ class CheckpointChecker:
 
         try:
             report = await asyncio.to_thread(replay, make, parent, child, meta, tolerance=schedule.replay_tolerance)
-        except Exception as e:  # the child (or the parent it names) does not load: a verdict on the child
-            return self._replay_failed(body, f"replay impossible: {type(e).__name__}: {str(e)[:200]}")
+        except ParisError as e:  # the child (or the parent it names) does not load: a verdict on the child
+            return self._replay_failed(body, f"replay impossible: {str(e)[:200]}")
+        # anything else (out of memory, say) is this node's trouble, not a verdict: it propagates, and the
+        # verifier backs the CID off and tries again later
         if not report.ok:
             return self._replay_failed(body, report.reason)
         if (mine := self.verdicts.get(body.cid)) is not None and mine.accept:
