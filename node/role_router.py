@@ -44,8 +44,10 @@ async def router_training_data(store, run):
 
 
 async def maybe_run_router(d: Lane, *, wait: bool) -> bool:
-    """Train the router if nobody else holds its lease and it is behind its target, or experts are still
-    training (it keeps improving with idle capacity until they are done). True if we trained."""
+    """Train the router to its target if nobody else holds its lease and no accepted router checkpoint is there
+    yet. True if we trained. The router learns which cluster a noisy clip came from, so it does not wait for
+    the experts; training it on past its target while they train only flooded verifiers with checkpoints
+    (and its held-out loss drifts up as it overfits its sample)."""
     from expert.shards import ClipBatch
     from expert.train import router_trainer_from_clips
     from node.bundle import fetch_cluster_clips
@@ -56,7 +58,7 @@ async def maybe_run_router(d: Lane, *, wait: bool) -> bool:
     view = (await read_run(d.node, spec.run_id, spec.num_clusters, rules=d.rules,
                            local=d.checker.verdicts)).decidable()
     newest = view.latest_checkpoint("router")
-    if newest is not None and newest.step >= schedule.router_target_steps and all_done(view.states):
+    if newest is not None and newest.step >= schedule.router_target_steps:
         return False
     lease = ClaimManager(d.node, router_lease_id(spec.run_id), 1, period=d.opts.period, on_lost=d.on_lost,
                          lane=d.index)
@@ -77,27 +79,14 @@ async def maybe_run_router(d: Lane, *, wait: bool) -> bool:
         await resume(d, trainer, "router", holds=lambda: lease.cluster is not None)
         if lease.cluster is None:
             return True
-        if all_done(view.states) and trainer.step >= schedule.router_target_steps:
+        if trainer.step >= schedule.router_target_steps:
             # our own newest checkpoint is at the target, only not accepted yet (the view lags it): nothing to
-            # train; False sends the role loop to a seed round, which verifies and waits a period
+            # train; False sends the role loop to a seed round, and verification goes on in its own loop
             return False
-        # while experts train, at least a step more; once they are done, nothing past the target
-        target = schedule.router_target_steps if all_done(view.states) else max(schedule.router_target_steps,
-                                                                               trainer.step + 1)
-        while (await d.train(trainer, "router", target, holds=lambda: lease.cluster is not None)
-               and not d.stopping.is_set() and lease.cluster is not None):
+        if await d.train(trainer, "router", schedule.router_target_steps, holds=lambda: lease.cluster is not None):
             report = await asyncio.to_thread(trainer.validation)
             event(log, "router validated on the held-out split", step=trainer.step, loss=round(report["loss"], 5),
                   accuracy=report["accuracy"], per_noise_level=report["per_noise_level"])
-            after = await read_run(d.node, spec.run_id, spec.num_clusters, rules=d.rules, local=d.checker.verdicts)
-            states = after.states
-            if after.failed:
-                continue  # a partial view decides nothing: train another interval and read again
-            if all_done(states):
-                break
-            if d.opts.role == "auto" and any(s in (ClusterState.FREE, ClusterState.OFFLINE) for s in states):
-                break  # an expert needs an owner more than the router needs more steps
-            target = trainer.step + schedule.checkpoint_every  # keep improving while experts train
     finally:
         await lease.release()
         d.set_role("seeder")
