@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from expert.pipeline import ParisPipeline, ParisPipelineOutput, assemble
-from expert.train import router_trainer_for_run, trainer_for_run
+from expert.pipeline import ParisPipeline, ParisPipelineOutput
 from protocol.errors import IntegrityError, ParisError
+from tests.ensembles import tiny_ensemble
 
 pytestmark = pytest.mark.slow  # trains two tiny experts and a router (about 15 s)
 
@@ -21,11 +21,7 @@ PROMPT = "a red circle moving left"
 @pytest.fixture(scope="module")
 def ensemble(tiny_run, tmp_path_factory):
     spec, _ = tiny_run
-    root = tmp_path_factory.mktemp("diffusers-ens")
-    for k in range(2):
-        trainer_for_run(spec, k).train(2, checkpoint_dir=root / f"expert{k}")
-    router_trainer_for_run(spec, cap=40).train(2, checkpoint_dir=root / "router")
-    return assemble([root / "expert0", root / "expert1"], root / "router", root / "ensemble")
+    return tiny_ensemble(spec, tmp_path_factory.mktemp("diffusers-ens"), steps=2, cap=40)[0]
 
 
 def test_diffusion_pipeline_from_pretrained_loads_the_folder(ensemble):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from expert.pipeline import ParisPipeline, assemble
-from expert.train import router_trainer_for_run, trainer_for_run
 from protocol.errors import IntegrityError, ParisError
+from tests.ensembles import tiny_ensemble
 
 pytestmark = pytest.mark.slow
 
@@ -18,15 +18,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def ensemble_dir(tiny_run, tmp_path_factory):
     spec, _ = tiny_run
-    root = tmp_path_factory.mktemp("ens")
-    for k in range(2):
-        trainer_for_run(spec, k).train(3, checkpoint_dir=root / f"expert{k}")
-    router = router_trainer_for_run(spec, cap=60)
-    router.train(3, checkpoint_dir=root / "router")
+    folder, router = tiny_ensemble(spec, tmp_path_factory.mktemp("ens"), steps=3, cap=60)
     report = router.evaluate(samples=32, bins=4)
     assert 0.0 <= report["accuracy"] <= 1.0 and len(report["per_noise_level"]) >= 2
-    assemble([root / "expert0", root / "expert1"], root / "router", root / "ensemble")
-    return root / "ensemble"
+    return folder
 
 
 def test_folder_layout(ensemble_dir):

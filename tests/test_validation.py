@@ -149,18 +149,25 @@ def test_check_content_tells_a_lying_record_from_a_bad_checkpoint(tiny_run, synt
     assert not other.ok and not other.content_ok and "cluster 0, not cluster 1" in other.reason
 
 
+def _interval(make, root, first: int = 2, then: int = 3):
+    """A trainer from `make` trained `first` steps (the parent checkpoint), then `then` more (the child)."""
+    trainer = make()
+    trainer.train(first)
+    parent, _ = trainer.checkpoint(root)
+    trainer.train(then)
+    child, meta = trainer.checkpoint(root)
+    return parent, child, meta
+
+
 def test_replay_is_bit_exact_for_honest_work_and_catches_a_forged_interval(tiny_run, synth_dir, tmp_path):
     from expert.verify import replay
 
     spec, _ = tiny_run
-    trainer = trainer_for_run(spec, 0, data_dir=synth_dir)
-    trainer.train(2)
-    parent, _ = trainer.checkpoint(tmp_path / "t")
-    trainer.train(3)
-    child, meta = trainer.checkpoint(tmp_path / "t")
 
     def make():
         return trainer_for_run(spec, 0, data_dir=synth_dir)
+
+    parent, child, meta = _interval(make, tmp_path / "t")
 
     honest = replay(make, parent, child, meta, tolerance=0.01)
     assert honest.ok and honest.exact and honest.rel_error == 0.0 and honest.steps == 3
@@ -195,14 +202,11 @@ def test_replay_covers_the_whole_state_a_consumer_uses(tiny_run, synth_dir, tmp_
     from expert.verify import replay
 
     spec, _ = tiny_run
-    trainer = trainer_for_run(spec, 0, data_dir=synth_dir)
-    trainer.train(2)
-    parent, _ = trainer.checkpoint(tmp_path / "t")
-    trainer.train(2)
-    child, meta = trainer.checkpoint(tmp_path / "t")
 
     def make():
         return trainer_for_run(spec, 0, data_dir=synth_dir)
+
+    parent, child, meta = _interval(make, tmp_path / "t", then=2)
 
     assert replay(make, parent, child, meta, tolerance=0.01).exact
     noise = {"ema": lambda ts: {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
@@ -242,14 +246,11 @@ def test_a_router_interval_replays_bit_for_bit_and_a_forged_one_does_not(tiny_ru
     from expert.verify import replay
 
     spec, _ = tiny_run
-    router = router_trainer_for_run(spec, data_dir=synth_dir, cap=32)
-    router.train(2)
-    parent, _ = router.checkpoint(tmp_path / "r")
-    router.train(3)
-    child, meta = router.checkpoint(tmp_path / "r")
 
     def make():
         return router_trainer_for_run(spec, data_dir=synth_dir, cap=32)
+
+    parent, child, meta = _interval(make, tmp_path / "r")
 
     honest = replay(make, parent, child, meta, tolerance=0.01)
     assert honest.ok and honest.exact and honest.steps == 3
