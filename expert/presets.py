@@ -96,3 +96,7 @@ def _preset(name: str, vae: Asset | None, text_model: str | None, text_weights: 
                               target_steps=200_000 if big else 100_000, checkpoint_every=2000, logit_normal_mean=1.0),
         )
     raise ParisError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+
+# Steps per expert of the built-in demo (`paris-node demo`, and the run `join` starts with no peers): the budget
+# at which benchmarks/demo_quality.py measures that the demo's videos show their prompt's colour and background.
+DEMO_STEPS = 3000

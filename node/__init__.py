@@ -6,18 +6,29 @@ The command line:
 - `cli_swarm` — the swarm commands: join (the daemon), doctor, status (the dashboard), fetch.
 - `cli_options` — typer options that both command modules take.
 - `config` — where each `join` option comes from: flag, `PARIS_*` variable, `HOME/config.toml`, default.
+- `join_config` — `join`'s options as one validated object, and the daemon options it makes (`--print-config`).
 - `console` — shared terminal output: one console, progress bars, one-line errors.
 - `doctor` — `paris-node doctor`: one pass / warn / fail line per check of what makes a node work.
 
-The daemon:
+The daemon (arrows: daemon → loops, role_loop → roles → lane, context; nothing points back at the daemon):
 
-- `daemon` — the daemon behind `join`: open or join a run, take a role, train and publish, shut down cleanly.
-- `lane` — one device of a daemon: the lease it holds, the training it drives, the role it plays now.
+- `daemon` — the daemon's lifecycle: start, build the context, start the loops and lanes, stop on a signal.
+- `options` — `DaemonOptions`: everything the daemon was asked to do, validated once.
+- `run_open` — the run a daemon works on: fetched and verified, or published (a run file, the demo run).
+- `context` — `NodeContext`: what the roles and loops share (node, store, run, checker, publisher, one read).
+- `loops` — the background loops: progress, member record, reconnects, record keeping, pointer, verification.
+- `gossip_link` — the daemon's link to its gossip worker: started, restarted, told our events, waking us.
+- `members` — where the run's members listen, kept past their records' TTL for reconnects.
+- `status` — a snapshot of every lane and the node's counters: what metrics and `node.json` read.
+- `lane` — one device of a daemon: the role it plays now, the cluster it holds, the training it drives.
 - `driver` — drives a trainer toward its target in a worker thread, checkpointing as it goes.
+- `role_loop` — which role each lane plays, chosen again whenever one ends.
 - `role_expert` — the expert role: hold a cluster's lease, resume or take over, train, publish, record DONE.
 - `role_router` — the router role: take the router's lease, fetch a stratified sample, train, publish.
-- `role_verifier` — the verifier role: check newly announced checkpoints, publish signed attestations.
+- `role_verifier` — the verifier: check the checkpoints assigned to this node, publish signed attestations.
 - `role_seeder` — the seeder role: keep the run's data, accepted checkpoints and outcome records alive.
+- `takeover` — where a trainer starts: the newest accepted checkpoint it checked itself, or its own.
+- `run_data` — what a slot trains on (cluster clips, the router's stratified sample), for trainers and replays.
 - `publisher` — the one place a node publishes checkpoints: store, announce, keep the right copies pinned.
 - `checker` — a node's own check of a checkpoint before it uses one (validation loss, optional replay).
 - `keeper` — this node's own long-lived records, kept alive while it runs.

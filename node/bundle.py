@@ -24,7 +24,7 @@ from protocol.canonical import canonical_json
 from protocol.data import MANIFEST_NAME, DataManifest
 from protocol.errors import IntegrityError, ParisError
 from protocol.run import RunSpec
-from protocol.swarm_records import RUN_ID_PATTERN, RunPointerBody, run_key
+from protocol.swarm_records import ROUTER, RUN_ID_PATTERN, RunPointerBody, run_key
 from protocol.swarm_run import SIGNATURE_FILE, SPEC_FILE, SWARM_FILE, ClusterData, Schedule, SwarmRunManifest
 from swarm.cas import ContentStore
 from swarm.dht import DHTReadError, RecordSet, SwarmNode
@@ -43,7 +43,7 @@ def checkpoint_limit(run: LocalRun, slot: str) -> int:
     from expert.train import run_router_preset
 
     spec = run.spec
-    preset = run_router_preset(spec) if slot == "router" else spec.preset
+    preset = run_router_preset(spec) if slot == ROUTER else spec.preset
     return checkpoint_bytes_bound(preset)
 
 

@@ -16,7 +16,7 @@ from expert.shards import ClipBatch
 from node.bundle import LocalRun, checkpoint_limit, fetch_cluster_clips
 from protocol.checkpoint import SAMPLING_FILES
 from protocol.errors import IntegrityError, ParisError
-from protocol.swarm_records import CheckpointBody
+from protocol.swarm_records import CheckpointBody, slot_cluster
 from swarm.acceptance import Vote, lineage_problem
 from swarm.cas import ContentStore
 from swarm.state import RunRules
@@ -34,10 +34,6 @@ class CheckResult:
     replayed: bool = False
     replay_exact: bool | None = None
     content_ok: bool = False  # the checkpoint itself is sound, whatever its record claimed about it
-
-
-def slot_cluster(slot: str) -> int | None:
-    return None if slot == "router" else int(slot.split("-")[1])
 
 
 class CheckpointChecker:

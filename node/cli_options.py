@@ -6,9 +6,7 @@ from typing import Annotated
 
 import typer
 
-# Steps per expert of the built-in demo (`paris-node demo`, and the run `join` starts with no peers): the budget
-# at which benchmarks/demo_quality.py measures that the demo's videos show their prompt's colour and background.
-DEMO_STEPS = 3000
+from expert.presets import DEMO_STEPS  # noqa: F401  (the default of --steps and --target-steps)
 
 
 def _router_mode(value: str | None) -> str | None:

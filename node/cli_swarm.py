@@ -15,6 +15,7 @@ import typer
 
 from node.cli_options import DEMO_STEPS, CheckpointingOpt, CompileOpt, RouterModeOpt
 from node.console import console, fail, out, progress
+from protocol.errors import ParisError
 
 PeersOpt = Annotated[list[str] | None, typer.Option(
     "--initial-peers", help="Multiaddr of a peer already in the swarm (repeat for several).")]
@@ -31,7 +32,7 @@ def _peers(initial_peers: list[str] | None, peers_file: Path | None, *, wait: fl
         peers += peers_from_file(peers_file, timeout=wait)
     for p in peers:
         if not p.startswith("/") or "/p2p/" not in p:
-            fail(f"--initial-peers {p!r}: expected a full multiaddr like /ip4/1.2.3.4/tcp/31337/p2p/Qm…")
+            raise ParisError(f"--initial-peers {p!r}: expected a full multiaddr like /ip4/1.2.3.4/tcp/31337/p2p/Qm…")
     return peers
 
 
@@ -45,16 +46,46 @@ def _client_node(peers: list[str], home: Path):
 
 
 def _print_config(values: dict, origin: dict, path: Path) -> None:
-    """`join --print-config`: one line per option (or a JSON object with --log-format json)."""
+    """`join --print-config`: one line per option and where it came from, then the options the daemon would run
+    on (or why it would refuse them); a JSON object with --log-format json."""
+    from node.join_config import JoinConfig
+
     shown = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
              for k, v in sorted(values.items()) if k != "print_config"}
+    try:
+        cfg = JoinConfig.of(values)
+        peers = list(cfg.initial_peers)
+        with contextlib.suppress(ParisError):  # a node.json that is not there yet: the flags' peers alone
+            peers = _peers(peers, cfg.initial_peers_file, wait=0.0)
+        daemon, refused = json.loads(cfg.daemon_options(peers).model_dump_json()), None
+    except ParisError as e:
+        daemon, refused = None, str(e)
     if values.get("log_format") == "json":
         out.print_json(json.dumps({"config_file": str(path), "options": {
-            k: {"value": v, "from": origin[k]} for k, v in shown.items()}}))
+            k: {"value": v, "from": origin[k]} for k, v in shown.items()}, "daemon": daemon, "refused": refused}))
         return
     out.print(f"# config file: {path}{'' if path.is_file() else ' (none)'}", highlight=False)
     for k, val in shown.items():
         out.print(f"{k.replace('_', '-'):22} {json.dumps(val):40} # {origin[k]}", highlight=False)
+    if refused:
+        out.print(f"# the daemon would refuse these options: {refused}", highlight=False)
+    else:
+        out.print("# the daemon runs on:", highlight=False)
+        out.print_json(json.dumps(daemon))
+
+
+def _check_devices(gpu: str, ddp: bool) -> None:
+    """A bad --gpu (or --ddp over one device) is said at once, before the daemon imports the model stack."""
+    from expert.device import resolve_device, resolve_devices  # torch alone
+    from protocol.swarm_records import MAX_LANES
+
+    several = "," in gpu or gpu.strip().lower() == "all"
+    devices = resolve_devices(gpu) if several else [resolve_device(gpu)]
+    if ddp:
+        if len(devices) < 2:
+            fail(f"--ddp needs two or more devices in --gpu (got {gpu!r}: e.g. --gpu 0,1, all or cpu,cpu)")
+    elif len(devices) > MAX_LANES:
+        fail(f"--gpu {gpu}: {len(devices)} devices, a node trains on at most {MAX_LANES} at once")
 
 
 def register(app: typer.Typer) -> None:
@@ -135,89 +166,21 @@ def register(app: typer.Typer) -> None:
         as a comma-separated list, …) or from HOME/config.toml (a [join] table: port = 31337); a flag beats
         the environment, which beats the file."""
         from node import config
-        from node.logs import LOG_FORMATS, LOG_LEVELS, setup_logging
-        from protocol.swarm_run import Schedule
+        from node.join_config import JoinConfig
+        from node.logs import LOG_LEVELS, setup_logging
 
         v, origin, config_path = config.load(ctx)
         if print_config:
             _print_config(v, origin, config_path)
             return
-        (gpu, run, role, host, port, gossip_port, announce_host, nat, relay, clusters, preset, target_steps, clips,
-         router_steps, checkpoint_every, checkpoint_minutes, attestations, replay_every, progress_intervals,
-         loss_tolerance, period, record_days, no_gossip, cache_gb, stop_when_done, cpu_threads, metrics_port,
-         metrics_host, log_format, log_level) = (v[k] for k in (
-            "gpu", "run", "role", "host", "port", "gossip_port", "announce_host", "nat", "relay", "clusters", "preset",
-            "target_steps", "clips", "router_steps", "checkpoint_every", "checkpoint_minutes", "attestations",
-            "replay_every", "progress_intervals", "loss_tolerance", "period", "record_days", "no_gossip",
-            "cache_gb", "stop_when_done", "cpu_threads", "metrics_port", "metrics_host", "log_format",
-            "log_level"))
-        home = Path(v["home"])
-        data = Path(v["data"]) if v["data"] else None
-        initial_peers_file = Path(v["initial_peers_file"]) if v["initial_peers_file"] else None
-        initial_peers = list(v["initial_peers"] or [])
-        allow_trainer = list(v["allow_trainer"] or [])
-        if log_level not in LOG_LEVELS:
-            fail(f"--log-level {log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
-
-        if role not in ("auto", "expert", "router", "verifier", "seeder"):
-            fail(f"--role {role!r}: expected auto, expert, router, verifier or seeder")
-        if log_format not in LOG_FORMATS:
-            fail(f"--log-format {log_format!r}: expected text or json")
-        from expert.presets import LATENT_PRESETS, PRESETS
-
-        if preset not in PRESETS:
-            fail(f"--preset {preset!r}: expected one of {', '.join(PRESETS)}")
-        if preset in LATENT_PRESETS:
-            fail(f"--preset {preset!r} trains through a VAE, which the demo run lacks: use `run init --vae DIR`, "
-                 "then `join --run FILE`")
-        import re
-
-        from protocol.swarm_records import _PEER_ID
-
-        for peer_id in allow_trainer or ():
-            if not re.match(_PEER_ID, peer_id):
-                fail(f"--allow-trainer {peer_id!r}: expected a peer id like Qm… (see `node.json` of that node)")
-        if gossip_port is None:
-            gossip_port = port + 1 if 0 < port < 65535 else 0
-        if announce_host and not gossip_port and not no_gossip:
-            fail("--announce-host needs a fixed gossip port too: give --port (gossip then uses --port + 1) "
-                 "or --gossip-port")
-        setup_logging(log_format, LOG_LEVELS[log_level])
-        peers = _peers(initial_peers, initial_peers_file)
-        if v["behind_nat"] and not peers:
-            fail("--behind-nat needs --initial-peers (or --initial-peers-file): their relays carry the connections")
-        from expert.device import resolve_device, resolve_devices  # torch alone: a bad --gpu is said at once
-        from protocol.swarm_records import MAX_LANES
-
-        several = "," in gpu or gpu.strip().lower() == "all"
-        devices = resolve_devices(gpu) if several else [resolve_device(gpu)]
-        if v["ddp"]:
-            if len(devices) < 2:
-                fail(f"--ddp needs two or more devices in --gpu (got {gpu!r}: e.g. --gpu 0,1, all or cpu,cpu)")
-        elif len(devices) > MAX_LANES:
-            fail(f"--gpu {gpu}: {len(devices)} devices, a node trains on at most {MAX_LANES} at once")
+        cfg = JoinConfig.of(v)  # a ParisError: one line (node.cli.main)
+        setup_logging(cfg.log_format, LOG_LEVELS[cfg.log_level])
+        peers = _peers(list(cfg.initial_peers), cfg.initial_peers_file)
+        opts = cfg.daemon_options(peers)
+        _check_devices(cfg.gpu, cfg.ddp)
         # after the checks above: the daemon imports the whole model stack (about ten seconds on a CPU)
-        from expert.efficiency import Efficiency
-        from node.daemon import Daemon, DaemonOptions, DemoOptions, network_config
+        from node.daemon import Daemon
 
-        opts = DaemonOptions(
-            home=home.expanduser(), gpu=gpu, ddp=v["ddp"], role=role, run=run, data=data,
-            network=network_config(initial_peers=peers, host=host, port=port, announce_host=announce_host,
-                                   nat_traversal=nat, use_relay=relay, behind_nat=v["behind_nat"]),
-            demo=DemoOptions(clusters=clusters, preset=preset, target_steps=target_steps, clips=clips),
-            checkpoint_every_from_preset=checkpoint_every is None,
-            schedule=Schedule(checkpoint_every=checkpoint_every or Schedule().checkpoint_every,
-                              checkpoint_minutes=checkpoint_minutes,
-                              router_target_steps=router_steps, attestations=attestations,
-                              replay_every=replay_every, loss_tolerance=loss_tolerance,
-                              progress_intervals=progress_intervals),
-            period=period, record_ttl=record_days * 86400.0, gossip=not no_gossip, gossip_host=host,
-            gossip_port=gossip_port, gossip_announce=announce_host,
-            cache_bytes=int(cache_gb * 2**30),
-            stop_when_done=stop_when_done, cpu_threads=cpu_threads, metrics_port=metrics_port,
-            efficiency=Efficiency(compile=v["compile"], grad_checkpointing=v["grad_checkpointing"]),
-            metrics_host=metrics_host,
-            trainers=tuple(allow_trainer) if allow_trainer else None)
         raise SystemExit(asyncio.run(Daemon(opts).run()))
 
     @app.command("doctor")

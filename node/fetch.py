@@ -16,7 +16,7 @@ from node.checker import CheckpointChecker
 from protocol.atomic import atomic_write_bytes
 from protocol.checkpoint import SAMPLING_FILES
 from protocol.errors import ParisError
-from protocol.swarm_records import CheckpointBody
+from protocol.swarm_records import ROUTER, CheckpointBody, expert_slot, slot_cluster
 from swarm.acceptance import known_facts
 from swarm.cas import ContentStore
 from swarm.dht import SwarmNode
@@ -30,19 +30,19 @@ SWARM_MANIFEST = "swarm_manifest.json"
 def plan(view: RunView, num_clusters: int, *, allow_partial: bool) -> dict[str, list[CheckpointBody]]:
     """What to fetch: for each expert and the router, its accepted checkpoints, newest first (a download falls
     back to the next when nobody serves the newest or it fails the local check). Names what is missing."""
-    slots = {f"expert-{k}": view.accepted_checkpoints(f"expert-{k}") for k in range(num_clusters)}
-    experts = {k: c for k in range(num_clusters) if (c := slots[f"expert-{k}"])}
-    router = view.accepted_checkpoints("router")
-    missing = [f"expert {k}{_why(view, f'expert-{k}')}" for k in range(num_clusters) if k not in experts]
+    slots = {expert_slot(k): view.accepted_checkpoints(expert_slot(k)) for k in range(num_clusters)}
+    experts = {k: c for k in range(num_clusters) if (c := slots[expert_slot(k)])}
+    router = view.accepted_checkpoints(ROUTER)
+    missing = [f"expert {k}{_why(view, expert_slot(k))}" for k in range(num_clusters) if k not in experts]
     if not router:
-        raise ParisError(f"no router checkpoint is accepted yet{_why(view, 'router')}: the ensemble cannot route"
+        raise ParisError(f"no router checkpoint is accepted yet{_why(view, ROUTER)}: the ensemble cannot route"
                          + (f" (also missing: {', '.join(missing)})" if missing else ""))
     if not experts:
         raise ParisError(f"no expert checkpoint is accepted yet ({', '.join(missing)})")
     if missing and not allow_partial:
         raise ParisError(f"missing {', '.join(missing)}: wait for them, or pass --allow-partial to assemble the "
                          f"{len(experts)} that exist")
-    return {slot: cands for slot, cands in {**slots, "router": router}.items() if cands}
+    return {slot: cands for slot, cands in {**slots, ROUTER: router}.items() if cands}
 
 
 def _why(view: RunView, slot: str) -> str:
@@ -110,19 +110,19 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, ou
     downloaded = store.fetched_bytes - before
     assets = spec_assets(run.spec)
     await fetch_assets(store, assets)
-    experts = {int(s.split("-")[1]): b for s, b in got.items() if s != "router"}
-    router = got["router"]
+    experts = {slot_cluster(s): b for s, b in got.items() if s != ROUTER}
+    router = got[ROUTER]
     clusters = sorted(experts)
     manifest = {
         "run_id": run_id,
         "num_clusters": num_clusters,
         "clusters": clusters,
         "missing": [k for k in range(num_clusters) if k not in experts],
-        "experts": [{"cluster": k, **_provenance(view, f"expert-{k}", experts[k], checked[f"expert-{k}"])}
+        "experts": [{"cluster": k, **_provenance(view, expert_slot(k), experts[k], checked[expert_slot(k)])}
                     for k in clusters],
-        "router": _provenance(view, "router", router, checked["router"]),
+        "router": _provenance(view, ROUTER, router, checked[ROUTER]),
     }
-    await asyncio.to_thread(assemble, [paths[f"expert-{k}"] for k in clusters], paths["router"], out,
+    await asyncio.to_thread(assemble, [paths[expert_slot(k)] for k in clusters], paths[ROUTER], out,
                             extra={"swarm": manifest}, clusters=clusters, router_mode=router_mode)
     atomic_write_bytes(Path(out) / SWARM_MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
     return {**manifest, "downloaded_bytes": downloaded, "checkpoint_bytes": sum(b.bytes for b in got.values()),

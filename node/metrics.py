@@ -1,24 +1,22 @@
 """Prometheus metrics of one daemon (`join --metrics-port P`): what an operator scrapes to see that a node
-trains, serves, verifies and talks to its swarm. Most values are read from the daemon's state at scrape time
-(a collector); the few that are events (checkpoint publications) are recorded as they happen."""
+trains, serves, verifies and talks to its swarm. Most values are read from the daemon's status snapshot at
+scrape time (a collector, node.status); the few that are events (checkpoint publications) are recorded as they
+happen."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import threading
-from collections import Counter as Tally
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from node.status import NodeStatus
 from protocol.errors import ParisError
-
-if TYPE_CHECKING:
-    from node.daemon import Daemon
 
 log = logging.getLogger("node.metrics")
 
@@ -47,8 +45,9 @@ class NodeMetrics:
             with self._lock:
                 self.val_loss[slot] = float(val_loss)
 
-    def watch(self, daemon: Daemon) -> None:
-        self.registry.register(DaemonCollector(daemon, self))
+    def watch(self, snapshot: Callable[[], NodeStatus]) -> None:
+        """Serve the status that `snapshot` returns at each scrape."""
+        self.registry.register(DaemonCollector(snapshot, self))
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint (a daemon thread); returns the bound port. One-line error if it is taken."""
@@ -69,34 +68,35 @@ class NodeMetrics:
 
 
 class DaemonCollector(Collector):
-    """Reads the daemon's state at each scrape (the event loop writes it; a scrape only reads)."""
+    """Reads the daemon's status snapshot (node.status) at each scrape: every lane, never the daemon itself."""
 
-    def __init__(self, daemon: Daemon, metrics: NodeMetrics) -> None:
-        self.d, self.m = daemon, metrics
+    def __init__(self, snapshot: Callable[[], NodeStatus], metrics: NodeMetrics) -> None:
+        self.snapshot, self.m = snapshot, metrics
 
     def collect(self):
-        d = self.d
+        st = self.snapshot()
         info = GaugeMetricFamily("paris_node_info", "This node (value 1)", labels=["peer_id", "run_id", "role"])
-        run_id = d.run_info.spec.run_id if d.run_info is not None else ""
-        info.add_metric([d.node.peer_id if d.node is not None else "", run_id, d.role], 1)
+        info.add_metric([st.peer_id, st.run_id, st.role], 1)
         yield info
-        cluster = GaugeMetricFamily("paris_cluster", "The cluster this node holds the lease of (-1: none)")
-        cluster.add_metric([], -1 if d.cluster is None else d.cluster)
+        cluster = GaugeMetricFamily("paris_cluster", "The cluster each lane (device) holds the lease of (-1: none)",
+                                    labels=["lane"])
+        for lane in st.lanes:
+            cluster.add_metric([str(lane.index)], -1 if lane.cluster is None else lane.cluster)
         yield cluster
 
-        step = GaugeMetricFamily("paris_training_step", "Training step of the slot this node trains", labels=["slot"])
+        step = GaugeMetricFamily("paris_training_step", "Training step of each slot this node trains", labels=["slot"])
         target = GaugeMetricFamily("paris_training_target_steps", "Target step of that slot", labels=["slot"])
         sps = GaugeMetricFamily("paris_training_samples_per_second", "Training throughput", labels=["slot"])
         loss = GaugeMetricFamily("paris_training_loss", "Training loss (EMA)", labels=["slot"])
-        driver, slot = d.driver, d.current_slot
-        if driver is not None and slot is not None and driver.latest is not None:
-            p = driver.latest
-            step.add_metric([slot], p.step)
-            target.add_metric([slot], driver.target)
-            if np.isfinite(p.samples_per_s):
-                sps.add_metric([slot], float(p.samples_per_s))
-            if p.loss_ema is not None and np.isfinite(p.loss_ema):
-                loss.add_metric([slot], float(p.loss_ema))
+        for lane in st.lanes:
+            if lane.slot is None or lane.step is None:
+                continue
+            step.add_metric([lane.slot], lane.step)
+            target.add_metric([lane.slot], lane.target)
+            if lane.samples_per_s is not None:
+                sps.add_metric([lane.slot], lane.samples_per_s)
+            if lane.loss is not None:
+                loss.add_metric([lane.slot], lane.loss)
         yield from (step, target, sps, loss)
         val = GaugeMetricFamily("paris_validation_loss", "Validation loss of this node's newest published "
                                 "checkpoint of the slot", labels=["slot"])
@@ -105,25 +105,21 @@ class DaemonCollector(Collector):
                 val.add_metric([s], v)
         yield val
 
-        if d.store is not None:
-            yield _counter("paris_content_served_bytes", "Bytes this node's content store sent to peers",
-                           d.store.served_bytes)
-            yield _counter("paris_content_fetched_bytes", "Chunk bytes this node fetched from peers",
-                           d.store.fetched_bytes)
+        yield _counter("paris_content_served_bytes", "Bytes this node's content store sent to peers",
+                       st.served_bytes)
+        yield _counter("paris_content_fetched_bytes", "Chunk bytes this node fetched from peers", st.fetched_bytes)
+        if st.store_bytes is not None:
             held = GaugeMetricFamily("paris_content_store_bytes", "Bytes held in the content store")
-            with contextlib.suppress(OSError):
-                held.add_metric([], d.store.total_bytes())
+            held.add_metric([], st.store_bytes)
             yield held
         peers = GaugeMetricFamily("paris_peers", "Members of the run seen in the newest read of its records")
-        peers.add_metric([], d.peers_seen)
+        peers.add_metric([], st.peers_seen)
         yield peers
 
         verdicts = CounterMetricFamily("paris_verifications", "Checkpoints this node attested, by verdict",
                                        labels=["verdict"])
-        attested = list(d.verifier.attested.values()) if d.verifier is not None else []
-        tally = Tally(a.verdict for a in attested)
         for verdict in ("accept", "reject"):
-            verdicts.add_metric([verdict], tally.get(verdict, 0))
+            verdicts.add_metric([verdict], st.verdicts.get(verdict, 0))
         yield verdicts
 
         g = self.m.gossip

@@ -25,17 +25,26 @@ from dataclasses import dataclass, field, replace
 
 from hivemind.utils.timed_storage import get_dht_time
 
-from node.checker import CheckpointChecker, slot_cluster
+from node.checker import CheckpointChecker
+from node.context import NodeContext
 from node.keeper import OwnRecords
 from node.logs import event
-from node.role_seeder import slots
+from node.run_data import slot_training_data
 from protocol.errors import ParisError
-from protocol.swarm_records import AttestationBody, CheckpointBody, claimant_peer, run_key
+from protocol.swarm_records import (
+    AttestationBody,
+    CheckpointBody,
+    claimant_peer,
+    expert_slot,
+    run_key,
+    run_slots,
+    slot_cluster,
+)
 from protocol.swarm_run import Schedule
 from swarm.acceptance import known_facts
 from swarm.dht import SwarmNode
 from swarm.state import RunView, publish_attestation
-from swarm.verify_plan import VerifyPlan
+from swarm.verify_plan import VerifyPlan, verifier_secret
 
 log = logging.getLogger("node.verifier")
 
@@ -185,8 +194,8 @@ class Verifier:
             # still win a cluster nobody else holds; it must not make its writer a leaseholder
             if (lease.incumbent and view.owners.get(lease.cluster) == lease.peer_id
                     and dht_now - lease.ts <= self.renewed_within):
-                self.holders.setdefault(f"expert-{lease.cluster}", {})[claimant_peer(lease.peer_id)] = now
-                self.watching.setdefault(f"expert-{lease.cluster}", now)
+                self.holders.setdefault(expert_slot(lease.cluster), {})[claimant_peer(lease.peer_id)] = now
+                self.watching.setdefault(expert_slot(lease.cluster), now)
         for _, c in view.checkpoints:  # when each record first reached this node (the trainer's ts is its own)
             self.first_seen.setdefault(c.cid, now)
 
@@ -201,7 +210,7 @@ class Verifier:
         self.observe(view)
         self._last_view = view
         now = time.monotonic()
-        for slot in slots(self.num_clusters):
+        for slot in run_slots(self.num_clusters):
             trainers = {c.cid: peer for peer, c in view.checkpoints if c.slot == slot and not c.replica}
             cluster = slot_cluster(slot)
             owner = view.owners.get(cluster) if cluster is not None else None
@@ -282,3 +291,15 @@ class Verifier:
                                parent=result.parent if found else body.parent, val_loss=result.val_loss,
                                verdict="accept" if good else "reject", reason="" if good else result.reason[:300],
                                replayed=replayed, replay_exact=exact, ts=get_dht_time())
+
+
+def make_verifier(ctx: NodeContext) -> Verifier:
+    """This node's verifier of the run: its keyed plan (swarm.verify_plan), the run's schedule, the context's
+    checker and record keeper, and the clips a replay trains on (node.run_data)."""
+    schedule = ctx.schedule
+    plan = VerifyPlan(verifier_secret(ctx.node.identity.private_key_der()),
+                      wanted=max(schedule.attestations, 1) + MARGIN, replay_every=schedule.replay_every,
+                      patience=3 * ctx.period)
+    return Verifier(ctx.node, ctx.checker, schedule, ctx.spec.run_id, ctx.spec.num_clusters, plan, ctx.keeper,
+                    period=ctx.period, lease_window=max(60.0, 6 * ctx.period), stopping=ctx.stopping,
+                    training_data=lambda slot: slot_training_data(ctx.store, ctx.run, slot))

@@ -9,7 +9,7 @@ import time
 from hivemind.utils.timed_storage import get_dht_time
 from pydantic import BaseModel
 
-from protocol.swarm_records import ClusterState, MemberBody
+from protocol.swarm_records import ROUTER, ClusterState, MemberBody, expert_slot, run_slots
 from protocol.swarm_run import router_lease_id
 from swarm.acceptance import credited_steps
 from swarm.cas import ContentStore
@@ -85,10 +85,10 @@ async def gather_status(node: SwarmNode, run_id: str, *, spec=None, schedule=Non
     view, router_view = await asyncio.gather(read_run(node, run_id, k, rules=rules),
                                              read_run(node, router_lease_id(run_id), 1))
     now = get_dht_time()
-    slots = [_slot_row(view, f"expert-{c}", c, view.states[c].value if c < len(view.states) else "free",
+    slots = [_slot_row(view, expert_slot(c), c, view.states[c].value if c < len(view.states) else "free",
                        view.owners.get(c), now) for c in range(view.num_clusters)]
     router_state = router_view.states[0].value if router_view.states else "free"
-    slots.append(_slot_row(view, "router", None, router_state, router_view.owners.get(0), now))
+    slots.append(_slot_row(view, ROUTER, None, router_state, router_view.owners.get(0), now))
     target = spec.preset.train.target_steps if spec is not None else None
     rtarget = schedule.router_target_steps if schedule is not None else None
     per_step = spec.preset.train.batch_size * spec.preset.train.grad_accum if spec is not None else None
@@ -104,7 +104,7 @@ async def gather_status(node: SwarmNode, run_id: str, *, spec=None, schedule=Non
             row.providers = len(peers)
     credit: dict[str, tuple[int, int]] = {}
     if view.rules is not None:
-        for slot in [*(f"expert-{c}" for c in range(view.num_clusters)), "router"]:
+        for slot in run_slots(view.num_clusters):
             for peer, (steps, n) in credited_steps(view.judged(slot)).items():
                 had = credit.get(peer, (0, 0))
                 credit[peer] = (had[0] + steps, had[1] + n)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from protocol.canonical import canonical_json, sha256_hex
 from protocol.data import Frozen
-from protocol.errors import IntegrityError
+from protocol.errors import IntegrityError, ParisError
 
 PROTOCOL_VERSION = 2  # 2: archivable records carry their writer's statement signature (`Envelope.sig`)
 MAX_RECORD_BYTES = 4 * 1024
@@ -138,6 +138,27 @@ class ProgressBody(Frozen):
 
 
 Slot = Annotated[str, Field(pattern=r"^(expert-[0-9]{1,4}|router)$")]
+ROUTER = "router"  # the router's slot; expert k's is expert_slot(k)
+
+
+def expert_slot(cluster: int) -> str:
+    """The slot that trains cluster `cluster`'s expert (the one place its name is built)."""
+    return f"expert-{cluster}"
+
+
+def slot_cluster(slot: str) -> int | None:
+    """The cluster a slot trains (None for the router); a malformed slot name is a ParisError."""
+    if slot == ROUTER:
+        return None
+    head, _, k = slot.partition("-")
+    if head != "expert" or not k.isdigit():
+        raise ParisError(f"{slot!r} is not a slot (expert-K or router)")
+    return int(k)
+
+
+def run_slots(num_clusters: int) -> list[str]:
+    """Every slot of a run: its experts in cluster order, then the router."""
+    return [expert_slot(k) for k in range(num_clusters)] + [ROUTER]
 
 
 class CheckpointBody(Frozen):

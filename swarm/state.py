@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from hivemind.utils.timed_storage import get_dht_time
 
 from protocol.swarm_records import (
+    ROUTER,
     RUNS_KEY,
     AttestationBody,
     CheckpointBody,
@@ -23,6 +24,7 @@ from protocol.swarm_records import (
     RunPointerBody,
     claimant,
     claimant_peer,
+    expert_slot,
     run_key,
 )
 from protocol.swarm_run import Schedule
@@ -60,13 +62,13 @@ class RunRules:
                    router_slack=schedule.router_loss_slack * math.log(max(spec.num_clusters, 2)))
 
     def for_slot(self, slot: str) -> Policy:
-        policy = (replace(self.policy, loss_slack=self.router_slack, bound_to_best=False) if slot == "router"
+        policy = (replace(self.policy, loss_slack=self.router_slack, bound_to_best=False) if slot == ROUTER
                   else self.policy)
         init = dict(self.init_losses).get(slot)
         return policy if init is None else replace(policy, init_loss=init)
 
     def target(self, slot: str) -> int:
-        return self.router_target if slot == "router" else self.expert_target
+        return self.router_target if slot == ROUTER else self.expert_target
 
     def with_init_loss(self, slot: str, loss: float) -> RunRules:
         return replace(self, init_losses=tuple(sorted({**dict(self.init_losses), slot: loss}.items())))
@@ -213,7 +215,7 @@ def verified_state(view: RunView, local: dict[str, Vote] | None = None) -> Verif
     assert view.rules is not None
     reach, activity = {}, {}
     for k in range(view.num_clusters):
-        slot = f"expert-{k}"
+        slot = expert_slot(k)
         judged = judge(view.slot_claims(slot), view.slot_votes(slot), view.rules.for_slot(slot), local)
         reach[k] = reached(judged, view.rules.target(slot))
         for j in judged:

@@ -243,7 +243,7 @@ def test_metrics_then_sighup_mid_training_publishes_a_final_checkpoint_and_relea
     assert samples[("paris_checkpoint_published_bytes_total", (("slot", slot),))] >= published["bytes"]
     val_losses = [e["val_loss"] for e in solo.events() if e.get("msg") == published["msg"]]
     assert min(abs(samples[("paris_validation_loss", (("slot", slot),))] - v) for v in val_losses) < 1e-5
-    assert samples[("paris_cluster", ())] == int(slot.split("-")[1])
+    assert samples[("paris_cluster", (("lane", "0"),))] == int(slot.split("-")[1])
     assert samples[("paris_content_store_bytes", ())] > 0
     info = next(dict(labels) for (name, labels) in samples if name == "paris_node_info")
     assert info["role"] == "expert" and info["run_id"] and info["peer_id"]

@@ -1,5 +1,6 @@
-"""The metrics endpoint (node.metrics) on a stand-in daemon: every family parses with prometheus_client's own
-parser, values follow the daemon's state at scrape time, and a taken port is a one-line error."""
+"""The metrics endpoint (node.metrics) on a status snapshot (node.status) of every lane: every family parses with
+prometheus_client's own parser, values follow the snapshot at scrape time, and a taken port is a one-line
+error."""
 
 from __future__ import annotations
 
@@ -10,21 +11,21 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from node.lane import Lane
 from node.metrics import NodeMetrics
+from node.status import LaneStatus, NodeStatus, lane_status
 from protocol.errors import ParisError
 
 
-def _daemon(**kw):
-    latest = SimpleNamespace(step=40, samples_per_s=12.5, loss_ema=0.25)
-    base = dict(
-        node=SimpleNamespace(peer_id="QmPeer"), run_info=SimpleNamespace(spec=SimpleNamespace(run_id="run-x")),
-        role="expert", cluster=2, driver=SimpleNamespace(latest=latest, target=100), current_slot="expert-2",
-        store=SimpleNamespace(served_bytes=1000, fetched_bytes=2000, total_bytes=lambda: 5000), peers_seen=3,
-        verifier=SimpleNamespace(attested={"a": SimpleNamespace(verdict="accept"),
-                                           "b": SimpleNamespace(verdict="accept"),
-                                           "c": SimpleNamespace(verdict="reject")}))
+def _status(**kw) -> NodeStatus:
+    """Two lanes: lane 0 trains expert-2, lane 1 trains the router (`join --gpu cpu,cpu`)."""
+    lanes = (LaneStatus(index=0, device="cpu", role="expert", cluster=2, slot="expert-2", step=40, target=100,
+                        samples_per_s=12.5, loss=0.25),
+             LaneStatus(index=1, device="cpu", role="router", slot="router", step=7, target=50, samples_per_s=3.0))
+    base = dict(peer_id="QmPeer", run_id="run-x", lanes=lanes, served_bytes=1000, fetched_bytes=2000,
+                store_bytes=5000, peers_seen=3, verdicts={"accept": 2, "reject": 1})
     base.update(kw)
-    return SimpleNamespace(**base)
+    return NodeStatus(**base)
 
 
 def _scrape(port: int) -> dict:
@@ -36,8 +37,8 @@ def _scrape(port: int) -> dict:
 
 def test_metrics_follow_the_daemon_and_parse():
     m = NodeMetrics()
-    d = _daemon()
-    m.watch(d)
+    status = {"now": _status()}
+    m.watch(lambda: status["now"])
     port = m.serve("127.0.0.1", 0)
     try:
         m.observe_publish("expert-2", 0.3, 4096, 1.25)
@@ -56,12 +57,16 @@ def test_metrics_follow_the_daemon_and_parse():
         assert got[("paris_verifications_total", (("verdict", "reject"),))] == 1
         assert got[("paris_gossip_messages_total", (("direction", "in"),))] == 10
         assert got[("paris_gossip_dropped_total", (("reason", "bad_signature"),))] == 2
-        assert got[("paris_cluster", ())] == 2
-        assert got[("paris_node_info", (("peer_id", "QmPeer"), ("role", "expert"), ("run_id", "run-x")))] == 1
+        assert got[("paris_cluster", (("lane", "0"),))] == 2 and got[("paris_cluster", (("lane", "1"),))] == -1
+        # every lane's training shows, not only the first device's
+        router = (("slot", "router"),)
+        assert got[("paris_training_step", router)] == 7 and got[("paris_training_target_steps", router)] == 50
+        assert ("paris_training_loss", router) not in got  # no loss yet: no sample, rather than a made-up one
+        assert got[("paris_node_info", (("peer_id", "QmPeer"), ("role", "expert,router"), ("run_id", "run-x")))] == 1
         # a node that trains nothing (a verifier between rounds, or still fetching its run) still answers
-        d.driver, d.current_slot, d.cluster, d.role, d.run_info = None, None, None, "verifier", None
+        status["now"] = _status(run_id="", lanes=(LaneStatus(index=0, device="cpu", role="verifier"),))
         got = _scrape(port)
-        assert got[("paris_cluster", ())] == -1 and not any(k[0] == "paris_training_step" for k in got)
+        assert got[("paris_cluster", (("lane", "0"),))] == -1 and not any(k[0] == "paris_training_step" for k in got)
         assert got[("paris_validation_loss", slot)] == 1.25  # our newest publication stays visible
     finally:
         m.close()
@@ -84,7 +89,7 @@ def test_the_grafana_dashboard_reads_only_metrics_we_export():
     dash = json.loads((Path(__file__).resolve().parents[1] / "docker" / "grafana-dashboard.json").read_text())
     queried = {name for p in dash["panels"] for t in p["targets"] for name in re.findall(r"paris_\w+", t["expr"])}
     m = NodeMetrics()
-    m.watch(_daemon())
+    m.watch(_status)
     m.observe_publish("expert-2", 0.3, 4096, 1.25)
     m.gossip = {"peers": 4, "delivered": 10, "published": 7, "dropped": {"x": 1}}
     port = m.serve("127.0.0.1", 0)
@@ -93,3 +98,13 @@ def test_the_grafana_dashboard_reads_only_metrics_we_export():
     finally:
         m.close()
     assert queried and queried <= exported, queried - exported
+
+
+def test_a_lanes_status_is_what_its_driver_reports():
+    lane = Lane(None, 1, "cpu")  # type: ignore[arg-type]  (the status reads only the lane's own state)
+    assert lane_status(lane) == LaneStatus(index=1, device="cpu", role="starting")
+    lane.role, lane.cluster, lane._slot = "expert", 4, "expert-4"
+    lane.driver = SimpleNamespace(latest=SimpleNamespace(step=9, samples_per_s=float("nan"), loss_ema=0.5),
+                                  target=20)
+    assert lane_status(lane) == LaneStatus(index=1, device="cpu", role="expert", cluster=4, slot="expert-4", step=9,
+                                           target=20, samples_per_s=None, loss=0.5)

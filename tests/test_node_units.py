@@ -225,7 +225,7 @@ def test_log_formats():
 
 
 def test_network_flags():
-    from node.daemon import network_config
+    from node.options import network_config
 
     cfg = network_config(initial_peers=[], host="0.0.0.0", port=31337, announce_host="203.0.113.5",
                          nat_traversal=False, use_relay=False)
