@@ -224,13 +224,18 @@ def register(app: typer.Typer) -> None:
         run: RunOpt = None,
         once: Annotated[bool, typer.Option("--once", help="Draw one frame and exit.")] = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print the state as JSON and exit.")] = False,
+        watch: Annotated[bool, typer.Option("--watch", help=(
+            "With --json: one JSON object per line every --interval seconds, until interrupted (a script that "
+            "follows a run keeps one DHT client instead of starting one per look)."))] = False,
         interval: Annotated[float, typer.Option(min=0.5, help="Seconds between refreshes.")] = 2.0,
         no_gossip: Annotated[bool, typer.Option("--no-gossip", help="No live event feed.")] = False,
     ) -> None:
         """A live dashboard of a swarm, from any machine that knows one peer (client mode, holds no data)."""
+        if watch and not json_out:
+            fail("--watch streams JSON: give --json too (the dashboard itself refreshes every --interval)")
         peers = _peers(initial_peers, initial_peers_file)
         with tempfile.TemporaryDirectory(prefix="paris-status-") as tmp:
-            asyncio.run(_status(peers, Path(tmp), run, once=once or json_out, json_out=json_out,
+            asyncio.run(_status(peers, Path(tmp), run, once=(once or json_out) and not watch, json_out=json_out,
                                 interval=interval, gossip=not (no_gossip or once or json_out)))
 
     @app.command("fetch")
@@ -274,17 +279,36 @@ async def _status(peers: list[str], home: Path, run: str | None, *, once: bool, 
     try:
         await store.start()
         run_id = await resolve_run_id(node, run)
-        spec = schedule = trainers = None
-        with contextlib.suppress(Exception):  # the dashboard works from DHT records alone if the bundle is slow
-            local = await asyncio.wait_for(fetch_run(node, store, run_id, timeout=10), 30)
-            spec, schedule, trainers = local.spec, local.manifest.schedule, local.manifest.trainers
+        local = None
+
+        async def bundle():  # the dashboard works from DHT records alone while the bundle is slow to come
+            nonlocal local
+            if local is None:
+                with contextlib.suppress(Exception):
+                    local = await asyncio.wait_for(fetch_run(node, store, run_id, timeout=10), 30)
+            return (None, None, None) if local is None else (local.spec, local.manifest.schedule,
+                                                              local.manifest.trainers)
+
+        spec, schedule, trainers = await bundle()
         if gossip:
             client = await _watch_gossip(node, run_id, events)
         st = history.apply(await gather_status(node, run_id, spec=spec, schedule=schedule, events=events,
                                                store=store, trainers=trainers))
-        if json_out:
+        if json_out and once:
             out.print_json(st.model_dump_json())
             return
+        if json_out:  # --watch: JSON lines until interrupted; a frame that fails says why and the next one retries
+            print(st.model_dump_json(), flush=True)
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    spec, schedule, trainers = await bundle()
+                    st = history.apply(await gather_status(node, run_id, spec=spec, schedule=schedule,
+                                                           events=events, store=store, trainers=trainers))
+                except ParisError as e:
+                    print(json.dumps({"error": str(e)}), flush=True)
+                    continue
+                print(st.model_dump_json(), flush=True)
         if once:
             out.print(render(st))
             return

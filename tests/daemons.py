@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -81,20 +83,79 @@ def status(peers_file: Path) -> dict:
     return json.loads(r.stdout)
 
 
+def slots(st: dict) -> dict[str, dict]:
+    """A status's slot rows by slot name."""
+    return {s["slot"]: s for s in st["slots"]}
+
+
+class StatusWatch:
+    """One `paris-node status --json --watch` process for a whole wait: one DHT client that reads the run every
+    `interval` seconds, instead of a process (imports, p2pd, bootstrap) per look, which took a core from the
+    daemons under test. Its JSON lines are read in a thread."""
+
+    def __init__(self, peers_file: Path, interval: float = 1.0) -> None:
+        self.proc = subprocess.Popen([*CLI, "status", "--initial-peers-file", str(peers_file), "--json", "--watch",
+                                      "--interval", str(interval)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.error = ""
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def next(self, timeout: float) -> dict | None:
+        """The next status (None if none came within `timeout` s, or the line was a frame's error)."""
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        with contextlib.suppress(ValueError):
+            got = json.loads(line)
+            if "error" in got and "slots" not in got:
+                self.error = got["error"]
+                return None
+            return got
+        return None
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        if self.proc.stderr is not None:
+            self.error = self.error or self.proc.stderr.read()[-2000:]
+            self.proc.stderr.close()
+
+
 def wait_status(peers_file: Path, pred, timeout: float, what: str, *, watch: tuple[Daemon, ...] = ()) -> dict:
-    """Poll `status --json` until `pred(status)`; fails with the last status (and a dead daemon's log tail)."""
+    """Follow `status --json --watch` until `pred(status)`; fails with the last status (and a dead daemon's log
+    tail). A watcher that exits (the run not announced yet, say) is started again after a second."""
     deadline = time.monotonic() + timeout
     st: dict = {}
-    while time.monotonic() < deadline:
-        for d in watch:
-            if d.proc.poll() is not None:
-                tail = "\n".join(d.log.read_text(errors="replace").splitlines()[-25:])
-                raise AssertionError(f"{d.home.name} exited ({d.proc.returncode}) while waiting for {what}:\n{tail}")
-        st = status(peers_file)
-        if pred(st):
-            return st
-        time.sleep(2)
-    raise AssertionError(f"{what}: status never showed it in {timeout}s; last: {json.dumps(st)[:3000]}")
+    w = StatusWatch(peers_file)
+    try:
+        while time.monotonic() < deadline:
+            for d in watch:
+                if d.proc.poll() is not None:
+                    tail = "\n".join(d.log.read_text(errors="replace").splitlines()[-25:])
+                    raise AssertionError(f"{d.home.name} exited ({d.proc.returncode}) while waiting for {what}:\n"
+                                         f"{tail}")
+            if w.proc.poll() is not None and w.lines.empty():
+                w.close()
+                time.sleep(1)
+                w = StatusWatch(peers_file)
+                continue
+            got = w.next(timeout=1.0)
+            if got is not None:
+                st = got
+                if pred(st):
+                    return st
+    finally:
+        w.close()
+    raise AssertionError(f"{what}: status never showed it in {timeout}s; last: {json.dumps(st)[:3000]}"
+                         + (f"; status said: {w.error[-500:]}" if w.error else ""))
 
 
 def run_finished(st: dict) -> bool:

@@ -14,7 +14,6 @@ import os
 import pty
 import select
 import signal
-import subprocess
 import tempfile
 import time
 import urllib.request
@@ -26,7 +25,7 @@ from protocol.swarm_records import run_key
 from swarm.archive import ARCHIVED_KEYS
 from swarm.dht import NetworkConfig, SwarmNode
 from swarm.identity import peer_id_of_public_key
-from tests.daemons import CLI, ENV, ROOT, Daemon
+from tests.daemons import CLI, ENV, ROOT, Daemon, cli, slots, status, wait_status
 
 pytestmark = pytest.mark.slow
 
@@ -40,14 +39,6 @@ def common(target: int = TARGET) -> list[str]:
             "--record-days", str(RECORD_TTL / 86400), "--log-format", "json"]
 
 
-def _cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
-
-
-def _status(boot_home: Path) -> dict:
-    r = _cli("status", "--initial-peers-file", str(boot_home / "node.json"), "--json")
-    assert r.returncode == 0, r.stderr[-2000:]
-    return json.loads(r.stdout)
 
 
 def _read_records(peers_file: str, run_id: str) -> dict[str, dict[str, int]]:
@@ -74,19 +65,6 @@ def _read_records(peers_file: str, run_id: str) -> dict[str, dict[str, int]]:
             node.shutdown()
 
 
-def _slots(st: dict) -> dict[str, dict]:
-    return {s["slot"]: s for s in st["slots"]}
-
-
-def _wait_status(boot_home: Path, pred, timeout: float, what: str) -> dict:
-    deadline = time.monotonic() + timeout
-    st: dict = {}
-    while time.monotonic() < deadline:
-        st = _status(boot_home)
-        if pred(st):
-            return st
-        time.sleep(2)
-    raise AssertionError(f"{what}: status never showed it in {timeout}s; last: {json.dumps(st)[:3000]}")
 
 
 @pytest.fixture(scope="module")
@@ -122,9 +100,9 @@ def test_three_daemons_train_take_over_seed_and_fetch(swarm):
     victim_cluster = claimed["cluster"]
     slot = f"expert-{victim_cluster}"
     peer_ids = {json.loads((root / n / "node.json").read_text())["peer_id"] for n in ("w1", "w2")}
-    st = _wait_status(root / "boot", lambda s: all(_slots(s)[f"expert-{k}"]["state"] == "training"
+    st = wait_status(root / "boot", lambda s: all(slots(s)[f"expert-{k}"]["state"] == "training"
                                                    for k in range(2)), 120, "two clusters training")
-    assert {_slots(st)[f"expert-{k}"]["owner"] for k in range(2)} == peer_ids
+    assert {slots(st)[f"expert-{k}"]["owner"] for k in range(2)} == peer_ids
     assert st["run_id"] == info["run_id"] and st["num_clusters"] == 2
 
     # kill -9 the owner of one cluster once the seeder holds a copy of one of its checkpoints
@@ -134,7 +112,7 @@ def test_three_daemons_train_take_over_seed_and_fetch(swarm):
     last = max(w1.published(slot))
     # the swarm knows the newest checkpoint (verified or not), or the one before: the victim logs a publication
     # once one DHT node stored its record, and that node may have been its own, which died with it
-    st = _wait_status(root / "boot", lambda s: _slots(s)[slot]["claimed_step"] >= last - EVERY, 60,
+    st = wait_status(root / "boot", lambda s: slots(s)[slot]["claimed_step"] >= last - EVERY, 60,
                       "the swarm knows the victim's newest checkpoints")
 
     # w2 (after its own cluster, or the router) takes the orphaned cluster over from the newest checkpoint a
@@ -149,14 +127,14 @@ def test_three_daemons_train_take_over_seed_and_fetch(swarm):
     # not asserted against `last`: how far the copies lag behind what the victim published is the machine's
     # speed (CI once killed it at 60 with copies to 30); what a live peer held is the bound that matters
     assert took["step"] >= min(last, 2 * EVERY) - EVERY, f"resumed at {took['step']}, last published was {last}"
-    st = _wait_status(root / "boot", lambda s: all(_slots(s)[f"expert-{k}"]["state"] == "done" for k in range(2))
-                      and (_slots(s)["router"]["checkpoint_step"] or 0) >= ROUTER, 600, "experts and router done")
+    st = wait_status(root / "boot", lambda s: all(slots(s)[f"expert-{k}"]["state"] == "done" for k in range(2))
+                      and (slots(s)["router"]["checkpoint_step"] or 0) >= ROUTER, 600, "experts and router done")
     for k in range(2):
-        assert _slots(st)[f"expert-{k}"]["checkpoint_step"] == TARGET
+        assert slots(st)[f"expert-{k}"]["checkpoint_step"] == TARGET
     # the seeder replicated every newest checkpoint: each is held by its trainer and by the seeder
     seeder.wait_for(lambda e: e.get("msg") == "replicated router checkpoint" and e["step"] >= ROUTER, 120,
                     "seeder replicates the router")
-    st = _status(root / "boot")
+    st = status(root / "boot")
     assert all(s["providers"] >= 2 for s in st["slots"]), st["slots"]
     assert not [e for e in seeder.events() if e.get("msg") == "role: expert"]
 
@@ -186,15 +164,15 @@ def test_three_daemons_train_take_over_seed_and_fetch(swarm):
     # keeps its own attestations alive itself)
     assert records["checkpoints"]["live"] == 0 and records["done"]["live"] == 0, records
     assert enough(records), records
-    st = _status(root / "boot")
-    assert all(_slots(st)[f"expert-{k}"]["state"] == "done" for k in range(2)), st["slots"]
+    st = status(root / "boot")
+    assert all(slots(st)[f"expert-{k}"]["state"] == "done" for k in range(2)), st["slots"]
     w3 = start("w3", *common(), "--initial-peers-file", peers_file)
     w3.wait_for(lambda e: e.get("msg") == "role: verifier", 180, "the newcomer finds nothing to train")
     assert not [e for e in w3.events() if e.get("msg") in ("role: expert", "role: router")]
 
     # fetch assembles the diffusers-style folder, and it samples
     out = root / "ensemble"
-    r = _cli("fetch", "--initial-peers-file", peers_file, "--out", str(out), "--router-mode", "caption", "--json",
+    r = cli("fetch", "--initial-peers-file", peers_file, "--out", str(out), "--router-mode", "caption", "--json",
              timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     manifest = json.loads(r.stdout)
@@ -247,7 +225,7 @@ def test_metrics_then_sighup_mid_training_publishes_a_final_checkpoint_and_relea
     assert samples[("paris_content_store_bytes", ())] > 0
     info = next(dict(labels) for (name, labels) in samples if name == "paris_node_info")
     assert info["role"] == "expert" and info["run_id"] and info["peer_id"]
-    st_before = _status(root / "solo")
+    st_before = status(root / "solo")
     training = [s for s in st_before["slots"] if s["state"] == "training"]
     assert len(training) == 1
     t0 = time.monotonic()

@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from tests.test_daemon_e2e import ENV, ROOT, Daemon, _cli, _slots, _status, _wait_status
+from tests.daemons import ENV, ROOT, Daemon, cli, slots, status, wait_status
 
 pytestmark = pytest.mark.slow
 
@@ -114,10 +114,10 @@ def test_a_hostile_peer_cannot_poison_the_ensemble_or_stop_a_cluster(swarm):
     leased = evil.act("lease")["cluster"]
 
     # the honest swarm trains every cluster to its target, the leased one included, and the router
-    st = _wait_status(root / "boot", lambda s: all(_slots(s)[f"expert-{k}"]["state"] == "done" for k in range(3))
-                      and (_slots(s)["router"]["verified_step"] or 0) >= ROUTER, 900, "every cluster done")
+    st = wait_status(root / "boot", lambda s: all(slots(s)[f"expert-{k}"]["state"] == "done" for k in range(3))
+                      and (slots(s)["router"]["verified_step"] or 0) >= ROUTER, 900, "every cluster done")
     for k in range(3):
-        row = _slots(st)[f"expert-{k}"]
+        row = slots(st)[f"expert-{k}"]
         assert row["verified_step"] >= TARGET, row
         assert row["claimed_step"] == 10**6 or k != 0, row  # the lie is visible, and not believed
         if k == 0:
@@ -134,7 +134,7 @@ def test_a_hostile_peer_cannot_poison_the_ensemble_or_stop_a_cluster(swarm):
     honest = {e["cid"] for w in (w1, w2, boot) for e in w.events() if e.get("msg", "").startswith("published ")}
     honest.add(evil.act("lease")["cid"])  # the attacker's one honest interval is honest work
     out = root / "ensemble"
-    r = _cli("fetch", "--initial-peers-file", str(peers_file), "--out", str(out), "--json", timeout=300)
+    r = cli("fetch", "--initial-peers-file", str(peers_file), "--out", str(out), "--json", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     manifest = json.loads(r.stdout)
     assert manifest["clusters"] == [0, 1, 2]
@@ -143,7 +143,7 @@ def test_a_hostile_peer_cannot_poison_the_ensemble_or_stop_a_cluster(swarm):
         assert e["val_loss"] is not None and any(a["verdict"] == "accept" for a in e["attestations"]), e
     assert manifest["router"]["cid"] in honest
     assert (out / "swarm_manifest.json").is_file()
-    st = _status(root / "boot")
+    st = status(root / "boot")
     assert all(s["state"] == "done" for s in st["slots"][:3]), st["slots"]
     # the ~150 GiB manifest made no honest store grow: each holds the run's data and a few tiny checkpoints
     for name in ("boot", "w1", "w2"):
@@ -166,9 +166,9 @@ def test_identities_that_claim_every_cluster_and_never_train_cannot_stop_the_run
           180, lambda: f"the squatters' leases ({squat.acts}); log: {(root / 'evil' / 'evil.log').read_text()[-2000:]}")
     squatters = {a["peer"] for a in squat.acts}
     workers = [start("daemon", n, *args, "--initial-peers-file", str(peers_file)) for n in ("w1", "w2")]
-    st = _wait_status(root / "boot", lambda s: all(_slots(s)[f"expert-{k}"]["state"] == "done" for k in range(2)),
+    st = wait_status(root / "boot", lambda s: all(slots(s)[f"expert-{k}"]["state"] == "done" for k in range(2)),
                       600, "both clusters trained to their target by honest nodes")
-    assert all(_slots(st)[f"expert-{k}"]["verified_step"] >= 30 for k in range(2)), st["slots"]
+    assert all(slots(st)[f"expert-{k}"]["verified_step"] >= 30 for k in range(2)), st["slots"]
     trained = {int(e["msg"].split()[1]) for w in workers for e in w.events()
                if e.get("msg", "").startswith("cluster ") and e["msg"].endswith("reached its target")}
     assert trained == {0, 1}  # by the honest nodes
@@ -223,7 +223,7 @@ def test_a_patient_attacker_cannot_steer_the_ensemble_or_stall_two_auto_nodes(sw
         text = d.log.read_text(errors="replace")
         assert "clock is about" not in text and d.proc.poll() is None, d.home.name
     out = root / "ensemble"
-    r = _cli("fetch", "--initial-peers-file", str(peers_file), "--out", str(out), "--json", timeout=300)
+    r = cli("fetch", "--initial-peers-file", str(peers_file), "--out", str(out), "--json", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     manifest = (out / "swarm_manifest.json").read_text()
     lies = {*copies, *evil.act("dangling")["cids"]}

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import Daemon
-from tests.test_daemon_e2e import _slots, _wait_status, common
+from tests.daemons import Daemon, slots, wait_status
+from tests.test_daemon_e2e import common
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def test_a_two_device_daemon_holds_and_trains_two_clusters_at_once(tmp_path):
     d = Daemon(tmp_path / "two", *common(TARGET), "--gpu", "cpu,cpu", "--attestations", "0")  # no other verifier
     try:
         d.wait_for(lambda e: e.get("msg", "").startswith("one lane per device"), 120, "two lanes")
-        st = _wait_status(tmp_path / "two", lambda s: all(_slots(s)[f"expert-{k}"]["state"] == "done"
+        st = wait_status(tmp_path / "two", lambda s: all(slots(s)[f"expert-{k}"]["state"] == "done"
                                                          for k in range(2)), 600, "both experts done")
         peer = json.loads((tmp_path / "two" / "node.json").read_text())["peer_id"]
         events = d.events()

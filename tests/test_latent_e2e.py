@@ -13,15 +13,14 @@ import subprocess
 
 import pytest
 
-from tests.daemons import CLI, ENV, ROOT, Daemon
-from tests.test_daemon_e2e import _slots, _wait_status
+from tests.daemons import CLI, ENV, ROOT, Daemon, slots, wait_status
 
 pytestmark = pytest.mark.slow
 
 TARGET, ROUTER, EVERY = 20, 10, 10
 
 
-def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
@@ -40,7 +39,7 @@ def test_a_latent_run_trains_from_cached_latents_and_fetch_writes_the_vae(synth_
     vae = tmp_path / "models" / "vae"
     _save_tiny_vae(vae)
     creator_home, spec_file = tmp_path / "creator", tmp_path / "latent-run.json"
-    r = _cli("run", "init", "--data", str(synth_dir), "--clusters", "2", "--preset", "tiny-latent", "--vae", str(vae),
+    r = cli("run", "init", "--data", str(synth_dir), "--clusters", "2", "--preset", "tiny-latent", "--vae", str(vae),
              "--target-steps", str(TARGET), "--out", str(spec_file), "--home", str(creator_home), "--json")
     assert r.returncode == 0, r.stderr[-3000:]
     spec = RunSpec.load(spec_file)
@@ -59,8 +58,8 @@ def test_a_latent_run_trains_from_cached_latents_and_fetch_writes_the_vae(synth_
         peers = str(creator_home / "node.json")
         joiners = [Daemon(tmp_path / f"joiner-{i}", *args, "--initial-peers-file", peers) for i in range(2)]
         daemons += joiners
-        _wait_status(creator_home, lambda s: all(_slots(s)[f"expert-{k}"]["state"] == "done" for k in range(2))
-                     and (_slots(s)["router"]["checkpoint_step"] or 0) >= ROUTER, 600, "experts and router done")
+        wait_status(creator_home, lambda s: all(slots(s)[f"expert-{k}"]["state"] == "done" for k in range(2))
+                     and (slots(s)["router"]["checkpoint_step"] or 0) >= ROUTER, 600, "experts and router done")
         for j in joiners:  # they trained from latents: the VAE never reached their stores
             assert not (j.home / "store" / "packs" / asset.cid).exists()
             assert not [e for e in j.events() if "cannot" in e.get("msg", "")]
@@ -68,7 +67,7 @@ def test_a_latent_run_trains_from_cached_latents_and_fetch_writes_the_vae(synth_
         assert {"published expert-0 checkpoint", "published expert-1 checkpoint"} <= trained
 
         out = tmp_path / "ensemble"
-        r = _cli("fetch", "--initial-peers-file", peers, "--out", str(out), "--json")
+        r = cli("fetch", "--initial-peers-file", peers, "--out", str(out), "--json")
         assert r.returncode == 0, r.stderr[-3000:]
         fetched = json.loads(r.stdout)
     finally:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.test_daemon_e2e import CLI, ENV, ROOT, Daemon
+from tests.daemons import CLI, ENV, ROOT, Daemon
 
 pytestmark = pytest.mark.slow
 

@@ -257,6 +257,7 @@ def test_network_flags():
     (["join", "--preset", "huge"], "--preset 'huge'"),
     (["join", "--initial-peers", "127.0.0.1:5000"], "expected a full multiaddr"),
     (["status", "--once"], "give --initial-peers"),
+    (["status", "--watch"], "--watch streams JSON: give --json too"),
     (["status", "--once", "--initial-peers", f"/ip4/127.0.0.1/tcp/1/p2p/{PEER_A}"], "none of the initial peers"),
     (["fetch", "--out", "x", "--initial-peers-file", "/nonexistent/node.json"], "no node file"),
 ])
