@@ -11,18 +11,25 @@ from expert.cluster import balance_report, cluster, nearest
 from expert.embed import SHAPES_V1, SHAPES_V1_GROUPS, embed_open_clip, embed_shapes_v1
 from expert.presets import get_preset
 from expert.shards import load_dataset
+from protocol.data import DataManifest
 from protocol.errors import ParisError
 from protocol.model import Asset, ExpertPreset
 from protocol.run import EmbeddingInfo, RunSpec, ValidationSpec, choose_holdout
+from protocol.run_config import RunConfig
 
 
 def init_run(data_dir: Path, clusters: int, *, preset: ExpertPreset | None = None, preset_name: str = "small",
              seed: int = 0, name: str = "run", clip_model: str | None = None,
              clip_weights: Asset | None = None, target_steps: int | None = None,
-             creator: str | None = None) -> RunSpec:
+             creator: str | None = None, config: RunConfig | None = None) -> RunSpec:
     """Cluster the data set in `data_dir` into `clusters` and return the run spec (not yet saved). `creator`:
     the OpenSSH public key of the identity that will own (publish and sign) the run. `clip_weights`: an
-    open_clip image tower to embed clips with (an asset: the spec records its CID)."""
+    open_clip image tower to embed clips with (an asset: the spec records its CID). `config`: the run config
+    `preset` was made from (expert.presets.configure): recorded in the spec, and its clips checked against the
+    data's."""
+    preset = preset or get_preset(preset_name)
+    if config is not None:  # before the clips are read
+        check_clip_fit(DataManifest.load(data_dir), preset, config.video.fps)
     manifest, clips = load_dataset(data_dir)
     if manifest.source != "synthetic" and not clip_weights:
         raise ParisError(f"{data_dir} holds real videos: the {SHAPES_V1} feature is made for the synthetic data "
@@ -42,7 +49,6 @@ def init_run(data_dir: Path, clusters: int, *, preset: ExpertPreset | None = Non
         groups = SHAPES_V1_GROUPS
     result = cluster(emb, clusters, seed=seed, groups=groups)
     report = balance_report(result.assignments, clusters, clips.attributes, manifest.attributes, seed=seed)
-    preset = preset or get_preset(preset_name)
     if target_steps is not None:
         preset = preset.model_copy(update={"train": preset.train.model_copy(update={"target_steps": target_steps})})
     assignments = tuple(int(a) for a in result.assignments)
@@ -55,7 +61,25 @@ def init_run(data_dir: Path, clusters: int, *, preset: ExpertPreset | None = Non
                                 scale=tuple(float(v) for v in np.round(result.scale, 6)),
                                 two_stage_fine=result.fine, **info_kw),
         preset=preset, balance=report, seed=seed, creator=creator, data_hint=str(Path(data_dir).resolve()),
+        config=config.recorded() if config is not None else None,
     )
+
+
+def check_clip_fit(data: DataManifest, preset: ExpertPreset, fps: float | None) -> None:
+    """The model's clips must show what the data's show: the same aspect ratio (within 2 %: a resize, not a
+    stretch) and, when the config sets `fps`, the same time span (frames / fps, within one frame)."""
+    b = preset.backbone
+    aspect, data_aspect = b.width / b.height, data.width / data.height
+    if abs(aspect / data_aspect - 1) > 0.02:
+        raise ParisError(f"the data's clips are {data.height}×{data.width} (H×W), the run's {b.height}×{b.width}: "
+                         "a different aspect ratio would stretch every frame; set video.height and video.width "
+                         "to the data's aspect, or prepare the data at the run's size")
+    if fps is not None:
+        span, data_span = b.frames / fps, data.frames / data.fps
+        if abs(span - data_span) > 1 / fps + 1e-6:
+            raise ParisError(f"the data's clips span {data_span:.3g} s ({data.frames} frames at {data.fps:g} fps), "
+                             f"the run's {span:.3g} s ({b.frames} frames at {fps:g} fps): prepare the data with "
+                             f"`data prepare --frames {b.frames} --fps {fps:g}` or change video.frames / video.fps")
 
 
 def assign_clips(spec: RunSpec, frames: np.ndarray, captions: list[str]) -> np.ndarray:

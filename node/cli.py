@@ -130,11 +130,15 @@ def data_prepare(
 @run_app.command("init")
 def run_init(
     data: Annotated[Path, typer.Option(help="A data set folder (from `data synth` or `data prepare`).")],
-    clusters: Annotated[int, typer.Option(min=1, help="Number of clusters K (= experts).")],
     out_file: Annotated[Path, typer.Option("--out", help="Where to write the run spec (JSON).")],
-    preset: Annotated[str, typer.Option(help="Expert preset: tiny, small, tiny-latent, base, large.")] = "small",
-    seed: Annotated[int, typer.Option(help="Seed for clustering and training.")] = 0,
-    name: Annotated[str, typer.Option(help="A human name for the run.")] = "run",
+    clusters: Annotated[int | None, typer.Option(min=1, help="Number of clusters K (= experts).")] = None,
+    config: Annotated[Path | None, typer.Option(help="A run config file (TOML, see docs/cli.md): preset, clip size "
+                                                "and fps, model shape, training, model assets. Flags given "
+                                                "here win over it.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Expert preset: tiny, small (default), tiny-latent, base, "
+                                               "large.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for clustering and training (default 0).")] = None,
+    name: Annotated[str | None, typer.Option(help="A human name for the run (default 'run').")] = None,
     target_steps: Annotated[int | None, typer.Option(min=1, help="Training steps per expert.")] = None,
     vae: Annotated[Path | None, typer.Option(help="A diffusers VAE folder (latent presets; its class from its "
                                              "config.json: Wan 2.1/2.2, LTX-Video, HunyuanVideo, CogVideoX, "
@@ -155,11 +159,30 @@ def run_init(
     """Cluster the data and write a run spec owned by this home's identity; prints its run id. Model assets
     go into the home's content store (the daemon provides them); a latent preset's clips are encoded once."""
     from protocol.data import DataManifest
+    from protocol.run_config import RunConfig, load_run_config
 
+    cfg = load_run_config(config) if config is not None else None
+    if cfg is not None:  # the flags given win; the spec records the config as it was applied
+        base = config.parent
+        vae, text_weights, clip_weights = (flag or cfg.path(f, base) for flag, f in
+                                           ((vae, "vae"), (text_weights, "text_weights"),
+                                            (clip_weights, "clip_weights")))
+        text_model, clip_model = text_model or cfg.models.text_model, clip_model or cfg.models.clip_model
+        top = {k: v for k, v in (("preset", preset), ("clusters", clusters), ("seed", seed), ("name", name))
+               if v is not None}
+        train = cfg.train.model_copy(update={"target_steps": target_steps}) if target_steps else cfg.train
+        cfg = RunConfig.model_validate({**cfg.model_dump(), **top, "train": train.model_dump()})
+        preset, clusters, seed, name = cfg.preset, cfg.clusters, cfg.seed, cfg.name
+        target_steps = None  # in cfg.train now
+    preset, seed, name = preset or "small", seed or 0, name or "run"
+    if clusters is None:
+        fail("give --clusters K (or clusters = K in the --config file)")
+    if cfg is not None:
+        cfg = cfg.model_copy(update={"preset": preset, "seed": seed, "name": name})
     source = DataManifest.load(data)  # not a data set: said before the model stack is imported
     if source.latents is not None:
         fail(f"--data {data} holds latents: give the pixel data set (run init embeds frames to cluster them)")
-    from expert.presets import LATENT_PRESETS, get_preset
+    from expert.presets import LATENT_PRESETS, configure, get_preset
     from expert.run_init import init_run
     from node.assets import import_asset
     from protocol.run import RunSpec
@@ -167,22 +190,27 @@ def run_init(
 
     if vae is not None and preset not in LATENT_PRESETS:
         fail(f"--vae is for the latent presets ({', '.join(LATENT_PRESETS)}); {preset!r} trains on pixels")
-    channels = None
+    channels, latent = None, None
     if vae is not None:  # measured from its config alone (no weights read): a VAE that cannot fit fails here
         from expert.presets import clip_shape
         from expert.vae import probe_vae
 
-        channels = probe_vae(vae.expanduser(), *clip_shape(preset)).latent[0]
+        latent = probe_vae(vae.expanduser(), *clip_shape(preset, cfg)).latent
+        channels = latent[0]
     home = home.expanduser()
     creator = load_identity(home).public_key_bytes.decode()
     with console.status("putting the model assets into the content store"):
         assets = {k: import_asset(home, v) for k, v in
                   (("vae", vae), ("text", text_weights), ("clip", clip_weights)) if v is not None}
-    chosen = get_preset(preset, vae=assets.get("vae"), vae_channels=channels, text_model=text_model,
-                        text_weights=assets.get("text"))
+    chosen = configure(get_preset(preset, vae=assets.get("vae"), vae_channels=channels, text_model=text_model,
+                                  text_weights=assets.get("text")), cfg)
+    if latent is not None:
+        from expert.presets import check_latent_patch
+
+        check_latent_patch(chosen.backbone, latent)
     with console.status("embedding and clustering clips"):
         spec = init_run(data, clusters, preset=chosen, seed=seed, name=name, clip_model=clip_model,
-                        clip_weights=assets.get("clip"), target_steps=target_steps)
+                        clip_weights=assets.get("clip"), target_steps=target_steps, config=cfg)
     spec = RunSpec.model_validate({**spec.model_dump(), "creator": creator})
     if spec.preset.backbone.space == "latent":
         from node.bundle import ensure_latents
@@ -192,6 +220,7 @@ def run_init(
             ensure_latents(spec, data, home / "runs" / spec.run_id, on_total=lambda n: bar.update(task, total=n),
                            on_progress=lambda n: bar.advance(task, n))
     spec.save(out_file)
+    spec.save(home / "runs" / spec.run_id / "run.json")  # `run show RUN_ID --home` finds it here
     b = spec.balance
     if json_out:
         out.print_json(json.dumps({"run_id": spec.run_id, "out": str(out_file), "balance": b.model_dump()}))
@@ -210,6 +239,66 @@ def run_init(
         out.print(f"purity[{attr}] = {p:.3f} (random partition {b.purity_chance[attr]:.3f}, NMI {b.nmi[attr]:.3f})",
                   markup=False, highlight=False)
     out.print(f"run id {spec.run_id} written to {out_file}")
+
+
+def _find_run(run: str, home: Path):
+    """A run spec file, or the spec of run id `run` that `home` made (runs/<id>/run.json) or published
+    (runs/<id>/bundle/run.json)."""
+    from protocol.run import RunSpec
+
+    path = Path(run).expanduser()
+    if path.is_file():
+        return RunSpec.load(path)
+    if run.startswith("run-") and "/" not in run:
+        for found in (home / "runs" / run / "run.json", home / "runs" / run / "bundle" / "run.json"):
+            if found.is_file():
+                spec = RunSpec.load(found)
+                if spec.run_id != run:
+                    raise ParisError(f"{found} holds run {spec.run_id}, not {run}")
+                return spec
+        raise ParisError(f"{home} knows no run {run} (give the run's .json file, or the --home that made it)")
+    raise ParisError(f"{run} is neither a run spec file nor a run id")
+
+
+@run_app.command("show")
+def run_show(
+    run: Annotated[str, typer.Argument(help="A run spec file, or a run id that --home knows (made or "
+                                       "published there).")],
+    home: Annotated[Path, typer.Option(help="The home to look for a run id in.")] = Path("~/.paris"),
+    json_out: Annotated[bool, typer.Option("--json", help="Print the run's settings as JSON.")] = False,
+) -> None:
+    """Print a run's settings: the run config it was made from (or its preset's, as a config) with its data,
+    clusters and model assets."""
+    from expert.presets import effective_config
+
+    spec = _find_run(run, home.expanduser())
+    cfg = effective_config(spec)
+    summary = {"run_id": spec.run_id, "name": spec.name, "data_id": spec.data.data_id,
+               "clips": spec.data.total_clips, "data_clip": {"frames": spec.data.frames, "height": spec.data.height,
+                                                             "width": spec.data.width, "fps": spec.data.fps},
+               "clusters": spec.num_clusters, "cluster_sizes": list(spec.balance.sizes),
+               "holdout_clips": [len(h) for h in spec.validation.holdout], "embedding": spec.embedding.method,
+               "from_config": spec.config is not None, "config": cfg.model_dump(exclude_none=True),
+               "preset": spec.preset.model_dump(mode="json", exclude_none=True)}
+    if json_out:
+        out.print_json(json.dumps(summary))
+        return
+    import tomlkit
+
+    d = spec.data
+    out.print(f"run {spec.run_id} ({spec.name}): {spec.num_clusters} clusters of {d.total_clips} clips "
+              f"(sizes {', '.join(map(str, spec.balance.sizes))}), embedded with {spec.embedding.method}",
+              highlight=False)
+    out.print(f"data {d.data_id}: {d.frames}×{d.height}×{d.width} clips at {d.fps:g} fps ({d.source})",
+              highlight=False)
+    assets = {k: v for k, v in (("vae", spec.preset.backbone.vae), ("text weights", spec.preset.text.weights),
+                                ("clip weights", spec.embedding.weights)) if v is not None}
+    for what, asset in assets.items():
+        out.print(f"{what}: {asset.name} ({asset.bytes} bytes), {asset.cid}", highlight=False)
+    made = "made from a run config" if spec.config is not None else f"made from preset {spec.preset.name!r}"
+    out.print(f"# its settings as a run config ({made}; local paths are not recorded)", highlight=False)
+    table = {k: v for k, v in cfg.model_dump(exclude_none=True).items() if v != {}}
+    out.print(tomlkit.dumps(table).rstrip(), markup=False, highlight=False)
 
 
 def _run_training(trainer, steps: int, out_dir: Path, checkpoint_every: int | None, *, label: str) -> bool:
@@ -630,7 +719,7 @@ def demo(
     if not (data / "manifest.json").is_file():
         data_synth(out_dir=data, clips=clips, seed=0, frames=16, size="32x32", json_out=False)
     if not run_file.is_file():
-        run_init(data=data, clusters=clusters, out_file=run_file, preset=preset, seed=0, name="demo",
+        run_init(data=data, clusters=clusters, out_file=run_file, config=None, preset=preset, seed=0, name="demo",
                  target_steps=steps, vae=None, text_model=None, text_weights=None, clip_model=None, clip_weights=None,
                  json_out=False)
     from protocol.run import RunSpec

@@ -1,6 +1,6 @@
 """A researcher's own videos, end to end as real processes: `data prepare` (a Hugging Face VideoFolder, two
-worker processes), `run init` (clustered with an open_clip image tower, random weights saved to a file; the
-synthetic feature refused), then a few `train-local` steps."""
+worker processes), `run init` from a run config (a non-square model; clustered with an open_clip image tower,
+random weights saved to a file; the synthetic feature refused), `run show`, then a few `train-local` steps."""
 
 import json
 import subprocess
@@ -59,14 +59,23 @@ def test_own_videos_prepare_init_and_train(tmp_path):
 
     torch.manual_seed(0)
     torch.save(ClipScorer.random_init("ViT-S-32").model.state_dict(), tmp_path / "clip.pt")
-    init = run("run", "init", "--data", tmp_path / "data", "--clusters", 2, "--preset", "tiny", "--out",
-               tmp_path / "run.json", "--home", tmp_path / "home", "--clip-weights", tmp_path / "clip.pt",
-               "--clip-model", "ViT-S-32", "--json")
+    (tmp_path / "run.toml").write_text(  # a non-square run, shaped by a config file (clusters from the flag)
+        'preset = "tiny"\nname = "mine"\n[video]\nframes = 8\nheight = 24\nwidth = 32\nfps = 8\n'
+        '[model]\nlayers = 2\nhead_dim = 16\n[train]\nbatch_size = 4\ntarget_steps = 40\n'
+        '[models]\nclip_model = "ViT-S-32"\nclip_weights = "clip.pt"\n')
+    init = run("run", "init", "--data", tmp_path / "data", "--clusters", 2, "--config", tmp_path / "run.toml",
+               "--out", tmp_path / "run.json", "--home", tmp_path / "home", "--json")
     info = json.loads(init.stdout)
     assert sum(info["balance"]["sizes"]) == 12
     spec = json.loads((tmp_path / "run.json").read_text())
     assert spec["embedding"]["method"] == "open_clip-image" and spec["data"]["source"] == "real"
     assert (spec["data"]["frames"], spec["data"]["height"], spec["data"]["width"]) == (8, 24, 32)
+    models = spec["config"]["models"]  # the weights are named by CID (embedding.weights), not by path
+    assert models["clip_model"] == "ViT-S-32" and models["clip_weights"] is None and spec["embedding"]["weights"]
+    shown = json.loads(run("run", "show", info["run_id"], "--home", tmp_path / "home", "--json").stdout)
+    assert shown["config"]["video"] == {"frames": 8, "height": 24, "width": 32, "fps": 8.0}
+    assert shown["config"]["model"]["layers"] == 2 and shown["config"]["train"]["target_steps"] == 40
+    assert shown["config"]["name"] == "mine" and shown["config"]["clusters"] == 2
     run("train-local", "--run", tmp_path / "run.json", "--cluster", 0, "--steps", 2, "--out", tmp_path / "ck")
     assert any((tmp_path / "ck").iterdir())
 
