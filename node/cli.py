@@ -152,6 +152,11 @@ def run_init(
     clip_model: Annotated[str | None, typer.Option(help="open_clip architecture for embedding clips.")] = None,
     clip_weights: Annotated[Path | None, typer.Option(help="open_clip weights to embed clips with "
                                                       "(stored and named the same way).")] = None,
+    dinov2: Annotated[Path | None, typer.Option(help="A DINOv2 folder (transformers Dinov2Model, e.g. a "
+                                                "facebook/dinov2-base snapshot) to embed clips with, as Paris "
+                                                "did (stored and named the same way).")] = None,
+    gpu: Annotated[str, typer.Option("--gpu", help="Device that embeds clips and encodes latents: a CUDA index "
+                                     "or 'cpu'.")] = "cpu",
     json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
     home: Annotated[Path, typer.Option(help="The identity that will own the run (the daemon's home).")]
     = Path("~/.paris"),
@@ -164,9 +169,9 @@ def run_init(
     cfg = load_run_config(config) if config is not None else None
     if cfg is not None:  # the flags given win; the spec records the config as it was applied
         base = config.parent
-        vae, text_weights, clip_weights = (flag or cfg.path(f, base) for flag, f in
-                                           ((vae, "vae"), (text_weights, "text_weights"),
-                                            (clip_weights, "clip_weights")))
+        vae, text_weights, clip_weights, dinov2 = (flag or cfg.path(f, base) for flag, f in
+                                                   ((vae, "vae"), (text_weights, "text_weights"),
+                                                    (clip_weights, "clip_weights"), (dinov2, "dinov2")))
         text_model, clip_model = text_model or cfg.models.text_model, clip_model or cfg.models.clip_model
         top = {k: v for k, v in (("preset", preset), ("clusters", clusters), ("seed", seed), ("name", name))
                if v is not None}
@@ -179,9 +184,14 @@ def run_init(
         fail("give --clusters K (or clusters = K in the --config file)")
     if cfg is not None:
         cfg = cfg.model_copy(update={"preset": preset, "seed": seed, "name": name})
+    if clip_weights is not None and dinov2 is not None:
+        fail("embed clips with one network: give --clip-weights or --dinov2, not both")
     source = DataManifest.load(data)  # not a data set: said before the model stack is imported
     if source.latents is not None:
         fail(f"--data {data} holds latents: give the pixel data set (run init embeds frames to cluster them)")
+    from expert.device import resolve_device
+
+    device = resolve_device(gpu)
     from expert.presets import LATENT_PRESETS, configure, get_preset
     from expert.run_init import init_run
     from node.assets import import_asset
@@ -201,24 +211,28 @@ def run_init(
     creator = load_identity(home).public_key_bytes.decode()
     with console.status("putting the model assets into the content store"):
         assets = {k: import_asset(home, v) for k, v in
-                  (("vae", vae), ("text", text_weights), ("clip", clip_weights)) if v is not None}
+                  (("vae", vae), ("text", text_weights), ("clip", clip_weights), ("dinov2", dinov2))
+                  if v is not None}
     chosen = configure(get_preset(preset, vae=assets.get("vae"), vae_channels=channels, text_model=text_model,
                                   text_weights=assets.get("text")), cfg)
     if latent is not None:
         from expert.presets import check_latent_patch
 
         check_latent_patch(chosen.backbone, latent)
-    with console.status("embedding and clustering clips"):
+    with progress() as bar:
+        task = bar.add_task(f"embedding clips ({device})", total=None)
         spec = init_run(data, clusters, preset=chosen, seed=seed, name=name, clip_model=clip_model,
-                        clip_weights=assets.get("clip"), target_steps=target_steps, config=cfg)
+                        clip_weights=assets.get("clip"), dinov2=assets.get("dinov2"), target_steps=target_steps,
+                        config=cfg, device=device, on_total=lambda n: bar.update(task, total=n),
+                        on_progress=lambda n: bar.advance(task, n))
     spec = RunSpec.model_validate({**spec.model_dump(), "creator": creator})
     if spec.preset.backbone.space == "latent":
         from node.bundle import ensure_latents
 
         with progress() as bar:
             task = bar.add_task("encoding clips into latents (once)", total=None)
-            ensure_latents(spec, data, home / "runs" / spec.run_id, on_total=lambda n: bar.update(task, total=n),
-                           on_progress=lambda n: bar.advance(task, n))
+            ensure_latents(spec, data, home / "runs" / spec.run_id, device=device,
+                           on_total=lambda n: bar.update(task, total=n), on_progress=lambda n: bar.advance(task, n))
     spec.save(out_file)
     spec.save(home / "runs" / spec.run_id / "run.json")  # `run show RUN_ID --home` finds it here
     b = spec.balance
@@ -292,7 +306,7 @@ def run_show(
     out.print(f"data {d.data_id}: {d.frames}×{d.height}×{d.width} clips at {d.fps:g} fps ({d.source})",
               highlight=False)
     assets = {k: v for k, v in (("vae", spec.preset.backbone.vae), ("text weights", spec.preset.text.weights),
-                                ("clip weights", spec.embedding.weights)) if v is not None}
+                                (f"{spec.embedding.method} weights", spec.embedding.weights)) if v is not None}
     for what, asset in assets.items():
         out.print(f"{what}: {asset.name} ({asset.bytes} bytes), {asset.cid}", highlight=False)
     made = "made from a run config" if spec.config is not None else f"made from preset {spec.preset.name!r}"
@@ -721,7 +735,7 @@ def demo(
     if not run_file.is_file():
         run_init(data=data, clusters=clusters, out_file=run_file, config=None, preset=preset, seed=0, name="demo",
                  target_steps=steps, vae=None, text_model=None, text_weights=None, clip_model=None, clip_weights=None,
-                 json_out=False)
+                 dinov2=None, gpu=gpu, json_out=False)
     from protocol.run import RunSpec
 
     spec = RunSpec.load(run_file)

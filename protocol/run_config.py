@@ -91,10 +91,12 @@ class ModelsConfig(Frozen):
     text_model: str | None = Field(default=None, description="open_clip architecture of the text tower (e.g. "
                                    "ViT-L-14).")
     text_weights: str | None = Field(default=None, description="open_clip weights file for the text tower.")
+    dinov2: str | None = Field(default=None, description="A DINOv2 folder (transformers Dinov2Model: config.json, "
+                               "weights, preprocessor_config.json) that embeds clips for clustering, as Paris did.")
     clip_model: str | None = Field(default=None, description="open_clip architecture that embeds clips for "
-                                   "clustering.")
+                                   "clustering (instead of DINOv2).")
     clip_weights: str | None = Field(default=None, description="open_clip weights that embed clips for "
-                                     "clustering.")
+                                     "clustering (instead of DINOv2).")
 
 
 class RunConfig(Frozen):
@@ -113,7 +115,7 @@ class RunConfig(Frozen):
     def recorded(self) -> RunConfig:
         """The config as the run spec records it: local paths left out (the spec names those assets by CID)."""
         return self.model_copy(update={"models": self.models.model_copy(
-            update={"vae": None, "text_weights": None, "clip_weights": None})})
+            update={"vae": None, "text_weights": None, "dinov2": None, "clip_weights": None})})
 
     def path(self, field: str, base: Path) -> Path | None:
         """A path field of `models`, relative to `base` (the config file's folder) unless absolute."""
