@@ -4,6 +4,7 @@ The command line:
 
 - `cli` — the `paris-node` commands that need no swarm (data, run init, train, sample, eval, demo).
 - `cli_swarm` — the swarm commands: join (the daemon), doctor, status (the dashboard), fetch.
+- `cli_eval` — `eval --run`: your own run on its held-out clips, per expert and per strategy, as a table or JSON.
 - `cli_options` — typer options that both command modules take.
 - `config` — where each `join` option comes from: flag, `PARIS_*` variable, `HOME/config.toml`, default.
 - `console` — shared terminal output: one console, progress bars, one-line errors.

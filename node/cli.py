@@ -602,7 +602,15 @@ def sample_cmd(
 def eval_cmd(
     ensemble: Annotated[Path | None, typer.Option(help="An ensemble folder to evaluate.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Or one expert checkpoint / training folder.")] = None,
-    strategy: Annotated[str, typer.Option(help="Routing strategy for --ensemble.")] = "top1",
+    run: Annotated[str | None, typer.Option(help="Measure on this run's held-out clips (a run spec file or a "
+                                            "run id --home knows), per expert and per strategy, instead of "
+                                            "the built-in synthetic prompts.")] = None,
+    data: Annotated[Path | None, typer.Option(help="With --run: its data folder, if not where `run init` saw "
+                                              "it.")] = None,
+    prompts: Annotated[Path | None, typer.Option(help="With --run: a prompts file (one per line) instead of the "
+                                                 "held-out clips' captions.")] = None,
+    strategy: Annotated[str, typer.Option(help="Routing strategy for --ensemble (with --run, a comma-separated "
+                                          "list: top1,top2,full).")] = "top1",
     router_mode: RouterModeOpt = None,
     n: Annotated[int, typer.Option("--n", min=2, help="Number of prompts / generated videos.")] = 64,
     steps: Annotated[int, typer.Option(min=1, help="Sampling steps.")] = 30,
@@ -623,7 +631,8 @@ def eval_cmd(
     text_encoder_path: TextEncoderOpt = None,
 ) -> None:
     """Metrics on the built-in data: FVD-synth and prompt-attribute accuracy, plus FVD (I3D) and CLIP
-    text-video similarity when their weights are given (see docs/cli.md)."""
+    text-video similarity when their weights are given; with --run, your own run on its held-out clips: each
+    expert's validation loss, FVD and CLIP score per expert and per strategy (see docs/cli.md)."""
     from expert.device import resolve_device
     from expert.evaluate import EVAL_SEED, evaluate_synthetic
     from expert.routing import parse_strategy
@@ -631,7 +640,15 @@ def eval_cmd(
 
     if (ensemble is None) == (checkpoint is None):
         fail("give exactly one of --ensemble DIR or --checkpoint DIR")
-    strat = parse_strategy(strategy)
+    if run is None and (data is not None or prompts is not None):
+        fail("--data and --prompts measure your own run: give --run RUN too")
+    strategies = [part.strip() for part in strategy.split(",") if part.strip()]
+    if run is None and len(strategies) != 1:
+        fail("several strategies are compared on your own run: give --run RUN")
+    for s in strategies:
+        parse_strategy(s)
+    strat = parse_strategy(strategies[0])
+    spec = _find_run(run, home.expanduser()) if run is not None else None
     device = resolve_device(gpu)
     _model_assets(checkpoint, home, vae, text_encoder_path)  # an ensemble folder holds its own
     fvd_net = clip = None
@@ -643,6 +660,13 @@ def eval_cmd(
         from expert.clip_score import ClipScorer
 
         clip = ClipScorer.from_pretrained(clip_model, clip_weights, device=device)
+    if spec is not None:
+        from node.cli_eval import evaluate_own_run
+
+        evaluate_own_run(spec, ensemble=ensemble, checkpoint=checkpoint, data=data, prompts_file=prompts,
+                         strategies=strategies, router_mode=router_mode, n=n, steps=steps, guidance=guidance,
+                         device=device, fvd_net=fvd_net, clip=clip, json_out=json_out)
+        return
     with progress() as bar:
         task = bar.add_task("training the synthetic-data judge (once)", total=None, visible=False)
         judge = cached_judge(judge_dir, on_step=lambda i, total: bar.update(task, completed=i, total=total,

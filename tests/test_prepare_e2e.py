@@ -1,6 +1,7 @@
 """A researcher's own videos, end to end as real processes: `data prepare` (a Hugging Face VideoFolder, two
 worker processes), `run init` from a run config (a non-square model; clustered with DINOv2, random weights saved
-with save_pretrained; the synthetic feature refused), `run show`, then a few `train-local` steps."""
+with save_pretrained; the synthetic feature refused), `run show`, a few `train-local` steps, and `eval --run`
+on the held-out clips."""
 
 import json
 import subprocess
@@ -79,6 +80,10 @@ def test_own_videos_prepare_init_and_train(tmp_path):
     assert shown["config"]["name"] == "mine" and shown["config"]["clusters"] == 2
     run("train-local", "--run", tmp_path / "run.json", "--cluster", 0, "--steps", 2, "--out", tmp_path / "ck")
     assert any((tmp_path / "ck").iterdir())
+    measured = json.loads(run("eval", "--checkpoint", tmp_path / "ck", "--run", info["run_id"], "--home",
+                              tmp_path / "home", "--n", 2, "--steps", 1, "--json").stdout)
+    row = measured["rows"]["expert_0"]  # no FVD / CLIP weights here: the held-out loss, which needs none
+    assert row["videos"] == 2 and row["val_loss"] > 0 and row["heldout_clips"] == len(spec["validation"]["holdout"][0])
 
 
 def test_ctrl_c_then_the_same_command_continues(tmp_path):
