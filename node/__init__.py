@@ -27,6 +27,7 @@ The daemon:
 - `nodefile` — `HOME/node.json`: how scripts and compose files find a running daemon.
 - `logs` — daemon logging: readable lines, or one JSON object per line.
 - `metrics` — the Prometheus metrics of one daemon (`join --metrics-port`).
+- `tensorboard` — training and validation loss per slot as TensorBoard event files (`--tensorboard DIR`).
 
 Watching and fetching:
 

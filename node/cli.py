@@ -315,10 +315,18 @@ def run_show(
     out.print(tomlkit.dumps(table).rstrip(), markup=False, highlight=False)
 
 
-def _run_training(trainer, steps: int, out_dir: Path, checkpoint_every: int | None, *, label: str) -> bool:
+def _run_training(trainer, steps: int, out_dir: Path, checkpoint_every: int | None, *, label: str,
+                  tensorboard: Path | None = None) -> bool:
     """Drive `trainer.train` with a progress bar (log lines when not on a terminal); the first Ctrl-C or
-    SIGTERM stops at the next step boundary with a final checkpoint, a second one aborts. True if stopped."""
+    SIGTERM stops at the next step boundary with a final checkpoint, a second one aborts. True if stopped.
+    `tensorboard`: every step's loss and every checkpoint's validation loss go there (node.tensorboard)."""
     from rich.progress import TextColumn
+
+    board = slot = None
+    if tensorboard is not None:
+        from node.tensorboard import LossBoard, slot_of
+
+        board, slot = LossBoard(tensorboard), slot_of(trainer)
 
     stop = threading.Event()
 
@@ -337,6 +345,8 @@ def _run_training(trainer, steps: int, out_dir: Path, checkpoint_every: int | No
 
             def on_progress(p):
                 last["p"] = p
+                if board is not None:
+                    board.train(slot, p.step, p.loss)
                 loss = "skipped" if p.loss is None else f"{p.loss_ema:.4f}"
                 bar.update(task, advance=1, loss=loss, sps=f"{p.samples_per_s:.1f}")
                 if not console.is_terminal and (p.step % 25 == 0 or p.step == 1):  # logs, not a live bar
@@ -345,12 +355,16 @@ def _run_training(trainer, steps: int, out_dir: Path, checkpoint_every: int | No
 
             def on_checkpoint(path, meta):
                 console.print(f"checkpoint step {meta.step} → {path}", highlight=False)
+                if board is not None:
+                    board.validation(slot, meta.step, meta.val_loss)
 
             trainer.train(steps, on_progress=on_progress, checkpoint_dir=out_dir,
                           checkpoint_every=checkpoint_every, on_checkpoint=on_checkpoint, stop=stop)
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, previous_term)
+        if board is not None:
+            board.close()
     p = last.get("p")
     if p is not None and p.skipped_total:
         console.print(f"[yellow]{p.skipped_total} step(s) were skipped because the loss or gradient was not finite[/]")
@@ -361,6 +375,9 @@ HomeAssetsOpt = Annotated[Path, typer.Option(
     help="Home whose content store holds the run's model assets and latents (`run init --home`).")]
 
 
+TensorboardOpt = Annotated[Path | None, typer.Option(
+    help="Write the training loss of every step and the validation loss of every checkpoint here as TensorBoard "
+         "event files (one run per slot: `tensorboard --logdir DIR`).")]
 VaeDirOpt = Annotated[Path | None, typer.Option(
     "--vae", help="The run's VAE folder, if not in --home's content store (checked against the CID the run names).")]
 TextEncoderOpt = Annotated[Path | None, typer.Option(
@@ -411,6 +428,7 @@ def train_local(
     ddp: Annotated[bool, typer.Option("--ddp", help="Train on every device of --gpu (then a list: 0,1 / all / cpu,cpu) "
                                       "with DistributedDataParallel: one process per device, the batch split.")]
     = False,
+    tensorboard: TensorboardOpt = None,
 ) -> bool:
     """Train one expert on its cluster with no swarm (the daemon drives the same code)."""
     from protocol.run import RunSpec
@@ -444,7 +462,7 @@ def train_local(
 
             with console.status(f"starting {len(devices) - 1} more rank(s) on {', '.join(map(str, devices[1:]))}"):
                 stack.enter_context(DdpGroup(trainer, [str(d) for d in devices], ExpertRecipe.of(trainer)))
-        stopped = _run_training(trainer, steps, out_dir, checkpoint_every, label=label)
+        stopped = _run_training(trainer, steps, out_dir, checkpoint_every, label=label, tensorboard=tensorboard)
     loss = "n/a" if trainer.loss_ema is None else f"{trainer.loss_ema:.4f}"
     where = f", trained on {len(devices)} devices" if ddp else ""
     out.print(f"expert {cluster} at step {trainer.step}, loss {loss}{where}; checkpoint in {out_dir}")
@@ -471,6 +489,7 @@ def train_router(
     compile_model: CompileOpt = False,
     grad_checkpointing: CheckpointingOpt = "auto",
     home: HomeAssetsOpt = Path("~/.paris"),
+    tensorboard: TensorboardOpt = None,
 ) -> None:
     """Train the run's router with no swarm; reports held-out accuracy per routing mode and noise level.
     The defaults are the router a swarm trains for this run (`--full-size --no-text --no-caption-prior` is
@@ -494,7 +513,7 @@ def train_router(
                                                                grad_checkpointing=grad_checkpointing))
         if resume:
             console.print(f"resumed from step {trainer.load(resume).step}")
-    _run_training(trainer, steps, out_dir, checkpoint_every, label="router")
+    _run_training(trainer, steps, out_dir, checkpoint_every, label="router", tensorboard=tensorboard)
     report = {"step": trainer.step, "loss": trainer.loss_ema, "validation": trainer.validation(),
               **router_report(trainer.ema, trainer.held, device=device)}
     if json_out:
@@ -771,7 +790,8 @@ def demo(
 
         done = read_meta(resolve_checkpoint(ckpt)).step
     if done < steps and train_local(run=run_file, cluster=cluster, steps=steps - done, out_dir=ckpt,
-                                    resume=ckpt if done else None, data=None, gpu=gpu, checkpoint_every=None):
+                                    resume=ckpt if done else None, data=None, gpu=gpu, checkpoint_every=None,
+                                    tensorboard=None):
         out.print(f"stopped; run the same command again to resume from {ckpt}")
         return
     from expert.synth import MOTION_PHRASES

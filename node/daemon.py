@@ -43,6 +43,7 @@ from node.publisher import Publisher
 from node.role_router import all_done
 from node.role_seeder import archive_facts, keep_archive, replicate_accepted, seed_data
 from node.role_verifier import MARGIN, Verifier
+from node.tensorboard import LossBoard
 from protocol.errors import ParisError
 from protocol.swarm_gossip import CheckpointEvent, DoneEvent, GossipMessage, LeavingEvent, ProgressEvent
 from protocol.swarm_records import MAX_RECORD_TTL, MemberBody, ProgressBody
@@ -93,6 +94,7 @@ class DaemonOptions(BaseModel):
     trainers: tuple[str, ...] | None = None  # new swarm: a permissioned run's trainer allowlist (peer ids)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)  # Prometheus endpoint (None: off, 0: any)
     metrics_host: str = "127.0.0.1"
+    tensorboard: Path | None = None  # training and validation loss per slot as TensorBoard event files
 
 
 class Daemon:
@@ -125,6 +127,7 @@ class Daemon:
         if opts.metrics_port is not None:
             self.metrics = NodeMetrics()
             self.metrics.watch(self)
+        self.board = LossBoard(opts.tensorboard) if opts.tensorboard is not None else None
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -225,6 +228,8 @@ class Daemon:
             await asyncio.to_thread(self.node.shutdown)
         if self.metrics is not None:
             self.metrics.close()
+        if self.board is not None:
+            self.board.close()
         remove_node_info(self.home)
         event(log, "stopped")
 

@@ -123,7 +123,7 @@ class Lane:
 
         driver = TrainingDriver(trainer, target, d.checkpoint_root(slot),
                                 Cadence(schedule.checkpoint_every, schedule.checkpoint_minutes * 60),
-                                on_checkpoint=on_checkpoint)
+                                on_checkpoint=on_checkpoint, board=d.board)
         self.driver, self._slot = driver, slot
         if d.stopping.is_set():
             driver.stop.set()

@@ -1,7 +1,7 @@
 """A researcher's own videos, end to end as real processes: `data prepare` (a Hugging Face VideoFolder, two
 worker processes), `run init` from a run config (a non-square model; clustered with DINOv2, random weights saved
-with save_pretrained; the synthetic feature refused), `run show`, a few `train-local` steps, and `eval --run`
-on the held-out clips."""
+with save_pretrained; the synthetic feature refused), `run show`, a few `train-local` steps (loss curves to
+TensorBoard), and `eval --run` on the held-out clips."""
 
 import json
 import subprocess
@@ -78,8 +78,14 @@ def test_own_videos_prepare_init_and_train(tmp_path):
     assert shown["config"]["video"] == {"frames": 8, "height": 24, "width": 32, "fps": 8.0}
     assert shown["config"]["model"]["layers"] == 2 and shown["config"]["train"]["target_steps"] == 40
     assert shown["config"]["name"] == "mine" and shown["config"]["clusters"] == 2
-    run("train-local", "--run", tmp_path / "run.json", "--cluster", 0, "--steps", 2, "--out", tmp_path / "ck")
+    run("train-local", "--run", tmp_path / "run.json", "--cluster", 0, "--steps", 2, "--out", tmp_path / "ck",
+        "--checkpoint-every", 1, "--tensorboard", tmp_path / "tb")
     assert any((tmp_path / "ck").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves = EventAccumulator(str(tmp_path / "tb" / "expert-0")).Reload()
+    assert [e.step for e in curves.Scalars("loss/train")] == [e.step for e in curves.Scalars("loss/validation")] \
+        == [1, 2]
     measured = json.loads(run("eval", "--checkpoint", tmp_path / "ck", "--run", info["run_id"], "--home",
                               tmp_path / "home", "--n", 2, "--steps", 1, "--json").stdout)
     row = measured["rows"]["expert_0"]  # no FVD / CLIP weights here: the held-out loss, which needs none
