@@ -157,3 +157,15 @@ def test_a_non_square_run_trains_and_replays_bit_for_bit(tmp_path, wide_data):
     assert meta.val_loss is not None and meta.run_id == spec.run_id
     report = replay(make, parent, child, meta, tolerance=0.01)
     assert report.ok and report.exact and report.steps == 2
+
+
+def test_every_run_config_in_the_docs_is_valid(tmp_path):
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    blocks = [b for md in sorted(docs.glob("*.md")) for b in re.findall(r"```toml\n(.*?)```", md.read_text(), re.S)]
+    assert len(blocks) >= 2
+    for block in blocks:
+        cfg = _config(tmp_path, block)
+        assert cfg.preset and cfg.video.height and cfg.train.lr
