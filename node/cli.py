@@ -164,7 +164,7 @@ def run_init(
     """Cluster the data and write a run spec owned by this home's identity; prints its run id. Model assets
     go into the home's content store (the daemon provides them); a latent preset's clips are encoded once."""
     from protocol.data import DataManifest
-    from protocol.run_config import RunConfig, load_run_config
+    from protocol.run_config import load_run_config
 
     cfg = load_run_config(config) if config is not None else None
     if cfg is not None:  # the flags given win; the spec records the config as it was applied
@@ -173,17 +173,12 @@ def run_init(
                                                    ((vae, "vae"), (text_weights, "text_weights"),
                                                     (clip_weights, "clip_weights"), (dinov2, "dinov2")))
         text_model, clip_model = text_model or cfg.models.text_model, clip_model or cfg.models.clip_model
-        top = {k: v for k, v in (("preset", preset), ("clusters", clusters), ("seed", seed), ("name", name))
-               if v is not None}
-        train = cfg.train.model_copy(update={"target_steps": target_steps}) if target_steps else cfg.train
-        cfg = RunConfig.model_validate({**cfg.model_dump(), **top, "train": train.model_dump()})
+        cfg = cfg.with_flags(preset=preset, clusters=clusters, seed=seed, name=name, target_steps=target_steps)
         preset, clusters, seed, name = cfg.preset, cfg.clusters, cfg.seed, cfg.name
         target_steps = None  # in cfg.train now
     preset, seed, name = preset or "small", seed or 0, name or "run"
     if clusters is None:
         fail("give --clusters K (or clusters = K in the --config file)")
-    if cfg is not None:
-        cfg = cfg.model_copy(update={"preset": preset, "seed": seed, "name": name})
     if clip_weights is not None and dinov2 is not None:
         fail("embed clips with one network: give --clip-weights or --dinov2, not both")
     source = DataManifest.load(data)  # not a data set: said before the model stack is imported

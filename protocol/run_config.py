@@ -112,6 +112,19 @@ class RunConfig(Frozen):
     train: TrainingConfig = Field(default_factory=TrainingConfig, description="Training hyper-parameters.")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Pretrained parts by local path.")
 
+    def with_flags(self, *, preset: str | None = None, clusters: int | None = None, seed: int | None = None,
+                   name: str | None = None, target_steps: int | None = None) -> RunConfig:
+        """This config with the command line's flags applied (a flag given wins over the file; None: not given),
+        and the defaults of the fields a run needs filled in (preset small, seed 0, name "run")."""
+        top = {k: v for k, v in (("preset", preset), ("clusters", clusters), ("seed", seed), ("name", name))
+               if v is not None}
+        train = self.train.model_dump()
+        if target_steps is not None:
+            train["target_steps"] = target_steps
+        merged = RunConfig.model_validate({**self.model_dump(), **top, "train": train})
+        return merged.model_copy(update={"preset": merged.preset or "small", "seed": merged.seed or 0,
+                                         "name": merged.name or "run"})
+
     def recorded(self) -> RunConfig:
         """The config as the run spec records it: local paths left out (the spec names those assets by CID)."""
         return self.model_copy(update={"models": self.models.model_copy(

@@ -104,6 +104,19 @@ def test_a_preset_is_the_named_defaults_of_a_config(tmp_path):
         check_latent_patch(get_preset("tiny-latent", vae=tiny_asset()).backbone, (4, 5, 15, 16))
 
 
+def test_flags_win_over_the_file_and_defaults_fill_the_rest(tmp_path):
+    cfg = _config(tmp_path, NON_SQUARE)
+    same = cfg.with_flags()
+    assert (same.preset, same.clusters, same.seed, same.name, same.train.target_steps) == ("tiny", 2, 3, "wide", 50)
+    flagged = cfg.with_flags(preset="small", clusters=5, seed=0, name="other", target_steps=7)
+    assert (flagged.preset, flagged.clusters, flagged.seed, flagged.name) == ("small", 5, 0, "other")
+    assert flagged.train.target_steps == 7 and flagged.train.lr == cfg.train.lr and flagged.video == cfg.video
+    bare = RunConfig().with_flags()
+    assert (bare.preset, bare.seed, bare.name, bare.clusters) == ("small", 0, "run", None)
+    assert cfg.path("text_weights", tmp_path) == tmp_path / "weights" / "text.pt"
+    assert cfg.recorded().models.text_weights is None and cfg.recorded().video == cfg.video
+
+
 def tiny_asset():
     from protocol.model import Asset
 
