@@ -78,6 +78,7 @@ def test_fvd_is_zero_for_the_held_out_clips_themselves_and_not_for_others(tiny_r
     assert abs(row["fvd"]) < 1e-6 < bad
 
 
+@pytest.mark.slow
 def test_an_ensemble_is_measured_per_expert_and_per_strategy(tiny_run, synth_dir, tmp_path, capsys):
     """Two experts and a router trained one step, assembled; a random-init open_clip scores them. Over 10 s on
     a loaded machine (~27 s at load 10 on 2 cores): building the CLIP tower alone takes 2-8 s, and this is the
