@@ -42,6 +42,7 @@ Sampling and evaluation:
 - `video_layouts` — the common dataset layouts (captions tables, Panda-70M, VideoFolder, webdataset tars).
 - `video_io` — writing generated videos: GIF through Pillow, MP4 (H.264) through PyAV.
 - `evaluate` — offline evaluation: FVD-synth, prompt-attribute accuracy, FVD and CLIP similarity.
+- `evaluate_run` — your own run on its held-out clips: FVD, CLIP score, validation loss per expert and strategy.
 - `conditioning` — whether a model uses its caption, measured on real clips noised to fixed levels.
 - `synth_classifier` — the judge: a small video classifier trained on the generator's own clips.
 - `metrics` — the Fréchet distance between two feature sets (FID / FVD / FVD-synth).

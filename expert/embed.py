@@ -1,8 +1,10 @@
 """Clip embeddings used to partition the data before training.
 
-Two methods:
+Three methods:
+- `dinov2-image`: DINOv2 (transformers `Dinov2Model`, weights from a local folder) on a few frames, the CLS
+  feature mean-pooled — what Paris clustered with.
 - `open_clip-image`: the open_clip image tower (pretrained weights from a local file) on a few frames,
-  mean-pooled — the production choice, like Paris' DINOv2 features.
+  mean-pooled.
 - `shapes-v1`: offline and deterministic, for when no pretrained weights are available. It concatenates
   (a) a hue histogram of saturated pixels (what colour the objects are), (b) motion statistics of the
   saturated-pixel mask (centroid displacement, area growth, mask turnover), (c) background statistics
@@ -13,10 +15,17 @@ Two methods:
 
 from __future__ import annotations
 
+import logging
 import re
 import zlib
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
+
+from protocol.errors import ParisError
+
+log = logging.getLogger(__name__)
 
 SHAPES_V1 = "shapes-v1"
 _HUE_BINS = 12
@@ -80,28 +89,133 @@ def embed_shapes_v1(frames: np.ndarray, captions: list[str], *, batch: int = 256
     return np.concatenate([np.concatenate(parts), _caption_features(captions)], axis=1)
 
 
-def embed_open_clip(frames: np.ndarray, *, model_name: str, pretrained: str, device: str = "cpu",
-                    frames_per_clip: int = 3, batch: int = 64) -> np.ndarray:
-    """Image-tower embedding of `frames_per_clip` evenly spaced frames per clip, mean-pooled, L2-normalised.
-    `pretrained` is a local weights file: nothing is downloaded."""
-    import open_clip
-    import torch
+class Embedder(Protocol):
+    """Clips (uint8 N×T×H×W×3) and their captions → N×D features; `method` and `detail` go into the run spec."""
 
-    model, _, _preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=device)
-    model.eval()
-    size = model.visual.image_size
-    size = size if isinstance(size, int) else size[0]
-    mean = torch.tensor(model.visual.image_mean or (0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
-    std = torch.tensor(model.visual.image_std or (0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
-    idx = np.linspace(0, frames.shape[1] - 1, frames_per_clip).round().astype(int)
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(frames), batch):
-            x = torch.from_numpy(frames[i : i + batch][:, idx]).float().div(255)  # B×F×H×W×3
-            b, f = x.shape[:2]
-            x = x.reshape(b * f, *x.shape[2:]).permute(0, 3, 1, 2)
-            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-            feats = model.encode_image(((x - mean) / std).to(device)).float().cpu()
-            feats = feats.reshape(b, f, -1).mean(1)
-            out.append(torch.nn.functional.normalize(feats, dim=-1).numpy())
-    return np.concatenate(out).astype(np.float32)
+    method: str
+    detail: str
+
+    def __call__(self, frames: np.ndarray, captions: list[str]) -> np.ndarray: ...
+
+
+class ShapesV1:
+    """The synthetic data's own hand-made feature (see the module docstring)."""
+
+    method, detail = SHAPES_V1, "hue histogram | mask motion | background | caption words"
+
+    def __call__(self, frames: np.ndarray, captions: list[str]) -> np.ndarray:
+        return embed_shapes_v1(frames, captions)
+
+
+def _picked_frames(frames: np.ndarray, per_clip: int) -> tuple[np.ndarray, int, int]:
+    """`per_clip` evenly spaced frames of each clip, as one N·F×H×W×3 batch of images."""
+    idx = np.linspace(0, frames.shape[1] - 1, per_clip).round().astype(int)
+    picked = frames[:, idx]
+    return picked.reshape(-1, *picked.shape[2:]), len(frames), per_clip
+
+
+class _FrameTower:
+    """An image network run on a few frames per clip, on `device`, `batch` images at a time; its per-frame
+    features are mean-pooled over the clip and L2-normalised. Batching changes no clip's result."""
+
+    frames_per_clip = 3
+
+    def __init__(self, device, batch: int) -> None:
+        import torch
+
+        self.device, self.batch = torch.device(device), batch
+
+    def _images(self, x):  # uint8 B×3×H×W on the device → what the network takes
+        raise NotImplementedError
+
+    def _features(self, x):  # the network on a batch of prepared images → B×D
+        raise NotImplementedError
+
+    def __call__(self, frames: np.ndarray, captions: list[str] | None = None) -> np.ndarray:
+        import torch
+
+        images, n, f = _picked_frames(frames, self.frames_per_clip)
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(images), self.batch):
+                x = torch.from_numpy(np.ascontiguousarray(images[i : i + self.batch])).to(self.device)
+                out.append(self._features(self._images(x.permute(0, 3, 1, 2))).float().cpu())
+        feats = torch.cat(out).reshape(n, f, -1).mean(1)
+        return torch.nn.functional.normalize(feats, dim=-1).numpy().astype(np.float32)
+
+
+class OpenClipImage(_FrameTower):
+    """open_clip's image tower; `pretrained` is a local weights file: nothing is downloaded."""
+
+    method = "open_clip-image"
+
+    def __init__(self, model_name: str, pretrained: str, *, device="cpu", batch: int = 192) -> None:
+        import open_clip
+        import torch
+
+        super().__init__(device, batch)
+        model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=self.device)
+        self.model = model.eval()
+        size = model.visual.image_size
+        self.size = size if isinstance(size, int) else size[0]
+        self.mean = torch.tensor(model.visual.image_mean or (0.48145466, 0.4578275, 0.40821073),
+                                 device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(model.visual.image_std or (0.26862954, 0.26130258, 0.27577711),
+                                device=self.device).view(1, 3, 1, 1)
+        self.detail = f"{model_name}, mean of {self.frames_per_clip} frames, L2-normalised"
+
+    def _images(self, x):
+        import torch
+
+        x = torch.nn.functional.interpolate(x.float().div(255), size=(self.size, self.size), mode="bilinear",
+                                            align_corners=False)
+        return (x - self.mean) / self.std
+
+    def _features(self, x):
+        return self.model.encode_image(x)
+
+
+class Dinov2Image(_FrameTower):
+    """DINOv2 (transformers `Dinov2Model`) from a local folder (`save_pretrained` / a hub snapshot: config.json
+    and weights; its preprocessor_config.json says how frames are resized, cropped and normalised, else
+    DINOv2's own: shorter side to the model's image size, centre crop, ImageNet statistics). Feature: the
+    final layer-normed CLS token (`pooler_output`)."""
+
+    method = "dinov2-image"
+
+    def __init__(self, folder: str | Path, *, device="cpu", batch: int = 192) -> None:
+        from transformers import AutoImageProcessor, BitImageProcessor, Dinov2Model
+        from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        super().__init__(device, batch)
+        folder = Path(folder)
+        try:
+            model, info = Dinov2Model.from_pretrained(folder, output_loading_info=True)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ParisError(f"cannot load DINOv2 from {folder}: {str(e).splitlines()[0]}") from None
+        missing = [k for key in ("missing_keys", "mismatched_keys") for k in info.get(key, [])]
+        if missing:  # a random init must never pass for pretrained features
+            raise ParisError(f"cannot load DINOv2 from {folder}: its weights do not fit its config "
+                             f"({len(missing)} tensors, e.g. {sorted(missing)[0]})")
+        self.model = model.eval().to(self.device)
+        if (folder / "preprocessor_config.json").is_file():
+            self.processor = AutoImageProcessor.from_pretrained(folder)
+        else:
+            size = model.config.image_size
+            self.processor = BitImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                               image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD)
+        c = model.config
+        self.detail = (f"Dinov2Model {c.num_hidden_layers}×{c.hidden_size}, CLS of {self.frames_per_clip} frames, "
+                       "mean-pooled, L2-normalised")
+
+    def _images(self, x):
+        return self.processor(images=x, return_tensors="pt", device=self.device)["pixel_values"]
+
+    def _features(self, x):
+        return self.model(pixel_values=x.to(self.device)).pooler_output
+
+
+def embed_open_clip(frames: np.ndarray, *, model_name: str, pretrained: str, device: str = "cpu",
+                    batch: int = 192) -> np.ndarray:
+    """Image-tower embedding of 3 evenly spaced frames per clip, mean-pooled, L2-normalised."""
+    return OpenClipImage(model_name, pretrained, device=device, batch=batch)(frames)

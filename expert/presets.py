@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from protocol.errors import ParisError
 from protocol.model import Asset, BackboneConfig, ExpertPreset, TextEncoderConfig, TrainConfig
+from protocol.run import RunSpec
+from protocol.run_config import ModelConfig, RunConfig, TrainingConfig, VideoConfig
 
 PRESETS = ("tiny", "small", "tiny-latent", "base", "large")
 LATENT_PRESETS = ("tiny-latent", "base", "large")  # through a video VAE (an asset)
@@ -28,11 +30,42 @@ def get_preset(name: str, *, vae: Asset | None = None, vae_channels: int | None 
     return preset
 
 
-def clip_shape(name: str) -> tuple[int, int, int]:
-    """(frames, height, width) of a preset's clips: what its VAE must fit, asked before the VAE is an asset."""
+def clip_shape(name: str, config: RunConfig | None = None) -> tuple[int, int, int]:
+    """(frames, height, width) of a preset's clips (as `config` sets them): what its VAE must fit, asked before
+    the VAE is an asset."""
     unnamed = Asset(cid="bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy", bytes=1, name="vae")
-    b = _preset(name, unnamed, None, None).backbone
+    b = configure(_preset(name, unnamed, None, None), config).backbone
     return b.frames, b.height, b.width
+
+
+_BACKBONE_FIELDS = {"layers": "num_layers", "heads": "num_heads", "head_dim": "head_dim", "ffn_dim": "ffn_dim",
+                    "freq_dim": "freq_dim", "patch": "patch_size", "prediction": "prediction"}
+
+
+def configure(preset: ExpertPreset, config: RunConfig | None) -> ExpertPreset:
+    """`preset` with every field that `config` sets (its video, model and train tables) replaced: a preset is
+    the named defaults of a config. Shapes a pixel model cannot patch exactly are refused here, in one line."""
+    if config is None:
+        return preset
+    video = config.video.model_dump(exclude_none=True, exclude={"fps"})
+    model = {_BACKBONE_FIELDS[k]: v for k, v in config.model.model_dump(exclude_none=True).items()}
+    backbone = BackboneConfig.model_validate({**preset.backbone.model_dump(), **video, **model})
+    train = TrainConfig.model_validate({**preset.train.model_dump(), **config.train.model_dump(exclude_none=True)})
+    if backbone.space == "pixel":
+        sizes = (backbone.frames, backbone.height, backbone.width)
+        if any(s % p for s, p in zip(sizes, backbone.patch_size, strict=True)):
+            raise ParisError(f"{'×'.join(map(str, sizes))} clips do not split into "
+                             f"{'×'.join(map(str, backbone.patch_size))} patches: make frames, height and width "
+                             "multiples of the patch (model.patch, video.*)")
+    return preset.model_copy(update={"backbone": backbone, "train": train})
+
+
+def check_latent_patch(backbone: BackboneConfig, latent: tuple[int, ...]) -> None:
+    """A latent preset's patch must tile the VAE's latents (C×T×H×W) exactly."""
+    if any(s % p for s, p in zip(latent[1:], backbone.patch_size, strict=True)):
+        raise ParisError(f"the VAE's latents are {'×'.join(map(str, latent[1:]))}, which "
+                         f"{'×'.join(map(str, backbone.patch_size))} patches do not tile: change video.* or "
+                         "model.patch")
 
 
 def open_clip_text(model: str, weights: Asset | None, context_length: int) -> TextEncoderConfig:
@@ -100,3 +133,18 @@ def _preset(name: str, vae: Asset | None, text_model: str | None, text_weights: 
 # Steps per expert of the built-in demo (`paris-node demo`, and the run `join` starts with no peers): the budget
 # at which benchmarks/demo_quality.py measures that the demo's videos show their prompt's colour and background.
 DEMO_STEPS = 3000
+
+def effective_config(spec: RunSpec) -> RunConfig:
+    """The run's settings written as a run config: every field the spec's preset fixes (what `run show`
+    prints; given to `run init --config` with the same data and model files, it makes the same model)."""
+    b, t, made = spec.preset.backbone, spec.preset.train, spec.config
+    models = made.models if made is not None else None
+    return RunConfig(
+        preset=spec.preset.name, name=spec.name, clusters=spec.num_clusters, seed=spec.seed,
+        video=VideoConfig(frames=b.frames, height=b.height, width=b.width,
+                          fps=made.video.fps if made is not None else None),
+        model=ModelConfig(**{k: getattr(b, field) for k, field in _BACKBONE_FIELDS.items()}),
+        train=TrainingConfig(**t.model_dump(include=set(TrainingConfig.model_fields))),
+        models=models.model_copy(update={"text_model": spec.preset.text.model_name}) if models is not None
+        else {"text_model": spec.preset.text.model_name},
+    )

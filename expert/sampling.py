@@ -81,17 +81,26 @@ def sample(expert: LoadedExpert, prompt: str, *, steps: int = 30, guidance: floa
 def sample_prompts(expert: LoadedExpert, prompts: list[str], *, steps: int = 30, guidance: float = 4.0,
                    seed: int = 0, device: torch.device | str = "cpu", on_step=None) -> np.ndarray:
     """One video per prompt, as one batch."""
+    return sample_network(expert.model, expert.text, expert.codec, prompts, steps=steps, guidance=guidance,
+                          seed=seed, device=device, on_step=on_step)
+
+
+@torch.no_grad()
+def sample_network(model: torch.nn.Module, text: TextEncoder, codec: PixelCodec, prompts: list[str], *,
+                   steps: int = 30, guidance: float = 4.0, seed: int = 0, device: torch.device | str = "cpu",
+                   on_step=None) -> np.ndarray:
+    """One video per prompt from one expert network (e.g. one of an ensemble's), as one batch."""
     device = torch.device(device)
     num_videos = len(prompts)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     scheduler.set_timesteps(steps, device=device)
-    cond, null = encode_prompts(expert.text, prompts)
+    cond, null = encode_prompts(text, prompts)
     cond, null = cond.to(device), null.to(device)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn((num_videos, *expert.codec.latent_shape()), generator=g).to(device)
+    x = torch.randn((num_videos, *codec.latent_shape()), generator=g).to(device)
     for i, t in enumerate(scheduler.timesteps):
-        v = velocity(expert.model, x, t, cond, null, guidance)
+        v = velocity(model, x, t, cond, null, guidance)
         x = scheduler.step(v, t, x, return_dict=False)[0]
         if on_step:
             on_step(i + 1, steps)
-    return expert.codec.decode(x).cpu().numpy()
+    return codec.decode(x).cpu().numpy()

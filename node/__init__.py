@@ -4,6 +4,7 @@ The command line:
 
 - `cli` — the `paris-node` commands that need no swarm (data, run init, train, sample, eval, demo).
 - `cli_swarm` — the swarm commands: join (the daemon), doctor, status (the dashboard), fetch.
+- `cli_eval` — `eval --run`: your own run on its held-out clips, per expert and per strategy, as a table or JSON.
 - `cli_options` — typer options that both command modules take.
 - `config` — where each `join` option comes from: flag, `PARIS_*` variable, `HOME/config.toml`, default.
 - `join_config` — `join`'s options as one validated object, and the daemon options it makes (`--print-config`).
@@ -37,6 +38,7 @@ The daemon (arrows: daemon → loops, role_loop → roles → lane, context; not
 - `nodefile` — `HOME/node.json`: how scripts and compose files find a running daemon.
 - `logs` — daemon logging: readable lines, or one JSON object per line.
 - `metrics` — the Prometheus metrics of one daemon (`join --metrics-port`).
+- `tensorboard` — training and validation loss per slot as TensorBoard event files (`--tensorboard DIR`).
 
 Watching and fetching:
 

@@ -130,11 +130,15 @@ def data_prepare(
 @run_app.command("init")
 def run_init(
     data: Annotated[Path, typer.Option(help="A data set folder (from `data synth` or `data prepare`).")],
-    clusters: Annotated[int, typer.Option(min=1, help="Number of clusters K (= experts).")],
     out_file: Annotated[Path, typer.Option("--out", help="Where to write the run spec (JSON).")],
-    preset: Annotated[str, typer.Option(help="Expert preset: tiny, small, tiny-latent, base, large.")] = "small",
-    seed: Annotated[int, typer.Option(help="Seed for clustering and training.")] = 0,
-    name: Annotated[str, typer.Option(help="A human name for the run.")] = "run",
+    clusters: Annotated[int | None, typer.Option(min=1, help="Number of clusters K (= experts).")] = None,
+    config: Annotated[Path | None, typer.Option(help="A run config file (TOML, see docs/cli.md): preset, clip size "
+                                                "and fps, model shape, training, model assets. Flags given "
+                                                "here win over it.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Expert preset: tiny, small (default), tiny-latent, base, "
+                                               "large.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for clustering and training (default 0).")] = None,
+    name: Annotated[str | None, typer.Option(help="A human name for the run (default 'run').")] = None,
     target_steps: Annotated[int | None, typer.Option(min=1, help="Training steps per expert.")] = None,
     vae: Annotated[Path | None, typer.Option(help="A diffusers VAE folder (latent presets; its class from its "
                                              "config.json: Wan 2.1/2.2, LTX-Video, HunyuanVideo, CogVideoX, "
@@ -148,6 +152,11 @@ def run_init(
     clip_model: Annotated[str | None, typer.Option(help="open_clip architecture for embedding clips.")] = None,
     clip_weights: Annotated[Path | None, typer.Option(help="open_clip weights to embed clips with "
                                                       "(stored and named the same way).")] = None,
+    dinov2: Annotated[Path | None, typer.Option(help="A DINOv2 folder (transformers Dinov2Model, e.g. a "
+                                                "facebook/dinov2-base snapshot) to embed clips with, as Paris "
+                                                "did (stored and named the same way).")] = None,
+    gpu: Annotated[str, typer.Option("--gpu", help="Device that embeds clips and encodes latents: a CUDA index "
+                                     "or 'cpu'.")] = "cpu",
     json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
     home: Annotated[Path, typer.Option(help="The identity that will own the run (the daemon's home).")]
     = Path("~/.paris"),
@@ -155,11 +164,30 @@ def run_init(
     """Cluster the data and write a run spec owned by this home's identity; prints its run id. Model assets
     go into the home's content store (the daemon provides them); a latent preset's clips are encoded once."""
     from protocol.data import DataManifest
+    from protocol.run_config import load_run_config
 
+    cfg = load_run_config(config) if config is not None else None
+    if cfg is not None:  # the flags given win; the spec records the config as it was applied
+        base = config.parent
+        vae, text_weights, clip_weights, dinov2 = (flag or cfg.path(f, base) for flag, f in
+                                                   ((vae, "vae"), (text_weights, "text_weights"),
+                                                    (clip_weights, "clip_weights"), (dinov2, "dinov2")))
+        text_model, clip_model = text_model or cfg.models.text_model, clip_model or cfg.models.clip_model
+        cfg = cfg.with_flags(preset=preset, clusters=clusters, seed=seed, name=name, target_steps=target_steps)
+        preset, clusters, seed, name = cfg.preset, cfg.clusters, cfg.seed, cfg.name
+        target_steps = None  # in cfg.train now
+    preset, seed, name = preset or "small", seed or 0, name or "run"
+    if clusters is None:
+        fail("give --clusters K (or clusters = K in the --config file)")
+    if clip_weights is not None and dinov2 is not None:
+        fail("embed clips with one network: give --clip-weights or --dinov2, not both")
     source = DataManifest.load(data)  # not a data set: said before the model stack is imported
     if source.latents is not None:
         fail(f"--data {data} holds latents: give the pixel data set (run init embeds frames to cluster them)")
-    from expert.presets import LATENT_PRESETS, get_preset
+    from expert.device import resolve_device
+
+    device = resolve_device(gpu)
+    from expert.presets import LATENT_PRESETS, configure, get_preset
     from expert.run_init import init_run
     from node.assets import import_asset
     from protocol.run import RunSpec
@@ -167,31 +195,41 @@ def run_init(
 
     if vae is not None and preset not in LATENT_PRESETS:
         fail(f"--vae is for the latent presets ({', '.join(LATENT_PRESETS)}); {preset!r} trains on pixels")
-    channels = None
+    channels, latent = None, None
     if vae is not None:  # measured from its config alone (no weights read): a VAE that cannot fit fails here
         from expert.presets import clip_shape
         from expert.vae import probe_vae
 
-        channels = probe_vae(vae.expanduser(), *clip_shape(preset)).latent[0]
+        latent = probe_vae(vae.expanduser(), *clip_shape(preset, cfg)).latent
+        channels = latent[0]
     home = home.expanduser()
     creator = load_identity(home).public_key_bytes.decode()
     with console.status("putting the model assets into the content store"):
         assets = {k: import_asset(home, v) for k, v in
-                  (("vae", vae), ("text", text_weights), ("clip", clip_weights)) if v is not None}
-    chosen = get_preset(preset, vae=assets.get("vae"), vae_channels=channels, text_model=text_model,
-                        text_weights=assets.get("text"))
-    with console.status("embedding and clustering clips"):
+                  (("vae", vae), ("text", text_weights), ("clip", clip_weights), ("dinov2", dinov2))
+                  if v is not None}
+    chosen = configure(get_preset(preset, vae=assets.get("vae"), vae_channels=channels, text_model=text_model,
+                                  text_weights=assets.get("text")), cfg)
+    if latent is not None:
+        from expert.presets import check_latent_patch
+
+        check_latent_patch(chosen.backbone, latent)
+    with progress() as bar:
+        task = bar.add_task(f"embedding clips ({device})", total=None)
         spec = init_run(data, clusters, preset=chosen, seed=seed, name=name, clip_model=clip_model,
-                        clip_weights=assets.get("clip"), target_steps=target_steps)
+                        clip_weights=assets.get("clip"), dinov2=assets.get("dinov2"), target_steps=target_steps,
+                        config=cfg, device=device, on_total=lambda n: bar.update(task, total=n),
+                        on_progress=lambda n: bar.advance(task, n))
     spec = RunSpec.model_validate({**spec.model_dump(), "creator": creator})
     if spec.preset.backbone.space == "latent":
         from node.bundle import ensure_latents
 
         with progress() as bar:
             task = bar.add_task("encoding clips into latents (once)", total=None)
-            ensure_latents(spec, data, home / "runs" / spec.run_id, on_total=lambda n: bar.update(task, total=n),
-                           on_progress=lambda n: bar.advance(task, n))
+            ensure_latents(spec, data, home / "runs" / spec.run_id, device=device,
+                           on_total=lambda n: bar.update(task, total=n), on_progress=lambda n: bar.advance(task, n))
     spec.save(out_file)
+    spec.save(home / "runs" / spec.run_id / "run.json")  # `run show RUN_ID --home` finds it here
     b = spec.balance
     if json_out:
         out.print_json(json.dumps({"run_id": spec.run_id, "out": str(out_file), "balance": b.model_dump()}))
@@ -212,10 +250,78 @@ def run_init(
     out.print(f"run id {spec.run_id} written to {out_file}")
 
 
-def _run_training(trainer, steps: int, out_dir: Path, checkpoint_every: int | None, *, label: str) -> bool:
+def _find_run(run: str, home: Path):
+    """A run spec file, or the spec of run id `run` that `home` made (runs/<id>/run.json) or published
+    (runs/<id>/bundle/run.json)."""
+    from protocol.run import RunSpec
+
+    path = Path(run).expanduser()
+    if path.is_file():
+        return RunSpec.load(path)
+    if run.startswith("run-") and "/" not in run:
+        for found in (home / "runs" / run / "run.json", home / "runs" / run / "bundle" / "run.json"):
+            if found.is_file():
+                spec = RunSpec.load(found)
+                if spec.run_id != run:
+                    raise ParisError(f"{found} holds run {spec.run_id}, not {run}")
+                return spec
+        raise ParisError(f"{home} knows no run {run} (give the run's .json file, or the --home that made it)")
+    raise ParisError(f"{run} is neither a run spec file nor a run id")
+
+
+@run_app.command("show")
+def run_show(
+    run: Annotated[str, typer.Argument(help="A run spec file, or a run id that --home knows (made or "
+                                       "published there).")],
+    home: Annotated[Path, typer.Option(help="The home to look for a run id in.")] = Path("~/.paris"),
+    json_out: Annotated[bool, typer.Option("--json", help="Print the run's settings as JSON.")] = False,
+) -> None:
+    """Print a run's settings: the run config it was made from (or its preset's, as a config) with its data,
+    clusters and model assets."""
+    from expert.presets import effective_config
+
+    spec = _find_run(run, home.expanduser())
+    cfg = effective_config(spec)
+    summary = {"run_id": spec.run_id, "name": spec.name, "data_id": spec.data.data_id,
+               "clips": spec.data.total_clips, "data_clip": {"frames": spec.data.frames, "height": spec.data.height,
+                                                             "width": spec.data.width, "fps": spec.data.fps},
+               "clusters": spec.num_clusters, "cluster_sizes": list(spec.balance.sizes),
+               "holdout_clips": [len(h) for h in spec.validation.holdout], "embedding": spec.embedding.method,
+               "from_config": spec.config is not None, "config": cfg.model_dump(exclude_none=True),
+               "preset": spec.preset.model_dump(mode="json", exclude_none=True)}
+    if json_out:
+        out.print_json(json.dumps(summary))
+        return
+    import tomlkit
+
+    d = spec.data
+    out.print(f"run {spec.run_id} ({spec.name}): {spec.num_clusters} clusters of {d.total_clips} clips "
+              f"(sizes {', '.join(map(str, spec.balance.sizes))}), embedded with {spec.embedding.method}",
+              highlight=False)
+    out.print(f"data {d.data_id}: {d.frames}×{d.height}×{d.width} clips at {d.fps:g} fps ({d.source})",
+              highlight=False)
+    assets = {k: v for k, v in (("vae", spec.preset.backbone.vae), ("text weights", spec.preset.text.weights),
+                                (f"{spec.embedding.method} weights", spec.embedding.weights)) if v is not None}
+    for what, asset in assets.items():
+        out.print(f"{what}: {asset.name} ({asset.bytes} bytes), {asset.cid}", highlight=False)
+    made = "made from a run config" if spec.config is not None else f"made from preset {spec.preset.name!r}"
+    out.print(f"# its settings as a run config ({made}; local paths are not recorded)", highlight=False)
+    table = {k: v for k, v in cfg.model_dump(exclude_none=True).items() if v != {}}
+    out.print(tomlkit.dumps(table).rstrip(), markup=False, highlight=False)
+
+
+def _run_training(trainer, steps: int, out_dir: Path, checkpoint_every: int | None, *, label: str,
+                  tensorboard: Path | None = None) -> bool:
     """Drive `trainer.train` with a progress bar (log lines when not on a terminal); the first Ctrl-C or
-    SIGTERM stops at the next step boundary with a final checkpoint, a second one aborts. True if stopped."""
+    SIGTERM stops at the next step boundary with a final checkpoint, a second one aborts. True if stopped.
+    `tensorboard`: every step's loss and every checkpoint's validation loss go there (node.tensorboard)."""
     from rich.progress import TextColumn
+
+    board = slot = None
+    if tensorboard is not None:
+        from node.tensorboard import LossBoard, slot_of
+
+        board, slot = LossBoard(tensorboard), slot_of(trainer)
 
     stop = threading.Event()
 
@@ -234,6 +340,8 @@ def _run_training(trainer, steps: int, out_dir: Path, checkpoint_every: int | No
 
             def on_progress(p):
                 last["p"] = p
+                if board is not None:
+                    board.train(slot, p.step, p.loss)
                 loss = "skipped" if p.loss is None else f"{p.loss_ema:.4f}"
                 bar.update(task, advance=1, loss=loss, sps=f"{p.samples_per_s:.1f}")
                 if not console.is_terminal and (p.step % 25 == 0 or p.step == 1):  # logs, not a live bar
@@ -242,12 +350,16 @@ def _run_training(trainer, steps: int, out_dir: Path, checkpoint_every: int | No
 
             def on_checkpoint(path, meta):
                 console.print(f"checkpoint step {meta.step} → {path}", highlight=False)
+                if board is not None:
+                    board.validation(slot, meta.step, meta.val_loss)
 
             trainer.train(steps, on_progress=on_progress, checkpoint_dir=out_dir,
                           checkpoint_every=checkpoint_every, on_checkpoint=on_checkpoint, stop=stop)
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, previous_term)
+        if board is not None:
+            board.close()
     p = last.get("p")
     if p is not None and p.skipped_total:
         console.print(f"[yellow]{p.skipped_total} step(s) were skipped because the loss or gradient was not finite[/]")
@@ -258,6 +370,9 @@ HomeAssetsOpt = Annotated[Path, typer.Option(
     help="Home whose content store holds the run's model assets and latents (`run init --home`).")]
 
 
+TensorboardOpt = Annotated[Path | None, typer.Option(
+    help="Write the training loss of every step and the validation loss of every checkpoint here as TensorBoard "
+         "event files (one run per slot: `tensorboard --logdir DIR`).")]
 VaeDirOpt = Annotated[Path | None, typer.Option(
     "--vae", help="The run's VAE folder, if not in --home's content store (checked against the CID the run names).")]
 TextEncoderOpt = Annotated[Path | None, typer.Option(
@@ -308,6 +423,7 @@ def train_local(
     ddp: Annotated[bool, typer.Option("--ddp", help="Train on every device of --gpu (then a list: 0,1 / all / cpu,cpu) "
                                       "with DistributedDataParallel: one process per device, the batch split.")]
     = False,
+    tensorboard: TensorboardOpt = None,
 ) -> bool:
     """Train one expert on its cluster with no swarm (the daemon drives the same code)."""
     from protocol.run import RunSpec
@@ -341,7 +457,7 @@ def train_local(
 
             with console.status(f"starting {len(devices) - 1} more rank(s) on {', '.join(map(str, devices[1:]))}"):
                 stack.enter_context(DdpGroup(trainer, [str(d) for d in devices], ExpertRecipe.of(trainer)))
-        stopped = _run_training(trainer, steps, out_dir, checkpoint_every, label=label)
+        stopped = _run_training(trainer, steps, out_dir, checkpoint_every, label=label, tensorboard=tensorboard)
     loss = "n/a" if trainer.loss_ema is None else f"{trainer.loss_ema:.4f}"
     where = f", trained on {len(devices)} devices" if ddp else ""
     out.print(f"expert {cluster} at step {trainer.step}, loss {loss}{where}; checkpoint in {out_dir}")
@@ -368,6 +484,7 @@ def train_router(
     compile_model: CompileOpt = False,
     grad_checkpointing: CheckpointingOpt = "auto",
     home: HomeAssetsOpt = Path("~/.paris"),
+    tensorboard: TensorboardOpt = None,
 ) -> None:
     """Train the run's router with no swarm; reports held-out accuracy per routing mode and noise level.
     The defaults are the router a swarm trains for this run (`--full-size --no-text --no-caption-prior` is
@@ -391,7 +508,7 @@ def train_router(
                                                                grad_checkpointing=grad_checkpointing))
         if resume:
             console.print(f"resumed from step {trainer.load(resume).step}")
-    _run_training(trainer, steps, out_dir, checkpoint_every, label="router")
+    _run_training(trainer, steps, out_dir, checkpoint_every, label="router", tensorboard=tensorboard)
     report = {"step": trainer.step, "loss": trainer.loss_ema, "validation": trainer.validation(),
               **router_report(trainer.ema, trainer.held, device=device)}
     if json_out:
@@ -499,7 +616,15 @@ def sample_cmd(
 def eval_cmd(
     ensemble: Annotated[Path | None, typer.Option(help="An ensemble folder to evaluate.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Or one expert checkpoint / training folder.")] = None,
-    strategy: Annotated[str, typer.Option(help="Routing strategy for --ensemble.")] = "top1",
+    run: Annotated[str | None, typer.Option(help="Measure on this run's held-out clips (a run spec file or a "
+                                            "run id --home knows), per expert and per strategy, instead of "
+                                            "the built-in synthetic prompts.")] = None,
+    data: Annotated[Path | None, typer.Option(help="With --run: its data folder, if not where `run init` saw "
+                                              "it.")] = None,
+    prompts: Annotated[Path | None, typer.Option(help="With --run: a prompts file (one per line) instead of the "
+                                                 "held-out clips' captions.")] = None,
+    strategy: Annotated[str, typer.Option(help="Routing strategy for --ensemble (with --run, a comma-separated "
+                                          "list: top1,top2,full).")] = "top1",
     router_mode: RouterModeOpt = None,
     n: Annotated[int, typer.Option("--n", min=2, help="Number of prompts / generated videos.")] = 64,
     steps: Annotated[int, typer.Option(min=1, help="Sampling steps.")] = 30,
@@ -520,7 +645,8 @@ def eval_cmd(
     text_encoder_path: TextEncoderOpt = None,
 ) -> None:
     """Metrics on the built-in data: FVD-synth and prompt-attribute accuracy, plus FVD (I3D) and CLIP
-    text-video similarity when their weights are given (see docs/cli.md)."""
+    text-video similarity when their weights are given; with --run, your own run on its held-out clips: each
+    expert's validation loss, FVD and CLIP score per expert and per strategy (see docs/cli.md)."""
     from expert.device import resolve_device
     from expert.evaluate import EVAL_SEED, evaluate_synthetic
     from expert.routing import parse_strategy
@@ -528,7 +654,15 @@ def eval_cmd(
 
     if (ensemble is None) == (checkpoint is None):
         fail("give exactly one of --ensemble DIR or --checkpoint DIR")
-    strat = parse_strategy(strategy)
+    if run is None and (data is not None or prompts is not None):
+        fail("--data and --prompts measure your own run: give --run RUN too")
+    strategies = [part.strip() for part in strategy.split(",") if part.strip()]
+    if run is None and len(strategies) != 1:
+        fail("several strategies are compared on your own run: give --run RUN")
+    for s in strategies:
+        parse_strategy(s)
+    strat = parse_strategy(strategies[0])
+    spec = _find_run(run, home.expanduser()) if run is not None else None
     device = resolve_device(gpu)
     _model_assets(checkpoint, home, vae, text_encoder_path)  # an ensemble folder holds its own
     fvd_net = clip = None
@@ -540,6 +674,13 @@ def eval_cmd(
         from expert.clip_score import ClipScorer
 
         clip = ClipScorer.from_pretrained(clip_model, clip_weights, device=device)
+    if spec is not None:
+        from node.cli_eval import evaluate_own_run
+
+        evaluate_own_run(spec, ensemble=ensemble, checkpoint=checkpoint, data=data, prompts_file=prompts,
+                         strategies=strategies, router_mode=router_mode, n=n, steps=steps, guidance=guidance,
+                         device=device, fvd_net=fvd_net, clip=clip, json_out=json_out)
+        return
     with progress() as bar:
         task = bar.add_task("training the synthetic-data judge (once)", total=None, visible=False)
         judge = cached_judge(judge_dir, on_step=lambda i, total: bar.update(task, completed=i, total=total,
@@ -630,9 +771,9 @@ def demo(
     if not (data / "manifest.json").is_file():
         data_synth(out_dir=data, clips=clips, seed=0, frames=16, size="32x32", json_out=False)
     if not run_file.is_file():
-        run_init(data=data, clusters=clusters, out_file=run_file, preset=preset, seed=0, name="demo",
+        run_init(data=data, clusters=clusters, out_file=run_file, config=None, preset=preset, seed=0, name="demo",
                  target_steps=steps, vae=None, text_model=None, text_weights=None, clip_model=None, clip_weights=None,
-                 json_out=False)
+                 dinov2=None, gpu=gpu, json_out=False)
     from protocol.run import RunSpec
 
     spec = RunSpec.load(run_file)
@@ -644,7 +785,8 @@ def demo(
 
         done = read_meta(resolve_checkpoint(ckpt)).step
     if done < steps and train_local(run=run_file, cluster=cluster, steps=steps - done, out_dir=ckpt,
-                                    resume=ckpt if done else None, data=None, gpu=gpu, checkpoint_every=None):
+                                    resume=ckpt if done else None, data=None, gpu=gpu, checkpoint_every=None,
+                                    tensorboard=None):
         out.print(f"stopped; run the same command again to resume from {ckpt}")
         return
     from expert.synth import MOTION_PHRASES

@@ -154,6 +154,8 @@ def register(app: typer.Typer) -> None:
         metrics_port: Annotated[int | None, typer.Option(min=0, max=65535, help=(
             "Serve Prometheus metrics on this port (0: any free port, written to node.json)."))] = None,
         metrics_host: Annotated[str, typer.Option(help="Address the metrics endpoint listens on.")] = "127.0.0.1",
+        tensorboard: Annotated[Path | None, typer.Option(help=(
+            "Write each slot's training and validation loss here as TensorBoard event files."))] = None,
         log_format: Annotated[str, typer.Option(help="text | json.")] = "text",
         log_level: Annotated[str, typer.Option(help="debug | info | warning | error.")] = "info",
         print_config: Annotated[bool, typer.Option(

@@ -31,6 +31,7 @@ from node.role_seeder import Seeder
 from node.role_verifier import Verifier, make_verifier
 from node.run_open import open_run
 from node.status import NodeStatus, lane_status, tally
+from node.tensorboard import LossBoard
 from swarm.cas import ContentStore
 from swarm.dht import SwarmNode
 from swarm.dialback import serve_dialback
@@ -54,6 +55,7 @@ class Daemon:
         self.members = MemberBook()
         self.verifier: Verifier | None = None  # checks checkpoints beside any role but `seeder`
         self.metrics = NodeMetrics() if opts.metrics_port is not None else None
+        self.board = LossBoard(opts.tensorboard) if opts.tensorboard is not None else None  # `--tensorboard DIR`
         self._signals = 0
         self._tasks: list[asyncio.Task] = []
         self._join_command: str | None = None
@@ -82,8 +84,9 @@ class Daemon:
                 check_world(run.spec.preset.train.batch_size, len(devices))
             ctx = self.ctx = self._context(run, devices[0])
             ddp = self.opts.ddp
-            self.lanes = ([Lane(ctx, 0, devices[0], ddp_devices=devices, on_role=self._on_role)] if ddp
-                          else [Lane(ctx, i, dev, on_role=self._on_role) for i, dev in enumerate(devices)])
+            self.lanes = ([Lane(ctx, 0, devices[0], ddp_devices=devices, on_role=self._on_role, board=self.board)]
+                          if ddp else [Lane(ctx, i, dev, on_role=self._on_role, board=self.board)
+                                       for i, dev in enumerate(devices)])
             seeder = Seeder(ctx)
             if self.opts.role != "seeder":
                 self.verifier = make_verifier(ctx)
@@ -178,6 +181,8 @@ class Daemon:
             await asyncio.to_thread(self.node.shutdown)
         if self.metrics is not None:
             self.metrics.close()
+        if self.board is not None:
+            self.board.close()
         remove_node_info(self.home)
         event(log, "stopped")
 

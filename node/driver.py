@@ -12,6 +12,7 @@ from pathlib import Path
 
 from expert.checkpoint_writer import BackgroundCheckpointer
 from expert.train import Progress, Trainer
+from node.tensorboard import LossBoard, slot_of
 from protocol.checkpoint import CheckpointMeta
 
 
@@ -25,12 +26,14 @@ class TrainingDriver:
     """`run()` (blocking; call it in a thread) trains until `target` steps or until `stop` is set, and always
     ends with a checkpoint of the last step taken, on disk when it returns. `on_checkpoint(path, meta)` is
     called in the checkpoint writer's thread right after each checkpoint is on disk; it must not block for long
-    (hand the work to the event loop)."""
+    (hand the work to the event loop). With a `board`, every step's loss and every checkpoint's validation loss
+    go to TensorBoard under the trainer's slot."""
 
     def __init__(self, trainer: Trainer, target: int, checkpoint_root: Path, cadence: Cadence, *,
-                 on_checkpoint: Callable[[Path, CheckpointMeta], None] | None = None) -> None:
+                 on_checkpoint: Callable[[Path, CheckpointMeta], None] | None = None,
+                 board: LossBoard | None = None) -> None:
         self.trainer, self.target, self.root, self.cadence = trainer, target, Path(checkpoint_root), cadence
-        self.on_checkpoint = on_checkpoint
+        self.on_checkpoint, self.board, self.slot = on_checkpoint, board, slot_of(trainer)
         self.stop = threading.Event()
         self.latest: Progress | None = None
         self.started = time.time()
@@ -45,6 +48,14 @@ class TrainingDriver:
 
     def _on_progress(self, p: Progress) -> None:
         self.latest = p
+        if self.board is not None:
+            self.board.train(self.slot, p.step, p.loss)
+
+    def _checkpointed(self, path: Path, meta: CheckpointMeta) -> None:
+        if self.board is not None:
+            self.board.validation(self.slot, meta.step, meta.val_loss)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(path, meta)
 
     def run(self) -> bool:
         """True when the target was reached, False when stopped first."""
@@ -56,7 +67,7 @@ class TrainingDriver:
 
     def _run(self) -> bool:
         t = self.trainer
-        writer = BackgroundCheckpointer(t, self.root, self.on_checkpoint)
+        writer = BackgroundCheckpointer(t, self.root, self._checkpointed)
         self.writer = writer
         last_time, last_step = time.monotonic(), t.step
         try:

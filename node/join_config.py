@@ -62,6 +62,7 @@ class JoinConfig(BaseModel):
     grad_checkpointing: str
     metrics_port: int | None
     metrics_host: str
+    tensorboard: Path | None
     log_format: LogFormat
     log_level: LogLevel
 
@@ -140,4 +141,5 @@ class JoinConfig(BaseModel):
             cache_bytes=int(self.cache_gb * 2**30), stop_when_done=self.stop_when_done, cpu_threads=self.cpu_threads,
             efficiency=Efficiency(compile=self.compile, grad_checkpointing=self.grad_checkpointing),
             metrics_port=self.metrics_port, metrics_host=self.metrics_host,
+            tensorboard=self.tensorboard.expanduser() if self.tensorboard is not None else None,
             trainers=self.allow_trainer or None)

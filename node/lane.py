@@ -19,6 +19,7 @@ from pathlib import Path
 from node.context import NodeContext
 from node.driver import Cadence, TrainingDriver
 from node.logs import event
+from node.tensorboard import LossBoard
 from swarm.claims import ClaimManager
 
 log = logging.getLogger("node.daemon")
@@ -26,7 +27,7 @@ log = logging.getLogger("node.daemon")
 
 class Lane:
     def __init__(self, ctx: NodeContext, index: int, device, *, ddp_devices: list | None = None,
-                 on_role: Callable[[Lane], None] = lambda lane: None) -> None:
+                 on_role: Callable[[Lane], None] = lambda lane: None, board: LossBoard | None = None) -> None:
         self.ctx, self.index, self.device = ctx, index, device
         self.ddp_devices = list(ddp_devices or [])  # `join --ddp`: an expert trains over all of these (device first)
         self.driver: TrainingDriver | None = None
@@ -34,6 +35,7 @@ class Lane:
         self.cluster: int | None = None
         self._slot: str | None = None
         self._on_role = on_role  # the daemon rewrites node.json and logs the change
+        self.board = board  # `--tensorboard DIR`: every step's loss and checkpoint's validation loss
 
     @property
     def label(self) -> str:
@@ -82,7 +84,7 @@ class Lane:
 
         driver = TrainingDriver(trainer, target, ctx.checkpoint_root(slot),
                                 Cadence(schedule.checkpoint_every, schedule.checkpoint_minutes * 60),
-                                on_checkpoint=on_checkpoint)
+                                on_checkpoint=on_checkpoint, board=self.board)
         self.driver, self._slot = driver, slot
         if ctx.stopping.is_set():
             driver.stop.set()

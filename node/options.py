@@ -57,6 +57,7 @@ class DaemonOptions(BaseModel):
     trainers: tuple[str, ...] | None = None  # new swarm: a permissioned run's trainer allowlist (peer ids)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)  # Prometheus endpoint (None: off, 0: any)
     metrics_host: str = "127.0.0.1"
+    tensorboard: Path | None = None  # training and validation loss per slot as TensorBoard event files
 
     @property
     def creates_run(self) -> bool:

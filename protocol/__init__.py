@@ -11,6 +11,7 @@ The modules:
 - `errors` — `ParisError`: errors with a one-line message for the user (the CLI prints no traceback).
 - `model` — the configs that define an expert: backbone shape, text encoder, training hyper-parameters.
 - `records_io` — reading a pydantic record from a JSON file, with a one-line error naming the file and field.
+- `run_config` — the run config file (`run init --config`): every field a researcher sets; presets fill the rest.
 - `run` — the run spec: the one record every peer of a run agrees on (data, clusters, preset, targets).
 - `swarm_cas` — content addressing: CIDv1 chunk ids, the manifest that lists them, the chunk-transfer frames.
 - `swarm_dialback` — the `paris-dialback/1` request and answer behind `doctor`'s reachability check.

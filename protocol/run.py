@@ -13,6 +13,7 @@ from protocol.data import DataManifest, Frozen
 from protocol.errors import IntegrityError
 from protocol.model import Asset, ExpertPreset
 from protocol.records_io import read_model
+from protocol.run_config import RunConfig
 
 RUN_FORMAT_VERSION = 2  # 2: a held-out validation split per cluster
 
@@ -105,6 +106,8 @@ class RunSpec(Frozen):
     seed: int = 0
     validation: ValidationSpec
     creator: str | None = Field(default=None, pattern=r"^ssh-rsa [A-Za-z0-9+/=]{100,2000}$")
+    # the run config it was made from (`run init --config`), local paths left out; None: a preset as it is
+    config: RunConfig | None = None
     data_hint: str | None = None
 
     @model_validator(mode="after")

@@ -72,6 +72,7 @@ def test_train_resume_and_sample(workdir):
      "--vae is for the latent presets"),
     (["run", "init", "--data", "{data}", "--clusters", 2, "--out", "r.json", "--preset", "tiny-latent", "--vae",
       "/nonexistent/vae"], "no such file or folder"),
+    (["run", "init", "--data", "{data}", "--clusters", 2, "--out", "r.json", "--gpu", "0"], "no CUDA"),
     (["join", "--preset", "tiny-latent"], "trains through a VAE"),
     (["join", "--gpu", "cpu,1"], "no CUDA"),
     (["join", "--gpu", "cpu", "--ddp"], "--ddp needs two or more devices"),

@@ -1,6 +1,7 @@
 """A researcher's own videos, end to end as real processes: `data prepare` (a Hugging Face VideoFolder, two
-worker processes), `run init` (clustered with an open_clip image tower, random weights saved to a file; the
-synthetic feature refused), then a few `train-local` steps."""
+worker processes), `run init` from a run config (a non-square model; clustered with DINOv2, random weights saved
+with save_pretrained; the synthetic feature refused), `run show`, a few `train-local` steps (loss curves to
+TensorBoard), and `eval --run` on the held-out clips."""
 
 import json
 import subprocess
@@ -27,8 +28,6 @@ def run(*args, check=True):
 def test_own_videos_prepare_init_and_train(tmp_path):
     import torch
 
-    from expert.clip_score import ClipScorer
-
     root = tmp_path / "my-videos"
     rows = []
     for i in range(12):  # two kinds of source, different rates and sizes
@@ -54,21 +53,43 @@ def test_own_videos_prepare_init_and_train(tmp_path):
 
     refused = run("run", "init", "--data", tmp_path / "data", "--clusters", 2, "--preset", "tiny", "--out",
                   tmp_path / "run.json", "--home", tmp_path / "home", check=False)
-    assert refused.returncode != 0 and "pass --clip-weights FILE" in " ".join(refused.stderr.split())
+    assert refused.returncode != 0 and "or --clip-weights FILE" in " ".join(refused.stderr.split())
     assert "Traceback" not in refused.stderr
 
-    torch.manual_seed(0)
-    torch.save(ClipScorer.random_init("ViT-S-32").model.state_dict(), tmp_path / "clip.pt")
-    init = run("run", "init", "--data", tmp_path / "data", "--clusters", 2, "--preset", "tiny", "--out",
-               tmp_path / "run.json", "--home", tmp_path / "home", "--clip-weights", tmp_path / "clip.pt",
-               "--clip-model", "ViT-S-32", "--json")
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)  # a tiny random DINOv2 stands in for a downloaded one (no preprocessor config: defaults)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             image_size=28, patch_size=14)).save_pretrained(tmp_path / "dinov2")
+    (tmp_path / "run.toml").write_text(  # a non-square run, shaped by a config file (clusters from the flag)
+        'preset = "tiny"\nname = "mine"\n[video]\nframes = 8\nheight = 24\nwidth = 32\nfps = 8\n'
+        '[model]\nlayers = 2\nhead_dim = 16\n[train]\nbatch_size = 4\ntarget_steps = 40\n'
+        '[models]\ndinov2 = "dinov2"\n')
+    init = run("run", "init", "--data", tmp_path / "data", "--clusters", 2, "--config", tmp_path / "run.toml",
+               "--out", tmp_path / "run.json", "--home", tmp_path / "home", "--json")
     info = json.loads(init.stdout)
     assert sum(info["balance"]["sizes"]) == 12
     spec = json.loads((tmp_path / "run.json").read_text())
-    assert spec["embedding"]["method"] == "open_clip-image" and spec["data"]["source"] == "real"
+    assert spec["embedding"]["method"] == "dinov2-image" and spec["data"]["source"] == "real"
     assert (spec["data"]["frames"], spec["data"]["height"], spec["data"]["width"]) == (8, 24, 32)
-    run("train-local", "--run", tmp_path / "run.json", "--cluster", 0, "--steps", 2, "--out", tmp_path / "ck")
+    models = spec["config"]["models"]  # the weights are named by CID (embedding.weights), not by path
+    assert models["dinov2"] is None and spec["embedding"]["weights"]["name"] == "dinov2"
+    shown = json.loads(run("run", "show", info["run_id"], "--home", tmp_path / "home", "--json").stdout)
+    assert shown["config"]["video"] == {"frames": 8, "height": 24, "width": 32, "fps": 8.0}
+    assert shown["config"]["model"]["layers"] == 2 and shown["config"]["train"]["target_steps"] == 40
+    assert shown["config"]["name"] == "mine" and shown["config"]["clusters"] == 2
+    run("train-local", "--run", tmp_path / "run.json", "--cluster", 0, "--steps", 2, "--out", tmp_path / "ck",
+        "--checkpoint-every", 1, "--tensorboard", tmp_path / "tb")
     assert any((tmp_path / "ck").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves = EventAccumulator(str(tmp_path / "tb" / "expert-0")).Reload()
+    assert [e.step for e in curves.Scalars("loss/train")] == [e.step for e in curves.Scalars("loss/validation")] \
+        == [1, 2]
+    measured = json.loads(run("eval", "--checkpoint", tmp_path / "ck", "--run", info["run_id"], "--home",
+                              tmp_path / "home", "--n", 2, "--steps", 1, "--json").stdout)
+    row = measured["rows"]["expert_0"]  # no FVD / CLIP weights here: the held-out loss, which needs none
+    assert row["videos"] == 2 and row["val_loss"] > 0 and row["heldout_clips"] == len(spec["validation"]["holdout"][0])
 
 
 def test_ctrl_c_then_the_same_command_continues(tmp_path):

@@ -240,5 +240,6 @@ def test_run_init_refuses_the_synthetic_feature_on_real_videos(tmp_path, sources
     vids = _folder(sources, tmp_path / "v", {"a.mp4": "a.mp4", "b.avi": "b.avi"})
     caps = _csv(tmp_path / "caps.csv", [{"video": "a.mp4", "caption": "x"}, {"video": "b.avi", "caption": "y"}])
     prepare_videos(vids, caps, tmp_path / "data", **SMALL)
-    with pytest.raises(ParisError, match=r"holds real videos: the shapes-v1 feature .* pass --clip-weights FILE"):
+    with pytest.raises(ParisError, match=r"holds real videos: the shapes-v1 feature .* pass --dinov2 DIR .* or "
+                                         r"--clip-weights FILE"):
         init_run(tmp_path / "data", 2, preset_name="tiny")
