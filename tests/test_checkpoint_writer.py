@@ -19,6 +19,7 @@ def _validated(tiny_run):
     return trainer
 
 
+@pytest.mark.slow  # over 1.5 s: the default `pytest` stays under a minute
 def test_background_checkpoints_equal_the_ones_written_in_the_training_thread(tiny_run, tmp_path):
     sync = _validated(tiny_run)
     sync.train(6, checkpoint_dir=tmp_path / "sync", checkpoint_every=2)
@@ -43,6 +44,7 @@ def test_background_checkpoints_equal_the_ones_written_in_the_training_thread(ti
     assert driven.parent == path_cid(newest)
 
 
+@pytest.mark.slow  # over 1.5 s: the default `pytest` stays under a minute
 def test_training_goes_on_while_a_checkpoint_is_written(tiny_run, tmp_path, monkeypatch):
     trainer = _validated(tiny_run)
     real = trainer.write_snapshot
@@ -72,6 +74,7 @@ def test_training_goes_on_while_a_checkpoint_is_written(tiny_run, tmp_path, monk
     assert driver.writer.written == 2
 
 
+@pytest.mark.slow  # over 1.5 s: the default `pytest` stays under a minute
 def test_a_failed_write_is_raised_in_the_training_thread(tiny_run, tmp_path, monkeypatch):
     trainer = _validated(tiny_run)
 

@@ -83,6 +83,7 @@ def test_run_id_commits_to_its_creator(tiny_run, tmp_path):
     assert len(ids) == 3 and all(len(i) == len("run-") + 32 for i in ids)
 
 
+@pytest.mark.slow  # over 1.5 s: the default `pytest` stays under a minute
 def test_new_clips_are_assigned_as_run_init_assigned_the_data(tiny_run, synth_dir):
     """`assign_clips` (embed, standardise with the run's statistics, nearest centroid) reproduces the run's
     own assignments on its data, and `prompts_of_cluster` keeps only clips it puts in that cluster."""

@@ -2,7 +2,8 @@
 train a three-cluster tiny run while tests/swarm/evil_trainer.py, running our own client code under two
 identities of its own, re-announces the run with its own cluster data, announces a random-weight checkpoint
 at a huge step, DONE for a cluster it never
-trained, a legitimately leased cluster's checkpoint whose weights were replaced by noise, an honest CID
+trained, a legitimately leased cluster's checkpoint whose weights were replaced by noise and two honestly
+trained children of it whose optimizer moments (1e30) or RNG state no training leaves, an honest CID
 re-announced at a huge step, and Sybil attestations of all of it. The honest swarm still trains every cluster
 to its target, and `fetch` assembles only honest weights."""
 
@@ -102,7 +103,7 @@ def test_a_hostile_peer_cannot_poison_the_ensemble_or_stop_a_cluster(swarm):
     _wait(lambda: evil.act("sybil") is not None or evil.proc.poll() is not None, 400,
           lambda: f"the attacker's Sybil attestations ({evil.acts}); its log: "
                   f"{(root / 'evil' / 'evil.log').read_text()[-3000:]}")
-    assert evil.act("noise") and evil.act("reannounce"), evil.acts
+    assert evil.act("noise") and evil.act("optim") and evil.act("rng") and evil.act("reannounce"), evil.acts
     # joiners took the creator's bundle, not the newer one that the attacker announced
     bundle = evil.act("ready")["bundle"]
     for w in (w1, w2):
@@ -110,7 +111,7 @@ def test_a_hostile_peer_cannot_poison_the_ensemble_or_stop_a_cluster(swarm):
         assert ready["bundle"] == bundle != evil.act("hijack")["cid"]
         assert any("only its creator" in e.get("msg", "") or "not from the run's creator" in e.get("msg", "")
                    for e in w.events()), "the foreign pointer was not logged"
-    poison = {evil.act(a)["cid"] for a in ("random0", "noise", "amplify")}
+    poison = {evil.act(a)["cid"] for a in ("random0", "noise", "amplify", "optim", "rng")}
     leased = evil.act("lease")["cluster"]
 
     # the honest swarm trains every cluster to its target, the leased one included, and the router
@@ -126,6 +127,8 @@ def test_a_hostile_peer_cannot_poison_the_ensemble_or_stop_a_cluster(swarm):
     verdicts = {e["cid"]: e for e in boot.events() if e.get("msg", "").startswith("attested ")}
     for cid in poison:
         assert verdicts[cid]["verdict"] == "reject", verdicts.get(cid)
+    assert "optimizer moments" in verdicts[evil.act("optim")["cid"]]["reason"], verdicts[evil.act("optim")["cid"]]
+    assert "RNG state" in verdicts[evil.act("rng")["cid"]]["reason"], verdicts[evil.act("rng")["cid"]]
     takeovers = [e for w in (w1, w2) for e in w.events() if e.get("msg", "").startswith("took over")]
     assert takeovers and not {e["cid"] for e in takeovers} & poison
     assert any(e.get("msg") == f"took over expert-{leased} from its newest accepted checkpoint" for e in takeovers)

@@ -303,6 +303,7 @@ def test_a_permissioned_run_counts_only_its_trainers_checkpoints():
     assert [c.peer_id for c in snap.claims] == [PEER_A]  # an outsider's lease does not hold cluster 1
 
 
+@pytest.mark.slow  # over 1.5 s: the default `pytest` stays under a minute
 def test_allow_trainer_must_be_a_peer_id():
     import subprocess
     import sys

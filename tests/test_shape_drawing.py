@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from expert.shards import load_dataset
 from expert.synth import SHAPES
 from expert.synth_classifier import train_judge
@@ -12,6 +14,7 @@ from expert.synth_classifier import train_judge
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # over 1.5 s: the default `pytest` stays under a minute
 def test_the_shape_drawing_benchmark_trains_on_the_named_shapes_and_reports_each(tmp_path):
     train_judge(clips=64, steps=2, heldout=16).save(tmp_path / "judge")  # the real one takes half an hour
     work = tmp_path / "work"

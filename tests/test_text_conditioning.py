@@ -23,6 +23,7 @@ def _inputs(p, text):
     return x, torch.tensor([500.0, 500.0]), states
 
 
+@pytest.mark.slow  # over 1.5 s: the default `pytest` stays under a minute
 def test_padding_positions_do_not_change_the_prediction():
     p = get_preset("tiny")
     text = TextEncoder(p.text)
@@ -88,6 +89,7 @@ def test_x_prediction_returns_the_velocity_of_its_clean_sample():
         assert router(x, ts).shape == (2, 3) and not router.trunk._forward_hooks
 
 
+@pytest.mark.slow  # over 1.5 s: the default `pytest` stays under a minute
 @pytest.mark.parametrize("name", ["tiny", "small"])
 def test_the_frozen_text_states_tell_every_attribute_apart(name):
     """The random frozen tower carries each caption word to the backbone distinguishably: a linear probe on

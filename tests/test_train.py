@@ -19,6 +19,7 @@ def _state(t: ExpertTrainer) -> dict[str, torch.Tensor]:
     return {f"{g}/{k}": v.clone() for g, ts in t.state_groups().items() for k, v in ts.items()}
 
 
+@pytest.mark.slow  # over 1.5 s: the default `pytest` stays under a minute
 def test_resume_is_exact_bit_for_bit(tiny_run, tmp_path):
     spec, _ = tiny_run
     straight = trainer_for_run(spec, 0)

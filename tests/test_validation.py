@@ -65,6 +65,7 @@ def test_validation_loss_is_the_same_number_across_batch_sizes_and_threads(tiny_
     assert not losses_agree(losses[0], losses[0] * 1.01, spec.validation.rtol)
 
 
+@pytest.mark.slow  # over 1.5 s: the default `pytest` stays under a minute
 def test_validation_loss_tells_trained_from_random_weights(tiny_run, synth_dir):
     spec, _ = tiny_run
     trainer = trainer_for_run(spec, 0, data_dir=synth_dir)
@@ -128,6 +129,7 @@ def test_router_validation_reports_cross_entropy_and_accuracy_per_noise_level(ti
     assert router.validation_loss() == pytest.approx(report["loss"], rel=1e-9)
 
 
+@pytest.mark.slow  # over 1.5 s: the default `pytest` stays under a minute
 def test_check_content_tells_a_lying_record_from_a_bad_checkpoint(tiny_run, synth_dir, tmp_path):
     from expert.verify import check_content
 
@@ -159,6 +161,7 @@ def _interval(make, root, first: int = 2, then: int = 3):
     return parent, child, meta
 
 
+@pytest.mark.slow  # over 1.5 s: the default `pytest` stays under a minute
 def test_replay_is_bit_exact_for_honest_work_and_catches_a_forged_interval(tiny_run, synth_dir, tmp_path):
     from expert.verify import replay
 
@@ -196,6 +199,7 @@ def _rewritten(child, meta, out, **change):
     return out, write_checkpoint(out, groups, fields)
 
 
+@pytest.mark.slow  # over 1.5 s: the default `pytest` stays under a minute
 def test_replay_covers_the_whole_state_a_consumer_uses(tiny_run, synth_dir, tmp_path):
     """Honest model weights with the attacker's EMA (what is sampled), a poisoned optimizer or a bent RNG state:
     each fails the replay, though the model group alone would replay bit for bit."""
@@ -221,6 +225,7 @@ def test_replay_covers_the_whole_state_a_consumer_uses(tiny_run, synth_dir, tmp_
         assert group in report.reason or (group == "rng" and "RNG" in report.reason), report.reason
 
 
+@pytest.mark.slow  # over 1.5 s: the default `pytest` stays under a minute
 def test_a_takeover_refuses_an_optimizer_state_or_rng_that_training_cannot_leave(tiny_run, synth_dir, tmp_path):
     """Loading (takeover, replay, a verifier's check) refuses moments of 1e30, a wrong step counter and a
     malformed RNG state with a one-line error, and loads the honest state."""
@@ -240,6 +245,7 @@ def test_a_takeover_refuses_an_optimizer_state_or_rng_that_training_cannot_leave
         assert ("RNG" if name == "rng" else "optimizer") in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.slow  # over 1.5 s: the default `pytest` stays under a minute
 def test_a_router_interval_replays_bit_for_bit_and_a_forged_one_does_not(tiny_run, synth_dir, tmp_path):
     """The router is verified like an expert: its interval re-trained from the parent on the same stratified
     sample matches bit for bit (model, EMA, optimizer, RNG); a router whose EMA was bent does not."""

@@ -10,8 +10,9 @@ Acts, in order:
   amplify   a checkpoint of expert 1 whose manifest repeats one chunk to claim ~150 GiB
   done1     DONE for cluster 1, which it never trained
   lease     claims a cluster legitimately, trains it honestly for one interval and publishes that checkpoint
-  noise     then publishes a child of it whose weights were replaced by noise (claiming the honest loss),
-            and releases the lease
+  noise     then publishes a child of it whose weights were replaced by noise (claiming the honest loss)
+  optim     and a child trained honestly whose optimizer moments are 1e30 (weights and loss honest)
+  rng       and a child trained honestly whose RNG state is not a generator state; releases the lease
   reannounce  an honest peer's checkpoint re-announced under its own identity at step 10^6
   sybil     a second identity attests every one of those as accepted, with the claimed losses
 """
@@ -53,6 +54,16 @@ async def publish(node: SwarmNode, store: ContentStore, run_id: str, slot: str, 
                           ts=get_dht_time())
     assert await publish_checkpoint(node, run_id, body)
     return body
+
+
+def _huge_moments(groups: dict) -> None:
+    for name, t in groups["optimizer"].items():
+        if name.endswith("exp_avg"):
+            t.mul_(0).add_(1e30)
+
+
+def _bad_rng(groups: dict) -> None:
+    groups["rng"]["generator"] = torch.zeros(7, dtype=torch.uint8)
 
 
 async def main(args) -> None:
@@ -130,6 +141,18 @@ async def main(args) -> None:
         lies.append(await publish(node, store, run_id, f"expert-{cluster}", work / "noise", step=trainer.step,
                                   parent=honest.cid, val_loss=meta.val_loss * 0.9))
         say(act="noise", cluster=cluster, cid=lies[-1].cid, step=trainer.step)
+        # two more children of the honest interval, each trained honestly and then given a training state that
+        # no training leaves: optimizer moments of 1e30 (they would freeze whoever resumes from it), and an RNG
+        # state that is not one. The weights, loss and counters are honest: only loading the state catches them
+        for act, spoil in (("optim", _huge_moments), ("rng", _bad_rng)):
+            trainer.load(work / "honest")
+            trainer.train(args.interval)
+            snap = trainer.snapshot()
+            spoil(snap.groups)
+            meta = trainer.write_snapshot(work / act, snap)
+            lies.append(await publish(node, store, run_id, f"expert-{cluster}", work / act, step=trainer.step,
+                                      parent=honest.cid, val_loss=meta.val_loss))
+            say(act=act, cluster=cluster, cid=lies[-1].cid, step=trainer.step)
         await manager.release()
 
     # an honest peer's checkpoint re-announced at a huge step

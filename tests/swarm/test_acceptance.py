@@ -466,6 +466,7 @@ def _supports(v: Vote, c: Claim, policy: Policy) -> bool:
                                                                                                abs(c.val_loss)))
 
 
+@pytest.mark.slow  # over 1.5 s: the default `pytest` stays under a minute
 @settings(max_examples=150, deadline=None)
 @given(any_lineage)
 def test_accepted_claims_have_sound_lineage_and_quorum(case):
@@ -500,6 +501,7 @@ def test_accepted_claims_have_sound_lineage_and_quorum(case):
     assert all(not j.awaiting or j.status == P for j in js)
 
 
+@pytest.mark.slow  # over 1.5 s: the default `pytest` stays under a minute
 @settings(max_examples=150, deadline=None)
 @given(any_lineage, st.booleans())
 def test_trainer_self_attestations_change_nothing(case, accept):

@@ -439,6 +439,7 @@ async def _silent_server() -> tuple[asyncio.AbstractServer, int]:
     return server, server.sockets[0].getsockname()[1]
 
 
+@pytest.mark.slow  # over 1.5 s: the default `pytest` stays under a minute
 def test_silent_and_fake_providers_cannot_stall_a_manifest_fetch(tmp_path, source):
     """A hundred providers that accept and never answer, or do not exist, ahead of the one real one: the
     manifest still arrives, asked of several at once with a bounded wait each."""
