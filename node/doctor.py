@@ -23,7 +23,7 @@ Verdict = Literal["pass", "warn", "fail"]
 DISK_WARN = 20 * 2**30  # a small preset's run fits in much less; a base one needs tens of GiB
 DISK_FAIL = 2 * 2**30
 CLOCK_WARN_S, CLOCK_FAIL_S = 10.0, 30.0  # a lease is 3 × 10 s periods by default
-MEMBER_REFRESH_S = 30.0  # how often members re-announce (node.daemon._member_loop)
+MEMBER_REFRESH_S = 30.0  # how often members re-announce (node.loops.member_loop)
 
 
 class Check(BaseModel):
