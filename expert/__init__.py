@@ -22,7 +22,12 @@ The model and its training:
 - `text` — the frozen open_clip text tower that turns caption tokens into per-token states.
 - `flow` — flow matching in the convention of diffusers' FlowMatchEulerDiscreteScheduler.
 - `router` — the router r(x_t, t [, text]) → K logits, trained toward the posterior p(k | x_t, t).
-- `train` — the training loop for one expert (and, with the same loop, the router).
+- `train_loop` — the training loop shared by experts and the router: steps, EMA, checkpoints, resume.
+- `train_inputs` — what a trainer trains on: the run's verified clips, latents and caption states computed once.
+- `train_expert` — the expert trainer: flow matching on one cluster's clips (`trainer_for_run`).
+- `train_router` — the router trainer: cross-entropy against the true cluster on noisy clips.
+- `router_preset` — the run's router as pure rules (preset, sample, held-out clips); no torch.
+- `optimizer_state` — whether a peer's AdamW state could have come from clipped training.
 - `efficiency` — TF32, fused AdamW, `torch.compile`, gradient checkpointing: runtime choices, not the run's.
 - `ddp` — one expert trained on several local devices with DistributedDataParallel.
 - `device` — `--gpu N|cpu` → a torch device, before the model stack is imported.

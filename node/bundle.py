@@ -39,8 +39,8 @@ MAX_BUNDLE_BYTES = 256 << 20  # run.json (assignments, centroids) + swarm.json +
 
 def checkpoint_limit(run: LocalRun, slot: str) -> int:
     """The most bytes a checkpoint of `slot` of this run can hold (from its preset, not from any record)."""
+    from expert.router_preset import run_router_preset
     from expert.sizes import checkpoint_bytes_bound
-    from expert.train import run_router_preset
 
     spec = run.spec
     preset = run_router_preset(spec) if slot == "router" else spec.preset

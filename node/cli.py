@@ -325,7 +325,7 @@ def train_local(
         except ParisError as e:
             fail(str(e))
     from expert.efficiency import Efficiency
-    from expert.train import trainer_for_run
+    from expert.train_expert import trainer_for_run
 
     data = _local_assets(spec, home, data)
     with console.status(f"loading run {spec.run_id}, cluster {cluster}"):
@@ -376,7 +376,8 @@ def train_router(
 
     from expert.device import resolve_device
     from expert.efficiency import Efficiency
-    from expert.train import router_preset, router_trainer_for_run
+    from expert.router_preset import router_preset
+    from expert.train_router import router_trainer_for_run
     from expert.validation import router_report
     from protocol.run import RunSpec
 

@@ -70,7 +70,7 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, ou
 
     run_id, num_clusters = run.spec.run_id, run.spec.num_clusters
     if router_mode is not None:  # before any download: the run says which router its swarm trains
-        from expert.train import run_router_preset
+        from expert.router_preset import run_router_preset
 
         modes = run_router_preset(run.spec).router.modes
         if router_mode not in modes:

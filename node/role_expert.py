@@ -23,7 +23,7 @@ log = logging.getLogger("node.expert")
 
 
 async def run_expert(d: Lane, manager: ClaimManager, cluster: int) -> None:
-    from expert.train import ExpertTrainer
+    from expert.train_expert import ExpertTrainer
     from node.bundle import fetch_cluster_clips
 
     assert d.store is not None and d.run_info is not None

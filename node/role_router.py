@@ -29,8 +29,8 @@ async def router_training_data(store, run):
     """The router's training data: a stratified sample of every cluster's training clips (the run seed picks
     it, so its trainer and every verifier that replays it fetch the same clips, and only the shards that hold
     them), with each clip's cluster as its label."""
+    from expert.router_preset import stratified_sample
     from expert.shards import ClipBatch
-    from expert.train import stratified_sample
     from node.bundle import fetch_cluster_sample
 
     spec, schedule = run.spec, run.manifest.schedule
@@ -49,7 +49,7 @@ async def maybe_run_router(d: Lane, *, wait: bool) -> bool:
     the experts; training it on past its target while they train only flooded verifiers with checkpoints
     (and its held-out loss drifts up as it overfits its sample)."""
     from expert.shards import ClipBatch
-    from expert.train import router_trainer_from_clips
+    from expert.train_router import router_trainer_from_clips
     from node.bundle import fetch_cluster_clips
     from node.role_expert import resume
 
