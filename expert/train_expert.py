@@ -24,7 +24,7 @@ class ExpertTrainer(Trainer):
     kind = "expert"
 
     def _build_model(self, seed: int) -> nn.Module:
-        return build_backbone(self.preset.backbone, self.text.width, seed=seed)
+        return build_backbone(self.preset.backbone, self.text_width, seed=seed)
 
     def validation_loss(self, model: nn.Module | None = None) -> float | None:
         if self.held is None:

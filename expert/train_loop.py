@@ -97,7 +97,9 @@ class Trainer:
         self.efficiency = efficiency or Efficiency()
         prepare_device(self.device)
         tc = preset.train
-        self.text = TextEncoder(preset.text)
+        # a stored encoder's states come with the data (computed once at `run init`): it is never loaded here
+        self.text: TextEncoder | None = None if preset.text.stored else TextEncoder(preset.text)
+        self.text_width = preset.text.width if self.text is None else self.text.width
         self.model = self._build_model(seed).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.opt = adamw(self.model.parameters(), tc, self.device)
@@ -119,7 +121,7 @@ class Trainer:
         else:
             frames = clips.pixels()
             self.frames = frames if isinstance(frames, LazyRows) else torch.from_numpy(np.ascontiguousarray(frames))
-        self.text_states = TextStates(self.text, clips.tokens)
+        self.text_states = TextStates.of(clips, self.text)
         self.generator = torch.Generator().manual_seed(seed * 1_000_003 + (cluster or 0))
         self.step, self.samples_seen, self.skipped = 0, 0, 0
         self.shard: tuple[int, int] = (0, 1)  # (rank, world): expert.ddp sets it

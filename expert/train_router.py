@@ -45,7 +45,7 @@ class RouterTrainer(Trainer):
     def _build_model(self, seed: int) -> nn.Module:
         from expert.router import Router
 
-        return Router(self.preset.backbone, self.preset.router, self.text.width, seed=seed)
+        return Router(self.preset.backbone, self.preset.router, self.text_width, seed=seed)
 
     def validation(self, model: nn.Module | None = None) -> dict | None:
         """Held-out cross-entropy and accuracy per noise level of the EMA router, or of `model` (None without a

@@ -64,9 +64,10 @@ def locate_assets(home: Path, assets: dict[str, Asset]) -> list[str]:
 
 
 def preset_assets(preset: ExpertPreset, *, sampling: bool = True) -> dict[str, Asset]:
-    """The assets a model preset names, by what they are: its text weights and (for `sampling`) its VAE."""
+    """The assets a model preset names, by what they are: its text weights and (for `sampling`) its VAE. A
+    stored text encoder is for sampling only too: trainers and verifiers read its states from the data."""
     out: dict[str, Asset] = {}
-    if preset.text.weights is not None:
+    if preset.text.weights is not None and (sampling or not preset.text.stored):
         out["text-encoder weights"] = preset.text.weights
     if sampling and preset.backbone.vae is not None:
         out["video VAE"] = preset.backbone.vae

@@ -145,6 +145,11 @@ def run_init(
                                                    "--text-weights).")] = None,
     text_weights: Annotated[Path | None, typer.Option(help="open_clip weights file for the text tower (any "
                                                       "preset): stored and named the same way.")] = None,
+    text_encoder: Annotated[Path | None, typer.Option(
+        "--text-encoder", help="A transformers text encoder folder (T5/UMT5 encoder or CLIP text model with its "
+        "tokenizer, as save_pretrained writes it; any preset): every caption's states are computed once here "
+        "and stored with the data, so trainers and verifiers never load it.")] = None,
+    gpu: GpuOpt = "cpu",
     clip_model: Annotated[str | None, typer.Option(help="open_clip architecture for embedding clips.")] = None,
     clip_weights: Annotated[Path | None, typer.Option(help="open_clip weights to embed clips with "
                                                       "(stored and named the same way).")] = None,
@@ -177,20 +182,27 @@ def run_init(
     creator = load_identity(home).public_key_bytes.decode()
     with console.status("putting the model assets into the content store"):
         assets = {k: import_asset(home, v) for k, v in
-                  (("vae", vae), ("text", text_weights), ("clip", clip_weights)) if v is not None}
+                  (("vae", vae), ("text", text_weights), ("clip", clip_weights), ("encoder", text_encoder))
+                  if v is not None}
+    encoder = None if text_encoder is None else (assets["encoder"], text_encoder.expanduser())
     chosen = get_preset(preset, vae=assets.get("vae"), vae_channels=channels, text_model=text_model,
-                        text_weights=assets.get("text"))
+                        text_weights=assets.get("text"), text_encoder=encoder)
     with console.status("embedding and clustering clips"):
         spec = init_run(data, clusters, preset=chosen, seed=seed, name=name, clip_model=clip_model,
                         clip_weights=assets.get("clip"), target_steps=target_steps)
     spec = RunSpec.model_validate({**spec.model_dump(), "creator": creator})
-    if spec.preset.backbone.space == "latent":
+    from expert.latent_data import needs_encoding
+
+    if needs_encoding(spec.preset):
+        from expert.device import resolve_device
         from node.bundle import ensure_latents
 
+        what = " and ".join(w for w, on in (("clips into latents", spec.preset.backbone.space == "latent"),
+                                            ("captions into text states", spec.preset.text.stored)) if on)
         with progress() as bar:
-            task = bar.add_task("encoding clips into latents (once)", total=None)
-            ensure_latents(spec, data, home / "runs" / spec.run_id, on_total=lambda n: bar.update(task, total=n),
-                           on_progress=lambda n: bar.advance(task, n))
+            task = bar.add_task(f"encoding {what} (once)", total=None)
+            ensure_latents(spec, data, home / "runs" / spec.run_id, device=resolve_device(gpu),
+                           on_total=lambda n: bar.update(task, total=n), on_progress=lambda n: bar.advance(task, n))
     spec.save(out_file)
     b = spec.balance
     if json_out:
@@ -283,7 +295,9 @@ def _local_assets(spec, home: Path, data: Path | None) -> Path | None:
 
     home = home.expanduser()
     locate_assets(home, spec_assets(spec))
-    if data is None and spec.preset.backbone.space == "latent":
+    from expert.latent_data import needs_encoding
+
+    if data is None and needs_encoding(spec.preset):
         from node.bundle import latent_cache
 
         cache = latent_cache(home / "runs" / spec.run_id)
