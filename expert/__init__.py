@@ -22,6 +22,7 @@ The model and its training:
 - `backbone` — building the expert network, and the codec between frames and the space it denoises in.
 - `text` — the frozen open_clip text tower that turns caption tokens into per-token states.
 - `text_hf` — a `transformers` text encoder (T5/UMT5, CLIP text) by folder, its states stored at `run init`.
+- `init_weights` — experts that start from an open Wan transformer folder: its shape, its weights, by CID.
 - `flow` — flow matching in the convention of diffusers' FlowMatchEulerDiscreteScheduler.
 - `router` — the router r(x_t, t [, text]) → K logits, trained toward the posterior p(k | x_t, t).
 - `train_loop` — the training loop shared by experts and the router: steps, EMA, checkpoints, resume.

@@ -32,7 +32,7 @@ def light_backbone(cfg: BackboneConfig) -> BackboneConfig:
     # the router pools over the video, so that only matters for pixel frames, which tile exactly here
     ph2 = ph if cfg.space == "pixel" and cfg.height % (2 * ph) else 2 * ph
     pw2 = pw if cfg.space == "pixel" and cfg.width % (2 * pw) else 2 * pw
-    return cfg.model_copy(update={"patch_size": (pt, ph2, pw2), "num_layers": min(2, cfg.num_layers),
+    return cfg.model_copy(update={"patch_size": (pt, ph2, pw2), "num_layers": min(2, cfg.num_layers), "init_from": None,
                                   "num_heads": max(1, cfg.num_heads // 2), "ffn_dim": max(8, cfg.ffn_dim // 2)})
 
 

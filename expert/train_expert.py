@@ -24,7 +24,12 @@ class ExpertTrainer(Trainer):
     kind = "expert"
 
     def _build_model(self, seed: int) -> nn.Module:
-        return build_backbone(self.preset.backbone, self.text_width, seed=seed)
+        model = build_backbone(self.preset.backbone, self.text_width, seed=seed)
+        if self.preset.backbone.init_from is not None:  # an open model's weights (verifiers load the same ones)
+            from expert.init_weights import load_initial_weights
+
+            load_initial_weights(model, self.preset.backbone.init_from)
+        return model
 
     def validation_loss(self, model: nn.Module | None = None) -> float | None:
         if self.held is None:

@@ -149,6 +149,9 @@ def run_init(
         "--text-encoder", help="A transformers text encoder folder (T5/UMT5 encoder or CLIP text model with its "
         "tokenizer, as save_pretrained writes it; any preset): every caption's states are computed once here "
         "and stored with the data, so trainers and verifiers never load it.")] = None,
+    init_from: Annotated[Path | None, typer.Option(
+        "--init-from", help="A diffusers WanTransformer3DModel folder every expert starts from (its shape from its "
+        "config.json; stored and named by CID the same way; verifiers rebuild the same start).")] = None,
     gpu: GpuOpt = "cpu",
     clip_model: Annotated[str | None, typer.Option(help="open_clip architecture for embedding clips.")] = None,
     clip_weights: Annotated[Path | None, typer.Option(help="open_clip weights to embed clips with "
@@ -182,11 +185,13 @@ def run_init(
     creator = load_identity(home).public_key_bytes.decode()
     with console.status("putting the model assets into the content store"):
         assets = {k: import_asset(home, v) for k, v in
-                  (("vae", vae), ("text", text_weights), ("clip", clip_weights), ("encoder", text_encoder))
+                  (("vae", vae), ("text", text_weights), ("clip", clip_weights), ("encoder", text_encoder),
+                                      ("init", init_from))
                   if v is not None}
     encoder = None if text_encoder is None else (assets["encoder"], text_encoder.expanduser())
+    start = None if init_from is None else (assets["init"], init_from.expanduser())
     chosen = get_preset(preset, vae=assets.get("vae"), vae_channels=channels, text_model=text_model,
-                        text_weights=assets.get("text"), text_encoder=encoder)
+                        text_weights=assets.get("text"), text_encoder=encoder, init_from=start)
     with console.status("embedding and clustering clips"):
         spec = init_run(data, clusters, preset=chosen, seed=seed, name=name, clip_model=clip_model,
                         clip_weights=assets.get("clip"), target_steps=target_steps)

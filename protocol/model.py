@@ -99,6 +99,9 @@ class BackboneConfig(Frozen):
     # cannot be carried through it — v-prediction left per-pixel speckle in every sample (issue "prompts must
     # steer the video"). None keeps the ids of runs made before the field existed.
     prediction: Literal["v", "x"] | None = None
+    # The weights every expert starts from: a diffusers WanTransformer3DModel folder, by CID (expert.init_weights);
+    # None: random init from the run's seed
+    init_from: Asset | None = None
 
     @model_validator(mode="after")
     def _check(self) -> BackboneConfig:
