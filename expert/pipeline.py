@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from expert.assets import asset_path, register_asset
-from expert.backbone import PixelCodec, build_codec, condition_on_text, predict_clean_sample
+from expert.backbone import ParisWanTransformer3DModel, PixelCodec, build_codec
 from expert.router import CaptionPrior, Router
 from expert.routing import Strategy, mix, parse_strategy, routing_weights
 from expert.sampling import encode_prompts, precision, velocity
@@ -157,7 +157,7 @@ class ParisPipeline(DiffusionPipeline):
                  "text_encoder": ["transformers", text_cfg.model_name] if text_cfg.family == "transformers"
                  else ["paris_node", "TextEncoder"],
                  "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-                 **{f"expert_{k}": ["diffusers", "WanTransformer3DModel"] for k in range(len(self.experts))},
+                 **{f"expert_{k}": _library_class(e) for k, e in enumerate(self.experts)},
                  "paris": extra or {}, "files": files}
         (tmp / MODEL_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))
         if directory.exists():
@@ -348,17 +348,25 @@ def _load_wan(directory: Path, text_conditioning: str = "paris",
     predict_clean_sample) and filled strictly, so that a file that does not fit is an error, not a silent
     partial load."""
     try:
-        config = json.loads((directory / "config.json").read_text())
-        model = WanTransformer3DModel.from_config(config)
-        if text_conditioning == "paris":
-            condition_on_text(model)
-        if prediction == "x":
-            predict_clean_sample(model)
+        config = {k: v for k, v in json.loads((directory / "config.json").read_text()).items()
+                  if k not in ("text_conditioning", "prediction")}
+        if text_conditioning == "wan" and prediction != "x":
+            model = WanTransformer3DModel.from_config(config)
+        else:
+            model = ParisWanTransformer3DModel.from_config(
+                {**config, "text_conditioning": text_conditioning, "prediction": prediction})
         model.load_state_dict(load_file(directory / "diffusion_pytorch_model.safetensors"))
     except (OSError, ValueError, RuntimeError) as e:
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise IntegrityError(f"{directory} does not hold a loadable Wan transformer: {detail}") from None
     return model
+
+
+def _library_class(model: torch.nn.Module) -> list[str]:
+    """[library, class] of an expert as `model_index.json` names it: diffusers' Wan, or ours (expert.backbone)."""
+    if isinstance(model, ParisWanTransformer3DModel):
+        return ["paris_node", "ParisWanTransformer3DModel"]
+    return ["diffusers", "WanTransformer3DModel"]
 
 
 def _check_mode(head: RouterHead, mode: str | None) -> str:
