@@ -56,7 +56,7 @@ def daemon_run(home: Path, preset: str, steps: int, every: int, threads: int, cl
 
 
 def bare_run(run_file: Path, steps: int, every: int, work: Path) -> float:
-    from expert.train import trainer_for_run
+    from expert.train_expert import trainer_for_run
     from protocol.run import RunSpec
 
     spec = RunSpec.load(run_file)

@@ -10,7 +10,7 @@ experts (each expert gets the same number of steps, whatever its cluster's size,
 
 Each configuration is evaluated on the same prompts and the same initial noise: the monolith, and the
 ensemble with top1 and top2 routing by Paris' router (the experts' own backbone, seeing only x_t and t: the
-`paris-xt` rows) and, with `--light-router`, by the router a run trains (`expert.train.run_router_preset`:
+`paris-xt` rows) and, with `--light-router`, by the router a run trains (`expert.router_preset.run_router_preset`:
 light, caption-reading, with a caption prior), in each of its modes `xt`, `joint` (DDM), `caption` and
 `combined` (rows named so; it takes the same share of the budget, in steps of its own cost, so each
 configuration's compute, router training included, matches the monolith's), by FVD-synth and
@@ -53,19 +53,15 @@ from expert.device import resolve_device
 from expert.evaluate import evaluate_synthetic
 from expert.pipeline import ParisPipeline, assemble
 from expert.presets import get_preset
+from expert.router_preset import router_preset, run_router_preset
 from expert.run_init import init_run
 from expert.sampling import load_expert, sample_prompts
 from expert.synth_classifier import SynthJudge, cached_judge
 from expert.synth_dataset import write_synthetic
-from expert.train import (
-    ExpertTrainer,
-    Trainer,
-    router_preset,
-    router_trainer_for_run,
-    run_clips,
-    run_router_preset,
-    trainer_for_run,
-)
+from expert.train_expert import ExpertTrainer, trainer_for_run
+from expert.train_inputs import run_clips
+from expert.train_loop import Trainer
+from expert.train_router import router_trainer_for_run
 from expert.validation import router_report
 from protocol.errors import ParisError
 from protocol.model import ExpertPreset

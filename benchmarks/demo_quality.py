@@ -31,7 +31,7 @@ from expert.sampling import load_expert, sample, sample_prompts
 from expert.synth import MOTION_PHRASES
 from expert.synth_classifier import cached_judge
 from expert.synth_dataset import write_synthetic
-from expert.train import trainer_for_run
+from expert.train_expert import trainer_for_run
 from expert.video_io import frame_strip, write_image
 from node.cli_options import DEMO_STEPS
 from protocol.atomic import atomic_write_text

@@ -41,7 +41,8 @@ from expert.flow import noisy, timestep
 from expert.presets import LATENT_PRESETS, get_preset
 from expert.shards import ClipBatch
 from expert.synth_dataset import synth_batch
-from expert.train import ExpertTrainer, encode_clips
+from expert.train_expert import ExpertTrainer
+from expert.train_inputs import encode_clips
 from protocol.model import ExpertPreset
 
 # dense bf16 tensor-core peak, TFLOP/s (vendor data sheets; SXM parts where there are several)

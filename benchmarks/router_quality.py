@@ -1,6 +1,6 @@
 """The light router against the full-size one, mode by mode and noise level by noise level, in one run.
 
-On the built-in synthetic data clustered as `run init` does, it trains the run's router (expert.train.
+On the built-in synthetic data clustered as `run init` does, it trains the run's router (expert.router_preset.
 run_router_preset: light trunk, caption-reading with caption dropout, caption prior, uniform t) and the
 same router at full size (the experts' own backbone), both for the same number of steps, and the light one
 also for the full one's FLOPs (compute-matched). For each, on every cluster's held-out clips: accuracy,
@@ -26,9 +26,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from expert.backbone import build_backbone, build_codec
 from expert.presets import get_preset
+from expert.router_preset import router_preset, run_router_preset
 from expert.run_init import init_run
 from expert.synth_dataset import write_synthetic
-from expert.train import router_preset, router_trainer_for_run, run_router_preset
+from expert.train_router import router_trainer_for_run
 from expert.validation import router_report
 
 

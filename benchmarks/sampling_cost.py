@@ -28,9 +28,9 @@ from expert.device import resolve_device
 from expert.pipeline import ensemble_velocity
 from expert.presets import get_preset
 from expert.router import Router
+from expert.router_preset import router_preset
 from expert.routing import parse_strategy
 from expert.sampling import velocity
-from expert.train import router_preset
 
 
 def _time(fn, reps: int) -> float:

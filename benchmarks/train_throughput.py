@@ -20,7 +20,7 @@ from torch import nn
 from expert.flow import noisy, timestep
 from expert.presets import get_preset
 from expert.synth_dataset import synth_batch
-from expert.train import ExpertTrainer
+from expert.train_expert import ExpertTrainer
 
 
 def bare_steps(trainer: ExpertTrainer, batch, steps: int) -> float:

@@ -36,7 +36,7 @@ import torch
 from expert.presets import get_preset
 from expert.run_init import init_run
 from expert.synth_dataset import write_synthetic
-from expert.train import trainer_for_run
+from expert.train_expert import trainer_for_run
 from expert.verify import check_content, replay
 from swarm.verify_plan import VerifyPlan, detection_probability, verifier_secret
 

@@ -9,7 +9,8 @@ Data:
 - `prepare` — `data prepare`: real video files + captions → the same verified shards.
 - `shards` — data sets on disk: safetensors shards plus a manifest with a hash per shard.
 - `shard_rows` — rows of a tensor kept in shards on disk, read when a batch asks for them (streamed data).
-- `latent_data` — a pixel data set's clips encoded once through a latent preset's VAE.
+- `latent_data` — a data set encoded once: clips through a latent preset's VAE, captions through a stored
+  text encoder.
 - `embed` — the clip embeddings that partition the data before training.
 - `cluster` — partitioning the data into K clusters (DDM / Paris step 1) and reporting what they mean.
 - `run_init` — `run init`: embed every clip, cluster, and write the run spec.
@@ -20,9 +21,16 @@ The model and its training:
 - `presets` — the named presets (`tiny`, `small`, `tiny-latent`, `base`, `large`).
 - `backbone` — building the expert network, and the codec between frames and the space it denoises in.
 - `text` — the frozen open_clip text tower that turns caption tokens into per-token states.
+- `text_hf` — a `transformers` text encoder (T5/UMT5, CLIP text) by folder, its states stored at `run init`.
+- `init_weights` — experts that start from an open Wan transformer folder: its shape, its weights, by CID.
 - `flow` — flow matching in the convention of diffusers' FlowMatchEulerDiscreteScheduler.
 - `router` — the router r(x_t, t [, text]) → K logits, trained toward the posterior p(k | x_t, t).
-- `train` — the training loop for one expert (and, with the same loop, the router).
+- `train_loop` — the training loop shared by experts and the router: steps, EMA, checkpoints, resume.
+- `train_inputs` — what a trainer trains on: the run's verified clips, latents and caption states computed once.
+- `train_expert` — the expert trainer: flow matching on one cluster's clips (`trainer_for_run`).
+- `train_router` — the router trainer: cross-entropy against the true cluster on noisy clips.
+- `router_preset` — the run's router as pure rules (preset, sample, held-out clips); no torch.
+- `optimizer_state` — whether a peer's AdamW state could have come from clipped training.
 - `efficiency` — TF32, fused AdamW, `torch.compile`, gradient checkpointing: runtime choices, not the run's.
 - `ddp` — one expert trained on several local devices with DistributedDataParallel.
 - `device` — `--gpu N|cpu` → a torch device, before the model stack is imported.

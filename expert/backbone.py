@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import WanTransformer3DModel
+from diffusers.configuration_utils import register_to_config
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, WanTimeTextImageEmbedding
 from einops import rearrange
 from torch import nn
@@ -14,21 +15,41 @@ from protocol.model import BackboneConfig
 def build_backbone(cfg: BackboneConfig, text_dim: int, *, seed: int = 0,
                    out_channels: int | None = None) -> WanTransformer3DModel:
     """A diffusers Wan video transformer; text enters by cross-attention on the token states (and, with
-    `text_conditioning="paris"`, as the pooled caption in the time embedding)."""
+    `text_conditioning="paris"`, as the pooled caption in the time embedding). Plain Wan (`"wan"`, velocity
+    prediction) is diffusers' own class; otherwise `ParisWanTransformer3DModel`, whose config says what it adds."""
     channels = cfg.in_channels
+    prediction = cfg.prediction if out_channels is None else None  # a router's K outputs are logits, not samples
+    shape = dict(patch_size=tuple(cfg.patch_size), num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
+                 in_channels=channels, out_channels=out_channels or channels, text_dim=text_dim,
+                 freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, cross_attn_norm=True,
+                 qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = WanTransformer3DModel(
-            patch_size=tuple(cfg.patch_size), num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
-            in_channels=channels, out_channels=out_channels or channels, text_dim=text_dim, freq_dim=cfg.freq_dim,
-            ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=1024,
-        )
-        if cfg.text_conditioning == "paris":
-            condition_on_text(model)
-        if cfg.prediction == "x" and out_channels is None:  # a router's K outputs are logits, not samples
-            predict_clean_sample(model)
-    return model
+        if cfg.text_conditioning == "wan" and prediction != "x":
+            return WanTransformer3DModel(**shape)
+        return ParisWanTransformer3DModel(**shape, text_conditioning=cfg.text_conditioning, prediction=prediction)
+
+
+class ParisWanTransformer3DModel(WanTransformer3DModel):
+    """Wan with what Paris adds to it (`condition_on_text`, `predict_clean_sample`) recorded in its config, so
+    that an ensemble's `expert_i/` loads alone: `ParisWanTransformer3DModel.from_pretrained(folder/"expert_0")`
+    rebuilds the same network (diffusers' `WanTransformer3DModel` would drop the pooled-caption weights)."""
+
+    @register_to_config
+    def __init__(self, patch_size: tuple[int, ...] = (1, 2, 2), num_attention_heads: int = 40,
+                 attention_head_dim: int = 128, in_channels: int = 16, out_channels: int = 16, text_dim: int = 4096,
+                 freq_dim: int = 256, ffn_dim: int = 13824, num_layers: int = 40, cross_attn_norm: bool = True,
+                 qk_norm: str | None = "rms_norm_across_heads", eps: float = 1e-06, image_dim: int | None = None,
+                 added_kv_proj_dim: int | None = None, rope_max_seq_len: int = 1024,
+                 pos_embed_seq_len: int | None = None, text_conditioning: str = "paris",
+                 prediction: str | None = None) -> None:
+        super().__init__(patch_size, num_attention_heads, attention_head_dim, in_channels, out_channels, text_dim,
+                         freq_dim, ffn_dim, num_layers, cross_attn_norm, qk_norm, eps, image_dim, added_kv_proj_dim,
+                         rope_max_seq_len, pos_embed_seq_len)
+        if text_conditioning == "paris":
+            condition_on_text(self)
+        if prediction == "x":
+            predict_clean_sample(self)
 
 
 X_MIN_T = 0.05  # the velocity of an x-prediction divides by t: bounded below, as in JiT (Li & He, 2025)

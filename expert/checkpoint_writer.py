@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from expert.checkpoint import publish_latest, step_dir
-from expert.train import StateSnapshot, Trainer
+from expert.train_loop import StateSnapshot, Trainer
 from protocol.checkpoint import CheckpointMeta
 
 

@@ -34,7 +34,7 @@ from expert.assets import register_paths, registered
 from expert.checkpoint import read_meta
 from expert.efficiency import Efficiency
 from expert.shards import ClipBatch
-from expert.train import ExpertTrainer
+from expert.train_expert import ExpertTrainer
 from protocol.errors import ParisError
 from protocol.model import ExpertPreset
 

@@ -32,12 +32,12 @@ from diffusers.utils import BaseOutput
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
-from expert.assets import register_asset
-from expert.backbone import PixelCodec, build_codec, condition_on_text, predict_clean_sample
+from expert.assets import asset_path, register_asset
+from expert.backbone import ParisWanTransformer3DModel, PixelCodec, build_codec
 from expert.router import CaptionPrior, Router
 from expert.routing import Strategy, mix, parse_strategy, routing_weights
 from expert.sampling import encode_prompts, precision, velocity
-from expert.text import TextEncoder, write_tokenizer
+from expert.text import TextEncoder, load_text_encoder, write_tokenizer
 from expert.vae import VaeCodec, probe_vae
 from protocol.canonical import file_sha256
 from protocol.errors import IntegrityError, ParisError
@@ -136,23 +136,28 @@ class ParisPipeline(DiffusionPipeline):
         if self.router.prior is not None:
             save_file({k: v.contiguous() for k, v in self.router.prior.state_dict().items()},
                       tmp / "router" / PRIOR_FILE)
-        (tmp / "text_encoder").mkdir()
-        (tmp / "text_encoder" / "config.json").write_text(self.text_encoder.config.model_dump_json())
-        save_file({k: v.contiguous() for k, v in self.text_encoder.state_dict().items()},
-                  tmp / "text_encoder" / "model.safetensors")
+        text_cfg = self.text_encoder.config
+        if text_cfg.family == "transformers":  # its own folder (model + tokenizer), byte for byte: its CID holds
+            shutil.copytree(asset_path(text_cfg.weights, "text encoder"), tmp / "text_encoder")
+        else:
+            (tmp / "text_encoder").mkdir()
+            (tmp / "text_encoder" / "config.json").write_text(text_cfg.model_dump_json())
+            save_file({k: v.contiguous() for k, v in self.text_encoder.state_dict().items()},
+                      tmp / "text_encoder" / "model.safetensors")
+            write_tokenizer(tmp / "tokenizer", text_cfg.context_length)
         self.scheduler.save_pretrained(tmp / "scheduler")
         (tmp / "paris_config.json").write_text(self.preset.model_dump_json())
         if isinstance(self.codec, VaeCodec):  # the asset's own bytes: its CID still names them
             shutil.copytree(self.codec.vae_dir, tmp / "vae")
-        write_tokenizer(tmp / "tokenizer", self.text_encoder.config.context_length)
         (tmp / f"{ENTRY_MODULE}.py").write_text(ENTRY_FILE)
         files = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         index = {"_class_name": [ENTRY_MODULE, "ParisPipeline"], "_diffusers_version": _diffusers_version(),
                  "ensemble": ["expert.pipeline", "EnsembleFolder"],
                  "num_experts": len(self.experts), "router": ["paris_node", "Router"],
-                 "text_encoder": ["paris_node", "TextEncoder"],
+                 "text_encoder": ["transformers", text_cfg.model_name] if text_cfg.family == "transformers"
+                 else ["paris_node", "TextEncoder"],
                  "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-                 **{f"expert_{k}": ["diffusers", "WanTransformer3DModel"] for k in range(len(self.experts))},
+                 **{f"expert_{k}": _library_class(e) for k, e in enumerate(self.experts)},
                  "paris": extra or {}, "files": files}
         (tmp / MODEL_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))
         if directory.exists():
@@ -171,7 +176,8 @@ class ParisPipeline(DiffusionPipeline):
         try:
             preset = ExpertPreset.model_validate_json((directory / "paris_config.json").read_bytes())
             head = RouterHead.model_validate_json((directory / "router" / "router_config.json").read_bytes())
-            text_cfg = TextEncoderConfig.model_validate_json((directory / "text_encoder" / "config.json").read_bytes())
+            text_cfg = preset.text if preset.text.family == "transformers" else \
+                TextEncoderConfig.model_validate_json((directory / "text_encoder" / "config.json").read_bytes())
         except (OSError, ValidationError) as e:
             raise IntegrityError(f"ensemble {directory} has a missing or malformed config: {e}") from None
         k = int(index.get("num_experts", 0))
@@ -179,8 +185,13 @@ class ParisPipeline(DiffusionPipeline):
             raise IntegrityError(f"ensemble {directory}: the router has {head.routed} outputs for {k} experts")
         tc = preset.backbone.text_conditioning
         experts = [_load_wan(directory / f"expert_{i}", tc, preset.backbone.prediction).eval() for i in range(k)]
-        text = TextEncoder(text_cfg, load_weights=False)  # its weights are the folder's
-        text.load_state_dict(load_file(directory / "text_encoder" / "model.safetensors"))
+        if text_cfg.family == "transformers":  # the folder's text_encoder/ (its files' hashes were checked above)
+            assert text_cfg.weights is not None
+            register_asset(text_cfg.weights, directory / "text_encoder")
+            text = load_text_encoder(text_cfg)
+        else:
+            text = TextEncoder(text_cfg, load_weights=False)  # its weights are the folder's
+            text.load_state_dict(load_file(directory / "text_encoder" / "model.safetensors"))
         prior = None
         if head.caption_prior:
             prior = CaptionPrior(text.width, head.num_experts)
@@ -337,17 +348,25 @@ def _load_wan(directory: Path, text_conditioning: str = "paris",
     predict_clean_sample) and filled strictly, so that a file that does not fit is an error, not a silent
     partial load."""
     try:
-        config = json.loads((directory / "config.json").read_text())
-        model = WanTransformer3DModel.from_config(config)
-        if text_conditioning == "paris":
-            condition_on_text(model)
-        if prediction == "x":
-            predict_clean_sample(model)
+        config = {k: v for k, v in json.loads((directory / "config.json").read_text()).items()
+                  if k not in ("text_conditioning", "prediction")}
+        if text_conditioning == "wan" and prediction != "x":
+            model = WanTransformer3DModel.from_config(config)
+        else:
+            model = ParisWanTransformer3DModel.from_config(
+                {**config, "text_conditioning": text_conditioning, "prediction": prediction})
         model.load_state_dict(load_file(directory / "diffusion_pytorch_model.safetensors"))
     except (OSError, ValueError, RuntimeError) as e:
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise IntegrityError(f"{directory} does not hold a loadable Wan transformer: {detail}") from None
     return model
+
+
+def _library_class(model: torch.nn.Module) -> list[str]:
+    """[library, class] of an expert as `model_index.json` names it: diffusers' Wan, or ours (expert.backbone)."""
+    if isinstance(model, ParisWanTransformer3DModel):
+        return ["paris_node", "ParisWanTransformer3DModel"]
+    return ["diffusers", "WanTransformer3DModel"]
 
 
 def _check_mode(head: RouterHead, mode: str | None) -> str:

@@ -5,6 +5,8 @@ never paths."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from protocol.errors import ParisError
 from protocol.model import Asset, BackboneConfig, ExpertPreset, TextEncoderConfig, TrainConfig
 from protocol.run import RunSpec
@@ -15,15 +17,32 @@ LATENT_PRESETS = ("tiny-latent", "base", "large")  # through a video VAE (an ass
 
 
 def get_preset(name: str, *, vae: Asset | None = None, vae_channels: int | None = None,
-               text_model: str | None = None, text_weights: Asset | None = None) -> ExpertPreset:
+               text_model: str | None = None, text_weights: Asset | None = None,
+               text_encoder: tuple[Asset, Path] | None = None,
+               init_from: tuple[Asset, Path] | None = None) -> ExpertPreset:
     """The preset `name`. Latent presets need the `vae` asset (`vae_channels`: its latent channels, measured
     by expert.vae, else the preset's default). Any preset takes an open_clip `text_model` (an architecture
-    name) and pretrained `text_weights` for it (default architecture ViT-B-32)."""
+    name) and pretrained `text_weights` for it (default architecture ViT-B-32), or a `transformers`
+    `text_encoder` (its asset and local folder: expert.text_hf), which reads the preset's number of tokens.
+    `init_from` (a WanTransformer3DModel folder's asset and local path: expert.init_weights) gives the experts
+    its shape and its weights as their initialisation."""
+    if text_encoder is not None and (text_model is not None or text_weights is not None):
+        raise ParisError("give either a transformers text encoder or an open_clip text tower, not both")
     if name in LATENT_PRESETS and vae is None:
         raise ParisError(f"preset {name!r} trains in latent space: pass --vae DIR (a diffusers VAE folder)")
     if vae_channels is not None and name not in LATENT_PRESETS:
         raise ParisError(f"preset {name!r} trains on pixels: it has no VAE")
     preset = _preset(name, vae, text_model, text_weights)
+    if text_encoder is not None:
+        from expert.text_hf import transformers_text
+
+        preset = preset.model_copy(update={"text": transformers_text(text_encoder[1], text_encoder[0],
+                                                                     preset.text.context_length)})
+    if init_from is not None:
+        from expert.init_weights import init_backbone
+
+        backbone = init_backbone(init_from[1], init_from[0], preset.backbone, preset.text.width)
+        preset = preset.model_copy(update={"backbone": backbone})
     if vae_channels is not None and vae_channels != preset.backbone.in_channels:
         backbone = preset.backbone.model_copy(update={"in_channels": vae_channels})
         preset = preset.model_copy(update={"backbone": backbone})

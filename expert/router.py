@@ -1,7 +1,7 @@
 """The router r(x_t, t [, text]) → K logits, whose optimum under cross-entropy is the posterior p(k | x_t, t).
 
 It is the experts' own architecture (a diffusers Wan video transformer, the same patching, time
-modulation and cross-attention; narrower and coarser for the light router, `expert.train.light_backbone`)
+modulation and cross-attention; narrower and coarser for the light router, `expert.router_preset.light_backbone`)
 with a pooled head: the per-patch outputs have K channels and are averaged over the video. Paris' router
 sees only x_t and t (`use_text=False`: the text input is a constant zero token); DDM's also reads the
 caption. A caption-reading trunk trained with caption dropout serves both: with the null caption it

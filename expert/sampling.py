@@ -12,8 +12,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from expert.backbone import PixelCodec, build_backbone, build_codec
 from expert.checkpoint import read_group, read_meta, resolve_checkpoint
-from expert.shards import tokenize
-from expert.text import TextEncoder
+from expert.text import TextEncoder, load_text_encoder
 from protocol.checkpoint import CheckpointMeta
 from protocol.errors import ConfigMismatchError
 from protocol.model import ExpertPreset
@@ -32,7 +31,7 @@ def load_expert(path: Path, device: torch.device | str = "cpu") -> LoadedExpert:
     """The EMA weights of a verified checkpoint (a checkpoint folder or a training folder's LATEST)."""
     path = resolve_checkpoint(Path(path))
     meta = read_meta(path)
-    text = TextEncoder(meta.preset.text)
+    text = load_text_encoder(meta.preset.text)
     model = build_backbone(meta.preset.backbone, text.width)
     try:
         model.load_state_dict(read_group(path, meta, "ema"))
@@ -43,8 +42,9 @@ def load_expert(path: Path, device: torch.device | str = "cpu") -> LoadedExpert:
 
 
 def encode_prompts(text: TextEncoder, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    cond = text(torch.from_numpy(tokenize(prompts)))
-    null = text(torch.from_numpy(tokenize([""]))).expand_as(cond)
+    """(the prompts' states, the empty prompt's) from either kind of text encoder (expert.text)."""
+    cond = text.encode_captions(list(prompts))
+    null = text.encode_captions([""]).expand_as(cond)
     return cond, null
 
 

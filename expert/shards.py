@@ -21,7 +21,7 @@ from safetensors.numpy import save as st_save
 from expert.shard_rows import LazyRows, tensor_location
 from protocol.atomic import atomic_write_bytes
 from protocol.canonical import file_sha256, sha256_hex
-from protocol.data import MANIFEST_NAME, AttributeSpec, DataManifest, LatentInfo, ShardInfo
+from protocol.data import MANIFEST_NAME, AttributeSpec, DataManifest, LatentInfo, ShardInfo, TextStatesInfo
 from protocol.errors import IntegrityError
 
 TOKENIZER_NAME = "open_clip:ViT-B-32-bpe"
@@ -32,7 +32,9 @@ CONTEXT_LENGTH = 77
 class ClipBatch:
     """In-memory clips: frames uint8 N×T×H×W×3 (None in a latent data set), tokens int32 N×L, attributes
     int64 N×A (or None), and for latent data sets `latents` float16 N×C×T×H×W (the VAE's, encoded once).
-    `spans`: for prepared real clips, the (start, end) seconds of its source each clip covers (empty else)."""
+    `spans`: for prepared real clips, the (start, end) seconds of its source each clip covers (empty else).
+    `text_states` (N×L×D float16) and `text_null` (L×D): each caption's text-encoder states and the empty
+    caption's, computed once at `run init` when the run's encoder is stored (protocol.data.TextStatesInfo)."""
 
     frames: np.ndarray | None
     tokens: np.ndarray
@@ -41,6 +43,8 @@ class ClipBatch:
     names: list[str] = field(default_factory=list)
     latents: np.ndarray | None = None
     spans: list[tuple[float, float]] = field(default_factory=list)
+    text_states: np.ndarray | LazyRows | None = None
+    text_null: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -51,6 +55,8 @@ class ClipBatch:
             raise ValueError("nothing to concatenate")
         if len({p.frames is None for p in parts}) > 1 or len({p.latents is None for p in parts}) > 1:
             raise ValueError("cannot concatenate frames with latents")
+        if len({p.text_states is None for p in parts}) > 1:
+            raise ValueError("cannot concatenate clips with text states and clips without")
         return cls(
             frames=None if parts[0].frames is None else _cat([p.frames for p in parts]),
             tokens=np.concatenate([p.tokens for p in parts]),
@@ -60,6 +66,8 @@ class ClipBatch:
             names=[n for p in parts for n in p.names],
             latents=None if parts[0].latents is None else _cat([p.latents for p in parts]),
             spans=[s for p in parts for s in p.spans] if all(p.spans for p in parts) else [],
+            text_states=None if parts[0].text_states is None else _cat([p.text_states for p in parts]),
+            text_null=parts[0].text_null,
         )
 
     def select(self, indices: Iterable[int]) -> ClipBatch:
@@ -72,6 +80,8 @@ class ClipBatch:
             names=[self.names[i] for i in idx] if self.names else [],
             latents=None if self.latents is None else _take(self.latents, idx),
             spans=[self.spans[i] for i in idx] if self.spans else [],
+            text_states=None if self.text_states is None else _take(self.text_states, idx),
+            text_null=self.text_null,
         )
 
     @property
@@ -116,6 +126,10 @@ def encode_shard(batch: ClipBatch) -> bytes:
         tensors["latents"] = np.ascontiguousarray(batch.latents, dtype=np.float16)
     if batch.attributes is not None:
         tensors["attributes"] = np.ascontiguousarray(batch.attributes, dtype=np.int64)
+    if batch.text_states is not None:
+        assert batch.text_null is not None
+        tensors["text_states"] = np.ascontiguousarray(batch.text_states, dtype=np.float16)
+        tensors["text_null"] = np.ascontiguousarray(batch.text_null, dtype=np.float16)
     meta = {"captions": json.dumps(batch.captions, ensure_ascii=False)}
     if batch.names:
         meta["names"] = json.dumps(batch.names, ensure_ascii=False)
@@ -149,6 +163,7 @@ def decode_shard(data: bytes, *, label: str) -> ClipBatch:
         spans = _spans(meta)
         tokens = tensors["tokens"]
         frames, latents = tensors.get("frames"), tensors.get("latents")
+        text, null = tensors.get("text_states"), tensors.get("text_null")
     except (SafetensorError, KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
         raise IntegrityError(f"shard {label} cannot be parsed: {e}") from None
     if (frames is None) == (latents is None):
@@ -162,7 +177,10 @@ def decode_shard(data: bytes, *, label: str) -> ClipBatch:
         raise IntegrityError(f"shard {label} has inconsistent shapes")
     if spans and len(spans) != len(captions):
         raise IntegrityError(f"shard {label} has {len(spans)} time spans for {len(captions)} clips")
-    return ClipBatch(frames, tokens, captions, tensors.get("attributes"), names, latents, spans)
+    if (text is None) != (null is None) or (text is not None and (
+            text.ndim != 3 or len(text) != len(captions) or null.shape != text.shape[1:])):
+        raise IntegrityError(f"shard {label} has malformed text states")
+    return ClipBatch(frames, tokens, captions, tensors.get("attributes"), names, latents, spans, text, null)
 
 
 def _spans(meta: dict) -> list[tuple[float, float]]:
@@ -196,13 +214,14 @@ class ShardWriter:
 
     def finish(self, *, source: str, frames: int, height: int, width: int, fps: float,
                attributes: tuple[AttributeSpec, ...] = (), generator: dict | None = None,
-               latents: LatentInfo | None = None) -> DataManifest:
+               latents: LatentInfo | None = None, text: TextStatesInfo | None = None) -> DataManifest:
         if not self.shards:
             raise IntegrityError("no clips were written: the data set would be empty")
         manifest = DataManifest(
             source=source, frames=frames, height=height, width=width, fps=fps, tokenizer=TOKENIZER_NAME,
             context_length=CONTEXT_LENGTH, attributes=attributes, generator=generator or {},
             shards=tuple(self.shards), total_clips=sum(s.clips for s in self.shards), latents=latents,
+            text=text,
         )
         keep = {s.file for s in self.shards}
         for stale in self.out.glob("shard-*.safetensors"):
@@ -231,7 +250,16 @@ def iter_shards(directory: Path, manifest: DataManifest | None = None) -> Iterat
         if got != expected:
             raise IntegrityError(f"shard {info.file} holds {'latents ' + str(got) if got else 'frames'}, the "
                                  f"manifest says {'latents ' + str(expected) if expected else 'frames'}")
+        _check_text(manifest, batch.text_states, batch.text_null, info.file)
         yield info, batch
+
+
+def _check_text(manifest: DataManifest, rows, null: np.ndarray | None, label: str) -> None:
+    """Text states (and the empty caption's) where the manifest says so, of the shape it says."""
+    expected = None if manifest.text is None else tuple(manifest.text.shape)
+    got = None if rows is None else tuple(rows.row_shape if isinstance(rows, LazyRows) else rows.shape[1:])
+    if got != expected or (None if null is None else tuple(null.shape)) != expected:
+        raise IntegrityError(f"{label} holds text states {got}, the manifest says {expected}")
 
 
 def shards_holding(manifest: DataManifest, indices) -> list[int]:
@@ -270,8 +298,10 @@ def open_dataset(directory: Path, only=None) -> tuple[DataManifest, ClipBatch]:
     batch = ClipBatch.concat(parts)
     if len(rows) != len(batch):
         raise IntegrityError(f"{directory}: shards hold {len(rows)} {key} for {len(batch)} captions")
+    text = LazyRows.open(files, "text_states") if manifest.text is not None else None
+    _check_text(manifest, text, batch.text_null, str(directory))
     batch = ClipBatch(rows if key == "frames" else None, batch.tokens, batch.captions, batch.attributes,
-                      batch.names, rows if key == "latents" else None, batch.spans)
+                      batch.names, rows if key == "latents" else None, batch.spans, text, batch.text_null)
     if only is not None:  # data-set positions → positions among the shards read
         starts = np.cumsum([0] + [s.clips for s in manifest.shards])
         base = {s: b for s, b in zip(wanted, np.cumsum([0] + [manifest.shards[s].clips for s in wanted]),
@@ -294,13 +324,14 @@ def _small_parts(path: Path, info: ShardInfo) -> ClipBatch:
         spans = _spans(meta)
         tokens = _read_tensor(path, "tokens")
         attributes = _read_tensor(path, "attributes") if "attributes" in header else None
+        null = _read_tensor(path, "text_null") if "text_null" in header else None
     except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
         raise IntegrityError(f"shard {info.file} cannot be parsed: {e}") from None
     if spans and len(spans) != info.clips:
         raise IntegrityError(f"shard {info.file} has {len(spans)} time spans for {info.clips} clips")
     if len(captions) != info.clips or tokens.ndim != 2 or len(tokens) != info.clips:
         raise IntegrityError(f"shard {info.file} holds {len(tokens)} clips, the manifest says {info.clips}")
-    return ClipBatch(None, tokens, captions, attributes, names, spans=spans)
+    return ClipBatch(None, tokens, captions, attributes, names, spans=spans, text_null=null)
 
 
 def _read_tensor(path: Path, key: str) -> np.ndarray:

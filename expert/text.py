@@ -67,6 +67,25 @@ class TextEncoder(nn.Module):
         return states.float() * (tokens != 0).unsqueeze(-1)
 
 
+    @torch.no_grad()
+    def encode_captions(self, captions: list[str], device: torch.device | str | None = None) -> torch.Tensor:
+        """Per-token states of `captions`, tokenized with the BPE tokenizer (what a sampler asks)."""
+        from expert.shards import tokenize
+
+        tokens = torch.from_numpy(tokenize(list(captions)))
+        return self(tokens if device is None else tokens.to(device))
+
+
+def load_text_encoder(config: TextEncoderConfig, *, load_weights: bool = True) -> nn.Module:
+    """The run's text encoder: an open_clip tower (`TextEncoder`) or a `transformers` one (expert.text_hf);
+    both have `.width` and `encode_captions(captions)`."""
+    if config.family == "transformers":
+        from expert.text_hf import HFTextEncoder
+
+        return HFTextEncoder(config)
+    return TextEncoder(config, load_weights=load_weights)
+
+
 class _TowerOfClip(nn.Module):
     """Per-token states of a full open_clip CLIP model's text tower (its `encode_text` only pools)."""
 

@@ -21,6 +21,7 @@ from expert.backbone import PixelCodec
 from expert.flow import noisy, timestep
 from expert.shards import ClipBatch, tokenize
 from expert.text import TextEncoder
+from expert.train_inputs import TextStates
 from protocol.errors import ParisError
 from protocol.run import ValidationSpec
 
@@ -46,7 +47,7 @@ def _noise_seed(spec_seed: int, cluster: int, position: int) -> int:
 
 @torch.no_grad()
 def prepare_holdout(clips: ClipBatch, labels: list[int] | np.ndarray, spec: ValidationSpec, codec: PixelCodec | None,
-                    text: TextEncoder) -> HeldOut:
+                    text: TextEncoder | None) -> HeldOut:
     """Encode the held-out clips (or take a latent data set's latents as they are: `codec` None) and draw
     their fixed noise. `labels[i]` is clip i's cluster; a clip's noise depends only on (noise seed, its
     cluster, its position among that cluster's held-out clips). Latents encoded once by the run's creator
@@ -61,7 +62,12 @@ def prepare_holdout(clips: ClipBatch, labels: list[int] | np.ndarray, spec: Vali
     else:
         frames = torch.from_numpy(np.ascontiguousarray(clips.pixels("the held-out")))
         x0 = torch.cat([codec.encode(frames[i:i + 16]).float().cpu() for i in range(0, len(frames), 16)])
-    states = torch.cat([text(torch.from_numpy(clips.tokens[i:i + 256])) for i in range(0, len(clips), 256)])
+    if text is None:  # a stored encoder: the states came with the data (computed once at `run init`)
+        stored = TextStates.stored(clips)
+        states, null = stored.get(torch.arange(len(clips))), stored.null
+    else:
+        states = torch.cat([text(torch.from_numpy(clips.tokens[i:i + 256])) for i in range(0, len(clips), 256)])
+        null = text(torch.from_numpy(tokenize([""])))[0].float().cpu()
     grid = torch.tensor(spec.t_grid, dtype=torch.float32)
     noise = torch.empty((len(x0), len(grid), *x0.shape[1:]), dtype=torch.float32)
     seen: dict[int, int] = {}
@@ -70,7 +76,6 @@ def prepare_holdout(clips: ClipBatch, labels: list[int] | np.ndarray, spec: Vali
         seen[int(k)] = pos + 1
         g = torch.Generator().manual_seed(_noise_seed(spec.noise_seed, int(k), pos))
         noise[i] = torch.randn((len(grid), *x0.shape[1:]), generator=g)
-    null = text(torch.from_numpy(tokenize([""])))[0].float().cpu()
     return HeldOut(x0=x0, text=states.float().cpu(), labels=torch.from_numpy(labels), noise=noise, t_grid=grid,
                    null=null)
 

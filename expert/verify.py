@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from expert.checkpoint import read_group
-from expert.train import Trainer
+from expert.train_loop import Trainer
 from expert.validation import losses_agree
 from protocol.checkpoint import CheckpointMeta
 from protocol.errors import ParisError

@@ -63,20 +63,24 @@ def locate_assets(home: Path, assets: dict[str, Asset]) -> list[str]:
     return missing
 
 
-def preset_assets(preset: ExpertPreset, *, sampling: bool = True) -> dict[str, Asset]:
-    """The assets a model preset names, by what they are: its text weights and (for `sampling`) its VAE."""
+def preset_assets(preset: ExpertPreset, *, sampling: bool = True, training: bool = True) -> dict[str, Asset]:
+    """The assets a model preset names, by what they are: its text weights, (for `sampling`) its VAE and (for
+    `training`) the weights its experts start from. A stored text encoder is for sampling only too: trainers
+    and verifiers read its states from the data."""
     out: dict[str, Asset] = {}
-    if preset.text.weights is not None:
+    if preset.text.weights is not None and (sampling or not preset.text.stored):
         out["text-encoder weights"] = preset.text.weights
     if sampling and preset.backbone.vae is not None:
         out["video VAE"] = preset.backbone.vae
+    if training and preset.backbone.init_from is not None:
+        out["initial weights"] = preset.backbone.init_from
     return out
 
 
-def spec_assets(spec: RunSpec, *, sampling: bool = True) -> dict[str, Asset]:
+def spec_assets(spec: RunSpec, *, sampling: bool = True, training: bool = True) -> dict[str, Asset]:
     """The assets a run names, by what they are. Without `sampling`, only what training and verifying need:
     the text weights (a latent run's trainers read latents, so they never need its VAE)."""
-    out = preset_assets(spec.preset, sampling=sampling)
+    out = preset_assets(spec.preset, sampling=sampling, training=training)
     if sampling and spec.embedding.weights is not None:
         out["clip-embedding weights"] = spec.embedding.weights
     return out
@@ -86,7 +90,7 @@ def provide_assets(preset: ExpertPreset, home: Path, given: dict[str, Path | Non
     """Make a preset's assets buildable here: each one `given` as a local path (by what it is: "video VAE",
     "text-encoder weights"), checked against the CID the preset names; the rest from `home`'s content store.
     One found nowhere is a one-line error naming it and how to give it."""
-    wanted = preset_assets(preset)
+    wanted = preset_assets(preset, training=False)  # a checkpoint holds its weights: sampling needs no init
     for what, path in given.items():
         if path is None:
             continue

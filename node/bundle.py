@@ -39,8 +39,8 @@ MAX_BUNDLE_BYTES = 256 << 20  # run.json (assignments, centroids) + swarm.json +
 
 def checkpoint_limit(run: LocalRun, slot: str) -> int:
     """The most bytes a checkpoint of `slot` of this run can hold (from its preset, not from any record)."""
+    from expert.router_preset import run_router_preset
     from expert.sizes import checkpoint_bytes_bound
-    from expert.train import run_router_preset
 
     spec = run.spec
     preset = run_router_preset(spec) if slot == ROUTER else spec.preset
@@ -66,8 +66,8 @@ def latent_cache(work: Path) -> Path:
 
 
 def ensure_latents(spec: RunSpec, data_dir: Path, work: Path, **progress) -> Path:
-    """The run's data as latents: the cache if it holds this data encoded by this run's VAE, else encoded now
-    (the VAE asset must be on this machine)."""
+    """The run's data encoded (latents and/or stored text states: expert.latent_data): the cache if it holds
+    this data encoded by this run's VAE and text encoder, else encoded now (the assets must be on this machine)."""
     from expert.latent_data import encode_dataset, matches
 
     cache = latent_cache(work)
@@ -85,7 +85,9 @@ def split_by_cluster(spec: RunSpec, data_dir: Path, out: Path, work: Path | None
     """Write two data sets per cluster: `out/cluster-k` (its training clips, in run order) and
     `out/holdout-k` (its held-out clips, the validation split that verifiers fetch alone). A latent run's
     clusters hold latents (encoded once, kept in `work`'s latent cache), not frames."""
-    if spec.preset.backbone.space == "latent":
+    from expert.latent_data import needs_encoding
+
+    if needs_encoding(spec.preset):
         manifest, clips = load_dataset(ensure_latents(spec, data_dir, work or out.parent))
     else:
         manifest, clips = load_dataset(data_dir)
@@ -103,7 +105,8 @@ def _write_subset(clips: ClipBatch, like: DataManifest, out: Path, per_shard: in
     for start in range(0, len(clips), per_shard):
         writer.write(clips.select(range(start, min(start + per_shard, len(clips)))))
     writer.finish(source=like.source, frames=like.frames, height=like.height, width=like.width, fps=like.fps,
-                  attributes=like.attributes, generator=like.generator, latents=like.latents)
+                  attributes=like.attributes, generator=like.generator, latents=like.latents,
+                  text=like.text)
     return out
 
 

@@ -59,7 +59,8 @@ class CheckpointChecker:
 
     async def trainer(self, slot: str, train: ClipBatch | None = None, labels: np.ndarray | None = None):
         """A trainer of `slot` with the held-out split; trained on `train` (replay) or on nothing (checks)."""
-        from expert.train import ExpertTrainer, router_trainer_from_clips
+        from expert.train_expert import ExpertTrainer
+        from expert.train_router import router_trainer_from_clips
 
         spec = self.run.spec
         cluster = slot_cluster(slot)
@@ -173,7 +174,8 @@ class CheckpointChecker:
                     np.concatenate([np.full(len(p), k, dtype=np.int64) for k, p in enumerate(parts)]))
 
         def make():
-            from expert.train import ExpertTrainer, router_trainer_from_clips
+            from expert.train_expert import ExpertTrainer
+            from expert.train_router import router_trainer_from_clips
 
             if held is not None:
                 return router_trainer_from_clips(spec, train, labels, cap=schedule.router_cap, device=self.device,

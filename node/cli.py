@@ -149,6 +149,13 @@ def run_init(
                                                    "--text-weights).")] = None,
     text_weights: Annotated[Path | None, typer.Option(help="open_clip weights file for the text tower (any "
                                                       "preset): stored and named the same way.")] = None,
+    text_encoder: Annotated[Path | None, typer.Option(
+        "--text-encoder", help="A transformers text encoder folder (T5/UMT5 encoder or CLIP text model with its "
+        "tokenizer, as save_pretrained writes it; any preset): every caption's states are computed once here "
+        "and stored with the data, so trainers and verifiers never load it.")] = None,
+    init_from: Annotated[Path | None, typer.Option(
+        "--init-from", help="A diffusers WanTransformer3DModel folder every expert starts from (its shape from its "
+        "config.json; stored and named by CID the same way; verifiers rebuild the same start).")] = None,
     clip_model: Annotated[str | None, typer.Option(help="open_clip architecture for embedding clips.")] = None,
     clip_weights: Annotated[Path | None, typer.Option(help="open_clip weights to embed clips with "
                                                       "(stored and named the same way).")] = None,
@@ -206,10 +213,13 @@ def run_init(
     creator = load_identity(home).public_key_bytes.decode()
     with console.status("putting the model assets into the content store"):
         assets = {k: import_asset(home, v) for k, v in
-                  (("vae", vae), ("text", text_weights), ("clip", clip_weights), ("dinov2", dinov2))
+                  (("vae", vae), ("text", text_weights), ("clip", clip_weights), ("dinov2", dinov2),
+                   ("encoder", text_encoder), ("init", init_from))
                   if v is not None}
+    encoder = None if text_encoder is None else (assets["encoder"], text_encoder.expanduser())
+    start = None if init_from is None else (assets["init"], init_from.expanduser())
     chosen = configure(get_preset(preset, vae=assets.get("vae"), vae_channels=channels, text_model=text_model,
-                                  text_weights=assets.get("text")), cfg)
+                                  text_weights=assets.get("text"), text_encoder=encoder, init_from=start), cfg)
     if latent is not None:
         from expert.presets import check_latent_patch
 
@@ -221,11 +231,15 @@ def run_init(
                         config=cfg, device=device, on_total=lambda n: bar.update(task, total=n),
                         on_progress=lambda n: bar.advance(task, n))
     spec = RunSpec.model_validate({**spec.model_dump(), "creator": creator})
-    if spec.preset.backbone.space == "latent":
+    from expert.latent_data import needs_encoding
+
+    if needs_encoding(spec.preset):
         from node.bundle import ensure_latents
 
+        what = " and ".join(w for w, on in (("clips into latents", spec.preset.backbone.space == "latent"),
+                                            ("captions into text states", spec.preset.text.stored)) if on)
         with progress() as bar:
-            task = bar.add_task("encoding clips into latents (once)", total=None)
+            task = bar.add_task(f"encoding {what} (once)", total=None)
             ensure_latents(spec, data, home / "runs" / spec.run_id, device=device,
                            on_total=lambda n: bar.update(task, total=n), on_progress=lambda n: bar.advance(task, n))
     spec.save(out_file)
@@ -398,7 +412,9 @@ def _local_assets(spec, home: Path, data: Path | None) -> Path | None:
 
     home = home.expanduser()
     locate_assets(home, spec_assets(spec))
-    if data is None and spec.preset.backbone.space == "latent":
+    from expert.latent_data import needs_encoding
+
+    if data is None and needs_encoding(spec.preset):
         from node.bundle import latent_cache
 
         cache = latent_cache(home / "runs" / spec.run_id)
@@ -441,7 +457,7 @@ def train_local(
         except ParisError as e:
             fail(str(e))
     from expert.efficiency import Efficiency
-    from expert.train import trainer_for_run
+    from expert.train_expert import trainer_for_run
 
     data = _local_assets(spec, home, data)
     with console.status(f"loading run {spec.run_id}, cluster {cluster}"):
@@ -493,7 +509,8 @@ def train_router(
 
     from expert.device import resolve_device
     from expert.efficiency import Efficiency
-    from expert.train import router_preset, router_trainer_for_run
+    from expert.router_preset import router_preset
+    from expert.train_router import router_trainer_for_run
     from expert.validation import router_report
     from protocol.run import RunSpec
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from expert.checkpoint_writer import BackgroundCheckpointer
-from expert.train import Progress, Trainer
+from expert.train_loop import Progress, Trainer
 from node.tensorboard import LossBoard, slot_of
 from protocol.checkpoint import CheckpointMeta
 

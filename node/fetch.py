@@ -70,12 +70,16 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, ou
 
     run_id, num_clusters = run.spec.run_id, run.spec.num_clusters
     if router_mode is not None:  # before any download: the run says which router its swarm trains
-        from expert.train import run_router_preset
+        from expert.router_preset import run_router_preset
 
         modes = run_router_preset(run.spec).router.modes
         if router_mode not in modes:
             raise ParisError(f"router mode {router_mode!r} is not available for this run: its router offers "
                              f"{', '.join(modes)}")
+    # what checking a checkpoint needs first: the weights the experts started from (their step-0 state is
+    # rebuilt) and text weights the data does not replace
+    training, start = spec_assets(run.spec, sampling=False), store.fetched_bytes
+    await fetch_assets(store, training)
     checker = CheckpointChecker(store, run, device)
     view = await read_run(node, run_id, num_clusters, rules=run.rules)
     todo = plan(view, num_clusters, allow_partial=allow_partial)
@@ -108,8 +112,8 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, ou
             raise ParisError(f"no accepted checkpoint of {slot} could be fetched and verified: {'; '.join(errors)}")
     # the VAE and text weights the run names by CID (a sampler needs them; trainers did not)
     downloaded = store.fetched_bytes - before
-    assets = spec_assets(run.spec)
-    await fetch_assets(store, assets)
+    assets = {**training, **spec_assets(run.spec)}
+    await fetch_assets(store, {w: a for w, a in assets.items() if w not in training})
     experts = {slot_cluster(s): b for s, b in got.items() if s != ROUTER}
     router = got[ROUTER]
     clusters = sorted(experts)
@@ -127,7 +131,7 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, ou
     atomic_write_bytes(Path(out) / SWARM_MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
     return {**manifest, "downloaded_bytes": downloaded, "checkpoint_bytes": sum(b.bytes for b in got.values()),
             "asset_bytes": sum(a.bytes for a in assets.values()),
-            "asset_downloaded_bytes": store.fetched_bytes - before - downloaded}
+            "asset_downloaded_bytes": store.fetched_bytes - start - downloaded}
 
 
 def _provenance(view: RunView, slot: str, body: CheckpointBody, val_loss: float | None) -> dict:

@@ -109,7 +109,7 @@ class Lane:
     def _drive(self, driver: TrainingDriver) -> bool:
         """The training thread: `driver.run()`, as rank 0 of a DDP group over the lane's devices under
         `join --ddp` (experts only: the router trains on the first device)."""
-        from expert.train import ExpertTrainer
+        from expert.train_expert import ExpertTrainer
 
         trainer = driver.trainer
         if len(self.ddp_devices) < 2 or not isinstance(trainer, ExpertTrainer):

@@ -20,7 +20,7 @@ log = logging.getLogger("node.expert")
 
 
 async def run_expert(ctx: NodeContext, lane: Lane, manager: ClaimManager, cluster: int) -> None:
-    from expert.train import ExpertTrainer
+    from expert.train_expert import ExpertTrainer
 
     spec = ctx.spec
     slot = expert_slot(cluster)

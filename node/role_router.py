@@ -27,7 +27,7 @@ def router_wanted(newest_step: int | None, target: int) -> bool:
 
 async def maybe_run_router(ctx: NodeContext, lane: Lane, *, wait: bool) -> bool:
     """Train the router to its target if nobody else holds its lease and it is wanted. True if we trained."""
-    from expert.train import router_trainer_from_clips
+    from expert.train_router import router_trainer_from_clips
 
     spec, schedule = ctx.spec, ctx.schedule
     view = (await ctx.read_view()).decidable()

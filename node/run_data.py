@@ -14,8 +14,8 @@ from swarm.cas import ContentStore
 async def router_training_data(store: ContentStore, run: LocalRun):
     """The router's training data: a stratified sample of every cluster's training clips (only the shards
     that hold them are fetched), with each clip's cluster as its label."""
+    from expert.router_preset import stratified_sample
     from expert.shards import ClipBatch
-    from expert.train import stratified_sample
 
     spec, schedule = run.spec, run.manifest.schedule
     counts = [c.clips for c in run.manifest.clusters]

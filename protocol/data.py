@@ -45,6 +45,18 @@ class LatentInfo(Frozen):
     dtype: Literal["float16"] = "float16"
 
 
+class TextStatesInfo(Frozen):
+    """What a data set's shards hold beside the clips when its run's text encoder is stored
+    (`TextEncoderConfig.stored`): each caption's per-token states (`text_states`, N×L×D float16, zero at
+    padding) and the empty caption's (`text_null`, L×D, for condition dropout), computed once by the encoder
+    whose asset CID is `encoder`."""
+
+    encoder: str = Field(pattern=r"^b[a-z2-7]{20,120}$")
+    source: str = Field(pattern=r"^data-[0-9a-f]{16}$")  # the data id of the pixel data set encoded
+    shape: tuple[int, int]
+    dtype: Literal["float16"] = "float16"
+
+
 class DataManifest(Frozen):
     """Describes a data set on disk. Shards hold `frames` (uint8 N×T×H×W×3) — or, in a latent data set
     (`latents` set), `latents` (float16 N×C×T×H×W) — `tokens` (int32 N×L), optionally `attributes`
@@ -64,6 +76,7 @@ class DataManifest(Frozen):
     shards: tuple[ShardInfo, ...]
     total_clips: int = Field(ge=1)
     latents: LatentInfo | None = None
+    text: TextStatesInfo | None = None
 
     @property
     def data_id(self) -> str:

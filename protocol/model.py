@@ -25,9 +25,13 @@ class Asset(Frozen):
 
 
 class TextEncoderConfig(Frozen):
-    """An open_clip text tower. `model_name` names an open_clip architecture (pretrained weights from the
-    `weights` asset when given, else random init from `seed`); with no `model_name` a small custom tower is
-    built from `width/layers/heads` with random init from `seed`. The BPE tokenizer is the real one either way.
+    """The frozen text encoder. `family` None (open_clip): `model_name` names an open_clip architecture (pretrained
+    weights from the `weights` asset when given, else random init from `seed`); with no `model_name` a small
+    custom tower is built from `width/layers/heads` with random init from `seed`; the BPE tokenizer is the real
+    one either way. `family="transformers"`: `weights` is a `save_pretrained` folder (model and tokenizer) of
+    the `transformers` class `model_name` (T5/UMT5 encoder, CLIP text model), `width` its hidden size; its
+    states are computed once at `run init` and stored in the data set (`stored`), so that trainers, verifiers
+    and routers never load it.
 
     `layer_scale`: the random tower's LayerScale init (open_clip's `ls_init_value`; None: none, the default).
     Without it the random blocks' outputs are ~30× the token embeddings and blur which word sits where (a
@@ -38,18 +42,32 @@ class TextEncoderConfig(Frozen):
     the pooled caption it was the best at 600 steps (0.62). So it stays an option. Pretrained towers
     ignore it."""
 
+    family: Literal["transformers"] | None = None  # None: open_clip (left out of ids, so old run ids hold)
     model_name: str | None = None
     weights: Asset | None = None
     width: int = Field(default=64, ge=8)
     layers: int = Field(default=2, ge=1)
     heads: int = Field(default=2, ge=1)
-    context_length: int = Field(default=32, ge=4, le=77)
+    context_length: int = Field(default=32, ge=4, le=512)
     seed: int = 0
     layer_scale: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _family_fits(self) -> TextEncoderConfig:
+        if self.family is None and self.context_length > 77:
+            raise ValueError("an open_clip text tower reads at most 77 tokens")
+        if self.family == "transformers" and (self.weights is None or not self.model_name):
+            raise ValueError("a transformers text encoder needs its folder (weights) and class (model_name)")
+        return self
 
     @property
     def init(self) -> str:
         return "pretrained" if self.weights else f"random(seed={self.seed})"
+
+    @property
+    def stored(self) -> bool:
+        """Whether the run's data carries every caption's states (computed once at `run init`)."""
+        return self.family == "transformers"
 
 
 class BackboneConfig(Frozen):
@@ -81,6 +99,9 @@ class BackboneConfig(Frozen):
     # cannot be carried through it — v-prediction left per-pixel speckle in every sample (issue "prompts must
     # steer the video"). None keeps the ids of runs made before the field existed.
     prediction: Literal["v", "x"] | None = None
+    # The weights every expert starts from: a diffusers WanTransformer3DModel folder, by CID (expert.init_weights);
+    # None: random init from the run's seed
+    init_from: Asset | None = None
 
     @model_validator(mode="after")
     def _check(self) -> BackboneConfig:

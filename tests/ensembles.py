@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from expert.pipeline import assemble
-from expert.train import router_trainer_for_run, trainer_for_run
+from expert.train_expert import trainer_for_run
+from expert.train_router import router_trainer_for_run
 
 
 def tiny_ensemble(spec, root: Path, *, steps: int, cap: int):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from expert.checkpoint import NonFiniteStateError, read_group, read_meta, resolve_checkpoint, step_dir
-from expert.train import trainer_for_run
+from expert.train_expert import trainer_for_run
 from node.driver import Cadence, TrainingDriver
 from protocol.swarm_cas import path_cid
 

@@ -119,7 +119,7 @@ def test_a_recipe_rebuilds_only_what_is_on_disk(tiny_run, tmp_path):
     """A follower rebuilds rank 0's trainer from its clips, seed and the checkpoint it loaded: a trainer that
     has taken steps since (held only in memory) is refused, one that resumed is rebuilt at the same step."""
     from expert.ddp import ExpertRecipe
-    from expert.train import trainer_for_run
+    from expert.train_expert import trainer_for_run
     from protocol.errors import ParisError
     from protocol.run import RunSpec
 

@@ -107,3 +107,34 @@ def test_torch_dtype_and_to(ensemble):
     assert pipe.dtype == torch.float32 and pipe.device == torch.device("cpu")
     pipe.to(torch_device="cpu", torch_dtype=torch.bfloat16)
     assert pipe.dtype == torch.bfloat16
+
+
+def test_each_expert_folder_loads_alone_as_its_class(ensemble, tiny_run, tmp_path):
+    """`expert_i/` loads alone with `from_pretrained` as the class `model_index.json` names (ours: Paris' pooled
+    caption and x-prediction recorded in its config) and predicts what the ensemble's expert predicts; a plain
+    Wan expert (an `--init-from` run) is diffusers' own WanTransformer3DModel."""
+    from diffusers import WanTransformer3DModel
+
+    from expert.backbone import ParisWanTransformer3DModel, build_backbone
+
+    index = json.loads((ensemble / "model_index.json").read_text())
+    assert index["expert_0"] == ["paris_node", "ParisWanTransformer3DModel"]
+    alone = ParisWanTransformer3DModel.from_pretrained(ensemble / "expert_0").eval()
+    pipe = ParisPipeline.from_pretrained(ensemble)
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(2, 3, 8, 32, 32, generator=g), torch.randn(2, 32, 64, generator=g)
+    text[:, 20:] = 0  # padding
+    t = torch.tensor([300.0, 900.0])
+    with torch.no_grad():
+        want = pipe.experts[0](x, t, text, return_dict=False)[0]
+        assert torch.equal(alone(x, t, text, return_dict=False)[0], want)
+        plain = WanTransformer3DModel.from_pretrained(ensemble / "expert_0").eval()
+        assert not torch.allclose(plain(x, t, text, return_dict=False)[0], want)  # diffusers' own drops ours
+
+    spec, _ = tiny_run
+    wan = spec.preset.backbone.model_copy(update={"text_conditioning": "wan", "prediction": None})
+    model = build_backbone(wan, 64, seed=1)
+    assert type(model) is WanTransformer3DModel
+    model.save_pretrained(tmp_path / "plain")
+    again = WanTransformer3DModel.from_pretrained(tmp_path / "plain")
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters(), strict=True))

@@ -262,6 +262,19 @@ def test_dockerfile_images_are_pinned(dockerfile):
         assert tag and tag != "latest" and re.search(r"\d", tag), f"stage {name}: pin {image} to a version"
 
 
+def test_cuda_base_matches_the_torch_wheel(dockerfile):
+    """The CUDA image's base carries the CUDA of the torch wheel it installs (the one pyproject pins, installed
+    here): its NVIDIA_REQUIRE_CUDA is what the container toolkit checks against the host's driver."""
+    import torch
+
+    base = dockerfile["args"]["CUDA_BASE"]
+    found = re.search(r":(\d+)\.(\d+)", base)
+    assert found, f"CUDA_BASE {base} names no CUDA version"
+    if torch.version.cuda is None:
+        pytest.skip("this torch is a CPU build: it names no CUDA")
+    assert ".".join(found.groups()) == ".".join(torch.version.cuda.split(".")[:2]), (base, torch.version.cuda)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_dockerfile_final_image(cli, dockerfile, variant):
     steps = chain(dockerfile, variant)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from expert.efficiency import Efficiency, checkpointing_on, is_out_of_memory, retry_with_checkpointing
-from expert.train import router_trainer_for_run, trainer_for_run
+from expert.train_expert import trainer_for_run
+from expert.train_router import router_trainer_for_run
 from protocol.errors import ParisError
 
 

@@ -86,7 +86,7 @@ def test_assemble_refuses_mismatched_parts(tiny_run, ensemble_dir, tmp_path):
     with pytest.raises(ParisError, match="trained on cluster 1, expected cluster 0"):
         assemble([root / "expert1", root / "expert0"], root / "router", tmp_path / "x")
     from expert.shards import load_dataset
-    from expert.train import ExpertTrainer
+    from expert.train_expert import ExpertTrainer
 
     spec = tiny_run[0]
     loose = ExpertTrainer(spec.preset, load_dataset(spec.data_hint)[1].select(spec.train_clips(1)))

@@ -40,7 +40,7 @@ def test_a_perfect_sampler_scores_like_real_data_and_a_wrong_one_does_not(judge_
 
 
 def test_eval_command_on_an_expert_checkpoint(judge_dir, tiny_run, tmp_path):
-    from expert.train import trainer_for_run
+    from expert.train_expert import trainer_for_run
 
     spec, _ = tiny_run
     trainer_for_run(spec, 0).train(1, checkpoint_dir=tmp_path / "ck")
@@ -78,7 +78,7 @@ def test_fvd_and_clip_similarity_are_added_when_their_networks_are_given(judge_d
 
     from expert.clip_score import ClipScorer
     from expert.i3d import InceptionI3d
-    from expert.train import trainer_for_run
+    from expert.train_expert import trainer_for_run
 
     torch.manual_seed(0)
     torch.save(InceptionI3d().state_dict(), tmp_path / "rgb_imagenet.pt")

@@ -33,3 +33,18 @@ def test_the_script_reports_throughput_memory_and_mfu_on_a_cpu():
     assert row["tflop_per_step"] > 0 and row["bare_samples_per_s"] > 0 and row["trainer_samples_per_s"] > 0
     assert row["mfu"] == pytest.approx(row["achieved_tflops"], abs=2e-3)  # against the 1 TFLOP/s given
     assert row["bare_peak_gib"] is None  # no device memory to report on a CPU
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_the_latent_path_end_to_end_at_toy_size():
+    """benchmarks/gpu_check.py --toy on a CPU (~15 s): stand-ins saved and loaded, VAE and text states timed per
+    clip, training on stored states, and two same-seed trainers that agree exactly (as a CPU replay does)."""
+    r = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--gpu", "cpu", "--toy", "--steps", "1",
+                        "--clips", "8", "--peak-tflops", "1.0", "--json"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["preset"] == "tiny-latent" and out["latent_shape"] == [4, 5, 16, 16] and out["text_shape"] == [32, 16]
+    assert out["vae_encode_s_per_clip"] > 0 and out["text_states_s_per_clip"] > 0 and out["samples_per_s"] > 0
+    assert out["tflop_per_step"] > 0 and out["mfu"] == pytest.approx(out["achieved_tflops"], abs=2e-3)
+    assert out["same_seed"] == {"relative_distance": 0.0, "tolerance": 0.01, "agree": True, "steps": 2}

@@ -7,7 +7,7 @@ import torch
 from expert.assets import asset_of
 from expert.presets import get_preset
 from expert.sampling import load_expert, sample
-from expert.train import ExpertTrainer
+from expert.train_expert import ExpertTrainer
 from expert.vae import VaeCodec
 from protocol.errors import ParisError
 from protocol.model import Asset, BackboneConfig

@@ -13,8 +13,9 @@ from expert.backbone import build_backbone, build_codec
 from expert.flow import sample_train_t
 from expert.presets import get_preset
 from expert.router import Router
+from expert.router_preset import light_backbone, router_preset, run_router_preset
 from expert.routing import combine_posteriors
-from expert.train import light_backbone, router_preset, router_trainer_for_run, run_router_preset
+from expert.train_router import router_trainer_for_run
 from expert.validation import REPORT_LEVELS, expected_calibration_error, router_report, router_validation
 from protocol.errors import ParisError
 from protocol.model import RouterHead
@@ -180,7 +181,7 @@ def test_the_run_router_learns_the_caption_prior_and_reports_every_mode_and_leve
 
 def test_ensemble_folder_records_and_serves_the_router_mode(tiny_run, synth_dir, tmp_path):
     from expert.pipeline import ParisPipeline, assemble
-    from expert.train import trainer_for_run
+    from expert.train_expert import trainer_for_run
 
     spec, _ = tiny_run
     experts = []

@@ -153,7 +153,7 @@ def test_the_run_records_its_config_and_its_id_commits_to_it(tmp_path, wide_data
 
 
 def test_a_non_square_run_trains_and_replays_bit_for_bit(tmp_path, wide_data):
-    from expert.train import trainer_for_run
+    from expert.train_expert import trainer_for_run
     from expert.verify import replay
 
     cfg = _config(tmp_path, NON_SQUARE.replace("grad_accum = 2", "grad_accum = 1"))

@@ -24,7 +24,7 @@ import torch
 torch.set_num_threads(1)
 from expert.presets import get_preset
 from expert.shards import open_dataset
-from expert.train import ExpertTrainer
+from expert.train_expert import ExpertTrainer
 
 def status_mb(field):  # VmHWM, not ru_maxrss: that one keeps the parent's size from before the fork + exec
     for line in open("/proc/self/status"):

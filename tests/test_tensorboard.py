@@ -19,7 +19,7 @@ def _scalars(folder):
 
 
 def test_the_driver_logs_each_step_and_each_checkpoints_validation_loss(tiny_run, synth_dir, tmp_path):
-    from expert.train import trainer_for_run
+    from expert.train_expert import trainer_for_run
 
     spec, _ = tiny_run
     trainer = trainer_for_run(spec, 1, data_dir=synth_dir)

@@ -13,7 +13,7 @@ from expert.presets import get_preset
 from expert.sampling import LoadedExpert, sample_prompts
 from expert.shards import ClipBatch, tokenize
 from expert.text import TextEncoder
-from expert.train import ExpertTrainer
+from expert.train_expert import ExpertTrainer
 
 
 def _inputs(p, text):

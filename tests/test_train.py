@@ -5,7 +5,7 @@ import torch
 
 from expert.checkpoint import LATEST, NonFiniteStateError, resolve_checkpoint
 from expert.sampling import load_expert, sample
-from expert.train import ExpertTrainer, trainer_for_run
+from expert.train_expert import ExpertTrainer, trainer_for_run
 from protocol.errors import ConfigMismatchError, IntegrityError
 
 

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from expert.checkpoint import read_meta
-from expert.train import ExpertTrainer, router_holdout, router_trainer_for_run, trainer_for_run
+from expert.router_preset import router_holdout
+from expert.train_expert import ExpertTrainer, trainer_for_run
+from expert.train_router import router_trainer_for_run
 from expert.validation import expert_validation_loss, losses_agree, router_validation
 from protocol.errors import ConfigMismatchError
 from protocol.run import choose_holdout, holdout_size

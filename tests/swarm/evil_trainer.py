@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from hivemind.utils.timed_storage import get_dht_time
 
-from expert.train import ExpertTrainer
+from expert.train_expert import ExpertTrainer
 from node.bundle import fetch_cluster_clips, fetch_run, resolve_run_id, write_bundle
 from node.nodefile import peers_from_file
 from protocol.swarm_cas import CasManifest, ChunkRef, FileEntry, chunk_cid
