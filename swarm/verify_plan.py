@@ -73,6 +73,15 @@ class VerifyPlan:
     def assigned(self, cid: str, eligible: int, waited: float) -> bool:
         return draw(self.secret, "check", cid) < share(self.wanted, eligible, waited, self.patience)
 
+    def start_delay(self, cid: str, eligible: int, spread: float) -> float:
+        """Seconds after first seeing `cid` before this assigned verifier starts its check: its draw scaled to
+        [0, `spread`), so the assigned verifiers start one after another in an order nobody else knows. The
+        first ones' attestations usually land before the rest start, and those then skip a CID that already
+        has what the rule needs (swarm.layout.attestation_needed): about the quorum checks each checkpoint,
+        not every verifier assigned to it."""
+        s = share(self.wanted, eligible, 0.0, self.patience)
+        return spread * min(draw(self.secret, "check", cid) / s, 1.0)
+
     def checkers(self, eligible: int) -> int:
         """How many verifiers check each checkpoint, about: `wanted`, or every eligible one if fewer."""
         return max(1, min(self.wanted, eligible))

@@ -227,3 +227,13 @@ def test_a_check_that_raises_is_backed_off_and_the_round_goes_on():
     assert asyncio.run(verifier.round(view)) == 1
     assert [a.cid for a in stored] == [good.cid] and set(verifier.attested) == {good.cid}
     assert verifier.backoff.waiting(bad.cid, time.monotonic())
+
+
+def test_assigned_verifiers_start_one_after_another_within_the_spread():
+    plans = [VerifyPlan(verifier_secret(bytes([i])), wanted=3, replay_every=10, patience=600.0) for i in range(100)]
+    cid = "bafkreiaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+    on = [p for p in plans if p.assigned(cid, 100, 0.0)]
+    delays = sorted(p.start_delay(cid, 100, 300.0) for p in on)
+    assert on and all(0 <= d < 300.0 for d in delays) and len(set(delays)) == len(delays)
+    off = [p.start_delay(cid, 100, 300.0) for p in plans if not p.assigned(cid, 100, 0.0)]
+    assert all(d == 300.0 for d in off)  # the rest only once the CID has waited its patience
