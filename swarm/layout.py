@@ -10,8 +10,8 @@ records may expire.
   expiry and when the head moves. A late joiner reads the heads, then only the epochs from the head on.
 - `paris/{run}/members/b{i}`: member records spread over MEMBER_BUCKETS keys by a hash of the peer id.
 
-Attestations stop once a CID has what the rule needs (`attestation_needed`), so an epoch's attestations are
-bounded by the quorum plus the assignment's margin (swarm.verify_plan), not by the number of verifiers.
+Checks stop once a CID has what the rule needs or enough checkers fetching it (`attestation_needed`), so an
+epoch's attestations are bounded by the quorum plus a margin for races, not by the number of verifiers.
 `key_bound` states each key's bound as a formula of K, V, P; tests and benchmarks/swarm_scale.py check it.
 """
 
@@ -80,19 +80,23 @@ def epochs_to_read(head_step: int | None, newest_step: int | None) -> range:
     return range(first, last + 1)
 
 
-def archivers(run_id: str, slot: str, epoch: int, seeders: Iterable[str], count: int) -> list[str]:
-    """The `count` seeders that keep `slot`'s head and replica of `epoch`: a rendezvous hash of the run, slot
-    and epoch, which the slot's trainer cannot move by re-rolling its CID; other seeders stay idle."""
+def archivers(run_id: str, record: str, seeders: Iterable[str], count: int) -> list[str]:
+    """The `count` seeders that keep `record` alive (`heads/{slot}`: the slot's certificate; `replica/{slot}/e{n}`:
+    a copy of its head in epoch n): a rendezvous hash of the run and the record's name, which a trainer cannot
+    move by re-rolling its CID, and which stays put while those seeders live (so a key's writers do not
+    accumulate); other seeders stay idle."""
     def rank(peer: str) -> bytes:
-        return hashlib.sha256(f"archive|{run_id}|{slot}|{epoch}|{peer}".encode()).digest()
+        return hashlib.sha256(f"archive|{run_id}|{record}|{peer}".encode()).digest()
 
     return sorted(set(seeders), key=rank)[:count]
 
 
-def attestation_needed(accepts: int, rejects: int, quorum: int) -> bool:
-    """Whether one more attestation of a CID adds anything: not once it has the quorum of accepts and no
-    reject that another verdict could outweigh (a failed replay or a contested CID still wants more)."""
-    return rejects > 0 or accepts < quorum
+def attestation_needed(accepts: int, rejects: int, quorum: int, in_flight: int = 0) -> bool:
+    """Whether one more check of a CID adds anything: not once it has the quorum of accepts, or enough
+    verifiers already fetching it to make one (`in_flight`: verifiers that announced themselves as providers
+    of the CID, which they do as they start, re-serving its chunks as they land, and have not attested yet
+    nor gone silent), unless a reject contests it (a failed replay or a contested CID wants more verdicts)."""
+    return rejects > 0 or accepts + in_flight < quorum
 
 
 # ---- quorum certificates ------------------------------------------------------------------------------------

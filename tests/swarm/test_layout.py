@@ -104,13 +104,16 @@ def test_a_certified_head_anchors_a_reader_that_never_saw_its_ancestors():
 def test_attestations_stop_once_the_rule_has_what_it_needs():
     assert layout.attestation_needed(0, 0, 1) and not layout.attestation_needed(1, 0, 1)
     assert layout.attestation_needed(3, 1, 2)  # contested: another verdict still counts
+    assert not layout.attestation_needed(0, 0, 1, in_flight=1)  # one checker is already fetching it
+    assert layout.attestation_needed(1, 0, 3, in_flight=1)
 
 
-def test_archivers_are_keyed_by_slot_and_epoch_not_by_the_cid():
+def test_archivers_are_keyed_by_the_record_not_by_the_cid():
     seeders = [f"peer{i}" for i in range(50)]
-    a = layout.archivers("r", "expert-1", 3, seeders, 3)
-    assert len(a) == 3 and a == layout.archivers("r", "expert-1", 3, reversed(seeders), 3)
-    assert a != layout.archivers("r", "expert-1", 4, seeders, 3)  # the load moves with the epoch
+    a = layout.archivers("r", "heads/expert-1", seeders, 3)
+    assert len(a) == 3 and a == layout.archivers("r", "heads/expert-1", reversed(seeders), 3)
+    assert a == layout.archivers("r", "heads/expert-1", [*seeders, "late"], 3) or "late" in a  # stays put
+    assert a != layout.archivers("r", "heads/expert-2", seeders, 3)  # the load spreads over slots
     assert layout.epochs_to_read(40_000, 40_000) == range(2, 4)
     assert layout.epochs_to_read(None, 70_000) == range(0, 5)
 

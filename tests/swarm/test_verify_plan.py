@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import statistics
 import time
 from math import comb
 
@@ -229,11 +230,13 @@ def test_a_check_that_raises_is_backed_off_and_the_round_goes_on():
     assert verifier.backoff.waiting(bad.cid, time.monotonic())
 
 
-def test_assigned_verifiers_start_one_after_another_within_the_spread():
-    plans = [VerifyPlan(verifier_secret(bytes([i])), wanted=3, replay_every=10, patience=600.0) for i in range(100)]
-    cid = "bafkreiaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-    on = [p for p in plans if p.assigned(cid, 100, 0.0)]
-    delays = sorted(p.start_delay(cid, 100, 300.0) for p in on)
-    assert on and all(0 <= d < 300.0 for d in delays) and len(set(delays)) == len(delays)
-    off = [p.start_delay(cid, 100, 300.0) for p in plans if not p.assigned(cid, 100, 0.0)]
-    assert all(d == 300.0 for d in off)  # the rest only once the CID has waited its patience
+def test_verifiers_start_one_after_another_about_spread_over_wanted_apart():
+    plans = [VerifyPlan(verifier_secret(bytes([i])), wanted=2, replay_every=10, patience=600.0) for i in range(100)]
+    gaps = []
+    for n in range(40):
+        cid = "bafkrei" + hashlib.sha256(str(n).encode()).hexdigest()[:52].translate(str.maketrans("0189", "abcd"))
+        delays = sorted(p.start_delay(cid, 100, 300.0) for p in plans)
+        assert len(set(delays)) == 100 and delays[-1] > 300.0  # everyone in the end, in a keyed order
+        assert sum(d < 300.0 for d in delays) == sum(p.assigned(cid, 100, 0.0) for p in plans)
+        gaps.append(delays[1] - delays[0])
+    assert 80 < statistics.median(gaps) < 250  # ~ spread / wanted = 150 s between the first two starts
