@@ -176,7 +176,8 @@ class Sim:
         s.trainer = p
         cluster = int(s.name.split("-")[1])
         self._put(run_key(RUN, "claims"), p, ClaimBody(cluster=cluster, state=ClaimState.TRAINING,
-                                                        peer_id=p.peer_id, since=self.now, ts=self.now))
+                                                        peer_id=p.peer_id, since=self.now, ts=self.now),
+                  ttl=self.a.grace)  # renewed while its trainer lives (`_period`)
         self._at(self.now + self.a.checkpoint_every * self.a.step_seconds, "publish", s)
 
     def _at(self, t: float, what: str, *args) -> None:
@@ -318,6 +319,12 @@ class Sim:
                 s.dirty = False
         cpu = time.process_time() - t0 + new * self.cost_new + read * self.cost_seen
         self.periods.append({"t": self.now, "read": read, "new": new, "cpu_s": cpu})
+        if len(self.periods) % max(1, int(a.grace / 2 / a.period)) == 0:
+            for s in self.slots:  # leases renewed before they expire; a departed trainer's runs out
+                if s.trainer is not None and s.trainer.alive:
+                    self._put(run_key(RUN, "claims"), s.trainer,
+                              ClaimBody(cluster=int(s.name.split("-")[1]), state=ClaimState.TRAINING,
+                                        peer_id=s.trainer.peer_id, since=0.0, ts=self.now), ttl=a.grace)
         self._churn()
         step = min(s.step for s in self.slots)
         if not self.series or step >= self.series[-1]["step"] + a.steps // 10:
@@ -385,7 +392,7 @@ class Sim:
             "bound_by_kind": {k: layout.key_bound(k, K=a.experts, V=a.verifiers, P=a.peers,
                                                   checkpoint_every=a.checkpoint_every, quorum=a.quorum,
                                                   writers=a.archivers)
-                              for k in ("checkpoints", "attestations", "heads", "members")},
+                              for k in ("checkpoints", "attestations", "heads", "members", "claims")},
             "records_read_per_period": {"mean": round(statistics.fmean(p["read"] for p in self.periods), 1),
                                         "max": max(p["read"] for p in self.periods)},
             "work_fraction_per_period": {"mean": round(statistics.fmean(frac), 5), "max": round(max(frac), 5)},

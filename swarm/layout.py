@@ -169,6 +169,7 @@ class Sizes:
     attestation: int = 1_600
     archived: int = 2_150
     member: int = 3_750
+    claim: int = 700
 
 
 def key_bound(kind: str, *, K: int, V: int, P: int, checkpoint_every: int, quorum: int = 1, margin: int = 2,
@@ -179,9 +180,11 @@ def key_bound(kind: str, *, K: int, V: int, P: int, checkpoint_every: int, quoru
     - attestations/{slot}/e{n}: L·(E/c + 1)·(q + m)·s_att          (q + m checkers per CID, whatever V is)
     - heads/{slot}:             R·(s_arch·(1 + min(q + m, 8)) + 200)   (R chosen writers)
     - members/b{i}:             (P/B + 3·sqrt(P/B) + 1)·s_member   (a hash spreads P peers over B buckets)
+    - claims:                   2K·s_claim                         (a lease per slot, and one contender or
+                                                                    stale lease of a slot within a lease TTL)
 
-    with E = EPOCH_STEPS, c = `checkpoint_every`. K and V do not appear: a key is per slot and the number of
-    attestations per CID stops at what the rule needs. The member bucket allows three standard deviations."""
+    with E = EPOCH_STEPS, c = `checkpoint_every`. V does not appear: a key is per slot (but the one claims key)
+    and the checks of a CID stop at what the rule needs. The member bucket allows three standard deviations."""
     per_epoch = trainers_per_epoch * (EPOCH_STEPS // max(checkpoint_every, 1) + 1)
     if kind == "checkpoints":
         return per_epoch * sizes.checkpoint
@@ -189,6 +192,8 @@ def key_bound(kind: str, *, K: int, V: int, P: int, checkpoint_every: int, quoru
         return per_epoch * (quorum + margin) * sizes.attestation
     if kind == "heads":
         return writers * (sizes.archived * (1 + min(quorum + margin, MAX_CERT_ATTESTATIONS)) + 200)
+    if kind == "claims":
+        return 2 * K * sizes.claim
     if kind == "members":
         mean = P / MEMBER_BUCKETS
         return math.ceil(mean + 3 * math.sqrt(mean) + 1) * sizes.member
