@@ -65,7 +65,7 @@ async def archive_facts(d: Daemon, view: RunView) -> bool:
     assert d.node is not None and d.run_info is not None
     spec = d.run_info.spec
     ledger = ledger_of(d)
-    keys = archive.archive_keys(spec.run_id)
+    keys = archive.archive_keys(spec.run_id, view.shard_keys)
     sets = await asyncio.gather(*(d.node.get(k) for k in keys))
     found = [(key, rec) for key, got in zip(keys, sets, strict=True) for rec in got.records]
     accepted_cids = {j.claim.cid for slot in slots(spec.num_clusters) for j in accepted(view.judged(slot))}

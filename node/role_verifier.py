@@ -30,11 +30,11 @@ from node.keeper import OwnRecords
 from node.logs import event
 from node.role_seeder import slots
 from protocol.errors import ParisError
-from protocol.swarm_records import AttestationBody, CheckpointBody, claimant_peer, run_key
+from protocol.swarm_records import AttestationBody, CheckpointBody, claimant_peer
 from protocol.swarm_run import Schedule
 from swarm.acceptance import known_facts
 from swarm.dht import SwarmNode
-from swarm.state import RunView, publish_attestation
+from swarm.state import RunView, publish_attestation, record_key
 from swarm.verify_plan import VerifyPlan
 
 log = logging.getLogger("node.verifier")
@@ -226,7 +226,7 @@ class Verifier:
                     continue
                 self.attested[body.cid] = att
                 if await publish_attestation(self.node, self.run_id, att):
-                    self.keeper.add(run_key(self.run_id, "attestations"), att)
+                    self.keeper.add(record_key(self.run_id, att), att)
                 done += 1
                 event(log, f"attested {slot} checkpoint", step=body.step, cid=body.cid, verdict=att.verdict,
                       val_loss=None if att.val_loss is None else round(att.val_loss, 6), replayed=att.replayed,

@@ -171,9 +171,10 @@ def judge(claims: Iterable[Claim], votes: Iterable[Vote], policy: Policy,
     """Judge every claim of one slot; returned most advanced first (step, then newest record). The result does
     not depend on the order of `claims` or `votes`. `local`: this node's own checks (CID → what it found, as
     a vote; or a plain True/False when the caller vouches for, or refutes, every claim of that CID).
-    `anchors`: CIDs whose acceptance a checked quorum certificate proves (swarm.layout), with the best loss on
-    their lineage: their ancestors' records may have expired, so their lineage is not re-walked; a failed
-    replay or this node's own refutation still rejects them."""
+    `anchors`: CIDs whose acceptance a checked quorum certificate proves (swarm.layout), with the best loss
+    known on their lineage: where their parent's records have expired (are not announced), the certificate
+    stands in for the lineage; where the parent is still read, the lineage is judged as always. A failed
+    replay or this node's own refutation rejects an anchor too."""
     claims = sorted(claims, key=_order)
     local = local or {}
     anchors = anchors or {}
@@ -223,13 +224,13 @@ def judge(claims: Iterable[Claim], votes: Iterable[Vote], policy: Policy,
         mine = check is True or isinstance(check, Vote)
         if c.val_loss is None or not isfinite(c.val_loss):
             return out(Status.REJECTED, "no finite validation loss")
-        if c.cid in anchors:
+        parent, missing = parent_of(c)
+        if missing and c.cid in anchors:  # its ancestors' records expired: the certificate stands in for them
             best = min(c.val_loss, anchors[c.cid]) if policy.bound_to_best else c.val_loss
             replayed_here = isinstance(check, Vote) and check.accept and check.replayed
             if t.replay_failed and not replayed_here:
                 return out(Status.REJECTED, t.replay_failed)
             return out(Status.ACCEPTED, "certified by a quorum certificate")
-        parent, missing = parent_of(c)
         if missing:
             return out(Status.PENDING, missing)
         parent_step = 0 if parent is None else parent.claim.step
