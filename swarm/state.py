@@ -270,8 +270,10 @@ class _SlotRead:
     failed: tuple[str, ...]
 
 
-async def _read_slot(node: SwarmNode, run_id: str, slot: str, quorum: int) -> _SlotRead:
-    """A slot's certified head, then its epochs from the head's on, until one holds no checkpoint record."""
+async def _read_slot(node: SwarmNode, run_id: str, slot: str, quorum: int, gap: int) -> _SlotRead:
+    """A slot's certified head, then its epochs from the head's on, until `gap` epochs in a row hold no
+    checkpoint record (a lineage advances at most `max_interval` steps per checkpoint: no honest epoch after
+    the newest record is further away)."""
     heads = await node.get(layout.head_key(run_id, slot))
     failed = [heads.failed] if heads.failed else []
     best: tuple[CertificateBody, layout.Certified] | None = None
@@ -291,7 +293,7 @@ async def _read_slot(node: SwarmNode, run_id: str, slot: str, quorum: int) -> _S
             records.append(Signed(owner=archived.owner.encode("ascii"), envelope=env, expiration_time=0.0))
     epochs = layout.epochs_to_read(None if best is None else best[1].claim.step, None)
     keys: list[str] = []
-    epoch, stop = epochs.start, epochs.start + MAX_EPOCHS_PER_READ
+    epoch, stop, empty = epochs.start, epochs.start + MAX_EPOCHS_PER_READ, 0
     while epoch < stop:
         batch = [epoch, epoch + 1] if epoch == epochs.start else [epoch]
         pairs = [(layout.checkpoint_key(run_id, slot, e * EPOCH_STEPS), layout.attestation_key(run_id, slot,
@@ -303,8 +305,9 @@ async def _read_slot(node: SwarmNode, run_id: str, slot: str, quorum: int) -> _S
             records.extend(got.records)
             if got.failed:
                 failed.append(got.failed)
-        if not any(isinstance(r.body, CheckpointBody) for r in sets[-2].records):
-            break  # the newest epoch read holds nothing yet
+        empty = 0 if any(isinstance(r.body, CheckpointBody) for r in sets[-2].records) else empty + 1
+        if empty >= gap:
+            break  # nothing honest lies further
         epoch = batch[-1] + 1
     anchor = None if best is None else (slot, best[1].claim.cid, float(best[1].claim.val_loss or 0.0))
     return _SlotRead(tuple(records), anchor, tuple(keys), tuple(failed))
@@ -346,7 +349,8 @@ async def read_run(node: SwarmNode, run_id: str, num_clusters: int | None = None
     if num_clusters is None:
         num_clusters = max((s.num_clusters for s in specs), default=0)
     quorum = 1 if rules is None else max(rules.policy.attestations, 1)
-    slots = await asyncio.gather(*(_read_slot(node, run_id, slot, quorum) for slot in run_slots(num_clusters)))
+    gap = 1 if rules is None else max(1, math.ceil(rules.policy.max_interval / EPOCH_STEPS))
+    slots = await asyncio.gather(*(_read_slot(node, run_id, slot, quorum, gap) for slot in run_slots(num_clusters)))
     signed = _unique(r for sr in slots for r in sr.records)
 
     def by_peer(kind: type) -> dict[str, object]:
