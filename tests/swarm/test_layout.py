@@ -134,3 +134,16 @@ def test_bound_per_key_holds_for_a_full_epoch_and_is_far_below_a_reply(ids, K, V
              for kind in ("checkpoints", "attestations", "heads", "members")}
     assert ckpt_bytes <= bound["checkpoints"] and att_bytes <= bound["attestations"]
     assert max(bound.values()) < 1024 * 1024 < REPLY_LIMIT
+
+
+def test_a_certificate_fills_gaps_in_the_lineage_but_never_overrides_a_rejection():
+    policy = Policy(attestations=1, max_interval=2000)
+    older = Claim("t", CIDS[0], 38_000, CIDS[7], 0.55)  # its parent expired: PENDING without a certificate
+    head = Claim("t", CIDS[1], 40_000, CIDS[0], 0.5)  # certified; its parent is read but unresolvable
+    child = Claim("t", CIDS[2], 42_000, CIDS[1], 0.45)
+    got = {j.claim.cid: j.status for j in judge([older, head, child], [], policy, {CIDS[2]: True},
+                                                anchors={CIDS[1]: 0.5})}
+    assert got == {CIDS[0]: Status.PENDING, CIDS[1]: Status.ACCEPTED, CIDS[2]: Status.ACCEPTED}
+    rejected_parent = Claim("t", CIDS[0], 38_000, None, 0.55)  # a first checkpoint 38,000 steps in: refused
+    got = {j.claim.cid: j.status for j in judge([rejected_parent, head], [], policy, anchors={CIDS[1]: 0.5})}
+    assert got[CIDS[1]] == Status.REJECTED
