@@ -14,10 +14,10 @@ from hivemind.utils.timed_storage import get_dht_time
 from node.keeper import OwnRecords
 from node.logs import event
 from protocol.swarm_gossip import CheckpointEvent
-from protocol.swarm_records import CheckpointBody, run_key
+from protocol.swarm_records import CheckpointBody
 from swarm.cas import ContentStore
 from swarm.dht import SwarmNode
-from swarm.state import publish_checkpoint
+from swarm.state import certify, publish_certificate, publish_checkpoint, record_key
 
 log = logging.getLogger("node.publisher")
 
@@ -67,6 +67,8 @@ class Publisher:
         self.keep_unverified = keep_unverified
         self._unannounced: list[CheckpointBody] = []
         self._replicas: dict[str, CheckpointBody] = {}  # slot → our newest replica record (re-announced)
+        self.certified: dict[str, int] = {}  # slot → the step of the newest head we wrote a certificate of
+        self._certifying: asyncio.Task | None = None
         self._lock = asyncio.Lock()
 
     async def publish(self, slot: str, path: Path, meta) -> str | None:
@@ -91,7 +93,7 @@ class Publisher:
                     log.warning("no peer stored the checkpoint record of %s yet; the next publication retries", slot)
                     self._unannounced.append(body)
                 elif self.keeper is not None:
-                    self.keeper.add(run_key(self.run_id, "checkpoints"), body)
+                    self.keeper.add(record_key(self.run_id, body), body)
                 if self.vouch is not None:
                     self.vouch(body)
                 self.backlog[slot] = sorted({*self.backlog.get(slot, []), (cid, meta.step)}, key=lambda e: e[1])
@@ -132,9 +134,38 @@ class Publisher:
             self._release(cid)
 
     def settle(self, view) -> None:
-        """Drop the copies that accepted checkpoints now cover (`view`: a RunView read with the run's rules)."""
+        """Drop the copies that accepted checkpoints now cover (`view`: a RunView read with the run's rules), and
+        certify our newest accepted heads in the background (one certification at a time)."""
         for slot in [s for s, b in self.backlog.items() if b]:
             self._trim(slot, covered(view.judged(slot)))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self.published and (self._certifying is None or self._certifying.done()):
+            self._certifying = loop.create_task(self._certify_quietly(view))
+
+    async def _certify_quietly(self, view) -> None:
+        try:
+            await self.certify(view)
+        except Exception as e:  # a certificate is an optimisation for readers: the next settle retries
+            log.debug("certifying our accepted heads failed: %r", e)
+
+    async def certify(self, view) -> int:
+        """Write a quorum certificate of each slot we trained whose accepted head moved past the last one we
+        certified (swarm.layout): what lets a reader skip the epochs behind it, and lets them expire. Returns
+        how many were stored."""
+        stored = 0
+        for slot in list(self.published):
+            cert = certify(view, slot, get_dht_time())
+            if cert is None or cert.step <= self.certified.get(slot, -1):
+                continue
+            if await publish_certificate(self.node, self.run_id, cert):
+                self.certified[slot] = cert.step
+                stored += 1
+                if self.keeper is not None:
+                    self.keeper.add(record_key(self.run_id, cert), cert)
+        return stored
 
     async def replicate(self, slot: str, candidates: list[CheckpointBody], max_bytes: int | None = None) -> None:
         """Hold the most advanced fetchable of `candidates` (accepted checkpoints, newest first) and announce the

@@ -72,7 +72,7 @@ class Seeder:
         keeps them alive past their TTL. Returns whether the ledger changed."""
         ctx = self.ctx
         spec = ctx.spec
-        keys = archive.archive_keys(spec.run_id)
+        keys = archive.archive_keys(spec.run_id, view.shard_keys)
         sets = await asyncio.gather(*(ctx.node.get(k) for k in keys))
         found = [(key, rec) for key, got in zip(keys, sets, strict=True) for rec in got.records]
         accepted_cids = {j.claim.cid for slot in run_slots(spec.num_clusters) for j in accepted(view.judged(slot))}

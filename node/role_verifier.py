@@ -36,14 +36,13 @@ from protocol.swarm_records import (
     CheckpointBody,
     claimant_peer,
     expert_slot,
-    run_key,
     run_slots,
     slot_cluster,
 )
 from protocol.swarm_run import Schedule
 from swarm.acceptance import known_facts
 from swarm.dht import SwarmNode
-from swarm.state import RunView, publish_attestation
+from swarm.state import RunView, publish_attestation, record_key
 from swarm.verify_plan import VerifyPlan, verifier_secret
 
 log = logging.getLogger("node.verifier")
@@ -235,7 +234,7 @@ class Verifier:
                     continue
                 self.attested[body.cid] = att
                 if await publish_attestation(self.node, self.run_id, att):
-                    self.keeper.add(run_key(self.run_id, "attestations"), att)
+                    self.keeper.add(record_key(self.run_id, att), att)
                 done += 1
                 event(log, f"attested {slot} checkpoint", step=body.step, cid=body.cid, verdict=att.verdict,
                       val_loss=None if att.val_loss is None else round(att.val_loss, 6), replayed=att.replayed,

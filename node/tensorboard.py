@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from protocol.errors import ParisError
+from protocol.swarm_records import ROUTER, expert_slot
 
 TRAIN_TAG, VALIDATION_TAG = "loss/train", "loss/validation"
 
@@ -59,4 +60,4 @@ class LossBoard:
 
 def slot_of(trainer) -> str:
     """The slot a trainer trains, named as the swarm names it: `expert-<cluster>` or `router`."""
-    return "router" if trainer.kind == "router" else f"expert-{trainer.cluster or 0}"
+    return ROUTER if trainer.kind == "router" else expert_slot(trainer.cluster or 0)

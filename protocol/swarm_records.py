@@ -26,6 +26,10 @@ MAX_RECORD_BYTES = 4 * 1024
 MAX_FUTURE_S = 300.0  # a record dated further ahead of the reader's clock is refused (a lie, or a clock far off)
 MAX_ARCHIVE_BYTES = 12 * 1024  # an archive embeds one record (≤ MAX_RECORD_BYTES) and its writer's key
 MAX_RECORD_TTL = 30 * 24 * 3600.0
+EPOCH_STEPS = 16_384  # a sharded key holds one slot's records of one step range (swarm.layout)
+MEMBER_BUCKETS = 64  # member records spread over this many keys by a hash of the peer id (swarm.layout)
+MAX_CERT_ATTESTATIONS = 8  # a quorum certificate embeds at most this many attestations
+MAX_CERTIFICATE_BYTES = 24 * 1024  # a certificate embeds its checkpoint record and its attestations
 
 RUN_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 CID_PATTERN = r"b[a-z2-7]{20,120}"
@@ -224,9 +228,24 @@ class ProviderBody(Frozen):
     ts: Timestamp
 
 
+class CertificateBody(Frozen):
+    """`paris/{run}/heads/{slot}`: a quorum certificate, the compact summary that lets superseded records
+    expire: the accepted head of a slot (its trainer's checkpoint record) and the attestations that accepted
+    it, each with its writer's statement signature. Its writer vouches for nothing: a reader re-checks every
+    embedded record (swarm.layout.check_certificate), so a certificate is exactly as strong as its quorum."""
+
+    kind: Literal["certificate"] = "certificate"
+    slot: Slot
+    cid: Cid
+    step: int = Field(ge=0)
+    checkpoint: ArchivedBody
+    attestations: tuple[ArchivedBody, ...] = Field(min_length=1, max_length=MAX_CERT_ATTESTATIONS)
+    ts: Timestamp
+
+
 Body = Annotated[
     MemberBody | RunPointerBody | ClaimBody | DoneBody | ProgressBody | CheckpointBody | AttestationBody
-    | ProviderBody | ArchivedBody,
+    | ProviderBody | ArchivedBody | CertificateBody,
     Field(discriminator="kind"),
 ]
 
@@ -277,8 +296,9 @@ class ForeignMember(Frozen):
 # ---- keys -------------------------------------------------------------------------------------------------
 
 _KEY_KINDS = {"members": "member", "spec": "spec", "claims": "claim", "done": "done", "progress": "progress",
-              "checkpoints": "checkpoint", "attestations": "attestation"}
-_RUN_KEY_RE = re.compile(rf"^paris/({RUN_ID_PATTERN})/([a-z]+)$")
+              "checkpoints": "checkpoint", "attestations": "attestation", "heads": "certificate"}
+SHARD_PATTERN = r"(expert-[0-9]{1,4}|router|b[0-9]{1,4})(?:/e([0-9]{1,7}))?"
+_RUN_KEY_RE = re.compile(rf"^paris/({RUN_ID_PATTERN})/([a-z]+)(?:/{SHARD_PATTERN})?$")
 _CAS_KEY_RE = re.compile(rf"^paris/cas/({CID_PATTERN})$")
 RUNS_KEY = "paris/runs"  # every run's spec pointer, one per creator: how a joiner with no --run finds one
 
@@ -346,7 +366,33 @@ def archive_suffix(body: ArchivedBody) -> str:
 
 
 def max_bytes(kind: str) -> int:
-    return MAX_ARCHIVE_BYTES if kind == "archived" else MAX_RECORD_BYTES
+    return {"archived": MAX_ARCHIVE_BYTES, "certificate": MAX_CERTIFICATE_BYTES}.get(kind, MAX_RECORD_BYTES)
+
+
+def member_bucket(peer_id: str) -> int:
+    """Which of the MEMBER_BUCKETS keys holds a peer's member record: a hash of its id, so nobody chooses."""
+    return int(sha256_hex(peer_id.encode())[:8], 16) % MEMBER_BUCKETS
+
+
+def shard_problem(key: str, body: Body) -> str:
+    """Why `body` does not belong in the shard its (sharded) key names ("" if it does, or the key is not
+    sharded): a slot shard holds that slot's records only, an epoch shard the steps of that epoch only, so
+    that a validator keeps every key within the bound that swarm.layout states."""
+    m = _RUN_KEY_RE.match(key)
+    if m is None or m.group(3) is None or isinstance(body, ArchivedBody):
+        return ""
+    shard, epoch = m.group(3), m.group(4)
+    slot, step = getattr(body, "slot", None), getattr(body, "step", None)
+    if shard.startswith("b"):
+        if not isinstance(body, MemberBody) or epoch is not None:
+            return f"a {body.kind} record cannot live in a member bucket"
+        want = member_bucket(body.peer_id)
+        return "" if int(shard[1:]) == want else f"member {body.peer_id} belongs in bucket b{want}, not {shard}"
+    if slot != shard:
+        return f"a record of {slot} cannot live in the shard of {shard}"
+    if epoch is not None and (step is None or step // EPOCH_STEPS != int(epoch)):
+        return f"step {step} is not in epoch {epoch} ({EPOCH_STEPS} steps each)"
+    return ""
 
 
 def encode_envelope(key: str, body: Body, sign: Callable[[bytes], bytes] | None = None) -> bytes:
@@ -370,8 +416,8 @@ def decode_envelope(data: bytes, *, subkey_suffix_seen: str | None = None) -> En
     """
     if not isinstance(data, bytes | bytearray):
         raise IntegrityError(f"record value is {type(data).__name__}, expected bytes")
-    if len(data) > MAX_ARCHIVE_BYTES:
-        raise IntegrityError(f"record of {len(data)} bytes is over the {MAX_ARCHIVE_BYTES}-byte limit")
+    if len(data) > MAX_CERTIFICATE_BYTES:
+        raise IntegrityError(f"record of {len(data)} bytes is over the {MAX_CERTIFICATE_BYTES}-byte limit")
     try:
         header = _LooseHeader.model_validate_json(data)
     except ValidationError as e:
@@ -398,6 +444,8 @@ def decode_envelope(data: bytes, *, subkey_suffix_seen: str | None = None) -> En
     if (env.body.kind in ARCHIVABLE_KINDS) != (env.sig is not None):
         raise IntegrityError(f"a {env.body.kind} record {'needs' if env.sig is None else 'cannot carry'} "
                              "a statement signature")
+    if why := shard_problem(env.key, env.body):
+        raise IntegrityError(why)
     if isinstance(env.body, ProviderBody) and not env.key.endswith("/" + env.body.cid):
         raise IntegrityError("provider record names another CID than its key")
     if subkey_suffix_seen is not None and subkey_suffix_seen != subkey_suffix(env.body):

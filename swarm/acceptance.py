@@ -28,7 +28,7 @@ minted to attest (Sybils) can at most hide honest progress from nodes that did n
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from math import isfinite
 
@@ -166,12 +166,18 @@ def _order(c: Claim) -> tuple:
 
 
 def judge(claims: Iterable[Claim], votes: Iterable[Vote], policy: Policy,
-          local: Mapping[str, Vote | bool] | None = None) -> list[Judgement]:
+          local: Mapping[str, Vote | bool] | None = None, anchors: Mapping[str, float] | None = None
+          ) -> list[Judgement]:
     """Judge every claim of one slot; returned most advanced first (step, then newest record). The result does
     not depend on the order of `claims` or `votes`. `local`: this node's own checks (CID → what it found, as
-    a vote; or a plain True/False when the caller vouches for, or refutes, every claim of that CID)."""
+    a vote; or a plain True/False when the caller vouches for, or refutes, every claim of that CID).
+    `anchors`: CIDs whose acceptance a checked quorum certificate proves (swarm.layout), with the best loss
+    known on their lineage: where the records read leave such a claim PENDING (its ancestors' records have
+    expired), the certificate stands in for what is missing; a claim the records reject stays rejected, and a
+    failed replay or this node's own refutation rejects an anchor too."""
     claims = sorted(claims, key=_order)
     local = local or {}
+    anchors = anchors or {}
     by_cid: dict[str, list[Claim]] = {}
     for c in claims:
         by_cid.setdefault(c.cid, []).append(c)
@@ -200,8 +206,23 @@ def judge(claims: Iterable[Claim], votes: Iterable[Vote], policy: Policy,
 
     def j(c: Claim) -> Judgement:
         if c not in memo:
-            memo[c] = _judge_one(c)
+            memo[c] = _certified(c, _judge_one(c))
         return memo[c]
+
+    def _certified(c: Claim, plain: Judgement) -> Judgement:
+        """A certified claim that the records read leave PENDING (its ancestors' records expired, or the
+        attestations that accepted it did): the certificate supplies what is missing. It never overrides a
+        rejection, nor a failed replay (decisive, unless this node replayed it itself)."""
+        if c.cid not in anchors or plain.status != Status.PENDING or c.val_loss is None:
+            return plain
+        check = local.get(c.cid)
+        replayed_here = isinstance(check, Vote) and check.accept and check.replayed
+        failed = _tally(c, votes_by_cid.get(c.cid, []), policy.val_rtol).replay_failed
+        if failed and not replayed_here:
+            return replace(plain, status=Status.REJECTED, reason=failed, awaiting=False)
+        best = min(c.val_loss, anchors[c.cid]) if policy.bound_to_best else c.val_loss
+        return replace(plain, status=Status.ACCEPTED, reason="certified by a quorum certificate", awaiting=False,
+                       best_loss=best)
 
     def _judge_one(c: Claim) -> Judgement:
         t = _tally(c, votes_by_cid.get(c.cid, []), policy.val_rtol)

@@ -33,13 +33,14 @@ from protocol.swarm_records import (
 )
 from swarm.dht import Signed
 
-ARCHIVED_KEYS = ("spec", "done", "checkpoints", "attestations")
+ARCHIVED_KEYS = ("spec", "done")  # and the checkpoint and attestation shards (archive_keys)
 MAX_ATTESTATIONS_PER_CID = 16  # a reader needs q of them; a flood of extra ones is not kept alive
 
 
-def archive_keys(run_id: str) -> list[str]:
-    """Every DHT key whose records a seeder of `run_id` may archive."""
-    return [run_key(run_id, k) for k in ARCHIVED_KEYS] + [RUNS_KEY]
+def archive_keys(run_id: str, shard_keys: Iterable[str] = ()) -> list[str]:
+    """Every DHT key whose records a seeder of `run_id` may archive: the run's pointer and DONE keys, and the
+    checkpoint and attestation shards a read of the run visited (`RunView.shard_keys`, swarm.layout)."""
+    return [run_key(run_id, k) for k in ARCHIVED_KEYS] + [RUNS_KEY] + list(shard_keys)
 
 
 def worth_keeping(run_id: str, creator: bytes | None, accepted: set[str], rec: Signed) -> bool:

@@ -363,176 +363,240 @@ async def fetch_chunks(store: ChunkSink, chunks: dict[str, int], providers: list
     asked for it again. Raises FetchError if some chunk cannot be had from anyone;
     the chunks stored so far stay, so calling again resumes.
     """
-    stats = FetchStats(peers={p: PeerState() for p in providers})
-    todo = {cid: size for cid, size in chunks.items() if not store.has(cid)}
-    stats.reused_chunks = len(chunks) - len(todo)
-    if not todo:
-        return stats
-    pending: asyncio.Queue[str] = asyncio.Queue()
-    for cid in todo:
-        pending.put_nowait(cid)
-    remaining = set(todo)
-    done = asyncio.Event()
-    fatal: list[OSError] = []  # a local write error (a full disk): the whole download fails, nothing retries
+    limits = _Limits(failure_budget, timeout, max_size, batch_size, answer_timeout)
+    download = _Download(store, chunks, providers, limits)
+    if download.remaining:
+        await download.run(open_stream, streams_per_peer)
+    return download.result()
 
-    def usable(peer: str, cid: str) -> bool:
-        st = stats.peers[peer]
+
+@dataclass(frozen=True)
+class _Limits:
+    """The knobs of one download (see fetch_chunks)."""
+
+    failure_budget: int
+    timeout: float
+    max_size: int
+    batch_size: int
+    answer_timeout: float
+
+
+class _Download:
+    """What every stream of one fetch_chunks call shares: the chunks still wanted, the queue they are handed
+    out from, each provider's record (stats), and how the download ends (`done`: every chunk stored, or none
+    left that any usable provider could serve, or our own disk failed: `fatal`)."""
+
+    def __init__(self, store: ChunkSink, chunks: dict[str, int], providers: list[str], limits: _Limits) -> None:
+        self.store, self.chunks, self.providers, self.limits = store, chunks, providers, limits
+        self.stats = FetchStats(peers={p: PeerState() for p in providers})
+        self.todo = {cid: size for cid, size in chunks.items() if not store.has(cid)}
+        self.stats.reused_chunks = len(chunks) - len(self.todo)
+        self.pending: asyncio.Queue[str] = asyncio.Queue()
+        for cid in self.todo:
+            self.pending.put_nowait(cid)
+        self.remaining = set(self.todo)
+        self.done = asyncio.Event()
+        self.fatal: list[OSError] = []  # a local write error (a full disk): the whole download fails, nothing retries
+
+    def usable(self, peer: str, cid: str) -> bool:
+        st = self.stats.peers[peer]
         return not st.banned and cid not in st.missing
 
-    def hopeless(cid: str) -> bool:
-        return not any(usable(p, cid) for p in providers)
+    def hopeless(self, cid: str) -> bool:
+        return not any(self.usable(p, cid) for p in self.providers)
 
-    async def worker(peer: str) -> None:
-        st = stats.peers[peer]
-        streams: Streams | None = None
-        direct: _DirectReader | None = None  # reads the current stream's answers
-        answered = False  # whether the current stream has answered anything yet
-        inflight: list[list[str]] = []  # batches requested on this stream, oldest first ("" once answered)
-        commits: list[tuple[str, asyncio.Future]] = []  # chunks received: their commit's outcome
-        chunk: ChunkReceiver | None = None
-        chunk_id = ""
+    def stored(self, peer: str, cid: str) -> None:
+        """A chunk from `peer` was verified and written."""
+        st = self.stats.peers[peer]
+        st.chunks += 1
+        st.bytes += self.todo[cid]
+        self.stats.fetched_bytes += self.todo[cid]
+        self.remaining.discard(cid)
 
-        async def drop_stream() -> None:
-            nonlocal streams, direct, chunk
-            if direct is not None:
-                await direct.close()  # its thread has let go of the chunk once this returns
-            direct, streams = None, _close(streams)
-            if chunk is not None:  # its pieces are written before anyone else may fetch it
-                with contextlib.suppress(Exception):
-                    chunk.abort()
-                chunk = None
-                pending.put_nowait(chunk_id)
-
-        async def settle(block: bool) -> None:
-            while commits and (block or commits[0][1].done()):
-                cid, fut = commits.pop(0)
-                try:
-                    await fut
-                except OSError as e:  # our own disk failed: retrying cannot help
-                    fatal.append(e)
-                    done.set()
-                    return
-                except Exception as e:  # bad bytes ban the peer at once; anything else is retried
-                    if isinstance(e, IntegrityError) and not st.banned:
-                        st.banned, st.reason = True, f"served bad bytes: {e}"
-                        log.warning("dropping provider %s: %s", peer, st.reason)
-                    elif not isinstance(e, IntegrityError):
-                        log.warning("storing %s failed: %r", cid, e)
-                    pending.put_nowait(cid)
-                    continue
-                st.chunks += 1
-                st.bytes += todo[cid]
-                stats.fetched_bytes += todo[cid]
-                remaining.discard(cid)
-            if not remaining:
-                done.set()
-
-        def requeue_inflight() -> None:
-            for b in inflight:
-                for cid in b:
-                    if cid:
-                        pending.put_nowait(cid)
-            inflight.clear()
-
-        try:
-            while not done.is_set() and not st.banned:
-                await settle(block=not inflight or len(commits) > batch_size)
-                if done.is_set() or st.banned:
-                    break
-                try:
-                    while len(inflight) < 2:  # keep the next batch requested while this one arrives
-                        if streams is None:  # before taking work: an unreachable peer must not hold any
-                            try:
-                                streams, answered = await asyncio.wait_for(open_stream(peer), timeout), False
-                                direct = _DirectReader(*streams)
-                            except Exception:  # cannot reach it now (down, cut off): drop it for this fetch
-                                st.failures = failure_budget - 1
-                                raise
-                        batch = await take_batch(peer, wait=not inflight)
-                        if not batch:
-                            break
-                        inflight.append(batch)
-                        await asyncio.wait_for(send_request(streams[1], batch), timeout)
-                    if not inflight:
-                        continue
-                    batch = inflight[0]
-                    assert direct is not None
-                    for i, cid in enumerate(batch):
-                        if not answered:  # a stream can open over a connection whose peer is gone (cut off):
-                            try:  # its first answer must come soon, or the peer is dropped for this fetch
-                                length = await direct.read_header(min(max_size, todo[cid]),
-                                                                  min(timeout, answer_timeout))
-                            except (asyncio.TimeoutError, TimeoutError):  # (distinct classes before 3.11)
-                                st.failures = failure_budget - 1
-                                raise
-                            answered = True
-                        else:
-                            length = await direct.read_header(min(max_size, todo[cid]), timeout)
-                        if length is None:
-                            st.missing.add(cid)
-                            pending.put_nowait(cid)
-                        else:  # read, hashed and written in place by the stream's thread, then committed
-                            chunk, chunk_id = _begin(store, cid, length), cid
-                            batch[i] = ""
-                            commits.append((cid, await direct.receive(length, chunk, timeout)))
-                            chunk = None
-                        batch[i] = ""
-                    inflight.pop(0)
-                except Exception as e:  # timeouts, resets, refusals, oversize: all count against the budget (an
-                    # unreachable peer and one that sent bad bytes use it up at once)
-                    await drop_stream()
-                    requeue_inflight()
-                    if isinstance(e, IntegrityError):
-                        st.failures = failure_budget
-                    st.failures += 1
-                    if st.failures >= failure_budget and not st.banned:
-                        st.banned, st.reason = True, f"{st.failures} failures, last: {e!r}"
-                        log.warning("dropping provider %s: %s", peer, st.reason)
-            await settle(block=True)
-        finally:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.shield(drop_stream())  # no write of ours outlives the fetch
-            requeue_inflight()  # e.g. requested from a peer that was just banned
-            if all(s.banned for s in stats.peers.values()):
-                done.set()
-
-    async def take_batch(peer: str, wait: bool = True) -> list[str]:
-        """Up to `batch` chunks this peer may serve; an empty list (after a short wait if `wait`) if none."""
+    async def take_batch(self, peer: str, wait: bool = True) -> list[str]:
+        """Up to `batch_size` chunks this peer may serve; an empty list (after a short wait if `wait`) if none."""
         batch: list[str] = []
         skipped: list[str] = []
         try:
-            while len(batch) < batch_size:
-                cid = await asyncio.wait_for(pending.get(), 0.2) if wait and not batch else pending.get_nowait()
-                if cid not in remaining or cid in batch:
+            while len(batch) < self.limits.batch_size:
+                cid = (await asyncio.wait_for(self.pending.get(), 0.2) if wait and not batch
+                       else self.pending.get_nowait())
+                if cid not in self.remaining or cid in batch:
                     continue
-                (batch if usable(peer, cid) else skipped).append(cid)
-                if skipped and not batch and len(skipped) >= pending.qsize() + 1:
+                (batch if self.usable(peer, cid) else skipped).append(cid)
+                if skipped and not batch and len(skipped) >= self.pending.qsize() + 1:
                     break
         except (asyncio.TimeoutError, asyncio.QueueEmpty):
             pass
         for cid in skipped:
-            pending.put_nowait(cid)
+            self.pending.put_nowait(cid)
         if not batch and wait:
-            if remaining and all(hopeless(c) for c in remaining):
-                done.set()
+            if self.remaining and all(self.hopeless(c) for c in self.remaining):
+                self.done.set()
             await asyncio.sleep(0.01)
         return batch
 
-    workers = [asyncio.create_task(worker(p)) for p in providers for _ in range(streams_per_peer)]
-    try:
-        await done.wait() if workers else None
-    finally:
-        for w in workers:
-            w.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
-    if fatal:
-        raise LocalWriteError(f"writing a downloaded chunk failed here: {fatal[0].strerror or fatal[0]} "
-                              "(is the disk full?); the chunks stored so far are kept")
-    if remaining:
-        why = "; ".join(f"{p}: {s.reason}" for p, s in stats.peers.items() if s.banned) or "no provider has them"
-        raise FetchError(f"{len(remaining)} of {len(chunks)} chunks could not be fetched ({why}); "
-                         "the rest are kept, retry to resume")
-    return stats
+    async def run(self, open_stream: OpenStream, streams_per_peer: int) -> None:
+        workers = [asyncio.create_task(_ProviderStream(self, peer, open_stream).run())
+                   for peer in self.providers for _ in range(streams_per_peer)]
+        try:
+            await self.done.wait() if workers else None
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    def result(self) -> FetchStats:
+        if self.fatal:
+            raise LocalWriteError(f"writing a downloaded chunk failed here: {self.fatal[0].strerror or self.fatal[0]} "
+                                  "(is the disk full?); the chunks stored so far are kept")
+        if self.remaining:
+            banned = [f"{p}: {s.reason}" for p, s in self.stats.peers.items() if s.banned]
+            why = "; ".join(banned) or "no provider has them"
+            raise FetchError(f"{len(self.remaining)} of {len(self.chunks)} chunks could not be fetched ({why}); "
+                             "the rest are kept, retry to resume")
+        return self.stats
+
+
+class _ProviderStream:
+    """One download stream to one provider: requests batches (keeping the next one requested while the current
+    one arrives), has its thread receive each chunk in place, then settles the chunks' commits. Whatever it
+    had requested or was receiving goes back to the shared queue when the stream fails or the peer is dropped."""
+
+    def __init__(self, download: _Download, peer: str, open_stream: OpenStream) -> None:
+        self.dl, self.peer, self.open_stream = download, peer, open_stream
+        self.st = download.stats.peers[peer]
+        self.streams: Streams | None = None
+        self.direct: _DirectReader | None = None  # reads the current stream's answers
+        self.answered = False  # whether the current stream has answered anything yet
+        self.inflight: list[list[str]] = []  # batches requested on this stream, oldest first ("" once answered)
+        self.commits: list[tuple[str, asyncio.Future]] = []  # chunks received: their commit's outcome
+        self.chunk: ChunkReceiver | None = None  # the chunk being received, and its CID
+        self.chunk_id = ""
+
+    @property
+    def _over(self) -> bool:
+        return self.dl.done.is_set() or self.st.banned
+
+    async def run(self) -> None:
+        limits = self.dl.limits
+        try:
+            while not self._over:
+                await self._settle(block=not self.inflight or len(self.commits) > limits.batch_size)
+                if self._over:
+                    break
+                try:
+                    await self._request()
+                    if self.inflight:
+                        await self._receive_batch()
+                except Exception as e:  # timeouts, resets, refusals, oversize: all count against the budget (an
+                    # unreachable peer and one that sent bad bytes use it up at once)
+                    await self._drop_stream()
+                    self._requeue_inflight()
+                    self._failed(e)
+            await self._settle(block=True)
+        finally:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(self._drop_stream())  # no write of ours outlives the fetch
+            self._requeue_inflight()  # e.g. requested from a peer that was just banned
+            if all(s.banned for s in self.dl.stats.peers.values()):
+                self.dl.done.set()
+
+    async def _request(self) -> None:
+        """Keep up to two batches requested on an open stream (opened before taking work: an unreachable peer
+        must not hold any)."""
+        while len(self.inflight) < 2:
+            if self.streams is None:
+                try:
+                    self.streams = await asyncio.wait_for(self.open_stream(self.peer), self.dl.limits.timeout)
+                    self.answered = False
+                    self.direct = _DirectReader(*self.streams)
+                except Exception:  # cannot reach it now (down, cut off): drop it for this fetch
+                    self.st.failures = self.dl.limits.failure_budget - 1
+                    raise
+            batch = await self.dl.take_batch(self.peer, wait=not self.inflight)
+            if not batch:
+                break
+            self.inflight.append(batch)
+            await asyncio.wait_for(send_request(self.streams[1], batch), self.dl.limits.timeout)
+
+    async def _receive_batch(self) -> None:
+        """Read the answers to the oldest requested batch: a missing chunk goes back to the queue (not to be
+        asked of this peer again), a present one is read, hashed and written in place by the stream's thread,
+        then committed."""
+        limits, batch, direct = self.dl.limits, self.inflight[0], self.direct
+        assert direct is not None
+        for i, cid in enumerate(batch):
+            cap = min(limits.max_size, self.dl.todo[cid])
+            if not self.answered:  # a stream can open over a connection whose peer is gone (cut off):
+                try:  # its first answer must come soon, or the peer is dropped for this fetch
+                    length = await direct.read_header(cap, min(limits.timeout, limits.answer_timeout))
+                except (asyncio.TimeoutError, TimeoutError):  # (distinct classes before 3.11)
+                    self.st.failures = limits.failure_budget - 1
+                    raise
+                self.answered = True
+            else:
+                length = await direct.read_header(cap, limits.timeout)
+            if length is None:
+                self.st.missing.add(cid)
+                self.dl.pending.put_nowait(cid)
+            else:
+                self.chunk, self.chunk_id = _begin(self.dl.store, cid, length), cid
+                batch[i] = ""
+                self.commits.append((cid, await direct.receive(length, self.chunk, limits.timeout)))
+                self.chunk = None
+            batch[i] = ""
+        self.inflight.pop(0)
+
+    async def _settle(self, block: bool) -> None:
+        """Take the outcome of received chunks' commits (all of them if `block`, else those already done)."""
+        dl = self.dl
+        while self.commits and (block or self.commits[0][1].done()):
+            cid, fut = self.commits.pop(0)
+            try:
+                await fut
+            except OSError as e:  # our own disk failed: retrying cannot help
+                dl.fatal.append(e)
+                dl.done.set()
+                return
+            except Exception as e:  # bad bytes ban the peer at once; anything else is retried
+                if isinstance(e, IntegrityError) and not self.st.banned:
+                    self._ban(f"served bad bytes: {e}")
+                elif not isinstance(e, IntegrityError):
+                    log.warning("storing %s failed: %r", cid, e)
+                dl.pending.put_nowait(cid)
+                continue
+            dl.stored(self.peer, cid)
+        if not dl.remaining:
+            dl.done.set()
+
+    def _failed(self, e: Exception) -> None:
+        if isinstance(e, IntegrityError):
+            self.st.failures = self.dl.limits.failure_budget
+        self.st.failures += 1
+        if self.st.failures >= self.dl.limits.failure_budget and not self.st.banned:
+            self._ban(f"{self.st.failures} failures, last: {e!r}")
+
+    def _ban(self, reason: str) -> None:
+        self.st.banned, self.st.reason = True, reason
+        log.warning("dropping provider %s: %s", self.peer, reason)
+
+    async def _drop_stream(self) -> None:
+        if self.direct is not None:
+            await self.direct.close()  # its thread has let go of the chunk once this returns
+        self.direct, self.streams = None, _close(self.streams)
+        if self.chunk is not None:  # its pieces are written before anyone else may fetch it
+            with contextlib.suppress(Exception):
+                self.chunk.abort()
+            self.chunk = None
+            self.dl.pending.put_nowait(self.chunk_id)
+
+    def _requeue_inflight(self) -> None:
+        for batch in self.inflight:
+            for cid in batch:
+                if cid:
+                    self.dl.pending.put_nowait(cid)
+        self.inflight.clear()
 
 
 async def fetch_blob(open_stream: OpenStream, providers: list[str], cid: str, *, timeout: float = 10.0,

@@ -1,5 +1,9 @@
 """Run-level records for the daemon and the dashboard: publish the run-spec pointer, progress and checkpoint
-refs, and read a whole run back as one typed view. Thin I/O over SwarmNode; decisions live elsewhere."""
+refs, and read a whole run back as one typed view. Thin I/O over SwarmNode; decisions live elsewhere.
+
+Checkpoint records and attestations live in keys sharded by slot and epoch (swarm.layout): a read takes each
+slot's quorum certificates (`heads/{slot}`), then only the epochs from the certified head on, so its cost and
+every reply stay bounded however long the run."""
 
 from __future__ import annotations
 
@@ -9,15 +13,19 @@ from dataclasses import dataclass, replace
 
 from hivemind.utils.timed_storage import get_dht_time
 
+from protocol.errors import IntegrityError
 from protocol.swarm_records import (
+    EPOCH_STEPS,
     ROUTER,
     RUNS_KEY,
     AttestationBody,
+    CertificateBody,
     CheckpointBody,
     ClaimBody,
     ClaimState,
     ClusterState,
     DoneBody,
+    Envelope,
     ForeignMember,
     MemberBody,
     ProgressBody,
@@ -26,12 +34,15 @@ from protocol.swarm_records import (
     claimant_peer,
     expert_slot,
     run_key,
+    run_slots,
 )
 from protocol.swarm_run import Schedule
+from swarm import layout
 from swarm.acceptance import Claim, Judgement, Policy, Status, Vote, accepted, judge, reached
+from swarm.archive import archived_body
 from swarm.claim_logic import ClaimView, Snapshot, cluster_states, owners
-from swarm.dht import DHTReadError, Signed, SwarmNode
-from swarm.identity import peer_id_of_public_key
+from swarm.dht import DHTReadError, RecordSet, Signed, SwarmNode
+from swarm.identity import peer_id_of_public_key, verify_signature
 
 PROGRESS_TTL = 120.0
 
@@ -95,12 +106,25 @@ async def publish_progress(node: SwarmNode, run_id: str, body: ProgressBody, ttl
     return await node.put(run_key(run_id, "progress"), body, get_dht_time() + ttl)
 
 
+def record_key(run_id: str, body: CheckpointBody | AttestationBody | CertificateBody) -> str:
+    """The key a checkpoint record, an attestation or a certificate lives under (swarm.layout)."""
+    if isinstance(body, CheckpointBody):
+        return layout.checkpoint_key(run_id, body.slot, body.step)
+    if isinstance(body, AttestationBody):
+        return layout.attestation_key(run_id, body.slot, body.step)
+    return layout.head_key(run_id, body.slot)
+
+
 async def publish_checkpoint(node: SwarmNode, run_id: str, body: CheckpointBody) -> bool:
-    return await node.put(run_key(run_id, "checkpoints"), body, get_dht_time() + node.record_ttl)
+    return await node.put(record_key(run_id, body), body, get_dht_time() + node.record_ttl)
 
 
 async def publish_attestation(node: SwarmNode, run_id: str, body: AttestationBody) -> bool:
-    return await node.put(run_key(run_id, "attestations"), body, get_dht_time() + node.record_ttl)
+    return await node.put(record_key(run_id, body), body, get_dht_time() + node.record_ttl)
+
+
+async def publish_certificate(node: SwarmNode, run_id: str, body: CertificateBody) -> bool:
+    return await node.put(record_key(run_id, body), body, get_dht_time() + node.record_ttl)
 
 
 @dataclass(frozen=True)
@@ -123,6 +147,9 @@ class RunView:
     local: tuple[tuple[str, Vote], ...] = ()  # this node's own checks (CID → what it found), see acceptance
     leases: tuple[ClaimView, ...] = ()  # the live leases as judged (progress, staleness)
     failed: tuple[str, ...] = ()  # reads that failed: those keys hold what this node last saw there, still live
+    anchors: tuple[tuple[str, str, float], ...] = ()  # (slot, CID, its loss) of each slot's certified head
+    signed: tuple[Signed, ...] = ()  # the checkpoint and attestation records read, as signed (for certificates)
+    shard_keys: tuple[str, ...] = ()  # the sharded keys this view read (what a seeder archives from)
 
     def decidable(self) -> RunView:
         """This view, if every read behind it succeeded; else DHTReadError: nothing (DONE, leases, a takeover)
@@ -144,7 +171,11 @@ class RunView:
         """Every claim of `slot` judged by the run's acceptance rule, most advanced first."""
         if self.rules is None:
             raise ValueError("judging checkpoints needs the run's rules (read_run(..., rules=...))")
-        return judge(self.slot_claims(slot), self.slot_votes(slot), self.rules.for_slot(slot), dict(self.local))
+        return judge(self.slot_claims(slot), self.slot_votes(slot), self.rules.for_slot(slot), dict(self.local),
+                     self.slot_anchors(slot))
+
+    def slot_anchors(self, slot: str) -> dict[str, float]:
+        return {cid: loss for s, cid, loss in self.anchors if s == slot}
 
     def accepted_checkpoints(self, slot: str) -> list[CheckpointBody]:
         """The accepted checkpoints of `slot`, most advanced first: what takeover, seeders and fetch try, each
@@ -216,7 +247,8 @@ def verified_state(view: RunView, local: dict[str, Vote] | None = None) -> Verif
     reach, activity = {}, {}
     for k in range(view.num_clusters):
         slot = expert_slot(k)
-        judged = judge(view.slot_claims(slot), view.slot_votes(slot), view.rules.for_slot(slot), local)
+        judged = judge(view.slot_claims(slot), view.slot_votes(slot), view.rules.for_slot(slot), local,
+                       view.slot_anchors(slot))
         reach[k] = reached(judged, view.rules.target(slot))
         for j in judged:
             if j.complete:  # a lineage that reaches the initialisation: a dangling or rejected one earns nothing
@@ -226,16 +258,99 @@ def verified_state(view: RunView, local: dict[str, Vote] | None = None) -> Verif
     return VerifiedState(reach, activity, view.rules.lease_grace, get_dht_time(), view.rules.trainers)
 
 
+MAX_EPOCHS_PER_READ = 64  # a slot whose newest records lie further past its certified head is read in part
+
+
+@dataclass(frozen=True)
+class _SlotRead:
+    records: tuple[Signed, ...]  # checkpoint records and attestations, and those a certificate embeds
+    anchor: tuple[str, str, float] | None
+    keys: tuple[str, ...]
+    failed: tuple[str, ...]
+
+
+async def _read_slot(node: SwarmNode, run_id: str, slot: str, quorum: int, gap: int) -> _SlotRead:
+    """A slot's certified head, then its epochs from the head's on, until `gap` epochs in a row hold no
+    checkpoint record (a lineage advances at most `max_interval` steps per checkpoint: no honest epoch after
+    the newest record is further away)."""
+    heads = await node.get(layout.head_key(run_id, slot))
+    failed = [heads.failed] if heads.failed else []
+    best: tuple[CertificateBody, layout.Certified] | None = None
+    for rec in heads.records:
+        if isinstance(rec.body, CertificateBody) and rec.body.slot == slot:
+            try:
+                got = layout.check_certificate(rec.body, quorum, verify_signature, peer_id_of_public_key)
+            except IntegrityError:
+                continue  # a certificate proves only what its embedded records prove: this one proves nothing
+            if best is None or got.claim.step > best[1].claim.step:
+                best = (rec.body, got)
+    records: list[Signed] = []
+    if best is not None:
+        cert = best[0]
+        for archived in (cert.checkpoint, *cert.attestations):
+            env = Envelope.model_validate_json(archived.record)
+            records.append(Signed(owner=archived.owner.encode("ascii"), envelope=env, expiration_time=0.0))
+    epochs = layout.epochs_to_read(None if best is None else best[1].claim.step, None)
+    keys: list[str] = []
+    epoch, stop, empty = epochs.start, epochs.start + MAX_EPOCHS_PER_READ, 0
+    while epoch < stop:
+        batch = [epoch, epoch + 1] if epoch == epochs.start else [epoch]
+        pairs = [(layout.checkpoint_key(run_id, slot, e * EPOCH_STEPS), layout.attestation_key(run_id, slot,
+                                                                                               e * EPOCH_STEPS))
+                 for e in batch]
+        sets: list[RecordSet] = await asyncio.gather(*(node.get(k) for pair in pairs for k in pair))
+        for key, got in zip([k for pair in pairs for k in pair], sets, strict=True):
+            keys.append(key)
+            records.extend(got.records)
+            if got.failed:
+                failed.append(got.failed)
+        empty = 0 if any(isinstance(r.body, CheckpointBody) for r in sets[-2].records) else empty + 1
+        if empty >= gap:
+            break  # nothing honest lies further
+        epoch = batch[-1] + 1
+    anchor = None if best is None else (slot, best[1].claim.cid, float(best[1].claim.val_loss or 0.0))
+    return _SlotRead(tuple(records), anchor, tuple(keys), tuple(failed))
+
+
+def certify(view: RunView, slot: str, now: float) -> CertificateBody | None:
+    """A quorum certificate of `slot`'s most advanced checkpoint accepted by attestations (not by this node's
+    own check alone), from the signed records the view read; None if there is none or it lacks the quorum."""
+    if view.rules is None:
+        return None
+    quorum = max(view.rules.for_slot(slot).attestations, 1)
+    for j in view.judged(slot):
+        if not j.accepted or j.accepts < quorum:
+            continue
+        ckpt = next((r for r in view.signed if isinstance(r.body, CheckpointBody) and not r.body.replica
+                     and r.body.cid == j.claim.cid and _peer_of(r) == j.claim.trainer), None)
+        votes = [r for r in view.signed if isinstance(r.body, AttestationBody) and r.body.cid == j.claim.cid
+                 and r.body.verdict == "accept" and r.body.step == j.claim.step and _peer_of(r) != j.claim.trainer]
+        if ckpt is None or ckpt.envelope.sig is None:
+            return None
+        atts = [archived_body(r, now) for r in sorted(votes, key=lambda r: r.body.ts) if r.envelope.sig is not None]
+        try:
+            cert = layout.make_certificate(archived_body(ckpt, now), atts, now)
+            layout.check_certificate(cert, quorum, verify_signature, peer_id_of_public_key)
+        except (IntegrityError, ValueError):
+            return None
+        return cert
+    return None
+
+
 async def read_run(node: SwarmNode, run_id: str, num_clusters: int | None = None, *, rules: RunRules | None = None,
                    local: dict[str, Vote] | None = None) -> RunView:
     """One consistent-enough read of every record of a run (all keys fetched concurrently). With `rules`, a
     cluster is DONE only when an accepted checkpoint at or past its target exists (DONE records and DONE
     leases are claims, not facts), and VERIFYING while one awaits attestations."""
-    keys = ("spec", "members", "claims", "progress", "checkpoints", "done", "attestations")
+    keys = ("spec", "members", "claims", "progress", "done")
     sets = dict(zip(keys, await asyncio.gather(*(node.get(run_key(run_id, k)) for k in keys)), strict=True))
     specs = tuple(r.body for r in sets["spec"].records if isinstance(r.body, RunPointerBody))
     if num_clusters is None:
         num_clusters = max((s.num_clusters for s in specs), default=0)
+    quorum = 1 if rules is None else max(rules.policy.attestations, 1)
+    gap = 1 if rules is None else max(1, math.ceil(rules.policy.max_interval / EPOCH_STEPS))
+    slots = await asyncio.gather(*(_read_slot(node, run_id, slot, quorum, gap) for slot in run_slots(num_clusters)))
+    signed = _unique(r for sr in slots for r in sr.records)
 
     def by_peer(kind: type) -> dict[str, object]:
         """Records by their owner's peer id; leases and progress by claimant (`peer/lane` for further devices)."""
@@ -247,16 +362,16 @@ async def read_run(node: SwarmNode, run_id: str, num_clusters: int | None = None
 
     claims = by_peer(ClaimBody)
     done = tuple((_peer_of(r), r.body) for r in sets["done"].records if isinstance(r.body, DoneBody))
-    checkpoints = tuple((_peer_of(r), r.body) for r in sets["checkpoints"].records
-                        if isinstance(r.body, CheckpointBody))
-    attestations = tuple((_peer_of(r), r.body) for r in sets["attestations"].records
-                         if isinstance(r.body, AttestationBody))
+    checkpoints = tuple((_peer_of(r), r.body) for r in signed if isinstance(r.body, CheckpointBody))
+    attestations = tuple((_peer_of(r), r.body) for r in signed if isinstance(r.body, AttestationBody))
     view = RunView(
         run_id=run_id, num_clusters=num_clusters, specs=specs, members=by_peer(MemberBody),
         foreign=sets["members"].foreign, claims=claims, progress=by_peer(ProgressBody), checkpoints=checkpoints,
         done=done, states=(), owners={}, attestations=attestations, rules=rules,
         local=tuple(sorted((local or {}).items(), key=lambda kv: kv[0])),
-        failed=tuple(got.failed for got in sets.values() if got.failed))
+        failed=tuple(got.failed for got in sets.values() if got.failed) + tuple(f for sr in slots for f in sr.failed),
+        anchors=tuple(sr.anchor for sr in slots if sr.anchor is not None), signed=signed,
+        shard_keys=tuple(k for sr in slots for k in sr.keys))
     leases = [ClaimView(claimant(c.peer_id, c.lane), c.cluster, c.state, c.since, ts=c.ts) for c in claims.values()
               if c.cluster < num_clusters and (rules is None or rules.may_train(c.peer_id))]
     if rules is None:
@@ -265,6 +380,16 @@ async def read_run(node: SwarmNode, run_id: str, num_clusters: int | None = None
         snap = verified_snapshot(num_clusters, leases, verified_state(view, local))
     return replace(view, states=tuple(cluster_states(snap, run_id)), owners=owners(snap, run_id),
                    leases=snap.claims)
+
+
+def _unique(records) -> tuple[Signed, ...]:
+    """One of each (owner, record): a certificate's embedded copy and the live record are the same fact."""
+    seen: dict[tuple[bytes, str, str, bool], Signed] = {}
+    for r in records:
+        key = (r.owner, r.body.kind, getattr(r.body, "cid", ""), getattr(r.body, "replica", False))
+        if key not in seen or (seen[key].expiration_time == 0.0 and r.expiration_time):
+            seen[key] = r
+    return tuple(seen.values())
 
 
 def verified_snapshot(num_clusters: int, leases: list[ClaimView], state: VerifiedState | dict) -> Snapshot:

@@ -73,6 +73,14 @@ class VerifyPlan:
     def assigned(self, cid: str, eligible: int, waited: float) -> bool:
         return draw(self.secret, "check", cid) < share(self.wanted, eligible, waited, self.patience)
 
+    def start_delay(self, cid: str, eligible: int, spread: float) -> float:
+        """Seconds after first seeing `cid` before this verifier starts checking it: its draw over the share of
+        one verifier, times `spread`. The eligible verifiers start one after another, about `spread / wanted`
+        apart, in an order nobody else can compute; each skips a CID that by then has what the rule needs
+        (swarm.layout.attestation_needed), so about the quorum download and check each checkpoint whatever
+        the number of verifiers, and one whose first checkers are gone or silent is picked up by the next."""
+        return spread * draw(self.secret, "check", cid) / share(self.wanted, eligible, 0.0, self.patience)
+
     def checkers(self, eligible: int) -> int:
         """How many verifiers check each checkpoint, about: `wanted`, or every eligible one if fewer."""
         return max(1, min(self.wanted, eligible))

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from protocol.swarm_records import run_key
+from swarm import layout
 from swarm.archive import ARCHIVED_KEYS
 from swarm.dht import NetworkConfig, SwarmNode
 from swarm.identity import peer_id_of_public_key
@@ -48,8 +49,11 @@ def _read_records(peers_file: str, run_id: str) -> dict[str, dict[str, int]]:
 
     async def read(node: SwarmNode) -> dict[str, dict[str, int]]:
         out = {}
-        for what in ARCHIVED_KEYS:
-            got = [r for r in (await node.get(run_key(run_id, what))).records if not getattr(r.body, "replica", 0)]
+        sharded = {"checkpoints": layout.checkpoint_key, "attestations": layout.attestation_key}
+        for what in (*ARCHIVED_KEYS, *sharded):
+            keys = ([run_key(run_id, what)] if what not in sharded  # a tiny run's records: all in epoch 0
+                    else [sharded[what](run_id, slot, 0) for slot in ("expert-0", "expert-1", "router")])
+            got = [r for k in keys for r in (await node.get(k)).records if not getattr(r.body, "replica", 0)]
             out[what] = {"live": sum(r.archived_by is None for r in got),
                          "archived": sum(r.archived_by is not None for r in got),
                          "seen": sorted(f"{peer_id_of_public_key(r.owner)[-6:]}:{r.body.kind}:"

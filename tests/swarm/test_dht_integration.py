@@ -110,7 +110,7 @@ def test_archived_records_outlive_their_writer_and_their_ttl(tmp_path):
                                                                       verdict="accept", ts=now))
             assert await w.put(run_key("v", "done"), DoneBody(cluster=0, step=10, checkpoint_cid=cid, ts=now),
                                now + w.record_ttl)
-            keys = archive.archive_keys("v")
+            keys = archive.archive_keys("v", (await read_run(s, "v", 1)).shard_keys)  # + the slot's epoch shards
             found = [(k, rec) for k in keys for rec in (await s.get(k)).records]
             chosen = archive.select("v", w.owner, {cid}, found)
             assert len(chosen) == 5  # the pointer (twice: run key and run list), checkpoint, attestation, done
@@ -123,7 +123,7 @@ def test_archived_records_outlive_their_writer_and_their_ttl(tmp_path):
             assert not await r.put(key, bad, get_dht_time() + 60)
             w.shutdown()
             await asyncio.sleep(3 * 2.0 + 1)
-            for key in keys:
+            for key in {k for k, _ in chosen}:
                 got = (await r.get(key)).records
                 assert got and all(x.owner == w.owner and x.archived_by == s.owner for x in got), key
             view = await read_run(r, "v")
@@ -186,5 +186,60 @@ def test_a_failed_read_never_turns_into_an_empty_view(tmp_path):
                 again.decidable()
         finally:
             c.shutdown()
+
+    asyncio.run(asyncio.wait_for(run(), 120))
+
+
+def test_a_late_reader_catches_up_from_a_certified_head_without_the_old_epochs(tmp_path):
+    """A trainer's lineage crosses an epoch; a verifier accepts each checkpoint; the trainer certifies its
+    accepted head (a quorum certificate under heads/{slot}). A reader that joins late reads the head, then only
+    the epochs from it on: the first epoch is never read, and the newest checkpoint is still accepted by the
+    rule, on its certified parent. A forged certificate (an attestation the trainer signed for itself) counts
+    for nothing."""
+    from protocol.swarm_records import EPOCH_STEPS, AttestationBody, CheckpointBody
+    from swarm import layout
+    from swarm.acceptance import Policy
+    from swarm.state import RunRules, certify, publish_attestation, publish_certificate, publish_checkpoint, read_run
+
+    every = EPOCH_STEPS // 2
+    steps = [every, 2 * every, 3 * every]  # epochs 0, 1, 1
+    cids = [f"bafkrei{c * 52}" for c in "abc"]
+    rules = RunRules(Policy(attestations=1, max_interval=every), expert_target=10 * every, router_target=1)
+
+    async def run():
+        t = SwarmNode.start(tmp_path / "t")
+        peers = NetworkConfig(initial_peers=tuple(t.visible_maddrs()))
+        v = SwarmNode.start(tmp_path / "v", peers)
+        late = SwarmNode.start(tmp_path / "late", peers)
+        try:
+            now = get_dht_time()
+            parent = None
+            for i, (step, cid) in enumerate(zip(steps, cids, strict=True)):
+                body = CheckpointBody(slot="expert-0", step=step, cid=cid, bytes=10, parent=parent,
+                                      val_loss=1.0 - 0.1 * i, ts=now + i)
+                assert await publish_checkpoint(t, "r", body)
+                assert await publish_attestation(v, "r", AttestationBody(
+                    slot="expert-0", cid=cid, step=step, parent=parent, val_loss=body.val_loss, verdict="accept",
+                    ts=now + i))
+                parent = cid
+            full = await read_run(t, "r", 1, rules=rules)
+            assert [c.step for c in full.accepted_checkpoints("expert-0")] == steps[::-1]
+            # the trainer certifies its head at step 2·every (as if the third were not yet attested)
+            head_view = full.__class__(**{**full.__dict__, "attestations": tuple(
+                (p, a) for p, a in full.attestations if a.cid != cids[2])})
+            cert = certify(head_view, "expert-0", get_dht_time())
+            assert cert is not None and cert.step == steps[1]
+            assert await publish_certificate(t, "r", cert)
+            forged = cert.model_copy(update={"attestations": (cert.checkpoint,)})  # no attestation at all
+            assert await publish_certificate(v, "r", forged)  # stored (a writer vouches for nothing) but ignored
+
+            view = await read_run(late, "r", 1, rules=rules)
+            assert layout.checkpoint_key("r", "expert-0", 0) not in view.shard_keys  # epoch 0 never read
+            assert cids[0] not in {c.cid for _, c in view.checkpoints}
+            assert [c.step for c in view.accepted_checkpoints("expert-0")] == [steps[2], steps[1]]
+            assert view.anchors == (("expert-0", cids[1], 0.9),)
+        finally:
+            for node in (t, v, late):
+                node.shutdown()
 
     asyncio.run(asyncio.wait_for(run(), 120))

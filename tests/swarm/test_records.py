@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from protocol.errors import IntegrityError, ParisError
 from protocol.swarm_records import (
-    MAX_ARCHIVE_BYTES,
+    MAX_CERTIFICATE_BYTES,
     MAX_RECORD_BYTES,
     PROTOCOL_VERSION,
     CheckpointBody,
@@ -145,7 +145,7 @@ def test_protocol_versions(ids):
 
 def test_size_cap(ids):
     with pytest.raises(IntegrityError, match="limit"):
-        decode_envelope(b"{" + b" " * MAX_ARCHIVE_BYTES + b"}")
+        decode_envelope(b"{" + b" " * MAX_CERTIFICATE_BYTES + b"}")
     # an ordinary record padded past its own limit (but under an archive's) is refused too
     a, _ = ids
     claim = ClaimBody(cluster=0, state=ClaimState.TRAINING, peer_id=a.peer_id, since=1.0, ts=1.0)

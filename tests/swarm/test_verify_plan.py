@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import statistics
 import time
 from math import comb
 
@@ -227,3 +228,15 @@ def test_a_check_that_raises_is_backed_off_and_the_round_goes_on():
     assert asyncio.run(verifier.round(view)) == 1
     assert [a.cid for a in stored] == [good.cid] and set(verifier.attested) == {good.cid}
     assert verifier.backoff.waiting(bad.cid, time.monotonic())
+
+
+def test_verifiers_start_one_after_another_about_spread_over_wanted_apart():
+    plans = [VerifyPlan(verifier_secret(bytes([i])), wanted=2, replay_every=10, patience=600.0) for i in range(100)]
+    gaps = []
+    for n in range(40):
+        cid = "bafkrei" + hashlib.sha256(str(n).encode()).hexdigest()[:52].translate(str.maketrans("0189", "abcd"))
+        delays = sorted(p.start_delay(cid, 100, 300.0) for p in plans)
+        assert len(set(delays)) == 100 and delays[-1] > 300.0  # everyone in the end, in a keyed order
+        assert sum(d < 300.0 for d in delays) == sum(p.assigned(cid, 100, 0.0) for p in plans)
+        gaps.append(delays[1] - delays[0])
+    assert 80 < statistics.median(gaps) < 250  # ~ spread / wanted = 150 s between the first two starts
