@@ -9,7 +9,7 @@ import logging
 from node.context import NodeContext
 from node.lane import Lane
 from node.logs import event
-from node.run_data import router_holdout, router_training_data
+from node.run_data import router_holdout_clips, router_training_data
 from node.takeover import resume
 from protocol.swarm_records import ROUTER
 from protocol.swarm_run import router_lease_id
@@ -42,7 +42,7 @@ async def maybe_run_router(ctx: NodeContext, lane: Lane, *, wait: bool) -> bool:
     lane.set_role("router")
     try:
         clips, labels = await router_training_data(ctx.store, ctx.run)
-        held, held_labels = await router_holdout(ctx.store, ctx.run)
+        held, held_labels = await router_holdout_clips(ctx.store, ctx.run)
         if lease.cluster is None:
             return True  # lost the lease while fetching
         trainer = await asyncio.to_thread(router_trainer_from_clips, spec, clips, labels,

@@ -27,7 +27,7 @@ async def router_training_data(store: ContentStore, run: LocalRun):
     return ClipBatch.concat(parts), labels
 
 
-async def router_holdout(store: ContentStore, run: LocalRun):
+async def router_holdout_clips(store: ContentStore, run: LocalRun):
     """Every cluster's held-out clips, concatenated, with each clip's cluster as its label."""
     from expert.shards import ClipBatch
 
