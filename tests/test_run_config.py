@@ -176,9 +176,10 @@ def test_every_run_config_in_the_docs_is_valid(tmp_path):
     import re
     from pathlib import Path
 
-    docs = Path(__file__).resolve().parents[1] / "docs"
-    blocks = [b for md in sorted(docs.glob("*.md")) for b in re.findall(r"```toml\n(.*?)```", md.read_text(), re.S)]
-    assert len(blocks) >= 2
+    root = Path(__file__).resolve().parents[1]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    blocks = [b for md in pages for b in re.findall(r"```toml\n(.*?)```", md.read_text(), re.S)]
+    assert len(blocks) >= 3
     for block in blocks:
         cfg = _config(tmp_path, block)
         assert cfg.preset and cfg.video.height and cfg.train.lr
