@@ -14,11 +14,22 @@ from node.bundle import MAX_BUNDLE_BYTES, checkpoint_limit
 from node.context import NodeContext, all_done
 from protocol.errors import ParisError
 from protocol.swarm_records import run_slots
-from swarm import archive
+from swarm import archive, layout
 from swarm.acceptance import accepted
 from swarm.state import RunView
 
 log = logging.getLogger("node.seeder")
+
+ARCHIVERS = 3  # seeders that keep each key's records alive past their writers' TTL
+
+
+def archive_share(keys: list[str], run_id: str, me: str, members: dict, count: int = ARCHIVERS) -> list[str]:
+    """The keys whose records this node archives: those for which it is among the `count` seeders that a
+    rendezvous hash of the key picks (swarm.layout.archivers) from the run's members that seed (every role but
+    an observer's) and itself. A key's archived copies then come from a few peers however many seed, instead
+    of one copy per seeder per record; a node that sees no other member archives everything."""
+    seeders = {p for p, m in members.items() if getattr(m, "role", "observer") != "observer"} | {me}
+    return [k for k in keys if me in layout.archivers(run_id, k, seeders, count)]
 
 
 class Seeder:
@@ -72,7 +83,8 @@ class Seeder:
         keeps them alive past their TTL. Returns whether the ledger changed."""
         ctx = self.ctx
         spec = ctx.spec
-        keys = archive.archive_keys(spec.run_id, view.shard_keys)
+        keys = archive_share(archive.archive_keys(spec.run_id, view.shard_keys), spec.run_id, ctx.node.peer_id,
+                             view.members)
         sets = await asyncio.gather(*(ctx.node.get(k) for k in keys))
         found = [(key, rec) for key, got in zip(keys, sets, strict=True) for rec in got.records]
         accepted_cids = {j.claim.cid for slot in run_slots(spec.num_clusters) for j in accepted(view.judged(slot))}

@@ -39,7 +39,7 @@ class FakeContext:
         self.run = SimpleNamespace(spec=self.spec, bundle_cid="bundle", manifest=SimpleNamespace(clusters=[
             SimpleNamespace(cid=f"data-{k}", bytes=1, holdout_cid=f"held-{k}", holdout_bytes=1)
             for k in range(view.num_clusters)]))
-        self.node = SimpleNamespace(get=self._dht_get)
+        self.node = SimpleNamespace(get=self._dht_get, peer_id=PEER_A)
         self.publisher = SimpleNamespace(replicate=self._replicate, published={}, pinned=[],
                                          replace_pin=lambda slot, cid, step: self.publisher.pinned.append(cid))
 
@@ -170,6 +170,19 @@ def test_a_seed_round_holds_the_data_every_accepted_slot_and_says_when_all_is_do
     assert ctx.replicated == ["expert-0", "expert-1", "router"]
     assert seeder.all_clusters_done
     assert not (tmp_path / "archive").exists()  # nothing in the archive keys: no ledger written
+
+
+def test_each_key_is_archived_by_a_few_seeders_whatever_their_number():
+    from node.role_seeder import archive_share
+
+    keys = [f"paris/run-x/checkpoints/expert-{k}/e0" for k in range(40)]
+    peers = ["Qm" + chr(65 + i) * 44 for i in range(30)]
+    members = {p: SimpleNamespace(role="auto") for p in peers} | {"QmObserver": SimpleNamespace(role="observer")}
+    shares = {p: set(archive_share(keys, "run-x", p, members)) for p in peers}
+    for key in keys:  # three archivers per key, the same ones in every member's view (never the observer)
+        assert sum(key in got for got in shares.values()) == 3
+    assert sum(len(got) for got in shares.values()) == 3 * len(keys)
+    assert archive_share(keys, "run-x", peers[0], {}) == keys  # alone (or blind): it keeps everything
 
 
 # ---- where a trainer starts ----
