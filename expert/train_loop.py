@@ -334,19 +334,30 @@ class Trainer:
         """Atomically write the full training state now, in this thread (see write_snapshot)."""
         return self.write_snapshot(path, self.snapshot(copy=False))
 
-    def load(self, path: Path) -> CheckpointMeta:
-        """Resume from a checkpoint (or a training folder's LATEST), after verifying it fits this run: same
-        kind, preset, run and cluster (a run-bound trainer refuses a checkpoint that names no run)."""
+    def _fitting(self, path: Path) -> tuple[Path, CheckpointMeta]:
+        """The checkpoint at `path` (or a training folder's LATEST) and its metadata, once it is known to fit
+        this trainer: same kind, preset, run and cluster."""
         path = resolve_checkpoint(Path(path))
         meta = read_meta(path)
         if meta.kind == self.kind:
             check_preset(meta, self.preset, path)
         check_slot(meta, path, kind=self.kind, run_id=self.run_id, cluster=self.cluster)
+        return path, meta
+
+    @staticmethod
+    def _load_weights(path: Path, meta: CheckpointMeta, modules: dict[str, nn.Module]) -> None:
+        """Load each named group of the checkpoint into its module; a shape that does not fit is one line."""
         try:
-            self.model.load_state_dict(read_group(path, meta, "model"))
-            self.ema.load_state_dict(read_group(path, meta, "ema"))
+            for group, module in modules.items():
+                module.load_state_dict(read_group(path, meta, group))
         except RuntimeError as e:
             raise ConfigMismatchError(f"checkpoint {path} does not fit the model: {str(e).splitlines()[0]}") from None
+
+    def load(self, path: Path) -> CheckpointMeta:
+        """Resume from a checkpoint (or a training folder's LATEST), after verifying it fits this run: same
+        kind, preset, run and cluster (a run-bound trainer refuses a checkpoint that names no run)."""
+        path, meta = self._fitting(path)
+        self._load_weights(path, meta, {"model": self.model, "ema": self.ema})
         self._load_optimizer(read_group(path, meta, "optimizer"), path, updates=meta.step - meta.skipped_steps)
         try:
             self.generator.set_state(read_group(path, meta, "rng")["generator"])
@@ -361,15 +372,8 @@ class Trainer:
         """Load only a checkpoint's EMA weights (what sampling and the validation loss use), after the same
         checks as `load`: enough to verify a checkpoint fetched without its training state (SAMPLING_FILES).
         The trainer's own step, optimizer and RNG are left as they were: it cannot resume from this."""
-        path = resolve_checkpoint(Path(path))
-        meta = read_meta(path)
-        if meta.kind == self.kind:
-            check_preset(meta, self.preset, path)
-        check_slot(meta, path, kind=self.kind, run_id=self.run_id, cluster=self.cluster)
-        try:
-            self.ema.load_state_dict(read_group(path, meta, "ema"))
-        except RuntimeError as e:
-            raise ConfigMismatchError(f"checkpoint {path} does not fit the model: {str(e).splitlines()[0]}") from None
+        path, meta = self._fitting(path)
+        self._load_weights(path, meta, {"ema": self.ema})
         return meta
 
     def _load_optimizer(self, flat: dict[str, torch.Tensor], path: Path, *, updates: int) -> None:
