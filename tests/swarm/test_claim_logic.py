@@ -234,3 +234,39 @@ def test_a_lease_that_names_no_progress_displaces_no_owner():
     assert displaced(ahead, 0, "QmOwner")  # a healed partition: the side with more progress keeps it
     stale = Snapshot(1, (ClaimView("QmOwner", 0, ClaimState.TRAINING, stale=True), squatter))
     assert displaced(stale, 0, "QmOwner")
+
+
+_refresh = st.floats(0.5, 10.0)
+_age = st.floats(0.0, 1.0)  # an honest record is 0..refresh old when read: age as a fraction of its refresh
+
+
+@settings(max_examples=300, deadline=None)
+@given(honest=st.lists(st.tuples(_age, st.floats(0.5, 4.0)), min_size=2, max_size=12), minted=st.data(),
+       skew=st.floats(-3.5, 3.5))
+def test_minted_identities_below_a_majority_never_make_an_honest_clock_refuse_leases(honest, minted, skew):
+    """Identities minted by one attacker (each writes one lease, dated whatever it likes, even far in the past or
+    future) and fewer than the honest peers: an honest node whose clock is within the bound of the swarm's is
+    never told to drop its leases, whatever the minted timestamps. (Within the bound: the skew plus the half
+    renewal period by which an honest record's age is uncertain.)"""
+    from swarm.clock import clock_verdict
+
+    now, bound = 10_000.0, 6.0
+    samples = [(now - skew - a * r, r) for a, r in honest]  # our clock is `skew` ahead of theirs
+    lies = minted.draw(st.lists(st.tuples(st.floats(-1e6, 1e6), _refresh), max_size=len(honest) - 1))
+    assert clock_verdict(now, samples + [(now + d, r) for d, r in lies], bound) == ""
+
+
+@settings(max_examples=300, deadline=None)
+@given(honest=st.lists(st.tuples(_age, _refresh), min_size=2, max_size=12), minted=st.data(),
+       skew=st.floats(60.0, 1e5), ahead=st.booleans())
+def test_a_clock_really_off_is_caught_whatever_a_minted_minority_says(honest, minted, skew, ahead):
+    """The other way round: our clock is really off by far more than the bound; a minority of minted
+    identities that date their leases to agree with our wrong clock cannot hide it from the honest majority."""
+    from swarm.clock import clock_verdict
+
+    now, bound = 10_000.0, 6.0
+    off = skew if ahead else -skew
+    samples = [(now - off - a * r, r) for a, r in honest]
+    lies = minted.draw(st.lists(st.tuples(st.floats(0.0, 1.0), _refresh), max_size=len(honest) - 1))
+    got = clock_verdict(now, samples + [(now - a * r, r) for a, r in lies], bound)
+    assert ("ahead of" if ahead else "behind") in got
