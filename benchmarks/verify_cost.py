@@ -36,7 +36,8 @@ import torch
 from expert.presets import get_preset
 from expert.run_init import init_run
 from expert.synth_dataset import write_synthetic
-from expert.train_expert import trainer_for_run
+from expert.train_expert import ExpertTrainer, trainer_for_run
+from expert.train_inputs import run_clips
 from expert.verify import check_content, replay
 from swarm.verify_plan import VerifyPlan, detection_probability, verifier_secret
 
@@ -73,10 +74,16 @@ def measure(preset_name: str, data: Path, work: Path, interval: int, replays: in
                                rtol=spec.validation.rtol)
         verify.append(time.perf_counter() - t0)
         assert report.ok, report.reason
+    # a verifier replays with the cluster's clips it already fetched, into a trainer as node.checker builds one
+    train_clips = run_clips(spec, data).select(spec.train_clips(0))
+
+    def make() -> ExpertTrainer:
+        return ExpertTrainer(spec.preset, train_clips, seed=spec.seed, run_id=spec.run_id, cluster=0)
+
     exact, times, errors = 0, [], []
     for _ in range(replays):
         t0 = time.perf_counter()
-        r = replay(lambda: trainer_for_run(spec, 0, data_dir=data), parent, child, meta, tolerance=0.01)
+        r = replay(make, parent, child, meta, tolerance=0.01)
         times.append(time.perf_counter() - t0)
         exact += r.exact
         errors.append(r.rel_error)
