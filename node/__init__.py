@@ -45,4 +45,5 @@ Watching and fetching:
 - `swarm_view` — what `status` shows, as one typed snapshot built from the DHT and the gossip feed.
 - `dashboard` — draws that snapshot as a rich renderable.
 - `fetch` — `paris-node fetch`: every slot's newest accepted checkpoint, verified and assembled.
+- `disputes` — settling a contested replay where a reader stands: replay it here, bounded (`fetch`).
 """

@@ -249,15 +249,28 @@ def register(app: typer.Typer) -> None:
         allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Assemble the experts that exist.")]
         = False,
         router_mode: RouterModeOpt = None,
+        replay_disputed: Annotated[int, typer.Option(
+            "--replay-disputed", min=0,
+            help="Contested checkpoints to replay here (a failed replay that another verifier's replay "
+                 "contradicts): each costs one interval of training; 0 takes the older ones.")] = 2,
+        gpu: Annotated[str, typer.Option("--gpu", help="Device that checks and replays: a CUDA index, or 'cpu'.")]
+        = "cpu",
         json_out: Annotated[bool, typer.Option("--json", help="Print the swarm manifest as JSON.")] = False,
     ) -> None:
         """Download, verify and assemble the newest ensemble (every expert + the router) as a diffusers folder."""
         peers = _peers(initial_peers, initial_peers_file)
         with tempfile.TemporaryDirectory(prefix="paris-fetch-") as tmp:
-            manifest = asyncio.run(_fetch(peers, Path(tmp), run, out_dir, allow_partial, router_mode))
+            manifest = asyncio.run(_fetch(peers, Path(tmp), run, out_dir, allow_partial, router_mode,
+                                          replay_disputed=replay_disputed, gpu=gpu))
         if json_out:
             out.print_json(json.dumps(manifest))
             return
+        for d in manifest["disputes"]:
+            out.print(f"replayed the contested {d['slot']} checkpoint of step {d['step']} here: {d['outcome']}"
+                      + (f" ({d['reason']})" if d["reason"] else ""), highlight=False)
+        if manifest["disputes_unsettled"]:
+            out.print(f"contested checkpoints of {', '.join(manifest['disputes_unsettled'])} were left unsettled: "
+                      "older ones were assembled (raise --replay-disputed to replay them)", highlight=False)
         missing = f"; missing experts {manifest['missing']}" if manifest["missing"] else ""
         out.print(f"wrote the ensemble of {len(manifest['clusters'])} experts + router (step "
                   f"{manifest['router']['step']}) of run {manifest['run_id']} to {out_dir}{missing}", highlight=False)
@@ -357,9 +370,10 @@ async def _watch_gossip(node, run_id: str, events: list):
 
 
 async def _fetch(peers: list[str], home: Path, run: str | None, out_dir: Path, allow_partial: bool,
-                 router_mode: str | None = None) -> dict:
+                 router_mode: str | None = None, *, replay_disputed: int = 2, gpu: str = "cpu") -> dict:
     from rich.progress import DownloadColumn
 
+    from expert.device import resolve_device
     from node.bundle import fetch_run, resolve_run_id
     from node.fetch import fetch_ensemble
     from swarm.cas import ContentStore
@@ -381,7 +395,8 @@ async def _fetch(peers: list[str], home: Path, run: str | None, out_dir: Path, a
 
             t0 = time.monotonic()
             manifest = await fetch_ensemble(node, store, local, out_dir, allow_partial=allow_partial,
-                                            on_progress=on_progress, router_mode=router_mode)
+                                            on_progress=on_progress, router_mode=router_mode,
+                                            replay_disputed=replay_disputed, device=resolve_device(gpu))
         console.print(f"fetched and verified in {time.monotonic() - t0:.1f}s", highlight=False)
         return manifest
     finally:

@@ -85,6 +85,8 @@ def render(status: SwarmStatus) -> Group:
     parts = [head, table]
     refused = [f"{r.slot} {why}" for r in status.slots for why in r.rejected]
     refused += [f"{r.slot}: {r.note}" for r in status.slots if r.note]
+    refused += [f"{r.slot} {c}: a failed replay contradicts another verifier's replay (fetch replays it to decide)"
+                for r in status.slots for c in r.contested]
     if refused:
         parts.append(Panel(Text("\n".join(refused[:6]), style="red"), title="needs attention",
                            title_align="left"))

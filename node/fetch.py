@@ -13,10 +13,12 @@ from pathlib import Path
 from node.assets import fetch_assets, spec_assets
 from node.bundle import LocalRun, checkpoint_limit
 from node.checker import CheckpointChecker
+from node.disputes import settle_disputes
+from node.run_data import slot_training_data
 from protocol.atomic import atomic_write_bytes
 from protocol.checkpoint import SAMPLING_FILES
 from protocol.errors import ParisError
-from protocol.swarm_records import ROUTER, CheckpointBody, expert_slot, slot_cluster
+from protocol.swarm_records import ROUTER, CheckpointBody, expert_slot, run_slots, slot_cluster
 from swarm.acceptance import known_facts
 from swarm.cas import ContentStore
 from swarm.dht import SwarmNode
@@ -25,6 +27,7 @@ from swarm.state import RunView, read_run
 log = logging.getLogger("node.fetch")
 
 SWARM_MANIFEST = "swarm_manifest.json"
+DISPUTE_BUDGET = 2  # contested intervals a fetch replays by default (each costs one interval of training)
 
 
 def plan(view: RunView, num_clusters: int, *, allow_partial: bool) -> dict[str, list[CheckpointBody]]:
@@ -57,13 +60,15 @@ def _why(view: RunView, slot: str) -> str:
 async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, out: Path, *,
                          allow_partial: bool = False, device="cpu",
                          on_progress: Callable[[str, CheckpointBody, int, int], None] | None = None,
-                         router_mode: str | None = None) -> dict:
+                         router_mode: str | None = None, replay_disputed: int = DISPUTE_BUDGET) -> dict:
     """Fetch, verify, assemble into `out`; returns the swarm manifest written beside the weights, with what the
     download took: `downloaded_bytes` (checkpoint bytes received from peers: each checkpoint's sampling
     weights, not its training state), `checkpoint_bytes` (the whole checkpoints' sizes, as their records say),
     `asset_bytes` / `asset_downloaded_bytes` (the model assets the run names: their size, what was received).
     `on_progress(slot, body, done_bytes, total_bytes)` follows each download (for progress bars);
-    `router_mode` is recorded as the folder's default (None: the router's own default)."""
+    `router_mode` is recorded as the folder's default (None: the router's own default). A failed replay that
+    another verifier's replay contradicts is settled by replaying the interval here (node.disputes), at most
+    `replay_disputed` of them; the manifest lists them (`disputes`), and what the budget left unsettled."""
     import asyncio
 
     from expert.pipeline import assemble
@@ -82,6 +87,12 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, ou
     await fetch_assets(store, training)
     checker = CheckpointChecker(store, run, device)
     view = await read_run(node, run_id, num_clusters, rules=run.rules)
+    view, settled, unsettled = await settle_disputes(
+        view, run_slots(num_clusters), checker, lambda slot: slot_training_data(store, run, slot),
+        budget=replay_disputed)
+    if unsettled:
+        log.warning("contested checkpoints of %s were left unsettled (--replay-disputed %d): using older ones",
+                    ", ".join(unsettled), replay_disputed)
     todo = plan(view, num_clusters, allow_partial=allow_partial)
     paths: dict[str, Path] = {}
     got: dict[str, CheckpointBody] = {}
@@ -125,6 +136,8 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, ou
         "experts": [{"cluster": k, **_provenance(view, expert_slot(k), experts[k], checked[expert_slot(k)])}
                     for k in clusters],
         "router": _provenance(view, ROUTER, router, checked[ROUTER]),
+        "disputes": [d.as_dict() for d in settled],
+        "disputes_unsettled": unsettled,
     }
     await asyncio.to_thread(assemble, [paths[expert_slot(k)] for k in clusters], paths[ROUTER], out,
                             extra={"swarm": manifest}, clusters=clusters, router_mode=router_mode)

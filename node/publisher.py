@@ -53,7 +53,11 @@ class Publisher:
 
     `backlog[slot]`: our own published checkpoints that no accepted checkpoint covers yet, kept pinned (at most
     `keep_unverified`) so that verifiers can still fetch every link of the chain when they get to it: after a
-    verifier fell behind, or after a partition during which nobody could check our work."""
+    verifier fell behind, or after a partition during which nobody could check our work.
+
+    `evidence[slot]`: the parent of our newest publication, kept pinned beside it: a replay of the newest
+    interval needs it, so a failed replay minted against our head after the run can still be settled by any
+    reader that replays it (`fetch`), and an older accepted checkpoint stays fetchable to fall back on."""
 
     def __init__(self, node: SwarmNode, store: ContentStore, run_id: str, gossip, metrics=None,
                  keeper: OwnRecords | None = None, keep_unverified: int = 32, vouch=None) -> None:
@@ -64,6 +68,7 @@ class Publisher:
         self.pinned: dict[str, tuple[str, int]] = {}
         self.published: dict[str, tuple[str, int]] = {}
         self.backlog: dict[str, list[tuple[str, int]]] = {}
+        self.evidence: dict[str, str] = {}
         self.keep_unverified = keep_unverified
         self._unannounced: list[CheckpointBody] = []
         self._replicas: dict[str, CheckpointBody] = {}  # slot → our newest replica record (re-announced)
@@ -99,6 +104,7 @@ class Publisher:
                 self.backlog[slot] = sorted({*self.backlog.get(slot, []), (cid, meta.step)}, key=lambda e: e[1])
                 if meta.step >= self.published.get(slot, ("", -1))[1]:  # stores may finish out of order
                     self.published[slot] = (cid, meta.step)
+                    self.keep_evidence(slot, meta.parent)
                     self.replace_pin(slot, cid, meta.step)
                 self._trim(slot, set())
                 if self.metrics is not None:
@@ -117,9 +123,19 @@ class Publisher:
         if old and old[0] != cid:
             self._release(old[0])
 
+    def keep_evidence(self, slot: str, parent: str | None) -> None:
+        """Keep `parent` (the parent of our newest checkpoint of `slot`) pinned, and release the one before."""
+        old = self.evidence.pop(slot, None)
+        if parent is not None and self.store.blobs.has(parent):
+            self.evidence[slot] = parent
+            self.store.pin(parent)
+        if old is not None and old != parent:
+            self._release(old)
+
     def _release(self, cid: str) -> None:
-        """Unpin `cid` unless it is still the kept copy of a slot or awaits verification."""
-        if cid in {c for c, _ in self.pinned.values()} or any(cid == c for b in self.backlog.values() for c, _ in b):
+        """Unpin `cid` unless it is still the kept copy of a slot, the evidence of one, or awaits verification."""
+        if (cid in {c for c, _ in self.pinned.values()} or cid in self.evidence.values()
+                or any(cid == c for b in self.backlog.values() for c, _ in b)):
             return
         self.store.unpin(cid)
         self.store.gc()

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from protocol.swarm_records import ROUTER, ClusterState, MemberBody, expert_slot, run_slots
 from protocol.swarm_run import router_lease_id
-from swarm.acceptance import credited_steps
+from swarm.acceptance import contested_replays, credited_steps
 from swarm.cas import ContentStore
 from swarm.dht import SwarmNode
 from swarm.state import RunRules, RunView, read_run
@@ -37,6 +37,9 @@ class SlotRow(BaseModel):
     attestations: int = 0  # accepting verifiers of the verified checkpoint
     pending: int = 0  # claims awaiting attestations
     rejected: list[str] = []  # "step N (cid): reason" for refused claims, newest first (at most 3)
+    # "step N (cid)" of checkpoints a failed replay rejects while another verifier's replay matched: only a
+    # replay settles it (`fetch` replays them; see node.disputes), newest first (at most 3)
+    contested: list[str] = []
     note: str | None = None  # why the state is what it is, where it is not obvious (a stalled lease)
     eta_s: float | None = None  # time to the target at the current rate (None: not training, or no rate yet)
     loss_history: list[float] = []  # the dashboard's recent readings of `loss`, oldest first
@@ -135,6 +138,8 @@ def _slot_row(view: RunView, slot: str, cluster: int | None, state: str, owner: 
         row.pending = sum(j.status.value == "pending" for j in judged)
         row.rejected = [f"step {j.claim.step} ({j.claim.cid[-8:]}): {j.reason}" for j in judged
                         if j.status.value == "rejected"][:3]
+        contested = contested_replays(judged, view.slot_votes(slot), view.rules.for_slot(slot))
+        row.contested = [f"step {c.step} ({c.cid[-8:]})" for c in reversed(contested)][:3]
     stalled = [c for c in view.leases if c.cluster == cluster and c.stale] if cluster is not None else []
     if stalled and state == ClusterState.STALLED.value and view.rules is not None and view.rules.lease_grace:
         row.note = (f"owner {stalled[0].peer_id[-8:]} published no progress within {view.rules.lease_grace:.0f}s: "

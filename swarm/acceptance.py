@@ -264,6 +264,26 @@ def judge(claims: Iterable[Claim], votes: Iterable[Vote], policy: Policy,
     return sorted(judged, key=lambda x: (x.claim.step, x.claim.ts), reverse=True)
 
 
+def contested_replays(judgements: Iterable[Judgement], votes: Iterable[Vote], policy: Policy) -> list[Claim]:
+    """The disputes that only a replay settles: REJECTED claims that a failed replay rejects directly (not an
+    ancestor's failure, not their content, not this node's own check) while another verifier's replay of the
+    same CID matched. A replay is deterministic, so one side lied; a reader that replays the interval itself
+    learns which (its own replay overrides any number of votes, rule 3), where counting identities could not.
+    Claims nobody vouched for by a replay are left out: a reader spends no replay on weights that every
+    replay failed. Oldest first: a descendant's dispute matters only once its ancestor's is settled."""
+    by_cid: dict[str, list[Vote]] = {}
+    for v in votes:
+        by_cid.setdefault(v.cid, []).append(v)
+    out = []
+    for j in judgements:
+        if j.status != Status.REJECTED:
+            continue
+        t = _tally(j.claim, by_cid.get(j.claim.cid, []), policy.val_rtol)
+        if t.replay_failed and j.reason == t.replay_failed and t.replayed >= 1:
+            out.append(j.claim)
+    return sorted(out, key=_order)
+
+
 def known_facts(judgements: Iterable[Judgement]) -> dict[str, tuple[int, float | None]]:
     """CID → (step, the best validation loss on its lineage) of accepted checkpoints: what a local check
     compares a child with."""

@@ -54,6 +54,10 @@ class Evil:
     def act(self, name: str) -> dict | None:
         return next((a for a in self.acts if a.get("act") == name), None)
 
+    def send(self, cmd: dict) -> None:
+        self.proc.stdin.write(json.dumps(cmd).encode() + b"\n")
+        self.proc.stdin.flush()
+
     def stop(self) -> None:
         import os
         import signal
@@ -236,3 +240,29 @@ def test_a_patient_attacker_cannot_steer_the_ensemble_or_stall_two_auto_nodes(sw
     assert not any(cid in manifest for cid in lies)
     for who in ("squat", "copier", "minter"):
         assert evil.act("ready")[who] not in manifest  # trained nothing that was assembled
+
+    # the run is over: a failed replay minted against expert-1's accepted head. The honest node that did not
+    # train it has replayed the head (now, from the parent its trainer keeps as evidence, or before) and it
+    # matched; `status` shows the dispute; `fetch` replays the head itself, finds the failed replay was a lie,
+    # and assembles the head rather than falling back
+    evil.send({"op": "mint", "slot": "expert-1"})
+    _wait(lambda: evil.act("minted-head") is not None, 60, lambda: f"the attacker's acts ({evil.acts})")
+    head = evil.act("minted-head")
+    assert head["stored"] and head["step"] == 40, head
+    _wait(lambda: any(e.get("msg") == "attested expert-1 checkpoint" and e.get("cid") == head["cid"]
+                      and e.get("replayed") and e.get("verdict") == "accept" for d in (a, b) for e in d.events()),
+          180, lambda: "an honest replay of the disputed head")
+
+    def slots_of(st: dict) -> dict[str, dict]:
+        return {x["slot"]: x for x in st["slots"]}
+
+    st = wait_status(peers_file, lambda s: any(head["cid"][-8:] in c for c in slots_of(s)["expert-1"]["contested"]),
+                     120, "status shows the contested head", watch=(a, b))
+    assert slots_of(st)["expert-1"]["verified_step"] < 40  # the strict view, for a reader that replayed nothing
+    out = root / "ensemble-after"
+    r = cli("fetch", "--initial-peers-file", str(peers_file), "--out", str(out), "--json", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads((out / "swarm_manifest.json").read_text())
+    assert got["disputes"] == [{"slot": "expert-1", "step": 40, "cid": head["cid"], "outcome": "matched",
+                                "reason": None}], got["disputes"]
+    assert next(e for e in got["experts"] if e["cluster"] == 1)["cid"] == head["cid"]

@@ -370,6 +370,34 @@ def test_a_trainer_keeps_what_verifiers_have_not_reached():
     assert [c for c, _ in stay] == ["c1", "c2", "c5"] and {c for c, _ in gone} == {"c3", "c4"}
 
 
+def test_a_trainer_keeps_the_parent_of_its_newest_checkpoint_as_evidence(tmp_path):
+    """Once verifiers accepted its work a trainer keeps only its newest checkpoint and that one's parent: a
+    replay of the newest interval (a failed replay minted against the head after the run) needs the parent.
+    Real content store, no network."""
+    import asyncio
+
+    from node.publisher import Publisher
+    from swarm.cas import ContentStore
+
+    async def main() -> None:
+        store = ContentStore(None, tmp_path / "store")  # local pins and gc only: never started
+        cids = []
+        for i in range(3):
+            d = tmp_path / f"ckpt{i}"
+            d.mkdir()
+            (d / "w.bin").write_bytes(os.urandom(1000) + bytes([i]))
+            cids.append(await store.put(d, provide=False))
+        pub = Publisher(None, store, "run", gossip=None)
+        for i, cid in enumerate(cids):  # what publish() does for each of a trainer's checkpoints
+            pub.keep_evidence("expert-0", cids[i - 1] if i else None)
+            pub.replace_pin("expert-0", cid, 10 * (i + 1))
+            pub._trim("expert-0", set(cids))  # verifiers accepted all of them: the backlog holds nothing
+        assert set(store.blobs.pins()) == {cids[1], cids[2]}
+        assert store.blobs.has(cids[1]) and not store.blobs.has(cids[0])
+
+    asyncio.run(main())
+
+
 def test_a_new_swarm_publishes_at_its_presets_cadence_unless_told_otherwise(tmp_path):
     from expert.assets import asset_of
     from expert.presets import get_preset

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import select
 import sys
 import time
@@ -20,9 +21,15 @@ def parser(**extra: int) -> argparse.ArgumentParser:
     return p
 
 
-async def serve_until_quit(seconds: float = 900.0) -> None:
+async def serve_until_quit(seconds: float = 900.0, on_command=None) -> None:
+    """Serve until {"op": "quit"} (or `seconds`); any other JSON line goes to `on_command` (an async callable)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         ready, _, _ = await asyncio.to_thread(select.select, [sys.stdin], [], [], 1.0)
-        if ready and "quit" in sys.stdin.readline():
+        if not ready:
+            continue
+        line = sys.stdin.readline()
+        if not line or "quit" in line:
             return
+        if on_command is not None:
+            await on_command(json.loads(line))

@@ -11,6 +11,7 @@ attests). Acts, in order:
   copies      once expert-0's first checkpoint is accepted: copies of it (no training) at steps +10 … +100,
               each re-rolled until the old CID-hash replay rule said "no replay"
   minted      with --mint-replays N: replay-backed rejects of the first N honest checkpoints of expert 1
+  minted-head on {"op": "mint", "slot": S} (stdin): a replay-backed reject of the slot's accepted head
 """
 
 from __future__ import annotations
@@ -140,7 +141,19 @@ async def main(args) -> None:
         await asyncio.sleep(2)
     say(act="minted", cids=minted)
 
-    await serve_until_quit()
+    async def command(cmd: dict) -> None:
+        """{"op": "mint", "slot": S}: a failed replay of the slot's accepted head, minted once the run is over
+        (when its trainer no longer trains the slot and readers have only the head and its parent to go on)."""
+        if cmd.get("op") != "mint":
+            return
+        view = await read_run(minter, run_id, k, rules=run.rules)
+        head = view.accepted_checkpoints(cmd["slot"])[0]
+        att = AttestationBody(slot=head.slot, cid=head.cid, step=head.step, parent=head.parent,
+                              val_loss=head.val_loss, verdict="reject", reason="replay differs by 0.7 of the update",
+                              replayed=True, replay_exact=False, ts=get_dht_time())
+        say(act="minted-head", cid=head.cid, step=head.step, stored=await publish_attestation(minter, run_id, att))
+
+    await serve_until_quit(on_command=command)
     await store.close()
     for node in (squat, copier, minter):
         node.shutdown()

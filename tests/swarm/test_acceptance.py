@@ -679,3 +679,31 @@ def test_every_accepted_claim_is_within_tolerance_of_its_lineages_best(case):
             cur = js[cur.parent].claim
             best = cur.val_loss if best is None else min(best, cur.val_loss)
         assert best is None or j.claim.val_loss <= best * (1 + policy.loss_tolerance) + policy.loss_slack + 1e-9
+
+
+# --- contested replays (what a reader settles by replaying: node.disputes) -------------------------------------
+
+
+def test_a_failed_replay_that_another_replay_contradicts_is_contested_and_a_replay_here_settles_it():
+    """A minted failed replay rejects an honest checkpoint and its child for a reader that replayed neither;
+    another verifier's matching replay makes it a dispute the reader can settle, oldest first, and its own
+    replay accepts the lineage again. A failed replay nobody contradicts, a failure inherited from an
+    ancestor and a content reject are no disputes: a reader spends no replay on them."""
+    from swarm.acceptance import contested_replays
+
+    c1, c2 = claim("cid1", 10, None, 2.0), claim("cid2", 20, "cid1", 1.9)
+    minted = vote(c1, "sybil", False, reason="replay differs by 0.9 of the update", replayed=True)
+    votes = [vote(c1, "v1", replayed=True), minted, vote(c2, "v1")]
+    judged = judge([c1, c2], votes, Q1)
+    assert {j.claim.cid: j.status for j in judged} == {"cid1": R, "cid2": R}
+    assert contested_replays(judged, votes, Q1) == [c1]  # not c2: its rejection is its parent's
+    uncontested = [vote(c1, "v1"), minted, vote(c2, "v1")]  # v1 only checked the content, did not replay
+    assert contested_replays(judge([c1, c2], uncontested, Q1), uncontested, Q1) == []
+    content = [vote(c1, "v1", replayed=True), vote(c1, "v2", False, reason="weights are not finite")]
+    assert contested_replays(judge([c1], content, Q2), content, Q2) == []
+    mine = {"cid1": replace(vote(c1, "local"), replayed=True)}  # the reader's own replay matched
+    judged = judge([c1, c2], votes, Q1, mine)
+    assert {j.claim.cid: j.status for j in judged} == {"cid1": A, "cid2": A}
+    assert contested_replays(judged, votes, Q1) == []
+    refuted = {"cid1": replace(vote(c1, "local", False), replayed=True)}  # it failed here too: settled for good
+    assert contested_replays(judge([c1, c2], votes, Q1, refuted), votes, Q1) == []
