@@ -130,7 +130,8 @@ def register(app: typer.Typer) -> None:
             "New swarm: verifiers (other than its trainer) that must accept a checkpoint before it counts; "
             "0 for a private swarm."))] = 1,
         replay_every: Annotated[int, typer.Option(min=0, help=(
-            "New swarm: verifiers re-train one checkpoint interval in N (0: never)."))] = 10,
+            "New swarm: verifiers re-train one checkpoint interval in N (0: never; 1: every verifier that "
+            "checks an interval replays it)."))] = 10,
         progress_intervals: Annotated[int, typer.Option(min=1, help=(
             "New swarm: an owner that publishes no unrejected checkpoint for N checkpoint intervals "
             "(--checkpoint-minutes each) loses its cluster to the next joiner."))] = 3,

@@ -19,6 +19,7 @@ derived from its private key, so a restarted node draws the same again):
 An interval checked by c verifiers that do not collude with its trainer is replayed by at least one of them
 with probability `detection_probability(replay_every, c)` = 1 − (1 − 1/(replay_every · c))^c, which is
 1/replay_every for one checker and a little less for more (about 0.096 for c = 3 at replay_every = 10).
+`replay_every` = 1 is full cover: every checker replays every interval (detection 1, c replays per interval).
 """
 
 from __future__ import annotations
@@ -51,8 +52,12 @@ def share(wanted: int, eligible: int, waited: float, patience: float) -> float:
 
 
 def replay_rate(replay_every: int, checkers: int = 1) -> float:
-    """One verifier's chance of replaying an interval it checks, when `checkers` verifiers check each."""
-    return 0.0 if replay_every <= 0 else 1.0 / (replay_every * max(checkers, 1))
+    """One verifier's chance of replaying an interval it checks, when `checkers` verifiers check each.
+    `replay_every` = 1 asks for full cover: every checker replays every interval it checks (c times the
+    replays of the spread rate, and a forged interval is caught for sure by any honest checker)."""
+    if replay_every <= 0:
+        return 0.0
+    return 1.0 if replay_every == 1 else 1.0 / (replay_every * max(checkers, 1))
 
 
 def detection_probability(replay_every: int, checkers: int) -> float:

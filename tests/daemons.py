@@ -158,8 +158,63 @@ def wait_status(peers_file: Path, pred, timeout: float, what: str, *, watch: tup
                          + (f"; status said: {w.error[-500:]}" if w.error else ""))
 
 
+def wait_until(pred, timeout: float, what) -> None:
+    """Poll `pred` every second until it holds; past `timeout`, fail with `what()` (a callable: it is only
+    evaluated on failure, so it may read logs)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what()}")
+
+
 def run_finished(st: dict) -> bool:
     """Every expert and the router have an accepted checkpoint at their targets (the acceptance rule's view)."""
     return bool(st.get("slots")) and all(
         s["verified_step"] is not None and s["target"] is not None and s["verified_step"] >= s["target"]
         for s in st["slots"])
+
+
+class Evil:
+    """An attacker process (a script in tests/swarm/: evil_trainer.py, squatter.py, patient_attacker.py,
+    raw_forger.py) dialing the swarm that `peers_file` names; its JSON acts are collected, and `send` writes a
+    command to its stdin."""
+
+    def __init__(self, home, peers_file, script: str = "evil_trainer.py", *args: str) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        self.log = open(home / "evil.log", "wb")  # noqa: SIM115 (closed in stop())
+        extra = list(args) if args else ["--interval", "10"]
+        self.proc = subprocess.Popen(
+            [sys.executable, f"tests/swarm/{script}", "--peers-file", str(peers_file), "--home", str(home), *extra],
+            cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self.log, start_new_session=True)
+        self.acts: list[dict] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                self.acts.append(json.loads(line))
+            except ValueError:
+                continue
+
+    def act(self, name: str) -> dict | None:
+        return next((a for a in self.acts if a.get("act") == name), None)
+
+    def send(self, cmd: dict) -> None:
+        self.proc.stdin.write(json.dumps(cmd).encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(b'{"op": "quit"}\n')
+                self.proc.stdin.flush()
+                self.proc.wait(15)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self.log.close()

@@ -9,15 +9,11 @@ to its target, and `fetch` assembles only honest weights."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
-import sys
-import threading
 
 import pytest
 
-from tests.daemons import ENV, ROOT, Daemon, cli, slots, status, wait_status
+from tests.daemons import Daemon, Evil, cli, slots, status, wait_status, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -28,51 +24,6 @@ def common() -> list[str]:
     return ["--preset", "tiny", "--clips", "120", "--clusters", "3", "--target-steps", str(TARGET),
             "--router-steps", str(ROUTER), "--checkpoint-every", str(EVERY), "--period", "1", "--cpu-threads", "1",
             "--log-format", "json"]
-
-
-class Evil:
-    """An attacker process (tests/swarm/evil_trainer.py or squatter.py); its JSON acts are collected."""
-
-    def __init__(self, home, peers_file, script: str = "evil_trainer.py", *args: str) -> None:
-        home.mkdir(parents=True, exist_ok=True)
-        self.log = open(home / "evil.log", "wb")  # noqa: SIM115 (closed in stop())
-        extra = list(args) if args else ["--interval", str(EVERY)]
-        self.proc = subprocess.Popen(
-            [sys.executable, f"tests/swarm/{script}", "--peers-file", str(peers_file), "--home", str(home), *extra],
-            cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=self.log, start_new_session=True)
-        self.acts: list[dict] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            try:
-                self.acts.append(json.loads(line))
-            except ValueError:
-                continue
-
-    def act(self, name: str) -> dict | None:
-        return next((a for a in self.acts if a.get("act") == name), None)
-
-    def send(self, cmd: dict) -> None:
-        self.proc.stdin.write(json.dumps(cmd).encode() + b"\n")
-        self.proc.stdin.flush()
-
-    def stop(self) -> None:
-        import os
-        import signal
-
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write(b'{"op": "quit"}\n')
-                self.proc.stdin.flush()
-                self.proc.wait(15)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        self.log.close()
 
 
 @pytest.fixture
@@ -96,17 +47,18 @@ def test_a_hostile_peer_cannot_poison_the_ensemble_or_stop_a_cluster(swarm):
     peers_file = root / "boot" / "node.json"
     evil = start("evil", peers_file)
     # the honest joiners come once the run is hijacked; the attacker's other lies land while they train
-    _wait(lambda: evil.act("hijack") or evil.proc.poll() is not None, 300,
-          lambda: f"the attacker's hijack ({evil.acts}); its log: {(root / 'evil' / 'evil.log').read_text()[-3000:]}")
+    wait_until(lambda: evil.act("hijack") or evil.proc.poll() is not None, 300,
+               lambda: f"the attacker's hijack ({evil.acts}); its log: "
+                       f"{(root / 'evil' / 'evil.log').read_text()[-3000:]}")
     w1 = start("daemon", "w1", *common(), "--initial-peers-file", str(peers_file))
     w2 = start("daemon", "w2", *common(), "--initial-peers-file", str(peers_file))
     deadline_acts = ("random0", "amplify", "done1", "lease")
-    _wait(lambda: all(evil.act(a) for a in deadline_acts) or evil.proc.poll() is not None, 300,
-          lambda: f"the attacker's first acts ({evil.acts}); its log: "
-                  f"{(root / 'evil' / 'evil.log').read_text()[-3000:]}")
-    _wait(lambda: evil.act("sybil") is not None or evil.proc.poll() is not None, 400,
-          lambda: f"the attacker's Sybil attestations ({evil.acts}); its log: "
-                  f"{(root / 'evil' / 'evil.log').read_text()[-3000:]}")
+    wait_until(lambda: all(evil.act(a) for a in deadline_acts) or evil.proc.poll() is not None, 300,
+               lambda: f"the attacker's first acts ({evil.acts}); its log: "
+                       f"{(root / 'evil' / 'evil.log').read_text()[-3000:]}")
+    wait_until(lambda: evil.act("sybil") is not None or evil.proc.poll() is not None, 400,
+               lambda: f"the attacker's Sybil attestations ({evil.acts}); its log: "
+                       f"{(root / 'evil' / 'evil.log').read_text()[-3000:]}")
     assert evil.act("noise") and evil.act("optim") and evil.act("rng") and evil.act("reannounce"), evil.acts
     # joiners took the creator's bundle, not the newer one that the attacker announced
     bundle = evil.act("ready")["bundle"]
@@ -172,8 +124,9 @@ def test_identities_that_claim_every_cluster_and_never_train_cannot_stop_the_run
     boot.wait_for(lambda e: e.get("msg", "").startswith("new swarm started"), 240, "bootstrap ready")
     peers_file = root / "boot" / "node.json"
     squat = start("evil", peers_file, "squatter.py", "--count", "2")
-    _wait(lambda: len([a for a in squat.acts if a.get("cluster") is not None]) == 2 or squat.proc.poll() is not None,
-          180, lambda: f"the squatters' leases ({squat.acts}); log: {(root / 'evil' / 'evil.log').read_text()[-2000:]}")
+    wait_until(lambda: len([a for a in squat.acts if a.get("cluster") is not None]) == 2
+               or squat.proc.poll() is not None, 180,
+               lambda: f"the squatters' leases ({squat.acts}); log: {(root / 'evil' / 'evil.log').read_text()[-2000:]}")
     squatters = {a["peer"] for a in squat.acts}
     workers = [start("daemon", n, *args, "--initial-peers-file", str(peers_file)) for n in ("w1", "w2")]
     st = wait_status(root / "boot", lambda s: all(slots(s)[f"expert-{k}"]["state"] == "done" for k in range(2)),
@@ -186,17 +139,6 @@ def test_identities_that_claim_every_cluster_and_never_train_cannot_stop_the_run
     # the honest nodes claimed clusters that squatters held: each claim came after that lease went stale
     claims = [e for w in workers for e in w.events() if e.get("msg", "").startswith("claimed cluster")]
     assert {int(e["msg"].split()[2]) for e in claims} == {0, 1}
-
-
-def _wait(pred, timeout: float, what) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what()}")
 
 
 def test_a_patient_attacker_cannot_steer_the_ensemble_or_stall_two_auto_nodes(swarm):
@@ -219,8 +161,8 @@ def test_a_patient_attacker_cannot_steer_the_ensemble_or_stall_two_auto_nodes(sw
     evil = start("evil", peers_file, "patient_attacker.py", "--interval", "10")
     b = start("daemon", "b", *args, "--initial-peers-file", str(peers_file))
     st = wait_status(peers_file, run_finished, 600, "every slot accepted at its target", watch=(a, b))
-    _wait(lambda: evil.act("minted") is not None or evil.proc.poll() is not None, 240,
-          lambda: f"the attacker's acts ({evil.acts}); log: {(root / 'evil' / 'evil.log').read_text()[-2000:]}")
+    wait_until(lambda: evil.act("minted") is not None or evil.proc.poll() is not None, 240,
+               lambda: f"the attacker's acts ({evil.acts}); log: {(root / 'evil' / 'evil.log').read_text()[-2000:]}")
     assert evil.act("future")["stored"] is False  # every validator refused it, ours first
     copies = evil.act("copies")["cids"]
     assert len(copies) == 10
@@ -246,12 +188,12 @@ def test_a_patient_attacker_cannot_steer_the_ensemble_or_stall_two_auto_nodes(sw
     # matched; `status` shows the dispute; `fetch` replays the head itself, finds the failed replay was a lie,
     # and assembles the head rather than falling back
     evil.send({"op": "mint", "slot": "expert-1"})
-    _wait(lambda: evil.act("minted-head") is not None, 60, lambda: f"the attacker's acts ({evil.acts})")
+    wait_until(lambda: evil.act("minted-head") is not None, 60, lambda: f"the attacker's acts ({evil.acts})")
     head = evil.act("minted-head")
     assert head["stored"] and head["step"] == 40, head
-    _wait(lambda: any(e.get("msg") == "attested expert-1 checkpoint" and e.get("cid") == head["cid"]
-                      and e.get("replayed") and e.get("verdict") == "accept" for d in (a, b) for e in d.events()),
-          180, lambda: "an honest replay of the disputed head")
+    wait_until(lambda: any(e.get("msg") == "attested expert-1 checkpoint" and e.get("cid") == head["cid"]
+                           and e.get("replayed") and e.get("verdict") == "accept" for d in (a, b) for e in d.events()),
+               180, lambda: "an honest replay of the disputed head")
 
     def slots_of(st: dict) -> dict[str, dict]:
         return {x["slot"]: x for x in st["slots"]}

@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from tests.daemons import Daemon, cli, run_finished, wait_status
+from tests.daemons import Daemon, Evil, cli, run_finished, wait_status, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -73,13 +73,36 @@ def test_a_seeder_with_two_workers_finishes_a_two_cluster_run(start):
     assert not any(e.get("msg", "").startswith("attested ") for e in seeder.events())  # a seeder does not verify
 
 
-def test_one_verifier_and_one_worker_finish_a_two_cluster_run_replaying_every_interval(start):
+def test_one_verifier_and_one_worker_finish_a_two_cluster_run_replaying_every_interval(start, tmp_path):
     """With --replay-every 1 the verifier re-trains every interval it checks, the router's too (from the
-    router's stratified sample): honest work replays bit for bit, so the run still finishes."""
+    router's stratified sample): honest work replays bit for bit, so the run still finishes. A trainer that
+    forged only its raw weights (tests/swarm/raw_forger.py: its second interval's `model` group is its first's,
+    while the EMA, loss, optimizer and RNG are honest) holds one cluster first: the content check cannot see
+    it, the replay rejects it, the worker takes the cluster over from the forger's honest interval, and `fetch`
+    assembles no forged weights."""
     verifier, peers = _boot(start, 2, "--role", "verifier", "--replay-every", "1")
-    worker = start("worker", *common(2), "--initial-peers-file", str(peers))
-    wait_status(peers, run_finished, 600, "every slot accepted at its target", watch=(verifier, worker))
-    assert any(e.get("msg") == "training router" for e in worker.events())
-    replayed = {e["msg"] for e in verifier.events() if e.get("msg", "").startswith("attested ") and e.get("replayed")}
-    assert {"attested expert-0 checkpoint", "attested router checkpoint"} <= replayed
-    assert all(e.get("verdict") == "accept" for e in verifier.events() if e.get("msg", "").startswith("attested "))
+    forger = Evil(tmp_path / "forger", peers, "raw_forger.py", "--interval", str(EVERY))
+    try:
+        wait_until(lambda: forger.act("rawmodel") or forger.proc.poll() is not None, 300,
+               lambda: f"the forger's acts ({forger.acts}): {(tmp_path / 'forger' / 'evil.log').read_text()[-2000:]}")
+        forged = forger.act("rawmodel")
+        assert forged is not None, forger.acts
+        worker = start("worker", *common(2), "--initial-peers-file", str(peers))
+        wait_status(peers, run_finished, 600, "every slot accepted at its target", watch=(verifier, worker))
+        assert any(e.get("msg") == "training router" for e in worker.events())
+        attested = [e for e in verifier.events() if e.get("msg", "").startswith("attested ")]
+        assert {"attested expert-0 checkpoint", "attested router checkpoint"} <= {e["msg"] for e in attested
+                                                                                  if e.get("replayed")}
+        verdict = next(e for e in attested if e["cid"] == forged["cid"])
+        assert verdict["verdict"] == "reject" and verdict["replayed"], verdict
+        assert "replay differs" in verdict["reason"] and "model" in verdict["reason"], verdict
+        assert all(e["verdict"] == "accept" for e in attested if e["cid"] != forged["cid"])  # honest work replays
+        took = worker.wait_for(lambda e: e.get("msg") == f"took over expert-{forged['cluster']} from its newest "
+                                                         "accepted checkpoint", 5, "the takeover")
+        assert took["cid"] == forger.act("lease")["cid"]  # from the forger's honest interval, not the forgery
+        out = tmp_path / "ensemble"
+        r = cli("fetch", "--initial-peers-file", str(peers), "--out", str(out), "--json", timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert forged["cid"] not in (out / "swarm_manifest.json").read_text()
+    finally:
+        forger.stop()

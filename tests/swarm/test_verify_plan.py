@@ -67,6 +67,9 @@ def test_detection_probability_per_interval_matches_its_formula(checkers):
     replays_per_interval = sum(map(sum, draws)) / 4000
     assert replays_per_interval == pytest.approx(checkers / (5 * c), abs=0.04)  # 1/5 when c = checkers
     assert detection_probability(0, checkers) == 0.0
+    full = [VerifyPlan(_secret(100 + v), wanted=3, replay_every=1, patience=30.0) for v in range(checkers)]
+    assert all(p.replays(_cid(i), eligible=checkers) for p in full for i in range(200))  # --replay-every 1: all
+    assert detection_probability(1, c) == 1.0
 
 
 @pytest.mark.parametrize("verifiers", [3, 10, 100, 1000])
