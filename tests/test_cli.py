@@ -1,4 +1,5 @@
-"""The commands a user types, run as real processes."""
+"""The commands a user types: in this process through the CLI's own entry point (tests/commands.py), and as
+real processes where a process matters (Ctrl-C, a hidden GPU)."""
 
 import json
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from swarm.identity import load_identity
+from tests.commands import cli_inproc
 
 pytestmark = pytest.mark.slow  # real processes, a few minutes in all
 
@@ -18,8 +20,13 @@ CLI = [sys.executable, "-m", "node.cli"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args, check=True, **kw):
-    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=600, **kw)
+def run(*args, check=True, env=None):
+    """One command: in this process (tests/commands.py), or as a real process when it needs its own `env`."""
+    if env is None:
+        proc = cli_inproc(*args)
+    else:
+        proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                              env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -79,7 +86,8 @@ def test_train_resume_and_sample(workdir):
 ])
 def test_user_mistakes_get_one_line(workdir, args, message):
     args = [str(a).replace("{run}", str(workdir / "run.json")).replace("{data}", str(workdir / "data")) for a in args]
-    proc = run(*args, check=False, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    # the device mistakes in a process of their own, with CUDA hidden (this process may see a GPU)
+    proc = run(*args, check=False, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""} if "--gpu" in args else None)
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 2

@@ -10,6 +10,7 @@ import pytest
 
 from expert.pipeline import ParisPipeline, assemble
 from protocol.errors import IntegrityError, ParisError
+from tests.commands import cli_inproc
 from tests.ensembles import tiny_ensemble
 
 pytestmark = pytest.mark.slow
@@ -97,22 +98,16 @@ def test_assemble_refuses_mismatched_parts(tiny_run, ensemble_dir, tmp_path):
 
 def test_cli_samples_an_ensemble_grid_with_routing_record(ensemble_dir, tmp_path):
     out, routing = tmp_path / "grid.gif", tmp_path / "routing.json"
-    proc = subprocess.run([sys.executable, "-m", "node.cli", "sample", "--ensemble", str(ensemble_dir),
-                           "a green cross rising", "--strategy", "top2", "--steps", "3", "--num-videos", "4",
-                           "--out", str(out), "--routing-out", str(routing)],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=300)
+    proc = cli_inproc("sample", "--ensemble", str(ensemble_dir), "a green cross rising", "--strategy", "top2",
+                      "--steps", "3", "--num-videos", "4", "--out", str(out), "--routing-out", str(routing))
     assert proc.returncode == 0, proc.stderr
     rec = json.loads(routing.read_text())
     assert rec["strategy"] == "topk:2" and len(rec["steps"]) == 3 and len(rec["steps"][0]["weights"]) == 4
     assert out.read_bytes()[:6] == b"GIF89a"
-    bad = subprocess.run([sys.executable, "-m", "node.cli", "sample", "--ensemble", str(ensemble_dir), "x",
-                          "--strategy", "best", "--out", str(out)], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1], timeout=300)
+    bad = cli_inproc("sample", "--ensemble", str(ensemble_dir), "x", "--strategy", "best", "--out", str(out))
     assert bad.returncode != 0 and "unknown strategy 'best'" in bad.stderr and "Traceback" not in bad.stderr
-    caption = subprocess.run([sys.executable, "-m", "node.cli", "sample", "--ensemble", str(ensemble_dir),
-                              "a green cross rising", "--steps", "2", "--router-mode", "caption", "--out", str(out),
-                              "--routing-out", str(routing)], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parents[1], timeout=300)
+    caption = cli_inproc("sample", "--ensemble", str(ensemble_dir), "a green cross rising", "--steps", "2",
+                         "--router-mode", "caption", "--out", str(out), "--routing-out", str(routing))
     assert caption.returncode == 0, caption.stderr
     rec = json.loads(routing.read_text())
     assert rec["router_mode"] == "caption" and rec["steps"][0]["posterior"] == rec["steps"][1]["posterior"]

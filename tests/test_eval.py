@@ -1,13 +1,11 @@
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from expert.evaluate import EVAL_SEED, evaluate_synthetic
 from expert.synth_classifier import generator_clips, train_judge
+from tests.commands import cli_inproc
 
 pytestmark = pytest.mark.slow
 
@@ -44,9 +42,8 @@ def test_eval_command_on_an_expert_checkpoint(judge_dir, tiny_run, tmp_path):
 
     spec, _ = tiny_run
     trainer_for_run(spec, 0).train(1, checkpoint_dir=tmp_path / "ck")
-    proc = subprocess.run([sys.executable, "-m", "node.cli", "eval", "--checkpoint", str(tmp_path / "ck"),
-                           "--n", "4", "--steps", "2", "--judge", str(judge_dir[1]), "--json"],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=600)
+    proc = cli_inproc("eval", "--checkpoint", str(tmp_path / "ck"), "--n", "4", "--steps", "2", "--judge",
+                      str(judge_dir[1]), "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["n"] == 4 and np.isfinite(report["fvd_synth"])
@@ -54,9 +51,8 @@ def test_eval_command_on_an_expert_checkpoint(judge_dir, tiny_run, tmp_path):
     denoised = report["denoised_accuracy"]["expert"]
     assert set(denoised) == set(report["conditioning_ratio"]["expert"]) == {"t=0.98", "t=0.9", "t=0.5", "t=0.1"}
     assert all(set(level) == {"with_caption", "without_caption"} for level in denoised.values())
-    text = subprocess.run([sys.executable, "-m", "node.cli", "eval", "--checkpoint", str(tmp_path / "ck"),
-                           "--n", "4", "--steps", "2", "--judge", str(judge_dir[1])],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=600)
+    text = cli_inproc("eval", "--checkpoint", str(tmp_path / "ck"), "--n", "4", "--steps", "2", "--judge",
+                      str(judge_dir[1]))
     assert text.returncode == 0 and "one-step x̂₀ of expert" in text.stdout, text.stderr
 
 
@@ -85,16 +81,13 @@ def test_fvd_and_clip_similarity_are_added_when_their_networks_are_given(judge_d
     torch.save(ClipScorer.random_init("ViT-S-32").model.state_dict(), tmp_path / "clip.pt")
     spec, _ = tiny_run
     trainer_for_run(spec, 0).train(1, checkpoint_dir=tmp_path / "ck")
-    proc = subprocess.run([sys.executable, "-m", "node.cli", "eval", "--checkpoint", str(tmp_path / "ck"),
-                           "--n", "4", "--steps", "2", "--judge", str(judge_dir[1]), "--i3d",
-                           str(tmp_path / "rgb_imagenet.pt"), "--clip-weights", str(tmp_path / "clip.pt"),
-                           "--clip-model", "ViT-S-32", "--json"],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=600)
+    proc = cli_inproc("eval", "--checkpoint", str(tmp_path / "ck"), "--n", "4", "--steps", "2", "--judge",
+                      str(judge_dir[1]), "--i3d", str(tmp_path / "rgb_imagenet.pt"), "--clip-weights",
+                      str(tmp_path / "clip.pt"), "--clip-model", "ViT-S-32", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert np.isfinite(report["fvd"]) and report["fvd"] > 0
     assert -1 <= report["clip_similarity"] <= 1 and -1 <= report["clip_similarity_on_real_clips"] <= 1
-    bad = subprocess.run([sys.executable, "-m", "node.cli", "eval", "--checkpoint", str(tmp_path / "ck"),
-                          "--judge", str(judge_dir[1]), "--i3d", str(tmp_path / "missing.pt")],
-                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=600)
+    bad = cli_inproc("eval", "--checkpoint", str(tmp_path / "ck"), "--judge", str(judge_dir[1]), "--i3d",
+                     str(tmp_path / "missing.pt"))
     assert bad.returncode != 0 and "not found" in " ".join((bad.stderr + bad.stdout).split())  # rich wraps lines

@@ -10,14 +10,14 @@ import subprocess
 
 import pytest
 
-from tests.daemons import CLI, ENV, ROOT
+from tests.commands import cli_inproc
 from tests.test_vae import _ltx, _wan21, save_vae
 
 pytestmark = pytest.mark.slow  # real processes: about a minute and a half in all
 
 
 def _cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *map(str, args)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    return cli_inproc(*args)
 
 
 def _ok(*args) -> subprocess.CompletedProcess:

@@ -14,6 +14,7 @@ import subprocess
 
 import pytest
 
+from tests.commands import cli_inproc
 from tests.daemons import CLI, ENV, ROOT, Daemon, slots, wait_status
 
 pytestmark = pytest.mark.slow
@@ -41,9 +42,9 @@ def test_a_latent_run_trains_from_cached_latents_and_fetch_writes_the_vae(synth_
     vae, encoder = tmp_path / "models" / "vae", save_encoder("umt5", tmp_path / "models" / "umt5")
     _save_tiny_vae(vae)
     creator_home, spec_file = tmp_path / "creator", tmp_path / "latent-run.json"
-    r = cli("run", "init", "--data", str(synth_dir), "--clusters", "2", "--preset", "tiny-latent", "--vae", str(vae),
-            "--text-encoder", str(encoder), "--target-steps", str(TARGET), "--out", str(spec_file),
-            "--home", str(creator_home), "--json")
+    r = cli_inproc("run", "init", "--data", synth_dir, "--clusters", 2, "--preset", "tiny-latent", "--vae", vae,
+                   "--text-encoder", encoder, "--target-steps", TARGET, "--out", spec_file, "--home", creator_home,
+                   "--json")
     assert r.returncode == 0, r.stderr[-3000:]
     spec = RunSpec.load(spec_file)
     asset, text = spec.preset.backbone.vae, spec.preset.text.weights
