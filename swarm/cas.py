@@ -83,7 +83,8 @@ class ContentStore:
 
     `limit_bytes`: garbage collection keeps the store under this size (pinned data is never collected); a
     download that cannot fit under it, after evicting unpinned content, is refused before its first chunk.
-    `provide_ttl`: lifetime of our provider records; they are renewed every third of it while pinned.
+    `provide_ttl`: lifetime of our provider records; they are renewed every third of it while pinned (or lent:
+    `lend`, never past the lending's end).
     `free_space()`: free bytes on the store's disk (injectable for tests); a download needs its size plus
     `disk_margin` free.
     """

@@ -41,6 +41,7 @@ from protocol.swarm_records import (
     subkey_suffix,
 )
 from protocol.swarm_run import Schedule
+from swarm.acceptance import known_facts
 from swarm.cas import ContentStore
 from swarm.dht import NetworkConfig, SwarmNode
 from swarm.state import RunRules, certify, publish_certificate, read_run, record_key
@@ -118,8 +119,8 @@ async def _store(path: str, expiration: float, _dht, node) -> int:
 
 
 def test_a_history_larger_than_one_reply_reads_whole_and_a_late_node_catches_up(tiny_run, synth_dir, tmp_path):
-    """Slow (~40 s here): three DHT nodes, a real run bundle and three tiny checkpoints published, ~6,600
-    records signed here (~3 s), then `status` and `fetch` processes side by side (~25 s)."""
+    """Slow (~45 s here): three DHT nodes, a real run bundle and three tiny checkpoints published, ~6,600
+    records signed here (~3 s), two checks of a head, then `status` and `fetch` processes side by side (~25 s)."""
     from node.bundle import publish_run
 
     spec0, _ = tiny_run
@@ -129,7 +130,7 @@ def test_a_history_larger_than_one_reply_reads_whole_and_a_late_node_catches_up(
         creator = SwarmNode.start(tmp_path / "creator")
         peer = SwarmNode.start(tmp_path / "peer", NetworkConfig(initial_peers=tuple(creator.visible_maddrs())))
         store = ContentStore(creator, tmp_path / "cas")
-        late = None
+        stores, late = [store], None
         try:
             await store.start()
             spec = spec0.model_copy(update={"creator": creator.identity.public_key_bytes.decode(), "preset": (
@@ -180,6 +181,25 @@ def test_a_history_larger_than_one_reply_reads_whole_and_a_late_node_catches_up(
             assert read_epochs == {2, 3}  # the certified heads' epoch and the next: the older ones are not read
             assert len(caught.attestations) < len(view.attestations) / 2
 
+            # the real checker path (issue 28, item 4): a verifier re-serves what it checked, so the next one
+            # fetches it from there and the trainer uploads it once; what a verifier rejects it stops serving
+            slot, body = expert_slot(0), heads[expert_slot(0)]
+            stores += [ContentStore(peer, tmp_path / "cas-v1"), ContentStore(late, tmp_path / "cas-v2")]
+            checkers = [CheckpointChecker(v, local, "cpu") for v in stores[1:]]
+            for v, c in zip(stores[1:], checkers, strict=True):
+                await v.start()
+                await c.init_loss(slot)  # their held-out clips first (which only the creator serves)
+            before, facts = store.served_bytes, known_facts(view.judged(slot))
+            assert (await checkers[0].check(body, facts, trainer=creator.peer_id)).ok
+            await stores[1].flush()  # its provider record is out before the next verifier starts
+            first = store.served_bytes - before
+            unique = sum(store.blobs.manifest(body.cid).unique_chunks().values())  # (its EMA equals its model)
+            assert first >= unique and body.cid in stores[1].lent()
+            assert (await checkers[1].check(body, facts, trainer=creator.peer_id)).ok
+            assert store.served_bytes - before == first  # all of it from the first verifier
+            checkers[1].refute(body, "rejected by a rule beyond its content")
+            assert body.cid not in stores[2].lent() and not stores[2].packs.complete(body.cid)
+
             dial = ("--initial-peers", creator.visible_maddrs()[0], "--run", run_id)
             out = tmp_path / "ensemble"
             r, f = await asyncio.gather(  # both at once: one client each, as users run them
@@ -196,7 +216,8 @@ def test_a_history_larger_than_one_reply_reads_whole_and_a_late_node_catches_up(
             assert (got["router"]["step"], got["router"]["cid"]) == (HEAD, heads[ROUTER].cid)
             assert {p.name for p in out.iterdir()} >= {"expert_0", "expert_1", "router", "model_index.json"}
         finally:
-            await store.close()
+            for st in stores:
+                await st.close()
             for n in (creator, peer, late):
                 if n is not None:
                     n.shutdown()
