@@ -14,7 +14,8 @@ key and charged per new record version (validated once, then cached by content h
 Reported over time: bytes per key (max, by kind), records read and CPU per period by a verifier that follows
 every slot (the busiest reader), time from publication to acceptance, verification redundancy (verifiers that
 downloaded and checked each checkpoint), the trainer's upload per checkpoint (verifiers and replicas re-serve
-what they fetched; a download spreads over every provider), and lease changes.
+what they fetched; a download spreads over every provider: an upper bound for the node, whose checkers ask the
+trainer last and announce after their check, node/checker.py), and lease changes.
 
     python benchmarks/swarm_scale.py --experts 64 --verifiers 100 --peers 1000 --steps 200000 [--json]
 """

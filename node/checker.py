@@ -1,7 +1,11 @@
 """Where a node checks a checkpoint for itself before using it: fetch it, load it into a trainer of its slot,
 recompute the run's validation loss on the held-out clips, compare with what its record claims; optionally
 replay the interval from its parent. Verdicts are remembered (CID → good) and override attestations in this
-node's own reading of the acceptance rule (swarm.acceptance)."""
+node's own reading of the acceptance rule (swarm.acceptance).
+
+What it fetched and found sound it re-serves for `serve_for` seconds (ContentStore.lend: announced, unpinned,
+within the store's limit), and it fetches from the trainer only what no earlier checker serves: so a trainer
+uploads each checkpoint about once, however many verifiers check it. What it rejects it stops serving and drops."""
 
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ from swarm.state import RunRules
 
 log = logging.getLogger("node.checker")
 
+SERVE_FOR_S = 1800.0  # a checked checkpoint is re-served this long: its later checkers, and its child's replay
+
 
 @dataclass(frozen=True)
 class CheckResult:
@@ -38,10 +44,11 @@ class CheckResult:
 
 class CheckpointChecker:
     """One per node. Holds the held-out clips it fetched and one checking trainer per slot (reused: loading a
-    checkpoint overwrites every tensor and counter)."""
+    checkpoint overwrites every tensor and counter). `serve_for`: seconds a sound checkpoint it fetched (and the
+    parent of a passed replay) stays announced as served by this node (0: never)."""
 
-    def __init__(self, store: ContentStore, run: LocalRun, device) -> None:
-        self.store, self.run, self.device = store, run, device
+    def __init__(self, store: ContentStore, run: LocalRun, device, *, serve_for: float = SERVE_FOR_S) -> None:
+        self.store, self.run, self.device, self.serve_for = store, run, device, serve_for
         self.verdicts: dict[str, Vote] = {}  # CID → what this node found inside it (see swarm.acceptance)
         self._trainers: dict[str, object] = {}
         self._held: dict[int, ClipBatch] = {}
@@ -101,15 +108,16 @@ class CheckpointChecker:
         return "" if facts is None else lineage_problem(meta.step, facts[0], val_loss, facts[1], policy)
 
     async def check(self, body: CheckpointBody, parents: dict[str, tuple[int, float | None]] | None = None, *,
-                    sampling_only: bool = False) -> CheckResult:
+                    sampling_only: bool = False, trainer: str | None = None) -> CheckResult:
         """Fetch `body.cid` and check that it holds what the record claims (see expert.verify.check_content),
         and that its own step and loss can follow its own parent (`parents`: accepted CIDs → step, loss).
         `sampling_only` (fetch): only the sampling weights are downloaded and checked, and the verdict is not
-        kept (a takeover must check the training state too)."""
+        kept (a takeover must check the training state too). `trainer`: the peer that published it, asked only
+        for what no other provider serves. A sound checkpoint is then re-served (`lend`), a rejected one dropped."""
         from expert.verify import ContentReport, check_content
 
         try:  # bounded by what a checkpoint of this slot can be, whatever the record announces
-            path = await self.store.get(body.cid, pin=False, provide=False,
+            path = await self.store.get(body.cid, pin=False, provide=False, last_resort=_peers(trainer),
                                         max_bytes=checkpoint_limit(self.run, body.slot),
                                         **({"files": SAMPLING_FILES, "expected_bytes": body.bytes}
                                            if sampling_only else {}))
@@ -144,23 +152,31 @@ class CheckpointChecker:
             self.verdicts[body.cid] = Vote(
                 "local", body.cid, meta.step if meta else body.step, meta.parent if meta else body.parent,
                 report.val_loss, report.content_ok, "" if report.content_ok else report.reason)
+            if report.content_ok:  # announced in the background; a refute before it runs announces nothing
+                self.store.lend(body.cid, self.serve_for)
+            else:
+                self.store.withdraw(body.cid)
         if not report.ok:
             log.warning("checkpoint %s of %s (step %d) refused: %s", body.cid, body.slot, body.step, report.reason)
         return result
 
-    async def replay(self, body: CheckpointBody, train: ClipBatch, labels: np.ndarray | None = None) -> CheckResult:
+    async def replay(self, body: CheckpointBody, train: ClipBatch, labels: np.ndarray | None = None, *,
+                     trainer: str | None = None) -> CheckResult:
         """Re-train the interval from the record's parent and compare the whole state (`train`: the cluster's
-        clips for an expert; the router's stratified sample and its `labels` for the router)."""
+        clips for an expert; the router's stratified sample and its `labels` for the router). After a passed
+        replay the parent is re-served too (`lend`); after a failed one the child is dropped."""
         from expert.checkpoint import read_meta, resolve_checkpoint
         from expert.verify import replay
 
         spec, schedule = self.run.spec, self.run.manifest.schedule
         limit = checkpoint_limit(self.run, body.slot)
+        avoid = _peers(trainer)
         try:
-            child = resolve_checkpoint(await self.store.get(body.cid, pin=False, provide=False, max_bytes=limit))
+            child = resolve_checkpoint(await self.store.get(body.cid, pin=False, provide=False, max_bytes=limit,
+                                                            last_resort=avoid))
             meta = read_meta(child)  # replay from the parent the checkpoint names, whatever its record said
             parent = None if meta.parent is None else await self.store.get(meta.parent, pin=False, provide=False,
-                                                                            max_bytes=limit)
+                                                                            max_bytes=limit, last_resort=avoid)
         except IntegrityError as e:
             return self._replay_failed(body, f"refused: {e}")
         except (ParisError, OSError) as e:
@@ -193,6 +209,8 @@ class CheckpointChecker:
             return self._replay_failed(body, report.reason)
         if (mine := self.verdicts.get(body.cid)) is not None and mine.accept:
             self.verdicts[body.cid] = replace(mine, replayed=True)  # outweighs another's failed replay, here
+        if meta.parent is not None:  # the child reproduces from it: a checkpoint worth re-serving too
+            self.store.lend(meta.parent, self.serve_for)
         return CheckResult(True, "", replayed=True, replay_exact=report.exact)
 
     def vouch(self, body: CheckpointBody) -> None:
@@ -203,8 +221,14 @@ class CheckpointChecker:
     def refute(self, body: CheckpointBody, reason: str) -> None:
         """Remember that this node rejects `body`'s CID for `reason` (found by a rule beyond its content)."""
         self.verdicts[body.cid] = Vote("local", body.cid, body.step, body.parent, None, False, reason)
+        self.store.withdraw(body.cid)
 
     def _replay_failed(self, body: CheckpointBody, reason: str) -> CheckResult:
         self.verdicts[body.cid] = Vote("local", body.cid, body.step, body.parent, None, False, reason, replayed=True)
+        self.store.withdraw(body.cid)
         log.warning("replay of %s step %d failed: %s", body.slot, body.step, reason)
         return CheckResult(False, reason, replayed=True, replay_exact=False)
+
+
+def _peers(peer: str | None) -> frozenset[str]:
+    return frozenset() if peer is None else frozenset({peer})

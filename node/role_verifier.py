@@ -246,7 +246,7 @@ class Verifier:
         """Check one checkpoint (and replay it when our draw says so, or `force_replay`); None when it could not
         be fetched, or when its trainer's lease has not reached this node's reads yet."""
         now = time.monotonic()
-        result = await self.checker.check(body, parents)
+        result = await self.checker.check(body, parents, trainer=trainer)
         if result.reason.startswith("not fetchable"):
             n = self.backoff.failed(body.cid, now)
             if body.cid not in self._said:  # said once per CID: a verifier that waits says what it waits for
@@ -273,7 +273,7 @@ class Verifier:
                 result = replace(result, ok=False, content_ok=False, reason=why)
         eligible = eligible_verifiers(self._last_view, trainer, self.node.peer_id) if self._last_view else 0
         if result.content_ok and (force_replay or self.plan.replays(body.cid, eligible)):
-            replay = await self.checker.replay(body, *await self.training_data(slot))
+            replay = await self.checker.replay(body, *await self.training_data(slot), trainer=trainer)
             if replay.reason.startswith("not fetchable"):  # the parent: not a verdict either
                 self.backoff.failed(body.cid, now)
                 return None

@@ -2,7 +2,10 @@
 we hold to peers, and announce ourselves as a provider in the DHT.
 
 Bulk bytes move over hivemind P2P streams (docs/design.md §4: bitswap is too slow for checkpoints). Providers are
-DHT records (`paris/cas/<cid>`, one per owner, with expiry) that we re-announce while the CID stays pinned.
+DHT records (`paris/cas/<cid>`, one per owner, with expiry) that we re-announce while the CID stays pinned, or,
+for what we fetched and checked without pinning it (`lend`), while we still hold it and for a bounded time: so
+that a checkpoint's later verifiers fetch it from its earlier ones (`get(..., last_resort=...)`), not all from
+its trainer.
 """
 
 from __future__ import annotations
@@ -80,7 +83,8 @@ class ContentStore:
 
     `limit_bytes`: garbage collection keeps the store under this size (pinned data is never collected); a
     download that cannot fit under it, after evicting unpinned content, is refused before its first chunk.
-    `provide_ttl`: lifetime of our provider records; they are renewed every third of it while pinned.
+    `provide_ttl`: lifetime of our provider records; they are renewed every third of it while pinned (or lent:
+    `lend`, never past the lending's end).
     `free_space()`: free bytes on the store's disk (injectable for tests); a download needs its size plus
     `disk_margin` free.
     """
@@ -108,6 +112,7 @@ class ContentStore:
         self._provider_task: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
         self._in_flight: set[str] = set()
+        self._lent: dict[str, float] = {}  # root CID → until when (monotonic) we provide it without a pin
         self._known_maddrs: dict[str, tuple[str, ...]] = {}
         self.last_fetch: FetchStats | None = None
         self.served_bytes = 0  # chunk and manifest bytes sent to peers (for metrics)
@@ -166,7 +171,7 @@ class ContentStore:
     async def get(self, cid: str, out_dir: Path | str | None = None, *, providers: list[str] | None = None,
                   pin: bool = True, provide: bool = True, expected_bytes: int | None = None,
                   max_bytes: int | None = None, on_progress: Callable[[int, int], None] | None = None,
-                  files: tuple[str, ...] | None = None) -> Path:
+                  files: tuple[str, ...] | None = None, last_resort: frozenset[str] = frozenset()) -> Path:
         """Fetch `cid` (from `providers`, or those the DHT lists), verifying every chunk, and return the path
         of its file or directory: inside the store (read-only by convention), or a copy in `out_dir`.
         Before the first chunk is written, the manifest's size must equal `expected_bytes` and stay within
@@ -174,13 +179,15 @@ class ContentStore:
         the store's limit. An interrupted download resumes from the chunks already written.
         `on_progress(done, total)` reports verified bytes about twice a second while chunks arrive.
         `files`: only these files of a directory (CasManifest.part), from the whole's providers; the sizes
-        above are still the whole's. The part is kept under its own CID, which we do not announce."""
+        above are still the whole's. The part is kept under its own CID, which we do not announce.
+        `last_resort`: providers asked only when the others cannot serve it all (a checkpoint's trainer, so that
+        its later verifiers fetch from its earlier ones and the trainer uploads it about once)."""
         keep = {cid}  # protected from garbage collection while the download runs
         self._in_flight |= keep
         try:
             if providers is None and not (self.blobs.has(cid) and self.packs.complete(cid)):
                 providers = await self.find_providers(cid)  # once, for the manifest and the chunks
-            manifest = await self._manifest(cid, providers)
+            manifest = await self._manifest(cid, providers, last_resort)
             size = manifest.total_bytes
             if expected_bytes is not None and size != expected_bytes:
                 raise IntegrityError(f"{cid} holds {size} bytes, {expected_bytes} were announced")
@@ -197,7 +204,7 @@ class ContentStore:
                 manifest.part(files)  # the whole is here: it holds the files asked for, or this says not
             if not self.packs.complete(cid):
                 self._make_room(cid, manifest.total_bytes)
-                await self._fetch_pack(cid, manifest, providers, on_progress, root=root)
+                await self._fetch_pack(cid, manifest, providers, on_progress, root=root, last_resort=last_resort)
             if on_progress:
                 unique = sum(manifest.unique_chunks().values())
                 on_progress(unique, unique)
@@ -232,20 +239,21 @@ class ContentStore:
                              f"{free} are free in {self.root}")
 
     async def _fetch_pack(self, cid: str, manifest: CasManifest, providers: list[str] | None,
-                          on_progress: Callable[[int, int], None] | None = None, *, root: str | None = None) -> None:
+                          on_progress: Callable[[int, int], None] | None = None, *, root: str | None = None,
+                          last_resort: frozenset[str] = frozenset()) -> None:
         """Download `manifest`'s chunks into the pack `cid`; providers are those of `root` (a part's whole)."""
         writer = await asyncio.to_thread(PackWriter, self.packs, cid, manifest)
         chunks = manifest.unique_chunks()
         reporter = asyncio.create_task(_report(writer, chunks, on_progress)) if on_progress else None
         try:
-            await self._fill_pack(writer, root or cid, chunks, providers)
+            await self._fill_pack(writer, root or cid, chunks, providers, last_resort)
         finally:
             if reporter is not None:
                 reporter.cancel()
         await asyncio.to_thread(writer.finish)
 
     async def _fill_pack(self, writer: PackWriter, cid: str, chunks: dict[str, int],
-                         providers: list[str] | None) -> None:
+                         providers: list[str] | None, last_resort: frozenset[str] = frozenset()) -> None:
         local = [c for c in chunks if not writer.has(c) and self.blobs.has(c)]  # e.g. our own put
 
         def copy_local() -> None:
@@ -259,25 +267,47 @@ class ContentStore:
             peers = [p for p in peers if p != self.node.peer_id]
             if not peers:
                 raise FetchError(f"no providers of {cid} are known")
-            self.last_fetch = await fetch_chunks(
-                writer, chunks, peers, self._open_stream, streams_per_peer=self.streams_per_peer,
-                failure_budget=self.failure_budget, timeout=self.request_timeout)
-            self.fetched_bytes += self.last_fetch.fetched_bytes
-            for peer, st in self.last_fetch.peers.items():
-                if st.chunks:
-                    self._good[peer] = time.monotonic()
-                    self._failed.pop(peer, None)
-                elif st.banned:  # unreachable or silent: not asked again for a while (rank_providers)
-                    self._failed[peer] = time.monotonic()
-                    self._good.pop(peer, None)
+            rounds = _rounds(peers, last_resort)
+            for i, group in enumerate(rounds):  # the last round asks everyone for what is still missing
+                try:
+                    self.last_fetch = await fetch_chunks(
+                        writer, chunks, group, self._open_stream, streams_per_peer=self.streams_per_peer,
+                        failure_budget=self.failure_budget, timeout=self.request_timeout)
+                except FetchError:  # the chunks stored so far stay: the next round fetches only the rest
+                    if i == len(rounds) - 1:
+                        raise
+                    log.info("%s: %d provider(s) could not serve it all; asking the rest too", cid, len(group))
+                    continue
+                self._note(self.last_fetch)
+                break
 
-    async def _manifest(self, cid: str, providers: list[str] | None) -> CasManifest:
+    def _note(self, stats: FetchStats) -> None:
+        """Remember who served a fetch (asked first next time) and who failed it (passed over for a while)."""
+        self.fetched_bytes += stats.fetched_bytes
+        for peer, st in stats.peers.items():
+            if st.chunks:
+                self._good[peer] = time.monotonic()
+                self._failed.pop(peer, None)
+            elif st.banned:  # unreachable or silent: not asked again for a while (rank_providers)
+                self._failed[peer] = time.monotonic()
+                self._good.pop(peer, None)
+
+    async def _manifest(self, cid: str, providers: list[str] | None,
+                        last_resort: frozenset[str] = frozenset()) -> CasManifest:
         if self.blobs.has(cid):
             return self.blobs.manifest(cid)
         peers = providers if providers is not None else await self.find_providers(cid)
+        peers = [p for p in peers if p != self.node.peer_id]
         served_by: list[str] = []
-        data = await fetch_blob(self._open_stream, [p for p in peers if p != self.node.peer_id], cid,
-                                timeout=min(self.request_timeout, 10.0), served_by=served_by)
+        rounds = _rounds(peers, last_resort)
+        for i, group in enumerate(rounds):
+            try:
+                data = await fetch_blob(self._open_stream, group, cid, timeout=min(self.request_timeout, 10.0),
+                                        served_by=served_by)
+                break
+            except FetchError:
+                if i == len(rounds) - 1:
+                    raise
         for peer in served_by:
             self._good[peer] = time.monotonic()
         manifest = decode_manifest(cid, data)
@@ -322,21 +352,54 @@ class ContentStore:
             live |= set(await self.node.routing_peers())
         return live
 
-    async def provide(self, cid: str, size: int | None = None) -> bool:
-        """Announce that this node serves `cid` (renewed while it stays pinned)."""
+    async def provide(self, cid: str, size: int | None = None, ttl: float | None = None) -> bool:
+        """Announce that this node serves `cid` for `ttl` seconds (default `provide_ttl`; renewed while it stays
+        pinned, or lent)."""
         if size is None:
             size = self.blobs.manifest(cid).total_bytes
         now = get_dht_time()
         body = ProviderBody(cid=cid, peer_id=self.node.peer_id, maddrs=tuple(self.node.visible_maddrs()[:16]),
                             bytes=size, ts=now)
-        return await self.node.put(provider_key(cid), body, now + self.provide_ttl)
+        return await self.node.put(provider_key(cid), body, now + (self.provide_ttl if ttl is None else ttl))
+
+    def lend(self, cid: str, seconds: float) -> bool:
+        """Provide `cid`, which we hold complete without pinning it (fetched and checked), for `seconds`: announced
+        now (in the background) and renewed like a pin, but never past that time nor after garbage collection
+        evicted it to make room (a lent pack goes after other unpinned ones; a gc with no limit keeps it). False
+        (and nothing announced) if we do not hold it complete."""
+        if seconds <= 0 or not self.packs.complete(cid) or not self.blobs.has(cid):
+            return False
+        self._lent[cid] = max(self._lent.get(cid, 0.0), time.monotonic() + seconds)
+        self._spawn(self._provide_lent(cid))
+        return True
+
+    def withdraw(self, cid: str) -> None:
+        """Stop providing `cid` (it was rejected) and drop its bytes unless they are pinned or being fetched: a
+        provider record already written expires with its (lent) TTL, and asking us finds nothing."""
+        self._lent.pop(cid, None)
+        if cid not in self.blobs.pins() and cid not in self._in_flight:
+            self.packs.remove(cid)
+
+    def lent(self) -> dict[str, float]:
+        """The CIDs we provide without a pin, and the seconds left to each (expired or evicted ones forgotten)."""
+        now = time.monotonic()
+        self._lent = {c: t for c, t in self._lent.items() if t > now and self.packs.complete(c)}
+        return {c: t - now for c, t in self._lent.items()}
+
+    async def _provide_lent(self, cid: str) -> None:
+        left = self.lent().get(cid)
+        if left is not None and cid not in self.blobs.pins():  # withdrawn meanwhile: nothing announced
+            await self.provide(cid, ttl=min(self.provide_ttl, left))
 
     async def _reprovide_loop(self) -> None:
         while True:
             await asyncio.sleep(self.provide_ttl / 3)
-            for cid in list(self.blobs.pins()):
+            pins = self.blobs.pins()
+            for cid in [*pins, *(c for c in self.lent() if c not in pins)]:
                 try:
-                    if self.blobs.has(cid):
+                    if cid not in pins:
+                        await self._provide_lent(cid)
+                    elif self.blobs.has(cid):
                         await self.provide(cid)
                 except Exception:  # one bad pin must not stop announcing the others
                     log.exception("re-announcing %s failed", cid)
@@ -368,24 +431,32 @@ class ContentStore:
         return self.blobs.total_bytes() + sum(self.packs.size(r) for r in self.packs.roots())
 
     def gc(self, limit_bytes: int | None = None) -> int:
-        """Free space down to `limit_bytes` (default: the store's limit; None: everything unpinned): unpinned
-        packs first, oldest first, then unpinned blobs. Pinned data and downloads in flight stay."""
+        """Free space down to `limit_bytes` (default: the store's limit; None: everything unpinned and not lent):
+        unpinned packs first, oldest first, lent ones last, then unpinned blobs. Pinned data and downloads in
+        flight stay."""
         limit = self.limit_bytes if limit_bytes is None else limit_bytes
         pins = self.blobs.pins()
+        lent = set(self.lent())
         freed = 0
-        packs = sorted((self.packs.path(r).stat().st_mtime, r) for r in self.packs.roots())
+        packs = sorted((r in lent, self.packs.path(r).stat().st_mtime, r) for r in self.packs.roots())
         total = self.total_bytes()
-        for _, root in packs:
+        for is_lent, _, root in packs:
             if limit is not None and total - freed <= limit:
                 break
-            if root in pins or root in self._in_flight:
+            if root in pins or root in self._in_flight or (is_lent and limit is None):
                 continue
             size = self.packs.size(root)
             self.packs.remove(root)
             freed += size
         pack_bytes = sum(self.packs.size(r) for r in self.packs.roots())
         blob_limit = None if limit is None else max(0, limit - pack_bytes)
-        return freed + self.blobs.gc(blob_limit, keep=self._in_flight)
+        return freed + self.blobs.gc(blob_limit, keep=self._in_flight | set(self.lent()))  # lent manifests stay
+
+
+def _rounds(peers: list[str], last_resort: frozenset[str]) -> list[list[str]]:
+    """The provider groups a fetch asks in turn: those not in `last_resort` first, then everyone (in their order)."""
+    first = [p for p in peers if p not in last_resort]
+    return [first, peers] if first and len(first) < len(peers) else [peers]
 
 
 async def _report(writer: PackWriter, chunks: dict[str, int], on_progress: Callable[[int, int], None]) -> None:

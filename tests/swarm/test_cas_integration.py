@@ -219,3 +219,58 @@ def test_a_part_of_a_folder_is_fetched_alone_from_the_wholes_providers(tmp_path)
                 n.shutdown()
 
     asyncio.run(asyncio.wait_for(run(), 120))
+
+
+def test_verifiers_reserve_what_they_checked_so_the_trainer_uploads_it_about_once(tmp_path):
+    """A trainer's checkpoint fetched by 3 verifiers one after another, with the store calls the checker makes
+    (node.checker: `get(..., pin=False, provide=False, last_resort={trainer})`, then `lend` once sound): the
+    trainer serves it about once, where it served it 3 times when verifiers did not re-serve. A rejected CID is
+    withdrawn (dropped, no longer lent); a lent pack goes under a limit but survives a gc with none; and a fetch
+    whose re-servers cannot serve falls back to the trainer."""
+    size = 4 << 20
+    (tmp_path / "old.bin").write_bytes(os.urandom(size))
+    (tmp_path / "new.bin").write_bytes(os.urandom(size))
+
+    async def run():
+        t = SwarmNode.start(tmp_path / "t")
+        peers = NetworkConfig(initial_peers=tuple(t.visible_maddrs()))
+        vs = [SwarmNode.start(tmp_path / f"v{i}", peers) for i in range(3)]
+        stores = [ContentStore(n, tmp_path / f"cas{i}", chunk_size=256 * 1024) for i, n in enumerate([t, *vs])]
+        trainer, verifiers = stores[0], stores[1:]
+        try:
+            for s in stores:
+                await s.start()
+            old = await trainer.put(tmp_path / "old.bin")
+            for v in verifiers:  # before: every verifier fetched everything from the trainer
+                await v.get(old, pin=False, provide=False)
+            served_old = trainer.served_bytes
+
+            new = await trainer.put(tmp_path / "new.bin")
+            for v in verifiers:  # one after another, each re-serving what it checked
+                await v.get(new, pin=False, provide=False, last_resort=frozenset({t.peer_id}))
+                assert v.lend(new, 60.0) and new in v.lent() and new not in v.blobs.pins()
+                await v.flush()  # its provider record is in the DHT before the next one starts
+            served_new = trainer.served_bytes - served_old
+            assert served_old >= 3 * size, served_old
+            assert served_new <= 1.5 * size, served_new
+            assert set(await verifiers[2].find_providers(new)) == {t.peer_id, *(n.peer_id for n in vs)}
+
+            v0, v1, v2 = verifiers
+            v2.withdraw(new)  # rejected: no longer lent, its bytes gone (asking it finds nothing)
+            assert new not in v2.lent() and not v2.packs.complete(new)
+            v1.gc()  # a gc with no limit keeps what is lent, and drops what is merely unpinned
+            assert v1.packs.complete(new) and not v1.packs.complete(old)
+            assert v1.gc(0) > 0 and not v1.packs.complete(new) and new not in v1.lent()  # a limit evicts it
+            assert not v1.lend(new, 60.0)  # not held: nothing to lend
+            assert v0.gc(0) > 0 and not v0.packs.complete(new)
+            before = trainer.served_bytes  # every re-server's record is still live, none can serve: the trainer
+            await v0.get(new, pin=False, provide=False, last_resort=frozenset({t.peer_id}))
+            assert v0.packs.complete(new) and trainer.served_bytes - before >= size
+            return served_old, served_new
+        finally:
+            for s in stores:
+                await s.close()
+            for n in (t, *vs):
+                n.shutdown()
+
+    asyncio.run(asyncio.wait_for(run(), 120))
