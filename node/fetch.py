@@ -85,7 +85,7 @@ async def fetch_ensemble(node: SwarmNode, store: ContentStore, run: LocalRun, ou
     # rebuilt) and text weights the data does not replace
     training, start = spec_assets(run.spec, sampling=False), store.fetched_bytes
     await fetch_assets(store, training)
-    checker = CheckpointChecker(store, run, device)
+    checker = CheckpointChecker(store, run, device, serve_for=0)  # a reader that leaves: it re-serves nothing
     view = await read_run(node, run_id, num_clusters, rules=run.rules)
     view, settled, unsettled = await settle_disputes(
         view, run_slots(num_clusters), checker, lambda slot: slot_training_data(store, run, slot),
