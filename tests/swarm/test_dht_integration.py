@@ -1,5 +1,6 @@
 """SwarmNode between real hivemind nodes on 127.0.0.1: signed records round-trip, a foreign-signed write is
-refused by honest nodes, and a peer speaking another protocol version gets a clear error instead of a hang."""
+refused by honest nodes, a peer speaking another protocol version gets a clear error instead of a hang, and
+member records live in buckets that stay small at a thousand peers."""
 
 from __future__ import annotations
 
