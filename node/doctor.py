@@ -206,7 +206,7 @@ async def swarm_checks(peers: list[str], home: Path, run: str | None, *, host: s
     from hivemind.utils.timed_storage import get_dht_time
 
     from node.bundle import resolve_run_id
-    from protocol.swarm_records import MemberBody, run_key
+    from protocol.swarm_records import MemberBody
     from swarm.dht import NetworkConfig, ProtocolMismatchError, SwarmNode
 
     if not peers:
@@ -235,7 +235,7 @@ async def swarm_checks(peers: list[str], home: Path, run: str | None, *, host: s
                                                          if foreign else "every member speaks ours")))
         except ProtocolMismatchError as e:
             out.append(Check(name="protocol", verdict="fail", detail=str(e), fix="install a matching paris-node"))
-        members = await node.get(run_key(run_id, "members"))
+        members = await node.read_members(run_id)  # check_protocol read every bucket: this adds what is due
         out.append(clock(get_dht_time(), [r.body.ts for r in members.records if isinstance(r.body, MemberBody)]))
     finally:
         await asyncio.to_thread(node.shutdown)

@@ -86,7 +86,7 @@ async def gather_status(node: SwarmNode, run_id: str, *, spec=None, schedule=Non
     k = spec.num_clusters if spec is not None else None
     rules = RunRules.of(spec, schedule, trainers) if spec is not None and schedule is not None else None
     view, router_view = await asyncio.gather(read_run(node, run_id, k, rules=rules),
-                                             read_run(node, router_lease_id(run_id), 1))
+                                             read_run(node, router_lease_id(run_id), 1, with_members=False))
     now = get_dht_time()
     slots = [_slot_row(view, expert_slot(c), c, view.states[c].value if c < len(view.states) else "free",
                        view.owners.get(c), now) for c in range(view.num_clusters)]

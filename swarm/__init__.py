@@ -11,6 +11,7 @@ The modules:
 - `acceptance` — which published checkpoints count: one pure function over checkpoint and attestation records.
 - `verify_plan` — which checkpoints a verifier checks and which intervals it replays: keyed draws nobody foresees.
 - `state` — `read_run`/`publish_progress`/`publish_checkpoint`/`publish_spec_pointer`: run records as one view.
+- `members` — `MemberReader`: a run's members read from their buckets, a rotating few a read, each kept till expiry.
 - `layout` — the bounded record layout: keys sharded by slot and epoch, quorum certificates, the bound per key.
 - `archive` — records that outlive their TTL: what a seeder keeps alive, and its local ledger.
 - `cas` — `ContentStore`: put files under a root CID, get them from any providers, serve and announce them.

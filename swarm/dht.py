@@ -37,7 +37,9 @@ from protocol.swarm_records import (
     run_key,
     subkey_suffix,
 )
+from swarm import layout
 from swarm.identity import Identity, load_identity
+from swarm.members import MemberReader, Members
 from swarm.validator import check_record, make_validators, open_archive, split_subkey
 
 log = logging.getLogger(__name__)
@@ -225,6 +227,7 @@ class SwarmNode:
         # only what is new, so its cost follows what changed rather than the key's whole history
         self._valid: OrderedDict[bytes, Signed | ForeignMember] = OrderedDict()
         self.owner_subkey = b"[owner:" + identity.public_key_bytes + b"]"
+        self._member_readers: dict[str, MemberReader] = {}  # run id → this node's view of its member buckets
         try:
             self.dht = _DetachedDHT(
                 start=True, static_relays=self.network.behind_nat,
@@ -358,24 +361,39 @@ class SwarmNode:
         return Signed(owner=owner, envelope=env, expiration_time=item.expiration_time)
 
     async def announce_member(self, run_id: str, body: MemberBody, ttl: float) -> bool:
-        return await self.put(run_key(run_id, "members"), body, get_dht_time() + ttl)
+        """Our member record, in the bucket our peer id hashes to (validators refuse it in any other)."""
+        return await self.put(layout.member_key(run_id, self.peer_id), body, get_dht_time() + ttl)
+
+    def member_reader(self, run_id: str) -> MemberReader:
+        """The one reader of `run_id`'s member buckets in this node (read_run, gossip and doctor share it)."""
+        if run_id not in self._member_readers:
+            self._member_readers[run_id] = MemberReader(run_id, self.peer_id)
+        return self._member_readers[run_id]
+
+    async def read_members(self, run_id: str, *, full: bool = False) -> Members:
+        """The run's members: the buckets due now (swarm.members), or with `full` every bucket."""
+        return await self.member_reader(run_id).read(self, full=full)
 
     async def check_protocol(self, run_id: str) -> list[ForeignMember]:
         """Raise ProtocolMismatchError if every other member of the run speaks another protocol version;
-        return the foreign members (to warn about) otherwise."""
-        found = await self.get(run_key(run_id, "members"))
+        return the foreign members (to warn about) otherwise. Reads every member bucket, and the one members
+        key where nodes of earlier versions wrote (for their foreign records only: nothing else is read there)."""
+        found = await self.read_members(run_id, full=True)
+        foreign = list(found.foreign)
+        with contextlib.suppress(DHTReadError):
+            foreign += (await self.get(run_key(run_id, "members"))).foreign
         ours = [r for r in found.records if r.owner != self.owner]
-        if found.foreign and not ours:
-            versions = sorted({f.protocol for f in found.foreign})
+        if foreign and not ours:
+            versions = sorted({f.protocol for f in foreign})
             raise ProtocolMismatchError(
                 f"the swarm of run {run_id} speaks paris protocol v{'/v'.join(map(str, versions))} "
-                f"(e.g. {found.foreign[0].software}); this node speaks v{PROTOCOL_VERSION}: "
+                f"(e.g. {foreign[0].software}); this node speaks v{PROTOCOL_VERSION}: "
                 "install a matching paris-node version"
             )
-        for f in found.foreign:
+        for f in foreign:
             log.warning("peer %s runs %s with protocol v%d (ours: v%d); it is ignored",
                         f.peer_id, f.software, f.protocol, PROTOCOL_VERSION)
-        return list(found.foreign)
+        return foreign
 
     def shutdown(self) -> None:
         self.dht.shutdown()

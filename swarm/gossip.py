@@ -37,7 +37,7 @@ from protocol.swarm_gossip import (
     gossip_topic,
     sign_message,
 )
-from protocol.swarm_records import PROTOCOL_VERSION, MemberBody, run_key
+from protocol.swarm_records import PROTOCOL_VERSION, MemberBody
 from swarm.dht import SwarmNode
 from swarm.identity import Identity
 
@@ -180,14 +180,15 @@ class GossipClient:
 
 async def join_gossip(node: SwarmNode, client: GossipClient, role: str = "auto", ttl: float = 120.0,
                       software: str = "paris-node", served_bytes: int = 0) -> ConnectedReply:
-    """Publish our member record (with gossip addresses) in the DHT and connect to every member's gossip
-    addresses. Call it again periodically (before `ttl` runs out) to refresh and to meet newcomers."""
+    """Publish our member record (with gossip addresses) in the DHT and connect to a random sample of the
+    members' gossip addresses. Call it again periodically (before `ttl` runs out) to refresh and to meet
+    newcomers (the member buckets due now are read again, swarm.members)."""
     now = get_dht_time()
     body = MemberBody(protocol=PROTOCOL_VERSION, software=software, peer_id=node.peer_id,
                       maddrs=tuple(node.visible_maddrs()[:16]), gossip_maddrs=client.maddrs[:16], role=role,
                       served_bytes=min(max(served_bytes, 0), 2**60), ts=now)
     await node.announce_member(client.run_id, body, ttl)
-    found = await node.get(run_key(client.run_id, "members"))
+    found = await node.read_members(client.run_id)  # the buckets due now, the others as last read
     members = [r.body for r in found.records if isinstance(r.body, MemberBody) and r.body.peer_id != node.peer_id
                and r.body.gossip_maddrs]
     # a random sample of members, not the first in DHT order: every node dialling the same 64 made hot spots

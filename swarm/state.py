@@ -43,6 +43,7 @@ from swarm.archive import archived_body
 from swarm.claim_logic import ClaimView, Snapshot, cluster_states, owners
 from swarm.dht import DHTReadError, RecordSet, Signed, SwarmNode
 from swarm.identity import peer_id_of_public_key, verify_signature
+from swarm.members import Members
 
 PROGRESS_TTL = 120.0
 
@@ -147,6 +148,9 @@ class RunView:
     local: tuple[tuple[str, Vote], ...] = ()  # this node's own checks (CID → what it found), see acceptance
     leases: tuple[ClaimView, ...] = ()  # the live leases as judged (progress, staleness)
     failed: tuple[str, ...] = ()  # reads that failed: those keys hold what this node last saw there, still live
+    # member buckets that never read well: reported, never blocking (members decide nothing; a verifier that
+    # undercounts them checks more, not less), so flooding one bucket hides members and stalls nothing
+    member_failures: tuple[str, ...] = ()
     anchors: tuple[tuple[str, str, float], ...] = ()  # (slot, CID, its loss) of each slot's certified head
     signed: tuple[Signed, ...] = ()  # the checkpoint and attestation records read, as signed (for certificates)
     shard_keys: tuple[str, ...] = ()  # the sharded keys this view read (what a seeder archives from)
@@ -338,12 +342,19 @@ def certify(view: RunView, slot: str, now: float) -> CertificateBody | None:
 
 
 async def read_run(node: SwarmNode, run_id: str, num_clusters: int | None = None, *, rules: RunRules | None = None,
-                   local: dict[str, Vote] | None = None) -> RunView:
+                   local: dict[str, Vote] | None = None, with_members: bool = True) -> RunView:
     """One consistent-enough read of every record of a run (all keys fetched concurrently). With `rules`, a
     cluster is DONE only when an accepted checkpoint at or past its target exists (DONE records and DONE
-    leases are claims, not facts), and VERIFYING while one awaits attestations."""
-    keys = ("spec", "members", "claims", "progress", "done")
-    sets = dict(zip(keys, await asyncio.gather(*(node.get(run_key(run_id, k)) for k in keys)), strict=True))
+    leases are claims, not facts), and VERIFYING while one awaits attestations. Members come from the node's
+    reader of the run's member buckets (swarm.members: the buckets due this read, the rest as last read);
+    `with_members=False` leaves them out (a lease-only pseudo-run such as the router's has none)."""
+    keys = ("spec", "claims", "progress", "done")
+
+    async def members() -> Members:
+        return await node.read_members(run_id) if with_members else Members((), ())
+
+    *got, members_read = await asyncio.gather(*(node.get(run_key(run_id, k)) for k in keys), members())
+    sets: dict[str, RecordSet | Members] = {**dict(zip(keys, got, strict=True)), "members": members_read}
     specs = tuple(r.body for r in sets["spec"].records if isinstance(r.body, RunPointerBody))
     if num_clusters is None:
         num_clusters = max((s.num_clusters for s in specs), default=0)
@@ -366,10 +377,12 @@ async def read_run(node: SwarmNode, run_id: str, num_clusters: int | None = None
     attestations = tuple((_peer_of(r), r.body) for r in signed if isinstance(r.body, AttestationBody))
     view = RunView(
         run_id=run_id, num_clusters=num_clusters, specs=specs, members=by_peer(MemberBody),
-        foreign=sets["members"].foreign, claims=claims, progress=by_peer(ProgressBody), checkpoints=checkpoints,
+        foreign=members_read.foreign, claims=claims, progress=by_peer(ProgressBody), checkpoints=checkpoints,
         done=done, states=(), owners={}, attestations=attestations, rules=rules,
         local=tuple(sorted((local or {}).items(), key=lambda kv: kv[0])),
-        failed=tuple(got.failed for got in sets.values() if got.failed) + tuple(f for sr in slots for f in sr.failed),
+        failed=(tuple(got.failed for got in sets.values() if isinstance(got, RecordSet) and got.failed)
+                + tuple(f for sr in slots for f in sr.failed)),
+        member_failures=members_read.failed,
         anchors=tuple(sr.anchor for sr in slots if sr.anchor is not None), signed=signed,
         shard_keys=tuple(k for sr in slots for k in sr.keys))
     leases = [ClaimView(claimant(c.peer_id, c.lane), c.cluster, c.state, c.since, ts=c.ts) for c in claims.values()

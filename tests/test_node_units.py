@@ -370,6 +370,20 @@ def test_a_trainer_keeps_what_verifiers_have_not_reached():
     assert [c for c, _ in stay] == ["c1", "c2", "c5"] and {c for c, _ in gone} == {"c3", "c4"}
 
 
+def test_a_member_bucket_that_failed_to_read_is_shown_but_never_stops_a_decision():
+    """Members decide nothing: a view whose member buckets did not read (one flooded past the reply limit by
+    minted identities, say) is still decidable; a failed read of a key that decides (claims, checkpoints)
+    is not."""
+    from dataclasses import replace
+
+    from swarm.dht import DHTReadError
+
+    view = replace(_view([]), member_failures=("members/b7: the reply was over 4 MiB",))
+    assert view.decidable() is view
+    with pytest.raises(DHTReadError, match="claims"):
+        replace(view, failed=("claims: timed out",)).decidable()
+
+
 def test_a_trainer_keeps_the_parent_of_its_newest_checkpoint_as_evidence(tmp_path):
     """Once verifiers accepted its work a trainer keeps only its newest checkpoint and that one's parent: a
     replay of the newest interval (a failed replay minted against the head after the run) needs the parent.

@@ -1,16 +1,29 @@
 """SwarmNode between real hivemind nodes on 127.0.0.1: signed records round-trip, a foreign-signed write is
-refused by honest nodes, and a peer speaking another protocol version gets a clear error instead of a hang."""
+refused by honest nodes, a peer speaking another protocol version gets a clear error instead of a hang, and
+member records live in buckets that stay small at a thousand peers."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from functools import partial
 
 import pytest
 from hivemind.utils.timed_storage import get_dht_time
 
-from protocol.swarm_records import PROTOCOL_VERSION, ClaimBody, ClaimState, MemberBody, encode_envelope, run_key
+from protocol.swarm_records import (
+    MEMBER_BUCKETS,
+    PROTOCOL_VERSION,
+    ClaimBody,
+    ClaimState,
+    MemberBody,
+    encode_envelope,
+    member_bucket,
+    run_key,
+)
+from swarm import layout
 from swarm.dht import NetworkConfig, ProtocolMismatchError, SwarmNode
+from swarm.layout import member_key
 
 pytestmark = pytest.mark.slow
 
@@ -33,13 +46,19 @@ def test_records_signatures_and_protocol_versions(tmp_path):
             assert [r.body.cluster for r in (await a.get(key)).records] == [1]
             # a member record of protocol v2 is accepted as a member but turned into a clear error
             member = MemberBody(protocol=PROTOCOL_VERSION + 1, software="paris-node 9.0", peer_id=b.peer_id, ts=now)
-            env = json.loads(encode_envelope(run_key("r", "members"), member))
+            env = json.loads(encode_envelope(member_key("r", b.peer_id), member))
             env["v"] = PROTOCOL_VERSION + 1
             raw = json.dumps(env).encode()
-            assert await b.dht.store(run_key("r", "members"), raw, now + 30, subkey=b.owner_subkey,
+            assert await b.dht.store(member_key("r", b.peer_id), raw, now + 30, subkey=b.owner_subkey,
                                      return_future=True)
             with pytest.raises(ProtocolMismatchError, match=f"speaks paris protocol v{PROTOCOL_VERSION + 1}"):
                 await asyncio.wait_for(a.check_protocol("r"), 20)
+            # nodes of earlier versions wrote their member record under one key: still found there
+            old = json.dumps({**env, "key": run_key("old", "members")}).encode()
+            assert await b.dht.store(run_key("old", "members"), old, now + 30, subkey=b.owner_subkey,
+                                     return_future=True)
+            with pytest.raises(ProtocolMismatchError, match=f"speaks paris protocol v{PROTOCOL_VERSION + 1}"):
+                await asyncio.wait_for(a.check_protocol("old"), 20)
             assert await a.check_protocol("empty-run") == []
         finally:
             a.shutdown()
@@ -241,5 +260,99 @@ def test_a_late_reader_catches_up_from_a_certified_head_without_the_old_epochs(t
         finally:
             for node in (t, v, late):
                 node.shutdown()
+
+    asyncio.run(asyncio.wait_for(run(), 120))
+
+
+async def _mint_members(run_id: str, count: int, now: float, _dht, node) -> dict:
+    """In the DHT process: `count` member records of fresh identities (_minted_member), handed straight to
+    every peer in our routing table (as tests/swarm/fake_providers.py does; a call's arguments cross a pipe
+    that refuses large ones, so they are made here). Returns each key's bytes on the wire and the peer ids."""
+    from hivemind.dht.routing import DHTID
+
+    records = [_minted_member(run_id, now, now + 120) for _ in range(count)]
+    stored = 0
+    for peer in list(node.protocol.routing_table.peer_id_to_uid):
+        for start in range(0, len(records), 200):
+            part = records[start:start + 200]
+            ok = await node.protocol.call_store(peer, [DHTID.generate(source=k) for k, _, _, _ in part],
+                                                [v for _, _, v, _ in part], now + 120,
+                                                subkeys=[s for _, s, _, _ in part])
+            stored += sum(bool(x) for x in ok or ())
+    wire: dict[str, int] = {}  # key → bytes a reply carries for it (each record's signed value and owner subkey)
+    for key, subkey, value, _ in records:
+        wire[key] = wire.get(key, 0) + len(value) + len(subkey)
+    return {"stored": stored, "wire": wire, "peers": [p for _, _, _, p in records]}
+
+
+def _minted_member(run_id: str, now: float, expiration: float) -> tuple[str, bytes, bytes, str]:
+    """A member record of a fresh identity (a 1024-bit key: cheap to make, and nothing refuses it), signed by it
+    as hivemind signs its owner's records, with the addresses a node reachable over IPv4, IPv6 and a relay
+    announces: (key, owner subkey, signed value, peer id)."""
+    from hivemind.dht.crypto import RSASignatureValidator
+    from hivemind.dht.routing import DHTID
+    from hivemind.dht.validation import DHTRecord
+    from hivemind.utils.serializer import MSGPackSerializer
+
+    from swarm.identity import peer_id_of_public_key
+    from tests.swarm.fake_providers import throwaway_key
+
+    key = throwaway_key()
+    public = key.get_public_key().to_bytes()
+    peer = peer_id_of_public_key(public)
+    maddrs = (*(f"/ip4/10.{i}.3.7/tcp/31337/p2p/{peer}" for i in range(3)), f"/ip6/fd00::7/tcp/31337/p2p/{peer}",
+              f"/ip4/10.0.3.7/udp/31337/quic-v1/p2p/{peer}", f"/ip4/192.0.2.1/tcp/4001/p2p/{peer}/p2p-circuit")
+    body = MemberBody(protocol=PROTOCOL_VERSION, software="paris-node 0.9", peer_id=peer, maddrs=maddrs,
+                      gossip_maddrs=(f"/ip4/10.0.3.7/tcp/31338/p2p/{peer}",), role="auto", ts=now)
+    dht_key = member_key(run_id, peer)
+    subkey = b"[owner:" + public + b"]"
+    rec = DHTRecord(DHTID.generate(source=dht_key).to_bytes(), MSGPackSerializer.dumps(subkey),
+                    MSGPackSerializer.dumps(encode_envelope(dht_key, body)), expiration)
+    return dht_key, subkey, RSASignatureValidator(key).sign_value(rec), peer
+
+
+def test_members_in_buckets_stay_small_and_complete_at_a_thousand_peers(tmp_path):
+    """Two real nodes in different buckets see each other (in their buckets, nothing in the old single key);
+    then 1,000 minted members written straight to the DHT: every bucket stays far under 1 MiB where one key
+    would have passed it, and a reader's first read sees all 1,002. (~12 s: most of it making 1,000 keys.)"""
+    from swarm.identity import load_identity
+    from swarm.layout import key_bound
+    from swarm.state import read_run
+
+    one = load_identity(tmp_path / "a")
+    homes = (tmp_path / f"b{i}" for i in range(100))
+    home_b = next(h for h in homes if member_bucket(load_identity(h).peer_id) != member_bucket(one.peer_id))
+
+    async def run():
+        a = SwarmNode.start(tmp_path / "a")
+        b = SwarmNode.start(home_b, NetworkConfig(initial_peers=tuple(a.visible_maddrs())))
+        try:
+            now = get_dht_time()
+            for node in (a, b):
+                assert await node.announce_member("m", MemberBody(
+                    protocol=PROTOCOL_VERSION, software="paris-node", peer_id=node.peer_id,
+                    maddrs=tuple(node.visible_maddrs()), ts=now), ttl=120)
+            view = await read_run(a, "m")
+            assert set(view.members) == {a.peer_id, b.peer_id} and view.failed == ()
+            assert [r.body.peer_id for r in (await a.get(member_key("m", b.peer_id))).records] == [b.peer_id]
+            assert (await a.get(run_key("m", "members"))).records == ()
+
+            minted = await b.dht.run_coroutine(partial(_mint_members, "m", 1000, now), return_future=True)
+            assert minted["stored"] == 1000
+            wire = minted["wire"]
+            assert sum(wire.values()) > 2**20  # the one members key would have held more than 1 MiB
+            assert max(wire.values()) < key_bound("members", K=8, V=10, P=1002, checkpoint_every=2000) < 2**20
+            assert len(wire) == MEMBER_BUCKETS
+
+            full = await read_run(b, "m")  # b's first read of the run's members: every bucket
+            assert set(full.members) == {a.peer_id, b.peer_id, *minted["peers"]} and full.failed == ()
+            assert {member_key("m", p) for p in full.members} == set(layout.member_keys("m"))
+            later = await a.read_members("m")  # a read before: a few buckets now, the rest as it last read them
+            assert len(later.read) < MEMBER_BUCKETS and {a.peer_id, b.peer_id} <= {r.body.peer_id
+                                                                                   for r in later.records}
+            assert len((await a.read_members("m", full=True)).records) == 1002
+        finally:
+            a.shutdown()
+            b.shutdown()
 
     asyncio.run(asyncio.wait_for(run(), 120))

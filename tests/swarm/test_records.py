@@ -22,6 +22,7 @@ from protocol.errors import IntegrityError, ParisError
 from protocol.swarm_records import (
     MAX_CERTIFICATE_BYTES,
     MAX_RECORD_BYTES,
+    MEMBER_BUCKETS,
     PROTOCOL_VERSION,
     CheckpointBody,
     ClaimBody,
@@ -34,12 +35,14 @@ from protocol.swarm_records import (
     decode_envelope,
     encode_envelope,
     key_kind,
+    member_bucket,
     provider_key,
     run_key,
     subkey_suffix,
 )
 from swarm.dht import NetworkConfig
 from swarm.identity import load_identity, peer_id_of_public_key
+from swarm.layout import member_key
 from swarm.validator import ParisRecordValidator, check_record, make_validators
 
 CID = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
@@ -84,8 +87,8 @@ def test_valid_records_pass_and_are_signed(ids):
     now = get_dht_time()
     bodies = {
         run_key("r", "claims"): ClaimBody(cluster=3, state=ClaimState.JOINING, peer_id=a.peer_id, since=now, ts=now),
-        run_key("r", "members"): MemberBody(protocol=1, software="paris-node 0.1", peer_id=a.peer_id, ts=now,
-                                            maddrs=("/ip4/127.0.0.1/tcp/1",)),
+        member_key("r", a.peer_id): MemberBody(protocol=1, software="paris-node 0.1", peer_id=a.peer_id, ts=now,
+                                               maddrs=("/ip4/127.0.0.1/tcp/1",)),
         run_key("r", "progress"): ProgressBody(cluster=1, step=5, target=100, loss=0.5, started_at=now, ts=now),
         run_key("r", "done"): DoneBody(cluster=1, step=100, checkpoint_cid=CID, ts=now),
         run_key("r", "checkpoints"): CheckpointBody(slot="router", step=3, cid=CID, bytes=10, ts=now),
@@ -127,11 +130,33 @@ def test_refused_records(ids):
     assert not ParisRecordValidator().validate(dataclasses.replace(good, subkey=MSGPackSerializer.dumps(b"x")))
 
 
+def test_a_member_record_lives_only_in_its_owners_bucket(ids):
+    """Each member record in the bucket its owner's peer id hashes to (swarm.layout.member_key): the same
+    record in another bucket, or a record naming its own peer in the bucket of another, is refused."""
+    a, b = ids
+    now = get_dht_time()
+    validator = CompositeValidator(make_validators(b.private_key))
+    mine = MemberBody(protocol=PROTOCOL_VERSION, software="paris-node", peer_id=a.peer_id, ts=now)
+    home = member_bucket(a.peer_id)
+    assert member_key("r", a.peer_id) == f"paris/r/members/b{home}"
+    assert validator.validate(_record(a, member_key("r", a.peer_id), mine))
+    elsewhere = f"paris/r/members/b{(home + 1) % MEMBER_BUCKETS}"
+    assert not validator.validate(_record(a, elsewhere, mine))
+    with pytest.raises(IntegrityError, match=f"belongs in bucket b{home}"):
+        check_record(DHTID.generate(source=elsewhere).to_bytes(), b"[owner:" + a.public_key_bytes + b"]",
+                     encode_envelope(elsewhere, mine), now + 60)
+    # a's record in b's bucket is refused, and so is a record a writes there in b's name (not its owner)
+    other = MemberBody(protocol=PROTOCOL_VERSION, software="paris-node", peer_id=b.peer_id, ts=now)
+    if member_bucket(b.peer_id) != home:
+        assert not validator.validate(_record(a, member_key("r", b.peer_id), mine))
+    assert not validator.validate(_record(a, member_key("r", b.peer_id), other))
+
+
 def test_protocol_versions(ids):
     a, _ = ids
     now = get_dht_time()
     member = MemberBody(protocol=PROTOCOL_VERSION + 1, software="paris-node 9", peer_id=a.peer_id, ts=now)
-    env = json.loads(encode_envelope(run_key("r", "members"), member))
+    env = json.loads(encode_envelope(member_key("r", a.peer_id), member))
     env["v"] = PROTOCOL_VERSION + 1
     env["body"]["new_field"] = [1, 2]
     foreign = decode_envelope(json.dumps(env).encode())
@@ -156,7 +181,7 @@ def test_size_cap(ids):
     many = tuple(f"/ip4/127.0.0.1/tcp/{i}/" + "x" * 150 for i in range(16))
     body = MemberBody(protocol=1, software="s", peer_id="Qm" + "a" * 44, maddrs=many, gossip_maddrs=many, ts=now)
     with pytest.raises(ValueError, match="limit"):
-        encode_envelope(run_key("r", "members"), body)
+        encode_envelope(member_key("r", body.peer_id), body)
 
 
 @settings(max_examples=300, deadline=None)
@@ -170,7 +195,8 @@ def test_random_bytes_never_crash_decoders(data):
 json_leaf = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
 json_values = json_leaf | st.lists(json_leaf, max_size=4) | st.dictionaries(st.text(max_size=10), json_leaf, max_size=4)
 kinds = st.sampled_from(["member", "spec", "claim", "done", "progress", "checkpoint", "provider", "x"])
-keys = st.sampled_from([run_key("r", "claims"), run_key("r", "members"), provider_key(CID), "paris/r/x", ""])
+keys = st.sampled_from([run_key("r", "claims"), run_key("r", "members"), member_key("r", "12D3KooWQ"),
+                        provider_key(CID), "paris/r/x", ""])
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
