@@ -213,7 +213,7 @@ def test_a_check_that_raises_is_backed_off_and_the_round_goes_on():
     view = _view([(owner, bad), (owner, good)], members=PEERS)
 
     class Checker:
-        async def check(self, body, parents=None):
+        async def check(self, body, parents=None, *, trainer=None):
             if body.cid == bad.cid:
                 raise RuntimeError("the held-out clips could not be read")
             return CheckResult(True, "", 0.5, body.step, body.parent, content_ok=True)
