@@ -21,7 +21,8 @@ def _wan21():
     from diffusers import AutoencoderKLWan
 
     return AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, attn_scales=[],
-                            temperal_downsample=[True], latents_mean=[0.5] * 4, latents_std=[2.0] * 4)
+                            temperal_downsample=[True], latents_mean=[0.5] * 4, latents_std=[2.0] * 4,
+                            scale_factor_temporal=2, scale_factor_spatial=2)  # what diffusers' WanPipeline reads
 
 
 def _wan22():  # Wan 2.2's VAE: residual blocks and a 2×2 patch in front (the patch is part of the compression)
@@ -29,7 +30,8 @@ def _wan22():  # Wan 2.2's VAE: residual blocks and a 2×2 patch in front (the p
 
     return AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1], num_res_blocks=1, attn_scales=[],
                             temperal_downsample=[True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
-                            is_residual=True, in_channels=12, out_channels=12, patch_size=2)
+                            is_residual=True, in_channels=12, out_channels=12, patch_size=2,
+                            scale_factor_temporal=2, scale_factor_spatial=4)
 
 
 def _ltx(channels: int = 4):
