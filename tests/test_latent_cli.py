@@ -106,29 +106,3 @@ def test_run_init_takes_the_vae_channels_and_refuses_a_folder_that_is_no_vae(lat
     _refused("run", "init", "--data", d / "data", "--clusters", 2, "--preset", "tiny-latent", "--vae", other,
              "--out", tmp_path / "no.json", "--home", tmp_path / "home2", match="holds a 'WanTransformer3DModel'")
     assert not (tmp_path / "no.json").exists() and not (tmp_path / "home2" / "store").exists()
-
-
-def test_run_init_with_a_transformers_encoder_and_initial_weights(latent_run, tmp_path):
-    """`run init --text-encoder DIR --init-from DIR`: the caption states are stored in the home's cache beside
-    the latents and `train-local` trains from the initial weights without the encoder (two processes, ~30 s
-    here: the only test of these flags' wiring; the encoder and the start are tested in process in
-    tests/test_text_encoders.py and tests/test_init_from.py)."""
-    from protocol.data import DataManifest
-    from protocol.run import RunSpec
-    from tests.test_init_from import save_wan
-    from tests.test_text_encoders import save_encoder
-
-    d, vae, home = latent_run
-    encoder = save_encoder("umt5", tmp_path / "umt5")
-    wan = save_wan(tmp_path / "wan", in_channels=4, text_dim=16)
-    _ok("run", "init", "--data", d / "data", "--clusters", 2, "--preset", "tiny-latent", "--vae", vae,
-        "--text-encoder", encoder, "--init-from", wan, "--out", tmp_path / "run.json", "--home", home, "--json")
-    spec = RunSpec.load(tmp_path / "run.json")
-    assert spec.preset.text.model_name == "UMT5EncoderModel" and spec.preset.backbone.init_from is not None
-    cache = DataManifest.load(home / "runs" / spec.run_id / "latents")
-    assert cache.text is not None and cache.text.shape == (32, 16) and cache.latents is not None
-    _ok("train-local", "--run", tmp_path / "run.json", "--cluster", 0, "--steps", 1, "--out", tmp_path / "e0",
-        "--home", home)
-    from expert.checkpoint import read_meta, resolve_checkpoint
-
-    assert read_meta(resolve_checkpoint(tmp_path / "e0")).step == 1

@@ -23,7 +23,7 @@ import torch
 from tests.commands import cli_inproc
 from tests.test_init_from import save_wan
 from tests.test_text_encoders import save_encoder
-from tests.test_vae import _wan21, save_vae
+from tests.test_vae import CASES, _wan21, save_vae
 
 pytestmark = pytest.mark.slow  # every case trains, assembles and samples a real ensemble: see each test
 
@@ -124,4 +124,51 @@ def test_an_expert_denoises_inside_diffusers_wan_pipeline_as_in_the_ensemble(wan
 
 
 def test_wan_parts_sample_from_the_cli_and_diffusers(wan_parts, tmp_path):
+    """UMT5 (states computed once at `run init`, stored beside the latents) and experts started from a Wan
+    transformer: trained without the encoder, sampled with it from the folder."""
+    from expert.checkpoint import read_meta, resolve_checkpoint
+    from protocol.data import DataManifest
+    from protocol.run import RunSpec
+
+    d = wan_parts.parent
+    spec = RunSpec.load(d / "run.json")
+    assert spec.preset.text.model_name == "UMT5EncoderModel" and spec.preset.backbone.init_from is not None
+    cache = DataManifest.load(d / "home" / "runs" / spec.run_id / "latents")
+    assert cache.text is not None and cache.text.shape == (32, 16) and cache.latents is not None
+    assert read_meta(resolve_checkpoint(d / "expert-0")).step == 1
     _samples(wan_parts, tmp_path)
+
+
+def _open_clip_weights(root: Path) -> Path:
+    from expert.clip_score import ClipScorer
+
+    path = root / "open-clip.pt"
+    torch.save(ClipScorer.random_init("ViT-S-32", seed=1).model.state_dict(), path)
+    return path
+
+
+# text-encoder family → the `run init` flags that give it (with the Wan 2.1 VAE); UMT5 is Wan's parts above
+TEXT_FAMILIES = {
+    "T5EncoderModel": lambda root: ("--text-encoder", save_encoder("t5", root / "t5")),
+    "CLIPTextModel": lambda root: ("--text-encoder", save_encoder("clip", root / "clip")),
+    "open_clip": lambda root: ("--text-model", "ViT-S-32", "--text-weights", _open_clip_weights(root)),
+}
+
+
+@pytest.mark.parametrize("family", list(TEXT_FAMILIES))
+def test_each_text_encoder_family_from_run_init_to_an_mp4(root, family, tmp_path):
+    """~4 s each: run init, three one-step trainings, assembling and two one-step samples."""
+    flags = TEXT_FAMILIES[family](root)
+    ensemble = _ensemble(root, family, "--vae", root / "wan-vae", *flags)
+    _samples(ensemble, tmp_path)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c != "AutoencoderKLWan"])  # Wan 2.1: Wan's parts above
+def test_each_vae_class_from_run_init_to_an_mp4(root, case, tmp_path):
+    """~4 s each, on the preset's own (random, seeded) open_clip tower."""
+    vae = save_vae(CASES[case][0], tmp_path / "vae")
+    ensemble = _ensemble(root, case, "--vae", vae)
+    _samples(ensemble, tmp_path)
+    from expert.pipeline import ParisPipeline
+
+    assert ParisPipeline.from_pretrained(ensemble).codec.latent_shape() == CASES[case][1]
