@@ -487,6 +487,14 @@ def main() -> None:
     if scale.clustering == "background-colour":
         spec = cluster_by_background_and_colour(spec, data)
         scale = scale.model_copy(update={"clusters": spec.num_clusters})
+    if spec.preset.text.stored:  # pretrained text weights: every caption's states are computed once, read with the data
+        from expert.latent_data import encode_dataset
+
+        encoded = work / f"encoded-{spec.run_id[:12]}"
+        if not (encoded / "manifest.json").is_file():
+            log(f"encoding the captions (and latents) once into {encoded}")
+            encode_dataset(data, spec.preset, encoded, device=device)
+        spec = spec.model_copy(update={"data_hint": str(encoded)})
     sizes = np.bincount(np.asarray(spec.assignments), minlength=scale.clusters).tolist()
     log(f"clusters {sizes}")
     judge = cached_judge(args.judge, on_step=lambda i, total: i == 1 and log("training the synthetic-data judge "

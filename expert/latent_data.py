@@ -1,5 +1,6 @@
 """Encoded data sets: a pixel data set's clips encoded once through a latent preset's VAE, and its captions
-through a stored text encoder (a `transformers` one: protocol.model.TextEncoderConfig.stored).
+through a stored text encoder (a `transformers` one or a pretrained open_clip tower:
+protocol.model.TextEncoderConfig.stored).
 
 Paris trains on precomputed latents: the run's creator encodes every clip once (at `run init`, or when it
 publishes the run if that was not done), and the latents, not the frames, travel as each cluster's data.

@@ -1,9 +1,11 @@
 """The frozen text encoder: an open_clip text tower that turns caption tokens into per-token states.
 
-With `weights` (an asset: a weights file, by CID) the named open_clip model's text tower is loaded; otherwise a
-tower (the named architecture, or a small custom one) is built with random init from the config's seed —
-random but frozen and identical on every peer and in every process, so the experts learn to read it through
-cross-attention and a verifier conditions on the same states as the trainer. The tokenizer is always the real BPE one.
+With `weights` (an asset: a weights file, by CID) the named open_clip model's text tower is loaded — once, at
+`run init`, which stores every caption's states with the data (expert.latent_data), so trainers, verifiers and
+routers never load it; only samplers do, for new prompts. Otherwise a tower (the named architecture, or a small
+custom one) is built with random init from the config's seed — random but frozen and identical on every peer
+and in every process, so the experts learn to read it through cross-attention and a verifier conditions on the
+same states as the trainer. The tokenizer is always the real BPE one.
 
 Why the random tower is built with LayerScale and why padding is zeroed: see `TextEncoderConfig.layer_scale`
 and `expert.backbone.condition_on_text` (measured in the commit that added them).

@@ -30,8 +30,8 @@ class TextEncoderConfig(Frozen):
     custom tower is built from `width/layers/heads` with random init from `seed`; the BPE tokenizer is the real
     one either way. `family="transformers"`: `weights` is a `save_pretrained` folder (model and tokenizer) of
     the `transformers` class `model_name` (T5/UMT5 encoder, CLIP text model), `width` its hidden size; its
-    states are computed once at `run init` and stored in the data set (`stored`), so that trainers, verifiers
-    and routers never load it.
+    states are computed once at `run init` and stored in the data set (`stored`, as a pretrained open_clip
+    tower's are), so that trainers, verifiers and routers never load it.
 
     `layer_scale`: the random tower's LayerScale init (open_clip's `ls_init_value`; None: none, the default).
     Without it the random blocks' outputs are ~30× the token embeddings and blur which word sits where (a
@@ -66,8 +66,11 @@ class TextEncoderConfig(Frozen):
 
     @property
     def stored(self) -> bool:
-        """Whether the run's data carries every caption's states (computed once at `run init`)."""
-        return self.family == "transformers"
+        """Whether the run's data carries every caption's states (computed once at `run init`): a `transformers`
+        encoder's and a pretrained open_clip tower's (ViT-L-14 is 123 M parameters no volunteer should load to
+        train). A random tower (no `weights`) is small and rebuilt the same from its seed: each trainer
+        computes its own states."""
+        return self.family == "transformers" or self.weights is not None
 
 
 class BackboneConfig(Frozen):

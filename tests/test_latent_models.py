@@ -158,8 +158,15 @@ TEXT_FAMILIES = {
 @pytest.mark.parametrize("family", list(TEXT_FAMILIES))
 def test_each_text_encoder_family_from_run_init_to_an_mp4(root, family, tmp_path):
     """~4 s each: run init, three one-step trainings, assembling and two one-step samples."""
+    from protocol.data import DataManifest
+    from protocol.run import RunSpec
+
     flags = TEXT_FAMILIES[family](root)
     ensemble = _ensemble(root, family, "--vae", root / "wan-vae", *flags)
+    spec = RunSpec.load(ensemble.parent / "run.json")
+    cache = DataManifest.load(ensemble.parent / "home" / "runs" / spec.run_id / "latents")
+    assert spec.preset.text.weights is not None and cache.text is not None  # states computed once, at run init
+    assert cache.text.encoder == spec.preset.text.weights.cid and cache.text.shape == (32, spec.preset.text.width)
     _samples(ensemble, tmp_path)
 
 

@@ -56,3 +56,49 @@ def test_every_preset_takes_an_open_clip_text_model():
     assert get_preset("small", text_model="ViT-B-32").text.width == 512
     with pytest.raises(ParisError, match="'not-a-model' is not an open_clip architecture"):
         get_preset("tiny", text_model="not-a-model")
+
+
+def test_a_pretrained_tower_is_computed_once_at_run_init_and_never_loaded_to_train(synth_dir, tmp_path):
+    """`--text-weights` (a pretrained open_clip tower, here ViT-S-32 with random weights saved as a file): like a
+    `transformers` encoder (tests/test_text_encoders.py), `run init`'s encoding stores every caption's states
+    with the data; trainers, their validation and what a volunteer downloads go without the weights. A random
+    tower (no weights: small, rebuilt from its seed) is still computed by each trainer."""
+    import numpy as np
+
+    import expert.assets as assets
+    from expert.assets import asset_of
+    from expert.clip_score import ClipScorer
+    from expert.latent_data import encode_dataset, matches
+    from expert.run_init import init_run
+    from expert.shards import open_dataset
+    from expert.train_expert import ExpertTrainer
+    from node.assets import preset_assets
+
+    weights = tmp_path / "open_clip.pt"
+    torch.save(ClipScorer.random_init("ViT-S-32", seed=1).model.state_dict(), weights)
+    preset = get_preset("tiny", text_model="ViT-S-32", text_weights=asset_of(weights))
+    assert preset.text.stored and not get_preset("tiny").text.stored
+    assert "text-encoder weights" in preset_assets(preset)  # a sampler fetches it, a trainer or verifier not
+    assert "text-encoder weights" not in preset_assets(preset, sampling=False)
+    spec = init_run(synth_dir, 2, preset=preset, seed=0, name="open-clip")
+    manifest = encode_dataset(synth_dir, spec.preset, tmp_path / "enc")
+    assert manifest.text is not None and manifest.latents is None
+    assert manifest.text.encoder == asset_of(weights).cid and manifest.text.shape == (32, 384)
+    assert matches(manifest, spec.preset, spec.data.data_id)
+    _, clips = open_dataset(tmp_path / "enc")
+    want = TextEncoder(spec.preset.text).encode_captions(clips.captions[:3])
+    assert np.allclose(clips.text_states[np.arange(3)], want.numpy(), atol=1e-2)  # float16 on disk
+
+    with assets._lock:  # nothing may load the tower from here on: forget where its weights lie
+        saved = dict(assets._paths)
+        assets._paths.clear()
+    try:
+        trainer = ExpertTrainer(spec.preset, clips.select(spec.train_clips(0)), seed=0, run_id=spec.run_id,
+                                cluster=0, holdout=clips.select(spec.holdout_clips(0)), validation=spec.validation)
+        assert trainer.text is None
+        assert trainer.train(1) == 1 and trainer.validation_loss() is not None
+        with pytest.raises(ParisError, match="not on this machine"):
+            TextEncoder(spec.preset.text)  # it really is gone
+    finally:
+        with assets._lock:
+            assets._paths.update(saved)
