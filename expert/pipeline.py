@@ -410,7 +410,10 @@ def assemble(expert_checkpoints: list[Path], router_checkpoint: Path, out: Path,
     from expert.checkpoint import read_group, read_meta, resolve_checkpoint
     from expert.sampling import load_expert
 
-    loaded = [load_expert(p) for p in expert_checkpoints]
+    if not expert_checkpoints:
+        raise ParisError("an ensemble needs at least one expert checkpoint")
+    loaded = [load_expert(expert_checkpoints[0])]
+    loaded += [load_expert(p, like=loaded[0]) for p in expert_checkpoints[1:]]  # the encoder and VAE once
     base = loaded[0].preset
     run_id = loaded[0].meta.run_id
     expected = clusters if clusters is not None else list(range(len(loaded)))

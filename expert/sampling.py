@@ -27,18 +27,22 @@ class LoadedExpert:
     codec: PixelCodec
 
 
-def load_expert(path: Path, device: torch.device | str = "cpu") -> LoadedExpert:
-    """The EMA weights of a verified checkpoint (a checkpoint folder or a training folder's LATEST)."""
+def load_expert(path: Path, device: torch.device | str = "cpu", *, like: LoadedExpert | None = None) -> LoadedExpert:
+    """The EMA weights of a verified checkpoint (a checkpoint folder or a training folder's LATEST). `like`: an
+    expert loaded before: its text encoder and codec are reused when this one's config names the same (an
+    ensemble of K experts loads a multi-GB encoder and the VAE once, not K times)."""
     path = resolve_checkpoint(Path(path))
     meta = read_meta(path)
-    text = load_text_encoder(meta.preset.text)
+    same = like is not None and like.preset.text == meta.preset.text and like.preset.backbone == meta.preset.backbone
+    text = like.text if like is not None and same else load_text_encoder(meta.preset.text)
     model = build_backbone(meta.preset.backbone, text.width)
     try:
         model.load_state_dict(read_group(path, meta, "ema"))
     except RuntimeError as e:
         raise ConfigMismatchError(f"checkpoint {path} does not fit its own config: {str(e).splitlines()[0]}") from None
     model.eval().requires_grad_(False).to(device)
-    return LoadedExpert(meta.preset, meta, model, text, build_codec(meta.preset.backbone).to(device))
+    codec = like.codec.to(device) if like is not None and same else build_codec(meta.preset.backbone).to(device)
+    return LoadedExpert(meta.preset, meta, model, text, codec)
 
 
 def encode_prompts(text: TextEncoder, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

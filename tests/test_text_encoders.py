@@ -172,7 +172,19 @@ def test_an_ensemble_carries_its_encoder_and_samples_new_prompts(synth_dir, enco
         ExpertTrainer(spec.preset, clips.select(spec.train_clips(k)), seed=0, run_id=spec.run_id,
                       cluster=k).train(1, checkpoint_dir=tmp_path / f"expert{k}")
     router_trainer_for_run(spec, data_dir=tmp_path / "enc", cap=20).train(1, checkpoint_dir=tmp_path / "router")
-    out = assemble([tmp_path / "expert0", tmp_path / "expert1"], tmp_path / "router", tmp_path / "ensemble")
+    loads = []
+    original = HFTextEncoder.__init__
+
+    def counted(self, config):
+        loads.append(config.model_name)
+        original(self, config)
+
+    HFTextEncoder.__init__ = counted
+    try:
+        out = assemble([tmp_path / "expert0", tmp_path / "expert1"], tmp_path / "router", tmp_path / "ensemble")
+    finally:
+        HFTextEncoder.__init__ = original
+    assert loads == ["T5EncoderModel"]  # once for the ensemble, not once per expert
     def files(d: Path) -> dict:
         return {p.relative_to(d).as_posix(): p.read_bytes() for p in d.rglob("*") if p.is_file()}
 
