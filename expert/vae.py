@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -22,6 +23,11 @@ from expert.assets import asset_path
 from expert.backbone import PixelCodec
 from protocol.errors import ParisError
 from protocol.model import BackboneConfig
+
+log = logging.getLogger(__name__)
+# where a VAE states its compression (config fields or attributes); diffusers' own pipelines size latents by them
+_DECLARED = {"temporal": ("temporal_compression_ratio", "scale_factor_temporal"),
+             "spatial": ("spatial_compression_ratio", "scale_factor_spatial")}
 
 
 class VaeShape(BaseModel):
@@ -107,8 +113,26 @@ def _probe(config_json: str, folder: str, frames: int, height: int, width: int) 
                          f"{latent} that decode to {decoded[1]}×{decoded[2]}×{decoded[3]}: the run's frames or size "
                          "do not fit its compression")
     temporal = 1 if per_frame else ((frames - 1) // (t - 1) if t > 1 else frames)
+    measured = {"spatial": height // h, **({"temporal": temporal} if not per_frame and t > 1 else {})}
+    for what, said in _declared_compression(model).items():
+        if what in measured and said != measured[what]:
+            log.warning("%s: the %s states %s compression %d but compresses %d×: ours measures it, but diffusers' "
+                        "own pipelines read the stated value and would size latents wrongly", folder, cls.__name__,
+                        what, said, measured[what])
     return VaeShape(class_name=cls.__name__, per_frame=per_frame, latent=latent, temporal=temporal,
                     spatial=height // h)
+
+
+def _declared_compression(model: torch.nn.Module) -> dict[str, int]:
+    """The compression a VAE states: an attribute it sets (LTX-Video computes one) or its config's field."""
+    out = {}
+    for what, names in _DECLARED.items():
+        for name in names:
+            value = vars(model).get(name, model.config.get(name))  # type: ignore[union-attr]
+            if isinstance(value, int) and not isinstance(value, bool):
+                out[what] = value
+                break
+    return out
 
 
 def decode(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:

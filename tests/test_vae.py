@@ -191,3 +191,25 @@ def test_probing_a_full_size_vae_reads_no_weights_and_is_quick(tmp_path):
     assert shape.latent == (16, 9, 32, 32) and (shape.temporal, shape.spatial) == (4, 8)  # Wan 2.1 at full size
     assert time.perf_counter() - start < 10
 
+
+
+def test_a_vae_whose_config_misstates_its_compression_is_measured_and_warned_about(tmp_path, caplog):
+    """diffusers' own pipelines (e.g. WanPipeline's scale_factor_temporal/spatial) size latents by what the VAE
+    states; ours measures. A config that states other values — a small stand-in built with Wan's defaults (4×
+    and 8×) but two blocks (2× and 2×) — works here and is named in a warning, since WanPipeline would fail."""
+    import logging
+
+    from diffusers import AutoencoderKLWan
+
+    def misstated():
+        return AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, attn_scales=[],
+                                temperal_downsample=[True])
+
+    with caplog.at_level(logging.WARNING, logger="expert.vae"):
+        shape = probe_vae(save_vae(misstated, tmp_path / "misstated"), FRAMES, SIZE, SIZE)
+        probe_vae(save_vae(_wan21, tmp_path / "stated"), FRAMES, SIZE, SIZE)
+    assert (shape.temporal, shape.spatial) == (2, 2)
+    warned = [r.getMessage() for r in caplog.records if r.name == "expert.vae"]
+    assert len(warned) == 2 and all("misstated" in w for w in warned)
+    assert "states temporal compression 4 but compresses 2×" in warned[0]
+    assert "states spatial compression 8 but compresses 2×" in warned[1]
