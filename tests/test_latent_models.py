@@ -157,7 +157,8 @@ TEXT_FAMILIES = {
 
 @pytest.mark.parametrize("family", list(TEXT_FAMILIES))
 def test_each_text_encoder_family_from_run_init_to_an_mp4(root, family, tmp_path):
-    """~4 s each: run init, three one-step trainings, assembling and two one-step samples."""
+    """~2 s each (run init, three one-step trainings, assembling, two one-step samples); open_clip ~10 s: open_clip
+    builds its ViT-S-32 whole (image tower too) to save the weights, at run init, to assemble and per sampler."""
     from protocol.data import DataManifest
     from protocol.run import RunSpec
 
@@ -172,7 +173,7 @@ def test_each_text_encoder_family_from_run_init_to_an_mp4(root, family, tmp_path
 
 @pytest.mark.parametrize("case", [c for c in CASES if c != "AutoencoderKLWan"])  # Wan 2.1: Wan's parts above
 def test_each_vae_class_from_run_init_to_an_mp4(root, case, tmp_path):
-    """~4 s each, on the preset's own (random, seeded) open_clip tower."""
+    """~2 s each, on the preset's own (random, seeded) open_clip tower."""
     vae = save_vae(CASES[case][0], tmp_path / "vae")
     ensemble = _ensemble(root, case, "--vae", vae)
     _samples(ensemble, tmp_path)
