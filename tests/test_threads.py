@@ -47,25 +47,27 @@ def two_torch_threads():
 
 def test_jobs_run_bounded_and_threads_end_when_idle():
     pool = ShortLivedThreads(2, "t")
-    gate, running, peak, lock = threading.Event(), [0], [0], threading.Lock()
+    both = threading.Barrier(2, timeout=10)  # passes only when two jobs run at once
+    running, peak, lock = [0], [0], threading.Lock()
 
     def job(i: int) -> int:
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
-        gate.wait(10)
+        if i < 2:
+            both.wait()
+        time.sleep(0.01)  # let the jobs overlap if more threads than allowed ran
         with lock:
             running[0] -= 1
         if i == 3:
             raise ValueError("job 3 fails")
         return i * i
 
-    futures = [pool.submit(job, i) for i in range(5)]
-    gate.set()
-    assert [f.result(10) for f in futures if f is not futures[3]] == [0, 1, 4, 16]
+    futures = [pool.submit(job, i) for i in range(6)]
+    assert [f.result(10) for f in futures if f is not futures[3]] == [0, 1, 4, 16, 25]
     with pytest.raises(ValueError, match="job 3 fails"):
         futures[3].result(10)
-    assert peak[0] == 2  # never more than max_workers at once
+    assert peak[0] == 2  # two at once (the barrier), never more
     pool.shutdown(wait=True)
     assert not [t for t in threading.enumerate() if t.name.startswith("t_")]  # every thread ended
     with pytest.raises(RuntimeError):
