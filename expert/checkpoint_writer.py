@@ -6,8 +6,8 @@ the lineage stays in order), and that wait is counted.
 
 On a CPU whose cores the training's torch threads already fill, the validation loss is computed in the
 training thread at the checkpoint instead: a second team of torch threads beside the training's would
-oversubscribe the cores, and OpenMP teams that lose their cores stall at every barrier (measured on 2 cores:
-the daemon's training fell to 0.63 of the bare loop's speed; docs/RESULTS.md). Only the write stays behind."""
+oversubscribe the cores, and an OpenMP team whose threads lose their core waits at every barrier (and while
+it lives, libgomp throttles every team: expert.threads). Only the write stays in the background."""
 
 from __future__ import annotations
 

@@ -4,10 +4,10 @@ torch's CPU threads are an OpenMP (libgomp) team per thread that ran a parallel 
 thread lives. While libgomp manages more threads than there are cores, it stops spinning between parallel
 regions: every op of the training then waits for its sleeping workers to wake. With torch's default of one
 thread per core, one idle team left behind by a worker thread that once built a trainer or computed a
-validation loss is enough: measured on 2 cores, elementwise ops ran 1.5-1.8× slower and the daemon's training
-0.63× the bare loop's (docs/RESULTS.md). `concurrent.futures.ThreadPoolExecutor` (asyncio's default executor)
-keeps its idle threads for good; this pool runs the same jobs with the same bound, and a thread ends as soon
-as no job waits for it. The daemon makes it its event loop's default executor."""
+validation loss is enough: measured on 2 cores, elementwise ops ran 1.5-1.8× slower and the daemon's
+training at 0.63-0.74× the bare loop's speed (docs/RESULTS.md). `concurrent.futures.ThreadPoolExecutor`
+(asyncio's default executor) keeps its idle threads for good; this pool runs the same jobs with the same
+bound, and a thread ends as soon as no job waits for it. The daemon makes it its event loop's default executor."""
 
 from __future__ import annotations
 
