@@ -36,6 +36,7 @@ The model and its training:
 - `device` — `--gpu N|cpu` → a torch device, before the model stack is imported.
 - `checkpoint` — checkpoint folders: safetensors for every tensor, `checkpoint.json` for the rest.
 - `checkpoint_writer` — checkpoints written off the training thread from a host-memory snapshot.
+- `threads` — a thread pool whose idle threads end, and with them the OpenMP teams that slow training.
 - `sizes` — how large a preset's checkpoint can be, computed on the meta device (bounds downloads).
 - `validation` — the deterministic validation loss that judges a checkpoint on every machine alike.
 - `verify` — checking a checkpoint's content against its record, and replaying the interval it covers.

@@ -130,6 +130,9 @@ class Trainer:
         self.parent: str | None = None  # CID of the checkpoint this state descends from (None: the initialisation)
         self.loaded_from: Path | None = None  # the checkpoint folder `load` resumed from
         self.held: HeldOut | None = None
+        # the checkpoints' validation losses so far: wall seconds, and the process's CPU seconds meanwhile (its
+        # own cost when nothing else runs); benchmarks/daemon_overhead.py counts them apart from the harness
+        self.validation_seconds = self.validation_cpu_seconds = 0.0
         if holdout is not None and validation is not None and len(holdout):
             labels = holdout_labels if holdout_labels is not None else np.full(len(holdout), cluster or 0)
             self.held = prepare_holdout(holdout, labels, validation, self.codec if holdout.latents is None else None,
@@ -158,6 +161,15 @@ class Trainer:
         """The run's deterministic validation loss of the EMA weights, or of `model` (a model of the same
         architecture); None without a held-out split."""
         raise NotImplementedError
+
+    def checkpoint_validation(self, model: nn.Module | None = None) -> float | None:
+        """`validation_loss` for a checkpoint, timed into `validation_seconds` and `validation_cpu_seconds`."""
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            return self.validation_loss(model)
+        finally:
+            self.validation_seconds += time.perf_counter() - t0
+            self.validation_cpu_seconds += time.process_time() - c0
 
     def _build_model(self, seed: int) -> nn.Module:
         raise NotImplementedError
@@ -314,17 +326,20 @@ class Trainer:
             "samples_seen": self.samples_seen, "loss_ema": self.loss_ema, "skipped_steps": self.skipped,
             "preset": self.preset})
 
-    def write_snapshot(self, path: Path, snap: StateSnapshot, *, validator: nn.Module | None = None
-                       ) -> CheckpointMeta:
+    def write_snapshot(self, path: Path, snap: StateSnapshot, *, validator: nn.Module | None = None,
+                       val_loss: float | None = None) -> CheckpointMeta:
         """Atomically write `snap` (with its lineage and validation loss); refuses a state holding NaN or Inf.
-        The validation loss is of the snapshot's EMA weights: computed on `validator` (a spare copy of the
-        EMA model, loaded with them) when given, else on the EMA model itself (it must not have moved on).
-        The written checkpoint becomes the parent of the next one."""
-        model = self.ema
-        if validator is not None and self.held is not None:
-            validator.load_state_dict(snap.groups["ema"])
-            model = validator
-        val = self.validation_loss(model) if self.held is not None else None
+        The validation loss is of the snapshot's EMA weights: `val_loss` when the caller computed it already
+        (at the snapshot's step boundary), else computed here on `validator` (a spare copy of the EMA model,
+        loaded with them) when given, else on the EMA model itself (it must not have moved on). The written
+        checkpoint becomes the parent of the next one."""
+        val = val_loss
+        if val is None and self.held is not None:
+            model = self.ema
+            if validator is not None:
+                validator.load_state_dict(snap.groups["ema"])
+                model = validator
+            val = self.checkpoint_validation(model)
         meta = write_checkpoint(Path(path), snap.groups, {
             **snap.fields, "parent": self.parent, "val_loss": val if val is not None and np.isfinite(val) else None})
         self.parent = path_cid(Path(path))

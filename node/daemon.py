@@ -14,6 +14,7 @@ import os
 import signal
 import time
 
+from expert.threads import ShortLivedThreads
 from node import loops
 from node.checker import CheckpointChecker
 from node.context import NodeContext
@@ -65,6 +66,9 @@ class Daemon:
 
     async def run(self) -> int:
         self.home.mkdir(parents=True, exist_ok=True)
+        # every to_thread job in a thread that ends when idle: no OpenMP team outlives the torch work that made it
+        workers = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's default bound
+        asyncio.get_running_loop().set_default_executor(ShortLivedThreads(workers, "asyncio"))
         event(log, "starting the DHT", home=str(self.home), initial_peers=len(self.opts.network.initial_peers))
         # forks: before CUDA starts
         self.node = await asyncio.to_thread(SwarmNode.start, self.home, self.opts.network, self.opts.record_ttl)

@@ -89,6 +89,7 @@ class Lane:
         if ctx.stopping.is_set():
             driver.stop.set()
         event(log, f"training {slot}", step=trainer.step, target=target, device=str(self.device))
+        val0 = (trainer.validation_seconds, trainer.validation_cpu_seconds)
         try:
             reached = await asyncio.to_thread(self._drive, driver)
             sps = driver.mean_samples_per_s
@@ -98,7 +99,11 @@ class Lane:
                   mean_samples_per_s=None if sps is None else round(sps, 3),
                   checkpoints=w.written if w else 0,
                   checkpoint_copy_seconds=round(w.snapshot_seconds, 3) if w else 0.0,
-                  checkpoint_wait_seconds=round(w.waited_seconds, 3) if w else 0.0)
+                  checkpoint_wait_seconds=round(w.waited_seconds, 3) if w else 0.0,
+                  # the checkpoints' validation losses (benchmarks/daemon_overhead.py counts them apart)
+                  validation_seconds=round(trainer.validation_seconds - val0[0], 3),
+                  validation_cpu_seconds=round(trainer.validation_cpu_seconds - val0[1], 3),
+                  validation_inline=w.inline if w else None)
         finally:
             for fut in pending:
                 with contextlib.suppress(Exception):

@@ -6,6 +6,7 @@ import threading
 import pytest
 import torch
 
+from expert import checkpoint_writer
 from expert.checkpoint import NonFiniteStateError, read_group, read_meta, resolve_checkpoint, step_dir
 from expert.train_expert import trainer_for_run
 from node.driver import Cadence, TrainingDriver
@@ -20,7 +21,10 @@ def _validated(tiny_run):
 
 
 @pytest.mark.slow  # over 1.5 s: the default `pytest` stays under a minute
-def test_background_checkpoints_equal_the_ones_written_in_the_training_thread(tiny_run, tmp_path):
+@pytest.mark.parametrize("inline", [False, True])  # validated in the writer thread, or in the training thread
+def test_background_checkpoints_equal_the_ones_written_in_the_training_thread(tiny_run, tmp_path, monkeypatch,
+                                                                              inline):
+    monkeypatch.setattr(checkpoint_writer, "validates_inline", lambda device: inline)
     sync = _validated(tiny_run)
     sync.train(6, checkpoint_dir=tmp_path / "sync", checkpoint_every=2)
     seen = []
@@ -29,6 +33,7 @@ def test_background_checkpoints_equal_the_ones_written_in_the_training_thread(ti
                             on_checkpoint=lambda path, meta: seen.append((path, meta.step)))
     assert driver.run()
     assert [s for _, s in seen] == [2, 4, 6] and driver.writer.written == 3
+    assert driver.writer.inline is inline and driven.validation_seconds > 0
     for step in (4, 6):  # the two newest are kept
         a, b = step_dir(tmp_path / "sync", step), step_dir(tmp_path / "async", step)
         ma, mb = read_meta(a), read_meta(b)
