@@ -146,18 +146,25 @@ class Backoff:
 
 
 def choose(candidates: list[CheckpointBody], trainers: dict[str, str], *, plan: VerifyPlan, view: RunView, me: str,
-           owner: str | None, first_seen: dict[str, float], backoff: Backoff, now: float,
+           owner: str | None, first_seen: dict[str, float], backoff: Backoff, now: float, spread: float = 0.0,
            limit: int = PER_SLOT_PER_ROUND) -> list[CheckpointBody]:
     """Of one slot's frontier (`candidates`, oldest first; `trainers`: CID → its trainer's peer id), what this
-    node checks this round: the CIDs it is assigned (its keyed draw, with how long it has seen the CID wait),
-    not backed off, the slot's leaseholder (`owner`) first, at most `limit`. Records when each CID was first
-    seen (`first_seen`, updated in place)."""
+    node checks this round: the CIDs it is assigned (its keyed draw, with how long it has seen the CID wait)
+    whose keyed start delay has passed, not backed off, the slot's leaseholder (`owner`) first, at most
+    `limit`. Records when each CID was first seen (`first_seen`, updated in place).
+
+    The start delay (`VerifyPlan.start_delay` over `spread` seconds, at most `spread`) staggers the checkers of
+    a checkpoint in an order nobody else can compute: a checker re-serves what it checked (node.checker), so
+    one that starts after an earlier one finished fetches from it, not from the trainer, and the trainer
+    uploads each checkpoint about once instead of once per checker."""
     picked = []
     for c in candidates:
         seen = first_seen.setdefault(c.cid, now)
         if backoff.waiting(c.cid, now):
             continue
-        if plan.assigned(c.cid, eligible_verifiers(view, trainers[c.cid], me), now - seen):
+        eligible = eligible_verifiers(view, trainers[c.cid], me)
+        if (plan.assigned(c.cid, eligible, now - seen)
+                and now - seen >= min(plan.start_delay(c.cid, eligible, spread), spread)):
             picked.append(c)
     picked.sort(key=lambda c: (trainers[c.cid] != owner, c.step, c.ts))
     return picked[:limit]
@@ -180,6 +187,8 @@ class Verifier:
         self.watching: dict[str, float] = {}  # slot → when this node first saw anyone hold its lease
         self.lease_window, self.defer = lease_window, 3 * max(period, 1.0)
         self.renewed_within = max(6 * period, 30.0)  # a lease renewed this recently is one its owner keeps
+        self.period = max(period, 1.0)
+        self.check_seconds: dict[str, float] = {}  # slot → how long our last fetch-and-check of it took
         self.backoff = Backoff(base=max(period, 1.0), cap=max(period, 1.0) * 32)
         self._said: set[str] = set()  # CIDs whose fetch failure was logged (once each)
         self._last_view: RunView | None = None
@@ -215,7 +224,7 @@ class Verifier:
             owner = view.owners.get(cluster) if cluster is not None else None
             todo = choose(to_verify(view, me, slot, set(self.attested)), trainers, plan=self.plan, view=view, me=me,
                           owner=None if owner is None else claimant_peer(owner), first_seen=self.first_seen,
-                          backoff=self.backoff, now=now)
+                          backoff=self.backoff, now=now, spread=self.spread(slot))
             again = [c for c in disputed(view, me, slot, self.replayed) if not self.backoff.waiting(c.cid, now)]
             todo += again[:2]  # bounded: minted disputes cost each verifier at most two replays a round
             parents = known_facts(view.judged(slot)) if todo else {}
@@ -241,6 +250,12 @@ class Verifier:
                       replay_exact=att.replay_exact, reason=att.reason or None)
         return done
 
+    def spread(self, slot: str) -> float:
+        """Seconds over which the checkers of one of `slot`'s checkpoints start (see `choose`): about two of our
+        fetch-and-checks of it, so that the first checker has usually finished (and re-serves it) when the next
+        starts; at least two periods, at most ten minutes."""
+        return min(600.0, max(2 * self.period, 2 * self.check_seconds.get(slot, 0.0)))
+
     async def _attest(self, slot: str, body: CheckpointBody, parents, trainer: str, *,
                       force_replay: bool = False) -> AttestationBody | None:
         """Check one checkpoint (and replay it when our draw says so, or `force_replay`); None when it could not
@@ -255,6 +270,7 @@ class Verifier:
                          body.cid, result.reason, n)
             return None  # not a verdict: try again after the back-off
         self.backoff.forget(body.cid)
+        self.check_seconds[slot] = time.monotonic() - now
         replayed, exact = False, None
         cluster = slot_cluster(slot)
         if result.content_ok and cluster is not None:

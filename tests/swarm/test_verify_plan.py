@@ -228,6 +228,8 @@ def test_a_check_that_raises_is_backed_off_and_the_round_goes_on():
     verifier = Verifier(node, Checker(), Schedule(), "run-x", 1, VerifyPlan(_secret(0), 3, 0, 30.0),
                         SimpleNamespace(add=lambda *a: None), period=1.0, lease_window=60.0,
                         training_data=None, stopping=asyncio.Event())
+    seen = time.monotonic() - 2 * verifier.spread("expert-0")  # seen a while ago: past their start delays
+    verifier.first_seen.update({bad.cid: seen, good.cid: seen})
     assert asyncio.run(verifier.round(view)) == 1
     assert [a.cid for a in stored] == [good.cid] and set(verifier.attested) == {good.cid}
     assert verifier.backoff.waiting(bad.cid, time.monotonic())
@@ -243,3 +245,33 @@ def test_verifiers_start_one_after_another_about_spread_over_wanted_apart():
         assert sum(d < 300.0 for d in delays) == sum(p.assigned(cid, 100, 0.0) for p in plans)
         gaps.append(delays[1] - delays[0])
     assert 80 < statistics.median(gaps) < 250  # ~ spread / wanted = 150 s between the first two starts
+
+
+def test_the_checkers_of_a_checkpoint_start_one_after_another_so_later_ones_fetch_from_earlier_ones():
+    """choose() holds a CID back for the verifier's keyed start delay (at most `spread`): three checkers of one
+    checkpoint start at three different times nobody else can compute, each once its delay has passed, so that
+    the later ones can fetch from the earlier ones (which re-serve what they checked) instead of the trainer."""
+    from node.role_verifier import Backoff, choose, to_verify
+
+    trainer, a, _ = PEERS
+    view = _view([(trainer, _ck(10, _cid(7)))], members=PEERS)
+    trainers = {c.cid: p for p, c in view.checkpoints}
+    starts = []
+    for i in range(3):
+        plan = VerifyPlan(_secret(10 + i), wanted=3, replay_every=10, patience=30.0)
+        seen, backoff = {}, Backoff(base=10.0, cap=320.0)
+        first = None
+        for t in range(0, 61):  # rounds a second apart, the CID seen at t = 0
+            picked = choose(to_verify(view, a, "expert-0"), trainers, plan=plan, view=view, me=a, owner=trainer,
+                            first_seen=seen, backoff=backoff, now=float(t), spread=60.0)
+            if picked:
+                first = t
+                break
+        delay = plan.start_delay(_cid(7), 2, 60.0)
+        assert first is not None and first == int(-(-delay // 1)), (first, delay)  # at its delay, not before
+        starts.append(first)
+    assert len(set(starts)) == 3 and max(starts) <= 60
+    # with no spread (a verifier that never measured a check) everyone starts at once, as before
+    plan = VerifyPlan(_secret(10), wanted=3, replay_every=10, patience=30.0)
+    assert choose(to_verify(view, a, "expert-0"), trainers, plan=plan, view=view, me=a, owner=trainer,
+                  first_seen={}, backoff=Backoff(base=10.0, cap=320.0), now=0.0)
