@@ -3,9 +3,11 @@ recompute the run's validation loss on the held-out clips, compare with what its
 replay the interval from its parent. Verdicts are remembered (CID → good) and override attestations in this
 node's own reading of the acceptance rule (swarm.acceptance).
 
-What it fetched and found sound it re-serves for `serve_for` seconds (ContentStore.lend: announced, unpinned,
-within the store's limit), and it fetches from the trainer only what no earlier checker serves: so a trainer
-uploads each checkpoint about once, however many verifiers check it. What it rejects it stops serving and drops."""
+What it fetched it re-serves for `serve_for` seconds from the moment the whole is here (ContentStore.lend:
+announced, unpinned, within the store's limit; every fetcher checks what it gets itself), and it fetches from
+the trainer only what no earlier checker serves: with the verifiers' staggered starts (node.role_verifier) a
+trainer uploads each checkpoint about once, however many verifiers check it. What it rejects it stops serving
+and drops."""
 
 from __future__ import annotations
 
@@ -129,6 +131,9 @@ class CheckpointChecker:
             return CheckResult(False, f"not fetchable: {e}")  # not a verdict: nobody may serve it yet
         # the whole's size (a part was fetched only if the whole's manifest had the record's size)
         size = body.bytes if sampling_only else sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+        if not sampling_only:  # re-served from the moment it is here (its CID is checked), not after our check: a
+            self.store.lend(body.cid, self.serve_for)  # checker that starts meanwhile fetches it from us; a reject
+            # below withdraws it (what a peer fetches from us it checks itself, as we did)
         async with self._lock:
             trainer = await self._checking_trainer(body.slot)
             try:

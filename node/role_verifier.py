@@ -224,7 +224,8 @@ class Verifier:
             owner = view.owners.get(cluster) if cluster is not None else None
             todo = choose(to_verify(view, me, slot, set(self.attested)), trainers, plan=self.plan, view=view, me=me,
                           owner=None if owner is None else claimant_peer(owner), first_seen=self.first_seen,
-                          backoff=self.backoff, now=now, spread=self.spread(slot))
+                          backoff=self.backoff, now=now,
+                          spread=self.spread(slot, self.plan.checkers(eligible_verifiers(view, "", me))))
             again = [c for c in disputed(view, me, slot, self.replayed) if not self.backoff.waiting(c.cid, now)]
             todo += again[:2]  # bounded: minted disputes cost each verifier at most two replays a round
             parents = known_facts(view.judged(slot)) if todo else {}
@@ -250,11 +251,13 @@ class Verifier:
                       replay_exact=att.replay_exact, reason=att.reason or None)
         return done
 
-    def spread(self, slot: str) -> float:
-        """Seconds over which the checkers of one of `slot`'s checkpoints start (see `choose`): about two of our
-        fetch-and-checks of it, so that the first checker has usually finished (and re-serves it) when the next
-        starts; at least two periods, at most ten minutes."""
-        return min(600.0, max(2 * self.period, 2 * self.check_seconds.get(slot, 0.0)))
+    def spread(self, slot: str, checkers: int = 1) -> float:
+        """Seconds over which the `checkers` of one of `slot`'s checkpoints start (see `choose`): two of our
+        fetch-and-checks of it per checker, so that an earlier checker has usually fetched it (and re-serves it)
+        when the next starts (with c checkers starting uniformly over 2·c·T, the next one starts within T of
+        the first with probability 1 − (1 − 1/(2c))^c, about 0.42 for c = 3); at least two periods, at most ten
+        minutes."""
+        return min(600.0, max(2 * self.period, 2 * max(checkers, 1) * self.check_seconds.get(slot, 0.0)))
 
     async def _attest(self, slot: str, body: CheckpointBody, parents, trainer: str, *,
                       force_replay: bool = False) -> AttestationBody | None:
