@@ -146,23 +146,26 @@ class Backoff:
 
 
 def choose(candidates: list[CheckpointBody], trainers: dict[str, str], *, plan: VerifyPlan, view: RunView, me: str,
-           owner: str | None, first_seen: dict[str, float], backoff: Backoff, now: float, spread: float = 0.0,
+           owner: str | None, first_seen: dict[str, float], backoff: Backoff, now: float, per_checker: float = 0.0,
            limit: int = PER_SLOT_PER_ROUND) -> list[CheckpointBody]:
     """Of one slot's frontier (`candidates`, oldest first; `trainers`: CID → its trainer's peer id), what this
     node checks this round: the CIDs it is assigned (its keyed draw, with how long it has seen the CID wait)
     whose keyed start delay has passed, not backed off, the slot's leaseholder (`owner`) first, at most
     `limit`. Records when each CID was first seen (`first_seen`, updated in place).
 
-    The start delay (`VerifyPlan.start_delay` over `spread` seconds, at most `spread`) staggers the checkers of
-    a checkpoint in an order nobody else can compute: a checker re-serves what it checked (node.checker), so
-    one that starts after an earlier one finished fetches from it, not from the trainer, and the trainer
-    uploads each checkpoint about once instead of once per checker."""
+    The start delay (`VerifyPlan.start_delay` over a spread of `per_checker` seconds per checker, at most the
+    spread; none when this node is the only one that can check it) staggers the checkers of a checkpoint in an
+    order nobody else can compute: a checker re-serves what it fetched (node.checker), so one that starts after
+    an earlier one has it fetches from it, not from the trainer, and the trainer uploads each checkpoint about
+    once instead of once per checker."""
     picked = []
     for c in candidates:
         seen = first_seen.setdefault(c.cid, now)
         if backoff.waiting(c.cid, now):
             continue
         eligible = eligible_verifiers(view, trainers[c.cid], me)
+        checkers = plan.checkers(eligible)
+        spread = per_checker * checkers if checkers > 1 else 0.0
         if (plan.assigned(c.cid, eligible, now - seen)
                 and now - seen >= min(plan.start_delay(c.cid, eligible, spread), spread)):
             picked.append(c)
@@ -224,8 +227,7 @@ class Verifier:
             owner = view.owners.get(cluster) if cluster is not None else None
             todo = choose(to_verify(view, me, slot, set(self.attested)), trainers, plan=self.plan, view=view, me=me,
                           owner=None if owner is None else claimant_peer(owner), first_seen=self.first_seen,
-                          backoff=self.backoff, now=now,
-                          spread=self.spread(slot, self.plan.checkers(eligible_verifiers(view, "", me))))
+                          backoff=self.backoff, now=now, per_checker=self.spread(slot))
             again = [c for c in disputed(view, me, slot, self.replayed) if not self.backoff.waiting(c.cid, now)]
             todo += again[:2]  # bounded: minted disputes cost each verifier at most two replays a round
             parents = known_facts(view.judged(slot)) if todo else {}
@@ -251,13 +253,13 @@ class Verifier:
                       replay_exact=att.replay_exact, reason=att.reason or None)
         return done
 
-    def spread(self, slot: str, checkers: int = 1) -> float:
-        """Seconds over which the `checkers` of one of `slot`'s checkpoints start (see `choose`): two of our
-        fetch-and-checks of it per checker, so that an earlier checker has usually fetched it (and re-serves it)
-        when the next starts (with c checkers starting uniformly over 2·c·T, the next one starts within T of
-        the first with probability 1 − (1 − 1/(2c))^c, about 0.42 for c = 3); at least two periods, at most ten
+    def spread(self, slot: str) -> float:
+        """Seconds per checker over which the checkers of one of `slot`'s checkpoints start (see `choose`): two
+        of our fetch-and-checks of it, so that an earlier checker has usually fetched it (and re-serves it) when
+        the next starts (with c checkers starting uniformly over 2·c·T, the next one starts within T of the
+        first with probability 1 − (1 − 1/(2c))^c, about 0.42 for c = 3); at least one period, at most two
         minutes."""
-        return min(600.0, max(2 * self.period, 2 * max(checkers, 1) * self.check_seconds.get(slot, 0.0)))
+        return min(120.0, max(self.period, 2 * self.check_seconds.get(slot, 0.0)))
 
     async def _attest(self, slot: str, body: CheckpointBody, parents, trainer: str, *,
                       force_replay: bool = False) -> AttestationBody | None:

@@ -248,9 +248,10 @@ def test_verifiers_start_one_after_another_about_spread_over_wanted_apart():
 
 
 def test_the_checkers_of_a_checkpoint_start_one_after_another_so_later_ones_fetch_from_earlier_ones():
-    """choose() holds a CID back for the verifier's keyed start delay (at most `spread`): three checkers of one
-    checkpoint start at three different times nobody else can compute, each once its delay has passed, so that
-    the later ones can fetch from the earlier ones (which re-serve what they checked) instead of the trainer."""
+    """choose() holds a CID back for the verifier's keyed start delay (over `per_checker` seconds per checker):
+    the checkers of one checkpoint start at different times nobody else can compute, each once its delay has
+    passed, so that later ones can fetch from earlier ones (which re-serve what they fetched) instead of the
+    trainer; a node that is the only possible checker starts at once."""
     from node.role_verifier import Backoff, choose, to_verify
 
     trainer, a, _ = PEERS
@@ -263,15 +264,17 @@ def test_the_checkers_of_a_checkpoint_start_one_after_another_so_later_ones_fetc
         first = None
         for t in range(0, 61):  # rounds a second apart, the CID seen at t = 0
             picked = choose(to_verify(view, a, "expert-0"), trainers, plan=plan, view=view, me=a, owner=trainer,
-                            first_seen=seen, backoff=backoff, now=float(t), spread=60.0)
+                            first_seen=seen, backoff=backoff, now=float(t), per_checker=30.0)
             if picked:
                 first = t
                 break
-        delay = plan.start_delay(_cid(7), 2, 60.0)
+        delay = plan.start_delay(_cid(7), 2, 60.0)  # eligible: the two members besides the trainer
         assert first is not None and first == int(-(-delay // 1)), (first, delay)  # at its delay, not before
         starts.append(first)
-    assert len(set(starts)) == 3 and max(starts) <= 60
-    # with no spread (a verifier that never measured a check) everyone starts at once, as before
-    plan = VerifyPlan(_secret(10), wanted=3, replay_every=10, patience=30.0)
-    assert choose(to_verify(view, a, "expert-0"), trainers, plan=plan, view=view, me=a, owner=trainer,
-                  first_seen={}, backoff=Backoff(base=10.0, cap=320.0), now=0.0)
+    assert len(set(starts)) == 3 and max(starts) <= 60  # 2 checkers here (the trainer checks nothing): 2 × 30 s
+    # the only node that can check a checkpoint starts at once: nobody to stagger with
+    alone = _view([(trainer, _ck(10, _cid(7)))], members=[trainer, a])
+    for i in range(3):
+        plan = VerifyPlan(_secret(10 + i), wanted=3, replay_every=10, patience=30.0)
+        assert choose(to_verify(alone, a, "expert-0"), trainers, plan=plan, view=alone, me=a, owner=trainer,
+                      first_seen={}, backoff=Backoff(base=10.0, cap=320.0), now=0.0, per_checker=30.0)
