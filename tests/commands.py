@@ -12,13 +12,30 @@ import io
 import logging
 import subprocess
 import sys
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def no_known_assets() -> Iterator[None]:
+    """This process forgets every asset path it verified (as a new process knows none), and gets them back
+    after: what shows that a command or a trainer loads no asset it was not given."""
+    from expert import assets
+
+    with assets._lock:
+        known = dict(assets._paths)
+        assets._paths.clear()
+    try:
+        yield
+    finally:
+        with assets._lock:
+            assets._paths.clear()
+            assets._paths.update(known)
 
 
 def cli_inproc(*args) -> subprocess.CompletedProcess:
     """`paris-node ARGS` in this process: its exit code, stdout and stderr, as `subprocess.run` returns them."""
     import torch
 
-    from expert import assets
     from node.cli import main
 
     argv = ["paris-node", *map(str, args)]
@@ -28,18 +45,14 @@ def cli_inproc(*args) -> subprocess.CompletedProcess:
     out, err = io.StringIO(), io.StringIO()
     code = 0
     sys.argv = argv
-    known = dict(assets._paths)  # the asset paths a process has verified: a new process knows none
-    assets._paths.clear()
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with no_known_assets(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 main()
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
         sys.argv = old_argv
-        assets._paths.clear()
-        assets._paths.update(known)
         torch.set_num_threads(threads)
         for name, (handlers, level, propagate) in saved.items():
             lg = loggers[name]

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-import expert.assets as assets
 from expert.assets import asset_of
 from expert.latent_data import encode_dataset, matches
 from expert.presets import get_preset
@@ -21,6 +20,7 @@ from expert.run_init import init_run
 from expert.shards import open_dataset
 from expert.text_hf import HFTextEncoder, transformers_text
 from protocol.errors import ParisError
+from tests.commands import no_known_assets
 
 CAPTIONS = ["a red circle moves left on black", "a blue square bounces on white", "a green triangle spins",
             "a yellow star moves right on grey", "a small purple circle moves up"] * 4
@@ -127,10 +127,7 @@ def test_states_are_computed_once_at_run_init_and_training_never_loads_the_encod
     want = HFTextEncoder(spec.preset.text).encode_captions(clips.captions[:3])
     assert np.allclose(clips.text_states[np.arange(3)], want.numpy(), atol=1e-2)  # float16 on disk
 
-    with assets._lock:  # nothing may load the encoder from here on: forget where it lies
-        saved = dict(assets._paths)
-        assets._paths.clear()
-    try:
+    with no_known_assets():  # nothing may load the encoder from here on
         trainer = ExpertTrainer(spec.preset, clips.select(spec.train_clips(0)), seed=0, run_id=spec.run_id,
                                 cluster=0, holdout=clips.select(spec.holdout_clips(0)), validation=spec.validation)
         assert trainer.text is None
@@ -139,9 +136,6 @@ def test_states_are_computed_once_at_run_init_and_training_never_loads_the_encod
         assert router.train(1) == 1 and router.validation_loss() is not None
         with pytest.raises(ParisError, match="not on this machine"):
             HFTextEncoder(spec.preset.text)  # it really is gone
-    finally:
-        with assets._lock:
-            assets._paths.update(saved)
 
 
 def test_a_stored_encoder_run_refuses_data_without_its_states(synth_dir, encoders):

@@ -65,7 +65,6 @@ def test_a_pretrained_tower_is_computed_once_at_run_init_and_never_loaded_to_tra
     tower (no weights: small, rebuilt from its seed) is still computed by each trainer."""
     import numpy as np
 
-    import expert.assets as assets
     from expert.assets import asset_of
     from expert.clip_score import ClipScorer
     from expert.latent_data import encode_dataset, matches
@@ -73,6 +72,7 @@ def test_a_pretrained_tower_is_computed_once_at_run_init_and_never_loaded_to_tra
     from expert.shards import open_dataset
     from expert.train_expert import ExpertTrainer
     from node.assets import preset_assets
+    from tests.commands import no_known_assets
 
     weights = tmp_path / "open_clip.pt"
     torch.save(ClipScorer.random_init("ViT-S-32", seed=1).model.state_dict(), weights)
@@ -89,16 +89,10 @@ def test_a_pretrained_tower_is_computed_once_at_run_init_and_never_loaded_to_tra
     want = TextEncoder(spec.preset.text).encode_captions(clips.captions[:3])
     assert np.allclose(clips.text_states[np.arange(3)], want.numpy(), atol=1e-2)  # float16 on disk
 
-    with assets._lock:  # nothing may load the tower from here on: forget where its weights lie
-        saved = dict(assets._paths)
-        assets._paths.clear()
-    try:
+    with no_known_assets():  # nothing may load the tower from here on
         trainer = ExpertTrainer(spec.preset, clips.select(spec.train_clips(0)), seed=0, run_id=spec.run_id,
                                 cluster=0, holdout=clips.select(spec.holdout_clips(0)), validation=spec.validation)
         assert trainer.text is None
         assert trainer.train(1) == 1 and trainer.validation_loss() is not None
         with pytest.raises(ParisError, match="not on this machine"):
             TextEncoder(spec.preset.text)  # it really is gone
-    finally:
-        with assets._lock:
-            assets._paths.update(saved)
