@@ -46,9 +46,12 @@ def next_dispute(view: RunView, slot: str, tried: set[str]) -> CheckpointBody | 
     head_step = head[0].step if head else -1
     claims = contested_replays(view.judged(slot), view.slot_votes(slot), view.rules.for_slot(slot))
     for claim in claims:
-        if claim.step > head_step and claim.cid not in tried:
-            return next((c for peer, c in view.checkpoints if c.cid == claim.cid and peer == claim.trainer
-                         and c.slot == slot and not c.replica), None)
+        if claim.step <= head_step or claim.cid in tried:
+            continue
+        body = next((c for peer, c in view.checkpoints if c.cid == claim.cid and peer == claim.trainer
+                     and c.slot == slot and not c.replica), None)
+        if body is not None:
+            return body
     return None
 
 

@@ -370,6 +370,29 @@ def test_a_trainer_keeps_what_verifiers_have_not_reached():
     assert [c for c, _ in stay] == ["c1", "c2", "c5"] and {c for c, _ in gone} == {"c3", "c4"}
 
 
+def test_a_reader_replays_the_oldest_contested_checkpoint_past_the_head_and_each_once():
+    """node.disputes.next_dispute: a failed replay (by a peer that is not the trainer) contradicted by another
+    verifier's matching replay makes a dispute; the reader takes the oldest past the slot's accepted head, never
+    one it tried, and nothing once its own replay settled it."""
+    from dataclasses import replace
+
+    from node.disputes import next_dispute
+    from swarm.acceptance import Vote
+
+    c1, c2 = _ck("expert-0", 10, CID), _ck("expert-0", 20, CID[:-1] + "b", parent=CID)
+    minted = AttestationBody(slot="expert-0", cid=c1.cid, step=10, parent=None, val_loss=c1.val_loss,
+                             verdict="reject", reason="replay differs by 0.9", replayed=True, ts=1.0)
+    honest = [AttestationBody(slot="expert-0", cid=c.cid, step=c.step, parent=c.parent, val_loss=c.val_loss,
+                              verdict="accept", replayed=c is c1, ts=1.0) for c in (c1, c2)]
+    view = _view([(PEER_A, c1), (PEER_A, c2)], attestations=[(PEER_B, minted), (PEER_A + "x", honest[0]),
+                                                           (PEER_A + "x", honest[1])], q=1)
+    assert next_dispute(view, "expert-0", set()) == c1  # c2 is rejected only as its descendant
+    assert next_dispute(view, "expert-0", {c1.cid}) is None
+    mine = replace(view, local=((c1.cid, Vote("local", c1.cid, 10, None, c1.val_loss, True, replayed=True)),))
+    assert [c.cid for c in mine.accepted_checkpoints("expert-0")] == [c2.cid, c1.cid]
+    assert next_dispute(mine, "expert-0", set()) is None
+
+
 def test_a_member_bucket_that_failed_to_read_is_shown_but_never_stops_a_decision():
     """Members decide nothing: a view whose member buckets did not read (one flooded past the reply limit by
     minted identities, say) is still decidable; a failed read of a key that decides (claims, checkpoints)
