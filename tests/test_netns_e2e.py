@@ -171,8 +171,9 @@ def test_partition_heals_to_one_owner_doctor_and_nat(lan, tmp_path):
     ahead = {e["cid"] for e in split[winner] if e["step"] > progress[loser]}
     accepted_at = [e["ts"] for n in nodes for e in _since(nodes[n], "attested expert-0 checkpoint", cut_at)
                    if e.get("cid") in ahead and e.get("verdict") == "accept"]
-    assert accepted_at, f"nobody accepted the winner's split checkpoints past step {progress[loser]}"
-    learned_at = max(met_at, min(accepted_at))
+    # a lease also ranks by progress on a complete lineage that awaits only attestations (swarm.claim_logic), so
+    # the loser may learn it lost as soon as it reads the winner's records, before any of them is accepted
+    learned_at = max(met_at, min(accepted_at)) if accepted_at else met_at
     print(f"heal → loser stops: {stopped - heal_at:.1f} s; reconnect → stop: {stopped - met_at:.1f} s "
           f"({len(met)} re-dial(s)); winner's progress accepted → stop: {stopped - learned_at:.1f} s; "
           f"progress at heal {progress}")
