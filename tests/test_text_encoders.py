@@ -20,7 +20,7 @@ from expert.run_init import init_run
 from expert.shards import open_dataset
 from expert.text_hf import HFTextEncoder, transformers_text
 from protocol.errors import ParisError
-from tests.commands import no_known_assets
+from tests.stored_text import check_stored_states
 
 CAPTIONS = ["a red circle moves left on black", "a blue square bounces on white", "a green triangle spins",
             "a yellow star moves right on grey", "a small purple circle moves up"] * 4
@@ -96,7 +96,6 @@ def test_a_folder_that_is_no_text_encoder_is_refused_in_one_line(encoders, tmp_p
 def test_states_are_computed_once_at_run_init_and_training_never_loads_the_encoder(synth_dir, encoders, tmp_path):
     """`run init`'s encoding on the tiny preset with a UMT5 encoder: the data set carries the states, the run id
     commits to the encoder, and expert and router trainers (and their validation) run with the encoder gone."""
-    from expert.train_expert import ExpertTrainer
     from expert.train_router import router_trainer_for_run
 
     folder = encoders["umt5"]
@@ -123,19 +122,11 @@ def test_states_are_computed_once_at_run_init_and_training_never_loads_the_encod
     assert matches(manifest, spec.preset, spec.data.data_id)
     assert not matches(manifest, other, spec.data.data_id) and not matches(manifest, get_preset("tiny"),
                                                                            spec.data.data_id)
-    _, clips = open_dataset(tmp_path / "enc")
-    want = HFTextEncoder(spec.preset.text).encode_captions(clips.captions[:3])
-    assert np.allclose(clips.text_states[np.arange(3)], want.numpy(), atol=1e-2)  # float16 on disk
+    def router() -> None:
+        trainer = router_trainer_for_run(spec, data_dir=tmp_path / "enc")
+        assert trainer.train(1) == 1 and trainer.validation_loss() is not None
 
-    with no_known_assets():  # nothing may load the encoder from here on
-        trainer = ExpertTrainer(spec.preset, clips.select(spec.train_clips(0)), seed=0, run_id=spec.run_id,
-                                cluster=0, holdout=clips.select(spec.holdout_clips(0)), validation=spec.validation)
-        assert trainer.text is None
-        assert trainer.train(2) == 2 and trainer.validation_loss() is not None
-        router = router_trainer_for_run(spec, data_dir=tmp_path / "enc")
-        assert router.train(1) == 1 and router.validation_loss() is not None
-        with pytest.raises(ParisError, match="not on this machine"):
-            HFTextEncoder(spec.preset.text)  # it really is gone
+    check_stored_states(spec, tmp_path / "enc", HFTextEncoder, steps=2, also=router)
 
 
 def test_a_stored_encoder_run_refuses_data_without_its_states(synth_dir, encoders):

@@ -63,16 +63,13 @@ def test_a_pretrained_tower_is_computed_once_at_run_init_and_never_loaded_to_tra
     `transformers` encoder (tests/test_text_encoders.py), `run init`'s encoding stores every caption's states
     with the data; trainers, their validation and what a volunteer downloads go without the weights. A random
     tower (no weights: small, rebuilt from its seed) is still computed by each trainer."""
-    import numpy as np
 
     from expert.assets import asset_of
     from expert.clip_score import ClipScorer
     from expert.latent_data import encode_dataset, matches
     from expert.run_init import init_run
-    from expert.shards import open_dataset
-    from expert.train_expert import ExpertTrainer
     from node.assets import preset_assets
-    from tests.commands import no_known_assets
+    from tests.stored_text import check_stored_states
 
     weights = tmp_path / "open_clip.pt"
     torch.save(ClipScorer.random_init("ViT-S-32", seed=1).model.state_dict(), weights)
@@ -85,14 +82,4 @@ def test_a_pretrained_tower_is_computed_once_at_run_init_and_never_loaded_to_tra
     assert manifest.text is not None and manifest.latents is None
     assert manifest.text.encoder == asset_of(weights).cid and manifest.text.shape == (32, 384)
     assert matches(manifest, spec.preset, spec.data.data_id)
-    _, clips = open_dataset(tmp_path / "enc")
-    want = TextEncoder(spec.preset.text).encode_captions(clips.captions[:3])
-    assert np.allclose(clips.text_states[np.arange(3)], want.numpy(), atol=1e-2)  # float16 on disk
-
-    with no_known_assets():  # nothing may load the tower from here on
-        trainer = ExpertTrainer(spec.preset, clips.select(spec.train_clips(0)), seed=0, run_id=spec.run_id,
-                                cluster=0, holdout=clips.select(spec.holdout_clips(0)), validation=spec.validation)
-        assert trainer.text is None
-        assert trainer.train(1) == 1 and trainer.validation_loss() is not None
-        with pytest.raises(ParisError, match="not on this machine"):
-            TextEncoder(spec.preset.text)  # it really is gone
+    check_stored_states(spec, tmp_path / "enc", TextEncoder)
