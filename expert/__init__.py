@@ -37,6 +37,7 @@ The model and its training:
 - `checkpoint` — checkpoint folders: safetensors for every tensor, `checkpoint.json` for the rest.
 - `checkpoint_writer` — checkpoints written off the training thread from a host-memory snapshot.
 - `threads` — a thread pool whose idle threads end, and with them the OpenMP teams that slow training.
+- `seeding` — seeded builds (an expert's step-0 weights, a random text tower) under one process-wide lock.
 - `sizes` — how large a preset's checkpoint can be, computed on the meta device (bounds downloads).
 - `validation` — the deterministic validation loss that judges a checkpoint on every machine alike.
 - `verify` — checking a checkpoint's content against its record, and replaying the interval it covers.

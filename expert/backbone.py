@@ -9,6 +9,7 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor, WanT
 from einops import rearrange
 from torch import nn
 
+from expert.seeding import seeded
 from protocol.model import BackboneConfig
 
 
@@ -23,8 +24,7 @@ def build_backbone(cfg: BackboneConfig, text_dim: int, *, seed: int = 0,
                  in_channels=channels, out_channels=out_channels or channels, text_dim=text_dim,
                  freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, cross_attn_norm=True,
                  qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         if cfg.text_conditioning == "wan" and prediction != "x":
             return WanTransformer3DModel(**shape)
         return ParisWanTransformer3DModel(**shape, text_conditioning=cfg.text_conditioning, prediction=prediction)

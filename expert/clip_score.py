@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from expert.seeding import seeded
 from protocol.errors import ParisError
 
 
@@ -51,8 +52,7 @@ class ClipScorer:
         """The same architecture with random weights: meaningless scores, real plumbing (for tests)."""
         import open_clip
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None, device=device)
         return cls(model, preprocess, open_clip.get_tokenizer(model_name), device=device)
 

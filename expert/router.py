@@ -18,6 +18,7 @@ from torch import nn
 
 from expert.backbone import build_backbone, real_tokens
 from expert.routing import combine_posteriors
+from expert.seeding import seeded
 from protocol.errors import ParisError
 from protocol.model import BackboneConfig, RouterHead
 
@@ -29,8 +30,7 @@ class CaptionPrior(nn.Module):
 
     def __init__(self, text_dim: int, num_experts: int, *, hidden: int = 128, seed: int = 0) -> None:
         super().__init__()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed * 7919 + 17)
+        with seeded(seed * 7919 + 17):
             self.net = nn.Sequential(nn.LayerNorm(2 * text_dim), nn.Linear(2 * text_dim, hidden), nn.GELU(),
                                      nn.Linear(hidden, num_experts))
 

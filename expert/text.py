@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from expert.assets import asset_path
+from expert.seeding import seeded
 from protocol.errors import ParisError
 from protocol.model import TextEncoderConfig
 
@@ -39,8 +40,7 @@ class TextEncoder(nn.Module):
             weights = str(asset_path(config.weights, "text-encoder weights")) if config.weights and load_weights \
                 else None
             try:  # open_clip's random init draws from the global RNG: from the config's seed, every peer's
-                with torch.random.fork_rng(devices=[]):  # tower is the same (and the caller's RNG untouched)
-                    torch.manual_seed(config.seed)
+                with seeded(config.seed):  # tower is the same (and the caller's RNG untouched)
                     clip = open_clip.create_model(config.model_name, pretrained=weights, device="cpu")
             except (RuntimeError, FileNotFoundError, ValueError) as e:
                 raise ParisError(f"cannot load open_clip model {config.model_name!r}: {e}") from None
@@ -49,8 +49,7 @@ class TextEncoder(nn.Module):
         else:
             if config.weights:
                 raise ParisError("pretrained text weights need a model_name (an open_clip architecture)")
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(config.seed)
+            with seeded(config.seed):
                 cfg = CLIPTextCfg(context_length=config.context_length, width=config.width, heads=config.heads,
                                   layers=config.layers, output_tokens=True, ls_init_value=config.layer_scale)
                 self.tower = _build_text_tower(embed_dim=config.width, text_cfg=cfg)
