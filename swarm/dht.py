@@ -180,6 +180,70 @@ async def _reconnect(_dht, node, peers: list[tuple[str, tuple[str, ...]]], timeo
     return [p for (p, _), ok in zip(todo, results, strict=True) if ok is True]
 
 
+_TIMED_OUT = "timed out"  # a key's place in _get_each's answer when its own read ran out of time
+
+
+async def _get_each(_dht, node, keys: list[str], latest: bool, timeout: float) -> list:
+    """In the DHT process: each key read as `DHT.get` reads it (its own traversal and requests, so one key's
+    oversize reply costs no other key its read), all at once; a key past `timeout` is `_TIMED_OUT`."""
+    async def one(key: str):
+        try:
+            return await asyncio.wait_for(node.get(key, latest=latest), timeout)
+        except asyncio.TimeoutError:
+            return _TIMED_OUT
+
+    return list(await asyncio.gather(*(one(k) for k in keys)))
+
+
+class _ReadBatcher:
+    """The reads a node starts together (an `asyncio.gather` of keys, as `read_run` and the member reader do)
+    go to the DHT process as one call. Each call from this process to hivemind's DHT process sends a future
+    whose pipe and shared state travel by file descriptor (a socket handshake each way): with one call per key
+    that was most of a reading node's CPU, in both processes (profiled on a daemon reading every second)."""
+
+    def __init__(self, dht: hivemind.DHT, timeout: float) -> None:
+        self.dht, self.timeout = dht, timeout
+        self.together = True  # False: one call per key, as before (benchmarks/read_cost.py compares the two)
+        self._pending: dict[tuple[asyncio.AbstractEventLoop, bool], list[tuple[str, asyncio.Future]]] = {}
+
+    async def get(self, key: str, latest: bool):
+        """What `DHT.get(key, latest)` returns; raises asyncio.TimeoutError when the read ran out of time."""
+        loop = asyncio.get_running_loop()
+        batch = self._pending.setdefault((loop, latest), [])
+        if not batch:  # sent once every read started in this turn of the loop has joined
+            loop.call_soon(self._send, loop, latest)
+        fut = loop.create_future()
+        batch.append((key, fut))
+        if not self.together:
+            self._send(loop, latest)
+        return await fut
+
+    def _send(self, loop: asyncio.AbstractEventLoop, latest: bool) -> None:
+        batch = self._pending.pop((loop, latest), [])
+        if batch:
+            loop.create_task(self._read(batch, latest))
+
+    async def _read(self, batch: list[tuple[str, asyncio.Future]], latest: bool) -> None:
+        keys = list(dict.fromkeys(key for key, _ in batch))
+        try:
+            call = self.dht.run_coroutine(partial(_get_each, keys=keys, latest=latest, timeout=self.timeout),
+                                          return_future=True)
+            found = dict(zip(keys, await asyncio.wait_for(call, self.timeout + 5.0), strict=True))
+        except BaseException as e:  # the DHT process is gone or stuck: every read of the batch fails alike
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(asyncio.TimeoutError() if isinstance(e, asyncio.TimeoutError) else e)
+            if not isinstance(e, Exception):
+                raise
+            return
+        for key, fut in batch:
+            if not fut.done():
+                if isinstance(found[key], str):  # _TIMED_OUT
+                    fut.set_exception(asyncio.TimeoutError())
+                else:
+                    fut.set_result(found[key])
+
+
 def merge_archived(records: list[Signed]) -> tuple[Signed, ...]:
     """One record per original (owner, subkey): the newest version by its body's timestamp, live records
     before archived copies of the same version. Archived copies stand in for records whose TTL has passed."""
@@ -241,6 +305,7 @@ class SwarmNode:
                 raise ParisError(f"none of the initial peers answered ({', '.join(self.network.initial_peers)}): "
                                  "check the addresses and that those nodes are running") from None
             raise ParisError(f"the p2p node did not start: {detail}") from None
+        self._reads = _ReadBatcher(self.dht, self.network.request_timeout)
         self.peer_id = self.dht.peer_id.to_base58()
         if self.peer_id != identity.peer_id:
             raise ParisError(f"p2p daemon runs as {self.peer_id}, expected {identity.peer_id}")
@@ -297,8 +362,7 @@ class SwarmNode:
         if known:
             self._known[key] = known  # read most recently: forgotten last
         try:
-            fut = self.dht.get(key, latest=latest, return_future=True)
-            found = await asyncio.wait_for(fut, self.network.request_timeout)
+            found = await self._reads.get(key, latest)
         except asyncio.TimeoutError:
             return self._failed(key, known, f"the DHT read of {key} timed out after "
                                             f"{self.network.request_timeout:.0f} s")

@@ -356,3 +356,43 @@ def test_members_in_buckets_stay_small_and_complete_at_a_thousand_peers(tmp_path
             b.shutdown()
 
     asyncio.run(asyncio.wait_for(run(), 120))
+
+
+def test_reads_started_together_reach_the_dht_process_as_one_call(tmp_path):
+    """swarm.dht._ReadBatcher: the keys of one `asyncio.gather` cross into hivemind's DHT process in one call
+    (each call costs a file-descriptor handshake each way), each key still read on its own; reads started
+    later go in a later call; a batch whose call fails fails every read in it with the same error."""
+    async def run():
+        a = SwarmNode.start(tmp_path / "a")
+        b = SwarmNode.start(tmp_path / "b", NetworkConfig(initial_peers=tuple(a.visible_maddrs())))
+        try:
+            now = get_dht_time()
+            keys = [run_key(f"r{i}", "claims") for i in range(6)]
+            for i, key in enumerate(keys):
+                assert await a.put(key, ClaimBody(cluster=i, state=ClaimState.TRAINING, peer_id=a.peer_id,
+                                                  since=now, ts=now), now + 60)
+            calls: list[list[str]] = []
+            real = b.dht.run_coroutine
+
+            def counted(coro, return_future=False):
+                calls.append(list(coro.keywords["keys"]))
+                return real(coro, return_future=return_future)
+
+            b.dht.run_coroutine = counted
+            got = await asyncio.gather(*(b.get(k) for k in [*keys, run_key("r-empty", "claims"), keys[0]]))
+            assert [[r.body.cluster for r in g.records] for g in got] == [[0], [1], [2], [3], [4], [5], [], [0]]
+            assert calls == [[*keys, run_key("r-empty", "claims")]]  # one call, each key once
+            await b.get(keys[1])
+            assert len(calls) == 2
+
+            def broken(coro, return_future=False):
+                raise RuntimeError("the DHT process is gone")
+
+            b.dht.run_coroutine = broken
+            outcomes = await asyncio.gather(b.get(keys[2]), b.get(run_key("r-never", "claims")), return_exceptions=True)
+            assert [type(o) for o in outcomes] == [RuntimeError, RuntimeError]
+        finally:
+            a.shutdown()
+            b.shutdown()
+
+    asyncio.run(run())
