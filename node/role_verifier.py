@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from hivemind.utils.timed_storage import get_dht_time
@@ -82,18 +82,45 @@ def eligible_verifiers(view: RunView, trainer: str, me: str) -> int:
 
 
 def lease_verdict(seen: dict[str, float], watching_since: float | None, trainer: str, first_seen: float, now: float,
-                  *, window: float, defer: float) -> str:
+                  *, window: float, defer: float, kept: Mapping[str, float] | None = None,
+                  continues: bool = False) -> str:
     """Whether `trainer` could write a checkpoint of a slot whose leaseholders this verifier watched since
     `watching_since` (`seen`: peer → when it last saw that peer hold the lease): "ok" if it held the lease
     within `window` seconds before this verifier first saw the record, or if the record was already there when
-    this verifier began to watch (it cannot judge what it did not see); "wait" while the record is younger
-    than `defer` (the lease may not have reached this node's reads yet); else "reject": copies and forks by
-    peers that never held the slot are ignored, whatever their step."""
+    this verifier began to watch (it cannot judge what it did not see); "ok" too for a record that `continues`
+    the trainer's own checkpoint that this verifier accepted, if the trainer then held an earned, renewed
+    lease on the slot within `window`, winning or not (`kept`: peer → when this verifier last saw that):
+    owners tied on progress are all incumbents (claim_logic.displaced: a tie displaces nobody), and a late
+    joiner ranks them by the progress that *it* has verified, so an honest trainer whose checkpoints it had not
+    checked yet can lose every one of its rankings to a lease an attacker wrote, and release before winning
+    one; "wait" while the record is younger than `defer` (the lease may not have reached this node's reads
+    yet); else "reject": copies and forks by peers that never held the slot are ignored, whatever their step
+    (the start of a segment, a first checkpoint or a takeover, still needs the winning lease)."""
     if watching_since is None or first_seen <= watching_since:
         return "ok"
     if seen.get(trainer, float("-inf")) >= first_seen - window:
         return "ok"
+    if continues and (kept or {}).get(trainer, float("-inf")) >= first_seen - window:
+        return "ok"
     return "wait" if now - first_seen < defer else "reject"
+
+
+def lease_sightings(view: RunView, dht_now: float, renewed_within: float
+                    ) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Who holds each slot's lease in `view`: slot → the peers that win it (`view.owners`), and slot → the
+    peers whose lease on it is earned (an incumbent's: TRAINING or DONE, making progress) and renewed within
+    `renewed_within` seconds, winning or not. A lease written once and back-dated, or stale, may still win a
+    cluster nobody else holds: it makes its writer neither."""
+    owners: dict[str, set[str]] = {}
+    kept: dict[str, set[str]] = {}
+    for lease in view.leases:
+        if not lease.incumbent or dht_now - lease.ts > renewed_within:
+            continue
+        slot, peer = expert_slot(lease.cluster), claimant_peer(lease.peer_id)
+        kept.setdefault(slot, set()).add(peer)
+        if view.owners.get(lease.cluster) == lease.peer_id:
+            owners.setdefault(slot, set()).add(peer)
+    return owners, kept
 
 
 def disputed(view: RunView, me: str, slot: str, replayed: set[str] | frozenset[str]) -> list[CheckpointBody]:
@@ -112,15 +139,23 @@ def disputed(view: RunView, me: str, slot: str, replayed: set[str] | frozenset[s
     return out
 
 
-def stale_takeover(view: RunView | None, slot: str, body: CheckpointBody, trainer: str) -> bool:
+def stale_takeover(view: RunView | None, slot: str, body: CheckpointBody, trainer: str, me: str | None = None) -> bool:
     """Whether `body` starts a new segment (its parent is another trainer's) from a checkpoint that an accepted
     checkpoint already follows: a takeover starts from the slot's newest accepted checkpoint, so a fork from an
-    older one (copies of an early checkpoint by whoever holds the slot later) is no takeover."""
+    older one (copies of an early checkpoint by whoever holds the slot later) is no takeover.
+
+    What `me` (the node asking) trained counts here only as the attestations judge it, never by its own
+    vouching (node.checker.vouch): a trainer's reading of the rule counts its own checkpoints accepted whatever
+    the verifiers said, so its own checkpoint that they rejected would make an honest takeover from its parent
+    look like a fork to it alone, and two nodes could each reject the other's checkpoint at the target for good."""
     if view is None or body.parent is None:
         return False
     parent_trainers = {peer for peer, c in view.checkpoints if c.cid == body.parent and not c.replica}
     if not parent_trainers or trainer in parent_trainers:
         return False
+    if me is not None:
+        own = {c.cid for peer, c in view.checkpoints if peer == me and not c.replica}
+        view = replace(view, local=tuple((cid, v) for cid, v in view.local if cid not in own))
     return any(c.parent == body.parent and c.cid != body.cid for c in view.accepted_checkpoints(slot))
 
 
@@ -188,6 +223,8 @@ class Verifier:
         self.first_seen: dict[str, float] = {}
         self.holders: dict[str, dict[str, float]] = {}  # slot → peer → when this node last saw it hold the lease
         self.watching: dict[str, float] = {}  # slot → when this node first saw anyone hold its lease
+        self.kept: dict[str, dict[str, float]] = {}  # slot → peer → when last seen with an earned lease, winning or not
+        self.cleared: dict[str, str] = {}  # CID → the trainer whose record of it this node accepted
         self.lease_window, self.defer = lease_window, 3 * max(period, 1.0)
         self.renewed_within = max(6 * period, 30.0)  # a lease renewed this recently is one its owner keeps
         self.period = max(period, 1.0)
@@ -200,13 +237,15 @@ class Verifier:
         """Note who holds each slot's lease now, and when each checkpoint record first reached this node. Fed
         by every read of the run the node makes (its lease renewals, seed rounds, these rounds), so a long
         round of checks does not leave gaps in what the leaseholder check knows."""
-        now, dht_now = time.monotonic(), get_dht_time()
-        for lease in view.leases:  # earned, renewed leases only: one written once and back-dated, or stale, can
-            # still win a cluster nobody else holds; it must not make its writer a leaseholder
-            if (lease.incumbent and view.owners.get(lease.cluster) == lease.peer_id
-                    and dht_now - lease.ts <= self.renewed_within):
-                self.holders.setdefault(expert_slot(lease.cluster), {})[claimant_peer(lease.peer_id)] = now
-                self.watching.setdefault(expert_slot(lease.cluster), now)
+        now = time.monotonic()
+        owners, kept = lease_sightings(view, get_dht_time(), self.renewed_within)
+        for slot, peers in owners.items():
+            self.watching.setdefault(slot, now)
+            for peer in peers:
+                self.holders.setdefault(slot, {})[peer] = now
+        for slot, peers in kept.items():
+            for peer in peers:
+                self.kept.setdefault(slot, {})[peer] = now
         for _, c in view.checkpoints:  # when each record first reached this node (the trainer's ts is its own)
             self.first_seen.setdefault(c.cid, now)
 
@@ -279,15 +318,17 @@ class Verifier:
         replayed, exact = False, None
         cluster = slot_cluster(slot)
         if result.content_ok and cluster is not None:
+            continues = body.parent is not None and self.cleared.get(body.parent) == trainer
             lease = lease_verdict(self.holders.get(slot, {}), self.watching.get(slot), trainer,
-                                  self.first_seen.get(body.cid, now), now, window=self.lease_window, defer=self.defer)
+                                  self.first_seen.get(body.cid, now), now, window=self.lease_window, defer=self.defer,
+                                  kept=self.kept.get(slot, {}), continues=continues)
             if lease == "wait":
                 self.backoff.failed(body.cid, now)
                 return None
             why = ""
             if lease == "reject":
                 why = "published by a peer that did not hold the slot's lease (a copy or a fork by another)"
-            elif stale_takeover(self._last_view, slot, body, trainer):
+            elif stale_takeover(self._last_view, slot, body, trainer, self.node.peer_id):
                 why = "takes over from a checkpoint the slot had already moved past (a fork)"
             if why:
                 self.checker.refute(body, why)
@@ -307,6 +348,8 @@ class Verifier:
         # without a reject that would also count against the honest record of the same CID
         found = result.step is not None
         good = result.content_ok  # a failed replay clears it
+        if good:
+            self.cleared[body.cid] = trainer
         return AttestationBody(slot=slot, cid=body.cid, step=result.step if found else body.step,
                                parent=result.parent if found else body.parent, val_loss=result.val_loss,
                                verdict="accept" if good else "reject", reason="" if good else result.reason[:300],

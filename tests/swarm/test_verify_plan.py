@@ -278,3 +278,193 @@ def test_the_checkers_of_a_checkpoint_start_one_after_another_so_later_ones_fetc
         plan = VerifyPlan(_secret(10 + i), wanted=3, replay_every=10, patience=30.0)
         assert choose(to_verify(alone, a, "expert-0"), trainers, plan=plan, view=alone, me=a, owner=trainer,
                       first_seen={}, backoff=Backoff(base=10.0, cap=320.0), now=0.0, per_checker=30.0)
+
+
+def test_an_owner_tied_on_progress_holds_its_lease_for_its_own_lineage_but_starts_no_segment():
+    """The race behind a stalled two-node run: a late verifier ranked a tie on progress (nothing it had verified
+    yet) for an attacker's fresh lease, so the honest trainer, an incumbent that a tie does not displace, never
+    won one of its rankings before it released; its last checkpoint was then rejected as a copy by a peer that
+    never held the slot. Its lease, earned and renewed, counts for a record that continues its own checkpoint
+    this verifier accepted; never for a segment's start (a copy of another's checkpoint, a takeover)."""
+    from node.role_verifier import lease_verdict
+
+    seen = {"squat": 62.0}  # the tie's winner, by rendezvous
+    kept = {"squat": 62.0, "trainer": 62.0}  # both incumbents, renewed
+    kw = {"window": 60.0, "defer": 3.0, "kept": kept}
+    assert lease_verdict(seen, 62.0, "trainer", 63.5, 69.0, **kw, continues=True) == "ok"
+    assert lease_verdict(seen, 62.0, "trainer", 63.5, 69.0, **kw) == "reject"  # a segment's start needs the win
+    assert lease_verdict(seen, 62.0, "copier", 63.5, 69.0, **kw, continues=True) == "reject"  # never held it
+    assert lease_verdict(seen, 62.0, "trainer", 200.0, 210.0, **kw, continues=True) == "reject"  # long gone
+    assert lease_verdict(seen, 62.0, "trainer", 63.5, 64.0, window=60.0, defer=3.0, continues=True) == "wait"
+
+
+def test_lease_sightings_are_the_winners_and_every_earned_renewed_lease():
+    from dataclasses import replace
+
+    from node.role_verifier import lease_sightings
+    from protocol.swarm_records import ClaimState
+    from swarm.claim_logic import ClaimView
+
+    trainer, squat, copier = PEERS
+    leases = (ClaimView(trainer, 0, ClaimState.TRAINING, since=51.7, ts=62.0),
+              ClaimView(f"{squat}/1", 0, ClaimState.TRAINING, since=57.0, ts=57.0),
+              ClaimView(f"{copier}/2", 0, ClaimState.TRAINING, since=-9940.0, ts=-9940.0),  # back-dated
+              ClaimView(copier, 0, ClaimState.TRAINING, since=50.0, ts=62.0, stale=True),  # no progress
+              ClaimView(f"{copier}/3", 0, ClaimState.JOINING, since=61.0, ts=62.0))
+    view = replace(_view([]), leases=leases, owners={0: f"{squat}/1"})
+    owners, kept = lease_sightings(view, 62.5, 30.0)
+    assert owners == {"expert-0": {squat}}
+    assert kept == {"expert-0": {trainer, squat}}
+
+
+def test_a_trainer_does_not_call_a_takeover_from_its_rejected_checkpoints_parent_a_fork():
+    """The deadlock that followed: the verifier rejected the trainer's step 20 and took over from step 10; the
+    trainer, whose own reading counts its own checkpoints accepted (node.checker.vouch), saw an accepted step 20
+    after step 10 and rejected the takeover as a fork. Each side's checkpoint at the target was rejected by the
+    other for good. Its own vouching is no evidence against another's takeover; the attestations are."""
+    from dataclasses import replace
+
+    from node.role_verifier import stale_takeover
+    from protocol.swarm_records import AttestationBody
+    from swarm.acceptance import Vote
+
+    trainer, taker, other = PEERS
+    c10, c20 = _ck(10, _cid(1)), _ck(20, _cid(2), parent=_cid(1))
+    takeover = _ck(20, _cid(3), parent=_cid(1))
+
+    def att(c, verdict):
+        return AttestationBody(slot="expert-0", cid=c.cid, step=c.step, parent=c.parent, val_loss=0.5,
+                               verdict=verdict, reason="" if verdict == "accept" else "a copy", ts=1.0)
+
+    vouched = tuple((c.cid, Vote("local", c.cid, c.step, c.parent, 0.5, True, replayed=True)) for c in (c10, c20))
+    view = replace(_view([(trainer, c10), (trainer, c20), (taker, takeover)]), local=vouched,
+                   attestations=((taker, att(c10, "accept")), (taker, att(c20, "reject"))))
+    assert view.accepted_checkpoints("expert-0")[0].cid == c20.cid  # in the trainer's reading
+    assert not stale_takeover(view, "expert-0", takeover, taker, trainer)
+    # accepted by a verifier's attestation, its step 20 does make a takeover from step 10 a fork
+    attested = replace(view, attestations=((taker, att(c10, "accept")), (other, att(c20, "accept"))))
+    assert stale_takeover(attested, "expert-0", takeover, taker, trainer)
+    # and a verifier's own check is evidence: only the asking trainer's vouching is left out
+    checked = replace(view, local=((c20.cid, Vote("local", c20.cid, 20, c10.cid, 0.5, True)),))
+    assert stale_takeover(checked, "expert-0", takeover, taker, other)
+
+
+def _fake_verifier(me: str, monkeypatch, clock: list[float], members):
+    """A Verifier with a fake checker (every checkpoint's content is sound), node and clock."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import node.role_verifier as rv
+    from node.checker import CheckResult
+    from protocol.swarm_run import Schedule
+
+    monkeypatch.setattr(rv, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(rv, "get_dht_time", lambda: clock[0])
+
+    class Checker:
+        def __init__(self):
+            self.refuted = {}
+
+        async def check(self, body, parents=None, *, trainer=None):
+            return CheckResult(True, "", 0.5, body.step, body.parent, content_ok=True)
+
+        def refute(self, body, reason):
+            self.refuted[body.cid] = reason
+
+    stored = []
+
+    async def put(key, body, expiration):
+        stored.append(body)
+        return True
+
+    node = SimpleNamespace(peer_id=me, put=put, record_ttl=3600.0)
+    verifier = rv.Verifier(node, Checker(), Schedule(), "run-x", 1, VerifyPlan(_secret(0), 3, 0, 30.0),
+                           SimpleNamespace(add=lambda *a: None), period=1.0, lease_window=60.0,
+                           training_data=None, stopping=asyncio.Event())
+    return verifier, stored
+
+
+def test_a_late_verifier_accepts_an_honest_trainers_last_checkpoint_whatever_lease_won_its_views(monkeypatch):
+    """The stalled run, replayed against the verifier: b joins while a trains cluster 0; b's first views rank a
+    tie on progress (a's checkpoints are not verified yet) for the attacker's lease, so a never wins one; b
+    accepts a's steps 10-30; a publishes step 40 and releases at once. b accepted it as a's own continuation
+    (it rejected it as a copy before)."""
+    import asyncio
+    from dataclasses import replace
+
+    from protocol.swarm_records import ClaimState
+    from swarm.claim_logic import ClaimView
+
+    a, squat, b = PEERS
+    clock = [62.0]
+    verifier, stored = _fake_verifier(b, monkeypatch, clock, [a, b])
+    cks = [_ck(10, _cid(1))] + [_ck(10 * i, _cid(i), parent=_cid(i - 1)) for i in (2, 3)]
+    tied = (ClaimView(a, 0, ClaimState.TRAINING, since=51.7, ts=61.9),
+            ClaimView(f"{squat}/1", 0, ClaimState.TRAINING, since=57.0, ts=57.0))
+    view = replace(_view([(a, c) for c in cks], members=[a, b]), leases=tied, owners={0: f"{squat}/1"})
+    assert asyncio.run(verifier.round(view)) == 3 and all(x.verdict == "accept" for x in stored)
+
+    clock[0] = 63.5  # a published step 40 and released: its lease is gone from every later view
+    last = _ck(40, _cid(4), parent=_cid(3))
+    view = replace(view, checkpoints=(*view.checkpoints, (a, last)), leases=tied[1:],
+                   attestations=tuple((b, x) for x in stored))
+    asyncio.run(verifier.round(view))
+    clock[0] = 69.0  # past the wait for a lease to reach this node's reads
+    asyncio.run(verifier.round(view))
+    verdicts = [(x.verdict, x.reason) for x in stored if x.cid == last.cid]
+    assert verdicts and set(verdicts) == {("accept", "")}, verdicts
+
+
+def test_a_copy_by_a_peer_with_a_fresh_lease_that_never_won_is_still_rejected(monkeypatch):
+    """The same verifier, against a copy of a's step 30 published by the attacker whose lease ties but loses:
+    its parent is another's checkpoint (a segment's start), so only the winning lease counts, as before."""
+    import asyncio
+    from dataclasses import replace
+
+    from protocol.swarm_records import ClaimState
+    from swarm.claim_logic import ClaimView
+
+    a, squat, b = PEERS
+    clock = [62.0]
+    verifier, stored = _fake_verifier(b, monkeypatch, clock, [a, b])
+    cks = [_ck(10, _cid(1))] + [_ck(10 * i, _cid(i), parent=_cid(i - 1)) for i in (2, 3)]
+    tied = (ClaimView(a, 0, ClaimState.TRAINING, since=51.7, ts=61.9),
+            ClaimView(squat, 0, ClaimState.TRAINING, since=57.0, ts=61.9))
+    view = replace(_view([(a, c) for c in cks], members=[a, b]), leases=tied, owners={0: a})
+    assert asyncio.run(verifier.round(view)) == 3
+    clock[0] = 63.5
+    copy = _ck(40, _cid(5), parent=_cid(3))
+    view = replace(view, checkpoints=(*view.checkpoints, (squat, copy)), attestations=tuple((b, x) for x in stored))
+    asyncio.run(verifier.round(view))
+    clock[0] = 69.0
+    asyncio.run(verifier.round(view))
+    assert [x.verdict for x in stored if x.cid == copy.cid] == ["reject"]
+
+
+def test_a_trainer_accepts_a_takeover_from_the_parent_of_its_checkpoint_that_verifiers_rejected(monkeypatch):
+    """The other side of the stalled run: b rejected a's step 40, claimed the cluster and took over from step
+    30; a, verifying b's step 40, must not call it a fork because its own step 40 counts for a alone."""
+    import asyncio
+    from dataclasses import replace
+
+    from protocol.swarm_records import AttestationBody, ClaimState
+    from swarm.acceptance import Vote
+    from swarm.claim_logic import ClaimView
+
+    a, _, b = PEERS
+    clock = [81.0]
+    verifier, stored = _fake_verifier(a, monkeypatch, clock, [a, b])
+    cks = [_ck(10, _cid(1))] + [_ck(10 * i, _cid(i), parent=_cid(i - 1)) for i in (2, 3, 4)]
+    takeover = _ck(40, _cid(5), parent=_cid(3), ts=101.0)
+
+    def att(c, verdict):
+        return AttestationBody(slot="expert-0", cid=c.cid, step=c.step, parent=c.parent, val_loss=0.5,
+                               verdict=verdict, reason="" if verdict == "accept" else "not the leaseholder", ts=1.0)
+
+    view = replace(_view([*((a, c) for c in cks), (b, takeover)], members=[a, b]),
+                   leases=(ClaimView(b, 0, ClaimState.TRAINING, since=77.8, ts=80.9),), owners={0: b},
+                   attestations=(*((b, att(c, "accept")) for c in cks[:3]), (b, att(cks[3], "reject"))),
+                   local=tuple((c.cid, Vote("local", c.cid, c.step, c.parent, 0.5, True, replayed=True))
+                               for c in cks))
+    assert asyncio.run(verifier.round(view)) == 1
+    assert stored[-1].cid == takeover.cid and stored[-1].verdict == "accept", stored[-1].reason
