@@ -1,4 +1,5 @@
-"""`paris-node join` processes for end-to-end tests: started in their own session, read through their JSON
+"""`paris-node join` processes for end-to-end tests: started in their own session (forked from the suite's
+pre-imported zygote, tests/zygote.py, where a fork can be what a new interpreter would), read through their JSON
 log, stopped by process group."""
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import threading
 import time
 from pathlib import Path
 
+from tests import zygote
+from tests.zygote import ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-c", "from node.cli import main; main()"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "140"}
 
 
 class Daemon:
@@ -26,8 +29,8 @@ class Daemon:
     def __init__(self, home: Path, *args: str, prefix: tuple[str, ...] = ()) -> None:
         self.home, self.log = home, home.with_suffix(".log")
         self._fh = open(self.log, "wb")  # noqa: SIM115 (closed in stop())
-        self.proc = subprocess.Popen([*prefix, *CLI, "join", "--home", str(home), *args], cwd=ROOT, env=ENV,
-                                     stdout=subprocess.DEVNULL, stderr=self._fh, start_new_session=True)
+        self.proc = zygote.popen([*prefix, *CLI, "join", "--home", str(home), *args], cwd=ROOT, env=ENV,
+                                 stdout=subprocess.DEVNULL, stderr=self._fh)
 
     def events(self) -> list[dict]:
         out = []
@@ -73,7 +76,7 @@ class Daemon:
 
 def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     """One `paris-node` command, run to its end."""
-    return subprocess.run([*CLI, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    return zygote.run_to_end([*CLI, *args], cwd=ROOT, env=ENV, timeout=timeout)
 
 
 def status(peers_file: Path) -> dict:
@@ -94,9 +97,9 @@ class StatusWatch:
     daemons under test. Its JSON lines are read in a thread."""
 
     def __init__(self, peers_file: Path, interval: float = 1.0) -> None:
-        self.proc = subprocess.Popen([*CLI, "status", "--initial-peers-file", str(peers_file), "--json", "--watch",
-                                      "--interval", str(interval)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.proc = zygote.popen([*CLI, "status", "--initial-peers-file", str(peers_file), "--json", "--watch",
+                                  "--interval", str(interval)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[str] = queue.Queue()
         self.error = ""
         threading.Thread(target=self._read, daemon=True).start()
@@ -185,10 +188,10 @@ class Evil:
         home.mkdir(parents=True, exist_ok=True)
         self.log = open(home / "evil.log", "wb")  # noqa: SIM115 (closed in stop())
         extra = list(args) if args else ["--interval", "10"]
-        self.proc = subprocess.Popen(
+        self.proc = zygote.popen(
             [sys.executable, f"tests/swarm/{script}", "--peers-file", str(peers_file), "--home", str(home), *extra],
-            cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=self.log, start_new_session=True)
+            cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self.log)
         self.acts: list[dict] = []
         threading.Thread(target=self._read, daemon=True).start()
 

@@ -14,6 +14,7 @@ import subprocess
 
 import pytest
 
+from tests import zygote
 from tests.commands import cli_inproc
 from tests.daemons import CLI, ENV, ROOT, Daemon, slots, wait_status
 
@@ -23,7 +24,7 @@ TARGET, ROUTER, EVERY = 20, 10, 10
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    return zygote.run_to_end([*CLI, *args], cwd=ROOT, env=ENV, timeout=timeout)
 
 
 def _save_tiny_vae(path):

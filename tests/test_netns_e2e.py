@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import netns
+from tests import netns, zygote
 from tests.daemons import CLI, ENV, ROOT, Daemon
 
 pytestmark = pytest.mark.slow
@@ -56,8 +56,7 @@ def lan():
 
 
 def _in(net: netns.Lan, host: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([*net.argv(host), *CLI, *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
+    return zygote.run_to_end([*net.argv(host), *CLI, *args], cwd=ROOT, env=ENV, timeout=timeout)
 
 
 def _status(net: netns.Lan, host: str, peers_file: Path) -> dict:
@@ -232,8 +231,8 @@ def test_partition_heals_to_one_owner_doctor_and_nat(lan, tmp_path):
     d.wait_for(lambda e: e.get("msg") == "replicated expert-0 checkpoint", 240, "the NATed node fetches a checkpoint")
     d_id = json.loads((tmp_path / "d" / "node.json").read_text())["peer_id"]
     circuit = f"/ip4/{ips['a']}/tcp/{PORT}/p2p/{info['peer_id']}/p2p-circuit"
-    r = subprocess.run([*net.argv("b"), *CLI[:1], "-c", DIAL, d_id, f"/ip4/{private}/tcp/{PORT}", circuit],
-                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    r = zygote.run_to_end([*net.argv("b"), *CLI[:1], "-c", DIAL, d_id, f"/ip4/{private}/tcp/{PORT}", circuit],
+                          cwd=ROOT, env=ENV, timeout=120)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith(("OK", "FAIL"))]
     print(f"behind NAT, {time.monotonic() - d_started:.0f} s after it started:", lines)
     assert len(lines) == 2 and lines[0].startswith("FAIL"), r.stdout + r.stderr[-2000:]  # not at its private IP

@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from tests.daemons import CLI, ENV, ROOT, Daemon
+from tests import zygote
+from tests.daemons import ENV, ROOT, Daemon, cli
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +34,8 @@ dht.shutdown()
 
 def test_join_with_a_run_file_publishes_it_into_an_existing_network(tiny_run, synth_dir, tmp_path):
     spec, run_file = tiny_run
-    boot = subprocess.Popen([sys.executable, "-c", BOOTSTRAP], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, cwd=ROOT, start_new_session=True)
+    boot = zygote.popen([sys.executable, "-c", BOOTSTRAP], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=ENV)
     daemons: list[Daemon] = []
     try:
         maddr = boot.stdout.readline().strip()
@@ -64,13 +65,12 @@ def test_join_with_a_run_file_publishes_it_into_an_existing_network(tiny_run, sy
 
 def test_a_run_that_is_neither_an_id_nor_a_file_or_of_another_creator_is_a_one_line_error(tiny_run, synth_dir,
                                                                                           tmp_path):
-    boot = subprocess.Popen([sys.executable, "-c", BOOTSTRAP], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, cwd=ROOT, start_new_session=True)
+    boot = zygote.popen([sys.executable, "-c", BOOTSTRAP], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=ENV)
     try:
         maddr = boot.stdout.readline().strip()
         t0 = time.monotonic()
-        r = subprocess.run([*CLI, "join", "--home", str(tmp_path / "h"), "--initial-peers", maddr, "--run",
-                            "no such thing!"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+        r = cli("join", "--home", str(tmp_path / "h"), "--initial-peers", maddr, "--run", "no such thing!")
         assert r.returncode != 0 and "neither a run id nor a run spec file" in r.stderr, r.stderr[-2000:]
         assert "Traceback" not in r.stderr and time.monotonic() - t0 < 180
         # someone else's spec: only its creator (whose key its run id commits to) can publish it
@@ -80,16 +80,15 @@ def test_a_run_that_is_neither_an_id_nor_a_file_or_of_another_creator_is_a_one_l
         theirs = RunSpec.model_validate({**tiny_run[0].model_dump(),
                                          "creator": load_identity(tmp_path / "them").public_key_bytes.decode()})
         theirs.save(tmp_path / "theirs.json")
-        r = subprocess.run([*CLI, "join", "--home", str(tmp_path / "h"), "--initial-peers", maddr, "--run",
-                            str(tmp_path / "theirs.json"), "--data", str(synth_dir)], cwd=ROOT, env=ENV,
-                           capture_output=True, text=True, timeout=180)
+        r = cli("join", "--home", str(tmp_path / "h"), "--initial-peers", maddr, "--run", str(tmp_path / "theirs.json"),
+                "--data", str(synth_dir))
         assert r.returncode != 0 and "belongs to another creator" in r.stderr, r.stderr[-2000:]
         assert "Traceback" not in r.stderr
     finally:
         _stop(boot)
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc) -> None:
     """Kill the bootstrap's whole process group: hivemind forks a DHT process and a p2pd under it."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)

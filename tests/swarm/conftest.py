@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from tests import zygote
+from tests.zygote import ENV
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -24,10 +27,9 @@ class NodeProc:
     def __init__(self, argv: list[str], log_path: Path):
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
-        self.proc = subprocess.Popen(
-            [sys.executable, *argv], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self._log, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,  # its own process group: kill9 also takes its p2pd and DHT children
+        self.proc = zygote.popen(  # a fork of the pre-imported zygote where it can be one (tests/zygote.py)
+            [sys.executable, *argv], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+            env=ENV, start_new_session=True,  # its own process group: kill9 also takes its p2pd and DHT children
         )
         self._lines: queue.Queue[dict] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
