@@ -123,3 +123,21 @@ def test_a_child_that_cannot_start_is_an_error_as_with_popen(tmp_path):
         zygote.popen([PY, "-c", "pass"], cwd=tmp_path / "no such directory", env=ENV)
     assert zygote.run_to_end([PY, "-c", "print('still serving')"], cwd=tmp_path, env=ENV,
                              timeout=60).stdout == "still serving\n"
+
+
+def test_a_fork_killed_holding_an_import_time_lock_blocks_no_later_fork(tmp_path):
+    """hivemind makes multiprocessing locks while it imports (a semaphore in memory a fork shares): forks of one
+    zygote shared them, and a daemon killed -9 while it held one left every later DHT process blocked."""
+    locks = ("import time\nfrom hivemind.utils.mpfuture import MPFuture\n"
+             "from hivemind.utils.asyncio import _AsyncContextWrapper as W\n"
+             "locks = (MPFuture._update_lock, MPFuture._initialization_lock, W.EXECUTOR_LOCK)\n")
+    hold = locks + "for lock in locks: lock.acquire()\nprint('held', flush=True)\ntime.sleep(600)"
+    for _ in range(zygote.ZYGOTES):  # one holder forked from each zygote, killed while it holds the locks
+        proc = zygote.popen([PY, "-c", hold], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE)
+        assert proc.stdout.readline() == b"held\n"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(20)
+    take = locks + "print(all(lock.acquire(timeout=5) for lock in locks))"
+    for _ in range(zygote.ZYGOTES):
+        r = zygote.run_to_end([PY, "-c", take], cwd=tmp_path, env=ENV, timeout=60)
+        assert r.stdout.strip() == "True", r.stderr

@@ -113,6 +113,7 @@ def _become(req: dict, fds: list[int]) -> None:
 
     numpy.random.seed()
     torch.seed()
+    _renew_locks()
 
 
 def _enter_netns(name: str) -> None:
@@ -135,6 +136,44 @@ def _pythonpath(env: dict) -> list[str]:
 
 
 _ZYGOTE_ENV: dict[str, str] = {}
+_SHARED_LOCKS: list[tuple[object, str, type]] = []
+
+
+def _import_time_locks() -> list[tuple[object, str, type]]:
+    """Every multiprocessing lock that importing created, as (module or class, attribute, type).
+
+    Such a lock is a semaphore in memory that a fork shares with its parent: every fork of the zygote would
+    hold the same one (hivemind's MPFuture has three), and a process killed while it held it would leave
+    every later fork blocked on it. A fresh interpreter makes its own, so each fork makes new ones
+    (`_renew_locks`). A lock held anywhere else could not be renewed: the zygote refuses to start."""
+    import gc
+    import multiprocessing.synchronize as mps
+
+    found, unknown = [], []
+    for lock in [o for o in gc.get_objects() if isinstance(o, mps.SemLock)]:
+        places = []
+        for holder in gc.get_referrers(lock):
+            if not isinstance(holder, dict):
+                continue
+            for name in [k for k, v in list(holder.items()) if v is lock]:
+                owners = [o for o in gc.get_referrers(holder) if isinstance(o, type | type(sys))
+                          and o.__dict__.get(name) is lock]
+                places += [(owner, name, type(lock)) for owner in owners]
+        if places and type(lock) in (mps.Lock, mps.RLock):
+            found += places
+        else:
+            unknown.append(repr(lock))
+    if unknown:
+        raise RuntimeError(f"multiprocessing locks made while importing that a fork cannot renew: {unknown}")
+    return found
+
+
+def _renew_locks() -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context()
+    for owner, name, kind in _SHARED_LOCKS:
+        setattr(owner, name, kind(ctx=ctx))
 
 
 def serve(sock_path: str, alive_fd: int) -> dict:
@@ -148,6 +187,7 @@ def serve(sock_path: str, alive_fd: int) -> dict:
         for name in PRELOAD:
             importlib.import_module(name)
     _ZYGOTE_ENV.update(os.environ)
+    _SHARED_LOCKS.extend(_import_time_locks())
     gc.collect()
     gc.freeze()  # what the imports built stays out of the children's collections: fewer copied pages
 
