@@ -37,6 +37,7 @@ import os
 import random
 import re
 import selectors
+import shutil
 import signal
 import socket
 import struct
@@ -401,6 +402,7 @@ class _Zygote:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
         self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # two zygotes, taken in turn, each with its own hash seed: fresh interpreters hash strings with a seed of their
