@@ -27,6 +27,7 @@ minted to attest (Sybils) can at most hide honest progress from nodes that did n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -146,7 +147,7 @@ def _tally(claim: Claim, votes: Iterable[Vote], rtol: float) -> _Tally:
     verdicts: dict[str, tuple[str, bool]] = {}
     failed: list[str] = []
     for v in sorted(votes, key=lambda v: (v.verifier, v.accept, v.step, v.parent or "", v.reason, v.replayed,
-                                          v.val_loss if v.val_loss is not None else float("inf"))):
+                                          _loss_rank(v.val_loss))):
         if v.verifier == claim.trainer or v.cid != claim.cid:
             continue
         why = _objection(claim, v, rtol)
@@ -161,8 +162,14 @@ def _tally(claim: Claim, votes: Iterable[Vote], rtol: float) -> _Tally:
                   sorted(failed)[0] if failed else "")
 
 
+def _loss_rank(loss: float | None) -> tuple[int, float]:
+    """A loss as a sort key with a total order: a NaN (a record may say anything) compares false with every
+    number, and a sort keyed on it would follow the order the records were read in."""
+    return (2, 0.0) if loss is None else (1, 0.0) if math.isnan(loss) else (0, loss)
+
+
 def _order(c: Claim) -> tuple:
-    return (c.step, c.ts, c.trainer, c.cid, c.parent or "", c.val_loss if c.val_loss is not None else float("inf"))
+    return (c.step, c.ts, c.trainer, c.cid, c.parent or "", _loss_rank(c.val_loss))
 
 
 def judge(claims: Iterable[Claim], votes: Iterable[Vote], policy: Policy,

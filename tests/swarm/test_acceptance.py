@@ -707,3 +707,23 @@ def test_a_failed_replay_that_another_replay_contradicts_is_contested_and_a_repl
     assert contested_replays(judged, votes, Q1) == []
     refuted = {"cid1": replace(vote(c1, "local", False), replayed=True)}  # it failed here too: settled for good
     assert contested_replays(judge([c1, c2], votes, Q1, refuted), votes, Q1) == []
+
+
+def test_a_nan_loss_does_not_make_the_judgement_depend_on_the_order_records_were_read_in():
+    """The case hypothesis found: records of one CID that claim 2.5, 4.5 and NaN, and rejecting votes that
+    recompute 2.5 and NaN. A NaN compares false with every number, so a sort keyed on the loss followed the
+    order of the records, and nodes that read them in another order gave another reason."""
+    import itertools
+
+    claims = [claim("cid0", 1, loss=2.5), claim("cid0", 1, loss=4.5), claim("cid0", 1, loss=float("nan"))]
+    votes = [vote(claims[0], "v1", accept=False, val_loss=float("nan")),
+             vote(claims[0], "v2", accept=False, val_loss=2.5), vote(claims[0], "v3", accept=False)]
+    policy = Policy(attestations=2, max_interval=10)
+
+    def reasons(cs, vs) -> list[str]:
+        return [f"{j.claim.val_loss} {j.status} {j.reason} {j.rejects}" for j in judge(cs, vs, policy)]
+
+    first = reasons(claims, votes)
+    for cs in itertools.permutations(claims):
+        for vs in itertools.permutations(votes):
+            assert reasons(list(cs), list(vs)) == first
