@@ -478,13 +478,13 @@ def _uses_libp2p(argv: list[str], cwd: Path | str) -> bool:
 
 
 def popen(argv: list[str], *, cwd: Path | str, env: dict[str, str], stdin=None, stdout=None, stderr=None,
-          text: bool = False, start_new_session: bool = True):
+          text: bool = False, start_new_session: bool = True, fork: bool = True):
     """`subprocess.Popen(argv, ...)`, as a fork of the zygote when it can be one; otherwise a real Popen.
     The child always has its own session (what every caller of this asks for)."""
     netns = None
     if argv[:3] == ["ip", "netns", "exec"] and len(argv) > 4 and not os.path.exists(f"/etc/netns/{argv[3]}"):
         netns, argv = argv[3], argv[4:]  # the fork enters the namespace itself (no /etc/netns files to bind)
-    forkable = (argv[0] == sys.executable and len(argv) >= 2 and argv[1] != "-"
+    forkable = (fork and argv[0] == sys.executable and len(argv) >= 2 and argv[1] != "-"
                 and os.environ.get("PARIS_TEST_NO_ZYGOTE") != "1" and stderr != subprocess.STDOUT
                 and (not argv[1].startswith("-") or argv[1] in ("-c", "-m"))
                 and _import_time_vars(env) == _import_time_vars(ENV) and not _uses_libp2p(argv[1:], cwd))
