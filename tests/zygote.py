@@ -205,7 +205,7 @@ def serve(sock_path: str, alive_fd: int) -> dict:
     sel.register(listener, selectors.EVENT_READ, "accept")
     sel.register(wake_r, selectors.EVENT_READ, "child")
     sel.register(alive_fd, selectors.EVENT_READ, "alive")
-    children: dict[int, socket.socket] = {}
+    children: dict[int, socket.socket | None] = {}  # a child whose client left keeps running, and is ours
 
     def reap() -> None:
         while True:
@@ -251,7 +251,8 @@ def serve(sock_path: str, alive_fd: int) -> dict:
                 sel.close()
                 listener.close()
                 for c in (conn, *children.values()):
-                    c.close()
+                    if c is not None:
+                        c.close()
                 for fd in (wake_r, wake_w, alive_fd):
                     os.close(fd)
                 try:
@@ -271,9 +272,10 @@ def serve(sock_path: str, alive_fd: int) -> dict:
                 conn.sendall(json.dumps(reply).encode() + b"\n")
             except OSError:  # the client left: the child runs on, as a Popen'd process would
                 conn.close()
-                continue
+                conn = None
             if failed:
-                conn.close()
+                if conn is not None:
+                    conn.close()
                 continue
             children[pid] = conn
 
