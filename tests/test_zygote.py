@@ -17,8 +17,13 @@ import pytest
 from tests import netns, zygote
 from tests.zygote import ENV, Forked
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.environ.get("PARIS_TEST_NO_ZYGOTE") == "1",
-                                                  reason="PARIS_TEST_NO_ZYGOTE=1: the suite starts real processes")]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _zygote_on(monkeypatch):
+    monkeypatch.setenv("PARIS_TEST_ZYGOTE", "1")  # off by default in the suite (tests/zygote.py says why)
+
 
 PY = sys.executable
 SHOW = """names = sorted(n for n in globals() if not n.startswith("__"))

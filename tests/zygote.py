@@ -21,7 +21,11 @@ ARGS` would have been:
 `ip netns exec NS python ...` is a fork that enters the namespace itself (as `ip` does for the network; there is
 no `/etc/netns/NS` to bind). What a fork cannot be is started by `subprocess` as before: another program, or an
 environment that differs from the zygote's in a variable read while importing (`OMP_*`, `PYTHON*` but
-`PYTHONPATH`, ...). `PARIS_TEST_NO_ZYGOTE=1` starts everything by `subprocess`.
+`PYTHONPATH`, ...), or a py-libp2p program.
+
+It is off unless PARIS_TEST_ZYGOTE=1: in one fresh-clone CI run of the whole suite, a forked claim node
+(tests/swarm/node_proc) stopped answering for 90 s while alive, which three tests then failed on; the cause is
+not found yet, so the suite's processes are real ones by default and tests/test_zygote.py keeps this working.
 
 The zygote is one thread (a fork of a threaded process may inherit a held lock): a selector over its listening
 socket, a self-pipe woken by SIGCHLD, and a pipe from the test process whose end means the test process is gone
@@ -480,14 +484,16 @@ def _uses_libp2p(argv: list[str], cwd: Path | str) -> bool:
 
 
 def popen(argv: list[str], *, cwd: Path | str, env: dict[str, str], stdin=None, stdout=None, stderr=None,
-          text: bool = False, start_new_session: bool = True, fork: bool = True):
-    """`subprocess.Popen(argv, ...)`, as a fork of the zygote when it can be one; otherwise a real Popen.
-    The child always has its own session (what every caller of this asks for)."""
+          text: bool = False, start_new_session: bool = True, fork: bool | None = None):
+    """`subprocess.Popen(argv, ...)`, as a fork of the zygote when one is wanted (`fork`, by default
+    PARIS_TEST_ZYGOTE=1) and it can be one; otherwise a real Popen. The child always has its own session (what
+    every caller of this asks for)."""
     netns = None
     if argv[:3] == ["ip", "netns", "exec"] and len(argv) > 4 and not os.path.exists(f"/etc/netns/{argv[3]}"):
         netns, argv = argv[3], argv[4:]  # the fork enters the namespace itself (no /etc/netns files to bind)
-    forkable = (fork and argv[0] == sys.executable and len(argv) >= 2 and argv[1] != "-"
-                and os.environ.get("PARIS_TEST_NO_ZYGOTE") != "1" and stderr != subprocess.STDOUT
+    wanted = os.environ.get("PARIS_TEST_ZYGOTE") == "1" if fork is None else fork
+    forkable = (wanted and argv[0] == sys.executable and len(argv) >= 2 and argv[1] != "-"
+                and stderr != subprocess.STDOUT
                 and (not argv[1].startswith("-") or argv[1] in ("-c", "-m"))
                 and _import_time_vars(env) == _import_time_vars(ENV) and not _uses_libp2p(argv[1:], cwd))
     if not forkable:
@@ -526,9 +532,9 @@ def popen(argv: list[str], *, cwd: Path | str, env: dict[str, str], stdin=None, 
 
 
 def run_to_end(argv: list[str], *, cwd: Path | str, env: dict[str, str], timeout: float | None = None,
-               text: bool = True) -> subprocess.CompletedProcess:
+               text: bool = True, fork: bool | None = None) -> subprocess.CompletedProcess:
     """`subprocess.run(argv, capture_output=True, ...)` through `popen`."""
-    proc = popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text)
+    proc = popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text, fork=fork)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
