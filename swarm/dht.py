@@ -109,6 +109,9 @@ class NetworkConfig(BaseModel):
     behind_nat: bool = False  # reachable only through relays: reserve a slot on the initial peers' relays
     client_mode: bool = False
     request_timeout: float = Field(default=5.0, gt=0)
+    # how long a start waits for its identity to be free: a node restarted right after it crashed (kill -9, a
+    # power cut, systemd's Restart=) still looks taken to its peers for a few seconds
+    identity_wait: float = Field(default=30.0, ge=0)
 
     def dht_kwargs(self) -> dict:
         announce = list(self.announce_maddrs)
@@ -292,23 +295,39 @@ class SwarmNode:
         self._valid: OrderedDict[bytes, Signed | ForeignMember] = OrderedDict()
         self.owner_subkey = b"[owner:" + identity.public_key_bytes + b"]"
         self._member_readers: dict[str, MemberReader] = {}  # run id → this node's view of its member buckets
-        try:
-            self.dht = _DetachedDHT(
-                start=True, static_relays=self.network.behind_nat,
-                identity_path=str(identity.identity_path),
-                record_validators=make_validators(identity.private_key),
-                **self.network.dht_kwargs(),
-            )
-        except Exception as e:  # hivemind raises P2PDaemonError (or a bare error from its child) on start
-            detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            if "bootstrap" in detail:
-                raise ParisError(f"none of the initial peers answered ({', '.join(self.network.initial_peers)}): "
-                                 "check the addresses and that those nodes are running") from None
-            raise ParisError(f"the p2p node did not start: {detail}") from None
+        self.dht = self._start_dht()
         self._reads = _ReadBatcher(self.dht, self.network.request_timeout)
         self.peer_id = self.dht.peer_id.to_base58()
         if self.peer_id != identity.peer_id:
             raise ParisError(f"p2p daemon runs as {self.peer_id}, expected {identity.peer_id}")
+
+    def _start_dht(self) -> _DetachedDHT:
+        """Start the DHT process and its p2p daemon. hivemind refuses an identity that a peer still answers
+        for; one that stays taken for `identity_wait` seconds is another process running this node's home."""
+        deadline = time.monotonic() + self.network.identity_wait
+        while True:
+            try:
+                return _DetachedDHT(
+                    start=True, static_relays=self.network.behind_nat,
+                    identity_path=str(self.identity.identity_path),
+                    record_validators=make_validators(self.identity.private_key),
+                    **self.network.dht_kwargs(),
+                )
+            except Exception as e:  # hivemind raises P2PDaemonError (or a bare error from its child) on start
+                detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            if "already taken" in detail:
+                if time.monotonic() < deadline:
+                    log.info("identity %s still answers on the network (this node's last run, just ended?): "
+                             "retrying", self.identity.peer_id)
+                    time.sleep(2.0)
+                    continue
+                raise ParisError(f"identity {self.identity.peer_id} ({self.identity.identity_path}) is in use by a "
+                                 f"running peer for over {self.network.identity_wait:.0f} s: is another node "
+                                 "running with this home?")
+            if "bootstrap" in detail:
+                raise ParisError(f"none of the initial peers answered ({', '.join(self.network.initial_peers)}): "
+                                 "check the addresses and that those nodes are running")
+            raise ParisError(f"the p2p node did not start: {detail}")
 
     @classmethod
     def start(cls, home: Path | str | None = None, network: NetworkConfig | None = None,

@@ -1,16 +1,19 @@
 """SwarmNode between real hivemind nodes on 127.0.0.1: signed records round-trip, a foreign-signed write is
-refused by honest nodes, a peer speaking another protocol version gets a clear error instead of a hang, and
-member records live in buckets that stay small at a thousand peers."""
+refused by honest nodes, a peer speaking another protocol version gets a clear error instead of a hang,
+member records live in buckets that stay small at a thousand peers, and a node restarted while its last run's
+p2p daemon still answers waits for its identity."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from functools import partial
 
 import pytest
 from hivemind.utils.timed_storage import get_dht_time
 
+from protocol.errors import ParisError
 from protocol.swarm_records import (
     MEMBER_BUCKETS,
     PROTOCOL_VERSION,
@@ -66,6 +69,24 @@ def test_records_signatures_and_protocol_versions(tmp_path):
 
     asyncio.run(asyncio.wait_for(run(), 120))
 
+
+
+def test_an_identity_still_answering_is_waited_for_and_one_that_stays_taken_is_a_clear_error(tmp_path):
+    """A node killed -9 leaves its DHT process and p2pd up to a second more (they watch their parent), and a peer
+    answers for its identity until then: a restart in that second waits instead of failing. A second process on
+    a running node's home fails, with a line that says so."""
+    a = SwarmNode.start(tmp_path / "a")
+    peers = NetworkConfig(initial_peers=tuple(a.visible_maddrs()))
+    b = SwarmNode.start(tmp_path / "b", peers)
+    try:
+        with pytest.raises(ParisError, match="is in use by a running peer for over 2 s: is another node running"):
+            SwarmNode.start(tmp_path / "b", peers.model_copy(update={"identity_wait": 2.0}))
+        threading.Timer(3.0, b.shutdown).start()  # the last run ends while the new one waits for its identity
+        again = SwarmNode.start(tmp_path / "b", peers)
+        assert again.peer_id == b.peer_id
+        again.shutdown()
+    finally:
+        a.shutdown()
 
 
 def test_claim_done_progress_and_run_view(tmp_path):

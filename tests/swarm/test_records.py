@@ -40,10 +40,11 @@ from protocol.swarm_records import (
     run_key,
     subkey_suffix,
 )
+from swarm import validator as validator_module
 from swarm.dht import NetworkConfig
 from swarm.identity import load_identity, peer_id_of_public_key
 from swarm.layout import member_key
-from swarm.validator import ParisRecordValidator, check_record, make_validators
+from swarm.validator import ParisRecordValidator, PassedRecords, check_record, make_validators
 
 CID = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
 NOW = 1_800_000_000.0
@@ -129,6 +130,55 @@ def test_refused_records(ids):
     # no subkey / no owner
     assert not ParisRecordValidator().validate(dataclasses.replace(good, subkey=MSGPackSerializer.dumps(b"x")))
 
+
+
+def test_a_record_that_passed_is_not_checked_again_and_nothing_else_rides_on_it(ids, monkeypatch):
+    """Each validator remembers the record versions that passed: the same bytes are not verified again. A record
+    differing in any part (key, subkey, value, expiration) is checked in full, a refusal is never remembered (a
+    record dated ahead passes once its time comes), and the memory is bounded."""
+    a, b = ids
+    now = get_dht_time()
+    key = run_key("r", "claims")
+    good = _record(a, key, ClaimBody(cluster=0, state=ClaimState.TRAINING, peer_id=a.peer_id, since=now, ts=now))
+    validator = CompositeValidator(make_validators(b.private_key))
+    assert validator.validate(good)
+    checks = {"rsa": 0, "paris": 0}
+    real_verify, real_check = validator_module.RSASignatureValidator.validate, validator_module.check_record
+
+    def counted_verify(self, record):
+        checks["rsa"] += 1
+        return real_verify(self, record)
+
+    def counted_check(*args, **kwargs):
+        checks["paris"] += 1
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(validator_module.RSASignatureValidator, "validate", counted_verify)
+    monkeypatch.setattr(validator_module, "check_record", counted_check)
+    for _ in range(5):
+        assert validator.validate(good)
+    assert checks == {"rsa": 0, "paris": 0}
+    # every part is in the digest: a change anywhere is checked in full, and refused
+    other_key = DHTID.generate(source=run_key("r", "progress")).to_bytes()
+    forged = _record(a, key, ClaimBody(cluster=1, state=ClaimState.TRAINING, peer_id=a.peer_id, since=now, ts=now))
+    for changed in (dataclasses.replace(good, key=other_key), dataclasses.replace(good, value=forged.value),
+                    dataclasses.replace(good, subkey=_record(b, key, ClaimBody(
+                        cluster=0, state=ClaimState.TRAINING, peer_id=b.peer_id, since=now, ts=now)).subkey),
+                    dataclasses.replace(good, expiration_time=good.expiration_time + 1)):
+        assert not validator.validate(changed)
+    assert checks["rsa"] == 4
+    # a refusal is not remembered: dated 400 s ahead, refused now, accepted once the clock has moved on
+    ahead = _record(a, key, ClaimBody(cluster=2, state=ClaimState.TRAINING, peer_id=a.peer_id, since=now + 400,
+                                      ts=now + 400), expiration=now + 500)
+    assert not validator.validate(ahead)
+    monkeypatch.setattr(validator_module, "get_dht_time", lambda: now + 200)
+    assert validator.validate(ahead)
+    # bounded: the least recently seen is forgotten first
+    passed = PassedRecords(size=2)
+    for d in (b"1", b"2", b"3"):
+        passed.add(d)
+    assert not passed.passed(b"1") and passed.passed(b"2") and passed.passed(b"3")
+    assert PassedRecords.digest(good) != PassedRecords.digest(dataclasses.replace(good, expiration_time=0.0))
 
 def test_a_member_record_lives_only_in_its_owners_bucket(ids):
     """Each member record in the bucket its owner's peer id hashes to (swarm.layout.member_key): the same
