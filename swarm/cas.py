@@ -17,6 +17,7 @@ import random
 import shutil
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -111,7 +112,8 @@ class ContentStore:
         self._p2p: P2P | None = None
         self._provider_task: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
-        self._in_flight: set[str] = set()
+        self._in_flight: Counter[str] = Counter()  # CID → gets running that hold it (kept from garbage collection)
+        self._downloads: dict[str, tuple[asyncio.Lock, int]] = {}  # CID → its download's lock, gets waiting on it
         self._lent: dict[str, float] = {}  # root CID → until when (monotonic) we provide it without a pin
         self._known_maddrs: dict[str, tuple[str, ...]] = {}
         self.last_fetch: FetchStats | None = None
@@ -182,8 +184,8 @@ class ContentStore:
         above are still the whole's. The part is kept under its own CID, which we do not announce.
         `last_resort`: providers asked only when the others cannot serve it all (a checkpoint's trainer, so that
         its later verifiers fetch from its earlier ones and the trainer uploads it about once)."""
-        keep = {cid}  # protected from garbage collection while the download runs
-        self._in_flight |= keep
+        keep = [cid]  # protected from garbage collection while the download runs
+        self._in_flight.update(keep)
         try:
             if providers is None and not (self.blobs.has(cid) and self.packs.complete(cid)):
                 providers = await self.find_providers(cid)  # once, for the manifest and the chunks
@@ -197,14 +199,17 @@ class ContentStore:
             if files is not None and not self.packs.complete(cid):
                 manifest = manifest.part(files)
                 cid = manifest.cid
-                keep.add(cid)
-                self._in_flight |= keep
+                keep.append(cid)
+                self._in_flight[cid] += 1
                 self.blobs.write(cid, manifest.to_bytes())  # so that the part is indexed like any pack
             elif files is not None:
                 manifest.part(files)  # the whole is here: it holds the files asked for, or this says not
             if not self.packs.complete(cid):
-                self._make_room(cid, manifest.total_bytes)
-                await self._fetch_pack(cid, manifest, providers, on_progress, root=root, last_resort=last_resort)
+                async with self._one_download(cid):  # a get of the same CID already under way: wait for it
+                    if not self.packs.complete(cid):
+                        self._make_room(cid, manifest.total_bytes)
+                        await self._fetch_pack(cid, manifest, providers, on_progress, root=root,
+                                               last_resort=last_resort)
             if on_progress:
                 unique = sum(manifest.unique_chunks().values())
                 on_progress(unique, unique)
@@ -214,10 +219,27 @@ class ContentStore:
             if out_dir is not None:
                 path = await asyncio.to_thread(copy_out, path, Path(out_dir))
         finally:
-            self._in_flight -= keep
+            self._in_flight.subtract(keep)
+            self._in_flight = +self._in_flight  # drop the CIDs no get holds any more
         if provide and cid == root:  # in the background: the caller has its bytes, and a slow DHT write must not
             self._spawn(self.provide(cid, whole.total_bytes))  # hold it up
         return path
+
+    @contextlib.asynccontextmanager
+    async def _one_download(self, cid: str):
+        """One download of `cid` at a time in this store: two would write into the same partial pack, and the
+        rename that completes one would pull the files from under the other."""
+        lock, users = self._downloads.get(cid, (asyncio.Lock(), 0))
+        self._downloads[cid] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._downloads[cid]
+            if users == 1:
+                del self._downloads[cid]
+            else:
+                self._downloads[cid] = (lock, users - 1)
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -450,7 +472,7 @@ class ContentStore:
             freed += size
         pack_bytes = sum(self.packs.size(r) for r in self.packs.roots())
         blob_limit = None if limit is None else max(0, limit - pack_bytes)
-        return freed + self.blobs.gc(blob_limit, keep=self._in_flight | set(self.lent()))  # lent manifests stay
+        return freed + self.blobs.gc(blob_limit, keep=set(self._in_flight) | set(self.lent()))  # lent manifests stay
 
 
 def _rounds(peers: list[str], last_resort: frozenset[str]) -> list[list[str]]:

@@ -274,3 +274,33 @@ def test_verifiers_reserve_what_they_checked_so_the_trainer_uploads_it_about_onc
                 n.shutdown()
 
     asyncio.run(asyncio.wait_for(run(), 120))
+
+
+def test_two_gets_of_one_cid_at_once_download_it_once(tmp_path):
+    """A node's verifier, trainer and seeder may ask for the same checkpoint at the same moment: the second get
+    waits for the first download instead of writing into the same partial pack (whose rename then failed one of
+    them), and both return the same complete files."""
+    src = tmp_path / "ckpt"
+    src.mkdir()
+    (src / "model.safetensors").write_bytes(os.urandom(6 << 20))
+
+    async def run():
+        a = SwarmNode.start(tmp_path / "a")
+        b = SwarmNode.start(tmp_path / "b", NetworkConfig(initial_peers=tuple(a.visible_maddrs())))
+        stores = [ContentStore(n, tmp_path / f"{name}-cas", chunk_size=256 * 1024) for n, name in ((a, "a"), (b, "b"))]
+        try:
+            for s in stores:
+                await s.start()
+            cid = await stores[0].put(src)
+            got = await asyncio.gather(*(stores[1].get(cid, provide=False) for _ in range(3)))
+            assert len(set(got)) == 1 and stores[1].packs.complete(cid)
+            assert not list((tmp_path / "b-cas" / "packs").glob(".*.partial"))
+            return got[0]
+        finally:
+            for s in stores:
+                await s.close()
+            for n in (a, b):
+                n.shutdown()
+
+    out = asyncio.run(asyncio.wait_for(run(), 120))
+    assert (out / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()
