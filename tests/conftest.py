@@ -1,7 +1,9 @@
-"""Shared fixtures: a small synthetic data set and a tiny run, built once per test session."""
+"""Shared fixtures (a small synthetic data set and a tiny run, built once per test session), and how the suite
+runs over xdist workers (tests/schedule.py)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,22 @@ import pytest
 from expert.presets import get_preset
 from expert.run_init import init_run
 from expert.synth_dataset import write_synthetic
+from tests import schedule
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    schedule.configure(config)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        # the workers share the cores: one thread each for what a test computes in its own process
+        count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // count))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        schedule.order_items(items)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -34,7 +36,8 @@ async def main() -> None:
     node = SwarmNode.start(args.home, NetworkConfig(initial_peers=tuple(args.initial_peers)))
     managers: dict[str, ClaimManager] = {}
     tasks: set[asyncio.Task] = set()
-    emit({"ready": True, "peer_id": node.peer_id, "maddrs": node.visible_maddrs()})
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks where a silent node is
+    emit({"ready": True, "stacks": "SIGUSR1", "peer_id": node.peer_id, "maddrs": node.visible_maddrs()})
 
     def manager(cmd: dict) -> ClaimManager:
         run = cmd["run"]

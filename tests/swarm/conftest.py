@@ -32,15 +32,19 @@ class NodeProc:
             env=ENV, start_new_session=True,  # its own process group: kill9 also takes its p2pd and DHT children
         )
         self._lines: queue.Queue[dict] = queue.Queue()
+        self.dumps_stacks = False  # the node said it writes every thread's stack to its log on SIGUSR1
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
         for raw in self.proc.stdout:
             try:
-                self._lines.put(json.loads(raw))
+                msg = json.loads(raw)
             except ValueError:
                 continue
+            if isinstance(msg, dict) and msg.get("stacks") == "SIGUSR1":
+                self.dumps_stacks = True
+            self._lines.put(msg)
 
     def send(self, obj: dict) -> None:
         assert self.proc.stdin is not None
@@ -56,8 +60,14 @@ class NodeProc:
                     raise queue.Empty
                 msg = self._lines.get(timeout=left)
             except queue.Empty:
+                lines = 30
+                if timeout >= 10 and self.dumps_stacks and self.proc.poll() is None:  # a silent node: where is it?
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self.proc.pid, signal.SIGUSR1)
+                        time.sleep(1.0)
+                        lines = 120
                 raise TimeoutError(f"no matching message from pid {self.proc.pid} in {timeout}s "
-                                   f"(exit code {self.proc.poll()}); its log ends:\n{self.log_tail()}") from None
+                                   f"(exit code {self.proc.poll()}); its log ends:\n{self.log_tail(lines)}") from None
             if where(msg):
                 return msg
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -40,7 +42,9 @@ async def main() -> None:
     settings = GossipSettings.model_validate_json(args.settings)
     client = GossipClient(node.identity, args.run, on_message=on_message, settings=settings)
     await client.start()
-    emit({"ready": True, "peer_id": node.peer_id, "maddrs": node.visible_maddrs(), "gossip": client.maddrs})
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks where a silent node is
+    emit({"ready": True, "stacks": "SIGUSR1", "peer_id": node.peer_id, "maddrs": node.visible_maddrs(),
+          "gossip": client.maddrs})
     loop = asyncio.get_running_loop()
     while line := await loop.run_in_executor(None, sys.stdin.readline):
         cmd = json.loads(line)
