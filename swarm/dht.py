@@ -357,16 +357,17 @@ class SwarmNode:
     def visible_maddrs(self) -> list[str]:
         return [str(m) for m in self.dht.get_visible_maddrs()]
 
-    async def put(self, key: str, body: Body, expiration_time: float) -> bool:
-        """Store `body` under `key` in our owner subkey. True if at least one node accepted it."""
+    async def put(self, key: str, body: Body, expiration_time: float, *, all_replicas: bool = False) -> bool:
+        """Store `body` under `key` in our owner subkey. True if at least one node accepted it (`all_replicas`:
+        once every replica answered, for a record that must be where any reader looks before the caller goes on)."""
         value = encode_envelope(key, body, sign=self.identity.private_key.sign)
         subkey = self.owner_subkey + subkey_suffix(body).encode()
         try:
             # done at the first replica that stored it; the others continue in the background, so a dead peer
             # among the nearest (a partition, a crash) does not stall every write for the whole timeout
             fut = self.dht.store(key, value, expiration_time, subkey=subkey, return_future=True,
-                                 await_all_replicas=False)
-            return bool(await asyncio.wait_for(fut, self.network.request_timeout))
+                                 await_all_replicas=all_replicas)
+            return bool(await asyncio.wait_for(fut, self.network.request_timeout * (3 if all_replicas else 1)))
         except asyncio.TimeoutError:
             log.warning("DHT store of %s timed out", key)
             return False

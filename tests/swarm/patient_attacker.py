@@ -33,7 +33,7 @@ from protocol.swarm_cas import path_cid
 from protocol.swarm_records import AttestationBody, CheckpointBody, ClaimBody, ClaimState, run_key
 from swarm.cas import ContentStore
 from swarm.dht import NetworkConfig, SwarmNode
-from swarm.state import publish_attestation, publish_checkpoint, read_run
+from swarm.state import publish_attestation, publish_checkpoint, read_run, record_key
 from tests.swarm.attacker import parser, serve_until_quit
 
 HUGE = 10**6
@@ -151,7 +151,15 @@ async def main(args) -> None:
         att = AttestationBody(slot=head.slot, cid=head.cid, step=head.step, parent=head.parent,
                               val_loss=head.val_loss, verdict="reject", reason="replay differs by 0.7 of the update",
                               replayed=True, replay_exact=False, ts=get_dht_time())
-        say(act="minted-head", cid=head.cid, step=head.step, stored=await publish_attestation(minter, run_id, att))
+        # the lie is stored on every replica before it is announced: a reader that looks right after must find it
+        # (returning at the first replica, as honest writes do, left it on our own nodes in a loaded run)
+        stored = False
+        for _ in range(3):
+            stored = await minter.put(record_key(run_id, att), att, get_dht_time() + minter.record_ttl,
+                                      all_replicas=True)
+            if stored:
+                break
+        say(act="minted-head", cid=head.cid, step=head.step, stored=stored)
 
     await serve_until_quit(on_command=command)
     await store.close()
