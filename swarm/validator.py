@@ -3,8 +3,9 @@ the key it is stored under, in an owner subkey that hivemind's RSASignatureValid
 names the owner's own peer id. Honest nodes refuse (do not store, do not return) anything else.
 
 Both validators remember the records that passed (`PassedRecords`): a DHT node sees the same records in every
-reply to every read and store, and checking them again (an RSA verification, a public key parsed from text, an
-envelope decoded) was a fifth of a daemon's CPU in the end-to-end runs."""
+reply to every read and store, and checked them again each time (an RSA verification, a public key parsed from
+text, an envelope decoded: 59 µs a record here, 8 µs remembered). It was the largest cost of the DHT processes
+in a profile of the hostile-peer end-to-end test."""
 
 from __future__ import annotations
 
@@ -121,7 +122,8 @@ class PassedRecords:
 
     @staticmethod
     def digest(record: DHTRecord) -> bytes:
-        parts = (record.key, record.subkey or b"", record.value, repr(float(record.expiration_time)).encode())
+        subkey = b"-" if record.subkey is None else b"+" + record.subkey  # no subkey is not an empty one
+        parts = (record.key, subkey, record.value, repr(float(record.expiration_time)).encode())
         h = hashlib.blake2b(digest_size=20)
         for part in parts:  # length-prefixed: no two records share an encoding
             h.update(len(part).to_bytes(8, "big"))
