@@ -19,7 +19,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
-        # the workers share the cores: one thread each for what a test computes in its own process
+        # the workers share the cores: each computes with its share of them (one thread each on two cores)
         count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // count))
 

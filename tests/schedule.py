@@ -3,9 +3,10 @@
 A test file is one unit of work, as with xdist's `--dist loadfile` (module fixtures such as the eight-node claim
 swarm are built once). The units go out in the order of `tests/durations.json`, the seconds each file took in
 a whole-suite run, longest first; a file missing from it goes last (the ones added since are small until
-measured). A worker gets its next file only when it is down to its last test: xdist's own rule gives a worker
-two files ahead, and the longest end-to-end file could then wait behind a short one while the other worker
-idled at the end. `PARIS_TEST_DURATIONS_OUT=FILE` writes this run's seconds per file, to refresh the list."""
+measured; xdist itself would put the files with the most tests first). A worker gets its next file only when it
+is down to its last test: xdist's own rule gives a worker two files ahead, and the longest end-to-end file
+could then wait behind a short one while the other worker idled at the end. `PARIS_TEST_DURATIONS_OUT=FILE`
+writes this run's seconds per file, to refresh the list."""
 
 from __future__ import annotations
 
