@@ -120,7 +120,9 @@ async def main(args) -> None:
                           now + 3600)
     say(act="done1")
 
-    # a lease held legitimately: one honest interval, then a child whose weights are noise
+    # a lease held legitimately: one honest interval, then a child whose weights are noise. Training runs in a
+    # thread, as the daemon's does: on the event loop it held up the lease's renewals, and on a loaded machine the
+    # lease (three 1-s periods) lapsed mid-interval and an honest node claimed the cluster afresh
     manager = ClaimManager(node, run_id, spec.num_clusters, period=1.0)
     cluster = await manager.claim(wait=True, timeout=120)
     if cluster is not None:
@@ -128,8 +130,8 @@ async def main(args) -> None:
         held = await fetch_cluster_clips(store, run, cluster, holdout=True)
         trainer = ExpertTrainer(spec.preset, clips, seed=spec.seed, run_id=spec.run_id, cluster=cluster,
                                 holdout=held, validation=spec.validation)
-        trainer.train(args.interval)
-        meta = trainer.save(work / "honest")
+        await asyncio.to_thread(trainer.train, args.interval)
+        meta = await asyncio.to_thread(trainer.save, work / "honest")
         honest = await publish(node, store, run_id, f"expert-{cluster}", work / "honest", step=trainer.step,
                                parent=None, val_loss=meta.val_loss)
         say(act="lease", cluster=cluster, cid=honest.cid, step=honest.step)
@@ -137,7 +139,7 @@ async def main(args) -> None:
             for p in [*trainer.model.parameters(), *trainer.ema.parameters()]:
                 p.copy_(torch.randn_like(p))
         trainer.step += args.interval
-        trainer.save(work / "noise")
+        await asyncio.to_thread(trainer.save, work / "noise")
         lies.append(await publish(node, store, run_id, f"expert-{cluster}", work / "noise", step=trainer.step,
                                   parent=honest.cid, val_loss=meta.val_loss * 0.9))
         say(act="noise", cluster=cluster, cid=lies[-1].cid, step=trainer.step)
@@ -145,11 +147,11 @@ async def main(args) -> None:
         # no training leaves: optimizer moments of 1e30 (they would freeze whoever resumes from it), and an RNG
         # state that is not one. The weights, loss and counters are honest: only loading the state catches them
         for act, spoil in (("optim", _huge_moments), ("rng", _bad_rng)):
-            trainer.load(work / "honest")
-            trainer.train(args.interval)
+            await asyncio.to_thread(trainer.load, work / "honest")
+            await asyncio.to_thread(trainer.train, args.interval)
             snap = trainer.snapshot()
             spoil(snap.groups)
-            meta = trainer.write_snapshot(work / act, snap)
+            meta = await asyncio.to_thread(trainer.write_snapshot, work / act, snap)
             lies.append(await publish(node, store, run_id, f"expert-{cluster}", work / act, step=trainer.step,
                                       parent=honest.cid, val_loss=meta.val_loss))
             say(act=act, cluster=cluster, cid=lies[-1].cid, step=trainer.step)
