@@ -26,7 +26,7 @@ environment that differs from the zygote's in a variable read while importing (`
 It is on unless PARIS_TEST_ZYGOTE=0. A fork starts in 0.4 s where a new interpreter took 8: two races that
 this exposed were bugs of ours, now fixed (a node restarted within a second of its crash found its identity
 still taken; two gets of one CID at once broke each other's download). Once, in a fresh-clone CI run, a forked
-claim node stopped answering for 90 s while alive; not seen again in four whole-suite runs and six runs of the
+claim node stopped answering for 90 s while alive; not seen again in five whole-suite runs and six runs of the
 claim tests since. A silent claim or gossip node now writes every thread's stack into its log before the test
 fails (tests/swarm/conftest.py).
 
