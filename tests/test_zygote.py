@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(autouse=True)
 def _zygote_on(monkeypatch):
-    monkeypatch.setenv("PARIS_TEST_ZYGOTE", "1")  # on even where the suite was run with PARIS_TEST_ZYGOTE=0
+    monkeypatch.setenv("PARIS_TEST_ZYGOTE", "1")  # off by default in the suite (tests/zygote.py says why)
 
 
 PY = sys.executable

@@ -23,12 +23,13 @@ no `/etc/netns/NS` to bind). What a fork cannot be is started by `subprocess` as
 environment that differs from the zygote's in a variable read while importing (`OMP_*`, `PYTHON*` but
 `PYTHONPATH`, ...), or a py-libp2p program.
 
-It is on unless PARIS_TEST_ZYGOTE=0. A fork starts in 0.4 s where a new interpreter took 8: two races that
+It is off unless PARIS_TEST_ZYGOTE=1. A fork starts in 0.4 s where a new interpreter took 8: two races that
 this exposed were bugs of ours, now fixed (a node restarted within a second of its crash found its identity
 still taken; two gets of one CID at once broke each other's download). Once, in a fresh-clone CI run, a forked
 claim node stopped answering for 90 s while alive; not seen again in five whole-suite runs and six runs of the
 claim tests since. A silent claim or gossip node now writes every thread's stack into its log before the test
-fails (tests/swarm/conftest.py).
+fails (tests/swarm/conftest.py). It stays off in `.ci/run` until the end-to-end tests keep their timing under
+the load of two workers (docs/testing.md).
 
 The zygote is one thread (a fork of a threaded process may inherit a held lock): a selector over its listening
 socket, a self-pipe woken by SIGCHLD, and a pipe from the test process whose end means the test process is gone
@@ -488,13 +489,13 @@ def _uses_libp2p(argv: list[str], cwd: Path | str) -> bool:
 
 def popen(argv: list[str], *, cwd: Path | str, env: dict[str, str], stdin=None, stdout=None, stderr=None,
           text: bool = False, start_new_session: bool = True, fork: bool | None = None):
-    """`subprocess.Popen(argv, ...)`, as a fork of the zygote when one is wanted (`fork`, by default unless
-    PARIS_TEST_ZYGOTE=0) and it can be one; otherwise a real Popen. The child always has its own session (what
+    """`subprocess.Popen(argv, ...)`, as a fork of the zygote when one is wanted (`fork`, by default
+    PARIS_TEST_ZYGOTE=1) and it can be one; otherwise a real Popen. The child always has its own session (what
     every caller of this asks for)."""
     netns = None
     if argv[:3] == ["ip", "netns", "exec"] and len(argv) > 4 and not os.path.exists(f"/etc/netns/{argv[3]}"):
         netns, argv = argv[3], argv[4:]  # the fork enters the namespace itself (no /etc/netns files to bind)
-    wanted = os.environ.get("PARIS_TEST_ZYGOTE", "1") != "0" if fork is None else fork
+    wanted = os.environ.get("PARIS_TEST_ZYGOTE") == "1" if fork is None else fork
     forkable = (wanted and argv[0] == sys.executable and len(argv) >= 2 and argv[1] != "-"
                 and stderr != subprocess.STDOUT
                 and (not argv[1].startswith("-") or argv[1] in ("-c", "-m"))
