@@ -33,6 +33,7 @@ class SlotRow(BaseModel):
     checkpoint_age_s: float | None = None
     providers: int = 0
     verified_step: int | None = None  # the newest accepted checkpoint (acceptance rule, with the run's rules)
+    verified_cid: str | None = None  # its CID: which of two checkpoints at one step (two lineages) is accepted
     claimed_step: int | None = None  # the newest checkpoint anyone announced, accepted or not
     attestations: int = 0  # accepting verifiers of the verified checkpoint
     pending: int = 0  # claims awaiting attestations
@@ -134,6 +135,7 @@ def _slot_row(view: RunView, slot: str, cluster: int | None, state: str, owner: 
         judged = view.judged(slot)
         best = next((j for j in judged if j.accepted), None)
         row.verified_step = None if best is None else best.claim.step
+        row.verified_cid = None if best is None else best.claim.cid
         row.attestations = 0 if best is None else best.accepts
         row.pending = sum(j.status.value == "pending" for j in judged)
         row.rejected = [f"step {j.claim.step} ({j.claim.cid[-8:]}): {j.reason}" for j in judged

@@ -393,6 +393,32 @@ def test_a_reader_replays_the_oldest_contested_checkpoint_past_the_head_and_each
     assert next_dispute(mine, "expert-0", set()) is None
 
 
+def test_status_names_the_accepted_checkpoint_where_two_lineages_reach_one_step():
+    """node.swarm_view: two checkpoints at one step (a takeover trained the interval again): a failed replay
+    contests one, another verifier's replay matched it, and the other is accepted. `verified_step` is that
+    step either way; `verified_cid` says which of the two a reader that replayed nothing accepts."""
+    from node.swarm_view import _slot_row
+
+    disputed, other = _ck("expert-0", 10, CID), _ck("expert-0", 10, CID[:-1] + "c", ts=101.0)
+    minted = AttestationBody(slot="expert-0", cid=disputed.cid, step=10, parent=None, val_loss=disputed.val_loss,
+                             verdict="reject", reason="replay differs by 0.9", replayed=True, ts=1.0)
+    honest = [AttestationBody(slot="expert-0", cid=c.cid, step=10, parent=None, val_loss=c.val_loss,
+                              verdict="accept", replayed=True, ts=1.0) for c in (disputed, other)]
+    for newest in (disputed, other):  # the accepted one is the older record, then the newer
+        view = _view([(PEER_A, disputed), (PEER_A + "t", replace_ts(other, 101.0 if newest is other else 99.0))],
+                     attestations=[(PEER_B, minted), *((PEER_A + "x", h) for h in honest)], q=1)
+        row = _slot_row(view, "expert-0", 0, "done", None, now=200.0)
+        assert row.verified_step == 10 and row.verified_cid == other.cid
+        assert row.contested == [f"step 10 ({disputed.cid[-8:]})"]
+    lone = _slot_row(_view([(PEER_A, disputed)], attestations=[(PEER_B, minted), (PEER_A + "x", honest[0])], q=1),
+                     "expert-0", 0, "done", None, now=200.0)
+    assert lone.verified_step is None and lone.verified_cid is None and lone.contested
+
+
+def replace_ts(body: CheckpointBody, ts: float) -> CheckpointBody:
+    return body.model_copy(update={"ts": ts})
+
+
 def test_a_member_bucket_that_failed_to_read_is_shown_but_never_stops_a_decision():
     """Members decide nothing: a view whose member buckets did not read (one flooded past the reply limit by
     minted identities, say) is still decidable; a failed read of a key that decides (claims, checkpoints)
