@@ -21,7 +21,7 @@ TARGET, ROUTER, EVERY = 60, 10, 10
 
 
 def common() -> list[str]:
-    return ["--preset", "tiny", "--clips", "120", "--clusters", "3", "--target-steps", str(TARGET),
+    return ["--preset", "micro", "--clips", "120", "--clusters", "3", "--target-steps", str(TARGET),
             "--router-steps", str(ROUTER), "--checkpoint-every", str(EVERY), "--period", "1", "--cpu-threads", "1",
             "--log-format", "json"]
 
@@ -117,7 +117,7 @@ def test_identities_that_claim_every_cluster_and_never_train_cannot_stop_the_run
     """Leases are earned by progress: squatters hold both clusters first; once their grace window (3 checkpoint
     intervals of 0.1 minute) passes without a checkpoint, honest nodes claim and train both to the target."""
     root, start = swarm
-    args = ["--preset", "tiny", "--clips", "80", "--clusters", "2", "--target-steps", "30", "--router-steps", "5",
+    args = ["--preset", "micro", "--clips", "80", "--clusters", "2", "--target-steps", "30", "--router-steps", "5",
             "--checkpoint-every", "10", "--checkpoint-minutes", "0.1", "--period", "1", "--cpu-threads", "1",
             "--log-format", "json"]
     boot = start("daemon", "boot", *args, "--role", "verifier")
@@ -152,6 +152,8 @@ def test_a_patient_attacker_cannot_steer_the_ensemble_or_stall_two_auto_nodes(sw
     from tests.daemons import run_finished, wait_status
 
     root, start = swarm
+    # tiny, not micro: the attacker's acts must land while the honest nodes still train (on micro the run was
+    # over while the attacker was still placing its records, and one of its stores was refused)
     args = ["--preset", "tiny", "--clips", "80", "--clusters", "2", "--target-steps", "40", "--router-steps", "10",
             "--checkpoint-every", "10", "--checkpoint-minutes", "0.1", "--period", "1", "--cpu-threads", "1",
             "--log-format", "json"]

@@ -22,7 +22,7 @@ TARGET, ROUTER, EVERY = 30, 10, 10
 
 
 def common(clusters: int) -> list[str]:
-    return ["--preset", "tiny", "--clips", "120", "--clusters", str(clusters), "--target-steps", str(TARGET),
+    return ["--preset", "micro", "--clips", "120", "--clusters", str(clusters), "--target-steps", str(TARGET),
             "--router-steps", str(ROUTER), "--checkpoint-every", str(EVERY), "--period", "1", "--cpu-threads", "1",
             "--log-format", "json"]
 

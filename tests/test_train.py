@@ -1,3 +1,4 @@
+import itertools
 import threading
 
 import pytest
@@ -134,3 +135,27 @@ def test_tiny_expert_learns(trainer, tmp_path):
     assert videos.shape == (2, 8, 32, 32, 3) and videos.dtype.name == "uint8"
     again = sample(expert, "a red square moving left on a dark background", steps=8, num_videos=2, seed=3)
     assert (videos == again).all()
+
+
+@pytest.mark.slow
+def test_the_micro_preset_learns_at_a_ninth_of_tinys_flops(synth_dir):
+    """`micro` (the swarm e2e tests' model): its validation loss falls at every checkpoint of a 30-step run, as
+    the acceptance rule needs of an honest lineage, at under a quarter of tiny's FLOPs a training step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from expert.presets import get_preset
+    from expert.run_init import init_run
+
+    flops = {}
+    for name in ("micro", "tiny"):
+        t = trainer_for_run(init_run(synth_dir, 2, preset=get_preset(name), seed=0, name=name), 0)
+        with FlopCounterMode(display=False) as counter:
+            t.train(1)
+        flops[name] = counter.get_total_flops()
+        if name == "micro":
+            losses = [t.validation_loss()]
+            for _ in range(3):
+                t.train(10)
+                losses.append(t.validation_loss())
+            assert all(b < a for a, b in itertools.pairwise(losses)), losses
+    assert 0 < flops["micro"] < flops["tiny"] / 4, flops
