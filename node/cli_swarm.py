@@ -150,6 +150,9 @@ def register(app: typer.Typer) -> None:
             "--stop-when-done", help="Exit once every expert and the router reached their targets.")] = False,
         cpu_threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for training (default: all).")]
         = None,
+        duty_cycle: Annotated[float, typer.Option(min=0.01, max=1.0, help=(
+            "The share of the time training may take: after each step the node rests (1 - D) / D of that "
+            "step's time, so that a machine someone uses stays usable (verification and serving go on)."))] = 1.0,
         compile: CompileOpt = False,  # named so: the option, PARIS_COMPILE and config.toml's `compile`
         grad_checkpointing: CheckpointingOpt = "auto",
         metrics_port: Annotated[int | None, typer.Option(min=0, max=65535, help=(

@@ -22,17 +22,27 @@ class Cadence:
     every_seconds: float
 
 
+def rest_after(step_seconds: float, duty_cycle: float) -> float:
+    """How long to rest after a step of `step_seconds` so that training takes `duty_cycle` of the time."""
+    return step_seconds * (1.0 - duty_cycle) / duty_cycle if 0.0 < duty_cycle < 1.0 else 0.0
+
+
 class TrainingDriver:
     """`run()` (blocking; call it in a thread) trains until `target` steps or until `stop` is set, and always
     ends with a checkpoint of the last step taken, on disk when it returns. `on_checkpoint(path, meta)` is
     called in the checkpoint writer's thread right after each checkpoint is on disk; it must not block for long
     (hand the work to the event loop). With a `board`, every step's loss and every checkpoint's validation loss
-    go to TensorBoard under the trainer's slot."""
+    go to TensorBoard under the trainer's slot. With a `duty_cycle` under 1 it rests after each step (see
+    `rest_after`; a stop ends the rest at once)."""
 
     def __init__(self, trainer: Trainer, target: int, checkpoint_root: Path, cadence: Cadence, *,
                  on_checkpoint: Callable[[Path, CheckpointMeta], None] | None = None,
-                 board: LossBoard | None = None) -> None:
+                 board: LossBoard | None = None, duty_cycle: float = 1.0) -> None:
+        if not 0.0 < duty_cycle <= 1.0:
+            raise ValueError(f"duty_cycle must be in (0, 1], not {duty_cycle}")
         self.trainer, self.target, self.root, self.cadence = trainer, target, Path(checkpoint_root), cadence
+        self.duty_cycle = duty_cycle
+        self.rested_seconds = 0.0  # the rests that the duty cycle asked for
         self.on_checkpoint, self.board, self.slot = on_checkpoint, board, slot_of(trainer)
         self.stop = threading.Event()
         self.latest: Progress | None = None
@@ -72,7 +82,11 @@ class TrainingDriver:
         last_time, last_step = time.monotonic(), t.step
         try:
             while t.step < self.target and not self.stop.is_set():
+                started = time.perf_counter()
                 self.steps_done += t.train(1, on_progress=self._on_progress)
+                if (rest := rest_after(time.perf_counter() - started, self.duty_cycle)) and t.step < self.target:
+                    self.rested_seconds += rest
+                    self.stop.wait(rest)
                 due = (t.step - last_step >= self.cadence.every_steps
                        or time.monotonic() - last_time >= self.cadence.every_seconds or t.step >= self.target)
                 if due:

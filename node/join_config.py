@@ -58,6 +58,7 @@ class JoinConfig(BaseModel):
     cache_gb: float
     stop_when_done: bool
     cpu_threads: int | None
+    duty_cycle: float
     compile: bool
     grad_checkpointing: str
     metrics_port: int | None
@@ -139,6 +140,7 @@ class JoinConfig(BaseModel):
             period=self.period, record_ttl=self.record_days * 86400.0, gossip=not self.no_gossip,
             gossip_host=self.host, gossip_port=self.effective_gossip_port, gossip_announce=self.announce_host,
             cache_bytes=int(self.cache_gb * 2**30), stop_when_done=self.stop_when_done, cpu_threads=self.cpu_threads,
+            duty_cycle=self.duty_cycle,
             efficiency=Efficiency(compile=self.compile, grad_checkpointing=self.grad_checkpointing),
             metrics_port=self.metrics_port, metrics_host=self.metrics_host,
             tensorboard=self.tensorboard.expanduser() if self.tensorboard is not None else None,

@@ -84,7 +84,7 @@ class Lane:
 
         driver = TrainingDriver(trainer, target, ctx.checkpoint_root(slot),
                                 Cadence(schedule.checkpoint_every, schedule.checkpoint_minutes * 60),
-                                on_checkpoint=on_checkpoint, board=self.board)
+                                on_checkpoint=on_checkpoint, board=self.board, duty_cycle=ctx.opts.duty_cycle)
         self.driver, self._slot = driver, slot
         if ctx.stopping.is_set():
             driver.stop.set()
@@ -96,6 +96,7 @@ class Lane:
             w = driver.writer
             event(log, f"{slot} {'reached its target' if reached else 'stopped'}", step=trainer.step,
                   steps_run=driver.steps_done, seconds=round(driver.train_seconds, 3),
+                  rested_seconds=round(driver.rested_seconds, 3),  # of `seconds`: the duty cycle's rests
                   mean_samples_per_s=None if sps is None else round(sps, 3),
                   checkpoints=w.written if w else 0,
                   checkpoint_copy_seconds=round(w.snapshot_seconds, 3) if w else 0.0,

@@ -53,6 +53,7 @@ class DaemonOptions(BaseModel):
     cache_bytes: int = Field(default=50 * 2**30, ge=0)
     stop_when_done: bool = False
     cpu_threads: int | None = Field(default=None, ge=1)  # torch intra-op threads (CPU training)
+    duty_cycle: float = Field(default=1.0, gt=0, le=1)  # the share of the time training may take (node.driver)
     efficiency: Efficiency = Efficiency()  # torch.compile, gradient checkpointing (this node's own choice)
     trainers: tuple[str, ...] | None = None  # new swarm: a permissioned run's trainer allowlist (peer ids)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)  # Prometheus endpoint (None: off, 0: any)

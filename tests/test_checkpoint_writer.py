@@ -2,6 +2,7 @@
 writing them in the training thread, training goes on while one is written, and a failed write is raised."""
 
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,3 +92,31 @@ def test_a_failed_write_is_raised_in_the_training_thread(tiny_run, tmp_path, mon
     with pytest.raises(NonFiniteStateError):
         driver.run()
     assert trainer.step < 6  # the next checkpoint's submit raised it: training did not run on unsaved
+
+
+def test_the_duty_cycle_rests_in_proportion_to_each_step():
+    from node.driver import rest_after
+
+    assert rest_after(0.2, 1.0) == 0.0
+    assert rest_after(0.2, 0.5) == pytest.approx(0.2)
+    assert rest_after(0.1, 0.1) == pytest.approx(0.9)  # training takes a tenth of the time
+    with pytest.raises(ValueError, match="duty_cycle"):
+        TrainingDriver(None, 1, Path("unused"), Cadence(1, 1.0), duty_cycle=0.0)
+
+
+@pytest.mark.slow  # over 1.5 s: the default `pytest` stays under a minute
+def test_a_driver_under_a_duty_cycle_rests_between_steps_and_a_stop_ends_the_rest(tiny_run, tmp_path):
+    """`join --duty-cycle D`: a real trainer's driver rests (1 - D) / D of each step between steps and none after
+    the last; a stop during a rest ends it at the next step boundary, with the last step's checkpoint written."""
+    trainer = _validated(tiny_run)
+    half = TrainingDriver(trainer, 3, tmp_path / "half", Cadence(3, 1e9), duty_cycle=0.5)
+    assert half.run() and half.steps_done == 3
+    assert 0 < half.rested_seconds < half.train_seconds  # two rests, each as long as its step
+    assert step_dir(tmp_path / "half", 3).is_dir()
+
+    trainer = _validated(tiny_run)
+    crawl = TrainingDriver(trainer, 5, tmp_path / "crawl", Cadence(5, 1e9), duty_cycle=1e-4)  # ~10^4 × a step
+    threading.Timer(1.0, crawl.stop.set).start()
+    assert crawl.run() is False and crawl.steps_done == 1
+    assert crawl.train_seconds < crawl.rested_seconds / 10  # the rest it asked for was cut short
+    assert resolve_checkpoint(tmp_path / "crawl").name == "step-00000001"

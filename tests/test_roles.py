@@ -255,7 +255,7 @@ def _join(**kw) -> dict:
                 behind_nat=False, data=None, clusters=3, preset="small", target_steps=10, clips=64, router_steps=5,
                 checkpoint_every=None, checkpoint_minutes=10.0, attestations=1, replay_every=10,
                 progress_intervals=3, allow_trainer=None, loss_tolerance=0.1, period=10.0, record_days=14.0,
-                no_gossip=False, cache_gb=1.0, stop_when_done=False, cpu_threads=None, compile=False,
+                no_gossip=False, cache_gb=1.0, stop_when_done=False, cpu_threads=None, duty_cycle=1.0, compile=False,
                 grad_checkpointing="auto", metrics_port=None, metrics_host="127.0.0.1", tensorboard=None,
                 log_format="text", log_level="info", print_config=False)
     return base | kw
