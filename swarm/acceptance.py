@@ -13,7 +13,10 @@ ACCEPTED when all of these hold:
    its parent's only: an honest router keeps training while experts train, and its held-out loss drifts);
 3. no verifier other than its trainer published a failed replay of it: a replay is deterministic, so its
    failure is decisive whatever the number of accepts (a node that doubts it replays the interval itself,
-   and only its own *replay* overrides it, never its own loss check);
+   and only its own *replay* overrides it, never its own loss check; while a node whose own check found the
+   content sound has not replayed it, the claim is PENDING for that node, not REJECTED: it is disputed, and
+   its replay settles it, so that a failed replay minted against a finished slot's head does not make the
+   slot free to train again before then);
 4. at least `attestations` verifiers other than its trainer accept it, agreeing with its step, parent and
    loss; and no more verifiers reject it (or disagree with it) than accept it.
 
@@ -118,6 +121,11 @@ def lineage_problem(step: int, parent_step: int, val_loss: float, parent_loss: f
         return (f"validation loss {val_loss:.6g} is worse than {ref} ({parent_loss:.6g}) by more than "
                 f"{policy.loss_tolerance:.0%}{slack}")
     return ""
+
+
+def _found_sound(check: Vote | bool | None) -> bool:
+    """This node's own check found the content sound (without replaying it: a replay is decisive by itself)."""
+    return isinstance(check, Vote) and check.accept and not check.replayed
 
 
 def _objection(claim: Claim, v: Vote, rtol: float) -> str:
@@ -226,6 +234,8 @@ def judge(claims: Iterable[Claim], votes: Iterable[Vote], policy: Policy,
         replayed_here = isinstance(check, Vote) and check.accept and check.replayed
         failed = _tally(c, votes_by_cid.get(c.cid, []), policy.val_rtol).replay_failed
         if failed and not replayed_here:
+            if _found_sound(check):  # disputed here: this node's replay settles it (rule 3)
+                return plain
             return replace(plain, status=Status.REJECTED, reason=failed, awaiting=False)
         best = min(c.val_loss, anchors[c.cid]) if policy.bound_to_best else c.val_loss
         return replace(plain, status=Status.ACCEPTED, reason="certified by a quorum certificate", awaiting=False,
@@ -258,6 +268,8 @@ def judge(claims: Iterable[Claim], votes: Iterable[Vote], policy: Policy,
             return out(Status.REJECTED, why)
         replayed_here = isinstance(check, Vote) and check.accept and check.replayed
         if t.replay_failed and not replayed_here:  # decisive: only this node's own replay outweighs it
+            if _found_sound(check):  # disputed here until this node replays it
+                return out(Status.PENDING, f"disputed ({t.replay_failed}): this node's replay settles it", True)
             return out(Status.REJECTED, t.replay_failed)
         if not mine and t.rejects > t.accepts:
             return out(Status.REJECTED, t.reason)

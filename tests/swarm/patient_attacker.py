@@ -142,24 +142,32 @@ async def main(args) -> None:
     say(act="minted", cids=minted)
 
     async def command(cmd: dict) -> None:
-        """{"op": "mint", "slot": S}: a failed replay of the slot's accepted head, minted once the run is over
-        (when its trainer no longer trains the slot and readers have only the head and its parent to go on)."""
+        """{"op": "mint", "slot": S}: a failed replay of each of the slot's accepted heads, minted once the run is
+        over (when its trainer no longer trains the slot and readers have only the head and its parent to go on).
+        Every head at the slot's last step: a takeover can leave two lineages there (and before swarm.acceptance
+        held a disputed head PENDING for a node that had checked its content, this very mint made such a node
+        take the finished slot and train its last interval again)."""
         if cmd.get("op") != "mint":
             return
         view = await read_run(minter, run_id, k, rules=run.rules)
-        head = view.accepted_checkpoints(cmd["slot"])[0]
-        att = AttestationBody(slot=head.slot, cid=head.cid, step=head.step, parent=head.parent,
-                              val_loss=head.val_loss, verdict="reject", reason="replay differs by 0.7 of the update",
-                              replayed=True, replay_exact=False, ts=get_dht_time())
-        # the lie is stored on every replica before it is announced: a reader that looks right after must find it
-        # (returning at the first replica, as honest writes do, left it on our own nodes in a loaded run)
-        stored = False
-        for _ in range(3):
-            stored = await minter.put(record_key(run_id, att), att, get_dht_time() + minter.record_ttl,
-                                      all_replicas=True)
-            if stored:
-                break
-        say(act="minted-head", cid=head.cid, step=head.step, stored=stored)
+        accepted = view.accepted_checkpoints(cmd["slot"])
+        heads = [c for c in accepted if c.step == accepted[0].step]
+        stored_all = True
+        for head in heads:
+            att = AttestationBody(slot=head.slot, cid=head.cid, step=head.step, parent=head.parent,
+                                  val_loss=head.val_loss, verdict="reject",
+                                  reason="replay differs by 0.7 of the update", replayed=True, replay_exact=False,
+                                  ts=get_dht_time())
+            # the lie is stored on every replica before it is announced: a reader that looks right after must find
+            # it (returning at the first replica, as honest writes do, left it on our own nodes in a loaded run)
+            stored = False
+            for _ in range(3):
+                stored = await minter.put(record_key(run_id, att), att, get_dht_time() + minter.record_ttl,
+                                          all_replicas=True)
+                if stored:
+                    break
+            stored_all = stored_all and stored
+        say(act="minted-head", cids=[h.cid for h in heads], step=heads[0].step, stored=stored_all)
 
     await serve_until_quit(on_command=command)
     await store.close()

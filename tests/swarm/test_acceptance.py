@@ -649,7 +649,8 @@ def test_the_loss_bound_holds_against_the_best_ancestor_so_losses_cannot_compoun
 
 def test_a_failed_replay_is_decisive_and_only_a_replay_here_outweighs_it():
     """Two minted accepts beat two honest rejects under a vote count; a failed replay rejects the checkpoint and
-    its descendants whatever the accepts. This node's own loss check does not override it; its own replay does."""
+    its descendants whatever the accepts. This node's own loss check does not override it (the claim is disputed
+    for this node: PENDING until its own replay, never ACCEPTED); its own replay does."""
     c1 = claim("cid1", 10, None, 2.0)
     c2 = claim("cid2", 20, "cid1", 1.9)
     kid = claim("cid3", 30, "cid2", 1.8)
@@ -659,11 +660,45 @@ def test_a_failed_replay_is_decisive_and_only_a_replay_here_outweighs_it():
     assert got == {"cid1": A, "cid2": R, "cid3": R}
     assert "replay differs" in by_cid(judge([c1, c2, kid], [*minted, failed], Q1))["cid2"].reason
     loss_only = {"cid2": replace(vote(c2, "local"), replayed=False)}
-    assert statuses([c1, c2, kid], [*minted, failed], Q1, loss_only)["cid2"] == R
+    assert statuses([c1, c2, kid], [*minted, failed], Q1, loss_only) == {"cid1": A, "cid2": P, "cid3": P}
+    assert by_cid(judge([c1, c2, kid], [*minted, failed], Q1, loss_only))["cid2"].reason.startswith("disputed")
+    refuted = {"cid2": replace(vote(c2, "local", False, reason="replay differs"), replayed=True)}
+    assert statuses([c1, c2, kid], [*minted, failed], Q1, refuted) == {"cid1": A, "cid2": R, "cid3": R}
     replayed_here = {"cid2": replace(vote(c2, "local"), replayed=True)}
     assert statuses([c1, c2, kid], [*minted, failed], Q1, replayed_here) == {"cid1": A, "cid2": A, "cid3": A}
     # the trainer's own "failed replay" of its work is no evidence either way
     assert statuses([c1], [vote(c1, "peerA", False, replayed=True)], Q0) == {"cid1": A}
+
+
+def test_a_failed_replay_minted_against_a_finished_slots_head_does_not_free_the_slot():
+    """The finished slot's head, found sound by this node's check, then a failed replay minted against it by a
+    peer that did not train it: the slot awaits this node's replay (neither DONE nor free to claim; before, a
+    node that had only checked the content took the cluster and trained its last interval again, from the
+    parent: a second head at the target). Its replay settles it: matched, DONE; failed, free."""
+    from swarm.claim_logic import Snapshot, choose_cluster
+    from swarm.state import VerifiedState, verified_snapshot
+
+    chain, parent = [], None
+    for i, loss in enumerate((9.2, 4.0, 3.6, 3.3), 1):
+        chain.append(claim(f"b{i}", 10 * i, parent, loss, trainer="b"))
+        parent = chain[-1].cid
+    head = chain[-1]
+    votes = [vote(c, "a") for c in chain]
+    checked = {c.cid: vote(c, "local") for c in chain}  # this node's content checks, no replay
+    minted = vote(head, "minter", False, reason="replay differs by 0.7 of the update", replayed=True)
+
+    def slot_one(local) -> Snapshot:
+        reach = reached(judge(chain, [*votes, minted], Q1, local), 40)
+        return verified_snapshot(2, [], VerifiedState({0: A, 1: reach}, {}))
+
+    assert reached(judge(chain, votes, Q1, checked), 40) == A  # before the mint: DONE
+    waiting = slot_one(checked)
+    assert 1 in waiting.awaiting and 1 not in waiting.done and choose_cluster(waiting, "a") is None
+    assert slot_one({}).awaiting == frozenset()  # a reader that checked nothing: rejected, the strict view
+    matched = {**checked, head.cid: replace(checked[head.cid], replayed=True)}
+    assert 1 in slot_one(matched).done
+    failed = {**checked, head.cid: replace(vote(head, "local", False, reason="replay differs"), replayed=True)}
+    assert choose_cluster(slot_one(failed), "a") == 1
 
 
 @settings(max_examples=150, deadline=None)

@@ -147,3 +147,23 @@ def test_a_certificate_fills_gaps_in_the_lineage_but_never_overrides_a_rejection
     rejected_parent = Claim("t", CIDS[0], 38_000, None, 0.55)  # a first checkpoint 38,000 steps in: refused
     got = {j.claim.cid: j.status for j in judge([rejected_parent, head], [], policy, anchors={CIDS[1]: 0.5})}
     assert got[CIDS[1]] == Status.REJECTED
+
+
+def test_a_certified_head_under_a_failed_replay_is_rejected_unless_this_node_found_it_sound():
+    """Rule 3 with a certificate: a failed replay by another peer rejects a certified head for a reader that did
+    not check it; for one whose own check found it sound it stays disputed (PENDING) until that reader replays."""
+    from swarm.acceptance import Vote
+
+    policy = Policy(attestations=1, max_interval=2000)
+    older = Claim("t", CIDS[0], 38_000, CIDS[7], 0.55)  # its parent expired: the head's lineage is incomplete
+    head = Claim("t", CIDS[1], 40_000, CIDS[0], 0.5)
+    failed = Vote("minter", CIDS[1], 40_000, CIDS[0], 0.5, False, "replay differs by 0.7", replayed=True)
+    sound = Vote("local", CIDS[1], 40_000, CIDS[0], 0.5, True)
+
+    def status(local) -> Status:
+        got = {j.claim.cid: j.status for j in judge([older, head], [failed], policy, local, anchors={CIDS[1]: 0.5})}
+        return got[CIDS[1]]
+
+    assert status({}) == Status.REJECTED
+    assert status({CIDS[1]: sound}) == Status.PENDING
+    assert status({CIDS[1]: Vote("local", CIDS[1], 40_000, CIDS[0], 0.5, True, replayed=True)}) == Status.ACCEPTED
