@@ -20,6 +20,10 @@ from tests.zygote import ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-c", "from node.cli import main; main()"]
+# The micro preset training a tenth of the time (join --duty-cycle): about tiny's steps per second at a ninth of its
+# CPU, for scenarios whose timing needs training to last (a kill or a partition mid-training, an attacker's acts
+# landing while the run trains). Scenarios that only need a run to finish take micro at full speed.
+PACED = ["--preset", "micro", "--duty-cycle", "0.1"]
 
 
 class Daemon:

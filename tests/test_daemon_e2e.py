@@ -26,7 +26,7 @@ from swarm import layout
 from swarm.archive import ARCHIVED_KEYS
 from swarm.dht import NetworkConfig, SwarmNode
 from swarm.identity import peer_id_of_public_key
-from tests.daemons import CLI, ENV, ROOT, Daemon, cli, slots, status, wait_status
+from tests.daemons import CLI, ENV, PACED, ROOT, Daemon, cli, slots, status, wait_status
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ RECORD_TTL = 20.0  # seconds: pointer, DONE, checkpoint and attestation records 
 
 
 def common(target: int = TARGET) -> list[str]:
-    return ["--preset", "tiny", "--clips", "120", "--clusters", "2", "--target-steps", str(target), "--router-steps",
+    return [*PACED, "--clips", "120", "--clusters", "2", "--target-steps", str(target), "--router-steps",
             str(ROUTER), "--checkpoint-every", str(EVERY), "--period", "1", "--cpu-threads", "1",
             "--record-days", str(RECORD_TTL / 86400), "--log-format", "json"]
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests import netns, zygote
-from tests.daemons import CLI, ENV, ROOT, Daemon
+from tests.daemons import CLI, ENV, PACED, ROOT, Daemon
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ PORT = 31337
 
 def _args(ip: str | None, *more: str) -> list[str]:
     where = ["--host", ip, "--port", str(PORT), "--announce-host", ip] if ip else []
-    return ["--preset", "tiny", "--clips", "60", "--clusters", "1", "--target-steps", "100000", "--router-steps",
+    return [*PACED, "--clips", "60", "--clusters", "1", "--target-steps", "100000", "--router-steps",
             "10", "--checkpoint-every", str(EVERY), "--period", str(PERIOD), "--cpu-threads", "1",
             "--log-format", "json", *where, *more]
 
