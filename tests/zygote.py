@@ -28,8 +28,7 @@ this exposed were bugs of ours, now fixed (a node restarted within a second of i
 still taken; two gets of one CID at once broke each other's download). Once, in a fresh-clone CI run, a forked
 claim node stopped answering for 90 s while alive; not seen again in five whole-suite runs and six runs of the
 claim tests since. A silent claim or gossip node now writes every thread's stack into its log before the test
-fails (tests/swarm/conftest.py). It stays off in `.ci/run` until the end-to-end tests keep their timing under
-the load of two workers (docs/testing.md).
+fails (tests/swarm/conftest.py). `.ci/run` turns it on, with two xdist workers (docs/testing.md).
 
 The zygote is one thread (a fork of a threaded process may inherit a held lock): a selector over its listening
 socket, a self-pipe woken by SIGCHLD, and a pipe from the test process whose end means the test process is gone
