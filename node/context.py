@@ -1,7 +1,7 @@
 """What the roles and loops of one daemon share, handed to each of them instead of the daemon itself: the DHT
 node, the content store, the run, its rules, the checker, the publisher, the options, the stop event, and one
-way to read the run (`read_view`) whose every good read also feeds the parts that watch the run (the member
-book, the publisher's pins, the verifier's lease watch)."""
+way to read the run (`read_view`, shared by the loops: node.shared_read) whose every good read also feeds the
+parts that watch the run (the member book, the publisher's pins, the verifier's lease watch)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from node.checker import CheckpointChecker
 from node.keeper import OwnRecords
 from node.options import DaemonOptions
 from node.publisher import Publisher
+from node.shared_read import SharedRead
 from protocol.swarm_records import ROUTER, ClusterState
 from protocol.swarm_run import Schedule
 from swarm.cas import ContentStore
@@ -58,6 +59,7 @@ class NodeContext:
     stopping: asyncio.Event
     say: Callable[[Any], Awaitable[None]]  # a gossip event (a courtesy: the DHT records are the truth)
     observers: list[Callable[[RunView], None]] = field(default_factory=list)  # fed every good read of the run
+    _shared: SharedRead[RunView] | None = field(default=None, init=False, repr=False)
 
     @property
     def spec(self):
@@ -75,9 +77,16 @@ class NodeContext:
     def period(self) -> float:
         return self.opts.period
 
-    async def read_view(self) -> RunView:
+    async def read_view(self, *, fresh: bool = False) -> RunView:
         """The run as the DHT holds it, judged with this node's own verdicts. A read that failed comes back
-        with `failed` set (callers that decide call `.decidable()`); only good reads feed the observers."""
+        with `failed` set (callers that decide call `.decidable()`); only good reads feed the observers. A good
+        read serves every loop for half a period (its verdicts as they were when it started); `fresh` reads
+        anew, for a caller that must see what happened since."""
+        if self._shared is None:
+            self._shared = SharedRead(self._read_view, self.period / 2, good=lambda v: not v.failed)
+        return await self._shared.get(fresh=fresh)
+
+    async def _read_view(self) -> RunView:
         view = await read_run(self.node, self.spec.run_id, self.spec.num_clusters, rules=self.rules,
                               local=self.checker.verdicts)
         if not view.failed:

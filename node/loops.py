@@ -129,10 +129,11 @@ async def verify_loop(ctx: NodeContext, verifier: Verifier, wake: asyncio.Event)
     """Check the checkpoints assigned to this node every period (or as soon as gossip announces one), beside
     whatever the lanes do: no role keeps a node from verifying (two `auto` nodes that both train still check
     each other, and a node training the router still checks the experts it waits for)."""
+    woken = False  # by an announcement: read anew rather than share a read that may predate it
     while not ctx.stopping.is_set():
         wake.clear()
         try:
-            view = await ctx.read_view()
+            view = await ctx.read_view(fresh=woken)
             await ctx.unless_stopped(verifier.round(view))
         except (ParisError, OSError) as e:
             log.warning("verification round incomplete: %s", e)
@@ -140,3 +141,4 @@ async def verify_loop(ctx: NodeContext, verifier: Verifier, wake: asyncio.Event)
             log.exception("verification round failed; retrying next period")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(wake.wait(), ctx.period)
+        woken = wake.is_set()

@@ -28,7 +28,7 @@ async def resume(ctx: NodeContext, trainer, slot: str, holds=lambda: True) -> No
     if (own_root / LATEST).is_file():
         with contextlib.suppress(ParisError, OSError):
             own_step = read_meta(resolve_checkpoint(own_root)).step
-    view = (await ctx.read_view()).decidable()  # never resume from our own over a failed read
+    view = (await ctx.read_view(fresh=True)).decidable()  # never resume from our own over a failed read
     for cand in view.accepted_checkpoints(slot):  # newest first; its only holder may be gone
         if cand.step <= own_step:
             break

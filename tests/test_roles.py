@@ -53,7 +53,7 @@ class FakeContext:
     async def _replicate(self, slot, candidates, limit=None):
         self.replicated.append(slot)
 
-    async def read_view(self):
+    async def read_view(self, *, fresh: bool = False):
         return self.view
 
     async def run_finished(self) -> bool:
