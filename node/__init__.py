@@ -17,6 +17,7 @@ The daemon (arrows: daemon → loops, role_loop → roles → lane, context; not
 - `options` — `DaemonOptions`: everything the daemon was asked to do, validated once.
 - `run_open` — the run a daemon works on: fetched and verified, or published (a run file, the demo run).
 - `context` — `NodeContext`: what the roles and loops share (node, store, run, checker, publisher, one read).
+- `shared_read` — one read of the run shared by the loops: in flight, or good for half a period.
 - `loops` — the background loops: progress, member record, reconnects, record keeping, pointer, verification.
 - `gossip_link` — the daemon's link to its gossip worker: started, restarted, told our events, waking us.
 - `members` — where the run's members listen, kept past their records' TTL for reconnects.
