@@ -109,14 +109,11 @@ def _preset(name: str, vae: Asset | None, text_model: str | None, text_weights: 
     if name == "micro":  # tiny's clips, text tower and training in a 66k-parameter model: 1/9 of tiny's CPU a step
         # (8×8 patches: 64 tokens a clip against 256; 2 layers of width 32), for runs whose subject is the swarm
         # (leases, records, verification, replays, takeovers), not what the model learns
-        return ExpertPreset(
-            name="micro",
-            backbone=BackboneConfig(frames=8, height=32, width=32, patch_size=(2, 8, 8), num_layers=2,
-                                    num_heads=2, head_dim=16, ffn_dim=64, freq_dim=32, prediction="x"),
-            text=text(width=64, layers=1, heads=2, context_length=32),
-            train=TrainConfig(batch_size=8, lr=1e-3, warmup_steps=20, ema_decay=0.99, target_steps=400,
-                              checkpoint_every=100, logit_normal_mean=1.0),
-        )
+        tiny = _preset("tiny", vae, text_model, text_weights)
+        smaller = {"patch_size": (2, 8, 8), "num_layers": 2, "num_heads": 2, "head_dim": 16, "ffn_dim": 64,
+                   "freq_dim": 32}
+        backbone = BackboneConfig.model_validate({**tiny.backbone.model_dump(), **smaller})
+        return tiny.model_copy(update={"name": "micro", "backbone": backbone})
     if name == "tiny":
         return ExpertPreset(
             name="tiny",

@@ -27,6 +27,14 @@ def shared(reads: Reads, now: list[float], window: float = 0.5) -> SharedRead:
     return SharedRead(reads, window, good=lambda v: not v["failed"], clock=lambda: now[0])
 
 
+async def held(s: SharedRead, reads: Reads, callers: int) -> list[asyncio.Future]:
+    """`callers` gets started while the read is held open, so that all of them arrive during it."""
+    reads.gate = asyncio.Event()
+    waiting = [asyncio.ensure_future(s.get()) for _ in range(callers)]
+    await asyncio.sleep(0)
+    return waiting
+
+
 def test_callers_within_the_window_share_a_read_and_fresh_reads_anew():
     async def main() -> None:
         reads, now = Reads(), [0.0]
@@ -47,10 +55,8 @@ def test_callers_within_the_window_share_a_read_and_fresh_reads_anew():
 def test_callers_that_arrive_during_a_read_take_its_result():
     async def main() -> None:
         reads, now = Reads(), [0.0]
-        reads.gate = asyncio.Event()
         s = shared(reads, now)
-        waiting = [asyncio.ensure_future(s.get()) for _ in range(3)]
-        await asyncio.sleep(0)
+        waiting = await held(s, reads, 3)
         reads.gate.set()
         assert [(await w)["n"] for w in waiting] == [1, 1, 1] and reads.n == 1
 
@@ -64,9 +70,8 @@ def test_a_failed_read_is_never_served_again_and_its_error_reaches_every_waiter(
         reads.bad = True
         assert (await s.get())["failed"]
         assert (await s.get())["n"] == 2  # a read with `failed` set is not shared: the next caller reads anew
-        reads.bad, reads.fail, reads.gate = False, True, asyncio.Event()
-        waiting = [asyncio.ensure_future(s.get()) for _ in range(2)]
-        await asyncio.sleep(0)
+        reads.bad, reads.fail = False, True
+        waiting = await held(s, reads, 2)
         reads.gate.set()
         for w in waiting:
             with pytest.raises(OSError, match="did not answer"):
@@ -80,10 +85,8 @@ def test_a_failed_read_is_never_served_again_and_its_error_reaches_every_waiter(
 def test_a_cancelled_caller_leaves_the_read_to_the_others():
     async def main() -> None:
         reads, now = Reads(), [0.0]
-        reads.gate = asyncio.Event()
         s = shared(reads, now)
-        first, second = asyncio.ensure_future(s.get()), asyncio.ensure_future(s.get())
-        await asyncio.sleep(0)
+        first, second = await held(s, reads, 2)
         first.cancel()
         reads.gate.set()
         assert (await second)["n"] == 1 and first.cancelled() and reads.n == 1
