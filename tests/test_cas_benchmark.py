@@ -10,14 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from tests import zygote
+from tests.zygote import ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
 
 def _bench(*args: str) -> dict:
-    r = subprocess.run([sys.executable, "benchmarks/cas_throughput.py", "--mib", "8", "--repeat", "1",
-                        "--providers", "2", "--json", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = zygote.run_to_end([sys.executable, "benchmarks/cas_throughput.py", "--mib", "8", "--repeat", "1",
+                           "--providers", "2", "--json", *args], cwd=ROOT, env=ENV, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from swarm.identity import load_identity
+from tests import zygote
 from tests.commands import cli_inproc
+from tests.zygote import ENV
 
 pytestmark = pytest.mark.slow  # real processes, a few minutes in all
 
@@ -95,9 +97,9 @@ def test_user_mistakes_get_one_line(workdir, args, message):
 
 def test_ctrl_c_stops_at_a_step_boundary_with_a_checkpoint(workdir):
     out = workdir / "interrupted"
-    proc = subprocess.Popen([*CLI, "train-local", "--run", str(workdir / "run.json"), "--cluster", "0", "--steps",
-                             "100000", "--out", str(out), "--checkpoint-every", "2"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = zygote.popen([*CLI, "train-local", "--run", str(workdir / "run.json"), "--cluster", "0", "--steps",
+                         "100000", "--out", str(out), "--checkpoint-every", "2"],
+                        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
         while not (out / "LATEST").exists():

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from expert.checkpoint import read_group, read_meta, resolve_checkpoint
+from tests import zygote
 from tests.daemons import CLI, ENV, ROOT
 
 pytestmark = pytest.mark.slow
@@ -23,8 +24,8 @@ STEPS = 20
 
 
 def _train(run_file, out, *gpu: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, "train-local", "--run", str(run_file), "--cluster", "1", "--steps", str(STEPS),
-                           "--out", str(out), *gpu], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    return zygote.run_to_end([*CLI, "train-local", "--run", str(run_file), "--cluster", "1", "--steps", str(STEPS),
+                              "--out", str(out), *gpu], cwd=ROOT, env=ENV, timeout=600)
 
 
 def test_ddp_over_two_processes_matches_one_process_on_the_whole_batch(tiny_run, tmp_path):
@@ -64,10 +65,9 @@ def test_ctrl_c_in_the_terminal_stops_every_rank_at_a_step_boundary(tiny_run, tm
     step, writes that step's checkpoint and tells them to stop; everything exits 0."""
     _, run_file = tiny_run
     out = tmp_path / "interrupted"
-    proc = subprocess.Popen([*CLI, "train-local", "--run", str(run_file), "--cluster", "1", "--steps", "100000",
-                             "--out", str(out), "--checkpoint-every", "2", "--gpu", "cpu,cpu", "--ddp"],
-                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = zygote.popen([*CLI, "train-local", "--run", str(run_file), "--cluster", "1", "--steps", "100000",
+                         "--out", str(out), "--checkpoint-every", "2", "--gpu", "cpu,cpu", "--ddp"],
+                        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
         while not (out / "LATEST").exists():

@@ -1,8 +1,6 @@
 """Two tiny experts and a router trained on synthetic clusters → an ensemble folder → ParisPipeline."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,8 +8,10 @@ import pytest
 
 from expert.pipeline import ParisPipeline, assemble
 from protocol.errors import IntegrityError, ParisError
+from tests import zygote
 from tests.commands import cli_inproc
 from tests.ensembles import tiny_ensemble
+from tests.zygote import ENV
 
 pytestmark = pytest.mark.slow
 
@@ -111,10 +111,9 @@ def test_cli_samples_an_ensemble_grid_with_routing_record(ensemble_dir, tmp_path
     assert caption.returncode == 0, caption.stderr
     rec = json.loads(routing.read_text())
     assert rec["router_mode"] == "caption" and rec["steps"][0]["posterior"] == rec["steps"][1]["posterior"]
-    wrong = subprocess.run([sys.executable, "-m", "node.cli", "sample", "--ensemble", str(ensemble_dir), "x",
-                            "--out", str(out), "--router-mode", "best"], capture_output=True, text=True,
-                           cwd=Path(__file__).resolve().parents[1], timeout=300,
-                           env={**os.environ, "COLUMNS": "300"})  # no wrapping inside the error box
+    wrong = zygote.run_to_end([sys.executable, "-m", "node.cli", "sample", "--ensemble", str(ensemble_dir), "x",
+                               "--out", str(out), "--router-mode", "best"], cwd=Path(__file__).resolve().parents[1],
+                              timeout=300, env={**ENV, "COLUMNS": "300"})  # no wrapping inside the error box
     assert wrong.returncode == 2 and "choose one of xt, joint, combined, caption" in wrong.stderr, wrong.stderr
 
 

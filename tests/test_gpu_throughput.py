@@ -1,11 +1,13 @@
 """benchmarks/gpu_throughput.py runs unchanged on a CPU (a smoke check of the script a GPU volunteer runs)."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests import zygote
+from tests.zygote import ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -23,9 +25,9 @@ def test_device_peaks_come_from_the_longest_matching_name():
 
 @pytest.mark.slow
 def test_the_script_reports_throughput_memory_and_mfu_on_a_cpu():
-    r = subprocess.run([sys.executable, "benchmarks/gpu_throughput.py", "--gpu", "cpu", "--presets", "tiny",
-                        "--steps", "1", "--rounds", "1", "--warmup", "1", "--peak-tflops", "1.0", "--json"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = zygote.run_to_end([sys.executable, "benchmarks/gpu_throughput.py", "--gpu", "cpu", "--presets", "tiny",
+                           "--steps", "1", "--rounds", "1", "--warmup", "1", "--peak-tflops", "1.0", "--json"],
+                          cwd=ROOT, env=ENV, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     (row,) = out["results"]
@@ -39,9 +41,8 @@ def test_the_script_reports_throughput_memory_and_mfu_on_a_cpu():
 def test_the_gpu_check_runs_the_latent_path_end_to_end_at_toy_size():
     """benchmarks/gpu_check.py --toy on a CPU (~15 s): stand-ins saved and loaded, VAE and text states timed per
     clip, training on stored states, and two same-seed trainers that agree exactly (as a CPU replay does)."""
-    r = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--gpu", "cpu", "--toy", "--steps", "1",
-                        "--clips", "8", "--peak-tflops", "1.0", "--json"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = zygote.run_to_end([sys.executable, "benchmarks/gpu_check.py", "--gpu", "cpu", "--toy", "--steps", "1",
+                           "--clips", "8", "--peak-tflops", "1.0", "--json"], cwd=ROOT, env=ENV, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["preset"] == "tiny-latent" and out["latent_shape"] == [4, 5, 16, 16] and out["text_shape"] == [32, 16]

@@ -305,11 +305,12 @@ def test_a_permissioned_run_counts_only_its_trainers_checkpoints():
 
 @pytest.mark.slow  # over 1.5 s: the default `pytest` stays under a minute
 def test_allow_trainer_must_be_a_peer_id():
-    import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "node.cli", "join", "--allow-trainer", "not a peer"],
-                       capture_output=True, text=True, timeout=120)
+    from tests import zygote
+
+    r = zygote.run_to_end([sys.executable, "-m", "node.cli", "join", "--allow-trainer", "not a peer"],
+                          cwd=zygote.ROOT, env=zygote.ENV, timeout=120)
     assert r.returncode != 0 and "--allow-trainer" in r.stderr and "Traceback" not in r.stderr
 
 

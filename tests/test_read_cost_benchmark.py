@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
 
+from tests import zygote
 from tests.daemons import ENV, ROOT
 
 pytestmark = pytest.mark.slow
 
 
 def test_read_cost_smoke():
-    r = subprocess.run([sys.executable, "benchmarks/read_cost.py", "--records", "40", "--rereads", "4", "--json"],
-                       cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    r = zygote.run_to_end([sys.executable, "benchmarks/read_cost.py", "--records", "40", "--rereads", "4", "--json"],
+                          cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)}, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["stored"] == out["read"] == 40 and out["again_s"] > 0

@@ -1,7 +1,6 @@
 """benchmarks/shape_drawing.py runs end to end at a toy size, and trains only on the shapes it names."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +9,8 @@ import pytest
 from expert.shards import load_dataset
 from expert.synth import SHAPES
 from expert.synth_classifier import train_judge
+from tests import zygote
+from tests.zygote import ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,10 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_shape_drawing_benchmark_trains_on_the_named_shapes_and_reports_each(tmp_path):
     train_judge(clips=64, steps=2, heldout=16).save(tmp_path / "judge")  # the real one takes half an hour
     work = tmp_path / "work"
-    r = subprocess.run([sys.executable, "benchmarks/shape_drawing.py", "--shapes", "cross,circle", "--steps", "2",
-                        "--clips", "150", "--n", "2", "--work", str(work), "--judge", str(tmp_path / "judge"),
-                        "--strip", str(tmp_path / "strip.png"), "--threads", "1", "--json"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = zygote.run_to_end([sys.executable, "benchmarks/shape_drawing.py", "--shapes", "cross,circle", "--steps", "2",
+                           "--clips", "150", "--n", "2", "--work", str(work), "--judge", str(tmp_path / "judge"),
+                           "--strip", str(tmp_path / "strip.png"), "--threads", "1", "--json"],
+                          cwd=ROOT, env=ENV, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
     assert out["shapes"] == ["cross", "circle"] and out["steps"] == 2

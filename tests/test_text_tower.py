@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 from expert.presets import get_preset
 from expert.text import TextEncoder
 from protocol.errors import ParisError
+from tests import zygote
 from tests.daemons import ENV, ROOT
 
 # Build the preset's tower in a fresh process and print a hash of its state dict.
@@ -27,8 +27,8 @@ print(h.hexdigest())
 
 
 def _tower_hash(preset: str, model: str = "") -> str:
-    r = subprocess.run([sys.executable, "-c", _HASH, preset, model], cwd=ROOT, env={**ENV, "OMP_NUM_THREADS": "1"},
-                       capture_output=True, text=True, timeout=300)
+    # a fork of the test zygote reseeds torch's global generator from the OS, as a new interpreter starts unseeded
+    r = zygote.run_to_end([sys.executable, "-c", _HASH, preset, model], cwd=ROOT, env=ENV, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     return r.stdout.strip().splitlines()[-1]
 

@@ -4,11 +4,11 @@ run's rates and the measured detection probability beside its formula."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
 
+from tests import zygote
 from tests.daemons import ENV, ROOT
 
 
@@ -23,9 +23,9 @@ def test_measured_detection_follows_the_formula():
 
 @pytest.mark.slow
 def test_verify_cost_smoke():
-    r = subprocess.run([sys.executable, "benchmarks/verify_cost.py", "--presets", "tiny", "--interval", "5",
-                        "--replays", "1", "--clips", "60", "--json"], cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)},
-                       capture_output=True, text=True, timeout=600)
+    r = zygote.run_to_end([sys.executable, "benchmarks/verify_cost.py", "--presets", "tiny", "--interval", "5",
+                           "--replays", "1", "--clips", "60", "--json"], cwd=ROOT,
+                          env={**ENV, "PYTHONPATH": str(ROOT)}, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
     tiny = out["results"][0]

@@ -12,6 +12,7 @@ import pytest
 
 from swarm.cas import ContentStore
 from swarm.dht import NetworkConfig, SwarmNode
+from tests import zygote
 
 pytestmark = pytest.mark.slow
 
@@ -148,10 +149,10 @@ def test_a_flood_of_fake_providers_does_not_stall_a_fetch(tmp_path):
             await sa.start()
             await sc.start()
             cid = await sa.put(src)
-            attacker = subprocess.Popen(
+            attacker = zygote.popen(
                 [sys.executable, "-m", "tests.swarm.fake_providers", "--cid", cid, "--count", "1000",
                  "--bytes", str(1 << 20), *(f"--initial-peer={m}" for m in boot.visible_maddrs())],
-                cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                cwd=root, env=zygote.ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             line = await asyncio.wait_for(asyncio.to_thread(attacker.stdout.readline), 240)
             flood = json.loads(line)
             assert flood["stored"] == 1000, flood
