@@ -223,6 +223,12 @@ class CheckpointChecker:
         (minted failed replays of it cannot make this node drop its own cluster; nobody else counts this)."""
         self.verdicts[body.cid] = Vote("local", body.cid, body.step, body.parent, body.val_loss, True, replayed=True)
 
+    def hold(self, body: CheckpointBody) -> None:
+        """A rule beyond `body`'s content (its trainer's lease) has not decided yet: its content verdict does not
+        count in this node's reading of the run until it does. Counted meanwhile, a copy by a peer whose lease
+        had not been judged yet gave that peer accepted progress here, enough to displace the honest trainer."""
+        self.verdicts.pop(body.cid, None)
+
     def refute(self, body: CheckpointBody, reason: str) -> None:
         """Remember that this node rejects `body`'s CID for `reason` (found by a rule beyond its content)."""
         self.verdicts[body.cid] = Vote("local", body.cid, body.step, body.parent, None, False, reason)

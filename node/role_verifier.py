@@ -323,6 +323,7 @@ class Verifier:
                                   self.first_seen.get(body.cid, now), now, window=self.lease_window, defer=self.defer,
                                   kept=self.kept.get(slot, {}), continues=continues)
             if lease == "wait":
+                self.checker.hold(body)
                 self.backoff.failed(body.cid, now)
                 return None
             why = ""

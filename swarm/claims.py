@@ -146,13 +146,17 @@ class ClaimManager:
 
     async def mark_done(self, step: int, checkpoint_cid: str | None = None) -> None:
         """Record that our cluster reached its target (a long-lived record) and show DONE in our lease."""
-        if self.cluster is None:
+        cluster = self.cluster
+        if cluster is None:
             raise RuntimeError("mark_done called without a claimed cluster")
         now = self.clock()
-        body = DoneBody(cluster=self.cluster, step=step, checkpoint_cid=checkpoint_cid, ts=now)
+        body = DoneBody(cluster=cluster, step=step, checkpoint_cid=checkpoint_cid, ts=now)
         await self.node.put(self._done_key, body, now + self.node.record_ttl)
         async with self._lock:
-            await self._write(self.cluster, ClaimState.DONE)
+            # the renewal may have let the lease go while the record was stored: the DONE record stands (the
+            # target was reached; acceptance decides), and a lease this node no longer holds is not written
+            if self.cluster == cluster:
+                await self._write(cluster, ClaimState.DONE)
 
     async def release(self) -> None:
         """Clean exit: stop renewing and overwrite the lease with OFFLINE so the cluster is free at once."""
@@ -198,7 +202,8 @@ class ClaimManager:
                             self.on_lost(cluster)
                         return
                     if displaced(snap, cluster, self.me, self.run_id):
-                        log.warning("lost cluster %d of run %s to another owner", cluster, self.run_id)
+                        log.warning("lost cluster %d of run %s to another owner: %s", cluster, self.run_id,
+                                    _why_displaced(snap, cluster, self.me, self.run_id))
                         self.cluster = None
                         await self._write(cluster, ClaimState.OFFLINE, ttl=self.period)
                         if self.on_lost is not None:
@@ -216,6 +221,19 @@ class ClaimManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
             self._renewer = None
+
+
+def _why_displaced(snap: Snapshot, cluster: int, me: str, salt: str) -> str:
+    """The leases that decided a displacement, for the log line an operator reads."""
+    def show(c: ClaimView | None) -> str:
+        if c is None:
+            return "none seen"
+        return (f"{c.peer_id} {c.state.value}, progress {c.progress}" + (", stale" if c.stale else "")
+                + f", since {c.since:.0f}")
+
+    w = winner(snap, cluster, salt)
+    return (f"winner {show(next((c for c in snap.on(cluster) if c.peer_id == w), None))}; "
+            f"this node's lease {show(next((c for c in snap.on(cluster) if c.peer_id == me), None))}")
 
 
 def _contested(snap: Snapshot) -> bool:

@@ -270,3 +270,36 @@ def test_a_clock_really_off_is_caught_whatever_a_minted_minority_says(honest, mi
     lies = minted.draw(st.lists(st.tuples(st.floats(0.0, 1.0), _refresh), max_size=len(honest) - 1))
     got = clock_verdict(now, samples + [(now - a * r, r) for a, r in lies], bound)
     assert ("ahead of" if ahead else "behind") in got
+
+
+def test_a_lease_lost_while_the_done_record_is_stored_ends_mark_done_quietly():
+    """The renewal lets the lease go (displaced, or the clock) while `mark_done` stores the DONE record: the
+    record stands, no lease is written for a cluster this node no longer holds, and nothing raises (an honest
+    daemon crashed here once, under the patient attacker of tests/test_hostile_e2e.py)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from protocol.swarm_records import DoneBody
+    from swarm.claims import ClaimManager
+
+    written: list = []
+    lose = [True]
+
+    async def put(key, body, expiration):
+        written.append(body)
+        if isinstance(body, DoneBody) and lose.pop():
+            manager.cluster = None  # what _renew_loop does, under the lock, once it finds itself displaced
+            await asyncio.sleep(0)
+        return True
+
+    node = SimpleNamespace(peer_id="QmMeMeMeMeMeMeMeMeMeMeMeMe", record_ttl=60.0, put=put)
+    manager = ClaimManager(node, "run-x", 2, period=1.0, clock=lambda: 1_000.0)
+    manager.cluster = 1
+    asyncio.run(manager.mark_done(40, None))
+    assert [type(b).__name__ for b in written] == ["DoneBody"] and written[0].cluster == 1
+
+    lose.append(False)
+    manager.cluster = 0  # the lease still held: DONE is written on it as before
+    asyncio.run(manager.mark_done(40, None))
+    assert [(type(b).__name__, b.cluster) for b in written[1:]] == [("DoneBody", 0), ("ClaimBody", 0)]
+    assert written[-1].state == ClaimState.DONE

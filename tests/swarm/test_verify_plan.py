@@ -468,3 +468,55 @@ def test_a_trainer_accepts_a_takeover_from_the_parent_of_its_checkpoint_that_ver
                                for c in cks))
     assert asyncio.run(verifier.round(view)) == 1
     assert stored[-1].cid == takeover.cid and stored[-1].verdict == "accept", stored[-1].reason
+
+
+def test_a_content_verdict_awaiting_the_lease_check_does_not_count_in_this_nodes_view():
+    """A copier publishes a sound copy while this verifier watches another peer hold the slot: the copy is first
+    seen a moment ago, so the lease check waits (the copier's lease may not have reached this node's reads).
+    Meanwhile the content verdict must not count in this node's reading of the run: counted, it gave the copier
+    accepted progress here, which outranked the honest trainer's lease and took its cluster (seen in
+    tests/test_hostile_e2e.py with the patient attacker). Once the wait is over, the copy is rejected."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from node.checker import CheckpointChecker, CheckResult
+    from node.role_verifier import Verifier
+    from protocol.swarm_run import Schedule
+    from swarm.acceptance import Vote
+
+    owner, copier, me = PEERS
+    copy = _ck(10, _cid(1))
+    view = _view([(copier, copy)], members=(me,))  # this node is the only checker: it starts at once
+
+    class Checker:
+        hold, refute = CheckpointChecker.hold, CheckpointChecker.refute  # the real bookkeeping
+
+        def __init__(self) -> None:
+            self.verdicts: dict[str, Vote] = {}
+            self.store = SimpleNamespace(withdraw=lambda cid: None)
+
+        async def check(self, body, parents=None, *, trainer=None):  # as the real check: a local verdict
+            self.verdicts[body.cid] = Vote("local", body.cid, body.step, body.parent, 0.5, True)
+            return CheckResult(True, "", 0.5, body.step, body.parent, content_ok=True)
+
+    stored = []
+
+    async def put(key, body, expiration):
+        stored.append(body)
+        return True
+
+    checker = Checker()
+    verifier = Verifier(SimpleNamespace(peer_id=me, put=put, record_ttl=3600.0), checker, Schedule(), "run-x", 1,
+                        VerifyPlan(_secret(0), 3, 0, 30.0), SimpleNamespace(add=lambda *a: None), period=1.0,
+                        lease_window=60.0, training_data=None, stopping=asyncio.Event())
+    now = time.monotonic()
+    verifier.watching["expert-0"] = now - 100.0  # watched the slot for a while: the owner held it, not the copier
+    verifier.holders["expert-0"] = {owner: now}
+    verifier.first_seen[copy.cid] = now - 1.0  # younger than the lease check's defer (3 periods)
+    assert asyncio.run(verifier.round(view)) == 0 and not stored
+    assert copy.cid not in checker.verdicts  # not an accept in this node's reading while the lease is unjudged
+
+    verifier.first_seen[copy.cid] = now - 10.0  # the defer is over: the copier never held the lease
+    verifier.backoff.forget(copy.cid)
+    assert asyncio.run(verifier.round(view)) == 1
+    assert [a.verdict for a in stored] == ["reject"] and checker.verdicts[copy.cid].accept is False
