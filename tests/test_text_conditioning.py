@@ -44,7 +44,6 @@ def test_padding_positions_do_not_change_the_prediction():
 
 @pytest.mark.slow
 def test_a_briefly_trained_expert_follows_the_caption_colour():
-    torch.set_num_threads(2)
     p = get_preset("tiny")
     b = p.backbone
     rng = np.random.default_rng(0)
