@@ -34,8 +34,8 @@ TARGET, ROUTER, EVERY = 80, 20, 10
 RECORD_TTL = 20.0  # seconds: pointer, DONE, checkpoint and attestation records of every node in this module
 
 
-def common(target: int = TARGET) -> list[str]:
-    return [*PACED, "--clips", "120", "--clusters", "2", "--target-steps", str(target), "--router-steps",
+def common(target: int = TARGET, pace: tuple[str, ...] = tuple(PACED)) -> list[str]:
+    return [*pace, "--clips", "120", "--clusters", "2", "--target-steps", str(target), "--router-steps",
             str(ROUTER), "--checkpoint-every", str(EVERY), "--period", "1", "--cpu-threads", "1",
             "--record-days", str(RECORD_TTL / 86400), "--log-format", "json"]
 
@@ -95,7 +95,9 @@ def test_three_daemons_train_take_over_seed_and_fetch(swarm):
     assert info["run_id"] and info["maddrs"] and info["pid"] == boot.proc.pid
     peers_file = str(root / "boot" / "node.json")
     w1 = start("w1", *common(), "--initial-peers-file", peers_file)
-    w2 = start("w2", *common(), "--initial-peers-file", peers_file)
+    # the taker is a faster machine: the victim's training must last until the kill, the taker's need not (at the
+    # victim's pace the orphaned cluster waited half a minute for the taker to finish its own)
+    w2 = start("w2", *common(pace=(*PACED[:2], "--duty-cycle", "0.5")), "--initial-peers-file", peers_file)
     seeder = boot
 
     # both clusters in training, by w1 and w2; the seeder owns nothing
