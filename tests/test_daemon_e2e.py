@@ -1,9 +1,10 @@
 """End to end, with real daemons on 127.0.0.1: three `paris-node join` processes train a two-cluster tiny run;
 an owner is killed with -9 mid-training and its cluster is taken over from its last published checkpoint;
 the third node seeds; `status --json` tells the truth at each stage; `status` draws every cluster in a
-terminal; `fetch` assembles a folder that `ParisPipeline` samples from; SIGTERM exits cleanly. Every node's
-records live RECORD_TTL seconds only: once the trainers are gone and that TTL has passed three times, the
-seeder's archived copies still make the run fetchable, and a newcomer does not retrain it."""
+terminal; `fetch` assembles a folder that `ParisPipeline` samples from; SIGTERM exits cleanly. The trainers'
+records live TRAINER_TTL seconds only (the other nodes' RECORD_TTL): once the trainers are gone and their TTL
+has passed three times, the seeder's archived copies still make the run fetchable, and a newcomer does not
+retrain it."""
 
 from __future__ import annotations
 
@@ -31,13 +32,14 @@ from tests.daemons import CLI, ENV, PACED, ROOT, Daemon, cli, slots, status, wai
 pytestmark = pytest.mark.slow
 
 TARGET, ROUTER, EVERY = 80, 20, 10
-RECORD_TTL = 20.0  # seconds: pointer, DONE, checkpoint and attestation records of every node in this module
+RECORD_TTL = 20.0  # seconds: pointer, DONE, checkpoint and attestation records of the nodes in this module
+TRAINER_TTL = 10.0  # ... but the trainers' (w1, w2): what the seeder's archive must outlive
 
 
-def common(target: int = TARGET, pace: tuple[str, ...] = tuple(PACED)) -> list[str]:
+def common(target: int = TARGET, pace: tuple[str, ...] = tuple(PACED), ttl: float = RECORD_TTL) -> list[str]:
     return [*pace, "--clips", "120", "--clusters", "2", "--target-steps", str(target), "--router-steps",
             str(ROUTER), "--checkpoint-every", str(EVERY), "--period", "1", "--cpu-threads", "1",
-            "--record-days", str(RECORD_TTL / 86400), "--log-format", "json"]
+            "--record-days", str(ttl / 86400), "--log-format", "json"]
 
 
 
@@ -94,10 +96,11 @@ def test_three_daemons_train_take_over_seed_and_fetch(swarm):
     info = json.loads((root / "boot" / "node.json").read_text())
     assert info["run_id"] and info["maddrs"] and info["pid"] == boot.proc.pid
     peers_file = str(root / "boot" / "node.json")
-    w1 = start("w1", *common(), "--initial-peers-file", peers_file)
+    w1 = start("w1", *common(ttl=TRAINER_TTL), "--initial-peers-file", peers_file)
     # the taker is a faster machine: the victim's training must last until the kill, the taker's need not (at the
     # victim's pace the orphaned cluster waited half a minute for the taker to finish its own)
-    w2 = start("w2", *common(pace=(*PACED[:2], "--duty-cycle", "0.5")), "--initial-peers-file", peers_file)
+    w2 = start("w2", *common(pace=(*PACED[:2], "--duty-cycle", "0.5"), ttl=TRAINER_TTL), "--initial-peers-file",
+               peers_file)
     seeder = boot
 
     # both clusters in training, by w1 and w2; the seeder owns nothing
@@ -155,7 +158,7 @@ def test_three_daemons_train_take_over_seed_and_fetch(swarm):
     assert all(s["providers"] >= 2 for s in st["slots"]), st["slots"]
     assert not [e for e in seeder.events() if e.get("msg") == "role: expert"]
 
-    # the last trainer leaves; once every original record's TTL has passed three times, only the seeder's
+    # the last trainer leaves; once its records' TTL has passed three times, only the seeder's
     # archived copies are left, and they are enough: the run is fetchable and a newcomer does not retrain it
     w2.proc.send_signal(signal.SIGTERM)
     assert w2.wait_exit(30) == 0
@@ -166,7 +169,7 @@ def test_three_daemons_train_take_over_seed_and_fetch(swarm):
                                                                                               "router", "done"))
     for word in ("expert-0", "expert-1", "router", "done", info["run_id"]):
         assert word in screen, screen[-3000:]
-    time.sleep(max(0.0, left + 3 * RECORD_TTL + 2 - time.monotonic()))
+    time.sleep(max(0.0, left + 3 * TRAINER_TTL + 2 - time.monotonic()))
     want = 2 * TARGET // EVERY  # the checkpoints of both experts' accepted lineages, and their attestations
 
     def enough(r: dict) -> bool:
