@@ -51,11 +51,6 @@ async def main() -> None:
         cluster = await manager(cmd).claim(wait=True, timeout=cmd.get("timeout", 60))
         emit({"event": "claimed", "run": cmd["run"], "cluster": cluster, "t": time.time()})
 
-    async def claim(cmd: dict) -> None:
-        t0 = time.time()
-        cluster = await manager(cmd).claim(wait=False, timeout=cmd.get("timeout", 30))
-        emit({"op": "claim", "run": cmd["run"], "cluster": cluster, "elapsed": time.time() - t0})
-
     loop = asyncio.get_running_loop()
     while True:
         line = await loop.run_in_executor(None, sys.stdin.readline)
@@ -63,10 +58,10 @@ async def main() -> None:
             break
         cmd = json.loads(line)
         op = cmd["op"]
-        if op == "claim":  # runs beside later commands: claims in several runs at once race independently
-            task = asyncio.create_task(claim(cmd))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+        if op == "claim":
+            t0 = time.time()
+            cluster = await manager(cmd).claim(wait=False, timeout=cmd.get("timeout", 30))
+            emit({"op": op, "cluster": cluster, "elapsed": time.time() - t0})
         elif op == "claim_bg":
             task = asyncio.create_task(background_claim(cmd))
             tasks.add(task)

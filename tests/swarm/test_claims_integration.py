@@ -29,21 +29,9 @@ def swarm8(tmp_path_factory, spawn):
 
 
 def _claim_all(procs: list, run: str, clusters: int) -> list[int | None]:
-    return _claim_runs(procs, [run], clusters)[run]
-
-
-def _claim_runs(procs: list, runs: list[str], clusters: int) -> dict[str, list[int | None]]:
-    """Every node starts its claim in each run at the same moment: a genuine concurrent race per run (the runs'
-    races, on keys of their own, go on at once)."""
-    for p in procs:
-        for run in runs:
-            p.send({"op": "claim", "run": run, "clusters": clusters, "period": PERIOD})
-    got: dict[str, list[int | None]] = {run: [] for run in runs}
-    for p in procs:
-        for _ in runs:
-            m = p.recv(90, lambda m: m.get("op") == "claim")
-            got[m["run"]].append(m["cluster"])
-    return got
+    for p in procs:  # every node starts its claim at the same moment: a genuine concurrent race
+        p.send({"op": "claim", "run": run, "clusters": clusters, "period": PERIOD})
+    return [p.recv(90, lambda m: m.get("op") == "claim")["cluster"] for p in procs]
 
 
 def _states(p, run: str, clusters: int) -> list[str]:
@@ -52,20 +40,18 @@ def _states(p, run: str, clusters: int) -> list[str]:
 
 
 def test_eight_nodes_four_clusters_twenty_races(swarm8):
-    """Twenty races of eight nodes for four clusters, four runs racing at once (each node claims in all four)."""
     procs, *_ = swarm8
-    for batch in range(5):
-        runs = [f"race{batch * 4 + i}" for i in range(4)]
-        for run, got in _claim_runs(procs, runs, 4).items():
-            owned = [c for c in got if c is not None]
-            assert sorted(owned) == [0, 1, 2, 3], f"{run}: {got}"  # one owner per cluster, none owns two
-            assert _states(procs[0], run, 4) == ["training"] * 4
-        for run in runs:
-            for p in procs:  # clean exit releases the lease (OFFLINE) so later rounds stay cheap
-                p.send({"op": "release", "run": run, "clusters": 4})
-            for p in procs:
-                p.recv(90, lambda m: m.get("op") == "release")
-            assert set(_states(procs[0], run, 4)) == {"offline"}
+    for rnd in range(20):
+        run = f"race{rnd}"
+        got = _claim_all(procs, run, 4)
+        owned = [c for c in got if c is not None]
+        assert sorted(owned) == [0, 1, 2, 3], f"round {rnd}: {got}"  # one owner per cluster, none owns two
+        assert _states(procs[0], run, 4) == ["training"] * 4
+        for p in procs:  # clean exit releases the lease (OFFLINE) so later rounds stay cheap
+            p.send({"op": "release", "run": run, "clusters": 4})
+        for p in procs:
+            p.recv(90, lambda m: m.get("op") == "release")
+        assert set(_states(procs[0], run, 4)) == {"offline"}
 
 
 def test_three_nodes_four_clusters(swarm8):
